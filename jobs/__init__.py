@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Top layer: the `cdc` command line and (Ray) jobs that distribute pipeline work."""

@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Stages between files and codecs: sources, image I/O, training data, training, evaluation."""

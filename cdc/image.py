@@ -1,0 +1,133 @@
+"""Image ↔ tensor conversion: any PIL mode or numpy array to 8-bit RGB, with a note.
+
+The codec codes 8-bit RGB. Other inputs are converted in a documented way and the
+conversion is recorded in the stream (``SourceMode``) so ``cdc info`` can say what
+happened to the original.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from cdc.errors import ImageError
+
+MAX_SIDE = 1 << 16  # varint-coded in the header; larger images should be tiled upstream
+
+
+class SourceMode(enum.IntEnum):
+    """How the input was turned into 8-bit RGB (3 bits in the stream's flags)."""
+
+    RGB = 0
+    GRAY = 1  # L / 1-bit: replicated to three channels
+    PALETTE = 2  # P: palette expanded (any palette alpha dropped)
+    ALPHA_DROPPED = 3  # RGBA / LA / PA: alpha channel discarded
+    REDUCED_16BIT = 4  # 16-bit or 32-bit integer samples scaled to 8 bits
+    CONVERTED = 5  # CMYK, YCbCr, LAB, HSV: converted by Pillow to RGB
+
+    @property
+    def note(self) -> str:
+        return {
+            SourceMode.RGB: "8-bit RGB input",
+            SourceMode.GRAY: "grayscale input, replicated to RGB (decodes as RGB)",
+            SourceMode.PALETTE: "palette input, expanded to RGB",
+            SourceMode.ALPHA_DROPPED: "alpha channel discarded (not coded)",
+            SourceMode.REDUCED_16BIT: "high bit depth input reduced to 8 bits per channel",
+            SourceMode.CONVERTED: "non-RGB colour space converted to RGB",
+        }[self]
+
+
+def _from_array(arr: np.ndarray) -> tuple[np.ndarray, SourceMode]:
+    mode = SourceMode.RGB
+    if arr.dtype == np.uint16:
+        arr = (arr.astype(np.uint32) * 255 + 32767) // 65535
+        arr, mode = arr.astype(np.uint8), SourceMode.REDUCED_16BIT
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype != np.uint8:
+        raise ImageError(f"unsupported array dtype {arr.dtype}: pass uint8 or uint16 samples")
+    if arr.ndim == 2:
+        return np.repeat(arr[:, :, None], 3, axis=2), mode if mode != SourceMode.RGB else SourceMode.GRAY
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
+        raise ImageError(f"unsupported array shape {arr.shape}: expected (H, W), (H, W, 3) or (H, W, 4)")
+    c = arr.shape[2]
+    if c in (2, 4):
+        arr = arr[:, :, : c - 1]
+        mode = SourceMode.ALPHA_DROPPED
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+        mode = mode if mode != SourceMode.RGB else SourceMode.GRAY
+    return np.ascontiguousarray(arr), mode
+
+
+def _from_pil(img: Image.Image) -> tuple[np.ndarray, SourceMode]:
+    m = img.mode
+    if m == "RGB":
+        return np.asarray(img, dtype=np.uint8), SourceMode.RGB
+    if m in ("L", "1"):
+        return np.asarray(img.convert("RGB")), SourceMode.GRAY
+    if m == "P":
+        has_alpha = "transparency" in img.info
+        rgb = img.convert("RGBA" if has_alpha else "RGB").convert("RGB")
+        return np.asarray(rgb), SourceMode.ALPHA_DROPPED if has_alpha else SourceMode.PALETTE
+    if m in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return np.asarray(img.convert("RGBA").convert("RGB")), SourceMode.ALPHA_DROPPED
+    if m.startswith("I;16") or m in ("I", "F"):
+        arr = np.asarray(img)
+        if m == "F":
+            raise ImageError("floating-point images (mode F) are not supported: convert to 8 or 16 bit")
+        if m == "I":  # 32-bit signed: Pillow uses it for 16-bit PNGs too
+            if arr.min() < 0 or arr.max() > 65535:
+                raise ImageError("32-bit integer image with values outside 0..65535 is not supported")
+            arr = arr.astype(np.uint16)
+        rgb, _ = _from_array(arr.astype(np.uint16))
+        return rgb, SourceMode.REDUCED_16BIT
+    if m in ("CMYK", "YCbCr", "LAB", "HSV"):
+        return np.asarray(img.convert("RGB")), SourceMode.CONVERTED
+    raise ImageError(f"unsupported image mode {m!r}")
+
+
+def to_rgb_array(image: Image.Image | np.ndarray) -> tuple[np.ndarray, SourceMode]:
+    """Any supported image → (H, W, 3) uint8 array and how it was converted."""
+    if isinstance(image, Image.Image):
+        arr, mode = _from_pil(image)
+    elif isinstance(image, np.ndarray):
+        arr, mode = _from_array(image)
+    else:
+        raise ImageError(f"expected a PIL image or numpy array, got {type(image).__name__}")
+    h, w = arr.shape[:2]
+    if h < 1 or w < 1:
+        raise ImageError(f"empty image ({w}×{h})")
+    if h >= MAX_SIDE or w >= MAX_SIDE:
+        raise ImageError(f"image {w}×{h} too large: sides must be < {MAX_SIDE}; tile it first")
+    return arr, mode
+
+
+def array_to_tensor(arr: np.ndarray) -> Tensor:
+    """(H, W, 3) uint8 → (1, 3, H, W) float32 in [-1, 1]."""
+    return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+
+
+def tensor_to_image(x: Tensor) -> Image.Image:
+    """(3, H, W) in [-1, 1] → 8-bit RGB PIL image (round half up, clipped)."""
+    arr = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(arr.permute(1, 2, 0).numpy(), mode="RGB")
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, bool]:
+    """Pad bottom/right to a multiple; reflect where possible (fewer edge artefacts).
+
+    Returns the padded tensor and whether replicate padding had to be used
+    (reflect needs the pad to be smaller than the side).
+    """
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x, False
+    replicate = ph >= h or pw >= w
+    return F.pad(x, (0, pw, 0, ph), mode="replicate" if replicate else "reflect"), replicate

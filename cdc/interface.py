@@ -1,0 +1,47 @@
+"""The contract every codec of the toolkit (CDC, DiffC, CorrDiff) fulfils.
+
+Modelled on CompressAI's compress()/decompress() pair, at the level of whole
+images and self-contained byte streams, so pipeline and storage never need to
+know which codec they are moving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+ImageLike = Image.Image | np.ndarray
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How to rebuild an image: the knobs a quality tier sets."""
+
+    steps: int | None = None  # None: the model's default
+    gamma: float | None = None  # None: the model's default (0 = deterministic)
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def key(self) -> str:
+        """A stable string for cache keys."""
+        extra = ",".join(f"{k}={self.extra[k]}" for k in sorted(self.extra))
+        return f"steps={self.steps},gamma={self.gamma},seed={self.seed}" + (f",{extra}" if extra else "")
+
+
+@runtime_checkable
+class ImageCodec(Protocol):
+    codec_id: str  # "cdc", "diffc", "corrdiff"
+    model_id: str
+    weights_sha256: str  # hex
+
+    def compress(self, image: ImageLike) -> bytes: ...
+
+    def compress_batch(self, images: list[ImageLike]) -> list[bytes]: ...
+
+    def decompress(self, data: bytes, steps: int | None = None, gamma: float | None = None,
+                   seed: int = 0) -> Image.Image: ...
+
+    def info(self, data: bytes) -> dict[str, Any]: ...

@@ -1,0 +1,179 @@
+"""The `cdc` command line.
+
+Every command turns expected failures (bad input, bad stream, wrong weights) into
+one line on stderr that names the file and the problem, and a non-zero exit code;
+outputs are written atomically so nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation noise
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="cdc-toolkit: diffusion-based perceptual image compression.")
+
+DEFAULT_MODEL = "cdc-small"
+EXIT_USAGE, EXIT_INPUT, EXIT_STREAM = 2, 1, 3
+
+ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m",
+                        help="Shipped model name, weights path or fsspec URL.")
+DeviceOpt = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda.")
+
+
+def fail(message: str, code: int = EXIT_INPUT) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _load_codec(model: str, device: str, precision: Optional[str] = None):
+    from cdc import CDCCodec, WeightsError
+
+    try:
+        return CDCCodec.from_pretrained(model, device=device, precision=precision)
+    except WeightsError as e:
+        fail(str(e))
+
+
+@app.command()
+def compress(
+    src: Path = typer.Argument(..., help="Input image (PNG, JPEG, WebP, TIFF, ...)."),
+    dst: Path = typer.Argument(..., help="Output stream file (.cdc)."),
+    model: str = ModelOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Compress one image to a .cdc stream."""
+    from cdc import CodecError
+    from pipeline.files import InputError, read_image, write_bytes_atomic
+
+    try:
+        img = read_image(src)
+        codec = _load_codec(model, device)
+        data = codec.compress(img)
+        write_bytes_atomic(dst, data)
+    except (InputError, CodecError) as e:
+        fail(f"{src}: {e}" if str(src) not in str(e) else str(e))
+    w, h = img.size
+    typer.echo(f"{src} -> {dst}: {len(data)} bytes, {8 * len(data) / (w * h):.4f} bpp")
+
+
+@app.command()
+def decompress(
+    src: Path = typer.Argument(..., help="Input .cdc stream."),
+    dst: Path = typer.Argument(..., help="Output image (.png, .webp, ...)."),
+    steps: Optional[int] = typer.Option(None, help="DDIM steps (default: the model's)."),
+    gamma: Optional[float] = typer.Option(None, help="Start noise scale: 0 deterministic, ~0.8 perceptual."),
+    seed: int = typer.Option(0, help="Seed of the start noise (gamma > 0)."),
+    model: str = ModelOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Rebuild an image from a .cdc stream."""
+    from cdc import BitstreamError, CodecError
+    from pipeline.files import InputError, image_format_for, read_bytes, save_image_atomic
+
+    try:
+        image_format_for(dst)
+        data = read_bytes(src)
+        codec = _load_codec(model, device)
+        img = codec.decompress(data, steps=steps, gamma=gamma, seed=seed)
+        save_image_atomic(img, dst)
+    except BitstreamError as e:
+        fail(f"{src}: {e}", EXIT_STREAM)
+    except (InputError, CodecError, ValueError) as e:
+        fail(f"{src}: {e}" if str(src) not in str(e) else str(e))
+    typer.echo(f"{src} -> {dst}: {img.width}x{img.height}")
+
+
+@app.command()
+def info(
+    src: Path = typer.Argument(..., help="A .cdc stream."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Show a stream's model, size, bpp and sections (needs no model)."""
+    from cdc import BitstreamError, describe
+    from cdc.zoo import registry
+    from pipeline.files import InputError, read_bytes
+
+    try:
+        d = describe(read_bytes(src))
+    except BitstreamError as e:
+        fail(f"{src}: {e}", EXIT_STREAM)
+    except InputError as e:
+        fail(str(e))
+    names = [n for n, e in registry().items() if e["sha256"].startswith(d["model_digest"])]
+    d["model"] = names[0] if names else "unknown (not a shipped model)"
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    for k, v in d.items():
+        typer.echo(f"{k:>15}: {v}")
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Training config (YAML), see configs/."),
+    run_dir: Path = typer.Option(..., "--run-dir", help="Checkpoint + metrics folder (resumes if present)."),
+    device: str = DeviceOpt,
+    bf16: bool = typer.Option(False, help="bf16 autocast (GPU)."),
+    batch_size: Optional[int] = typer.Option(None, help="Override the config's batch size."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many more steps."),
+    time_limit: Optional[float] = typer.Option(None, help="Stop (and checkpoint) after this many seconds."),
+    export: Optional[str] = typer.Option(None, help="After training, export under this model name."),
+    half: bool = typer.Option(False, help="Export network weights as fp16."),
+) -> None:
+    """Train (or resume) a CDC model; optionally export it to the model zoo."""
+    from pipeline.train import TrainConfig, Trainer, export_model
+
+    try:
+        cfg = TrainConfig.from_yaml(config)
+    except (OSError, ValueError, TypeError) as e:
+        fail(f"{config}: {e}")
+    trainer = Trainer(cfg, run_dir, device=device, bf16=bf16, batch_size=batch_size)
+    step = trainer.fit(max_steps=max_steps, time_limit=time_limit, progress=sys.stderr.isatty())
+    typer.echo(f"{run_dir}: step {step}/{cfg.steps}")
+    if export:
+        path = export_model(run_dir, export, half=half)
+        typer.echo(f"exported {export} -> {path}")
+
+
+@app.command("export-model")
+def export_model_cmd(
+    run_dir: Path = typer.Argument(..., help="A training run folder."),
+    name: str = typer.Option(..., help="Model name in the zoo."),
+    zoo_dir: Optional[Path] = typer.Option(None, help="Zoo folder (default: the installed cdc/zoo)."),
+    half: bool = typer.Option(False, help="Store network weights as fp16."),
+    description: str = typer.Option("", help="One line for the registry."),
+) -> None:
+    """Export a run's EMA weights (with entropy tables and sha256) into the model zoo."""
+    from pipeline.train import export_model
+
+    if not (run_dir / "checkpoint.pt").exists():
+        fail(f"{run_dir}: no checkpoint.pt")
+    path = export_model(run_dir, name, zoo_dir=zoo_dir, half=half, description=description)
+    typer.echo(f"exported {name} -> {path}")
+
+
+@app.command()
+def models() -> None:
+    """List shipped models."""
+    from cdc.zoo import CONFIGS, registry
+
+    for name, e in registry().items():
+        typer.echo(f"{name}: {e.get('description', '')} (sha256 {e['sha256'][:16]}…, "
+                   f"{e.get('params', '?')} params, {e.get('train_steps', '?')} steps)")
+    typer.echo(f"configs: {', '.join(CONFIGS)}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

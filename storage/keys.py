@@ -1,0 +1,62 @@
+"""Validation of record keys and tier ids.
+
+Keys end up as paths: the decompress job writes ``<out>/<key>``, and people copy them into
+shell commands. So a key must be a relative, normalised, printable POSIX path that cannot
+climb out of wherever it is joined to. We refuse bad keys at write time, rather than
+sanitising them, because a silently renamed image is worse than a clear error.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from .errors import BadKeyError
+
+MAX_KEY_BYTES = 1024
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_TIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_BAD_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}  # controls, lone surrogates, line/para separators
+
+
+def key_problem(key: object) -> str | None:
+    """Return why ``key`` is not a valid record key, or ``None`` when it is."""
+    if not isinstance(key, str):
+        return f"keys are str, got {type(key).__name__}"
+    if not key:
+        return "key is empty"
+    for ch in key:
+        if unicodedata.category(ch) in _BAD_CATEGORIES:
+            return f"key contains the control character U+{ord(ch):04X}"
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        return f"key is longer than {MAX_KEY_BYTES} UTF-8 bytes"
+    if "\\" in key:
+        return "key contains a backslash (use '/' as the separator)"
+    if key.startswith("/") or _DRIVE.match(key):
+        return "key is an absolute path"
+    for part in key.split("/"):
+        if part == "..":
+            return "key contains '..' and would escape the archive"
+        if part in ("", "."):
+            return "key has an empty or '.' path component"
+    return None
+
+
+def check_key(key: object, where: str = "") -> str:
+    """Return ``key`` unchanged or raise :class:`BadKeyError` naming it and ``where``."""
+    problem = key_problem(key)
+    if problem:
+        prefix = f"{where}: " if where else ""
+        raise BadKeyError(f"{prefix}bad key {key!r}: {problem}")
+    return key  # type: ignore[return-value]
+
+
+def check_tier_id(tier: object, where: str = "") -> str:
+    """Tier ids become one path component of the cache area, so keep them plain."""
+    if not isinstance(tier, str) or not _TIER.match(tier):
+        prefix = f"{where}: " if where else ""
+        raise BadKeyError(
+            f"{prefix}bad tier id {tier!r}: use 1-64 characters from A-Z a-z 0-9 _ . -, "
+            "starting with a letter or digit"
+        )
+    return tier
