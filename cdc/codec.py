@@ -119,12 +119,34 @@ class CDCCodec:
     def decompress(self, data: bytes, steps: int | None = None, gamma: float | None = None,
                    seed: int = 0) -> Image.Image:
         """Rebuild the image: DDIM with ``steps`` steps from x_N = γ·noise(seed)."""
-        c, y_hat = self.decode_latent(data)
+        return self.decompress_batch([data], steps=steps, gamma=gamma, seeds=[seed])[0]
+
+    def decompress_batch(self, datas: list[bytes], steps: int | None = None,
+                         gamma: float | None = None, seeds: list[int] | int = 0) -> list[Image.Image]:
+        """Decode many streams; equal latent shapes run through the U-Net together.
+
+        Each item starts from its own seed's noise, so a batched decode equals the
+        single decodes up to float rounding of batched kernels.
+        """
         steps = self.config.default_steps if steps is None else int(steps)
         gamma = self.config.default_gamma if gamma is None else float(gamma)
-        x = self.model.render(y_hat.to(self.device), steps=steps, gamma=gamma, seed=seed,
-                              autocast_dtype=self.autocast_dtype)
-        return tensor_to_image(x[0, :, : c.height, : c.width])
+        seeds = [seeds] * len(datas) if isinstance(seeds, int) else list(seeds)
+        if len(seeds) != len(datas):
+            raise ValueError(f"{len(seeds)} seeds for {len(datas)} streams")
+        self.model.sampler.timesteps(steps)  # validate before any work
+        decoded = [self.decode_latent(d) for d in datas]
+        out: list[Image.Image | None] = [None] * len(datas)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (_, y_hat) in enumerate(decoded):
+            groups.setdefault(tuple(y_hat.shape[-2:]), []).append(i)
+        for idx in groups.values():
+            y_hat = torch.cat([decoded[i][1] for i in idx]).to(self.device)
+            x = self.model.render(y_hat, steps=steps, gamma=gamma, seed=[seeds[i] for i in idx],
+                                  autocast_dtype=self.autocast_dtype)
+            for j, i in enumerate(idx):
+                c = decoded[i][0]
+                out[i] = tensor_to_image(x[j, :, : c.height, : c.width])
+        return out  # type: ignore[return-value]
 
     def info(self, data: bytes) -> dict[str, Any]:
         d = describe(data)

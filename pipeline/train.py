@@ -156,7 +156,7 @@ class Trainer:
                 if be.shape == bm.shape:
                     be.copy_(bm)
         self.step += 1
-        return {"loss": float(out["loss"]), "bpp": float(out["bpp"]),
+        return {"loss": float(out["loss"].detach()), "bpp": float(out["bpp"]),
                 "diffusion": float(out["diffusion"]), "perceptual": float(out["perceptual"]),
                 "aux": float(aux), "grad_norm": float(gnorm), "lam": self.lam_at(self.step - 1)}
 

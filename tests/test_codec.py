@@ -224,3 +224,12 @@ def test_numpy_inputs(codec: CDCCodec):
         codec.compress(np.zeros((8, 8, 5), np.uint8))
     with pytest.raises(ImageError, match="mode"):
         codec.compress(Image.new("F", (8, 8)))
+
+
+def test_batch_decode_matches_single(codec: CDCCodec):
+    imgs = [smooth_image(40, 60, s) for s in range(3)] + [smooth_image(70, 30, 9)]
+    streams = codec.compress_batch(imgs)
+    batch = codec.decompress_batch(streams, steps=2, gamma=0.8, seeds=[1, 2, 3, 4])
+    for s, seed, img in zip(streams, [1, 2, 3, 4], batch):
+        single = np.asarray(codec.decompress(s, steps=2, gamma=0.8, seed=seed), np.int16)
+        assert np.abs(single - np.asarray(img, np.int16)).max() <= 1

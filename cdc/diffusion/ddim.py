@@ -33,15 +33,24 @@ class DDIMSampler:
         return [round((n - 1) * (steps - 1 - i) / (steps - 1)) for i in range(steps)]
 
     def initial_noise(
-        self, shape: tuple[int, ...], gamma: float, seed: int, device: torch.device | str
+        self, shape: tuple[int, ...], gamma: float, seed: int | list[int],
+        device: torch.device | str,
     ) -> Tensor:
-        """x_N = γ·ε with ε drawn on the CPU from ``seed`` so every device gets the same start."""
+        """x_N = γ·ε with ε drawn on the CPU so every device gets the same start.
+
+        ``seed`` may be a list with one seed per batch item: item i then starts
+        exactly as it would if decoded alone with seed[i].
+        """
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
         if gamma == 0:
             return torch.zeros(shape, device=device)
-        g = torch.Generator(device="cpu").manual_seed(int(seed))
-        return (gamma * torch.randn(shape, generator=g)).to(device)
+        seeds = seed if isinstance(seed, (list, tuple)) else [seed] * shape[0]
+        if len(seeds) != shape[0]:
+            raise ValueError(f"{len(seeds)} seeds for a batch of {shape[0]}")
+        noise = [torch.randn((1, *shape[1:]), generator=torch.Generator().manual_seed(int(s)))
+                 for s in seeds]
+        return (gamma * torch.cat(noise)).to(device)
 
     @torch.no_grad()
     def sample(self, denoise: Denoiser, x_n: Tensor, steps: int, clip: bool = True) -> Tensor:

@@ -66,7 +66,7 @@ class ConditionalDiffusionCompressor(nn.Module):
         y_hat: Tensor,
         steps: int,
         gamma: float = 0.0,
-        seed: int = 0,
+        seed: int | list[int] = 0,
         autocast_dtype: torch.dtype | None = None,
     ) -> Tensor:
         """Decode ŷ to an image in [-1, 1] with ``steps`` DDIM steps from x_N = γ·noise."""
