@@ -60,6 +60,22 @@ class CDCCodec:
     def config(self):
         return self.model.cfg
 
+    def optimize(self, channels_last: bool = False, compile: bool = False) -> "CDCCodec":
+        """Opt-in speed-ups for the heavy networks (g_a, context decoder, U-Net).
+
+        Neither changes the bitstream: the entropy parameters are always computed
+        by the float64 CPU hyper-synthesis. ``compile`` uses torch.compile (slow
+        first call per input shape); measure with bench/bench_speed.py.
+        """
+        nets = [self.model.g_a, self.model.context, self.model.denoiser]
+        if channels_last:
+            for net in nets:
+                net.to(memory_format=torch.channels_last)
+        if compile:
+            self.model.denoiser = torch.compile(self.model.denoiser, dynamic=False)
+            self.model.context = torch.compile(self.model.context, dynamic=False)
+        return self
+
     # -- encoding -------------------------------------------------------------------------
     def compress(self, image: ImageLike) -> bytes:
         return self.compress_batch([image])[0]

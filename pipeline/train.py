@@ -158,7 +158,7 @@ class Trainer:
         self.step += 1
         return {"loss": float(out["loss"].detach()), "bpp": float(out["bpp"]),
                 "diffusion": float(out["diffusion"]), "perceptual": float(out["perceptual"]),
-                "aux": float(aux), "grad_norm": float(gnorm), "lam": self.lam_at(self.step - 1)}
+                "aux": float(aux.detach()), "grad_norm": float(gnorm), "lam": self.lam_at(self.step - 1)}
 
     def fit(self, max_steps: int | None = None, time_limit: float | None = None,
             progress: bool = True) -> int:

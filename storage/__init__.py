@@ -29,13 +29,15 @@ from .records import STATUS_FAILED, STATUS_OK, Record, RecordInfo
 from .writer import ShardWriter
 
 __all__ = [
+    "FORMAT_VERSION",
+    "STATUS_FAILED",
+    "STATUS_OK",
     "Archive",
     "ArchiveError",
     "ArchiveExistsError",
     "BadKeyError",
     "CorruptArchiveError",
     "DuplicateKeyError",
-    "FORMAT_VERSION",
     "FormatVersionError",
     "ModelMismatchError",
     "NotAnArchiveError",
@@ -43,8 +45,6 @@ __all__ = [
     "Record",
     "RecordInfo",
     "RecordNotFoundError",
-    "STATUS_FAILED",
-    "STATUS_OK",
     "ShardCompleteError",
     "ShardFullError",
     "ShardTakenError",

@@ -15,8 +15,9 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import zarr
@@ -76,11 +77,11 @@ def _quiet_zarr() -> warnings.catch_warnings:
 
 
 def _package_version() -> str:
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("cdc-toolkit")
-    except Exception:
+    except PackageNotFoundError:
         return "unknown"
 
 
@@ -138,7 +139,9 @@ class Archive:
             self.chunk_bytes = int(lay["chunk_bytes"])
             self.max_shard_bytes = int(lay["max_shard_bytes"])
         except (KeyError, TypeError, ValueError) as e:
-            raise CorruptArchiveError(f"{self.url}: layout attributes are incomplete ({e!r})") from e
+            raise CorruptArchiveError(
+                f"{self.url}: layout attributes are incomplete ({e!r})"
+            ) from e
         self._n_inner = self.max_shard_bytes // self.chunk_bytes
         try:
             self._arrays = {name: group[name] for name in ROW_ARRAYS}
@@ -146,7 +149,9 @@ class Archive:
         except KeyError as e:
             raise CorruptArchiveError(f"{self.url}: array {e} is missing") from e
         for name, arr in self._arrays.items():
-            if arr.shape != (self.max_shards * self.shard_size,) or arr.chunks != (self.shard_size,):
+            if arr.shape != (self.max_shards * self.shard_size,) or arr.chunks != (
+                self.shard_size,
+            ):
                 raise CorruptArchiveError(f"{self.url}: array {name!r} does not match the layout")
         if self._payload.shape != (self.max_shards, self.max_shard_bytes):
             raise CorruptArchiveError(f"{self.url}: array {PAYLOAD!r} does not match the layout")
@@ -179,27 +184,35 @@ class Archive:
         max_shard_bytes: int | None = None,
         info: Mapping[str, Any] | None = None,
         storage_options: dict[str, Any] | None = None,
-    ) -> "Archive":
+    ) -> Archive:
         """Create an empty archive at ``url``; refuses if anything is stored there already.
 
         ``shard_size`` records per shard; ``max_shard_bytes`` caps one shard's payload
         (default ``shard_size`` x 128 KiB); ``chunk_bytes`` is the payload's inner chunk.
         """
-        for name, v in (("shard_size", shard_size), ("max_shards", max_shards),
-                        ("chunk_bytes", chunk_bytes)):
+        for name, v in (
+            ("shard_size", shard_size),
+            ("max_shards", max_shards),
+            ("chunk_bytes", chunk_bytes),
+        ):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if max_shard_bytes is None:
             max_shard_bytes = default_max_shard_bytes(shard_size, chunk_bytes)
         if max_shard_bytes % chunk_bytes or max_shard_bytes < chunk_bytes:
-            raise ValueError(f"max_shard_bytes={max_shard_bytes} must be a multiple of chunk_bytes={chunk_bytes}")
+            raise ValueError(
+                f"max_shard_bytes={max_shard_bytes} must be a multiple of chunk_bytes={chunk_bytes}"
+            )
         if max_shard_bytes // chunk_bytes > MAX_INNER_CHUNKS:
             raise ValueError(
                 f"max_shard_bytes/chunk_bytes = {max_shard_bytes // chunk_bytes} inner chunks per "
                 f"shard is more than {MAX_INNER_CHUNKS}; raise chunk_bytes"
             )
-        for name, v in (("codec_id", codec_id), ("model_id", model_id),
-                        ("weights_digest", weights_digest)):
+        for name, v in (
+            ("codec_id", codec_id),
+            ("model_id", model_id),
+            ("weights_digest", weights_digest),
+        ):
             if not isinstance(v, str) or not v:
                 raise ValueError(f"{name} must be a non-empty str, got {v!r}")
         tiers_d = cls._checked_tiers(url, tiers or {})
@@ -230,9 +243,18 @@ class Archive:
         try:
             json.dumps(attrs)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{url}: codec_config/tiers/info must be JSON-serialisable ({e})") from e
+            raise ValueError(
+                f"{url}: codec_config/tiers/info must be JSON-serialisable ({e})"
+            ) from e
         loc = Location(url, storage_options)
-        if loc.exists_at_all():
+        try:
+            occupied = loc.exists_at_all()
+        except OSError as e:
+            raise ArchiveError(
+                f"{url}: cannot create an archive there ({type(e).__name__}: {e}); "
+                "does the bucket/directory exist and are the credentials right?"
+            ) from e
+        if occupied:
             raise ArchiveExistsError(
                 f"{url}: already holds data; Archive.create never overwrites "
                 "(use Archive.open, or choose a new URL)"
@@ -243,13 +265,20 @@ class Archive:
             group = zarr.create_group(store=loc.store, zarr_format=3, attributes={ATTRS_KEY: attrs})
             for name, (dtype, fill) in ROW_ARRAYS.items():
                 group.create_array(
-                    name, shape=(cap,), chunks=(shard_size,), fill_value=fill,
+                    name,
+                    shape=(cap,),
+                    chunks=(shard_size,),
+                    fill_value=fill,
                     dtype=str if dtype == "string" else dtype,
                 )
             group.create_array(
-                PAYLOAD, shape=(max_shards, max_shard_bytes), dtype="uint8",
-                chunks=(1, chunk_bytes), shards=(1, max_shard_bytes),
-                compressors=None, fill_value=0,
+                PAYLOAD,
+                shape=(max_shards, max_shard_bytes),
+                dtype="uint8",
+                chunks=(1, chunk_bytes),
+                shards=(1, max_shard_bytes),
+                compressors=None,
+                fill_value=0,
             )
             zarr.consolidate_metadata(loc.store)
         finally:
@@ -264,12 +293,18 @@ class Archive:
         expected_digest: str | None = None,
         read_only: bool = False,
         storage_options: dict[str, Any] | None = None,
-    ) -> "Archive":
+    ) -> Archive:
         """Open an existing archive; with ``expected_digest``, also :meth:`check_model`."""
         loc = Location(url, storage_options, read_only=read_only)
         if loc.root_missing():
             raise NotAnArchiveError(f"{url}: does not exist")
-        raw = run(loc.get("zarr.json"))
+        try:
+            raw = run(loc.get("zarr.json"))
+        except OSError as e:
+            raise ArchiveError(
+                f"{url}: cannot read the archive ({type(e).__name__}: {e}); check the URL, "
+                "credentials and endpoint (storage_options or AWS_* environment variables)"
+            ) from e
         if raw is None:
             if run(loc.get(".zgroup")) is not None or run(loc.get(".zarray")) is not None:
                 raise NotAnArchiveError(f"{url}: is a zarr v2 store, not a cdc archive")
@@ -278,11 +313,17 @@ class Archive:
             meta = json.loads(raw)
         except ValueError as e:
             raise NotAnArchiveError(f"{url}: zarr.json is not valid JSON ({e})") from e
-        if not isinstance(meta, dict) or meta.get("zarr_format") != 3 or meta.get("node_type") != "group":
+        if (
+            not isinstance(meta, dict)
+            or meta.get("zarr_format") != 3
+            or meta.get("node_type") != "group"
+        ):
             raise NotAnArchiveError(f"{url}: zarr.json is not a zarr v3 group; not a cdc archive")
         attrs = (meta.get("attributes") or {}).get(ATTRS_KEY)
         if not isinstance(attrs, dict) or attrs.get("format") != FORMAT_NAME:
-            raise NotAnArchiveError(f"{url}: a zarr group without '{ATTRS_KEY}' attributes; not a cdc archive")
+            raise NotAnArchiveError(
+                f"{url}: a zarr group without '{ATTRS_KEY}' attributes; not a cdc archive"
+            )
         version = attrs.get("format_version")
         if not isinstance(version, int) or version < 1:
             raise CorruptArchiveError(f"{url}: format_version {version!r} is not a positive int")
@@ -367,7 +408,7 @@ class Archive:
         for tid, settings in tiers.items():
             check_tier_id(tid, url)
             if not isinstance(settings, Mapping):
-                raise ValueError(f"{url}: tier {tid!r} settings must be a dict, got {settings!r}")
+                raise TypeError(f"{url}: tier {tid!r} settings must be a dict, got {settings!r}")
             out[tid] = dict(settings)
         return out
 
@@ -426,8 +467,14 @@ class Archive:
         ``check_duplicates``: refuse keys already stored in other shards (reads every
         completed shard's key chunk, so off by default).
         """
-        return ShardWriter(self, shard, owner=owner, takeover=takeover,
-                           if_complete=if_complete, check_duplicates=check_duplicates)
+        return ShardWriter(
+            self,
+            shard,
+            owner=owner,
+            takeover=takeover,
+            if_complete=if_complete,
+            check_duplicates=check_duplicates,
+        )
 
     def write_shard(self, shard: int, records: Iterable[Record], **kwargs: Any) -> dict[str, Any]:
         """Write a whole shard from an iterable; returns its manifest entry."""
@@ -452,12 +499,20 @@ class Archive:
     def _parse_manifest(self, shard: int, raw: bytes) -> dict[str, Any]:
         try:
             m = json.loads(raw)
-            if not isinstance(m, dict) or m.get("shard") != shard or not isinstance(m.get("records"), int):
+            if (
+                not isinstance(m, dict)
+                or m.get("shard") != shard
+                or not isinstance(m.get("records"), int)
+            ):
                 raise ValueError("unexpected content")
         except ValueError as e:
-            raise CorruptArchiveError(f"{self.url}: shard {shard}: manifest entry is corrupt ({e})") from e
+            raise CorruptArchiveError(
+                f"{self.url}: shard {shard}: manifest entry is corrupt ({e})"
+            ) from e
         if not 0 <= m["records"] <= self.shard_size:
-            raise CorruptArchiveError(f"{self.url}: shard {shard}: manifest says {m['records']} records")
+            raise CorruptArchiveError(
+                f"{self.url}: shard {shard}: manifest says {m['records']} records"
+            )
         return m
 
     def _manifest_or_raise(self, shard: int) -> dict[str, Any]:
@@ -503,7 +558,9 @@ class Archive:
     def next_shard(self) -> int:
         """The first shard number after every completed or claimed shard (for appends)."""
         used = set(self.completed_shards())
-        used.update(s for s in map(shard_from_name, run(self._loc.list(CLAIMS_DIR + "/"))) if s is not None)
+        used.update(
+            s for s in map(shard_from_name, run(self._loc.list(CLAIMS_DIR + "/"))) if s is not None
+        )
         return max(used) + 1 if used else 0
 
     def _shard_committed(self, shard: int) -> None:
@@ -518,7 +575,7 @@ class Archive:
             return m
         raw = await self._loc.get(manifest_key(shard))
         if raw is None:
-            raise CorruptArchiveError(f"{self.url}: shard {shard} is not complete (no manifest entry)")
+            raise ArchiveError(f"{self.url}: shard {shard} is not complete (no manifest entry)")
         man = self._parse_manifest(shard, raw)
         n, base = man["records"], shard * self.shard_size
         try:
@@ -533,15 +590,27 @@ class Archive:
             ) from e
         cols = dict(zip(self._arrays, vals))
         meta = _ShardMeta(
-            shard=shard, manifest=man,
+            shard=shard,
+            manifest=man,
             keys=[str(k) for k in cols["key"]],
-            status=np.asarray(cols["status"]), height=np.asarray(cols["height"]),
-            width=np.asarray(cols["width"]), checksum=np.asarray(cols["checksum"]),
-            offset=np.asarray(cols["offset"]), nbytes=np.asarray(cols["nbytes"]),
+            status=np.asarray(cols["status"]),
+            height=np.asarray(cols["height"]),
+            width=np.asarray(cols["width"]),
+            checksum=np.asarray(cols["checksum"]),
+            offset=np.asarray(cols["offset"]),
+            nbytes=np.asarray(cols["nbytes"]),
             errors=[str(e) for e in cols["error"]],
         )
-        digest = rows_digest(meta.keys, meta.status, meta.height, meta.width, meta.checksum,
-                             meta.offset, meta.nbytes, meta.errors)
+        digest = rows_digest(
+            meta.keys,
+            meta.status,
+            meta.height,
+            meta.width,
+            meta.checksum,
+            meta.offset,
+            meta.nbytes,
+            meta.errors,
+        )
         if digest != man.get("digest"):
             raise CorruptArchiveError(
                 f"{self.url}: shard {shard}: record metadata does not match its manifest digest "
@@ -553,8 +622,10 @@ class Archive:
     async def _load_metas(self, shards: list[int], return_exceptions: bool = False) -> list[Any]:
         out: list[Any] = []
         for i in range(0, len(shards), _LOAD_BATCH):
-            out += await asyncio.gather(*(self._load_meta(s) for s in shards[i:i + _LOAD_BATCH]),
-                                        return_exceptions=return_exceptions)
+            out += await asyncio.gather(
+                *(self._load_meta(s) for s in shards[i : i + _LOAD_BATCH]),
+                return_exceptions=return_exceptions,
+            )
         return out
 
     def refresh(self) -> None:
@@ -681,7 +752,7 @@ class Archive:
         """Metadata of every record, shard by shard (no payload reads)."""
         todo = self.completed_shards() if shards is None else list(shards)
         for i in range(0, len(todo), _LOAD_BATCH):
-            for meta in run(self._load_metas(todo[i:i + _LOAD_BATCH])):
+            for meta in run(self._load_metas(todo[i : i + _LOAD_BATCH])):
                 for row in range(len(meta.keys)):
                     yield meta.info(row)
 
@@ -708,11 +779,15 @@ class Archive:
         key = self._payload_key(shard)
         raw = await self._loc.get_suffix(key, index_nbytes(self._n_inner))
         if raw is None:
-            raise CorruptArchiveError(f"{self.url}: shard {shard}: payload object {key!r} is missing")
+            raise CorruptArchiveError(
+                f"{self.url}: shard {shard}: payload object {key!r} is missing"
+            )
         try:
             idx = parse_shard_index(raw, self._n_inner)
         except ValueError as e:
-            raise CorruptArchiveError(f"{self.url}: shard {shard}: payload object {key!r}: {e}") from e
+            raise CorruptArchiveError(
+                f"{self.url}: shard {shard}: payload object {key!r}: {e}"
+            ) from e
         self._shard_indexes[shard] = idx
         while len(self._shard_indexes) > _INDEX_CACHE:
             self._shard_indexes.popitem(last=False)
@@ -728,7 +803,9 @@ class Archive:
             except OSError:
                 raise
             except Exception as e:
-                raise CorruptArchiveError(f"{self.url}: shard {shard}: cannot read payload ({e})") from e
+                raise CorruptArchiveError(
+                    f"{self.url}: shard {shard}: cannot read payload ({e})"
+                ) from e
             return np.asarray(arr, dtype=np.uint8).tobytes()
         idx = await self._shard_index(shard)
         c, end = self.chunk_bytes, start + n
@@ -740,7 +817,9 @@ class Archive:
                 segs.append([0, 0, hi - lo])
                 continue
             if int(entry[1]) != c:
-                raise CorruptArchiveError(f"{self.url}: shard {shard}: inner chunk {j} has a bad size")
+                raise CorruptArchiveError(
+                    f"{self.url}: shard {shard}: inner chunk {j} has a bad size"
+                )
             a, b = int(entry[0]) + lo, int(entry[0]) + hi
             if segs and segs[-1][0] == 1 and segs[-1][2] == a:
                 segs[-1][2] = b
@@ -757,7 +836,9 @@ class Archive:
                 continue
             part = next(it)
             if part is None or len(part) != b - a:
-                raise CorruptArchiveError(f"{self.url}: shard {shard}: payload object {key!r} is truncated or missing")
+                raise CorruptArchiveError(
+                    f"{self.url}: shard {shard}: payload object {key!r} is truncated or missing"
+                )
             out.append(part)
         return b"".join(out)
 
@@ -770,14 +851,38 @@ class Archive:
         status = STATUS_NAMES.get(int(meta.status[row]))
         if status is None:
             raise CorruptArchiveError(f"{self.url}: record {key!r} has an unknown status code")
-        return Record(key=key, data=data, height=int(meta.height[row]), width=int(meta.width[row]),
-                      status=status, error=meta.errors[row])
+        return Record(
+            key=key,
+            data=data,
+            height=int(meta.height[row]),
+            width=int(meta.width[row]),
+            status=status,
+            error=meta.errors[row],
+        )
 
     def __getitem__(self, key: str) -> Record:
         """The record with ``key``; its payload is read and its checksum verified."""
         meta, row = self._locate(key)
         data = run(self._read_payload(meta.shard, int(meta.offset[row]), int(meta.nbytes[row])))
         return self._record(meta, row, data)
+
+    def read_many(self, keys: Iterable[str], *, concurrency: int = 32) -> list[Record]:
+        """Several records, fetched concurrently (what a decode job on S3 wants); each
+        is checksum-verified like ``archive[key]``."""
+        where = [self._locate(k) for k in keys]
+
+        async def fetch() -> list[bytes]:
+            sem = asyncio.Semaphore(max(1, concurrency))
+
+            async def one(meta: _ShardMeta, row: int) -> bytes:
+                async with sem:
+                    return await self._read_payload(
+                        meta.shard, int(meta.offset[row]), int(meta.nbytes[row])
+                    )
+
+            return await asyncio.gather(*(one(m, r) for m, r in where))
+
+        return [self._record(m, r, d) for (m, r), d in zip(where, run(fetch()))]
 
     def get(self, key: str, default: Any = None) -> Record | Any:
         try:
@@ -799,13 +904,13 @@ class Archive:
 
     def records(self, shards: Iterable[int] | None = None) -> Iterator[Record]:
         """Every record, shard by shard, reading one shard's payload at a time."""
-        for s in (self.completed_shards() if shards is None else list(shards)):
+        for s in self.completed_shards() if shards is None else list(shards):
             meta = run(self._load_meta(s))
-            total = int((meta.offset[-1] + meta.nbytes[-1])) if meta.keys else 0
+            total = int(meta.offset[-1] + meta.nbytes[-1]) if meta.keys else 0
             blob = run(self._read_payload(s, 0, total))
             for row in range(len(meta.keys)):
                 o, n = int(meta.offset[row]), int(meta.nbytes[row])
-                yield self._record(meta, row, blob[o:o + n])
+                yield self._record(meta, row, blob[o : o + n])
 
     def verify(self, *, data: bool = True) -> dict[str, Any]:
         """Check every completed shard (metadata digests, duplicates, and with ``data``
@@ -823,11 +928,15 @@ class Archive:
                 continue
             del meta
         if problems:
-            raise CorruptArchiveError(f"{self.url}: {len(problems)} problem(s):\n" + "\n".join(problems))
+            raise CorruptArchiveError(
+                f"{self.url}: {len(problems)} problem(s):\n" + "\n".join(problems)
+            )
         self.refresh()
         if dups := self.duplicates():
             first = ", ".join(f"{k!r} in {v}" for k, v in list(dups.items())[:5])
-            raise DuplicateKeyError(f"{self.url}: {len(dups)} key(s) stored in more than one shard: {first}")
+            raise DuplicateKeyError(
+                f"{self.url}: {len(dups)} key(s) stored in more than one shard: {first}"
+            )
         return self.summary()
 
     # -- decoded-image cache --------------------------------------------------------------

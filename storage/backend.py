@@ -9,10 +9,13 @@ claims and manifest entries), and byte-range reads of a shard object (for ``read
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import os
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, Awaitable, TypeVar
+from typing import Any, TypeVar
 
 from zarr.abc.store import RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import default_buffer_prototype
@@ -20,6 +23,20 @@ from zarr.core.sync import sync as _zarr_sync
 from zarr.storage import FsspecStore, LocalStore
 
 T = TypeVar("T")
+
+# Async fsspec filesystems we created (fsspec's instance cache holds them too); their HTTP
+# sessions are closed at exit, on zarr's loop before zarr stops it, so interpreters do not
+# end with aiohttp's "Unclosed client session" noise.
+_ASYNC_FILESYSTEMS: dict[int, Any] = {}
+
+
+@atexit.register
+def _close_sessions() -> None:
+    for fs in list(_ASYNC_FILESYSTEMS.values()):
+        client = getattr(fs, "_s3", None)  # s3fs; other backends clean up on their own
+        if client is not None:
+            with contextlib.suppress(Exception):  # best effort while the interpreter exits
+                _zarr_sync(client.close(), timeout=2)
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -32,14 +49,15 @@ def is_local(url: str) -> bool:
 
 
 def local_path(url: str) -> Path:
-    return Path(url[len("file://"):] if url.startswith("file://") else url).expanduser().absolute()
+    return Path(url.removeprefix("file://")).expanduser().absolute()
 
 
 class Location:
     """Where an archive lives: a zarr store rooted at the archive URL."""
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None,
-                 read_only: bool = False) -> None:
+    def __init__(
+        self, url: str, storage_options: dict[str, Any] | None = None, read_only: bool = False
+    ) -> None:
         self.url = url
         self.storage_options = dict(storage_options or {})
         self.read_only = read_only
@@ -54,6 +72,7 @@ class Location:
             self.store = FsspecStore.from_url(
                 url, storage_options=self.storage_options or None, read_only=read_only
             )
+            _ASYNC_FILESYSTEMS.setdefault(id(self.store.fs), self.store.fs)
 
     # -- probes -------------------------------------------------------------------------
     def exists_at_all(self) -> bool:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -37,7 +37,9 @@ class Record:
         if not isinstance(self.data, bytes):
             raise TypeError(f"Record.data must be bytes, got {type(self.data).__name__}")
         if self.status not in STATUS_CODES:
-            raise ValueError(f"Record.status must be one of {sorted(STATUS_CODES)}, got {self.status!r}")
+            raise ValueError(
+                f"Record.status must be one of {sorted(STATUS_CODES)}, got {self.status!r}"
+            )
         for name in ("height", "width"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_SIDE:
@@ -48,7 +50,7 @@ class Record:
             raise ValueError(f"Record {self.key!r} has status 'ok' but no data")
 
     @classmethod
-    def failed(cls, key: str, error: str, *, height: int = 0, width: int = 0) -> "Record":
+    def failed(cls, key: str, error: str, *, height: int = 0, width: int = 0) -> Record:
         """A record for an image the codec could not compress."""
         return cls(key=key, height=height, width=width, status=STATUS_FAILED, error=error)
 
@@ -111,8 +113,12 @@ def rows_digest(
         h.update(len(kb).to_bytes(4, "little") + kb)
         h.update(
             _ROW.pack(
-                int(status[i]), int(height[i]), int(width[i]), int(crc[i]),
-                int(offset[i]), int(nbytes[i]),
+                int(status[i]),
+                int(height[i]),
+                int(width[i]),
+                int(crc[i]),
+                int(offset[i]),
+                int(nbytes[i]),
             )
         )
         h.update(len(eb).to_bytes(4, "little") + eb)

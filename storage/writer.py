@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import operator
 import os
 import socket
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Iterable, Literal
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -39,10 +41,14 @@ from .errors import (
     ShardTakenError,
 )
 from .keys import check_key
-from .layout import FORMAT_VERSION, PAYLOAD, ROW_ARRAYS, claim_key, manifest_key
+from .layout import FORMAT_VERSION, ROW_ARRAYS, claim_key, manifest_key
 from .records import STATUS_CODES, Record, checksum, keys_digest, rows_digest
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
+    from typing_extensions import Self
+
     from .archive import Archive
 
 IfComplete = Literal["keys", "exact", "error"]
@@ -66,7 +72,7 @@ class ShardWriter:
 
     def __init__(
         self,
-        archive: "Archive",
+        archive: Archive,
         shard: int,
         *,
         owner: str | None = None,
@@ -74,8 +80,9 @@ class ShardWriter:
         if_complete: IfComplete = "keys",
         check_duplicates: bool = False,
     ) -> None:
-        if not isinstance(shard, int) or isinstance(shard, bool):
-            raise TypeError(f"shard must be an int, got {type(shard).__name__}")
+        if isinstance(shard, bool):
+            raise TypeError("shard must be an int, got bool")
+        shard = operator.index(shard)  # accepts numpy integers from partitioning code
         if not 0 <= shard < archive.max_shards:
             raise ShardFullError(
                 f"{archive.url}: shard {shard} is outside 0..{archive.max_shards - 1} "
@@ -84,7 +91,9 @@ class ShardWriter:
         if if_complete not in ("keys", "exact", "error"):
             raise ValueError(f"if_complete must be 'keys', 'exact' or 'error', got {if_complete!r}")
         if archive.read_only:
-            raise ReadOnlyArchiveError(f"{archive.url}: opened read-only; cannot write shard {shard}")
+            raise ReadOnlyArchiveError(
+                f"{archive.url}: opened read-only; cannot write shard {shard}"
+            )
         self.archive = archive
         self.shard = shard
         self.owner = owner or default_owner()
@@ -102,11 +111,16 @@ class ShardWriter:
         self.manifest: dict[str, Any] | None = None
 
     # -- context manager ------------------------------------------------------------------
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> Self:
         self.open()
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is None:
             self.commit()
         else:
@@ -124,7 +138,7 @@ class ShardWriter:
         return self._nbytes
 
     # -- claim ----------------------------------------------------------------------------
-    def open(self) -> "ShardWriter":
+    def open(self) -> Self:
         """Claim the shard (or note that it is already complete)."""
         if self._state != "new":
             return self
@@ -134,8 +148,12 @@ class ShardWriter:
             return self
         loc = self.archive._loc
         claim = {
-            "shard": self.shard, "owner": self.owner, "token": self._token,
-            "host": socket.gethostname(), "pid": os.getpid(), "claimed_at": _now(),
+            "shard": self.shard,
+            "owner": self.owner,
+            "token": self._token,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "claimed_at": _now(),
         }
         for _ in range(3):  # a claim released between our create and read: try again
             if run(loc.create(claim_key(self.shard), json.dumps(claim).encode())):

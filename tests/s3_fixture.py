@@ -18,9 +18,10 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -74,30 +75,41 @@ def s3_server() -> Iterator[S3Server]:
         host = urlparse(endpoint).hostname
         if host not in ("127.0.0.1", "localhost"):
             pytest.fail(f"CDC_S3_ENDPOINT={endpoint}: the S3 tests only talk to 127.0.0.1")
-        yield S3Server(endpoint, os.environ.get("CDC_S3_ACCESS_KEY", "cdc-test"),
-                       os.environ.get("CDC_S3_SECRET_KEY", "cdc-test-secret"))
+        yield S3Server(
+            endpoint,
+            os.environ.get("CDC_S3_ACCESS_KEY", "cdc-test"),
+            os.environ.get("CDC_S3_SECRET_KEY", "cdc-test-secret"),
+        )
         return
     missing = [t for t in CEPH_TOOLS if shutil.which(t) is None]
     if missing:
-        pytest.skip(f"no Ceph RADOS gateway for the S3 tests (missing {', '.join(missing)}); "
-                    f"install with: {APT_HINT}")
+        pytest.skip(
+            f"no Ceph RADOS gateway for the S3 tests (missing {', '.join(missing)}); "
+            f"install with: {APT_HINT}"
+        )
     # Short path: Ceph's admin sockets must fit in sun_path (108 bytes).
     workdir = tempfile.mkdtemp(prefix="cdc-s3-", dir="/tmp")
     env = {**os.environ, "CDC_S3_PORT": str(_free_port()), "CDC_S3_MON_PORT": str(_free_port())}
     try:
-        proc = subprocess.run([str(SCRIPT), "start", workdir], env=env, capture_output=True,
-                              text=True, timeout=240)
+        proc = subprocess.run(
+            [str(SCRIPT), "start", workdir],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
     except subprocess.TimeoutExpired as e:
-        subprocess.run([str(SCRIPT), "stop", workdir], capture_output=True, timeout=60)
+        subprocess.run([str(SCRIPT), "stop", workdir], check=False, capture_output=True, timeout=60)
         pytest.fail(f"scripts/s3-server start timed out: {e.stderr}")
     if proc.returncode != 0:
-        subprocess.run([str(SCRIPT), "stop", workdir], capture_output=True, timeout=60)
+        subprocess.run([str(SCRIPT), "stop", workdir], check=False, capture_output=True, timeout=60)
         pytest.fail(f"scripts/s3-server start failed (rc {proc.returncode}):\n{proc.stderr}")
     cfg = _parse_env(proc.stdout)
     try:
         yield S3Server(cfg["CDC_S3_ENDPOINT"], cfg["CDC_S3_ACCESS_KEY"], cfg["CDC_S3_SECRET_KEY"])
     finally:
-        subprocess.run([str(SCRIPT), "stop", workdir], capture_output=True, timeout=60)
+        subprocess.run([str(SCRIPT), "stop", workdir], check=False, capture_output=True, timeout=60)
 
 
 @pytest.fixture

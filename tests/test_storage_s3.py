@@ -1,0 +1,73 @@
+"""storage/ against a real S3 server (Ceph RADOS gateway on 127.0.0.1, tests/s3_fixture.py).
+
+The store-generic tests in test_storage.py also run on S3 (their ``s3`` parameter); these
+cover what only matters there: processes writing over the network, credentials from the
+environment, objects vanishing under a reader, and exclusive creates on the server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import s3fs
+from test_storage import create, make_records, run_parallel_writers
+
+from storage import Archive, ArchiveError, CorruptArchiveError, NotAnArchiveError, ShardTakenError
+
+pytestmark = pytest.mark.s3
+
+
+def test_parallel_process_writers_on_s3(s3_url: tuple[str, dict[str, Any]]) -> None:
+    run_parallel_writers(*s3_url)
+
+
+def test_credentials_from_environment(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    bucket = s3_server.new_bucket()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    url = f"s3://{bucket}/env-archive"
+    s3fs.S3FileSystem.clear_instance_cache()  # make s3fs read the environment afresh
+    try:
+        create(url).write_shard(0, make_records(0, 3))  # no storage_options at all
+        assert len(Archive.open(url)) == 3
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_not_an_archive_on_s3(s3_server: Any) -> None:
+    bucket = s3_server.new_bucket()
+    fs = s3_server.filesystem()
+    fs.pipe(f"{bucket}/photos/cat.jpg", b"meow")
+    with pytest.raises(NotAnArchiveError, match="no zarr.json"):
+        Archive.open(f"s3://{bucket}/photos", storage_options=s3_server.storage_options)
+    with pytest.raises(NotAnArchiveError):
+        Archive.open(f"s3://{bucket}/nothing", storage_options=s3_server.storage_options)
+    assert fs.cat(f"{bucket}/photos/cat.jpg") == b"meow"
+    with pytest.raises(ArchiveError, match="does the bucket/directory exist"):
+        create(f"s3://no-such-bucket-{bucket}/a", s3_server.storage_options)
+    wrong = {**s3_server.storage_options, "secret": "wrong-secret"}
+    with pytest.raises(ArchiveError, match="credentials"):
+        Archive.open(f"s3://{bucket}/photos", storage_options=wrong)
+
+
+def test_missing_object_and_taken_shard_on_s3(
+    s3_server: Any, s3_url: tuple[str, dict[str, Any]]
+) -> None:
+    url, so = s3_url
+    arch = create(url, so)
+    a, b = make_records(0, 6), make_records(1, 6)
+    arch.write_shard(0, a)
+    arch.write_shard(1, b)
+    s3_server.filesystem().rm(url[len("s3://") :] + "/bitstream/c/1/0")
+    back = Archive.open(url, storage_options=so)
+    with pytest.raises(CorruptArchiveError, match="payload object 'bitstream/c/1/0' is missing"):
+        back[b[0].key]
+    assert back[a[0].key] == a[0]
+    holder = back.writer(7, owner="job-A").open()
+    with pytest.raises(ShardTakenError, match="job-A"):
+        Archive.open(url, storage_options=so).writer(7).open()
+    holder.abort()
+    assert back.claims() == {}
