@@ -56,6 +56,15 @@ class CDCCodec:
         loaded = load_weights(name_or_path, sha256=sha256)
         return cls(loaded.model, loaded.model_id, loaded.sha256, device, precision)
 
+    @classmethod
+    def from_weights(cls, obj: dict[str, Any], sha256: str, source: str,
+                     device: str | torch.device = "cpu", precision: str | None = None) -> "CDCCodec":
+        """From a validated weights dict (``cdc.zoo.load_codec`` dispatches here)."""
+        from cdc.zoo.weights import model_from_dict
+
+        model, model_id = model_from_dict(obj, source)
+        return cls(model, model_id, sha256, device, precision)
+
     @property
     def config(self):
         return self.model.cfg

@@ -63,30 +63,34 @@ def weights_bytes(model: ConditionalDiffusionCompressor, model_id: str, half: bo
     return buf.getvalue()
 
 
-def model_from_bytes(data: bytes, source: str) -> tuple[ConditionalDiffusionCompressor, str]:
-    try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise WeightsError(f"{source}: not a readable weights file ({e})") from e
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise WeightsError(f"{source}: not a cdc-toolkit weights file (format {obj.get('format')!r})"
-                           if isinstance(obj, dict) else f"{source}: not a cdc-toolkit weights file")
+def model_from_dict(obj: dict[str, Any], source: str) -> tuple[ConditionalDiffusionCompressor, str]:
+    """The CDC network of a validated weights dict (see ``cdc.zoo.loader.read_weights_dict``)."""
     try:
         cfg = CDCConfig.from_dict(obj["config"])
     except (KeyError, TypeError, ValueError) as e:
         raise WeightsError(f"{source}: bad model config ({e})") from e
     model = ConditionalDiffusionCompressor(cfg)
-    sd = obj["state_dict"]
+    sd = dict(obj["state_dict"])
     for name, buffers in _ENTROPY_MODULES.items():
         update_registered_buffers(model.get_submodule(name), name, buffers, sd)
     sd = {k: v.float() if v.dtype == torch.float16 else v for k, v in sd.items()}
+    own = set(model.state_dict())
     try:
-        model.load_state_dict(sd)
+        model.load_state_dict({k: v for k, v in sd.items() if k in own})
     except RuntimeError as e:
         raise WeightsError(f"{source}: weights do not fit config {cfg.name!r} ({e})") from e
     if model.entropy.entropy_bottleneck._quantized_cdf.numel() == 0:
         raise WeightsError(f"{source}: file has no entropy tables (export after update())")
     return model.eval(), str(obj.get("model_id", cfg.name))
+
+
+def model_from_bytes(data: bytes, source: str) -> tuple[ConditionalDiffusionCompressor, str]:
+    from cdc.zoo.loader import read_weights_dict
+
+    obj = read_weights_dict(data, source)
+    if obj.get("codec", "cdc") not in ("cdc", "corrdiff"):
+        raise WeightsError(f"{source}: weights are for codec {obj.get('codec')!r}, not CDC")
+    return model_from_dict(obj, source)
 
 
 def registry() -> dict[str, dict[str, Any]]:
@@ -113,8 +117,8 @@ def _read_source(source: str) -> bytes:
     return path.read_bytes()
 
 
-def load_weights(name_or_path: str, sha256: str | None = None) -> LoadedModel:
-    """Load shipped model ``name``, or a weights file from a path or fsspec URL.
+def read_verified_bytes(name_or_path: str, sha256: str | None = None) -> tuple[bytes, str]:
+    """The bytes of shipped model ``name``, or of a weights file at a path or fsspec URL.
 
     The digest is checked against the registry for shipped models, against
     ``sha256`` when given, or against a sidecar ``<file>.sha256`` when present;
@@ -135,5 +139,11 @@ def load_weights(name_or_path: str, sha256: str | None = None) -> LoadedModel:
     digest = sha256_hex(data)
     if expected is not None and digest != expected.lower():
         raise WeightsError(f"{source}: sha256 {digest} does not match the expected {expected}")
+    return data, source
+
+
+def load_weights(name_or_path: str, sha256: str | None = None) -> LoadedModel:
+    """Load the CDC network of shipped model ``name`` or a weights file (digest-checked)."""
+    data, source = read_verified_bytes(name_or_path, sha256)
     model, model_id = model_from_bytes(data, source)
-    return LoadedModel(model, model_id, digest, source)
+    return LoadedModel(model, model_id, sha256_hex(data), source)
