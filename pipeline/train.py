@@ -32,6 +32,7 @@ from pipeline.data import RandomCrops
 class TrainConfig:
     """Everything a run needs; one YAML file per model (see configs/)."""
 
+    codec: str = "cdc"  # other codecs train with pipeline/train_<codec>.py (cdc train dispatches)
     model_config: str = "cdc-small"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     model_id: str = "cdc-small"
@@ -227,16 +228,30 @@ def export_model(run_dir: str | Path, name: str | None = None, zoo_dir: str | Pa
     meta = {"train_steps": int(ck["step"]), "crop": cfg.crop, "batch_size": cfg.batch_size,
             "lam": cfg.lam, "rho": cfg.rho, "sources": cfg.sources, **(extra_meta or {})}
     data = weights_bytes(model, name, half=half, meta=meta)
+    return ship_weights(data, name, codec="cdc", zoo_dir=zoo_dir, entry={
+        "config": cfg.model_config, "params": sum(p.numel() for p in model.parameters()),
+        "description": description, **meta})
+
+
+def ship_weights(data: bytes, name: str, codec: str, zoo_dir: str | Path | None = None,
+                 entry: dict | None = None) -> Path:
+    """Write a weights file + ``.sha256`` into the zoo and add it to ``models.json``.
+
+    Shared by every codec's export step, so all shipped models carry the same
+    registry fields (file, sha256, codec) and are loadable by ``cdc.zoo.load_codec``.
+    """
     zoo = Path(zoo_dir) if zoo_dir else Path(__import__("cdc.zoo").zoo.__file__).parent
     (zoo / "weights").mkdir(parents=True, exist_ok=True)
     path = zoo / "weights" / f"{name}.pt"
-    path.write_bytes(data)
+    tmp = path.with_suffix(".pt.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
     digest = sha256_hex(data)
     path.with_suffix(".pt.sha256").write_text(f"{digest}  {path.name}\n")
     reg_path = zoo / "models.json"
     reg = json.loads(reg_path.read_text()) if reg_path.exists() else {}
-    reg[name] = {"file": f"weights/{path.name}", "sha256": digest, "codec": "cdc",
-                 "config": cfg.model_config, "params": sum(p.numel() for p in model.parameters()),
-                 "description": description, **meta}
-    reg_path.write_text(json.dumps(reg, indent=2, sort_keys=True) + "\n")
+    reg[name] = {**(entry or {}), "file": f"weights/{path.name}", "sha256": digest, "codec": codec}
+    tmp = reg_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(reg, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, reg_path)
     return path
