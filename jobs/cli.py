@@ -116,6 +116,10 @@ def info(
         typer.echo(f"{k:>15}: {v}")
 
 
+TRAINERS = {"cdc": "pipeline.train", "diffc": "pipeline.train_diffc",
+            "corrdiff": "pipeline.train_corrdiff"}
+
+
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="Training config (YAML), see configs/."),
@@ -128,9 +132,30 @@ def train(
     export: Optional[str] = typer.Option(None, help="After training, export under this model name."),
     half: bool = typer.Option(False, help="Export network weights as fp16."),
 ) -> None:
-    """Train (or resume) a CDC model; optionally export it to the model zoo."""
+    """Train (or resume) a model (CDC, DiffC or CorrDiff: the config's `codec`); optionally export it."""
+    import importlib
+
+    import yaml
+
     from pipeline.train import TrainConfig, Trainer, export_model
 
+    try:
+        codec = (yaml.safe_load(config.read_text()) or {}).get("codec", "cdc")
+    except (OSError, yaml.YAMLError, AttributeError) as e:
+        fail(f"{config}: {e}")
+    if codec not in TRAINERS:
+        fail(f"{config}: unknown codec {codec!r}; known: {', '.join(TRAINERS)}", EXIT_USAGE)
+    if codec != "cdc":
+        # Each other codec has its own training module with the same entry point.
+        module = importlib.import_module(TRAINERS[codec])
+        try:
+            line = module.run_training(config, run_dir, device=device, bf16=bf16,
+                                       batch_size=batch_size, max_steps=max_steps,
+                                       time_limit=time_limit, export=export, half=half)
+        except (OSError, ValueError, TypeError) as e:
+            fail(f"{config}: {e}")
+        typer.echo(line)
+        return
     try:
         cfg = TrainConfig.from_yaml(config)
     except (OSError, ValueError, TypeError) as e:
@@ -215,6 +240,17 @@ def models() -> None:
         typer.echo(f"{name}: {e.get('description', '')} (sha256 {e['sha256'][:16]}…, "
                    f"{e.get('params', '?')} params, {e.get('train_steps', '?')} steps)")
     typer.echo(f"configs: {', '.join(CONFIGS)}")
+
+
+def _register_subcommands() -> None:
+    """Commands that live in their own modules (archive jobs on Ray, evaluation)."""
+    from jobs import eval_cli, ray_cli
+
+    ray_cli.register(app)
+    eval_cli.register(app)
+
+
+_register_subcommands()
 
 
 def main() -> None:

@@ -1,0 +1,314 @@
+"""The encode job behind ``cdc archive``: image collection -> chunked archive, on Ray.
+
+Design
+------
+**Actor pool, not Ray Data.** Encoders are long-lived Ray actors (:class:`ShardEncoder`)
+that load the model once and are handed *whole shards* by the driver, one or two at a
+time each (dynamic load balancing: a fast actor takes more shards). We chose this over
+``ray.data.Dataset.map_batches`` with a callable class because the unit of commit here is
+the shard, not the batch:
+
+* A shard must be written by exactly one task, all at once (``Archive.write_shard`` claims
+  it, buffers, commits a manifest entry). Ray Data's blocks are not aligned with shards;
+  getting "one shard, one writer" out of it needs a shard-keyed groupby (an all-to-all
+  shuffle of the image bytes) in front of a custom datasink.
+* Resume and retries are per shard: the driver skips keys already in the archive, knows
+  which attempt of which shard died with which actor, and re-plans exactly that shard
+  (taking over the dead attempt's claim). Ray Data retries blocks transparently, which
+  hides exactly the information the archive's claim protocol needs.
+* Nothing but file names and counters passes through Ray: each actor reads its own inputs
+  (a thread pool reads ahead while the model runs) and writes its own shard, so the
+  object store never holds pixels and the driver never touches payloads. Backpressure is
+  by construction (at most ``inflight`` shards per actor).
+* On a 2-core machine Ray Data's streaming executor and its extra operator actors cost
+  more than the whole job for small collections.
+
+Batching by size happens inside the actor (``pipeline.archive.group_batches``) over a
+read-ahead window, so ``compress_batch`` stacks equal padded shapes.
+
+**Faults.** Actors restart automatically (``max_restarts=-1``); a shard whose actor died
+is re-queued with ``takeover`` (up to ``shard_attempts`` times), anything it had reported
+is subtracted from the counters. A storage error (full shard, model mismatch) fails that
+shard at once. Images that cannot be read or encoded never fail a shard: they are retried
+(reads ``read_retries`` times, a failed batch image by image) and then stored as *failed*
+records carrying their error, listed in the summary. A rerun plans only the keys not yet in
+the archive, so it skips finished shards and completes the rest; ``retry_failed``
+discards shards holding failed records of this input so they are encoded again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from jobs.cluster import actor_layout, ray_session
+from jobs.driver import drive
+from jobs.models import load_codec, load_driver_codec, weights_ref
+from jobs.progress import Counters, ProgressBar
+from pipeline.archive import (
+    DEFAULT_SHARD_SIZE,
+    EncodeOptions,
+    ShardPlan,
+    claim_is_stale,
+    encode_shard,
+    open_or_create,
+    plan_inputs,
+    plan_shards,
+    weights_digest,
+)
+from pipeline.tiers import DEFAULT_TIERS, merge_tiers
+from storage import ArchiveError
+
+
+class JobError(Exception):
+    """A job cannot start (bad source, archive in use, model mismatch); one-line message."""
+
+
+@dataclass
+class ArchiveJobConfig:
+    src: str
+    url: str
+    model: str = "cdc-small"
+    address: str | None = None
+    num_cpus: int | None = None  # embedded Ray size (default: all cores)
+    actors: int | None = None
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float | None = None  # None: 1 where Ray sees GPUs, else 0
+    precision: str | None = None  # "bf16" on GPUs
+    shard_size: int = DEFAULT_SHARD_SIZE
+    options: EncodeOptions = field(default_factory=EncodeOptions)
+    tiers: list[str] = field(default_factory=list)  # "name:steps=..,gamma=..,seed=.."
+    shard_attempts: int = 3
+    inflight: int = 2  # shards queued per actor
+    retry_failed: bool = False
+    takeover: bool = False  # take over claims that look alive
+    stale_claim_s: float = 600.0
+    storage_options: dict[str, Any] | None = None
+    progress: bool | None = None  # None: when stderr is a terminal
+
+
+@ray.remote
+class ShardEncoder:
+    """Loads the model once (on its first shard); encodes and commits whole shards as a
+    streaming generator of progress events ending with the shard's totals.
+
+    Two shards may be in flight (``max_concurrency=2``, one thread each): a lock lets only
+    one encode at a time, and is released for the commit, so one shard's upload overlaps
+    the next one's encoding.
+    """
+
+    def __init__(self, model: str, expected_sha256: str, url: str,
+                 storage_options: dict[str, Any] | None, owner: str, options: EncodeOptions,
+                 precision: str | None, threads: int,
+                 before_commit: Callable[[ShardPlan], None] | None = None) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.model, self.expected = model, expected_sha256
+        self.url, self.storage_options = url, storage_options
+        self.owner, self.options, self.precision = owner, options, precision
+        self.before_commit = before_commit
+        self.node = ray.get_runtime_context().get_node_id()
+        self.codec = self.archive = None
+        self._loading = threading.Lock()
+        self._compute = threading.Lock()
+
+    def _load(self, weights: list | None) -> None:
+        with self._loading:
+            if self.codec is not None:
+                return
+            self._load_now(weights)
+
+    def _load_now(self, weights: list | None) -> None:
+        from storage import Archive
+
+        device = "cuda" if ray.get_gpu_ids() else "cpu"
+        self.codec = load_codec(self.model, self.expected, weights, device=device,
+                                precision=self.precision)
+        self.archive = Archive.open(self.url, expected_digest=weights_digest(self.codec),
+                                    storage_options=self.storage_options)
+
+    def encode(self, plan: ShardPlan, weights: list | None = None):
+        if self.codec is None:
+            self._load(weights)
+        hook = None if self.before_commit is None else (lambda: self.before_commit(plan))
+        for ev in encode_shard(self.codec, self.archive, plan, owner=self.owner,
+                               options=self.options, before_commit=hook,
+                               compute_lock=self._compute):
+            ev["node"] = self.node
+            yield ev
+
+
+def _prepare(cfg: ArchiveJobConfig):
+    """Driver-side planning: inputs, model identity, archive, shards (no Ray needed)."""
+    from cdc import WeightsError
+
+    try:
+        items, problems = plan_inputs(cfg.src)
+    except FileNotFoundError as e:
+        raise JobError(str(e)) from None
+    try:
+        codec = load_driver_codec(cfg.model)
+    except WeightsError as e:
+        raise JobError(str(e)) from None
+    tiers = merge_tiers(DEFAULT_TIERS, cfg.tiers) if cfg.tiers else None
+    try:
+        arch, created = open_or_create(cfg.url, codec, shard_size=cfg.shard_size,
+                                       tiers=tiers, storage_options=cfg.storage_options,
+                                       info={"source": str(cfg.src)})
+    except ArchiveError as e:
+        raise JobError(str(e)) from None
+    keys = {it.key for it in items}
+    discarded = []
+    if cfg.retry_failed:
+        for s in sorted({i.shard for i in arch.failed() if i.key in keys}):
+            arch.discard_shard(s)
+            discarded.append(s)
+        if discarded:
+            arch = type(arch).open(cfg.url, storage_options=cfg.storage_options)
+    completed = set(arch.completed_shards())
+    done = set(arch.keys()) & keys
+    stale: set[int] = set()
+    for shard, claim in arch.claims().items():
+        if shard in completed:
+            continue
+        if cfg.takeover or claim_is_stale(claim, stale_after_s=cfg.stale_claim_s):
+            stale.add(shard)
+        else:
+            raise JobError(
+                f"{cfg.url}: shard {shard} is being written by {claim.get('owner')!r} (host "
+                f"{claim.get('host')}, pid {claim.get('pid')}, since {claim.get('claimed_at')}); "
+                "one job per archive at a time. If that job is dead, rerun with --takeover")
+    plans = plan_shards(items, done, completed, arch.shard_size, stale)
+    return items, problems, codec, arch, created, done, plans, discarded
+
+
+def run_archive_job(cfg: ArchiveJobConfig, *, on_event: Callable[[dict[str, Any]], None] | None = None,
+                    before_commit: Callable[[ShardPlan], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) an archive job; returns the summary (see ``docs/jobs.md``).
+
+    ``on_event`` sees every worker event on the driver (tests inject faults with it);
+    ``before_commit`` runs inside the actor before each shard commit (fault injection).
+    """
+    t_start = time.perf_counter()
+    items, problems, codec, arch, created, done, plans, discarded = _prepare(cfg)
+    job_id = f"archive-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    counters = Counters(sum(len(p.items) for p in plans))
+    results: list[dict[str, Any]] = []
+    failed_shards: list[dict[str, Any]] = []
+    retries = 0
+    ray_info: dict[str, Any] = {"mode": "not started (nothing to do)"}
+
+    t_planned = time.perf_counter()
+    t_ray = t_run = t_planned
+    if plans:
+        with ray_session(cfg.address, num_cpus=cfg.num_cpus) as sess:
+            t_ray = time.perf_counter()
+            n_act, cpus, gpus = actor_layout(sess, actors=cfg.actors,
+                                             cpus_per_actor=cfg.cpus_per_actor,
+                                             gpus_per_actor=cfg.gpus_per_actor)
+            if gpus > sess.gpus:
+                raise JobError(f"--gpus-per-actor {gpus} but Ray sees {sess.gpus:g} GPUs")
+            n_act = max(1, min(n_act, len(plans)))
+            ray_info = {"mode": sess.mode, "actors": n_act, "cpus_per_actor": cpus,
+                        "gpus_per_actor": gpus, "cluster": {k: v for k, v in sess.resources.items()
+                                                            if k in ("CPU", "GPU")}}
+            wref = weights_ref(cfg.model)
+            actors = [
+                ShardEncoder.options(
+                    num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
+                    scheduling_strategy="SPREAD", max_concurrency=2,
+                ).remote(cfg.model, codec.weights_sha256, cfg.url, cfg.storage_options,
+                         f"{job_id}/encoder-{i}", cfg.options, cfg.precision,
+                         max(1, int(cpus)), before_commit)
+                for i in range(n_act)
+            ]
+            bar = ProgressBar(counters, "archive", cfg.progress)
+            counters.t0 = time.perf_counter()  # rates count actor start-up, not Ray start-up
+            try:
+                res = drive(actors, plans, lambda a, p: a.encode.remote(p, wref), counters=counters,
+                            bar=bar, attempts=cfg.shard_attempts, inflight=cfg.inflight,
+                            on_retry=lambda p: ShardPlan(p.shard, p.items, takeover=True),
+                            on_event=on_event)
+            finally:
+                bar.close()
+                for a in actors:
+                    ray.kill(a)
+            results, retries = res.done, res.retries
+            failed_shards = [{"shard": p.shard, "keys": len(p.items), "first_key": p.items[0].key,
+                              "attempts": n, "error": err} for p, n, err in res.failed]
+            ray_info["nodes_used"] = len(res.nodes)
+            t_run = time.perf_counter()
+
+    # Final state of this input in the archive (what a rerun would see).
+    fresh = type(arch).open(cfg.url, storage_options=cfg.storage_options)
+    keys = [it.key for it in items]
+    in_archive = set(fresh.keys())
+    failed_records = [{"key": i.key, "error": i.error} for i in fresh.failed()
+                      if i.key in set(keys)]
+    missing = [k for k in keys if k not in in_archive]
+    failures = sorted(failed_records + [{"key": p["key"], "error": p["error"]} for p in problems]
+                      + [{"key": k, "error": "not archived (its shard failed; rerun the job)"}
+                         for k in missing], key=lambda f: f["key"])
+    seconds = time.perf_counter() - t_start
+    return {
+        "job_id": job_id,
+        "archive": cfg.url,
+        "created": created,
+        "model": {"id": codec.model_id, "weights_digest": weights_digest(codec)},
+        "ray": ray_info,
+        "inputs": len(items) + len(problems),
+        "already_archived": len(done),
+        "discarded_shards": discarded,
+        "shards": {"planned": len(plans), "written": len(results),
+                   "failed": failed_shards, "retries": retries},
+        "images": {"encoded": counters.images, "ok": counters.ok, "failed": counters.failed},
+        "bytes_in": counters.bytes_in,
+        "bytes_out": counters.bytes_out,
+        "bpp": counters.bpp,
+        "timing": {"plan_s": t_planned - t_start, "ray_start_s": t_ray - t_planned,
+                   "run_s": t_run - t_ray},
+        "seconds": seconds,
+        "images_per_s": counters.images / seconds if seconds > 0 else 0.0,
+        "failures": failures,
+        "complete": not failures,
+        "archive_summary": {k: v for k, v in fresh.summary().items() if k != "url"},
+        "shard_results": [{k: r[k] for k in ("shard", "images", "ok", "failed", "seconds",
+                                             "node", "attempt")} for r in results],
+    }
+
+
+def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    from jobs.progress import mb
+
+    sh = s["shards"]
+    rows = [
+        ("archive", s["archive"] + (" (created)" if s["created"] else "")),
+        ("model", f"{s['model']['id']} ({s['model']['weights_digest'][7:19]})"),
+        ("ray", ", ".join(f"{k} {v}" for k, v in s["ray"].items() if k != "cluster")),
+        ("inputs", str(s["inputs"])),
+        ("already archived (skipped)", str(s["already_archived"])),
+        ("shards written / planned", f"{sh['written']} / {sh['planned']}"
+         + (f" ({sh['retries']} retried)" if sh["retries"] else "")),
+        ("images encoded (ok / failed)",
+         f"{s['images']['encoded']} ({s['images']['ok']} / {s['images']['failed']})"),
+        ("MB in / out", f"{mb(s['bytes_in'])} / {mb(s['bytes_out'])}"),
+        ("bpp", f"{s['bpp']:.4f}"),
+        ("time", f"{s['seconds']:.1f} s ({s['images_per_s']:.2f} images/s)"),
+        ("archive now", (f"{s['archive_summary']['records']} records in "
+                         f"{s['archive_summary']['completed_shards']} shards, "
+                         f"{s['archive_summary']['failed']} failed")),
+    ]
+    if sh["failed"]:
+        rows.append(("shards failed", ", ".join(f"{f['shard']} ({f['error']})" for f in sh["failed"])))
+    rows.append(("failures", str(len(s["failures"]))))
+    return rows
+
+
+__all__ = ["ArchiveJobConfig", "JobError", "ShardEncoder", "run_archive_job", "summary_rows"]

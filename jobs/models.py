@@ -1,0 +1,70 @@
+"""Getting the same model into every Ray worker.
+
+A shipped model name or a URL resolves the same on every node. A local weights path may
+exist only on the driver's machine, so the driver also puts the file's bytes in Ray's
+object store and hands workers ``[ObjectRef]``; a worker loads the path itself when it has
+the file, else fetches the bytes. Either way the weights' SHA-256 must equal the driver's.
+
+The reference travels with each task, not in an actor's constructor arguments: Ray warns
+(rightly) that an actor with ``max_restarts`` whose constructor arguments live in the object
+store may fail to restart if they are lost, so actors load the model lazily on first use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def is_local_file(model: str) -> bool:
+    return "://" not in model and Path(model).is_file()
+
+
+def weights_ref(model: str) -> list[Any] | None:
+    """``[ObjectRef]`` of a local weights file (call inside a Ray session), else None."""
+    if not is_local_file(model):
+        return None
+    import ray
+
+    return [ray.put(Path(model).read_bytes())]
+
+
+def load_codec(model: str, expected_sha256: str, weights: list[Any] | bytes | None = None, *,
+               device: str = "cpu", precision: str | None = None):
+    """The codec for ``model`` in a worker; refuses weights with another digest.
+
+    Any codec of the toolkit (CDC, DiffC, CorrDiff): ``cdc.zoo`` dispatches on the codec id
+    stored in the weights file, so jobs never need to know which codec an archive uses.
+    """
+    from cdc import WeightsError
+    from cdc.zoo import codec_from_bytes
+    from cdc.zoo import load_codec as zoo_load_codec
+
+    expected = expected_sha256.lower().removeprefix("sha256:")
+    codec = None
+    if is_local_file(model) or weights is None:
+        try:
+            # a local file with other bytes than the driver's raises here (sha256 given),
+            # and then the driver's bytes are used below
+            codec = zoo_load_codec(model, device=device, precision=precision,
+                                   sha256=expected if is_local_file(model) else None)
+        except WeightsError:
+            if weights is None:
+                raise
+    if codec is None and weights is not None:
+        import ray
+
+        data = weights if isinstance(weights, bytes) else ray.get(weights[0])
+        codec = codec_from_bytes(data, model, device=device, precision=precision)
+    assert codec is not None
+    if codec.weights_sha256 != expected:
+        raise WeightsError(f"{model}: weights on this node differ from the driver's "
+                           f"({codec.weights_sha256[:12]} != {expected[:12]})")
+    return codec
+
+
+def load_driver_codec(model: str, *, device: str = "cpu", precision: str | None = None):
+    """The codec the driver plans with (any codec id; digest-checked by ``cdc.zoo``)."""
+    from cdc.zoo import load_codec as zoo_load_codec
+
+    return zoo_load_codec(model, device=device, precision=precision, sha256=None)

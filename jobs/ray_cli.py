@@ -1,0 +1,260 @@
+"""The archive commands of the `cdc` CLI: ``archive``, ``get``, ``export``, ``serve``.
+
+``register(app)`` adds them to the main typer app (jobs/cli.py). Same conventions as the
+codec commands: expected failures print one line ``error: <archive/key/file>: <problem>``
+on stderr and exit non-zero (1 input/archive, 2 usage, 3 undecodable stream); outputs are
+written atomically. Ray is imported only by the commands that use it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+DEFAULT_MODEL = "cdc-small"
+EXIT_INPUT, EXIT_USAGE, EXIT_STREAM = 1, 2, 3
+
+
+def one_line(message: str) -> str:
+    """The first line of a message (some libraries' errors run over many lines)."""
+    lines = [ln.strip() for ln in str(message).strip().splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    return lines[0] + " …"
+
+
+def _fail(message: str, code: int = EXIT_INPUT) -> None:
+    typer.echo(f"error: {one_line(message)}", err=True)
+    raise typer.Exit(code)
+
+
+def _report_failures(failures: list[dict[str, str]], limit: int = 20) -> None:
+    for f in failures[:limit]:
+        msg = f["error"]
+        named = msg.split(": ", 1)[0].endswith(f["key"])  # already "<file or url/key>: ..."
+        msg = one_line(msg)
+        typer.echo(f"error: {msg}" if named else f"error: {f['key']}: {msg}", err=True)
+    if len(failures) > limit:
+        typer.echo(f"error: ... and {len(failures) - limit} more (see --json)", err=True)
+
+
+_ADDRESS_HELP = "Join this Ray cluster (default: start a local Ray for the job, on 127.0.0.1)."
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``archive``, ``get``, ``export`` and ``serve`` to ``app`` (once; idempotent)."""
+    if getattr(app, "_cdc_ray_commands", False):
+        return
+    app._cdc_ray_commands = True  # type: ignore[attr-defined]
+
+    @app.command("archive")
+    def archive_cmd(
+        src: str = typer.Argument(..., help="Folder, glob, fsspec URL or .txt/.lst list of images."),
+        archive_url: str = typer.Argument(..., help="Archive path or fsspec URL (created if absent)."),
+        model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
+                                  help="Shipped model name, weights path or fsspec URL."),
+        address: str | None = typer.Option(None, help=_ADDRESS_HELP),
+        num_cpus: int | None = typer.Option(None, help="CPUs of the local Ray (default: all)."),
+        actors: int | None = typer.Option(None, help="Encoder actors (default: one per GPU, "
+                                                        "else CPUs / --cpus-per-actor)."),
+        cpus_per_actor: float = typer.Option(1.0, help="CPUs (torch threads) per actor."),
+        gpus_per_actor: float | None = typer.Option(
+            None, help="GPUs per actor (default: 1 where Ray sees GPUs, else 0)."),
+        precision: str | None = typer.Option(None, help="bf16/fp16 autocast (GPU)."),
+        shard_size: int = typer.Option(64, min=1, help="Images per shard (new archives)."),
+        batch_size: int = typer.Option(8, min=1, help="Images per forward pass (same size)."),
+        read_retries: int = typer.Option(2, min=0, help="Retries of a failed input read."),
+        shard_attempts: int = typer.Option(3, min=1, help="Attempts per shard (actor deaths)."),
+        tier: Annotated[list[str] | None, typer.Option(
+            "--tier", help="Set a tier: NAME:steps=N,gamma=G,seed=S (repeatable).")] = None,
+        retry_failed: bool = typer.Option(False, help="Re-encode shards holding failed images."),
+        takeover: bool = typer.Option(False, help="Take over shard claims that look alive."),
+        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+        progress: bool | None = typer.Option(None, "--progress/--no-progress",
+                                                help="Progress bar (default: on a terminal)."),
+    ) -> None:
+        """Compress a collection into a chunked archive on Ray (resumable, idempotent)."""
+        from jobs.encode import ArchiveJobConfig, JobError, run_archive_job, summary_rows
+        from jobs.progress import print_table, summary_table
+        from pipeline.archive import EncodeOptions
+        from pipeline.tiers import TierError
+
+        cfg = ArchiveJobConfig(
+            src=src, url=archive_url, model=model, address=address, num_cpus=num_cpus,
+            actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
+            precision=precision, shard_size=shard_size,
+            options=EncodeOptions(batch_size=batch_size, read_retries=read_retries),
+            tiers=list(tier or []), shard_attempts=shard_attempts, retry_failed=retry_failed,
+            takeover=takeover, progress=progress)
+        try:
+            summary = run_archive_job(cfg)
+        except TierError as e:
+            _fail(f"{archive_url}: {e}", EXIT_USAGE)
+        except JobError as e:
+            _fail(str(e))
+        if as_json:
+            typer.echo(json.dumps(summary, indent=2))
+        else:
+            print_table(summary_table(f"cdc archive {src} -> {archive_url}", summary_rows(summary)))
+        if not summary["complete"]:
+            _report_failures(summary["failures"])
+            raise typer.Exit(EXIT_INPUT)
+
+    @app.command("get")
+    def get_cmd(
+        archive_url: str = typer.Argument(..., help="Archive path or fsspec URL."),
+        key: str = typer.Argument(..., help="Record key (see `cdc export`/GET /images)."),
+        out_arg: str = typer.Argument(..., metavar="OUT",
+                                      help="Output image (.png, .webp, .jpg, ...)."),
+        tier: str = typer.Option("standard", help="Quality tier (archive attributes)."),
+        steps: int | None = typer.Option(None, help="Override the tier's DDIM steps."),
+        gamma: float | None = typer.Option(None, help="Override the tier's start noise."),
+        seed: int | None = typer.Option(None, help="Override the tier's seed."),
+        model: str | None = typer.Option(
+            None, "--model", "-m", help="Weights (default: the archive's model, if shipped)."),
+        device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+        cache: bool = typer.Option(True, "--cache/--no-cache", help="Use the local disk cache."),
+        cache_dir: Annotated[Path | None, typer.Option(
+            help="Cache folder ($CDC_CACHE_DIR).")] = None,
+        write_cache: bool = typer.Option(False, help="Also store the image in the archive's cache."),
+    ) -> None:
+        """Decode one image of an archive at a quality tier (cached)."""
+        out = Path(out_arg)
+        from cdc import WeightsError
+        from jobs.models import load_driver_codec
+        from pipeline.archive import DecodeError, FailedRecordError, Reader, resolve_model
+        from pipeline.cache import DiskLRU
+        from pipeline.files import InputError, image_format_for, write_bytes_atomic
+        from pipeline.tiers import TierError
+        from storage import Archive, ArchiveError
+
+        try:
+            fmt = image_format_for(out)
+        except InputError as e:
+            _fail(str(e))
+        try:
+            arch = Archive.open(archive_url, read_only=not write_cache)
+            codec = load_driver_codec(resolve_model(arch, model), device=device)
+            reader = Reader(arch, codec, cache=DiskLRU(cache_dir) if cache else None,
+                            write_archive_cache=write_cache)
+            res = reader.get(key, tier, fmt=fmt, steps=steps, gamma=gamma, seed=seed)
+            write_bytes_atomic(out, res.data)
+        except TierError as e:
+            _fail(f"{archive_url}: {e}", EXIT_USAGE)
+        except DecodeError as e:
+            _fail(str(e), EXIT_STREAM)
+        except (ArchiveError, FailedRecordError, WeightsError, InputError) as e:
+            _fail(str(e))
+        settings, _ = reader.settings(tier, steps=steps, gamma=gamma, seed=seed)
+        how = "from cache" if res.source != "decoded" else f"decoded in {res.seconds:.2f} s"
+        typer.echo(f"{key} -> {out}: {res.width}x{res.height}, tier {tier} "
+                   f"(steps {settings.steps}, gamma {settings.gamma}, seed {settings.seed}), {how}")
+
+    @app.command("export")
+    def export_cmd(
+        archive_url: str = typer.Argument(..., help="Archive path or fsspec URL."),
+        dest: str = typer.Argument(..., help="Output folder (or fsspec URL)."),
+        tier: str = typer.Option("standard", help="Quality tier."),
+        fmt: str = typer.Option("png", "--format", help="png, webp or jpeg."),
+        steps: int | None = typer.Option(None, help="Override the tier's DDIM steps."),
+        gamma: float | None = typer.Option(None, help="Override the tier's start noise."),
+        seed: int | None = typer.Option(None, help="Override the tier's seed."),
+        prefix: str | None = typer.Option(None, help="Only keys starting with this."),
+        keys: Annotated[Path | None, typer.Option(
+            help="File listing the keys to export.")] = None,
+        overwrite: bool = typer.Option(False, help="Re-decode outputs that already exist."),
+        model: str | None = typer.Option(None, "--model", "-m",
+                                            help="Weights (default: the archive's model)."),
+        address: str | None = typer.Option(None, help=_ADDRESS_HELP),
+        num_cpus: int | None = typer.Option(None, help="CPUs of the local Ray."),
+        actors: int | None = typer.Option(None, help="Decoder actors."),
+        cpus_per_actor: float = typer.Option(1.0, help="CPUs per actor."),
+        gpus_per_actor: float | None = typer.Option(None, help="GPUs per actor."),
+        batch_size: int = typer.Option(8, min=1, help="Streams decoded together."),
+        cache: bool = typer.Option(True, "--cache/--no-cache", help="Use the local disk cache."),
+        cache_dir: str | None = typer.Option(None, help="Cache folder ($CDC_CACHE_DIR)."),
+        write_cache: bool = typer.Option(False, help="Also store images in the archive's cache."),
+        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+        progress: bool | None = typer.Option(None, "--progress/--no-progress"),
+    ) -> None:
+        """Decode many images of an archive at a tier on Ray (skips existing outputs)."""
+        from jobs.encode import JobError
+        from jobs.export import ExportJobConfig, run_export_job, summary_rows
+        from jobs.progress import print_table, summary_table
+
+        key_list = None
+        if keys is not None:
+            try:
+                key_list = [ln.strip() for ln in keys.read_text().splitlines()
+                            if ln.strip() and not ln.startswith("#")]
+            except OSError as e:
+                _fail(f"{keys}: cannot read ({e})")
+        cfg = ExportJobConfig(
+            url=archive_url, dest=dest, tier=tier, fmt=fmt, steps=steps, gamma=gamma, seed=seed,
+            model=model, keys=key_list, prefix=prefix, overwrite=overwrite, address=address,
+            num_cpus=num_cpus, actors=actors, cpus_per_actor=cpus_per_actor,
+            gpus_per_actor=gpus_per_actor, batch_size=batch_size, cache=cache,
+            cache_dir=cache_dir, write_cache=write_cache, progress=progress)
+        try:
+            summary = run_export_job(cfg)
+        except JobError as e:
+            code = EXIT_USAGE if "tier" in str(e) or "format" in str(e) else EXIT_INPUT
+            _fail(str(e) if str(e).startswith(archive_url) else f"{archive_url}: {e}", code)
+        if as_json:
+            typer.echo(json.dumps(summary, indent=2))
+        else:
+            print_table(summary_table(f"cdc export {archive_url} -> {dest}", summary_rows(summary)))
+        if not summary["complete"]:
+            _report_failures(summary["failures"])
+            raise typer.Exit(EXIT_INPUT)
+
+    @app.command("serve")
+    def serve_cmd(
+        archive_url: str = typer.Argument(..., help="Archive path or fsspec URL."),
+        host: str = typer.Option("127.0.0.1", help="Interface to bind (default loopback only)."),
+        port: int = typer.Option(8000, help="HTTP port."),
+        model: str | None = typer.Option(None, "--model", "-m",
+                                            help="Weights (default: the archive's model)."),
+        tier: str = typer.Option("standard", help="Tier when a request names none."),
+        address: str | None = typer.Option(None, help=_ADDRESS_HELP),
+        num_cpus: int | None = typer.Option(None, help="CPUs of the local Ray."),
+        replicas: int = typer.Option(1, min=1, help="Decoder replicas."),
+        gpus_per_replica: float = typer.Option(0.0, help="GPUs per replica (1 if Ray sees GPUs)."),
+        max_batch_size: int = typer.Option(8, min=1, help="Decodes batched per GPU pass."),
+        batch_wait_ms: float = typer.Option(20.0, min=0, help="How long a batch collects."),
+        max_pending: int = typer.Option(32, min=1, help="Decodes waiting per replica, then 429."),
+        max_ongoing: int = typer.Option(64, min=1, help="Requests per replica."),
+        max_queued: int = typer.Option(128, min=1, help="Queued requests, then 503."),
+        cache: bool = typer.Option(True, "--cache/--no-cache", help="Use the local disk cache."),
+        cache_dir: str | None = typer.Option(None, help="Cache folder ($CDC_CACHE_DIR)."),
+        write_cache: bool = typer.Option(False, help="Also store images in the archive's cache."),
+    ) -> None:
+        """Serve an archive over HTTP (Ray Serve): GET /images/{key}?tier=&format=."""
+        from cdc import WeightsError
+        from jobs.serve import ServeOptions, run_server
+        from pipeline.tiers import TierError
+        from storage import ArchiveError
+
+        opts = ServeOptions(default_tier=tier, max_batch_size=max_batch_size,
+                            batch_wait_s=batch_wait_ms / 1000, max_pending=max_pending,
+                            max_ongoing=max_ongoing, max_queued=max_queued, replicas=replicas,
+                            num_gpus=gpus_per_replica, cache=cache, cache_dir=cache_dir,
+                            write_cache=write_cache)
+
+        def ready(url: str) -> None:
+            typer.echo(f"serving {archive_url} on {url} (GET /images, /images/{{key}}?tier=, "
+                       "/healthz); Ctrl-C stops", err=True)
+
+        try:
+            run_server(archive_url, model=model, opts=opts, host=host, port=port,
+                       address=address, num_cpus=num_cpus, on_ready=ready)
+        except TierError as e:
+            _fail(str(e), EXIT_USAGE)
+        except (ArchiveError, WeightsError) as e:
+            _fail(str(e))
+
+
+__all__ = ["register"]
