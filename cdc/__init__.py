@@ -7,8 +7,17 @@ Mandt), the :class:`ImageCodec` protocol all codecs share, the container format 
 
 from cdc.codec import CDCCodec, describe
 from cdc.config import CDCConfig
-from cdc.errors import (BadMagicError, BitstreamError, CodecError, CorruptStreamError, ImageError,
-                        ModelMismatchError, SymbolMismatchError, UnsupportedVersionError, WeightsError)
+from cdc.errors import (
+                        BadMagicError,
+                        BitstreamError,
+                        CodecError,
+                        CorruptStreamError,
+                        ImageError,
+                        ModelMismatchError,
+                        SymbolMismatchError,
+                        UnsupportedVersionError,
+                        WeightsError,
+)
 from cdc.interface import DecodeSettings, ImageCodec
 
 __all__ = [

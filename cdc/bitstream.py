@@ -27,8 +27,12 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
-from cdc.errors import BadMagicError, CorruptStreamError, ModelMismatchError
-from cdc.errors import UnsupportedVersionError
+from cdc.errors import (
+    BadMagicError,
+    CorruptStreamError,
+    ModelMismatchError,
+    UnsupportedVersionError,
+)
 
 MAGIC = b"CDC"
 FORMAT_VERSION = 1
@@ -98,7 +102,7 @@ class Container:
         return bytes(out)
 
     @classmethod
-    def unpack(cls, data: bytes) -> "Container":
+    def unpack(cls, data: bytes) -> Container:
         """Parse and verify a stream; raise a specific BitstreamError on any problem."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"expected bytes, got {type(data).__name__}")

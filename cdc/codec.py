@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from cdc.bitstream import Container, DIGEST_BYTES, symbols_crc
+from cdc.bitstream import DIGEST_BYTES, Container, symbols_crc
+from cdc.config import HYPER_STRIDE, LATENT_STRIDE
 from cdc.errors import CorruptStreamError, SymbolMismatchError
 from cdc.image import SourceMode, array_to_tensor, pad_to_multiple, tensor_to_image, to_rgb_array
 from cdc.interface import ImageLike
 from cdc.models import ConditionalDiffusionCompressor
-from cdc.config import HYPER_STRIDE, LATENT_STRIDE
 from cdc.zoo import load_weights
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None, "fp32": None}
@@ -52,13 +52,13 @@ class CDCCodec:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str | torch.device = "cpu",
-                        precision: str | None = None, sha256: str | None = None) -> "CDCCodec":
+                        precision: str | None = None, sha256: str | None = None) -> CDCCodec:
         loaded = load_weights(name_or_path, sha256=sha256)
         return cls(loaded.model, loaded.model_id, loaded.sha256, device, precision)
 
     @classmethod
     def from_weights(cls, obj: dict[str, Any], sha256: str, source: str,
-                     device: str | torch.device = "cpu", precision: str | None = None) -> "CDCCodec":
+                     device: str | torch.device = "cpu", precision: str | None = None) -> CDCCodec:
         """From a validated weights dict (``cdc.zoo.load_codec`` dispatches here)."""
         from cdc.zoo.weights import model_from_dict
 
@@ -69,7 +69,7 @@ class CDCCodec:
     def config(self):
         return self.model.cfg
 
-    def optimize(self, channels_last: bool = False, compile: bool = False) -> "CDCCodec":
+    def optimize(self, channels_last: bool = False, compile: bool = False) -> CDCCodec:
         """Opt-in speed-ups for the heavy networks (g_a, context decoder, U-Net).
 
         Neither changes the bitstream: the entropy parameters are always computed

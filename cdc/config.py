@@ -65,7 +65,7 @@ class CDCConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CDCConfig":
+    def from_dict(cls, d: dict[str, Any]) -> CDCConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:

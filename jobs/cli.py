@@ -11,7 +11,6 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -33,7 +32,7 @@ def fail(message: str, code: int = EXIT_INPUT) -> None:
     raise typer.Exit(code)
 
 
-def _load_codec(model: str, device: str, precision: Optional[str] = None):
+def _load_codec(model: str, device: str, precision: str | None = None):
     from cdc import CDCCodec, WeightsError
 
     try:
@@ -68,8 +67,8 @@ def compress(
 def decompress(
     src: Path = typer.Argument(..., help="Input .cdc stream."),
     dst: Path = typer.Argument(..., help="Output image (.png, .webp, ...)."),
-    steps: Optional[int] = typer.Option(None, help="DDIM steps (default: the model's)."),
-    gamma: Optional[float] = typer.Option(None, help="Start noise scale: 0 deterministic, ~0.8 perceptual."),
+    steps: int | None = typer.Option(None, help="DDIM steps (default: the model's)."),
+    gamma: float | None = typer.Option(None, help="Start noise scale: 0 deterministic, ~0.8 perceptual."),
     seed: int = typer.Option(0, help="Seed of the start noise (gamma > 0)."),
     model: str = ModelOpt,
     device: str = DeviceOpt,
@@ -126,10 +125,10 @@ def train(
     run_dir: Path = typer.Option(..., "--run-dir", help="Checkpoint + metrics folder (resumes if present)."),
     device: str = DeviceOpt,
     bf16: bool = typer.Option(False, help="bf16 autocast (GPU)."),
-    batch_size: Optional[int] = typer.Option(None, help="Override the config's batch size."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many more steps."),
-    time_limit: Optional[float] = typer.Option(None, help="Stop (and checkpoint) after this many seconds."),
-    export: Optional[str] = typer.Option(None, help="After training, export under this model name."),
+    batch_size: int | None = typer.Option(None, help="Override the config's batch size."),
+    max_steps: int | None = typer.Option(None, help="Stop after this many more steps."),
+    time_limit: float | None = typer.Option(None, help="Stop (and checkpoint) after this many seconds."),
+    export: str | None = typer.Option(None, help="After training, export under this model name."),
     half: bool = typer.Option(False, help="Export network weights as fp16."),
 ) -> None:
     """Train (or resume) a model (CDC, DiffC or CorrDiff: the config's `codec`); optionally export it."""
@@ -172,7 +171,7 @@ def train(
 def export_model_cmd(
     run_dir: Path = typer.Argument(..., help="A training run folder."),
     name: str = typer.Option(..., help="Model name in the zoo."),
-    zoo_dir: Optional[Path] = typer.Option(None, help="Zoo folder (default: the installed cdc/zoo)."),
+    zoo_dir: Path | None = typer.Option(None, help="Zoo folder (default: the installed cdc/zoo)."),
     half: bool = typer.Option(False, help="Store network weights as fp16."),
     description: str = typer.Option("", help="One line for the registry."),
 ) -> None:
@@ -190,7 +189,7 @@ def demo(
     src: Path = typer.Option(Path("samples"), help="Folder of images to code."),
     out: Path = typer.Option(Path("out/demo"), help="Where streams and decoded images go."),
     model: str = ModelOpt,
-    steps: Optional[int] = typer.Option(None, help="DDIM steps (default: the model's)."),
+    steps: int | None = typer.Option(None, help="DDIM steps (default: the model's)."),
     gamma: float = typer.Option(0.0, help="Start noise scale."),
 ) -> None:
     """Compress and decompress the sample images: the whole codec in one command."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -70,15 +69,21 @@ def register(app: typer.Typer) -> None:
         sweep: str = typer.Option("", help="Fixed-quality sweeps, e.g. 'jpeg:10,30,50;webp:20,50'."),
         metrics: str = typer.Option(DEFAULT_METRICS, help="Comma-separated metrics."),
         device: str = typer.Option("cpu", "--device"),
-        limit: Optional[int] = typer.Option(None, help="Only the first N images (sorted)."),
+        limit: int | None = typer.Option(None, help="Only the first N images (sorted)."),
         save_decoded: bool = typer.Option(False, help="Also write the decoded PNGs."),
     ) -> None:
         """Rate–distortion/perception evaluation vs classical codecs (CSV, JSON, plots)."""
         from cdc.errors import WeightsError
         from cdc.metrics import MetricWeightsMissing
         from cdc.zoo import load_codec
-        from pipeline.evaluate import (METRICS, classical_entries, load_images,
-                                       matched_bpp_entries, run_evaluation, summary_table)
+        from pipeline.evaluate import (
+            METRICS,
+            classical_entries,
+            load_images,
+            matched_bpp_entries,
+            run_evaluation,
+            summary_table,
+        )
 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
         wanted = [m.strip() for m in metrics.split(",") if m.strip()]

@@ -56,7 +56,7 @@ class TrainConfig:
     seed: int = 0
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
         raw = yaml.safe_load(Path(path).read_text()) or {}
         names = set(cls.__dataclass_fields__)
         unknown = set(raw) - names

@@ -10,8 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from cdc import (BadMagicError, CDCCodec, CorruptStreamError, ImageError, ModelMismatchError,
-                 SymbolMismatchError, UnsupportedVersionError, describe)
+from cdc import (
+    BadMagicError,
+    CDCCodec,
+    CorruptStreamError,
+    ImageError,
+    ModelMismatchError,
+    SymbolMismatchError,
+    UnsupportedVersionError,
+    describe,
+)
 from cdc.bitstream import Container, read_varint, write_varint
 from tests.conftest import smooth_image
 

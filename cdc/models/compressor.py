@@ -14,8 +14,12 @@ from torch import Tensor, nn
 from cdc.config import CDCConfig
 from cdc.diffusion import DDIMSampler, NoiseSchedule
 from cdc.models.entropy import MeanScaleHyperprior
-from cdc.models.transforms import ContextDecoder, analysis_transform, hyper_analysis
-from cdc.models.transforms import hyper_synthesis
+from cdc.models.transforms import (
+    ContextDecoder,
+    analysis_transform,
+    hyper_analysis,
+    hyper_synthesis,
+)
 from cdc.models.unet import ConditionalUNet
 
 

@@ -16,14 +16,13 @@ import copy
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.latent_codecs import (
     GaussianConditionalLatentCodec,
     HyperLatentCodec,
     HyperpriorLatentCodec,
 )
+from torch import Tensor, nn
 
 # Log-spaced scales in [0.11, 256] like CompressAI's table, but 256 levels instead of 64:
 # the coder uses the next larger tabulated scale, and with 64 levels (13% apart) that

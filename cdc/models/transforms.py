@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
-
 from compressai.layers import GDN
 from compressai.models.utils import conv, deconv
+from torch import Tensor, nn
 
 from cdc.config import CDCConfig
 

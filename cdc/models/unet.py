@@ -14,8 +14,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdc.config import CDCConfig
-from cdc.models.blocks import Downsample, ResBlock, SelfAttention, Upsample, group_norm
-from cdc.models.blocks import timestep_embedding
+from cdc.models.blocks import (
+    Downsample,
+    ResBlock,
+    SelfAttention,
+    Upsample,
+    group_norm,
+    timestep_embedding,
+)
 
 
 class ConditionalUNet(nn.Module):
