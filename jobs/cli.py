@@ -33,10 +33,11 @@ def fail(message: str, code: int = EXIT_INPUT) -> None:
 
 
 def _load_codec(model: str, device: str, precision: str | None = None):
-    from cdc import CDCCodec, WeightsError
+    from cdc import WeightsError
+    from cdc.zoo import load_codec
 
-    try:
-        return CDCCodec.from_pretrained(model, device=device, precision=precision)
+    try:  # any codec: the weights file says which (CDC, DiffC, CorrDiff)
+        return load_codec(model, device=device, precision=precision)
     except WeightsError as e:
         fail(str(e))
 
@@ -48,7 +49,7 @@ def compress(
     model: str = ModelOpt,
     device: str = DeviceOpt,
 ) -> None:
-    """Compress one image to a .cdc stream."""
+    """Compress one image to a stream (.cdc; codec given by the model: CDC, DiffC, CorrDiff)."""
     from cdc import CodecError
     from pipeline.files import InputError, read_image, write_bytes_atomic
 
@@ -96,12 +97,13 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Show a stream's model, size, bpp and sections (needs no model)."""
-    from cdc import BitstreamError, describe
+    from cdc import BitstreamError
     from cdc.zoo import registry
+    from cdc.zoo.loader import describe_stream
     from pipeline.files import InputError, read_bytes
 
     try:
-        d = describe(read_bytes(src))
+        d = describe_stream(read_bytes(src))
     except BitstreamError as e:
         fail(f"{src}: {e}", EXIT_STREAM)
     except InputError as e:

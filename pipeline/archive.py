@@ -398,6 +398,19 @@ def weights_digest(codec: Any) -> str:
     return "sha256:" + codec.weights_sha256
 
 
+#: A progressive codec's ``preview`` tier reads only this many bits per pixel of a record.
+PROGRESSIVE_PREVIEW_BPP = 0.5
+
+
+def tiers_for(codec: Any, tiers: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The tier table a new archive gets: for a progressive codec (DiffC) ``preview`` also
+    gets a prefix budget, so previews range-read the first bytes of each record only."""
+    out = {k: dict(v) for k, v in tiers.items()}
+    if getattr(codec, "progressive", False) and "preview" in out:
+        out["preview"].setdefault("bpp", PROGRESSIVE_PREVIEW_BPP)
+    return out
+
+
 def open_or_create(url: str, codec: Any, *, shard_size: int = DEFAULT_SHARD_SIZE,
                    tiers: Mapping[str, Mapping[str, Any]] | None = None,
                    max_shard_bytes: int | None = None,
@@ -428,7 +441,7 @@ def open_or_create(url: str, codec: Any, *, shard_size: int = DEFAULT_SHARD_SIZE
         url, codec_id=codec.codec_id, model_id=codec.model_id,
         weights_digest=weights_digest(codec),
         codec_config=codec_config(codec),
-        tiers=check_tiers(tiers or DEFAULT_TIERS), shard_size=shard_size,
+        tiers=check_tiers(tiers_for(codec, tiers or DEFAULT_TIERS)), shard_size=shard_size,
         max_shard_bytes=max_shard_bytes, info=info, storage_options=storage_options,
     )
     return arch, True
@@ -578,6 +591,8 @@ class Reader:
         todo: list[tuple[int, Record, str]] = []
         for i, k in enumerate(keys):
             try:
+                if recs[i] is None and self._prefix_bpp(settings) is not None:
+                    recs[i] = self.prefix_record(k, self._prefix_bpp(settings))
                 rec = recs[i] if recs[i] is not None else self.archive[k]
                 if not rec.ok:
                     raise FailedRecordError(f"{self.archive.url}: {k}: image failed when "
@@ -614,6 +629,26 @@ class Reader:
                         pass  # the cache is an optimisation; never fail a decode for it
                 out[i] = Decoded(rec.key, data, fmt, "decoded", img.width, img.height, dt)
         return out  # type: ignore[return-value]
+
+    def _prefix_bpp(self, settings: DecodeSettings) -> float | None:
+        """The tier's prefix budget, when this codec's streams decode from a prefix."""
+        bpp = settings.extra.get("bpp")
+        return float(bpp) if bpp is not None and getattr(self.codec, "progressive", False) else None
+
+    def prefix_record(self, key: str, bpp: float) -> Record:
+        """The record with only the first bytes of its stream, within ``bpp`` bits per pixel:
+        two range reads (the plan, then the prefix); the rest of the record is never read."""
+        info = self.archive.info(key)
+        if info.status != "ok":
+            raise FailedRecordError(f"{self.archive.url}: {key}: image failed when archived: "
+                                    f"{info.error}")
+        head = self.archive.read_prefix(key, self.codec.plan_read_bytes)
+        try:
+            n = self.codec.prefix_length(head, bpp=bpp)
+        except (BitstreamError, CodecError) as e:
+            raise DecodeError(f"{self.archive.url}: {key}: {e}") from e
+        data = head[:n] if n <= len(head) else self.archive.read_prefix(key, n)
+        return Record(key=key, data=data, height=info.height, width=info.width)
 
     def _decode(self, recs: Sequence[Record], s: DecodeSettings) -> list[Image.Image | Exception]:
         batch = getattr(self.codec, "decompress_batch", None)

@@ -33,7 +33,7 @@ DEFAULT_TIER = "standard"
 
 MAX_STEPS = 1000  # the models' training timesteps; the sampler refuses more
 MAX_GAMMA = 2.0
-FIELDS = ("steps", "gamma", "seed")
+FIELDS = ("steps", "gamma", "seed", "bpp")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # storage's rule for tier ids
 
 
@@ -47,12 +47,19 @@ class Tier:
     steps: int
     gamma: float
     seed: int = 0
+    #: Progressive codecs (DiffC) only: read at most this many bits per pixel of each
+    #: record (a range read of the stream's prefix); other codecs read the whole record.
+    bpp: float | None = None
 
     def settings(self) -> DecodeSettings:
-        return DecodeSettings(steps=self.steps, gamma=self.gamma, seed=self.seed)
+        extra = {} if self.bpp is None else {"bpp": self.bpp}
+        return DecodeSettings(steps=self.steps, gamma=self.gamma, seed=self.seed, extra=extra)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "gamma": self.gamma, "seed": self.seed}
+        d: dict[str, Any] = {"steps": self.steps, "gamma": self.gamma, "seed": self.seed}
+        if self.bpp is not None:
+            d["bpp"] = self.bpp
+        return d
 
 
 def _check_name(name: object) -> str:
@@ -79,7 +86,11 @@ def check_tier(name: str, fields: Mapping[str, Any]) -> Tier:
         raise TierError(f"tier {name!r}: gamma must be a number in 0..{MAX_GAMMA}, got {gamma!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise TierError(f"tier {name!r}: seed must be a non-negative int, got {seed!r}")
-    return Tier(name, int(steps), float(gamma), int(seed))
+    bpp = fields.get("bpp")
+    if bpp is not None and (isinstance(bpp, bool) or not isinstance(bpp, (int, float))
+                            or not 0 < bpp <= 64):
+        raise TierError(f"tier {name!r}: bpp must be a number in (0, 64], got {bpp!r}")
+    return Tier(name, int(steps), float(gamma), int(seed), None if bpp is None else float(bpp))
 
 
 def check_tiers(tiers: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -109,7 +120,7 @@ def parse_tier_spec(spec: str) -> tuple[str, dict[str, Any]]:
             k, eq, v = part.partition("=")
             k = k.strip()
             if not eq or k not in FIELDS:
-                raise TierError(f"tier spec {spec!r}: expected NAME:steps=N,gamma=G,seed=S")
+                raise TierError(f"tier spec {spec!r}: expected NAME:steps=N,gamma=G,seed=S[,bpp=B]")
             fields[k] = _number(v.strip(), f"tier spec {spec!r}")
     return name, fields
 

@@ -377,3 +377,33 @@ def test_stages_need_only_the_codec_protocol(tree: Path, tmp_path: Path, codec: 
     assert got.source == "decoded" and (got.width, got.height) == (40, 70)
     ref = codec.decompress(arch["sub/c.png"].data, steps=2, gamma=0.0, seed=0)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(got.data))), np.asarray(ref))
+
+
+@pytest.mark.timeout(120)
+def test_diffc_preview_tier_range_reads_only_a_prefix(tree: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch):
+    """A progressive codec's preview decodes from the first bytes of each record only."""
+    from cdc.zoo import codec_from_bytes
+    from tests.test_diffc import make_diffc_weights
+
+    dc = codec_from_bytes(make_diffc_weights(0), "diffc-test-weights")
+    items, _ = plan_inputs(str(tree))
+    arch, _ = open_or_create(str(tmp_path / "d.zarr"), dc, shard_size=8)
+    assert arch.tiers["preview"]["bpp"] > 0 and "bpp" not in arch.tiers["standard"]
+    list(encode_shard(dc, arch, plan_shards(items, set(), set(), 8)[0]))
+    arch = Archive.open(arch.url)
+    full = arch["b.png"].data
+    reads: list[int] = []
+    real = Archive.read_prefix
+    monkeypatch.setattr(Archive, "read_prefix",
+                        lambda self, key, n: reads.append(n) or real(self, key, n))
+    monkeypatch.setattr(Archive, "__getitem__", lambda self, key: pytest.fail("full read"))
+    r = Reader(arch, dc, cache=None, archive_cache=False)
+    prev = r.get("b.png", "preview")
+    n = dc.prefix_length(full, bpp=arch.tiers["preview"]["bpp"])
+    assert n < len(full) and max(reads) <= max(n, dc.plan_read_bytes)
+    ref = dc.decompress(full[:n], steps=arch.tiers["preview"]["steps"], gamma=0.0)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(prev.data))), np.asarray(ref))
+    monkeypatch.undo()
+    std = Reader(arch, dc, cache=None, archive_cache=False).get("b.png", "standard")
+    assert std.data != prev.data

@@ -60,3 +60,24 @@ def load_codec(name_or_path: str, device: str | torch.device = "cpu",
     """Shipped model name, weights path or fsspec URL → codec (digest-checked)."""
     data, source = read_verified_bytes(name_or_path, sha256)
     return codec_from_bytes(data, source, device=device, precision=precision)
+
+
+DESCRIBERS = {
+    "cdc": "cdc.codec:describe",
+    "diffc": "cdc.diffc.codec:describe",
+    "corrdiff": "cdc.codec:describe",  # same container and latents as CDC, plus its W section
+}
+
+
+def describe_stream(data: bytes) -> dict[str, Any]:
+    """What ``cdc info`` shows for a stream of any codec (needs no model)."""
+    from cdc.bitstream import CODEC_NAMES, MAGIC
+    from cdc.errors import BadMagicError, CorruptStreamError
+
+    if len(data) < 5 or data[:3] != MAGIC:
+        raise BadMagicError("not a cdc-toolkit stream (bad magic)")
+    name = CODEC_NAMES.get(data[4])
+    if name is None:
+        raise CorruptStreamError(f"unknown codec id {data[4]}")
+    module, func = DESCRIBERS[name].split(":")
+    return getattr(importlib.import_module(module), func)(data)

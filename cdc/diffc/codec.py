@@ -1,0 +1,308 @@
+"""DiffCCodec: progressive image streams with an unconditional diffusion model.
+
+The encoder walks the reverse diffusion from x_{t_0} (t_0 = N−1, drawn from the
+stream seed: no bits) through the coded levels t_1 > … > t_K. At each step it
+reverse-channel codes a sample of the posterior q(x_s | x_t, x_0) against the
+model's p(x_s | x_t) (:mod:`cdc.diffc.rcc`), so after step j the decoder holds
+exactly the encoder's x_{t_j}. Any prefix of the stream therefore decodes: the
+decoder rebuilds x at the last fully received level and runs DDIM from there to
+x̂_0 (``gamma`` = DDIM η: 0 = probability-flow ODE, 1 = ancestral sampling;
+``steps`` network calls). See docs/diffc.md.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from PIL import Image
+
+from cdc.bitstream import DIGEST_BYTES
+from cdc.diffc import rcc
+from cdc.diffc import stream as st
+from cdc.diffc.model import DiffCConfig, DiffusionPrior, prior_from_dict
+from cdc.errors import CorruptStreamError, ModelMismatchError, WeightsError
+from cdc.image import SourceMode, array_to_tensor, pad_to_multiple, tensor_to_image, to_rgb_array
+from cdc.interface import ImageLike
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None, "fp32": None}
+_LN2 = math.log(2.0)
+
+
+class DiffCCodec:
+    """DiffC with real reverse-channel coding and prefix-decodable streams."""
+
+    codec_id = "diffc"
+    #: Streams decode from any prefix; readers may range-read only ``prefix_length`` bytes.
+    progressive = True
+
+    def __init__(self, prior: DiffusionPrior, model_id: str, weights_sha256: str,
+                 device: str | torch.device = "cpu", precision: str | None = None):
+        if precision not in _AUTOCAST:
+            raise ValueError(f"precision must be one of fp32, bf16, fp16; got {precision!r}")
+        self.device = torch.device(device)
+        self.prior = prior.to(self.device).eval()
+        self.model_id = model_id
+        self.weights_sha256 = weights_sha256
+        self.digest = bytes.fromhex(weights_sha256)[:DIGEST_BYTES]
+        self.autocast_dtype = _AUTOCAST[precision]
+
+    @classmethod
+    def from_weights(cls, obj: dict[str, Any], sha256: str, source: str,
+                     device: str | torch.device = "cpu",
+                     precision: str | None = None) -> DiffCCodec:
+        """From a validated weights dict (``cdc.zoo.load_codec`` dispatches here)."""
+        prior, model_id = prior_from_dict(obj, source)
+        return cls(prior, model_id, sha256, device, precision)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device: str | torch.device = "cpu",
+                        precision: str | None = None, sha256: str | None = None) -> DiffCCodec:
+        from cdc.zoo import load_codec
+
+        codec = load_codec(name_or_path, device=device, precision=precision, sha256=sha256)
+        if not isinstance(codec, cls):
+            raise WeightsError(
+                f"{name_or_path}: weights are for codec {codec.codec_id!r}, not DiffC")
+        return codec
+
+    @property
+    def config(self) -> DiffCConfig:
+        return self.prior.cfg
+
+    # -- shared by both directions ------------------------------------------------------
+    def _x0_hat(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            return self.prior.x0_hat(x, t)[0]
+
+    def _prepare(self, h: int, w: int) -> tuple[tuple[int, ...], torch.Tensor]:
+        m = self.config.pad_multiple
+        ph, pw = h + (-h) % m, w + (-w) % m
+        shape = (1, 3, ph, pw)
+        mask = torch.zeros(shape, dtype=torch.bool)
+        mask[..., :h, :w] = True
+        return shape, mask.reshape(-1).nonzero().squeeze(1)
+
+    def _start(self, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(rcc.derive_seed(seed, 0))
+        return torch.randn(shape, generator=g).to(self.device)
+
+    # -- encoding -------------------------------------------------------------------------
+    def compress(self, image: ImageLike, **kw: Any) -> bytes:
+        return self.compress_batch([image], **kw)[0]
+
+    def compress_batch(self, images: list[ImageLike], **kw: Any) -> list[bytes]:
+        """Encode each image (one at a time: the decoder repeats its exact computation)."""
+        return [self.encode(img, **kw)[0] for img in images]
+
+    @torch.no_grad()
+    def encode(self, image: ImageLike, code_steps: int | None = None, t_min: int | None = None,
+               chunk_kl_bits: float | None = None, chunk_index_bits: int | None = None,
+               index_coding: str | None = None) -> tuple[bytes, dict[str, Any]]:
+        """(stream, report): report has per-step KL (bits), bytes and the coded x_t.
+
+        The keyword arguments override the model's coding defaults; whatever is used
+        goes into the stream's plan, so any decoder with the same weights reads it.
+        """
+        cfg = self.config
+        coding = {"fixed": rcc.CODING_FIXED, "zipf": rcc.CODING_ZIPF}[
+            cfg.index_coding if index_coding is None else index_coding]
+        chunk_kl = cfg.chunk_kl_bits if chunk_kl_bits is None else float(chunk_kl_bits)
+        k0 = cfg.chunk_index_bits if chunk_index_bits is None else int(chunk_index_bits)
+        arr, mode = to_rgb_array(image)
+        h, w = arr.shape[:2]
+        x0, _ = pad_to_multiple(array_to_tensor(arr), cfg.pad_multiple)
+        x0 = x0.to(self.device)
+        shape, dims = self._prepare(h, w)
+        seed = st.crc32(arr.tobytes() + bytes([h & 255, w & 255]))
+        t = cfg.train_timesteps - 1
+        x = self._start(shape, seed)
+        steps, payloads, kls, xs = [], [], [], []
+        for j, s in enumerate(self.prior.code_times(code_steps, t_min)):
+            x0h = self._x0_hat(x, t)
+            c0, ct, sigma = self.prior.posterior_coeffs(t, s)
+            mu_p = c0 * x0h + ct * x
+            delta = (c0 * (x0 - x0h) / sigma).reshape(-1).cpu()[dims]
+            kl_bits = float((delta.double() ** 2).sum()) / 2 / _LN2
+            max_k = max(k0, cfg.max_index_bits)
+            if coding == rcc.CODING_ZIPF:
+                max_k = min(max_k, rcc.MAX_ZIPF_BITS)
+            n_chunks, k = rcc.choose_layout(kl_bits, dims.numel(), chunk_kl, min(k0, max_k), max_k)
+            step_seed = rcc.derive_seed(seed, j + 1)
+            if n_chunks:
+                idx, eps = rcc.encode(delta, n_chunks, k, step_seed, device=self.device)
+            else:
+                idx = torch.zeros(0, dtype=torch.long)
+                eps = rcc.prior_noise(dims.numel(), step_seed)
+            x = self._step(mu_p, sigma, eps, dims)
+            steps.append(st.Step(s, n_chunks, k))
+            payloads.append(rcc.code_indices(idx, k, coding))
+            kls.append(kl_bits)
+            xs.append(x.cpu())
+            t = s
+        plan = st.Plan(seed=seed, t_start=cfg.train_timesteps - 1, steps=steps, coding=coding)
+        data = st.pack(self.digest, h, w, int(mode) << 1, plan, payloads)
+        return data, {"kl_bits": kls, "step_bytes": [len(p) for p in payloads],
+                      "levels": [s.t for s in steps], "x": xs}
+
+    def _step(self, mu_p: torch.Tensor, sigma: float, eps: torch.Tensor,
+              dims: torch.Tensor) -> torch.Tensor:
+        """x_s = μ_p + σ·ε on the coded dims; the padding follows μ_p (no bits)."""
+        noise = torch.zeros(mu_p.numel())
+        noise[dims] = eps
+        return mu_p + sigma * noise.view(mu_p.shape).to(mu_p.device)
+
+    # -- decoding -------------------------------------------------------------------------
+    def _parse(self, data: bytes, max_bytes: int | None) -> st.Parsed:
+        if max_bytes is not None:
+            if max_bytes < 0:
+                raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+            data = bytes(data[:max_bytes])
+        p = st.parse(data)
+        if p.digest != self.digest:
+            raise ModelMismatchError(
+                f"stream was encoded with weights {p.digest.hex()}, but the loaded model "
+                f"{self.model_id} has {self.digest.hex()}: decode with the same weights")
+        n = self.config.train_timesteps
+        if p.plan.t_start != n - 1 or any(s.t >= n for s in p.plan.steps):
+            raise CorruptStreamError("coding plan levels do not fit this model's schedule")
+        return p
+
+    @torch.no_grad()
+    def decode_levels(self, data: bytes, max_bytes: int | None = None,
+                      ) -> tuple[st.Parsed, int, list[torch.Tensor]]:
+        """(parsed, last level, x at each received level): the encoder's samples, exactly."""
+        p = self._parse(data, max_bytes)
+        shape, dims = self._prepare(p.height, p.width)
+        t = p.plan.t_start
+        x = self._start(shape, p.plan.seed)
+        xs = []
+        for j, (s, payload) in enumerate(zip(p.plan.steps, p.received)):
+            x0h = self._x0_hat(x, t)
+            c0, ct, sigma = self.prior.posterior_coeffs(t, s.t)
+            mu_p = c0 * x0h + ct * x
+            step_seed = rcc.derive_seed(p.plan.seed, j + 1)
+            if s.n_chunks:
+                if s.n_chunks > dims.numel():
+                    raise CorruptStreamError(f"step {j}: more chunks than dimensions")
+                try:
+                    idx = rcc.decode_indices(payload, s.n_chunks, s.k, p.plan.coding)
+                except (ValueError, RuntimeError) as e:
+                    raise CorruptStreamError(f"step {j}: bad chunk indices ({e})") from e
+                if len(idx) != s.n_chunks or (len(idx) and int(idx.max()) >= 1 << s.k):
+                    raise CorruptStreamError(f"step {j}: bad chunk indices")
+                eps = rcc.decode(idx, dims.numel(), s.n_chunks, s.k, step_seed)
+            else:
+                eps = rcc.prior_noise(dims.numel(), step_seed)
+            x = self._step(mu_p, sigma, eps, dims)
+            xs.append(x.cpu())
+            t = s.t
+        return p, t, xs
+
+    def decompress(self, data: bytes, steps: int | None = None, gamma: float | None = None,
+                   seed: int = 0, max_bytes: int | None = None) -> Image.Image:
+        """Rebuild the image from a stream or any prefix of it (``max_bytes`` cuts one).
+
+        ``steps``: DDIM network calls from the last received level to x̂_0 (1 = the
+        denoised estimate directly); ``gamma``: DDIM η (0 = probability flow,
+        1 = ancestral; only η > 0 uses ``seed``).
+        """
+        cfg = self.config
+        steps = cfg.default_steps if steps is None else int(steps)
+        gamma = cfg.default_gamma if gamma is None else float(gamma)
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        p, t, xs = self.decode_levels(data, max_bytes)
+        x = xs[-1].to(self.device) if xs else self._start(self._prepare(p.height, p.width)[0],
+                                                          p.plan.seed)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            x0 = self.prior.reconstruct(x, t, steps, eta=gamma, seed=seed)
+        return tensor_to_image(x0[0, :, : p.height, : p.width])
+
+    def decompress_prefix(self, data: bytes, nbytes: int, steps: int | None = None,
+                          gamma: float | None = None, seed: int = 0) -> Image.Image:
+        """The image from the first ``nbytes`` bytes (what a range read of a preview gets)."""
+        return self.decompress(data, steps=steps, gamma=gamma, seed=seed, max_bytes=nbytes)
+
+    def decompress_batch(self, datas: list[bytes], steps: int | None = None,
+                         gamma: float | None = None,
+                         seeds: list[int] | int = 0) -> list[Image.Image]:
+        seeds = [seeds] * len(datas) if isinstance(seeds, int) else list(seeds)
+        if len(seeds) != len(datas):
+            raise ValueError(f"{len(seeds)} seeds for {len(datas)} streams")
+        return [self.decompress(d, steps, gamma, s) for d, s in zip(datas, seeds)]
+
+    def step_offsets(self, data: bytes) -> list[int]:
+        """Prefix lengths: entry j is the bytes needed to decode with steps 0..j−1."""
+        p = st.parse(data)
+        return [p.prefix_bytes(j) for j in range(len(p.plan.steps) + 1)]
+
+    @staticmethod
+    def prefix_length(head: bytes, steps: int | None = None, bpp: float | None = None) -> int:
+        """See the module function :func:`prefix_length` (``head``: the first
+        :data:`PLAN_READ_BYTES` bytes of a stream)."""
+        return prefix_length(head, steps=steps, bpp=bpp)
+
+    plan_read_bytes = 1024  # = PLAN_READ_BYTES
+
+    def info(self, data: bytes) -> dict[str, Any]:
+        d = describe(data)
+        d["model_matches"] = d["model_digest"] == self.digest.hex()
+        return d
+
+
+#: Bytes a reader should fetch first to be sure to hold the plan (header + 20-step plan ≈ 160).
+PLAN_READ_BYTES = 1024
+
+
+def prefix_length(head: bytes, steps: int | None = None, bpp: float | None = None) -> int:
+    """How many leading bytes of a stream to read for a preview (no model needed).
+
+    ``head``: the first bytes of the stream (at least header + plan; ``PLAN_READ_BYTES``
+    is plenty for the shipped settings). ``steps``: decode after that many coded steps
+    (negative counts from the end); ``bpp``: the most bytes within that budget (bits per
+    pixel of the original image; at least the plan). Neither: the whole stream.
+    """
+    p = st.parse(head)
+    offsets = [p.prefix_bytes(j) for j in range(len(p.plan.steps) + 1)]
+    offsets[-1] = p.full_length  # the whole stream includes the container's CRC-32
+    if steps is not None:
+        j = steps if steps >= 0 else len(p.plan.steps) + 1 + steps
+        return offsets[min(max(j, 0), len(offsets) - 1)]
+    if bpp is not None:
+        budget = bpp * p.width * p.height / 8
+        return max([o for o in offsets if o <= budget], default=offsets[0])
+    return p.full_length
+
+
+def describe(data: bytes) -> dict[str, Any]:
+    """What ``cdc info`` shows for a DiffC stream or prefix (needs no model)."""
+    p = st.parse(data)
+    return {
+        "codec": "diffc",
+        "model_digest": p.digest.hex(),
+        "width": p.width,
+        "height": p.height,
+        "source": SourceMode((p.flags >> 1) & 0b111).note,
+        "bytes": len(data),
+        "full_bytes": p.full_length,
+        "complete": p.complete,
+        "bpp": 8 * len(data) / (p.width * p.height),
+        "header_bytes": p.data_offset,
+        "steps": len(p.plan.steps),
+        "received_steps": len(p.received),
+        "levels": [s.t for s in p.plan.steps],
+        "chunks": [s.n_chunks for s in p.plan.steps],
+        "index_bits": [s.k for s in p.plan.steps],
+        "index_coding": {rcc.CODING_FIXED: "fixed", rcc.CODING_ZIPF: "zipf"}[p.plan.coding],
+        "step_bytes": [s.nbytes for s in p.plan.steps],
+        "prefix_bytes": [p.prefix_bytes(j) for j in range(len(p.plan.steps) + 1)],
+    }
+
+
+__all__ = ["PLAN_READ_BYTES", "DiffCCodec", "describe", "prefix_length"]

@@ -1,0 +1,251 @@
+"""The DiffC prior: an unconditional pixel-space diffusion model (ε-prediction U-Net).
+
+The network is the CDC denoiser U-Net (:class:`cdc.models.unet.ConditionalUNet`)
+built with zero context channels, so it sees only x_t and the time n/N_train.
+:class:`DiffusionPrior` adds the schedule and the Gaussian transitions DiffC needs:
+the posterior q(x_s | x_t, x_0), the model's p(x_s | x_t) (same mean formula with
+x̂_0 in place of x_0, same variance) and DDIM (η ≥ 0) reconstruction from any x_t.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cdc.config import CDCConfig
+from cdc.diffusion.schedules import NoiseSchedule
+from cdc.errors import WeightsError
+from cdc.models.unet import ConditionalUNet
+from cdc.zoo.weights import FORMAT
+
+
+@dataclass(frozen=True)
+class DiffCConfig:
+    """Network shapes, diffusion schedule and the coding defaults of a DiffC model."""
+
+    name: str = "diffc-custom"
+    unet_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    attention_levels: tuple[int, ...] = ()
+    attention_head_channels: int = 32
+    train_timesteps: int = 1000
+    schedule: str = "cosine"
+    # Coding defaults (the encoder writes what it used into every stream).
+    code_steps: int = 20  # reverse-channel-coded steps after the uncoded start x_{N-1}
+    logsnr_first: float = -4.0  # log-SNR of the first coded level
+    t_min: int = 15  # the last coded level (train index): the quality ceiling of a full stream
+    chunk_kl_bits: float = 6.0  # target KL of one chunk (bits)
+    chunk_index_bits: int = 8  # k: 2^k candidates per chunk, k bits per chunk index
+    max_index_bits: int = 12  # k may grow to this when a step has fewer dims than chunks
+    index_coding: str = "zipf"  # "zipf": rANS-coded indices; "fixed": k bits each
+    # Decode defaults.
+    default_steps: int = 4  # DDIM steps from the last received level to x_0
+    default_gamma: float = 0.0  # DDIM η: 0 = probability flow, 1 = ancestral
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "linear"):
+            raise ValueError(f"unknown noise schedule {self.schedule!r}")
+        if not 1 <= len(self.channel_mults) <= 4:
+            raise ValueError("channel_mults must have 1 to 4 levels")
+        if not 1 <= self.chunk_index_bits <= self.max_index_bits <= 16:
+            raise ValueError("need 1 <= chunk_index_bits <= max_index_bits <= 16")
+        if self.index_coding not in ("fixed", "zipf"):
+            raise ValueError(f"unknown index coding {self.index_coding!r}")
+        if not 0 < self.chunk_kl_bits <= 16:
+            raise ValueError("chunk_kl_bits must be in (0, 16]")
+        if not 1 <= self.code_steps <= 255:
+            raise ValueError("code_steps must be in 1..255")
+        if not 0 <= self.t_min < self.train_timesteps - 1:
+            raise ValueError("t_min must be in 0..train_timesteps-2")
+
+    @property
+    def pad_multiple(self) -> int:
+        return 2 ** (len(self.channel_mults) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DiffCConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+DIFFC_CONFIGS: dict[str, DiffCConfig] = {
+    # For format tests: builds in milliseconds, any weights are random.
+    "diffc-test": DiffCConfig(name="diffc-test", unet_channels=8, channel_mults=(1, 2),
+                              attention_head_channels=8, code_steps=6, t_min=60, default_steps=2),
+    # Trains on a 2-core CPU in half an hour at 32-px crops.
+    "diffc-small": DiffCConfig(name="diffc-small", unet_channels=32, channel_mults=(1, 2, 2),
+                               attention_levels=(2,), attention_head_channels=32),
+    # For GPU training (not shipped yet).
+    "diffc-base": DiffCConfig(name="diffc-base", unet_channels=64, channel_mults=(1, 2, 2, 2),
+                              num_res_blocks=2, attention_levels=(2, 3), attention_head_channels=64,
+                              code_steps=24),
+}
+
+
+def get_diffc_config(name: str) -> DiffCConfig:
+    try:
+        return DIFFC_CONFIGS[name]
+    except KeyError:
+        known = ", ".join(DIFFC_CONFIGS)
+        raise KeyError(f"unknown DiffC config {name!r}; known: {known}") from None
+
+
+class UnconditionalUNet(nn.Module):
+    """The CDC U-Net with zero context channels: ε̂ = net(x_t, n/N_train)."""
+
+    def __init__(self, cfg: DiffCConfig):
+        super().__init__()
+        levels = len(cfg.channel_mults)
+        self.levels = levels
+        self.net = ConditionalUNet(CDCConfig(
+            name=cfg.name, unet_channels=cfg.unet_channels, channel_mults=tuple(cfg.channel_mults),
+            num_res_blocks=cfg.num_res_blocks, attention_levels=tuple(cfg.attention_levels),
+            attention_head_channels=cfg.attention_head_channels, context_mults=(0,) * levels,
+            train_timesteps=cfg.train_timesteps, schedule=cfg.schedule, parameterization="eps"))
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        ctx = [x.new_zeros(b, 0, h >> i, w >> i) for i in range(self.levels)]
+        return self.net(x, t, ctx)
+
+
+class DiffusionPrior(nn.Module):
+    """U-Net + schedule: the Gaussian transitions DiffC codes against."""
+
+    def __init__(self, cfg: DiffCConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.unet = UnconditionalUNet(cfg)
+        self.schedule = NoiseSchedule(cfg.schedule, cfg.train_timesteps)
+
+    # -- schedule helpers (float64 scalars so encoder and decoder agree) -----------------
+    def abar(self, n: int) -> float:
+        return float(self.schedule.alphas_cumprod[n])
+
+    def logsnr(self, n: int) -> float:
+        a = self.abar(n)
+        return float(torch.log(torch.tensor(a / (1 - a), dtype=torch.float64)))
+
+    def code_times(self, steps: int | None = None, t_min: int | None = None,
+                   logsnr_first: float | None = None) -> list[int]:
+        """Coded levels t_1 > … > t_K, evenly spaced in log-SNR, ending at ``t_min``."""
+        cfg = self.cfg
+        steps = cfg.code_steps if steps is None else int(steps)
+        t_min = cfg.t_min if t_min is None else int(t_min)
+        lo = cfg.logsnr_first if logsnr_first is None else float(logsnr_first)
+        n = cfg.train_timesteps
+        table = torch.log(self.schedule.alphas_cumprod / (1 - self.schedule.alphas_cumprod))
+        hi = float(table[t_min])
+        lo = min(lo, hi)
+        times: list[int] = []
+        for i in range(steps):
+            target = lo + (hi - lo) * (i + 1) / steps if steps > 1 else hi
+            t = int(torch.argmin((table - target).abs()))
+            t = min(max(t, t_min), n - 2)
+            if times and t >= times[-1]:
+                t = times[-1] - 1
+            if t < t_min:
+                break
+            times.append(t)
+        return times
+
+    # -- network --------------------------------------------------------------------------
+    def eps(self, x: Tensor, n: int) -> Tensor:
+        t = torch.full((x.shape[0],), n / self.cfg.train_timesteps, device=x.device)
+        return self.unet(x, t).float()
+
+    def x0_hat(self, x: Tensor, n: int, clip: bool = True) -> tuple[Tensor, Tensor]:
+        """(x̂_0, ε̂) at level n; x̂_0 clipped to [-1, 1] and ε̂ re-derived from it."""
+        a = self.abar(n)
+        eps = self.eps(x, n)
+        x0 = (x - (1 - a) ** 0.5 * eps) / a ** 0.5
+        if clip:
+            x0 = x0.clamp(-1, 1)
+            eps = (x - a ** 0.5 * x0) / (1 - a) ** 0.5
+        return x0, eps
+
+    def posterior_coeffs(self, t: int, s: int) -> tuple[float, float, float]:
+        """q(x_s | x_t, x_0) = N(c0·x_0 + ct·x_t, σ²) for s < t (t = N-1 allowed)."""
+        at, as_ = self.abar(t), self.abar(s)
+        ats = at / as_
+        c0 = as_ ** 0.5 * (1 - ats) / (1 - at)
+        ct = ats ** 0.5 * (1 - as_) / (1 - at)
+        var = (1 - as_) * (1 - ats) / (1 - at)
+        return c0, ct, var ** 0.5
+
+    # -- reconstruction -------------------------------------------------------------------
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, t: int, steps: int, eta: float = 0.0,
+                    seed: int = 0) -> Tensor:
+        """DDIM from x_t to x̂_0 in ``steps`` network calls (η = 0: probability flow)."""
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if eta < 0:
+            raise ValueError(f"gamma (DDIM eta) must be >= 0, got {eta}")
+        steps = min(steps, t + 1)
+        grid = [round(t * (steps - i) / steps) for i in range(steps)]  # t … > 0
+        gen = torch.Generator().manual_seed(int(seed))
+        for i, n in enumerate(grid):
+            x0, eps = self.x0_hat(x, n)
+            if i + 1 == len(grid):
+                return x0
+            s = grid[i + 1]
+            a_t, a_s = self.abar(n), self.abar(s)
+            sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)) ** 0.5
+            sigma = min(sigma, (1 - a_s) ** 0.5)
+            x = a_s ** 0.5 * x0 + max(1 - a_s - sigma ** 2, 0.0) ** 0.5 * eps
+            if sigma > 0:
+                x = x + sigma * torch.randn(x.shape, generator=gen).to(x.device)
+        return x  # unreachable
+
+    def loss(self, x0: Tensor) -> Tensor:
+        """ε-prediction MSE at uniformly drawn levels (DDPM's simple loss)."""
+        b = x0.shape[0]
+        n = torch.randint(0, self.cfg.train_timesteps, (b,), device=x0.device)
+        noise = torch.randn_like(x0)
+        x_t = self.schedule.q_sample(x0, n, noise)
+        return F.mse_loss(self.unet(x_t, self.schedule.time(n)).float(), noise)
+
+
+# -- weights files ----------------------------------------------------------------------------
+def weights_bytes(prior: DiffusionPrior, model_id: str, half: bool = False,
+                  meta: dict[str, Any] | None = None) -> bytes:
+    """A weights file (``torch.save`` of a plain dict, ``codec: "diffc"``)."""
+    sd = prior.state_dict()
+    if half:
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, "codec": "diffc", "model_id": model_id,
+                "config": prior.cfg.to_dict(), "meta": meta or {}, "state_dict": sd}, buf)
+    return buf.getvalue()
+
+
+def prior_from_dict(obj: dict[str, Any], source: str) -> tuple[DiffusionPrior, str]:
+    if obj.get("codec") != "diffc":
+        raise WeightsError(f"{source}: weights are for codec {obj.get('codec')!r}, not DiffC")
+    try:
+        cfg = DiffCConfig.from_dict(obj["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"{source}: bad DiffC config ({e})") from e
+    prior = DiffusionPrior(cfg)
+    sd = {k: v.float() if v.dtype == torch.float16 else v for k, v in obj["state_dict"].items()}
+    try:
+        prior.load_state_dict(sd)
+    except RuntimeError as e:
+        raise WeightsError(f"{source}: weights do not fit config {cfg.name!r} ({e})") from e
+    return prior.eval(), str(obj.get("model_id", cfg.name))

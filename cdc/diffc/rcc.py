@@ -1,0 +1,203 @@
+"""Reverse-channel coding of one diagonal-Gaussian step by ordered random coding.
+
+DiffC's encoder must let the decoder draw a sample of q = N(μ_q, σ²I) while both
+only share p = N(μ_p, σ²I) and a seed. In the normalised coordinates
+ε = (x − μ_p)/σ the prior is N(0, I) and the target N(δ, I) with
+δ = (μ_q − μ_p)/σ, so for a candidate ε_i ~ N(0, I)
+
+    log q(ε_i)/p(ε_i) = ε_i·δ − |δ|²/2,   KL(q‖p) = |δ|²/2 nats.
+
+The dimensions are split into ``n_chunks`` chunks by a random permutation drawn
+from the shared seed (dimension p of the permutation goes to chunk p mod n_chunks,
+so chunk sizes differ by at most one and each chunk gets ≈ KL/n_chunks). For each
+chunk the encoder draws 2^k candidates from a seeded CPU generator and selects by
+ordered random coding (Theis & Yosri 2022), i.e. the Poisson functional
+representation truncated to 2^k candidates: i* = argmax_i log w_i − log S_i with
+S_1 < S_2 < … the arrival times of a unit-rate Poisson process. The decoder
+regenerates the same candidates and takes number i*. Candidates are generated in
+fixed blocks (a function of the layout only) so encoder and decoder draw exactly
+the same numbers on any machine; selection runs on any device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+_BLOCK_ELEMENTS = 1 << 22  # candidate floats generated per randn call (16 MiB)
+_MASK63 = (1 << 63) - 1
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across runs and platforms)."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h ^= (int(p) + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2)) & 0xFFFFFFFFFFFFFFFF
+        h = (h * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & _MASK63
+
+
+def chunk_index(n_dims: int, n_chunks: int, seed: int) -> Tensor:
+    """(n_chunks, d) indices into the n_dims coded dimensions; −1 marks padding."""
+    if not 1 <= n_chunks <= n_dims:
+        raise ValueError(f"n_chunks must be in 1..{n_dims}, got {n_chunks}")
+    perm = torch.randperm(n_dims, generator=torch.Generator().manual_seed(seed))
+    d = -(-n_dims // n_chunks)
+    idx = torch.full((d * n_chunks,), -1, dtype=torch.long)
+    idx[:n_dims] = perm
+    return idx.view(d, n_chunks).t().contiguous()
+
+
+def _blocks(n_chunks: int, k: int, d: int):
+    rows = max(1, _BLOCK_ELEMENTS // ((1 << k) * d))
+    for start in range(0, n_chunks, rows):
+        yield start, min(n_chunks, start + rows)
+
+
+def choose_layout(kl_bits: float, n_dims: int, chunk_kl_bits: float, k: int,
+                  max_k: int = 12, min_bits: float = 0.25) -> tuple[int, int]:
+    """(n_chunks, k) for a step of total KL ``kl_bits``: chunks of ≈ ``chunk_kl_bits``.
+
+    A step whose KL is below ``min_bits`` is not coded (0 chunks: the decoder samples
+    the model's p from the shared seed). When there are fewer dimensions than chunks
+    wanted, k grows (up to ``max_k``) to keep 2 bits of head-room over each chunk's KL.
+    """
+    if kl_bits < min_bits or n_dims == 0:
+        return 0, k
+    n = min(n_dims, max(1, math.ceil(kl_bits / chunk_kl_bits)))
+    per = kl_bits / n
+    if per + 2 > k:
+        k = max(k, min(max_k, math.ceil(per + 2)))
+    return n, k
+
+
+@torch.no_grad()
+def encode(delta: Tensor, n_chunks: int, k: int, seed: int,
+           device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """Select one candidate per chunk for target N(δ, I) against N(0, I).
+
+    ``delta``: (n_dims,) float. Returns (indices (n_chunks,) int64, the selected
+    ε (n_dims,) float32 on the CPU, exactly what :func:`decode` rebuilds).
+    """
+    delta = delta.detach().float().cpu().reshape(-1)
+    n_dims = delta.numel()
+    idx = chunk_index(n_dims, n_chunks, derive_seed(seed, 1))
+    d = idx.shape[1]
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    padded = torch.cat([delta, delta.new_zeros(1)])  # index −1 → 0 (padding has no target)
+    target = padded[idx]  # (n_chunks, d)
+    gen = torch.Generator().manual_seed(derive_seed(seed, 2))
+    times_gen = torch.Generator().manual_seed(derive_seed(seed, 3))
+    n_cand = 1 << k
+    chosen = torch.empty(n_chunks, dtype=torch.long)
+    eps = torch.zeros(n_dims + 1)
+    for a, b in _blocks(n_chunks, k, d):
+        cand = torch.randn((b - a, n_cand, d), generator=gen)
+        arrivals = torch.empty((b - a, n_cand)).exponential_(generator=times_gen).cumsum(1)
+        c = cand.to(dev)
+        score = torch.einsum("cnd,cd->cn", c, target[a:b].to(dev)) - arrivals.to(dev).log()
+        best = score.argmax(1).cpu()
+        chosen[a:b] = best
+        sel = cand[torch.arange(b - a), best]  # (rows, d)
+        eps[idx[a:b].reshape(-1)] = sel.reshape(-1)
+    return chosen, eps[:n_dims].clone()
+
+
+@torch.no_grad()
+def decode(indices: Tensor, n_dims: int, n_chunks: int, k: int, seed: int) -> Tensor:
+    """The ε (n_dims,) that :func:`encode` selected, from its indices and the seed."""
+    indices = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+    if indices.numel() != n_chunks:
+        raise ValueError(f"{indices.numel()} indices for {n_chunks} chunks")
+    if n_chunks and int(indices.max()) >= 1 << k:
+        raise ValueError("chunk index out of range")
+    idx = chunk_index(n_dims, n_chunks, derive_seed(seed, 1))
+    d = idx.shape[1]
+    gen = torch.Generator().manual_seed(derive_seed(seed, 2))
+    eps = torch.zeros(n_dims + 1)
+    for a, b in _blocks(n_chunks, k, d):
+        cand = torch.randn((b - a, 1 << k, d), generator=gen)
+        sel = cand[torch.arange(b - a), indices[a:b]]
+        eps[idx[a:b].reshape(-1)] = sel.reshape(-1)
+    return eps[:n_dims].clone()
+
+
+def prior_noise(n_dims: int, seed: int) -> Tensor:
+    """ε for an uncoded step (0 chunks): a sample of the prior from the shared seed."""
+    return torch.randn(n_dims, generator=torch.Generator().manual_seed(derive_seed(seed, 4)))
+
+
+def pack_indices(indices: Tensor, k: int) -> bytes:
+    """Fixed-width k-bit indices, little-endian bit order, padded to a whole byte."""
+    v = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if v.size == 0:
+        return b""
+    bits = ((v[:, None] >> np.arange(k)) & 1).astype(np.uint8).reshape(-1)
+    return np.packbits(bits, bitorder="little").tobytes()
+
+
+def unpack_indices(data: bytes, n: int, k: int) -> Tensor:
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long)
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")[: n * k]
+    vals = (bits.reshape(n, k).astype(np.int64) << np.arange(k)).sum(1)
+    return torch.from_numpy(vals)
+
+
+def packed_size(n_chunks: int, k: int) -> int:
+    return (n_chunks * k + 7) // 8
+
+
+# -- entropy coding of the indices ------------------------------------------------------------
+#: Index coding schemes (one byte in the stream's plan).
+CODING_FIXED = 0  # k bits per index
+CODING_ZIPF = 1  # rANS (CompressAI) with the static law P(i) ∝ 1/(i+1), i < 2^k
+MAX_ZIPF_BITS = 12  # 16-bit CDF precision: every one of the 2^k symbols needs mass ≥ 1
+_CDFS: dict[int, list[int]] = {}
+
+
+def zipf_cdf(k: int) -> list[int]:
+    """Quantized CDF (CompressAI layout: 2^k symbols + an escape) of P(i) ∝ 1/(i+1).
+
+    Ordered random coding picks early candidates more often; for chunks whose KL
+    is a few bits below k, the selected index follows this law closely (P(0) ≈ 1/H_{2^k}).
+    """
+    if k not in _CDFS:
+        from compressai._CXX import pmf_to_quantized_cdf
+
+        w = 1.0 / np.arange(1, (1 << k) + 1, dtype=np.float64)
+        pmf = (w / w.sum() * (1 - 1e-6)).tolist() + [1e-6]
+        _CDFS[k] = list(pmf_to_quantized_cdf(pmf, 16))
+    return _CDFS[k]
+
+
+def code_indices(indices: Tensor, k: int, coding: int) -> bytes:
+    if coding == CODING_FIXED or len(indices) == 0:
+        return pack_indices(indices, k)
+    if coding != CODING_ZIPF or k > MAX_ZIPF_BITS:
+        raise ValueError(f"index coding {coding} does not support k={k}")
+    from compressai.ans import RansEncoder
+
+    sym = [int(v) for v in np.asarray(indices).reshape(-1)]
+    sym += [0] * (2 - len(sym))  # CompressAI's RansEncoder crashes on a one-symbol message
+    cdf = zipf_cdf(k)
+    return RansEncoder().encode_with_indexes(sym, [0] * len(sym), [cdf], [len(cdf)], [0])
+
+
+def decode_indices(data: bytes, n: int, k: int, coding: int) -> Tensor:
+    if coding == CODING_FIXED or n == 0:
+        if len(data) != packed_size(n, k):
+            raise ValueError("fixed-width index block has the wrong length")
+        return unpack_indices(data, n, k)
+    if coding != CODING_ZIPF or k > MAX_ZIPF_BITS:
+        raise ValueError(f"index coding {coding} does not support k={k}")
+    from compressai.ans import RansDecoder
+
+    cdf = zipf_cdf(k)
+    m = max(n, 2)
+    out = RansDecoder().decode_with_indexes(data, [0] * m, [cdf], [len(cdf)], [0])
+    return torch.tensor(out[:n], dtype=torch.long)
