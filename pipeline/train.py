@@ -8,24 +8,19 @@ its own optimizer, and gradient clipping.
 
 from __future__ import annotations
 
-import copy
-import csv
 import json
 import os
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from torch.utils.data import DataLoader
 
 from cdc.config import CDCConfig
 from cdc.models import ConditionalDiffusionCompressor
 from cdc.objectives import cdc_loss
 from cdc.zoo import get_config, sha256_hex, weights_bytes
-from pipeline.data import RandomCrops
+from pipeline.training import TrainerBase, config_from_yaml
 
 
 @dataclass
@@ -57,12 +52,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        names = set(cls.__dataclass_fields__)
-        unknown = set(raw) - names
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(names)}")
-        return cls(**raw)
+        return config_from_yaml(cls, path)
 
     def model_cfg(self) -> CDCConfig:
         base = get_config(self.model_config).to_dict()
@@ -84,55 +74,30 @@ def _perceptual(name: str, device: torch.device):
     return lambda a, b: metric((a + 1) / 2, (b + 1) / 2)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+class Trainer(TrainerBase):
+    """CDC: main optimizer on everything but the entropy bottleneck's quantiles, which get
+    CompressAI's auxiliary loss on their own optimizer."""
 
+    metric_fields = ("loss", "bpp", "diffusion", "perceptual", "aux", "grad_norm", "lam")
 
-class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, device: str = "cpu",
                  bf16: bool = False, batch_size: int | None = None):
-        self.cfg = cfg
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.device = torch.device(device)
-        self.bf16 = bf16
-        if batch_size:
-            cfg.batch_size = batch_size
-        torch.manual_seed(cfg.seed)
+        super().__init__(cfg, run_dir, device, bf16, batch_size)
         self.model = ConditionalDiffusionCompressor(cfg.model_cfg()).to(self.device)
-        self.ema = copy.deepcopy(self.model).eval()
-        for p in self.ema.parameters():
-            p.requires_grad_(False)
         aux = {n for n, _ in self.model.named_parameters() if n.endswith(".quantiles")}
         params = dict(self.model.named_parameters())
         self.opt = torch.optim.AdamW([params[n] for n in params if n not in aux], lr=cfg.lr,
                                      weight_decay=0.0)
         self.aux_opt = torch.optim.Adam([params[n] for n in sorted(aux)], lr=cfg.aux_lr)
-        self.step = 0
         self.perceptual = _perceptual(cfg.perceptual, self.device) if cfg.rho > 0 else None
-        self.ckpt_path = self.run_dir / "checkpoint.pt"
-        if self.ckpt_path.exists():
-            self._load(self.ckpt_path)
+        self._start()
 
-    # -- checkpoints ------------------------------------------------------------------------
-    def _load(self, path: Path) -> None:
-        ck = torch.load(path, map_location=self.device, weights_only=False)
-        if ck["train_config"]["model_config"] != self.cfg.model_config:
-            raise ValueError(f"{path}: checkpoint is for {ck['train_config']['model_config']!r}")
-        self.model.load_state_dict(ck["model"])
-        self.ema.load_state_dict(ck["ema"])
-        self.opt.load_state_dict(ck["opt"])
+    def extra_state(self) -> dict[str, Any]:
+        return {"aux_opt": self.aux_opt.state_dict()}
+
+    def load_extra_state(self, ck: dict[str, Any]) -> None:
         self.aux_opt.load_state_dict(ck["aux_opt"])
-        self.step = int(ck["step"])
 
-    def save(self) -> None:
-        _atomic_save({"model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                      "opt": self.opt.state_dict(), "aux_opt": self.aux_opt.state_dict(),
-                      "step": self.step, "train_config": asdict(self.cfg)}, self.ckpt_path)
-
-    # -- loop -------------------------------------------------------------------------------
     def lam_at(self, step: int) -> float:
         return self.cfg.lam_warmup if step < self.cfg.warmup_steps else self.cfg.lam
 
@@ -149,70 +114,16 @@ class Trainer:
         self.aux_opt.zero_grad(set_to_none=True)
         aux.backward()
         self.aux_opt.step()
-        with torch.no_grad():
-            d = self.cfg.ema_decay if self.step >= self.cfg.warmup_steps else 0.0
-            for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
-                pe.lerp_(pm.detach(), 1 - d)
-            for be, bm in zip(self.ema.buffers(), self.model.buffers()):
-                if be.shape == bm.shape:
-                    be.copy_(bm)
+        # The EMA follows the model exactly during the warm-up, then averages.
+        self.update_ema(self.cfg.ema_decay if self.step >= self.cfg.warmup_steps else 0.0,
+                        copy_buffers=True)
         self.step += 1
         return {"loss": float(out["loss"].detach()), "bpp": float(out["bpp"]),
                 "diffusion": float(out["diffusion"]), "perceptual": float(out["perceptual"]),
                 "aux": float(aux.detach()), "grad_norm": float(gnorm), "lam": self.lam_at(self.step - 1)}
 
-    def fit(self, max_steps: int | None = None, time_limit: float | None = None,
-            progress: bool = True) -> int:
-        """Train until ``cfg.steps`` (or ``max_steps`` more, or ``time_limit`` seconds)."""
-        cfg = self.cfg
-        target = cfg.steps if max_steps is None else min(cfg.steps, self.step + max_steps)
-        if self.step >= target:
-            return self.step
-        data = RandomCrops(cfg.sources, cfg.crop, samples_per_epoch=10**9, max_side=cfg.max_side,
-                           seed=cfg.seed + self.step)
-        loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.workers,
-                            shuffle=False, drop_last=True, persistent_workers=cfg.workers > 0,
-                            pin_memory=self.device.type == "cuda")
-        csv_path = self.run_dir / "metrics.csv"
-        new_csv = not csv_path.exists()
-        fields = ["step", "time", "loss", "bpp", "diffusion", "perceptual", "aux", "grad_norm",
-                  "lam", "it_s"]
-        t0 = time.time()
-        last_t, last_step = t0, self.step
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with open(csv_path, "a", newline="") as fcsv, Progress(
-            TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TextColumn("{task.fields[status]}"), TimeRemainingColumn(), disable=not progress,
-        ) as bar:
-            writer = csv.DictWriter(fcsv, fieldnames=fields)
-            if new_csv:
-                writer.writeheader()
-            task = bar.add_task("train", total=target, completed=self.step, status="")
-            acc: dict[str, float] = {}
-            n_acc = 0
-            for x in loader:
-                m = self.train_step(x)
-                for k, v in m.items():
-                    acc[k] = acc.get(k, 0.0) + v
-                n_acc += 1
-                if self.step % cfg.log_every == 0 or self.step == target:
-                    now = time.time()
-                    row = {k: v / n_acc for k, v in acc.items()}
-                    row.update(step=self.step, time=round(now - t0, 1),
-                               it_s=(self.step - last_step) / max(now - last_t, 1e-9))
-                    writer.writerow({k: (round(v, 5) if isinstance(v, float) else v)
-                                     for k, v in row.items()})
-                    fcsv.flush()
-                    bar.update(task, completed=self.step, status=(
-                        f"loss {row['loss']:.4f} bpp {row['bpp']:.3f} {row['it_s']:.2f} it/s"))
-                    acc, n_acc, last_t, last_step = {}, 0, now, self.step
-                if self.step % cfg.checkpoint_every == 0:
-                    self.save()
-                if self.step >= target or (time_limit and time.time() - t0 > time_limit):
-                    break
-        self.save()
-        return self.step
+    def status(self, row: dict[str, Any]) -> str:
+        return f"loss {row['loss']:.4f} bpp {row['bpp']:.3f} {row['it_s']:.2f} it/s"
 
 
 def export_model(run_dir: str | Path, name: str | None = None, zoo_dir: str | Path | None = None,

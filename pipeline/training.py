@@ -1,0 +1,171 @@
+"""What every codec's trainer shares: run folder, resumable checkpoint, EMA, and the loop.
+
+A codec's trainer (``pipeline/train.py`` for CDC, ``train_diffc.py``, ``train_corrdiff.py``)
+subclasses :class:`TrainerBase` and supplies ``train_step(batch) -> metrics`` and the
+names of the metrics it logs; the loop — random crops, a CSV row every ``log_every``
+steps, a checkpoint every ``checkpoint_every`` steps and at the end, a time limit, a
+progress bar — is written once here so all codecs resume and log the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pipeline.data import RandomCrops
+
+C = TypeVar("C")
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` that never leaves a half-written checkpoint behind."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def config_from_yaml(cls: type[C], path: str | Path) -> C:
+    """A config dataclass from YAML; unknown keys are an error naming the allowed ones."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys")
+    names = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+    unknown = set(raw) - names
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(names)}")
+    return cls(**raw)
+
+
+class TrainerBase:
+    """Subclasses set ``self.model`` and ``self.opt`` then call :meth:`_start`.
+
+    ``cfg`` needs: model_config, sources, crop, max_side, workers, batch_size, steps,
+    checkpoint_every, log_every, seed. Checkpoints hold model, ema, opt, step and
+    train_config, plus whatever :meth:`extra_state` adds.
+    """
+
+    metric_fields: tuple[str, ...] = ("loss",)
+    csv_digits = 5
+
+    def __init__(self, cfg: Any, run_dir: str | Path, device: str = "cpu", bf16: bool = False,
+                 batch_size: int | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(device)
+        self.bf16 = bf16
+        if batch_size:
+            cfg.batch_size = batch_size
+        torch.manual_seed(cfg.seed)
+        self.step = 0
+        self.ckpt_path = self.run_dir / "checkpoint.pt"
+        self.model: nn.Module
+        self.ema: nn.Module
+        self.opt: torch.optim.Optimizer
+
+    def _start(self) -> None:
+        """Make the EMA copy and resume from ``checkpoint.pt`` if the run has one."""
+        self.ema = copy.deepcopy(self.model).eval()
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        if self.ckpt_path.exists():
+            self._load(self.ckpt_path)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, ck: dict[str, Any]) -> None:
+        pass
+
+    def _load(self, path: Path) -> None:
+        ck = torch.load(path, map_location=self.device, weights_only=False)
+        if ck["train_config"]["model_config"] != self.cfg.model_config:
+            raise ValueError(f"{path}: checkpoint is for {ck['train_config']['model_config']!r}")
+        self.model.load_state_dict(ck["model"])
+        self.ema.load_state_dict(ck["ema"])
+        self.opt.load_state_dict(ck["opt"])
+        self.step = int(ck["step"])
+        self.load_extra_state(ck)
+
+    def save(self) -> None:
+        atomic_save({"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                     "opt": self.opt.state_dict(), "step": self.step,
+                     "train_config": asdict(self.cfg), **self.extra_state()}, self.ckpt_path)
+
+    @torch.no_grad()
+    def update_ema(self, decay: float, copy_buffers: bool = False) -> None:
+        for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
+            pe.lerp_(pm.detach(), 1 - decay)
+        if copy_buffers:
+            for be, bm in zip(self.ema.buffers(), self.model.buffers()):
+                if be.shape == bm.shape:
+                    be.copy_(bm)
+
+    # -- loop -------------------------------------------------------------------------------
+    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+        raise NotImplementedError
+
+    def fit(self, max_steps: int | None = None, time_limit: float | None = None,
+            progress: bool = True) -> int:
+        """Train until ``cfg.steps`` (or ``max_steps`` more, or ``time_limit`` seconds)."""
+        cfg = self.cfg
+        target = cfg.steps if max_steps is None else min(cfg.steps, self.step + max_steps)
+        if self.step >= target:
+            return self.step
+        data = RandomCrops(cfg.sources, cfg.crop, samples_per_epoch=10**9, max_side=cfg.max_side,
+                           seed=cfg.seed + self.step)
+        loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.workers,
+                            shuffle=False, drop_last=True, persistent_workers=cfg.workers > 0,
+                            pin_memory=self.device.type == "cuda")
+        csv_path = self.run_dir / "metrics.csv"
+        new_csv = not csv_path.exists()
+        fields = ["step", "time", *self.metric_fields, "it_s"]
+        t0 = time.time()
+        last_t, last_step = t0, self.step
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with open(csv_path, "a", newline="") as fcsv, Progress(
+            TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[status]}"), TimeRemainingColumn(), disable=not progress,
+        ) as bar:
+            writer = csv.DictWriter(fcsv, fieldnames=fields, extrasaction="ignore")
+            if new_csv:
+                writer.writeheader()
+            task = bar.add_task("train", total=target, completed=self.step, status="")
+            acc: dict[str, float] = {}
+            n_acc = 0
+            for x in loader:
+                m = self.train_step(x)
+                for k, v in m.items():
+                    acc[k] = acc.get(k, 0.0) + v
+                n_acc += 1
+                if self.step % cfg.log_every == 0 or self.step == target:
+                    now = time.time()
+                    row: dict[str, Any] = {k: v / n_acc for k, v in acc.items()}
+                    row.update(step=self.step, time=round(now - t0, 1),
+                               it_s=(self.step - last_step) / max(now - last_t, 1e-9))
+                    writer.writerow({k: (round(v, self.csv_digits) if isinstance(v, float) else v)
+                                     for k, v in row.items()})
+                    fcsv.flush()
+                    bar.update(task, completed=self.step, status=self.status(row))
+                    acc, n_acc, last_t, last_step = {}, 0, now, self.step
+                if self.step % cfg.checkpoint_every == 0:
+                    self.save()
+                if self.step >= target or (time_limit and time.time() - t0 > time_limit):
+                    break
+        self.save()
+        return self.step
+
+    def status(self, row: dict[str, Any]) -> str:
+        return f"loss {row.get('loss', float('nan')):.4f} {row['it_s']:.2f} it/s"
