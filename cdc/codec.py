@@ -49,6 +49,7 @@ class CDCCodec:
         self.weights_sha256 = weights_sha256
         self.digest = bytes.fromhex(weights_sha256)[:DIGEST_BYTES]
         self.autocast_dtype = _AUTOCAST[precision]
+        self.meta: dict[str, Any] = {}  # the weights file's training facts and recommended tiers
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str | torch.device = "cpu",
@@ -63,7 +64,9 @@ class CDCCodec:
         from cdc.zoo.weights import model_from_dict
 
         model, model_id = model_from_dict(obj, source)
-        return cls(model, model_id, sha256, device, precision)
+        codec = cls(model, model_id, sha256, device, precision)
+        codec.meta = dict(obj.get("meta") or {})
+        return codec
 
     @property
     def config(self):

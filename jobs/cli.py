@@ -176,13 +176,25 @@ def export_model_cmd(
     zoo_dir: Path | None = typer.Option(None, help="Zoo folder (default: the installed cdc/zoo)."),
     half: bool = typer.Option(False, help="Store network weights as fp16."),
     description: str = typer.Option("", help="One line for the registry."),
+    default_steps: int | None = typer.Option(None, help="Decode steps when none are asked for."),
+    default_gamma: float | None = typer.Option(None, help="Start-noise scale when none is asked for."),
+    tier: list[str] = typer.Option([], "--tier",
+                                   help="Recommended tier for new archives, NAME:steps=N,gamma=G,seed=S."),
 ) -> None:
     """Export a run's EMA weights (with entropy tables and sha256) into the model zoo."""
+    from pipeline.tiers import DEFAULT_TIERS, TierError, merge_tiers
     from pipeline.train import export_model
 
     if not (run_dir / "checkpoint.pt").exists():
         fail(f"{run_dir}: no checkpoint.pt")
-    path = export_model(run_dir, name, zoo_dir=zoo_dir, half=half, description=description)
+    defaults = {k: v for k, v in (("default_steps", default_steps),
+                                  ("default_gamma", default_gamma)) if v is not None}
+    try:
+        tiers = merge_tiers(DEFAULT_TIERS, tier) if tier else None
+    except TierError as e:
+        fail(str(e), EXIT_USAGE)
+    path = export_model(run_dir, name, zoo_dir=zoo_dir, half=half, description=description,
+                        decode_defaults=defaults, tiers=tiers)
     typer.echo(f"exported {name} -> {path}")
 
 

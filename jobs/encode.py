@@ -55,6 +55,7 @@ from pipeline.archive import (
     DEFAULT_SHARD_SIZE,
     EncodeOptions,
     ShardPlan,
+    base_tiers,
     claim_is_stale,
     encode_shard,
     open_or_create,
@@ -62,7 +63,7 @@ from pipeline.archive import (
     plan_shards,
     weights_digest,
 )
-from pipeline.tiers import DEFAULT_TIERS, merge_tiers
+from pipeline.tiers import merge_tiers
 from storage import ArchiveError
 
 
@@ -157,7 +158,7 @@ def _prepare(cfg: ArchiveJobConfig):
         codec = load_driver_codec(cfg.model)
     except WeightsError as e:
         raise JobError(str(e)) from None
-    tiers = merge_tiers(DEFAULT_TIERS, cfg.tiers) if cfg.tiers else None
+    tiers = merge_tiers(base_tiers(codec), cfg.tiers) if cfg.tiers else None
     try:
         arch, created = open_or_create(cfg.url, codec, shard_size=cfg.shard_size,
                                        tiers=tiers, storage_options=cfg.storage_options,

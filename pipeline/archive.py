@@ -402,10 +402,18 @@ def weights_digest(codec: Any) -> str:
 PROGRESSIVE_PREVIEW_BPP = 0.5
 
 
-def tiers_for(codec: Any, tiers: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The tier table a new archive gets: for a progressive codec (DiffC) ``preview`` also
-    gets a prefix budget, so previews range-read the first bytes of each record only."""
-    out = {k: dict(v) for k, v in tiers.items()}
+def base_tiers(codec: Any) -> dict[str, dict[str, Any]]:
+    """The tiers the model's weights recommend (measured for that model), else the defaults."""
+    rec = (getattr(codec, "meta", None) or {}).get("tiers")
+    return {k: dict(v) for k, v in (rec or DEFAULT_TIERS).items()}
+
+
+def tiers_for(codec: Any, tiers: Mapping[str, Mapping[str, Any]] | None = None
+              ) -> dict[str, dict[str, Any]]:
+    """The tier table a new archive gets: ``tiers``, else :func:`base_tiers`; for a
+    progressive codec (DiffC) ``preview`` also gets a prefix budget, so previews
+    range-read the first bytes of each record only."""
+    out = {k: dict(v) for k, v in (tiers or base_tiers(codec)).items()}
     if getattr(codec, "progressive", False) and "preview" in out:
         out["preview"].setdefault("bpp", PROGRESSIVE_PREVIEW_BPP)
     return out
@@ -441,7 +449,7 @@ def open_or_create(url: str, codec: Any, *, shard_size: int = DEFAULT_SHARD_SIZE
         url, codec_id=codec.codec_id, model_id=codec.model_id,
         weights_digest=weights_digest(codec),
         codec_config=codec_config(codec),
-        tiers=check_tiers(tiers_for(codec, tiers or DEFAULT_TIERS)), shard_size=shard_size,
+        tiers=check_tiers(tiers_for(codec, tiers)), shard_size=shard_size,
         max_shard_bytes=max_shard_bytes, info=info, storage_options=storage_options,
     )
     return arch, True

@@ -127,13 +127,28 @@ class Trainer(TrainerBase):
 
 
 def export_model(run_dir: str | Path, name: str | None = None, zoo_dir: str | Path | None = None,
-                 half: bool = False, description: str = "", extra_meta: dict | None = None) -> Path:
-    """EMA weights of a run → update() → weights file + sha256 + registry entry."""
+                 half: bool = False, description: str = "", extra_meta: dict | None = None,
+                 decode_defaults: dict[str, Any] | None = None,
+                 tiers: dict[str, dict[str, Any]] | None = None) -> Path:
+    """EMA weights of a run → update() → weights file + sha256 + registry entry.
+
+    ``decode_defaults`` (``default_steps``/``default_gamma``) and ``tiers`` record the
+    operating points measured for *this* model: decoders use the former when a caller
+    gives no settings, new archives start from the latter (see ``pipeline.archive``).
+    """
     run_dir = Path(run_dir)
     ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     cfg = TrainConfig(**ck["train_config"])
     name = name or cfg.model_id
-    model = ConditionalDiffusionCompressor(cfg.model_cfg())
+    mcfg = cfg.model_cfg()
+    if decode_defaults:
+        unknown = set(decode_defaults) - {"default_steps", "default_gamma"}
+        if unknown:
+            raise ValueError(f"unknown decode defaults {sorted(unknown)}")
+        mcfg = CDCConfig.from_dict({**mcfg.to_dict(), **decode_defaults})
+    if tiers:
+        extra_meta = {**(extra_meta or {}), "tiers": tiers}
+    model = ConditionalDiffusionCompressor(mcfg)
     model.load_state_dict(ck["ema"])
     model.eval().update()
     meta = {"train_steps": int(ck["step"]), "crop": cfg.crop, "batch_size": cfg.batch_size,

@@ -407,3 +407,15 @@ def test_diffc_preview_tier_range_reads_only_a_prefix(tree: Path, tmp_path: Path
     monkeypatch.undo()
     std = Reader(arch, dc, cache=None, archive_cache=False).get("b.png", "standard")
     assert std.data != prev.data
+
+
+def test_new_archives_start_from_the_models_recommended_tiers(tmp_path: Path, codec: CDCCodec,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    rec = {"preview": {"steps": 1, "gamma": 1.0, "seed": 0},
+           "standard": {"steps": 2, "gamma": 1.0, "seed": 0}}
+    monkeypatch.setattr(codec, "meta", {"tiers": rec})
+    arch, created = open_or_create(str(tmp_path / "t.zarr"), codec)
+    assert created and arch.tiers == check_tiers(rec)
+    arch2, _ = open_or_create(str(tmp_path / "u.zarr"), codec,
+                              tiers={"high": {"steps": 8, "gamma": 0.8, "seed": 1}})
+    assert set(arch2.tiers) == {"high"}

@@ -78,6 +78,15 @@ def test_train_resume_and_export(image_dir: Path, tmp_path: Path):
     assert out.size == (50, 40)
     reg = (zoo / "models.json").read_text()
     assert digest in reg and '"train_steps": 6' in reg
+    # Operating points measured for this model travel in its weights file.
+    tiers = {"standard": {"steps": 2, "gamma": 1.0, "seed": 0}}
+    path = export_model(run, "cdc-test-tuned", zoo_dir=zoo, tiers=tiers,
+                        decode_defaults={"default_steps": 2, "default_gamma": 1.0})
+    from cdc.zoo import load_codec
+
+    tuned = load_codec(str(path))
+    assert (tuned.config.default_steps, tuned.config.default_gamma) == (2, 1.0)
+    assert tuned.meta["tiers"] == tiers and tuned.meta["train_steps"] == 6
 
 
 def test_unreadable_training_files_are_skipped(image_dir: Path):

@@ -31,7 +31,8 @@ def read_weights_dict(data: bytes, source: str) -> dict[str, Any]:
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise WeightsError(f"{source}: not a readable weights file ({e})") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"{source}: not a readable weights file ({first[:200]})") from e
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise WeightsError(f"{source}: not a cdc-toolkit weights file (format {got!r})")
