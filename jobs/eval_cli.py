@@ -30,8 +30,14 @@ def _floats(text: str, what: str) -> list[float]:
         raise  # unreachable
 
 
-def codec_entries(codec, steps: list[int], gammas: list[float], seed: int = 0) -> list:
-    """One entry per decode setting; the stream is encoded once per image and reused."""
+def codec_entries(codec, steps: list[int], gammas: list[float], seed: int = 0,
+                  prefix_bpps: list[float] | None = None) -> list:
+    """One entry per decode setting; the stream is encoded once per image and reused.
+
+    For a progressive codec (DiffC) and ``prefix_bpps``, one entry per budget too: its
+    "stream" is the prefix a reader with that budget would fetch, so bpp counts only the
+    bytes read, and the decode sees nothing else.
+    """
     from pipeline.evaluate import CallableEntry
 
     cache: dict[int, bytes] = {}
@@ -43,14 +49,28 @@ def codec_entries(codec, steps: list[int], gammas: list[float], seed: int = 0) -
             cache[key] = codec.compress(img)
         return cache[key]
 
+    def decode(data, s, g):
+        return codec.decompress(data, steps=s, gamma=g, seed=seed)
+
     entries = []
+    budgets: list[float | None] = [None]
+    if prefix_bpps and getattr(codec, "progressive", False):
+        budgets += sorted(prefix_bpps)
     for s in steps:
         for g in gammas:
-            name = f"{codec.model_id} s{s} g{g:g}"
-            entries.append(CallableEntry(
-                name, encode,
-                lambda data, s=s, g=g: codec.decompress(data, steps=s, gamma=g, seed=seed),
-                family=f"{codec.codec_id.upper()} ({codec.model_id}, γ={g:g})"))
+            family = f"{codec.codec_id.upper()} ({codec.model_id}, γ={g:g})"
+            for b in budgets:
+                if b is None:
+                    entries.append(CallableEntry(f"{codec.model_id} s{s} g{g:g}", encode,
+                                                 lambda d, s=s, g=g: decode(d, s, g), family))
+                    continue
+
+                def prefix(img, b=b):
+                    full = encode(img)
+                    return full[: codec.prefix_length(full, bpp=b)]
+
+                entries.append(CallableEntry(f"{codec.model_id} s{s} g{g:g} @{b:g}bpp", prefix,
+                                             lambda d, s=s, g=g: decode(d, s, g), family))
     return entries
 
 
@@ -71,6 +91,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", "--device"),
         limit: int | None = typer.Option(None, help="Only the first N images (sorted)."),
         save_decoded: bool = typer.Option(False, help="Also write the decoded PNGs."),
+        prefix_bpp: str = typer.Option("", help="Progressive codecs (DiffC): also decode prefixes "
+                                                "within these bpp budgets, e.g. 0.25,0.5,1."),
     ) -> None:
         """Rate–distortion/perception evaluation vs classical codecs (CSV, JSON, plots)."""
         from cdc.errors import WeightsError
@@ -110,7 +132,8 @@ def register(app: typer.Typer) -> None:
             except WeightsError as e:
                 _fail(str(e))
             s = step_list or [codec.config.default_steps if hasattr(codec, "config") else 1]
-            ours = codec_entries(codec, s, gammas, seed)
+            ours = codec_entries(codec, s, gammas, seed,
+                                 _floats(prefix_bpp, "prefix-bpp") if prefix_bpp else None)
             entries += ours
             names = [c.strip() for c in classical.split(",") if c.strip()]
             if names:

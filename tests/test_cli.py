@@ -107,3 +107,21 @@ def test_eval_errors_name_the_problem(tmp_path: Path, weights_file: str):
     r = runner.invoke(app, ["eval", str(tmp_path), str(tmp_path / "o"), "--model", weights_file,
                             "--metrics", "psnr,bogus"])
     assert r.exit_code == 2 and "bogus" in r.output
+
+
+def test_eval_progressive_prefixes_count_only_bytes_read(tmp_path: Path):
+    from tests.test_diffc import make_diffc_weights
+
+    w = tmp_path / "diffc.pt"
+    w.write_bytes(make_diffc_weights(0))
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(smooth_image(24, 32, seed=1)).save(imgs / "a.png")
+    out = tmp_path / "ev"
+    r = runner.invoke(app, ["eval", str(imgs), str(out), "--model", str(w), "--steps", "1",
+                            "--classical", "", "--metrics", "psnr", "--prefix-bpp", "2,6"])
+    assert r.exit_code == 0, r.output
+    e = json.loads((out / "summary.json").read_text())["entries"]
+    full, low, mid = (e[k]["bpp"] for k in ("diffc-test s1 g0", "diffc-test s1 g0 @2bpp",
+                                            "diffc-test s1 g0 @6bpp"))
+    assert low <= mid <= full and low < full
