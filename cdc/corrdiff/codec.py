@@ -1,0 +1,321 @@
+"""CorrDiffCodec: CDC's bitstream plus a few bits per decode path that correct the sampler.
+
+Same interface as :class:`cdc.codec.CDCCodec` (it is a subclass): the content and
+hyper latents are coded exactly as CDC codes them (sections ``Z``, ``Y``), with the
+same frozen encoder and entropy model; section ``W`` adds, for each *decode path*
+(steps, γ, seed) the encoder simulated, the indices of the weights that blend the
+diffusion x0 estimate with the end-to-end decoder's output (see
+:mod:`cdc.corrdiff.correction`).
+
+Decoding follows a stored path when the request matches it (``steps``/``gamma`` left
+at None mean the first stored path; the seed only matters when γ > 0). A request for
+other settings (an archive tier with other steps, say) **falls back to plain CDC
+decoding** of the same latent with the requested settings: the indices were chosen
+for one trajectory and mean nothing on another. :meth:`CorrDiffCodec.decode_plan`
+tells which of the two a request gets.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cdc.bitstream import Container, symbols_crc
+from cdc.codec import CDCCodec, _symbols_bytes, describe
+from cdc.config import CDCConfig
+from cdc.corrdiff.correction import (
+    W_TAG,
+    CorrectionConfig,
+    PathRecord,
+    corrected_sample,
+    pack_w,
+    quantize_gamma,
+    unpack_w,
+)
+from cdc.corrdiff.decoder import DecoderConfig, E2EDecoder
+from cdc.errors import WeightsError
+from cdc.image import array_to_tensor, pad_to_multiple, tensor_to_image, to_rgb_array
+from cdc.interface import DecodeSettings, ImageLike
+from cdc.models import ConditionalDiffusionCompressor
+from cdc.zoo.weights import FORMAT
+
+log = logging.getLogger(__name__)
+CONFIG_KEY = "corrdiff"  # CDCConfig.extra[CONFIG_KEY] = {"decoder": ..., "correction": ...}
+
+PathLike = DecodeSettings | tuple[int, float, int] | dict[str, Any]
+
+
+class CorrDiffCodec(CDCCodec):
+    """CDC + privileged end-to-end decoder correction (Ma et al., ICML 2024)."""
+
+    codec_id = "corrdiff"
+
+    def __init__(self, model: ConditionalDiffusionCompressor, decoder: E2EDecoder,
+                 correction: CorrectionConfig, model_id: str, weights_sha256: str,
+                 device: str | torch.device = "cpu", precision: str | None = None,
+                 paths: Sequence[PathLike] | None = None):
+        super().__init__(model, model_id, weights_sha256, device, precision)
+        self.decoder = decoder.to(self.device).eval()
+        self.correction = correction
+        self.paths: list[tuple[int, float, int]] = []
+        self.set_paths(paths)
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_weights(cls, obj: dict[str, Any], sha256: str, source: str,
+                     device: str | torch.device = "cpu", precision: str | None = None,
+                     paths: Sequence[PathLike] | None = None) -> CorrDiffCodec:
+        """From a validated weights dict (``cdc.zoo.load_codec`` dispatches here)."""
+        from cdc.zoo.weights import model_from_dict
+
+        if obj.get("codec") != "corrdiff":
+            raise WeightsError(
+                f"{source}: weights are for codec {obj.get('codec')!r}, not corrdiff")
+        model, model_id = model_from_dict(obj, source)
+        try:
+            extra = model.cfg.extra[CONFIG_KEY]
+            dcfg = DecoderConfig.from_dict(extra.get("decoder", {}))
+            corr = CorrectionConfig.from_dict(extra.get("correction", {}))
+        except (KeyError, TypeError, ValueError) as e:
+            raise WeightsError(f"{source}: bad corrdiff config ({e})") from e
+        decoder = E2EDecoder(model.cfg, dcfg)
+        try:
+            decoder.load_prefixed(obj["state_dict"], source)
+        except (KeyError, RuntimeError) as e:
+            raise WeightsError(f"{source}: end-to-end decoder weights do not fit ({e})") from e
+        return cls(model, decoder.eval(), corr, model_id, sha256, device, precision, paths)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device: str | torch.device = "cpu",
+                        precision: str | None = None, sha256: str | None = None) -> CorrDiffCodec:
+        from cdc.zoo.loader import read_weights_dict
+        from cdc.zoo.weights import read_verified_bytes, sha256_hex
+
+        data, source = read_verified_bytes(name_or_path, sha256)
+        obj = read_weights_dict(data, source)
+        return cls.from_weights(obj, sha256_hex(data), source, device=device, precision=precision)
+
+    def set_paths(self, paths: Sequence[PathLike] | None) -> CorrDiffCodec:
+        """The decode paths (steps, γ, seed) the encoder simulates and stores, first = default.
+
+        Each costs one simulated decode at encode time and ~5 bytes of section W.
+        """
+        cfg = self.config
+        if not paths:
+            paths = [(cfg.default_steps, cfg.default_gamma, 0)]
+        out = []
+        for p in paths:
+            if isinstance(p, DecodeSettings):
+                p = (p.steps, p.gamma, p.seed)
+            elif isinstance(p, dict):
+                p = (p.get("steps"), p.get("gamma"), p.get("seed", 0))
+            steps, gamma, seed = p
+            steps = cfg.default_steps if steps is None else int(steps)
+            gamma = quantize_gamma(cfg.default_gamma if gamma is None else float(gamma))
+            self.model.sampler.timesteps(steps)  # validates
+            out.append((steps, gamma, int(seed)))
+        if len(set(out)) != len(out):
+            raise ValueError(f"duplicate decode paths: {out}")
+        self.paths = out
+        return self
+
+    # -- shared by both ends ----------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                              enabled=self.autocast_dtype is not None)
+
+    @torch.no_grad()
+    def e2e(self, y_hat: Tensor) -> Tensor:
+        """The end-to-end decoder's image for ŷ, in [-1, 1] (padded size)."""
+        with self._autocast():
+            return self.decoder(y_hat.to(self.device)).float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def _run_path(self, y_hat: Tensor, context: list[Tensor], x0_e2e: Tensor, steps: int,
+                  gamma: float, seeds: list[int], first: int, count: int,
+                  indices: Tensor | None = None, target: Tensor | None = None,
+                  sizes: list[tuple[int, int]] | None = None) -> tuple[Tensor, Tensor]:
+        h, w = y_hat.shape[-2] * 16, y_hat.shape[-1] * 16
+        sampler = self.model.sampler
+        x_n = sampler.initial_noise((y_hat.shape[0], 3, h, w), gamma, seeds, self.device)
+
+        def denoise(x_t: Tensor, t: Tensor) -> Tensor:
+            with self._autocast():
+                return self.model.denoiser(x_t, t, context)
+
+        return corrected_sample(sampler, denoise, x_n, steps, x0_e2e, self.correction.table,
+                                first, count, indices=indices, target=target, sizes=sizes)
+
+    def _context(self, y_hat: Tensor) -> list[Tensor]:
+        with torch.no_grad(), self._autocast():
+            return self.model.context(y_hat)
+
+    # -- encoding ---------------------------------------------------------------------------
+    def compress_batch(self, images: list[ImageLike]) -> list[bytes]:
+        return [data for data, _ in self.compress_with_reconstructions(images)]
+
+    @torch.no_grad()
+    def compress_with_reconstructions(self, images: list[ImageLike]
+                                      ) -> list[tuple[bytes, list[Tensor]]]:
+        """Encode; also return, per image, the encoder's simulated decode of each path.
+
+        The reconstructions are (3, H, W) tensors in [-1, 1], cropped to the image;
+        the decoder reproduces them (tests check that).
+        """
+        prepared = []
+        for img in images:
+            arr, mode = to_rgb_array(img)
+            x, replicate = pad_to_multiple(array_to_tensor(arr), self.config.pad_multiple)
+            prepared.append((x, arr.shape[0], arr.shape[1], mode, replicate))
+        out: list[Any] = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (x, *_rest) in enumerate(prepared):
+            groups.setdefault(tuple(x.shape[-2:]), []).append(i)
+        for idx in groups.values():
+            batch = torch.cat([prepared[i][0] for i in idx]).to(self.device)
+            with self._autocast():
+                res = self.model.compress_latent(batch)
+            y_hat = res["y_hat"].to(self.device)
+            context = self._context(y_hat)
+            x0_e2e = self.e2e(y_hat)
+            sizes = [(prepared[i][1], prepared[i][2]) for i in idx]
+            records: list[list[PathRecord]] = [[] for _ in idx]
+            recons: list[list[Tensor]] = [[] for _ in idx]
+            for steps, gamma, seed in self.paths:
+                first, count = self.correction.steps_to_correct(steps)
+                x, chosen = self._run_path(y_hat, context, x0_e2e, steps, gamma,
+                                           [seed] * len(idx), first, count,
+                                           target=batch.float(), sizes=sizes)
+                for j in range(len(idx)):
+                    records[j].append(PathRecord(steps, gamma, seed, first,
+                                                 [int(v) for v in chosen[j]]))
+                    h, w = sizes[j]
+                    recons[j].append(x[j, :, :h, :w].cpu())
+            y_strings, z_strings = res["strings"]
+            for j, i in enumerate(idx):
+                _, h, w, mode, replicate = prepared[i]
+                data = Container(
+                    codec=self.codec_id, model_digest=self.digest, height=h, width=w,
+                    symbols_crc=symbols_crc(_symbols_bytes(res["symbols"][j])),
+                    flags=int(replicate) | (int(mode) << 1),
+                    sections={"Z": z_strings[j], "Y": y_strings[j],
+                              W_TAG: pack_w(records[j], self.correction.bits)},
+                ).pack()
+                out[i] = (data, recons[j])
+        return out
+
+    # -- decoding ---------------------------------------------------------------------------
+    def read_paths(self, data: bytes | Container) -> list[PathRecord]:
+        """The decode paths stored in a stream's section W (verified)."""
+        c = data if isinstance(data, Container) else Container.unpack(data)
+        return unpack_w(c.section(W_TAG), self.correction.bits, self.config.train_timesteps)
+
+    def _plan(self, paths: list[PathRecord], steps: int | None, gamma: float | None,
+              seed: int) -> tuple[int, float, PathRecord | None]:
+        steps = paths[0].steps if steps is None else int(steps)
+        gamma = paths[0].gamma if gamma is None else float(gamma)
+        for p in paths:
+            if p.matches(steps, gamma, seed):
+                return p.steps, p.gamma, p
+        return steps, gamma, None
+
+    def decode_plan(self, data: bytes, steps: int | None = None, gamma: float | None = None,
+                    seed: int = 0) -> PathRecord | None:
+        """The stored path a request follows, or None if it falls back to plain CDC."""
+        return self._plan(self.read_paths(data), steps, gamma, seed)[2]
+
+    def decompress_batch(self, datas: list[bytes], steps: int | None = None,
+                         gamma: float | None = None, seeds: list[int] | int = 0,
+                         correct: bool = True) -> list:
+        """Decode many streams; ``correct=False`` forces plain CDC decoding."""
+        seeds = [seeds] * len(datas) if isinstance(seeds, int) else list(seeds)
+        if len(seeds) != len(datas):
+            raise ValueError(f"{len(seeds)} seeds for {len(datas)} streams")
+        if steps is not None:
+            self.model.sampler.timesteps(int(steps))  # validate before any work
+        if gamma is not None and gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        items = []
+        for d, seed in zip(datas, seeds):
+            c, y_hat = self.decode_latent(d)
+            paths = self.read_paths(c)
+            s, g, rec = self._plan(paths, steps, gamma, seed)
+            if not correct:
+                rec = None
+            if rec is None:
+                log.debug("corrdiff: no stored path for steps=%s gamma=%s seed=%s; plain CDC",
+                          s, g, seed)
+            items.append((c, y_hat, s, g, seed, rec))
+        groups: dict[tuple, list[int]] = {}
+        for i, (_, y_hat, s, g, _seed, rec) in enumerate(items):
+            key = (tuple(y_hat.shape[-2:]), s, g, None if rec is None else (rec.first, rec.count))
+            groups.setdefault(key, []).append(i)
+        out: list[Any] = [None] * len(datas)
+        for (_shape, s, g, corr), idx in groups.items():
+            y_hat = torch.cat([items[i][1] for i in idx]).to(self.device)
+            sd = [items[i][4] for i in idx]
+            if corr is None:
+                x = self.model.render(y_hat, steps=s, gamma=g, seed=sd,
+                                      autocast_dtype=self.autocast_dtype)
+            else:
+                indices = torch.tensor([items[i][5].indices for i in idx], dtype=torch.long)
+                x, _ = self._run_path(y_hat, self._context(y_hat), self.e2e(y_hat), s, g, sd,
+                                      corr[0], corr[1], indices=indices.view(len(idx), corr[1]))
+            for j, i in enumerate(idx):
+                c = items[i][0]
+                out[i] = tensor_to_image(x[j, :, : c.height, : c.width])
+        return out
+
+    def decompress_e2e(self, data: bytes):
+        """The end-to-end decoder's image alone (no diffusion): the distortion-optimised view."""
+        c, y_hat = self.decode_latent(data)
+        x = self.e2e(y_hat)
+        return tensor_to_image(x[0, :, : c.height, : c.width])
+
+    def info(self, data: bytes) -> dict[str, Any]:
+        d = describe(data)
+        d["model_matches"] = d["model_digest"] == self.digest.hex()
+        table = self.correction.table
+        d["corrdiff_paths"] = [
+            {"steps": p.steps, "gamma": p.gamma, "seed": p.seed,
+             "corrected_steps": list(range(p.first, p.first + p.count)),
+             "weights": [round(table[k], 4) for k in p.indices]}
+            for p in self.read_paths(data)]
+        d["corrdiff_weight_bits"] = self.correction.bits
+        return d
+
+
+def corrdiff_config(base: CDCConfig, decoder: DecoderConfig,
+                    correction: CorrectionConfig) -> dict[str, Any]:
+    """The weights file's config: the base CDC config with ours under extra["corrdiff"]."""
+    d = base.to_dict()
+    d["extra"] = {**dict(base.extra), CONFIG_KEY: {"decoder": decoder.to_dict(),
+                                                   "correction": correction.to_dict()}}
+    return d
+
+
+def corrdiff_weights_bytes(model: ConditionalDiffusionCompressor, decoder: E2EDecoder,
+                           correction: CorrectionConfig, model_id: str, half: bool = False,
+                           meta: dict[str, Any] | None = None) -> bytes:
+    """A corrdiff weights file: the base CDC state dict (with its entropy tables) plus the
+    end-to-end decoder under ``corrdiff.decoder.``; loadable by ``cdc.zoo.load_codec``."""
+    sd = dict(model.state_dict())
+    if sd["entropy.hyper.entropy_bottleneck._quantized_cdf"].numel() == 0:
+        raise WeightsError("entropy tables are empty: call model.update() before export")
+    sd.update(decoder.prefixed_state_dict())
+    if half:
+        sd = {k: (v.half() if v.is_floating_point() and not k.startswith("entropy.") else v)
+              for k, v in sd.items()}
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, "codec": "corrdiff", "model_id": model_id,
+                "config": corrdiff_config(model.cfg, decoder.dcfg, correction),
+                "meta": meta or {}, "state_dict": sd}, buf)
+    return buf.getvalue()
+
+
+__all__ = ["CorrDiffCodec", "corrdiff_config", "corrdiff_weights_bytes"]
