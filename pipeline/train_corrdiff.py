@@ -13,33 +13,23 @@ folder); ``export`` writes base + decoder as one corrdiff weights file via
 from __future__ import annotations
 
 import copy
-import csv
 import math
-import os
-import time
-from dataclasses import asdict, dataclass, field
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from torch.utils.data import DataLoader
 
 from cdc.corrdiff.codec import corrdiff_weights_bytes
 from cdc.corrdiff.correction import CorrectionConfig
 from cdc.corrdiff.decoder import DecoderConfig, E2EDecoder
 from cdc.models import ConditionalDiffusionCompressor
 from cdc.zoo import load_weights
-from pipeline.data import RandomCrops
 from pipeline.train import _perceptual, ship_weights
+from pipeline.training import TrainerBase, config_from_yaml
 
 MIB = 1 << 20
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -73,12 +63,7 @@ class CorrDiffTrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> CorrDiffTrainConfig:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        names = set(cls.__dataclass_fields__)
-        unknown = set(raw) - names
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(names)}")
-        cfg = cls(**raw)
+        cfg = config_from_yaml(cls, path)
         if cfg.codec != "corrdiff":
             raise ValueError(
                 f"{path}: codec must be 'corrdiff' for this trainer, got {cfg.codec!r}")
@@ -87,53 +72,35 @@ class CorrDiffTrainConfig:
         return cfg
 
 
-class CorrDiffTrainer:
+class CorrDiffTrainer(TrainerBase):
+    """The trained module (``self.model``) is the end-to-end decoder; the base stays frozen."""
+
+    metric_fields = ("loss", "mse", "psnr", "lpips", "grad_norm")
+
     def __init__(self, cfg: CorrDiffTrainConfig, run_dir: str | Path, device: str = "cpu",
                  bf16: bool = False, batch_size: int | None = None):
-        self.cfg = cfg
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.device = torch.device(device)
-        self.bf16 = bf16
-        if batch_size:
-            cfg.batch_size = batch_size
-        torch.manual_seed(cfg.seed)
+        super().__init__(cfg, run_dir, device, bf16, batch_size)
         loaded = load_weights(cfg.base_model, sha256=cfg.base_sha256)
         self.base: ConditionalDiffusionCompressor = loaded.model.to(self.device).eval()
         for p in self.base.parameters():
             p.requires_grad_(False)
         self.base_id, self.base_sha256 = loaded.model_id, loaded.sha256
-        dcfg = DecoderConfig.from_dict(cfg.decoder)
-        self.decoder = E2EDecoder(self.base.cfg, dcfg).to(self.device)
-        self.decoder.init_trunk_from(self.base.context)
-        self.ema = copy.deepcopy(self.decoder).eval()
-        for p in self.ema.parameters():
-            p.requires_grad_(False)
+        self.model = E2EDecoder(self.base.cfg, DecoderConfig.from_dict(cfg.decoder)).to(self.device)
+        self.model.init_trunk_from(self.base.context)
         self.opt = torch.optim.Adam([
-            {"params": list(self.decoder.head.parameters()), "lr": cfg.lr},
-            {"params": list(self.decoder.trunk.parameters()), "lr": cfg.lr * cfg.trunk_lr_scale},
+            {"params": list(self.model.head.parameters()), "lr": cfg.lr},
+            {"params": list(self.model.trunk.parameters()), "lr": cfg.lr * cfg.trunk_lr_scale},
         ])
         self.perceptual = _perceptual(cfg.perceptual, self.device) if cfg.lpips_weight > 0 else None
-        self.step = 0
-        self.ckpt_path = self.run_dir / "checkpoint.pt"
-        if self.ckpt_path.exists():
-            self._load()
+        self._start()
 
-    def _load(self) -> None:
-        ck = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+    def check_checkpoint(self, ck: dict[str, Any], path: Path) -> None:
         if ck.get("base_sha256") != self.base_sha256:
-            raise ValueError(f"{self.ckpt_path}: checkpoint was trained on base weights "
+            raise ValueError(f"{path}: checkpoint was trained on base weights "
                              f"{ck.get('base_sha256')}, not {self.base_sha256}")
-        self.decoder.load_state_dict(ck["decoder"])
-        self.ema.load_state_dict(ck["ema"])
-        self.opt.load_state_dict(ck["opt"])
-        self.step = int(ck["step"])
 
-    def save(self) -> None:
-        _atomic_save({"decoder": self.decoder.state_dict(), "ema": self.ema.state_dict(),
-                      "opt": self.opt.state_dict(), "step": self.step,
-                      "base_sha256": self.base_sha256, "train_config": asdict(self.cfg)},
-                     self.ckpt_path)
+    def extra_state(self) -> dict[str, Any]:
+        return {"base_sha256": self.base_sha256}
 
     @torch.no_grad()
     def latent(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,11 +109,11 @@ class CorrDiffTrainer:
         return self.base.entropy(y)["y_hat"]
 
     def train_step(self, x: torch.Tensor) -> dict[str, float]:
-        self.decoder.train()
+        self.model.train()
         x = x.to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             y_hat = self.latent(x)
-            x_hat = self.decoder(y_hat).float()
+            x_hat = self.model(y_hat).float()
             mse = torch.mean((x_hat - x) ** 2)
             loss = mse
             perc = x.new_zeros(())
@@ -157,58 +124,17 @@ class CorrDiffTrainer:
             raise FloatingPointError(f"non-finite loss at step {self.step}")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(self.decoder.parameters(), self.cfg.grad_clip)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
-        with torch.no_grad():
-            for pe, pm in zip(self.ema.parameters(), self.decoder.parameters()):
-                pe.lerp_(pm.detach(), 1 - self.cfg.ema_decay)
-            for be, bm in zip(self.ema.buffers(), self.decoder.buffers()):
-                be.copy_(bm)
+        self.update_ema(self.cfg.ema_decay, copy_buffers=True)
         self.step += 1
         m = float(mse.detach())
         # PSNR of x in [-1, 1] (range 2): 10·log10(4 / MSE).
         return {"loss": float(loss.detach()), "mse": m, "psnr": 10 * math.log10(4 / max(m, 1e-12)),
                 "lpips": float(perc.detach()), "grad_norm": float(gnorm)}
 
-    def fit(self, max_steps: int | None = None, time_limit: float | None = None) -> int:
-        cfg = self.cfg
-        target = cfg.steps if max_steps is None else min(cfg.steps, self.step + max_steps)
-        if self.step >= target:
-            return self.step
-        data = RandomCrops(cfg.sources, cfg.crop, samples_per_epoch=10**9, max_side=cfg.max_side,
-                           seed=cfg.seed + self.step)
-        loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.workers,
-                            shuffle=False, drop_last=True)
-        csv_path = self.run_dir / "metrics.csv"
-        fields = ["step", "time", "loss", "mse", "psnr", "lpips", "grad_norm", "it_s"]
-        new_csv = not csv_path.exists()
-        t0 = last_t = time.time()
-        last_step = self.step
-        with open(csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            if new_csv:
-                writer.writeheader()
-            acc: dict[str, float] = {}
-            n = 0
-            for x in loader:
-                m = self.train_step(x)
-                for k, v in m.items():
-                    acc[k] = acc.get(k, 0.0) + v
-                n += 1
-                if self.step % cfg.log_every == 0 or self.step >= target:
-                    now = time.time()
-                    row: dict[str, Any] = {k: round(v / n, 5) for k, v in acc.items()}
-                    row.update(step=self.step, time=round(now - t0, 1),
-                               it_s=round((self.step - last_step) / max(now - last_t, 1e-9), 4))
-                    writer.writerow(row)
-                    f.flush()
-                    acc, n, last_t, last_step = {}, 0, now, self.step
-                if self.step % cfg.checkpoint_every == 0:
-                    self.save()
-                if self.step >= target or (time_limit and time.time() - t0 > time_limit):
-                    break
-        self.save()
-        return self.step
+    def status(self, row: dict[str, Any]) -> str:
+        return f"loss {row['loss']:.4f} psnr {row['psnr']:.2f} {row['it_s']:.2f} it/s"
 
     def export(self, name: str, half: bool = False, description: str = "") -> Path:
         """EMA decoder + frozen base → one corrdiff weights file in the zoo (size-checked)."""
@@ -238,7 +164,7 @@ def run_training(config_path: str | Path, run_dir: str | Path, *, device: str = 
     """Entry point of ``cdc train`` for ``codec: corrdiff`` configs; returns a summary line."""
     cfg = CorrDiffTrainConfig.from_yaml(config_path)
     trainer = CorrDiffTrainer(cfg, run_dir, device=device, bf16=bf16, batch_size=batch_size)
-    step = trainer.fit(max_steps=max_steps, time_limit=time_limit)
+    step = trainer.fit(max_steps=max_steps, time_limit=time_limit, progress=sys.stderr.isatty())
     line = f"{run_dir}: step {step}/{cfg.steps} (corrdiff decoder on base {trainer.base_id})"
     if export:
         path = trainer.export(export, half=half or cfg.export_half)

@@ -49,9 +49,9 @@ def config_from_yaml(cls: type[C], path: str | Path) -> C:
 class TrainerBase:
     """Subclasses set ``self.model`` and ``self.opt`` then call :meth:`_start`.
 
-    ``cfg`` needs: model_config, sources, crop, max_side, workers, batch_size, steps,
-    checkpoint_every, log_every, seed. Checkpoints hold model, ema, opt, step and
-    train_config, plus whatever :meth:`extra_state` adds.
+    ``cfg`` needs: sources, crop, max_side, workers, batch_size, steps, checkpoint_every,
+    log_every, seed (and model_config, unless :meth:`check_checkpoint` is overridden).
+    Checkpoints hold model, ema, opt, step and train_config, plus :meth:`extra_state`.
     """
 
     metric_fields: tuple[str, ...] = ("loss",)
@@ -88,10 +88,14 @@ class TrainerBase:
     def load_extra_state(self, ck: dict[str, Any]) -> None:
         pass
 
-    def _load(self, path: Path) -> None:
-        ck = torch.load(path, map_location=self.device, weights_only=False)
+    def check_checkpoint(self, ck: dict[str, Any], path: Path) -> None:
+        """Refuse to resume a run trained for something else."""
         if ck["train_config"]["model_config"] != self.cfg.model_config:
             raise ValueError(f"{path}: checkpoint is for {ck['train_config']['model_config']!r}")
+
+    def _load(self, path: Path) -> None:
+        ck = torch.load(path, map_location=self.device, weights_only=False)
+        self.check_checkpoint(ck, path)
         self.model.load_state_dict(ck["model"])
         self.ema.load_state_dict(ck["ema"])
         self.opt.load_state_dict(ck["opt"])
