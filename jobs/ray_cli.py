@@ -9,6 +9,7 @@ written atomically. Ray is imported only by the commands that use it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -39,6 +40,19 @@ def _report_failures(failures: list[dict[str, str]], limit: int = 20) -> None:
         typer.echo(f"error: {msg}" if named else f"error: {f['key']}: {msg}", err=True)
     if len(failures) > limit:
         typer.echo(f"error: ... and {len(failures) - limit} more (see --json)", err=True)
+
+
+def _finish(summary: dict, title: str, rows: Callable[[dict], list], as_json: bool) -> None:
+    """Print a job's summary (table or JSON); exit 1 naming each input that did not make it."""
+    from jobs.progress import print_table, summary_table
+
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        print_table(summary_table(title, rows(summary)))
+    if not summary["complete"]:
+        _report_failures(summary["failures"])
+        raise typer.Exit(EXIT_INPUT)
 
 
 _ADDRESS_HELP = "Join this Ray cluster (default: start a local Ray for the job, on 127.0.0.1)."
@@ -78,7 +92,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Compress a collection into a chunked archive on Ray (resumable, idempotent)."""
         from jobs.encode import ArchiveJobConfig, JobError, run_archive_job, summary_rows
-        from jobs.progress import print_table, summary_table
         from pipeline.archive import EncodeOptions
         from pipeline.tiers import TierError
 
@@ -95,13 +108,7 @@ def register(app: typer.Typer) -> None:
             _fail(f"{archive_url}: {e}", EXIT_USAGE)
         except JobError as e:
             _fail(str(e))
-        if as_json:
-            typer.echo(json.dumps(summary, indent=2))
-        else:
-            print_table(summary_table(f"cdc archive {src} -> {archive_url}", summary_rows(summary)))
-        if not summary["complete"]:
-            _report_failures(summary["failures"])
-            raise typer.Exit(EXIT_INPUT)
+        _finish(summary, f"cdc archive {src} -> {archive_url}", summary_rows, as_json)
 
     @app.command("get")
     def get_cmd(
@@ -183,7 +190,6 @@ def register(app: typer.Typer) -> None:
         """Decode many images of an archive at a tier on Ray (skips existing outputs)."""
         from jobs.encode import JobError
         from jobs.export import ExportJobConfig, run_export_job, summary_rows
-        from jobs.progress import print_table, summary_table
 
         key_list = None
         if keys is not None:
@@ -203,13 +209,7 @@ def register(app: typer.Typer) -> None:
         except JobError as e:
             code = EXIT_USAGE if "tier" in str(e) or "format" in str(e) else EXIT_INPUT
             _fail(str(e) if str(e).startswith(archive_url) else f"{archive_url}: {e}", code)
-        if as_json:
-            typer.echo(json.dumps(summary, indent=2))
-        else:
-            print_table(summary_table(f"cdc export {archive_url} -> {dest}", summary_rows(summary)))
-        if not summary["complete"]:
-            _report_failures(summary["failures"])
-            raise typer.Exit(EXIT_INPUT)
+        _finish(summary, f"cdc export {archive_url} -> {dest}", summary_rows, as_json)
 
     @app.command("serve")
     def serve_cmd(
