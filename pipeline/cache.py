@@ -17,12 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 from cdc.interface import DecodeSettings
+from pipeline.files import write_bytes_atomic
 from pipeline.tiers import settings_dict
 
 DEFAULT_MAX_BYTES = 1 << 30
@@ -85,15 +85,7 @@ class DiskLRU:
         if self.max_bytes == 0 or len(data) > self.max_bytes:
             return
         p = self._path(k)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".part", dir=p.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(p, data)
         with self._lock:
             if self._total is None:
                 self._total = self._scan_total()
