@@ -15,6 +15,19 @@ LATENT_STRIDE = 16
 HYPER_STRIDE = 64
 
 
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as JSON/YAML-friendly data (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def config_from_dict(cls: type, d: dict[str, Any], what: str = "config") -> Any:
+    """The inverse of :func:`config_to_dict`; unknown keys are an error (lists → tuples)."""
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {what} keys: {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
 @dataclass(frozen=True)
 class CDCConfig:
     """Shapes and diffusion settings of a Conditional Diffusion Compression model."""
@@ -58,17 +71,8 @@ class CDCConfig:
         return HYPER_STRIDE
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CDCConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**kw)
+        return config_from_dict(cls, d)

@@ -36,13 +36,14 @@ import math
 import struct
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from cdc.bitstream import read_varint, write_varint
+from cdc.config import config_from_dict, config_to_dict
 from cdc.diffusion import DDIMSampler
 from cdc.errors import CorruptStreamError
 
@@ -82,20 +83,13 @@ class CorrectionConfig:
         return first, end - first
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["table"] = [float(w) for w in self.table]
-        return d
+        return {**config_to_dict(self), "table": [float(w) for w in self.table]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CorrectionConfig:
-        names = set(cls.__dataclass_fields__)
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown correction config keys: {sorted(unknown)}")
-        kw = dict(d)
-        if "table" in kw:
-            kw["table"] = tuple(float(w) for w in kw["table"])
-        return cls(**kw)
+        if "table" in d:
+            d = {**d, "table": [float(w) for w in d["table"]]}
+        return config_from_dict(cls, d, "correction config")
 
 
 @dataclass

@@ -11,13 +11,13 @@ features to RGB. Output is in [-1, 1].
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from cdc.config import CDCConfig
+from cdc.config import CDCConfig, config_from_dict, config_to_dict
 from cdc.models.transforms import ContextDecoder
 
 #: State-dict prefix of the decoder inside a corrdiff weights file (beside the CDC keys).
@@ -32,15 +32,11 @@ class DecoderConfig:
     head_layers: int = 2  # 3×3 conv + GELU layers before the RGB projection
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DecoderConfig:
-        names = set(cls.__dataclass_fields__)
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown decoder config keys: {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "decoder config")
 
 
 class E2EDecoder(nn.Module):

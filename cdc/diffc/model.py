@@ -9,7 +9,6 @@ x̂_0 in place of x_0, same variance) and DDIM (η ≥ 0) reconstruction from an
 
 from __future__ import annotations
 
-import dataclasses
 import io
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdc.config import CDCConfig
+from cdc.config import CDCConfig, config_from_dict, config_to_dict
 from cdc.diffusion.schedules import NoiseSchedule
 from cdc.errors import WeightsError
 from cdc.models.unet import ConditionalUNet
@@ -71,16 +70,11 @@ class DiffCConfig:
         return 2 ** (len(self.channel_mults) - 1)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DiffCConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return config_from_dict(cls, d)
 
 
 DIFFC_CONFIGS: dict[str, DiffCConfig] = {
