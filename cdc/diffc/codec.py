@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from cdc.bitstream import DIGEST_BYTES
+from cdc.codec import _AUTOCAST
 from cdc.diffc import rcc
 from cdc.diffc import stream as st
 from cdc.diffc.model import DiffCConfig, DiffusionPrior, prior_from_dict
@@ -26,8 +27,11 @@ from cdc.errors import CorruptStreamError, ModelMismatchError, WeightsError
 from cdc.image import SourceMode, array_to_tensor, pad_to_multiple, tensor_to_image, to_rgb_array
 from cdc.interface import ImageLike
 
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None, "fp32": None}
 _LN2 = math.log(2.0)
+
+
+#: Bytes a reader should fetch first to be sure to hold the plan (header + 20-step plan ≈ 160).
+PLAN_READ_BYTES = 1024
 
 
 class DiffCCodec:
@@ -36,6 +40,7 @@ class DiffCCodec:
     codec_id = "diffc"
     #: Streams decode from any prefix; readers may range-read only ``prefix_length`` bytes.
     progressive = True
+    plan_read_bytes = PLAN_READ_BYTES
 
     def __init__(self, prior: DiffusionPrior, model_id: str, weights_sha256: str,
                  device: str | torch.device = "cpu", precision: str | None = None):
@@ -248,7 +253,6 @@ class DiffCCodec:
         :data:`PLAN_READ_BYTES` bytes of a stream)."""
         return prefix_length(head, steps=steps, bpp=bpp)
 
-    plan_read_bytes = 1024  # = PLAN_READ_BYTES
 
     def info(self, data: bytes) -> dict[str, Any]:
         d = describe(data)
@@ -256,8 +260,6 @@ class DiffCCodec:
         return d
 
 
-#: Bytes a reader should fetch first to be sure to hold the plan (header + 20-step plan ≈ 160).
-PLAN_READ_BYTES = 1024
 
 
 def prefix_length(head: bytes, steps: int | None = None, bpp: float | None = None) -> int:
