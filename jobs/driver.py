@@ -9,6 +9,7 @@ batch, not per task. At most ``inflight`` tasks are queued per actor (backpressu
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ def retryable(e: BaseException) -> bool:
 
 
 MAX_BOUNCES = 10  # re-queues of a task that was lost before it started (see drive)
+UNAVAILABLE_LIMIT_S = 600.0  # how long a task may wait for a restarting actor pool
+BACKOFF_S = (0.5, 8.0)  # first and longest pause before retrying an unavailable actor
 
 
 @dataclass
@@ -49,6 +52,7 @@ class _Attempt:
     actor: int
     attempt: int
     bounces: int = 0
+    waiting_since: float | None = None  # first time this task found its actor restarting
     seen: dict[str, int] = field(default_factory=dict)
 
 
@@ -60,61 +64,121 @@ class DriveResult:
     nodes: set[str] = field(default_factory=set)
 
 
+class _Pool:
+    """Which actor gets the next task: the least loaded one that is not cooling down.
+
+    An actor that answered "unavailable" (Ray is restarting it) cools down for a pause that
+    doubles with each further refusal (``BACKOFF_S``) and resets on its first event, so a
+    restart that takes minutes on a starved machine does not burn the queue in a tight
+    loop of instant refusals.
+    """
+
+    def __init__(self, n: int, inflight: int) -> None:
+        self.load = [0] * n
+        self.cap = max(1, inflight)
+        self.cool_until = [0.0] * n
+        self.streak = [0] * n
+
+    def pick(self, now: float) -> int | None:
+        free = [i for i in range(len(self.load))
+                if self.load[i] < self.cap and self.cool_until[i] <= now]
+        return min(free, key=self.load.__getitem__) if free else None
+
+    def unavailable(self, i: int, now: float) -> None:
+        first, longest = BACKOFF_S
+        self.cool_until[i] = now + min(longest, first * 2 ** self.streak[i])
+        self.streak[i] += 1
+
+    def alive(self, i: int) -> None:
+        self.streak[i] = 0
+        self.cool_until[i] = 0.0
+
+    def next_wakeup(self, now: float) -> float:
+        return max(0.0, min(self.cool_until) - now)
+
+
 def drive(actors: list[Any], tasks: list[Any], submit: Callable[[Any, Any], Any], *,
           counters: Counters, bar: ProgressBar, attempts: int = 3, inflight: int = 2,
           on_retry: Callable[[Any], Any] = lambda t: t,
-          on_event: Callable[[dict[str, Any]], None] | None = None) -> DriveResult:
+          on_event: Callable[[dict[str, Any]], None] | None = None,
+          clock: Callable[[], float] = time.monotonic) -> DriveResult:
     """Run every task on the pool; ``submit(actor, task)`` returns an ObjectRefGenerator.
 
-    A task whose attempt dies (actor crash) or raises a retryable error is re-queued up to
-    ``attempts`` times in all (``on_retry(task)`` may adjust it, e.g. to take over a
-    claim); what it had reported is subtracted from ``counters``. A task that was only
-    queued behind the one that killed its actor (it reported nothing) is re-queued without
-    using an attempt, at most ``MAX_BOUNCES`` times (an actor whose constructor fails
-    loses every task before it starts).
+    What an attempt that ends in a Ray error costs (what it had reported is always
+    subtracted from ``counters`` and ``on_retry(task)`` may adjust the re-queued task, e.g.
+    to take over a claim):
+
+    * it had reported progress (it was running when its actor died, or it raised a
+      retryable error): one of its ``attempts``; a task that keeps killing its actor fails;
+    * it reported nothing and its actor is *restarting* (``ActorUnavailableError``):
+      nothing; the actor cools down (see :class:`_Pool`) and the task goes back to the
+      queue; after ``UNAVAILABLE_LIMIT_S`` of such waiting the task fails;
+    * it reported nothing and its actor is gone (queued behind the task that killed it,
+      or the actor's constructor fails): nothing, at most ``MAX_BOUNCES`` times.
     """
     res = DriveResult()
-    queue: deque[tuple[Any, int, int]] = deque((t, 1, 0) for t in tasks)
+    queue: deque[_Attempt] = deque(_Attempt(t, -1, 1) for t in tasks)
     running: dict[Any, _Attempt] = {}
-    load = [0] * len(actors)
+    pool = _Pool(len(actors), inflight)
 
     def dispatch() -> None:
         while queue:
-            i = min(range(len(actors)), key=load.__getitem__)
-            if load[i] >= max(1, inflight):
+            i = pool.pick(clock())
+            if i is None:
                 return
-            task, n, bounces = queue.popleft()
-            running[submit(actors[i], task)] = _Attempt(task, i, n, bounces)
-            load[i] += 1
+            att = queue.popleft()
+            att.actor, att.seen = i, {}
+            running[submit(actors[i], att.task)] = att
+            pool.load[i] += 1
 
-    def finish(gen: Any) -> _Attempt:
-        att = running.pop(gen)
-        load[att.actor] -= 1
-        return att
+    def requeue(att: _Attempt, **changes: Any) -> None:
+        queue.appendleft(_Attempt(on_retry(att.task), -1, changes.get("attempt", att.attempt),
+                                  changes.get("bounces", att.bounces),
+                                  changes.get("waiting_since", att.waiting_since)))
+
+    def lost(att: _Attempt, e: BaseException) -> None:
+        counters.subtract(att.seen)
+        now = clock()
+        if isinstance(e, ray.exceptions.ActorUnavailableError):
+            pool.unavailable(att.actor, now)
+            since = att.waiting_since if att.waiting_since is not None else now
+            if now - since >= UNAVAILABLE_LIMIT_S:  # the pool is not coming back
+                res.failed.append((att.task, att.attempt, short_error(e)))
+                return
+            if not att.seen:
+                requeue(att, waiting_since=since)
+                return
+        elif (not att.seen and isinstance(e, ray.exceptions.RayActorError)
+              and att.bounces < MAX_BOUNCES):
+            requeue(att, bounces=att.bounces + 1)
+            return
+        if retryable(e) and att.attempt < attempts:
+            res.retries += 1
+            requeue(att, attempt=att.attempt + 1)
+        else:
+            res.failed.append((att.task, att.attempt, short_error(e)))
 
     dispatch()
-    while running:
+    while running or queue:
+        if not running:  # every actor is cooling down
+            time.sleep(min(1.0, pool.next_wakeup(clock())) or 0.05)
+            dispatch()
+            continue
         ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
         for gen in ready:
             att = running[gen]
             try:
                 ev = ray.get(next(gen))
             except StopIteration:
-                finish(gen)
+                running.pop(gen)
+                pool.load[att.actor] -= 1
                 continue
             except RAY_ERRORS as e:
-                finish(gen)
-                counters.subtract(att.seen)
-                bystander = (not att.seen and isinstance(e, ray.exceptions.RayActorError)
-                             and att.bounces < MAX_BOUNCES)
-                if bystander:
-                    queue.appendleft((on_retry(att.task), att.attempt, att.bounces + 1))
-                elif retryable(e) and att.attempt < attempts:
-                    res.retries += 1
-                    queue.appendleft((on_retry(att.task), att.attempt + 1, att.bounces))
-                else:
-                    res.failed.append((att.task, att.attempt, short_error(e)))
+                running.pop(gen)
+                pool.load[att.actor] -= 1
+                lost(att, e)
                 continue
+            pool.alive(att.actor)
             if on_event is not None:
                 on_event(ev)
             if ev.get("type") == "progress":
