@@ -98,6 +98,7 @@ def register(app: typer.Typer) -> None:
         from cdc.errors import WeightsError
         from cdc.metrics import MetricWeightsMissing
         from cdc.zoo import load_codec
+        from pipeline.archive import match_tiers
         from pipeline.evaluate import (
             METRICS,
             classical_entries,
@@ -132,6 +133,11 @@ def register(app: typer.Typer) -> None:
             except WeightsError as e:
                 _fail(str(e))
             s = step_list or [codec.config.default_steps if hasattr(codec, "config") else 1]
+            if hasattr(codec, "set_paths"):
+                # CorrDiff: the encoder simulates (and stores weights for) every evaluated
+                # decode setting, as an archive does for its tiers
+                match_tiers(codec, {f"s{st}g{g:g}": {"steps": st, "gamma": g, "seed": seed}
+                                    for st in s for g in gammas})
             ours = codec_entries(codec, s, gammas, seed,
                                  _floats(prefix_bpp, "prefix-bpp") if prefix_bpp else None)
             entries += ours

@@ -40,7 +40,7 @@ from cdc.interface import DecodeSettings
 from pipeline.cache import DiskLRU, decoded_key
 from pipeline.files import InputError, decode_image, encode_image, read_bytes
 from pipeline.sources import list_images
-from pipeline.tiers import DEFAULT_TIERS, check_tiers, resolve
+from pipeline.tiers import DEFAULT_TIER, DEFAULT_TIERS, check_tiers, resolve
 from storage import Archive, ArchiveError, Record, key_problem
 
 DEFAULT_SHARD_SIZE = 64
@@ -312,6 +312,7 @@ def encode_shard(codec: Any, archive: Archive, plan: ShardPlan, *, owner: str | 
     worker running two shards in two threads overlaps one's commit (I/O, e.g. an upload
     to S3) with the next one's encoding, without running two encodes at once.
     """
+    match_tiers(codec, archive.tiers)
     held = _Held()
     try:
         yield from _encode_shard(codec, archive, plan, owner, options, before_commit,
@@ -406,6 +407,35 @@ def base_tiers(codec: Any) -> dict[str, dict[str, Any]]:
     """The tiers the model's weights recommend (measured for that model), else the defaults."""
     rec = (getattr(codec, "meta", None) or {}).get("tiers")
     return {k: dict(v) for k, v in (rec or DEFAULT_TIERS).items()}
+
+
+def tier_paths(tiers: Mapping[str, Mapping[str, Any]]) -> list[tuple[int, float, int]]:
+    """The distinct (steps, γ, seed) decode paths of a tier table, the default tier first.
+
+    At γ = 0 the start noise is zero, so the seed is irrelevant and normalised to 0 (two
+    tiers that differ only there are one path).
+    """
+    names = sorted(tiers, key=lambda n: (n != DEFAULT_TIER, n))
+    out: list[tuple[int, float, int]] = []
+    for n in names:
+        t = tiers[n]
+        gamma = round(float(t.get("gamma", 0.0)), 2)  # as section W stores it
+        path = (int(t["steps"]), gamma, int(t.get("seed", 0)) if gamma else 0)
+        if path not in out:
+            out.append(path)
+    return out
+
+
+def match_tiers(codec: Any, tiers: Mapping[str, Mapping[str, Any]]) -> None:
+    """Make a codec whose streams depend on how they will be decoded encode for the
+    archive's tiers: CorrDiff's encoder picks its correction weights along each decode
+    path it simulates (one simulated decode per path, ~5 bytes each), so every tier gets
+    the corrected decode rather than plain CDC. Other codecs have nothing to set."""
+    set_paths = getattr(codec, "set_paths", None)
+    if set_paths is not None and tiers:
+        paths = tier_paths(tiers)
+        if list(getattr(codec, "paths", [])) != paths:
+            set_paths(paths)
 
 
 def tiers_for(codec: Any, tiers: Mapping[str, Mapping[str, Any]] | None = None

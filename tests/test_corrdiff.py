@@ -308,8 +308,14 @@ def test_archive_round_trip_with_tiers(cd_bytes, tmp_path):
     arch = Archive.open(arch.url)
     r = Reader(arch, codec)
     data = arch["0.png"].data
-    for tier, steps, corrected in [("preview", 2, True), ("standard", 4, False)]:
+    # the encoder simulated one path per tier (default tier first), so every tier gets
+    # the corrected decode
+    assert [(p.steps, p.gamma, p.seed) for p in codec.read_paths(data)] == [
+        (4, 0.0, 0), (16, 0.8, 0), (2, 0.0, 0)]
+    for tier, steps, gamma in [("preview", 2, 0.0), ("standard", 4, 0.0), ("high", 16, 0.8)]:
         got = Image.open(io.BytesIO(r.get("0.png", tier).data))
-        assert (codec.decode_plan(data, steps=steps, gamma=0.0) is not None) == corrected
-        ref = codec.decompress(data, steps=steps, gamma=0.0, seed=0)
+        assert codec.decode_plan(data, steps=steps, gamma=gamma, seed=0) is not None
+        ref = codec.decompress(data, steps=steps, gamma=gamma, seed=0)
         assert np.array_equal(np.asarray(got.convert("RGB")), np.asarray(ref))
+    # a request off the tiers falls back to plain CDC decoding of the same latent
+    assert codec.decode_plan(data, steps=3, gamma=0.0) is None
