@@ -42,7 +42,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
@@ -63,6 +63,7 @@ from pipeline.archive import (
     plan_shards,
     weights_digest,
 )
+from pipeline.rate import RateError, choose_model
 from pipeline.tiers import merge_tiers
 from storage import ArchiveError
 
@@ -76,6 +77,7 @@ class ArchiveJobConfig:
     src: str
     url: str
     model: str = "cdc-small"
+    rate: float | None = None  # bpp target: picks the model, or caps progressive streams
     address: str | None = None
     num_cpus: int | None = None  # embedded Ray size (default: all cores)
     actors: int | None = None
@@ -146,6 +148,22 @@ class ShardEncoder:
             yield ev
 
 
+def _apply_rate(cfg: ArchiveJobConfig, codec: Any) -> tuple[ArchiveJobConfig, Any]:
+    """``--rate``: cap a progressive codec's streams, or switch to the shipped model of the
+    same codec measured nearest the target (see :mod:`pipeline.rate`)."""
+    from cdc.zoo import registry
+
+    if getattr(codec, "progressive", False):
+        return replace(cfg, options=replace(cfg.options, max_bpp=cfg.rate)), codec
+    try:
+        model = choose_model(cfg.model, cfg.rate, registry())
+    except RateError as e:
+        raise JobError(str(e)) from None
+    if model == cfg.model:
+        return cfg, codec
+    return replace(cfg, model=model), load_driver_codec(model)
+
+
 def _prepare(cfg: ArchiveJobConfig):
     """Driver-side planning: inputs, model identity, archive, shards (no Ray needed)."""
     from cdc import WeightsError
@@ -156,13 +174,16 @@ def _prepare(cfg: ArchiveJobConfig):
         raise JobError(str(e)) from None
     try:
         codec = load_driver_codec(cfg.model)
+        if cfg.rate is not None:
+            cfg, codec = _apply_rate(cfg, codec)
     except WeightsError as e:
         raise JobError(str(e)) from None
     tiers = merge_tiers(base_tiers(codec), cfg.tiers) if cfg.tiers else None
     try:
         arch, created = open_or_create(cfg.url, codec, shard_size=cfg.shard_size,
                                        tiers=tiers, storage_options=cfg.storage_options,
-                                       info={"source": str(cfg.src)})
+                                       info={"source": str(cfg.src),
+                                             **({"rate_bpp": cfg.rate} if cfg.rate else {})})
     except ArchiveError as e:
         raise JobError(str(e)) from None
     keys = {it.key for it in items}
@@ -187,7 +208,7 @@ def _prepare(cfg: ArchiveJobConfig):
                 f"{claim.get('host')}, pid {claim.get('pid')}, since {claim.get('claimed_at')}); "
                 "one job per archive at a time. If that job is dead, rerun with --takeover")
     plans = plan_shards(items, done, completed, arch.shard_size, stale)
-    return items, problems, codec, arch, created, done, plans, discarded
+    return cfg, items, problems, codec, arch, created, done, plans, discarded
 
 
 def run_archive_job(cfg: ArchiveJobConfig, *, on_event: Callable[[dict[str, Any]], None] | None = None,
@@ -198,7 +219,7 @@ def run_archive_job(cfg: ArchiveJobConfig, *, on_event: Callable[[dict[str, Any]
     ``before_commit`` runs inside the actor before each shard commit (fault injection).
     """
     t_start = time.perf_counter()
-    items, problems, codec, arch, created, done, plans, discarded = _prepare(cfg)
+    cfg, items, problems, codec, arch, created, done, plans, discarded = _prepare(cfg)
     job_id = f"archive-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     counters = Counters(sum(len(p.items) for p in plans))
     results: list[dict[str, Any]] = []
@@ -263,6 +284,9 @@ def run_archive_job(cfg: ArchiveJobConfig, *, on_event: Callable[[dict[str, Any]
         "archive": cfg.url,
         "created": created,
         "model": {"id": codec.model_id, "weights_digest": weights_digest(codec)},
+        "rate": None if cfg.rate is None else {
+            "target_bpp": cfg.rate,
+            "how": "prefix cap" if cfg.options.max_bpp is not None else "model choice"},
         "ray": ray_info,
         "inputs": len(items) + len(problems),
         "already_archived": len(done),
@@ -291,7 +315,9 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     sh = s["shards"]
     rows = [
         ("archive", s["archive"] + (" (created)" if s["created"] else "")),
-        ("model", f"{s['model']['id']} ({s['model']['weights_digest'][7:19]})"),
+        ("model", f"{s['model']['id']} ({s['model']['weights_digest'][7:19]})"
+                  + (f", --rate {s['rate']['target_bpp']:g} ({s['rate']['how']})"
+                     if s.get("rate") else "")),
         ("ray", ", ".join(f"{k} {v}" for k, v in s["ray"].items() if k != "cluster")),
         ("inputs", str(s["inputs"])),
         ("already archived (skipped)", str(s["already_archived"])),

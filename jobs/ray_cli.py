@@ -70,6 +70,9 @@ def register(app: typer.Typer) -> None:
         archive_url: str = typer.Argument(..., help="Archive path or fsspec URL (created if absent)."),
         model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
                                   help="Shipped model name, weights path or fsspec URL."),
+        rate: float | None = typer.Option(
+            None, help="Target bits per pixel: caps DiffC streams at that rate; for CDC/CorrDiff "
+                       "picks the shipped model of that codec measured nearest it."),
         address: str | None = typer.Option(None, help=_ADDRESS_HELP),
         num_cpus: int | None = typer.Option(None, help="CPUs of the local Ray (default: all)."),
         actors: int | None = typer.Option(None, help="Encoder actors (default: one per GPU, "
@@ -96,7 +99,7 @@ def register(app: typer.Typer) -> None:
         from pipeline.tiers import TierError
 
         cfg = ArchiveJobConfig(
-            src=src, url=archive_url, model=model, address=address, num_cpus=num_cpus,
+            src=src, url=archive_url, model=model, rate=rate, address=address, num_cpus=num_cpus,
             actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
             precision=precision, shard_size=shard_size,
             options=EncodeOptions(batch_size=batch_size, read_retries=read_retries),

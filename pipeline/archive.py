@@ -39,6 +39,7 @@ from cdc.image import MAX_SIDE
 from cdc.interface import DecodeSettings
 from pipeline.cache import DiskLRU, decoded_key
 from pipeline.files import InputError, decode_image, encode_image, read_bytes
+from pipeline.rate import cap_stream
 from pipeline.sources import list_images
 from pipeline.tiers import DEFAULT_TIER, DEFAULT_TIERS, check_tiers, resolve
 from storage import Archive, ArchiveError, Record, key_problem
@@ -253,12 +254,19 @@ def group_batches(sizes: Sequence[tuple[int, int]], multiple: int,
 
 def encode_images(codec: Any, images: Sequence[Image.Image],
                   batch_size: int = DEFAULT_BATCH_SIZE,
-                  max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS) -> list[bytes | str]:
+                  max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS,
+                  max_bpp: float | None = None) -> list[bytes | str]:
     """Encode images in size-grouped batches; an item is its bitstream or an error string.
 
     A batch that fails (one unencodable image, out of memory) is retried image by image so
-    one bad image costs only itself.
+    one bad image costs only itself. ``max_bpp`` (progressive codecs only) keeps the longest
+    decodable prefix of each stream within that rate (:func:`pipeline.rate.cap_stream`).
     """
+    if max_bpp is not None:
+        if not getattr(codec, "progressive", False):
+            raise ValueError(f"{codec.model_id}: max_bpp needs a progressive codec (DiffC)")
+        out = encode_images(codec, images, batch_size, max_batch_pixels)
+        return [cap_stream(codec, r, max_bpp) if isinstance(r, bytes) else r for r in out]
     out: list[bytes | str] = [""] * len(images)
     sizes = [(im.height, im.width) for im in images]
     for batch in group_batches(sizes, pad_multiple(codec), batch_size, max_batch_pixels):
@@ -293,6 +301,7 @@ class EncodeOptions:
     read_threads: int = 4
     window: int = 0  # images read ahead per step; 0: 4 x batch_size
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bpp: float | None = None  # progressive codecs: keep the prefix within this rate
 
 
 def _windows(items: Sequence[InputItem], size: int) -> list[Sequence[InputItem]]:
@@ -362,7 +371,7 @@ def _encode_shard(codec: Any, archive: Archive, plan: ShardPlan, owner: str | No
             results: list[bytes | str | None] = [None] * len(loaded)
             if good:
                 enc = encode_images(codec, [loaded[i].image for i in good], opt.batch_size,
-                                    opt.max_batch_pixels)
+                                    opt.max_batch_pixels, opt.max_bpp)
                 for i, r in zip(good, enc):
                     results[i] = r
             step = {"images": 0, "ok": 0, "failed": 0, "bytes_in": 0, "bytes_out": 0,

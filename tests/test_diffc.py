@@ -316,3 +316,25 @@ def test_archive_preview_reads_only_a_prefix(tmp_path: Path, codec, img, encoded
     assert len(prefix) == n < len(data)
     assert codec.decompress(prefix) == codec.decompress(data, max_bytes=n)
     assert arc["img"].data == data
+
+
+def test_archive_rate_cap_keeps_a_decodable_prefix(tmp_path: Path, codec, img, encoded):
+    """``cdc archive --rate`` on a progressive codec: each record is the longest prefix
+    within the target rate, and it decodes like that prefix of the full stream."""
+    from pipeline.archive import EncodeOptions, encode_shard, open_or_create, plan_inputs, plan_shards
+    from storage.archive import Archive
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    Image.fromarray(img).save(root / "a.png")
+    full, _ = encoded
+    rate = 0.5 * 8 * len(full) / (img.shape[0] * img.shape[1])  # half the full stream's bpp
+    items, _ = plan_inputs(str(root))
+    arch, _ = open_or_create(str(tmp_path / "r.zarr"), codec, shard_size=4)
+    (plan,) = plan_shards(items, set(), set(), 4)
+    events = list(encode_shard(codec, arch, plan, options=EncodeOptions(max_bpp=rate)))
+    assert events[-1]["ok"] == 1
+    data = Archive.open(arch.url)["a.png"].data
+    assert 8 * len(data) / (img.shape[0] * img.shape[1]) <= rate
+    assert data == full[: codec.prefix_length(full, bpp=rate)] and len(data) < len(full)
+    assert codec.decompress(data) == codec.decompress(full, max_bytes=len(data))

@@ -305,6 +305,11 @@ def test_cli_archive_errors(cluster, images: Path, weights_file: str, tmp_path: 
           "--tier", "high:steps=0"], 2, "steps"),
         (["archive", str(images / "a"), str(url), "--model", weights_file,
           "--tier", "bad tier:steps=1,gamma=0"], 2, "bad tier name"),
+        # a weights file has one rate: --rate cannot choose another model for it
+        (["archive", str(images / "a"), str(url), "--model", weights_file, "--rate", "0.1"], 1,
+         "not a shipped model"),
+        (["archive", str(images / "a"), str(url), "--rate", "3"], 1,
+         "no shipped cdc model is within"),
     ]
     for argv, code, text in cases:
         r = runner.invoke(app, argv)

@@ -1,0 +1,65 @@
+"""Rate targets (``cdc archive --rate BPP``): how a bits-per-pixel target becomes a model
+choice or a stream length.
+
+Two mechanisms, one per kind of codec:
+
+* **Progressive codecs (DiffC)**: every prefix of a stream decodes, so a record keeps only
+  the longest prefix within the target (:func:`cap_stream`): a true per-image rate cap.
+* **CDC and CorrDiff**: the rate is fixed when the model is trained (one model per λ, as in
+  CompressAI's zoo, where ``quality=`` picks one of several trained models). ``--rate``
+  picks, among the shipped models of the same codec, the one whose *measured* rate
+  (``rate`` in ``cdc/zoo/models.json``: mean bpp on a named image set) is nearest the
+  target, and refuses when none is within :data:`TOLERANCE`, naming the rates there are.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+#: How far (as a ratio) the nearest model's measured rate may be from the target.
+TOLERANCE = 1.5
+
+
+class RateError(ValueError):
+    """A rate target that cannot be met; the message lists what is available."""
+
+
+def measured_rates(codec_id: str, registry: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Shipped models of ``codec_id`` that record a measured rate: name → bpp."""
+    return {name: float(e["rate"]["bpp"]) for name, e in registry.items()
+            if e.get("codec", "cdc") == codec_id and isinstance(e.get("rate"), dict)
+            and e["rate"].get("bpp")}
+
+
+def choose_model(model: str, rate: float, registry: dict[str, dict[str, Any]]) -> str:
+    """The shipped model of ``model``'s codec whose measured rate is nearest ``rate``.
+
+    ``model`` must be a shipped name (its codec id says which family to choose from); a
+    weights path or URL has exactly one rate, so a target cannot change it.
+    """
+    if not rate > 0:
+        raise RateError(f"--rate must be a positive number of bits per pixel, got {rate}")
+    entry = registry.get(model)
+    if entry is None:
+        raise RateError(f"--rate {rate:g}: {model} is not a shipped model, so there is nothing "
+                        "to choose from; its rate is fixed by its training (leave out --rate)")
+    codec_id = entry.get("codec", "cdc")
+    rates = measured_rates(codec_id, registry)
+    if not rates:
+        raise RateError(f"--rate {rate:g}: no shipped {codec_id} model records a measured rate")
+    best = min(rates, key=lambda n: abs(math.log(rates[n] / rate)))
+    if max(rates[best] / rate, rate / rates[best]) > TOLERANCE:
+        have = ", ".join(f"{n} {b:.3g} bpp" for n, b in sorted(rates.items(), key=lambda kv: kv[1]))
+        raise RateError(f"--rate {rate:g}: no shipped {codec_id} model is within ×{TOLERANCE:g} "
+                        f"of that (measured: {have})")
+    return best
+
+
+def cap_stream(codec: Any, data: bytes, rate: float) -> bytes:
+    """A progressive codec's stream cut to the longest decodable prefix within ``rate``
+    bits per pixel (at least its header and plan)."""
+    return data[: codec.prefix_length(data, bpp=rate)]
+
+
+__all__ = ["RateError", "TOLERANCE", "cap_stream", "choose_model", "measured_rates"]
