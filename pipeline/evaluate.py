@@ -453,7 +453,47 @@ def plot_summary(summary: dict[str, Any], out_dir: str | os.PathLike) -> list[st
         fig.tight_layout()
         fig.savefig(Path(out_dir) / fname)
         written.append(fname)
+    for perc in ("lpips_alex", "dists"):
+        if plot_tradeoff(summary, perc, out_dir):
+            written.append(TRADEOFF_PLOT.format(perc))
     return written
+
+
+TRADEOFF_PLOT = "pd_{}.png"
+
+
+def plot_tradeoff(summary: dict[str, Any], perception: str, out_dir: str | os.PathLike) -> bool:
+    """The perception–distortion plane (PSNR → right, ``perception`` ↓ better): one point per
+    entry, labelled with its bpp, so decoders of the *same* stream (CDC vs CorrDiff, steps,
+    γ) can be compared where a rate plot stacks them on one vertical line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not {"psnr", perception} <= set(summary["metrics"]):
+        return False
+    families: dict[str, list[tuple[float, float, float, str]]] = {}
+    for name, s in summary["entries"].items():
+        if None not in (s.get("psnr"), s.get(perception), s.get("bpp")):
+            families.setdefault(s["family"], []).append(
+                (s["psnr"], s[perception], s["bpp"], name))
+    if not families:
+        return False
+    fig = Figure(figsize=(6, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for fam, pts in families.items():
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=fam, s=28)
+        for x, y, bpp, _ in pts:
+            ax.annotate(f"{bpp:.3f}", (x, y), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set_xlabel(LABELS["psnr"])
+    ax.set_ylabel(LABELS[perception])
+    ax.set_title(f"perception vs distortion ({len(summary['images'])} images; labels: bpp)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(Path(out_dir) / TRADEOFF_PLOT.format(perception))
+    return True
 
 
 def summary_table(summary: dict[str, Any], digits: dict[str, int] | None = None) -> str:

@@ -258,3 +258,16 @@ def test_perceptual_metrics_in_the_runner(tmp_path):
         assert 0 < hi[m] < lo[m], m
     assert set(summary["files"]["plots"]) == {"rp_lpips_alex.png", "rp_lpips_vgg.png",
                                               "rp_dists.png"}
+
+
+def test_perception_distortion_plot(tmp_path: Path):
+    """Decoders of one stream (same bpp) are told apart on the PSNR–LPIPS plane."""
+    from pipeline.evaluate import plot_tradeoff
+
+    summary = {"metrics": ["psnr", "lpips_alex"], "images": ["a", "b"], "entries": {
+        "CDC s2": {"family": "CDC", "bpp": 0.2, "psnr": 20.1, "lpips_alex": 0.75},
+        "CorrDiff s2": {"family": "CorrDiff", "bpp": 0.2003, "psnr": 20.7, "lpips_alex": 0.73},
+        "broken": {"family": "CDC", "bpp": None, "psnr": None, "lpips_alex": None}}}
+    assert plot_tradeoff(summary, "lpips_alex", tmp_path)
+    assert (tmp_path / "pd_lpips_alex.png").stat().st_size > 0
+    assert not plot_tradeoff(summary, "dists", tmp_path)  # not measured: no plot
