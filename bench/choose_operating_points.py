@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--steps", default="1,2,4,8")
     ap.add_argument("--gammas", default="0,0.5,0.8,1.0")
     a = ap.parse_args()
-    from cdc.metrics import LPIPS
+    from pipeline.metrics import LPIPS
 
     lp = LPIPS(net="alex").eval()
     codec = load_codec(a.model)

@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Rate–distortion/perception evaluation vs classical codecs (CSV, JSON, plots)."""
         from cdc.errors import WeightsError
-        from cdc.metrics import MetricWeightsMissing
+        from pipeline.metrics import MetricWeightsMissing
         from cdc.zoo import load_codec
         from pipeline.archive import match_tiers
         from pipeline.evaluate import (

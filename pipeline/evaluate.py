@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-import cdc.metrics as cdc_metrics
-from cdc.metrics import frechet_distance, patch_count
-from cdc.metrics.fid import inception
+import pipeline.metrics as cdc_metrics
+from pipeline.metrics import frechet_distance, patch_count
+from pipeline.metrics.fid import inception
 from pipeline.classical import (
     CODECS,
     BppMatch,

@@ -62,8 +62,8 @@ class TrainConfig:
 
 
 def _perceptual(name: str, device: torch.device):
-    """ρ-term distance on images in [-1, 1] (weights from pip packages, see cdc.metrics)."""
-    from cdc.metrics import lpips as lp
+    """ρ-term distance on images in [-1, 1] (weights from pip packages, see pipeline.metrics)."""
+    from pipeline.metrics import lpips as lp
 
     net = {"lpips-alex": "alex", "lpips-vgg": "vgg"}.get(name)
     if net is None:

@@ -245,7 +245,7 @@ def test_load_images_from_a_folder(tmp_path):
 
 def test_perceptual_metrics_in_the_runner(tmp_path):
     from cdc.errors import WeightsError
-    from cdc.metrics import fetch_weights
+    from pipeline.metrics import fetch_weights
 
     try:
         fetch_weights()

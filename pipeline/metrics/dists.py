@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from cdc.metrics.fetch import bundled_file
-from cdc.metrics.nets import L2pooling, tv_features
+from pipeline.metrics.fetch import bundled_file
+from pipeline.metrics.nets import L2pooling, tv_features
 
 _STAGES = [(0, 4, None), (5, 9, 64), (10, 16, 128), (17, 23, 256), (24, 30, 512)]
 _CHANNELS = [3, 64, 128, 256, 512, 512]

