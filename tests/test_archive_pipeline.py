@@ -419,3 +419,14 @@ def test_new_archives_start_from_the_models_recommended_tiers(tmp_path: Path, co
     arch2, _ = open_or_create(str(tmp_path / "u.zarr"), codec,
                               tiers={"high": {"steps": 8, "gamma": 0.8, "seed": 1}})
     assert set(arch2.tiers) == {"high"}
+
+
+def test_tier_paths_default_first_and_seed_free_at_gamma_zero():
+    from pipeline.archive import tier_paths
+
+    tiers = {"preview": {"steps": 2, "gamma": 0.0, "seed": 7},
+             "high": {"steps": 16, "gamma": 0.8, "seed": 3},
+             "standard": {"steps": 4, "gamma": 0.0, "seed": 0},
+             "again": {"steps": 2, "gamma": 0.0, "seed": 1},  # same path as preview at γ = 0
+             "fine": {"steps": 16, "gamma": 0.8001, "seed": 3}}  # same γ as coded (0.01 steps)
+    assert tier_paths(tiers) == [(4, 0.0, 0), (2, 0.0, 0), (16, 0.8, 3)]
