@@ -75,5 +75,5 @@ class RandomCrops(Dataset):
         patch = img[top : top + self.crop, left : left + self.crop]
         if rng.random() < 0.5:
             patch = patch[:, ::-1]
-        x = torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float()
+        x = torch.from_numpy(np.array(patch)).permute(2, 0, 1).float()  # a writable copy
         return x.div(127.5).sub(1.0)
