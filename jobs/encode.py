@@ -153,6 +153,8 @@ def _apply_rate(cfg: ArchiveJobConfig, codec: Any) -> tuple[ArchiveJobConfig, An
     same codec measured nearest the target (see :mod:`pipeline.rate`)."""
     from cdc.zoo import registry
 
+    if not cfg.rate > 0:
+        raise JobError(f"--rate must be a positive number of bits per pixel, got {cfg.rate}")
     if getattr(codec, "progressive", False):
         return replace(cfg, options=replace(cfg.options, max_bpp=cfg.rate)), codec
     try:

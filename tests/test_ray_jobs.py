@@ -310,6 +310,7 @@ def test_cli_archive_errors(cluster, images: Path, weights_file: str, tmp_path: 
          "not a shipped model"),
         (["archive", str(images / "a"), str(url), "--rate", "3"], 1,
          "no shipped cdc model is within"),
+        (["archive", str(images / "a"), str(url), "--rate", "0"], 1, "positive"),
     ]
     for argv, code, text in cases:
         r = runner.invoke(app, argv)
