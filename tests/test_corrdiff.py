@@ -319,3 +319,21 @@ def test_archive_round_trip_with_tiers(cd_bytes, tmp_path):
         assert np.array_equal(np.asarray(got.convert("RGB")), np.asarray(ref))
     # a request off the tiers falls back to plain CDC decoding of the same latent
     assert codec.decode_plan(data, steps=3, gamma=0.0) is None
+
+
+def test_recommended_tiers_reach_new_archives(tmp_path):
+    """The weights file's meta (recommended tiers) survives loading, so a new archive
+    starts from the model's tiers and the encoder stores one corrected path per tier."""
+    from pipeline.archive import open_or_create
+
+    model, _ = model_from_bytes(make_weights(0), "test")
+    torch.manual_seed(100)
+    dec = E2EDecoder(model.cfg, DecoderConfig(head_channels=8, head_layers=1))
+    tiers = {"preview": {"steps": 1, "gamma": 0.8, "seed": 0},
+             "standard": {"steps": 2, "gamma": 0.8, "seed": 0}}
+    data = corrdiff_weights_bytes(model, dec.eval(), CorrectionConfig(), "corrdiff-test",
+                                  meta={"tiers": tiers, "train_steps": 5})
+    codec = codec_from_bytes(data, "corrdiff-test")
+    assert codec.meta == {"tiers": tiers, "train_steps": 5}
+    arch, created = open_or_create(str(tmp_path / "t.zarr"), codec, shard_size=4)
+    assert created and arch.tiers == tiers

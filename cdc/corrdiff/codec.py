@@ -88,7 +88,9 @@ class CorrDiffCodec(CDCCodec):
             decoder.load_prefixed(obj["state_dict"], source)
         except (KeyError, RuntimeError) as e:
             raise WeightsError(f"{source}: end-to-end decoder weights do not fit ({e})") from e
-        return cls(model, decoder.eval(), corr, model_id, sha256, device, precision, paths)
+        codec = cls(model, decoder.eval(), corr, model_id, sha256, device, precision, paths)
+        codec.meta = dict(obj.get("meta") or {})  # training facts, recommended tiers
+        return codec
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str | torch.device = "cpu",

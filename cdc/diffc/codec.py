@@ -59,7 +59,9 @@ class DiffCCodec:
                      precision: str | None = None) -> DiffCCodec:
         """From a validated weights dict (``cdc.zoo.load_codec`` dispatches here)."""
         prior, model_id = prior_from_dict(obj, source)
-        return cls(prior, model_id, sha256, device, precision)
+        codec = cls(prior, model_id, sha256, device, precision)
+        codec.meta = dict(obj.get("meta") or {})  # training facts, recommended tiers
+        return codec
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str | torch.device = "cpu",
