@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
@@ -127,14 +127,12 @@ def drive(actors: list[Any], tasks: list[Any], submit: Callable[[Any, Any], Any]
             if i is None:
                 return
             att = queue.popleft()
-            att.actor, att.seen = i, {}
+            att.actor = i
             running[submit(actors[i], att.task)] = att
             pool.load[i] += 1
 
     def requeue(att: _Attempt, **changes: Any) -> None:
-        queue.appendleft(_Attempt(on_retry(att.task), -1, changes.get("attempt", att.attempt),
-                                  changes.get("bounces", att.bounces),
-                                  changes.get("waiting_since", att.waiting_since)))
+        queue.appendleft(replace(att, task=on_retry(att.task), actor=-1, seen={}, **changes))
 
     def lost(att: _Attempt, e: BaseException) -> None:
         counters.subtract(att.seen)

@@ -63,7 +63,7 @@ from pipeline.archive import (
     plan_shards,
     weights_digest,
 )
-from pipeline.rate import RateError, choose_model
+from pipeline.rate import RateError, check_rate, choose_model
 from pipeline.tiers import merge_tiers
 from storage import ArchiveError
 
@@ -153,11 +153,10 @@ def _apply_rate(cfg: ArchiveJobConfig, codec: Any) -> tuple[ArchiveJobConfig, An
     same codec measured nearest the target (see :mod:`pipeline.rate`)."""
     from cdc.zoo import registry
 
-    if not cfg.rate > 0:
-        raise JobError(f"--rate must be a positive number of bits per pixel, got {cfg.rate}")
-    if getattr(codec, "progressive", False):
-        return replace(cfg, options=replace(cfg.options, max_bpp=cfg.rate)), codec
     try:
+        check_rate(cfg.rate)
+        if getattr(codec, "progressive", False):
+            return replace(cfg, options=replace(cfg.options, max_bpp=cfg.rate)), codec
         model = choose_model(cfg.model, cfg.rate, registry())
     except RateError as e:
         raise JobError(str(e)) from None

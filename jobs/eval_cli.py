@@ -96,7 +96,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Rate–distortion/perception evaluation vs classical codecs (CSV, JSON, plots)."""
         from cdc.errors import WeightsError
-        from pipeline.metrics import MetricWeightsMissing
         from cdc.zoo import load_codec
         from pipeline.archive import match_tiers
         from pipeline.evaluate import (
@@ -107,6 +106,7 @@ def register(app: typer.Typer) -> None:
             run_evaluation,
             summary_table,
         )
+        from pipeline.metrics import MetricWeightsMissing
 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
         wanted = [m.strip() for m in metrics.split(",") if m.strip()]
@@ -133,11 +133,10 @@ def register(app: typer.Typer) -> None:
             except WeightsError as e:
                 _fail(str(e))
             s = step_list or [codec.config.default_steps if hasattr(codec, "config") else 1]
-            if hasattr(codec, "set_paths"):
-                # CorrDiff: the encoder simulates (and stores weights for) every evaluated
-                # decode setting, as an archive does for its tiers
-                match_tiers(codec, {f"s{st}g{g:g}": {"steps": st, "gamma": g, "seed": seed}
-                                    for st in s for g in gammas})
+            # CorrDiff: the encoder simulates (and stores weights for) every evaluated
+            # decode setting, as an archive does for its tiers (a no-op for other codecs)
+            match_tiers(codec, {f"s{st}g{g:g}": {"steps": st, "gamma": g, "seed": seed}
+                                for st in s for g in gammas})
             ours = codec_entries(codec, s, gammas, seed,
                                  _floats(prefix_bpp, "prefix-bpp") if prefix_bpp else None)
             entries += ours

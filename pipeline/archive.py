@@ -262,11 +262,8 @@ def encode_images(codec: Any, images: Sequence[Image.Image],
     one bad image costs only itself. ``max_bpp`` (progressive codecs only) keeps the longest
     decodable prefix of each stream within that rate (:func:`pipeline.rate.cap_stream`).
     """
-    if max_bpp is not None:
-        if not getattr(codec, "progressive", False):
-            raise ValueError(f"{codec.model_id}: max_bpp needs a progressive codec (DiffC)")
-        out = encode_images(codec, images, batch_size, max_batch_pixels)
-        return [cap_stream(codec, r, max_bpp) if isinstance(r, bytes) else r for r in out]
+    if max_bpp is not None and not getattr(codec, "progressive", False):
+        raise ValueError(f"{codec.model_id}: max_bpp needs a progressive codec (DiffC)")
     out: list[bytes | str] = [""] * len(images)
     sizes = [(im.height, im.width) for im in images]
     for batch in group_batches(sizes, pad_multiple(codec), batch_size, max_batch_pixels):
@@ -281,6 +278,8 @@ def encode_images(codec: Any, images: Sequence[Image.Image],
                 out[i] = codec.compress(images[i])
             except (CodecError, RuntimeError, ValueError, MemoryError) as e:
                 out[i] = f"encoding failed: {type(e).__name__}: {e}"
+    if max_bpp is not None:
+        out = [cap_stream(codec, r, max_bpp) if isinstance(r, bytes) else r for r in out]
     return out
 
 

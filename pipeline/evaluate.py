@@ -31,9 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-import pipeline.metrics as cdc_metrics
-from pipeline.metrics import frechet_distance, patch_count
-from pipeline.metrics.fid import inception
+import pipeline.metrics as quality_metrics
 from pipeline.classical import (
     CODECS,
     BppMatch,
@@ -43,6 +41,8 @@ from pipeline.classical import (
     get_codec,
 )
 from pipeline.files import read_image, write_bytes_atomic
+from pipeline.metrics import frechet_distance, patch_count
+from pipeline.metrics.fid import inception
 from pipeline.sources import list_images
 
 log = logging.getLogger(__name__)
@@ -228,15 +228,15 @@ class _Meters:
     """The requested metrics, loaded once; reference features cached per image."""
 
     def __init__(self, metrics: Sequence[str], device: str):
-        self.m, self.device, self.names = cdc_metrics, device, list(metrics)
+        self.m, self.device, self.names = quality_metrics, device, list(metrics)
         self.nets: dict[str, Any] = {}
         for name in self.names:  # load (and fail on missing weights) before any encoding
             if name == "lpips_alex":
-                self.nets[name] = cdc_metrics.LPIPS("alex").to(device)
+                self.nets[name] = quality_metrics.LPIPS("alex").to(device)
             elif name == "lpips_vgg":
-                self.nets[name] = cdc_metrics.LPIPS("vgg").to(device)
+                self.nets[name] = quality_metrics.LPIPS("vgg").to(device)
             elif name == "dists":
-                self.nets[name] = cdc_metrics.DISTS().to(device)
+                self.nets[name] = quality_metrics.DISTS().to(device)
             elif name == "fid":
                 inception(str(torch.device(device)))  # sha256 check + load, once
 

@@ -25,6 +25,11 @@ class RateError(ValueError):
     """A rate target that cannot be met; the message lists what is available."""
 
 
+def check_rate(rate: float) -> None:
+    if not rate > 0:
+        raise RateError(f"--rate must be a positive number of bits per pixel, got {rate}")
+
+
 def measured_rates(codec_id: str, registry: dict[str, dict[str, Any]]) -> dict[str, float]:
     """Shipped models of ``codec_id`` that record a measured rate: name → bpp."""
     return {name: float(e["rate"]["bpp"]) for name, e in registry.items()
@@ -38,8 +43,7 @@ def choose_model(model: str, rate: float, registry: dict[str, dict[str, Any]]) -
     ``model`` must be a shipped name (its codec id says which family to choose from); a
     weights path or URL has exactly one rate, so a target cannot change it.
     """
-    if not rate > 0:
-        raise RateError(f"--rate must be a positive number of bits per pixel, got {rate}")
+    check_rate(rate)
     entry = registry.get(model)
     if entry is None:
         raise RateError(f"--rate {rate:g}: {model} is not a shipped model, so there is nothing "
@@ -62,4 +66,5 @@ def cap_stream(codec: Any, data: bytes, rate: float) -> bytes:
     return data[: codec.prefix_length(data, bpp=rate)]
 
 
-__all__ = ["RateError", "TOLERANCE", "cap_stream", "choose_model", "measured_rates"]
+__all__ = ["RateError", "TOLERANCE", "cap_stream", "check_rate", "choose_model",
+           "measured_rates"]

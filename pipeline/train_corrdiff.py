@@ -26,8 +26,6 @@ from cdc.corrdiff.correction import CorrectionConfig
 from cdc.corrdiff.decoder import DecoderConfig, E2EDecoder
 from cdc.models import ConditionalDiffusionCompressor
 from cdc.zoo import load_weights
-from cdc.zoo.loader import read_weights_dict
-from cdc.zoo.weights import read_verified_bytes
 from pipeline.train import _perceptual, ship_weights
 from pipeline.training import TrainerBase, config_from_yaml
 
@@ -87,6 +85,7 @@ class CorrDiffTrainer(TrainerBase):
         for p in self.base.parameters():
             p.requires_grad_(False)
         self.base_id, self.base_sha256 = loaded.model_id, loaded.sha256
+        self.base_meta = loaded.meta  # the base's recommended tiers go into the export
         self.model = E2EDecoder(self.base.cfg, DecoderConfig.from_dict(cfg.decoder)).to(self.device)
         self.model.init_trunk_from(self.base.context)
         self.opt = torch.optim.Adam([
@@ -138,11 +137,6 @@ class CorrDiffTrainer(TrainerBase):
     def status(self, row: dict[str, Any]) -> str:
         return f"loss {row['loss']:.4f} psnr {row['psnr']:.2f} {row['it_s']:.2f} it/s"
 
-    def base_meta(self) -> dict[str, Any]:
-        """The base weights file's meta (its recommended tiers, training record)."""
-        data, source = read_verified_bytes(self.cfg.base_model, self.base_sha256)
-        return dict(read_weights_dict(data, source).get("meta") or {})
-
     def export(self, name: str, half: bool = False, description: str = "") -> Path:
         """EMA decoder + frozen base → one corrdiff weights file in the zoo (size-checked)."""
         cfg = self.cfg
@@ -152,7 +146,7 @@ class CorrDiffTrainer(TrainerBase):
         meta = {"train_steps": self.step, "crop": cfg.crop, "batch_size": cfg.batch_size,
                 "lr": cfg.lr, "lpips_weight": cfg.lpips_weight, "sources": cfg.sources,
                 "base_model": self.base_id, "base_sha256": self.base_sha256}
-        tiers = self.base_meta().get("tiers")
+        tiers = self.base_meta.get("tiers")
         if tiers:  # measured for the base; an archive encodes one corrected path per tier
             meta["tiers"] = tiers
         data = corrdiff_weights_bytes(base, decoder, correction, name, half=half, meta=meta)

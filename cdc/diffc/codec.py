@@ -29,7 +29,6 @@ from cdc.interface import ImageLike
 
 _LN2 = math.log(2.0)
 
-
 #: Bytes a reader should fetch first to be sure to hold the plan (header + 20-step plan ≈ 160).
 PLAN_READ_BYTES = 1024
 
@@ -255,13 +254,10 @@ class DiffCCodec:
         :data:`PLAN_READ_BYTES` bytes of a stream)."""
         return prefix_length(head, steps=steps, bpp=bpp)
 
-
     def info(self, data: bytes) -> dict[str, Any]:
         d = describe(data)
         d["model_matches"] = d["model_digest"] == self.digest.hex()
         return d
-
-
 
 
 def prefix_length(head: bytes, steps: int | None = None, bpp: float | None = None) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ class LoadedModel:
     model_id: str
     sha256: str  # hex digest of the weights file
     source: str
+    meta: dict[str, Any] = field(default_factory=dict)  # training facts, recommended tiers
 
 
 def sha256_hex(data: bytes) -> str:
@@ -87,7 +88,12 @@ def model_from_dict(obj: dict[str, Any], source: str) -> tuple[ConditionalDiffus
 def model_from_bytes(data: bytes, source: str) -> tuple[ConditionalDiffusionCompressor, str]:
     from cdc.zoo.loader import read_weights_dict
 
-    obj = read_weights_dict(data, source)
+    return _cdc_model_from_dict(read_weights_dict(data, source), source)
+
+
+def _cdc_model_from_dict(obj: dict[str, Any], source: str
+                         ) -> tuple[ConditionalDiffusionCompressor, str]:
+    """The CDC network of a cdc or corrdiff weights dict (a corrdiff file holds its base)."""
     if obj.get("codec", "cdc") not in ("cdc", "corrdiff"):
         raise WeightsError(f"{source}: weights are for codec {obj.get('codec')!r}, not CDC")
     return model_from_dict(obj, source)
@@ -144,6 +150,9 @@ def read_verified_bytes(name_or_path: str, sha256: str | None = None) -> tuple[b
 
 def load_weights(name_or_path: str, sha256: str | None = None) -> LoadedModel:
     """Load the CDC network of shipped model ``name`` or a weights file (digest-checked)."""
+    from cdc.zoo.loader import read_weights_dict
+
     data, source = read_verified_bytes(name_or_path, sha256)
-    model, model_id = model_from_bytes(data, source)
-    return LoadedModel(model, model_id, sha256_hex(data), source)
+    obj = read_weights_dict(data, source)
+    model, model_id = _cdc_model_from_dict(obj, source)
+    return LoadedModel(model, model_id, sha256_hex(data), source, dict(obj.get("meta") or {}))
