@@ -10,9 +10,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Stride of the content latent (H/16) and of the hyper latent (H/64).
+#: Pixel-space defaults: the content latent at H/16, the hyper latent at H/64.
 LATENT_STRIDE = 16
 HYPER_STRIDE = 64
+#: The hyper latent sits this many times coarser than the content latent.
+HYPER_FACTOR = 4
+#: (stride, channels) of each known space; see :mod:`cdc.spaces`.
+SPACE_GEOMETRY = {"pixel": (1, 3), "taef2": (8, 32)}
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -33,6 +37,15 @@ class CDCConfig:
     """Shapes and diffusion settings of a Conditional Diffusion Compression model."""
 
     name: str = "cdc-custom"
+    # The tensor the networks work on (cdc.spaces): "pixel", or "taef2" (frozen autoencoder).
+    space: str = "pixel"
+    y_stride: int = LATENT_STRIDE  # stride of the content latent y relative to the space
+    # Per-channel normalisation of the space tensor for diffusion (empty: none).
+    space_mean: tuple[float, ...] = ()
+    space_std: tuple[float, ...] = ()
+    # Fraction of each training batch denoised from the sampler's own start x_N = γ·ε
+    # (γ ∈ [0, 1]): teaches the 1-step and γ = 0 paths what they will see at decode time.
+    top_fraction: float = 0.0
     # Transform coding side (CompressAI mean-scale hyperprior).
     encoder_channels: int = 128  # hidden width of the analysis transform g_a
     latent_channels: int = 256  # M: channels of the content latent y at H/16
@@ -64,11 +77,35 @@ class CDCConfig:
             raise ValueError("the context decoder provides at most 4 levels (H .. H/8)")
         if any(not 0 <= i < len(self.channel_mults) for i in self.attention_levels):
             raise ValueError("attention_levels must index channel_mults")
+        if self.space not in SPACE_GEOMETRY:
+            raise ValueError(f"unknown space {self.space!r}; known: {sorted(SPACE_GEOMETRY)}")
+        if self.y_stride not in (1, 2, 4, 8, 16):
+            raise ValueError(f"y_stride must be a power of two <= 16, got {self.y_stride}")
+        n = self.space_channels
+        if (self.space_mean or self.space_std) and not len(self.space_mean) == len(self.space_std) == n:
+            raise ValueError(f"space_mean/space_std need {n} values each")
+
+    @property
+    def space_stride(self) -> int:
+        return SPACE_GEOMETRY[self.space][0]
+
+    @property
+    def space_channels(self) -> int:
+        return SPACE_GEOMETRY[self.space][1]
+
+    @property
+    def latent_stride(self) -> int:
+        """Stride of the content latent y in image pixels (16 for cdc-small)."""
+        return self.space_stride * self.y_stride
+
+    @property
+    def hyper_stride(self) -> int:
+        return self.latent_stride * HYPER_FACTOR
 
     @property
     def pad_multiple(self) -> int:
         """Images are padded to this multiple so every stride divides evenly."""
-        return HYPER_STRIDE
+        return self.hyper_stride
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)

@@ -26,22 +26,35 @@ def cdc_loss(
     rho: float = 0.0,
     perceptual: Perceptual | None = None,
     snr_clip: tuple[float, float] = (1.0, 5.0),
+    image: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """One Monte-Carlo estimate of the objective on a batch x ∈ [-1,1].
+    """One Monte-Carlo estimate of the objective on a batch ``x`` in model units.
 
-    ε-parameterization uses L1 on ε (CDC); x0-parameterization uses L2 on x0
-    weighted by the SNR clipped to ``snr_clip``: the lower clip keeps the weight
-    of the noisiest times (which few-step and γ=0 decoding rely on) from vanishing.
+    For pixel models ``x`` is the image in [-1, 1]; for latent models it is the
+    (normalised) space tensor and ``image`` the aligned pixels, which the perceptual
+    term compares with the frozen decoder's image of x̂0 (distortion measured where it
+    matters). ε-parameterization uses L1 on ε (CDC); x0-parameterization uses L2 on x0
+    weighted by the SNR clipped to ``snr_clip``: the lower clip keeps the weight of the
+    noisiest times (which few-step and γ=0 decoding rely on) from vanishing. A fraction
+    ``cfg.top_fraction`` of the batch starts where the sampler starts: the top time with
+    x_N = γ·ε, γ uniform in [0, 1] (a quarter of those at γ = 0 exactly).
     """
     cfg = model.cfg
     b, _, h, w = x.shape
     out = model(x)
-    bpp = bits_per_pixel(out["likelihoods"], b * h * w)
+    s = cfg.space_stride
+    bpp = bits_per_pixel(out["likelihoods"], b * h * w * s * s)
 
     sched: NoiseSchedule = model.schedule
     n = torch.randint(0, cfg.train_timesteps, (b,), device=x.device)
     noise = torch.randn_like(x)
     x_t = sched.q_sample(x, n, noise)
+    k = round(cfg.top_fraction * b)
+    if k:
+        gamma = torch.rand(k, device=x.device)
+        gamma[: max(1, k // 4)] = 0.0
+        n = torch.cat([torch.full((k,), cfg.train_timesteps - 1, device=x.device), n[k:]])
+        x_t = torch.cat([gamma.view(k, 1, 1, 1) * noise[:k], x_t[k:]])
     pred = model.denoiser(x_t, sched.time(n), out["context"]).float()
     a = sched.abar(n)
     x0_hat, eps_hat = NoiseSchedule.split(pred, x_t, a, cfg.parameterization)
@@ -55,7 +68,13 @@ def cdc_loss(
     if rho > 0:
         if perceptual is None:
             raise ValueError("rho > 0 needs a perceptual distance")
-        perc = perceptual(x0_hat.clamp(-1, 1), x).mean()
+        if cfg.space == "pixel":
+            perc = perceptual(x0_hat.clamp(-1, 1), x).mean()
+        else:
+            if image is None:
+                raise ValueError("a latent model's perceptual term needs the pixel crops")
+            decoded = model.space.decode_differentiable(model.from_model_units(x0_hat))
+            perc = perceptual(decoded, image).mean()
     loss = lam * bpp + (1 - rho) * diffusion + rho * perc
     if not math.isfinite(float(loss.detach())):
         raise FloatingPointError(f"non-finite loss (bpp={float(bpp):.4f}, diffusion={float(diffusion):.4f})")

@@ -20,6 +20,8 @@ from cdc.config import CDCConfig
 from cdc.models import ConditionalDiffusionCompressor
 from cdc.objectives import cdc_loss
 from cdc.zoo import get_config, sha256_hex, weights_bytes
+from pipeline.latents import LatentCrops, ensure_cache
+from pipeline.spaces import load_space
 from pipeline.training import TrainerBase, config_from_yaml
 
 
@@ -49,6 +51,10 @@ class TrainConfig:
     checkpoint_every: int = 250
     log_every: int = 25
     seed: int = 0
+    # Latent models (space != pixel) train on cached latents of the sources.
+    latent_cache: str = "runs/latent-cache"
+    latent_crop: int = 16  # crop side in space positions (16 → 128-pixel crops for TAEF2)
+    perceptual_mse: float = 1.0  # weight of pixel MSE beside LPIPS in the perceptual term
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
@@ -61,8 +67,12 @@ class TrainConfig:
         return CDCConfig.from_dict(base)
 
 
-def _perceptual(name: str, device: torch.device):
-    """ρ-term distance on images in [-1, 1] (weights from pip packages, see pipeline.metrics)."""
+def _perceptual(name: str, device: torch.device, mse_weight: float = 0.0):
+    """ρ-term distance on images in [-1, 1] (weights from pip packages, see pipeline.metrics).
+
+    ``mse_weight`` adds that much pixel MSE (on [0, 1] images) per sample, which keeps
+    colours and PSNR honest where LPIPS alone tolerates shifts.
+    """
     from pipeline.metrics import lpips as lp
 
     net = {"lpips-alex": "alex", "lpips-vgg": "vgg"}.get(name)
@@ -71,7 +81,15 @@ def _perceptual(name: str, device: torch.device):
     metric = lp.LPIPS(net=net).to(device).eval()
     for p in metric.parameters():
         p.requires_grad_(False)
-    return lambda a, b: metric((a + 1) / 2, (b + 1) / 2)
+
+    def distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a01, b01 = (a + 1) / 2, (b + 1) / 2
+        d = metric(a01, b01).flatten()
+        if mse_weight:
+            d = d + mse_weight * ((a01 - b01) ** 2).flatten(1).mean(1)
+        return d
+
+    return distance
 
 
 class Trainer(TrainerBase):
@@ -83,14 +101,28 @@ class Trainer(TrainerBase):
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, device: str = "cpu",
                  bf16: bool = False, batch_size: int | None = None):
         super().__init__(cfg, run_dir, device, bf16, batch_size)
-        self.model = ConditionalDiffusionCompressor(cfg.model_cfg()).to(self.device)
+        mcfg = cfg.model_cfg()
+        space = None if mcfg.space == "pixel" else load_space(mcfg.space)
+        self.model = ConditionalDiffusionCompressor(mcfg, space).to(self.device)
         aux = {n for n, _ in self.model.named_parameters() if n.endswith(".quantiles")}
-        params = dict(self.model.named_parameters())
+        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         self.opt = torch.optim.AdamW([params[n] for n in params if n not in aux], lr=cfg.lr,
                                      weight_decay=0.0)
         self.aux_opt = torch.optim.Adam([params[n] for n in sorted(aux)], lr=cfg.aux_lr)
-        self.perceptual = _perceptual(cfg.perceptual, self.device) if cfg.rho > 0 else None
+        self.perceptual = (_perceptual(cfg.perceptual, self.device,
+                                       cfg.perceptual_mse if mcfg.space != "pixel" else 0.0)
+                           if cfg.rho > 0 else None)
         self._start()
+
+    def dataset(self, seed: int):
+        """Latent models: crops of the cached latents (built here first if need be)."""
+        model = self.model
+        if model.cfg.space == "pixel":
+            return super().dataset(seed)
+        cfg = self.cfg
+        folder = ensure_cache(cfg.sources, model.space, cfg.latent_cache, cfg.max_side)
+        return LatentCrops(folder, cfg.latent_crop, model.space.stride, seed=seed,
+                           pixels=cfg.rho > 0, max_side=cfg.max_side)
 
     def extra_state(self) -> dict[str, Any]:
         return {"aux_opt": self.aux_opt.state_dict()}
@@ -101,11 +133,15 @@ class Trainer(TrainerBase):
     def lam_at(self, step: int) -> float:
         return self.cfg.lam_warmup if step < self.cfg.warmup_steps else self.cfg.lam
 
-    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+    def train_step(self, batch: torch.Tensor | list[torch.Tensor]) -> dict[str, float]:
         self.model.train()
-        x = x.to(self.device, non_blocking=True)
+        x, image = batch if isinstance(batch, (list, tuple)) else (batch, None)
+        x = self.model.to_model_units(x.to(self.device, non_blocking=True))
+        if image is not None:
+            image = image.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            out = cdc_loss(self.model, x, self.lam_at(self.step), self.cfg.rho, self.perceptual)
+            out = cdc_loss(self.model, x, self.lam_at(self.step), self.cfg.rho, self.perceptual,
+                           image=image)
         self.opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)

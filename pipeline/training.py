@@ -56,6 +56,7 @@ class TrainerBase:
 
     metric_fields: tuple[str, ...] = ("loss",)
     csv_digits = 5
+    refresh_every = 500
 
     def __init__(self, cfg: Any, run_dir: str | Path, device: str = "cpu", bf16: bool = False,
                  batch_size: int | None = None):
@@ -117,7 +118,13 @@ class TrainerBase:
                     be.copy_(bm)
 
     # -- loop -------------------------------------------------------------------------------
-    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+    def dataset(self, seed: int) -> Any:
+        """What the loop iterates: random pixel crops unless a trainer needs other samples."""
+        cfg = self.cfg
+        return RandomCrops(cfg.sources, cfg.crop, samples_per_epoch=10**9, max_side=cfg.max_side,
+                           seed=seed)
+
+    def train_step(self, x: Any) -> dict[str, float]:
         raise NotImplementedError
 
     def fit(self, max_steps: int | None = None, time_limit: float | None = None,
@@ -127,8 +134,7 @@ class TrainerBase:
         target = cfg.steps if max_steps is None else min(cfg.steps, self.step + max_steps)
         if self.step >= target:
             return self.step
-        data = RandomCrops(cfg.sources, cfg.crop, samples_per_epoch=10**9, max_side=cfg.max_side,
-                           seed=cfg.seed + self.step)
+        data = self.dataset(seed=cfg.seed + self.step)
         loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.workers,
                             shuffle=False, drop_last=True, persistent_workers=cfg.workers > 0,
                             pin_memory=self.device.type == "cuda")
@@ -151,6 +157,8 @@ class TrainerBase:
             n_acc = 0
             for x in loader:
                 m = self.train_step(x)
+                if self.step % self.refresh_every == 0 and hasattr(data, "refresh"):
+                    data.refresh()  # a latent cache may still be filling beside the run
                 for k, v in m.items():
                     acc[k] = acc.get(k, 0.0) + v
                 n_acc += 1

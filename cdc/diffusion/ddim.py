@@ -53,8 +53,13 @@ class DDIMSampler:
         return (gamma * torch.cat(noise)).to(device)
 
     @torch.no_grad()
-    def sample(self, denoise: Denoiser, x_n: Tensor, steps: int, clip: bool = True) -> Tensor:
-        """Run DDIM and return the final x0 estimate in [-1, 1]."""
+    def sample(self, denoise: Denoiser, x_n: Tensor, steps: int, clip: bool = True,
+               hook: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
+        """Run DDIM and return the final x0 estimate (in [-1, 1] when ``clip``).
+
+        ``hook(i, x0)`` may replace step i's x0 estimate (CorrDiff's correction); ε is then
+        re-derived from it so the trajectory stays consistent.
+        """
         times = self.timesteps(steps)
         x = x_n
         x0 = x
@@ -66,7 +71,10 @@ class DDIMSampler:
             x0, eps = NoiseSchedule.split(out, x, a, self.parameterization)
             if clip:
                 x0 = x0.clamp(-1, 1)
-                # Re-derive ε from the clipped x0 so the trajectory stays consistent.
+            if hook is not None:
+                x0 = hook(i, x0)
+            if clip or hook is not None:
+                # Re-derive ε from the clipped/edited x0 so the trajectory stays consistent.
                 eps = (x - a.sqrt() * x0) / (1 - a).sqrt().clamp(min=1e-8)
             if i + 1 < len(times):
                 a_prev = self.schedule.abar(torch.full_like(nt, times[i + 1]))

@@ -10,11 +10,22 @@ from cdc.config import CDCConfig
 
 
 def analysis_transform(cfg: CDCConfig) -> nn.Module:
-    """x (3, H) → y (M, H/16): four stride-2 convolutions with GDN (Ballé et al.)."""
+    """Space tensor → y (M, /y_stride).
+
+    Pixels: four stride-2 5×5 convolutions with GDN (Ballé et al.). Other spaces (already
+    8× smaller, 32 channels): a 3×3 convolution in, one stride-2 stage per factor of two,
+    and a 3×3 convolution out, so the receptive field stays matched to the space's scale.
+    """
     n, m = cfg.encoder_channels, cfg.latent_channels
-    return nn.Sequential(
-        conv(3, n), GDN(n), conv(n, n), GDN(n), conv(n, n), GDN(n), conv(n, m)
-    )
+    if cfg.space == "pixel" and cfg.y_stride == 16:
+        return nn.Sequential(
+            conv(3, n), GDN(n), conv(n, n), GDN(n), conv(n, n), GDN(n), conv(n, m)
+        )
+    layers: list[nn.Module] = [conv(cfg.space_channels, n, stride=1, kernel_size=3), GDN(n)]
+    for _ in range(cfg.y_stride.bit_length() - 1):
+        layers += [conv(n, n), GDN(n)]
+    layers += [conv(n, m, stride=1, kernel_size=3)]
+    return nn.Sequential(*layers)
 
 
 def hyper_analysis(cfg: CDCConfig) -> nn.Module:
@@ -38,24 +49,32 @@ def hyper_synthesis(cfg: CDCConfig) -> nn.Module:
 
 
 class ContextDecoder(nn.Module):
-    """ŷ (M, H/16) → conditioning features at H/8, H/4, H/2, H for the U-Net.
+    """ŷ (M, /y_stride) → conditioning features for U-Net levels 0..L-1 (stride 2**i).
 
-    Returned finest first, so ``features[i]`` has stride 2**i like U-Net level i.
+    Returned finest first, so ``features[i]`` has stride 2**i like U-Net level i. The
+    first stage reaches the coarsest level from ŷ (transposed convolutions up, strided
+    ones down, one 3×3 convolution when they coincide); each later stage doubles.
     """
 
     def __init__(self, cfg: CDCConfig):
         super().__init__()
         ctx = [cfg.unet_channels * m for m in cfg.context_mults]
         levels = len(ctx)
-        # y sits at stride 16 = 2**4; level i has stride 2**i.
+        y_level = cfg.y_stride.bit_length() - 1  # y sits at stride 2**y_level
         self.stages = nn.ModuleList()
         cur = cfg.latent_channels
         for i in reversed(range(levels)):
-            steps = 4 - i if i == levels - 1 else 1  # reach the coarsest level in one stage
             layers: list[nn.Module] = []
-            for s in range(steps):
+            gap = y_level - i if i == levels - 1 else 1  # reach the coarsest level in one stage
+            if gap == 0:
+                layers += [conv(cur, ctx[i], stride=1, kernel_size=3), GDN(ctx[i], inverse=True)]
+            for _ in range(-gap):
+                layers += [conv(cur, ctx[i]), GDN(ctx[i], inverse=True)]
+                cur = ctx[i]
+            for _ in range(gap):
                 layers += [deconv(cur, ctx[i]), GDN(ctx[i], inverse=True)]
                 cur = ctx[i]
+            cur = ctx[i]
             self.stages.append(nn.Sequential(*layers))
         self.levels = levels
 
