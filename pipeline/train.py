@@ -170,7 +170,7 @@ def export_model(run_dir: str | Path, name: str | None = None, zoo_dir: str | Pa
 
     ``decode_defaults`` (``default_steps``/``default_gamma``) and ``tiers`` record the
     operating points measured for *this* model: decoders use the former when a caller
-    gives no settings, new archives start from the latter (see ``pipeline.archive``).
+    gives no settings, new archives start from the latter (see ``pipeline.tier_policy``).
     """
     run_dir = Path(run_dir)
     ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)

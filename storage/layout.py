@@ -11,10 +11,13 @@ archive without this package; keys and errors use the ``string`` data type.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import google_crc32c
 import numpy as np
+
+from .errors import CorruptArchiveError
 
 FORMAT_NAME = "cdc-toolkit/archive"
 FORMAT_VERSION = 1
@@ -43,6 +46,43 @@ DEFAULT_BYTES_PER_RECORD = 128 * 1024  # budget used to size max_shard_bytes by 
 MAX_INNER_CHUNKS = 1 << 16  # keeps the shard index (16 B per inner chunk) small
 
 _EMPTY = np.uint64(2**64 - 1)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """An archive's fixed geometry (``attributes.cdc_archive.layout``), read once at open
+    and shared by the parts that address rows and payload bytes."""
+
+    shard_size: int
+    max_shards: int
+    chunk_bytes: int
+    max_shard_bytes: int
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any], url: str) -> Layout:
+        lay = attrs.get("layout", {})
+        try:
+            return cls(
+                shard_size=int(lay["shard_size"]),
+                max_shards=int(lay["max_shards"]),
+                chunk_bytes=int(lay["chunk_bytes"]),
+                max_shard_bytes=int(lay["max_shard_bytes"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptArchiveError(f"{url}: layout attributes are incomplete ({e!r})") from e
+
+    @property
+    def n_inner(self) -> int:
+        """Inner chunks per payload shard (entries of its shard index)."""
+        return self.max_shard_bytes // self.chunk_bytes
+
+    @property
+    def rows(self) -> int:
+        """Length of every row array."""
+        return self.max_shards * self.shard_size
+
+    def first_row(self, shard: int) -> int:
+        return shard * self.shard_size
 
 
 def manifest_key(shard: int) -> str:

@@ -20,17 +20,13 @@ with the manifest (by key list, or exactly) and either accepted as a no-op or re
 
 from __future__ import annotations
 
-import asyncio
-import json
 import operator
 import os
 import socket
 import time
 import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .backend import run
 from .errors import (
@@ -41,7 +37,8 @@ from .errors import (
     ShardTakenError,
 )
 from .keys import check_key
-from .layout import FORMAT_VERSION, ROW_ARRAYS, claim_key, manifest_key
+from .layout import FORMAT_VERSION, ROW_ARRAYS
+from .parts import ArchiveParts
 from .records import STATUS_CODES, Record, checksum, keys_digest, rows_digest
 
 if TYPE_CHECKING:
@@ -49,9 +46,20 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
-    from .archive import Archive
-
 IfComplete = Literal["keys", "exact", "error"]
+
+
+class WriterTarget(Protocol):
+    """What a :class:`ShardWriter` needs of an archive (:class:`storage.Archive` has it)."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def read_only(self) -> bool: ...
+
+    @property
+    def parts(self) -> ArchiveParts: ...
 
 
 def default_owner() -> str:
@@ -72,7 +80,7 @@ class ShardWriter:
 
     def __init__(
         self,
-        archive: Archive,
+        archive: WriterTarget,
         shard: int,
         *,
         owner: str | None = None,
@@ -83,10 +91,12 @@ class ShardWriter:
         if isinstance(shard, bool):
             raise TypeError("shard must be an int, got bool")
         shard = operator.index(shard)  # accepts numpy integers from partitioning code
-        if not 0 <= shard < archive.max_shards:
+        parts = archive.parts
+        max_shards = parts.layout.max_shards
+        if not 0 <= shard < max_shards:
             raise ShardFullError(
-                f"{archive.url}: shard {shard} is outside 0..{archive.max_shards - 1} "
-                f"(max_shards={archive.max_shards})"
+                f"{archive.url}: shard {shard} is outside 0..{max_shards - 1} "
+                f"(max_shards={max_shards})"
             )
         if if_complete not in ("keys", "exact", "error"):
             raise ValueError(f"if_complete must be 'keys', 'exact' or 'error', got {if_complete!r}")
@@ -95,6 +105,9 @@ class ShardWriter:
                 f"{archive.url}: opened read-only; cannot write shard {shard}"
             )
         self.archive = archive
+        self._layout = parts.layout
+        self._ledger = parts.ledger
+        self._parts = parts
         self.shard = shard
         self.owner = owner or default_owner()
         self.takeover = takeover
@@ -142,11 +155,10 @@ class ShardWriter:
         """Claim the shard (or note that it is already complete)."""
         if self._state != "new":
             return self
-        if self.archive.is_complete(self.shard):
+        if self._ledger.is_complete(self.shard):
             self.already_complete = True
             self._state = "verify"
             return self
-        loc = self.archive._loc
         claim = {
             "shard": self.shard,
             "owner": self.owner,
@@ -156,9 +168,9 @@ class ShardWriter:
             "claimed_at": _now(),
         }
         for _ in range(3):  # a claim released between our create and read: try again
-            if run(loc.create(claim_key(self.shard), json.dumps(claim).encode())):
+            if self._ledger.create_claim(self.shard, claim):
                 break
-            current = self.archive.claim(self.shard)
+            current = self._ledger.claim(self.shard)
             if current is None:
                 continue
             if not self.takeover:
@@ -170,20 +182,20 @@ class ShardWriter:
                 )
             self.took_over = current
             claim["took_over_from"] = current.get("owner")
-            run(loc.set(claim_key(self.shard), json.dumps(claim).encode()))
+            self._ledger.replace_claim(self.shard, claim)
             break
         else:
             raise ShardTakenError(f"{self.where}: could not claim the shard (claims keep changing)")
         self._check_claim("while claiming it")
         self._state = "open"
-        if self.archive.is_complete(self.shard):  # completed while we claimed
+        if self._ledger.is_complete(self.shard):  # completed while we claimed
             self._release()
             self.already_complete = True
             self._state = "verify"
         return self
 
     def _check_claim(self, when: str) -> None:
-        current = self.archive.claim(self.shard)
+        current = self._ledger.claim(self.shard)
         if current is None or current.get("token") != self._token:
             owner = None if current is None else current.get("owner")
             raise ShardTakenError(
@@ -192,9 +204,9 @@ class ShardWriter:
             )
 
     def _release(self) -> None:
-        current = self.archive.claim(self.shard)
+        current = self._ledger.claim(self.shard)
         if current is not None and current.get("token") == self._token:
-            run(self.archive._loc.delete(claim_key(self.shard)))
+            self._ledger.drop_claim(self.shard)
 
     # -- records --------------------------------------------------------------------------
     def write(self, record: Record) -> None:
@@ -208,15 +220,15 @@ class ShardWriter:
         check_key(record.key, self.where)
         if record.key in self._keys:
             raise DuplicateKeyError(f"{self.where}: key {record.key!r} written twice")
-        if len(self._records) >= self.archive.shard_size:
+        if len(self._records) >= self._layout.shard_size:
             raise ShardFullError(
-                f"{self.where}: already holds shard_size={self.archive.shard_size} records; "
+                f"{self.where}: already holds shard_size={self._layout.shard_size} records; "
                 f"cannot add {record.key!r}"
             )
-        if self._nbytes + len(record.data) > self.archive.max_shard_bytes:
+        if self._nbytes + len(record.data) > self._layout.max_shard_bytes:
             raise ShardFullError(
                 f"{self.where}: adding {record.key!r} ({len(record.data)} bytes) would exceed "
-                f"max_shard_bytes={self.archive.max_shard_bytes}; create the archive with a "
+                f"max_shard_bytes={self._layout.max_shard_bytes}; create the archive with a "
                 "larger max_shard_bytes or a smaller shard_size"
             )
         self._records.append(record)
@@ -291,51 +303,31 @@ class ShardWriter:
             return self.manifest
         if self._state not in ("open", "verify"):
             raise ShardTakenError(f"{self.where}: writer is {self._state}; cannot commit")
-        arch = self.archive
         rows = self._rows()
         entry = self._entry(rows)
         try:
             if self._state == "verify":
-                self._compare(arch._manifest_or_raise(self.shard), entry)
+                self._compare(self._ledger.require_manifest(self.shard), entry)
                 self._state = "committed"
                 return entry if self.manifest is None else self.manifest
             if self.check_duplicates:
-                arch._check_new_keys(self.shard, rows["key"])
+                self._parts.index.check_new_keys(self.shard, rows["key"])
             self._check_claim("before writing")
-            run(self._write_arrays(rows))
+            payload = b"".join(r.data for r in self._records)
+            run(self._parts.arrays.write_shard(self.shard, rows, payload))
             self._check_claim("while writing")
-            created = run(arch._loc.create(manifest_key(self.shard), json.dumps(entry).encode()))
-            if created:
+            if self._ledger.create_manifest(self.shard, entry):
                 self.manifest = entry
             else:  # someone else completed it (after a takeover): same rule as a re-run
-                self._compare(arch._manifest_or_raise(self.shard), entry)
+                self._compare(self._ledger.require_manifest(self.shard), entry)
             self._release()
             self._state = "committed"
-            arch._shard_committed(self.shard)
+            self._parts.payload.forget(self.shard)  # its cached shard index is stale
             return self.manifest or entry
         except BaseException:
             if self._state == "open":
                 self.abort()
             raise
-
-    async def _write_arrays(self, rows: dict[str, list[Any]]) -> None:
-        arch = self.archive
-        size, base = arch.shard_size, self.shard * arch.shard_size
-        pad = size - len(self._records)
-        ops = []
-        for name, (dtype, fill) in ROW_ARRAYS.items():
-            values = rows[name] + [fill] * pad  # whole chunk: no read-modify-write
-            arr = np.array(values, dtype=object if dtype == "string" else dtype)
-            ops.append(arch._arrays[name].async_array.setitem(slice(base, base + size), arr))
-        # Drop any payload left by a crashed attempt, then write the new one in one piece,
-        # padded to whole inner chunks so zarr does not read the (absent) shard back.
-        await arch._loc.delete(arch._payload_key(self.shard))
-        if self._nbytes:
-            c = arch.chunk_bytes
-            buf = np.zeros(-(-self._nbytes // c) * c, dtype=np.uint8)
-            buf[: self._nbytes] = np.frombuffer(b"".join(r.data for r in self._records), np.uint8)
-            ops.append(arch._payload.async_array.setitem((self.shard, slice(0, buf.size)), buf))
-        await asyncio.gather(*ops)
 
     def abort(self) -> None:
         """Drop the buffered records and release the claim; nothing is written."""

@@ -1,0 +1,51 @@
+"""Opening the archive a job writes to, or creating it for the codec in hand.
+
+An existing archive must have been written with the same codec and weights (else its
+records would decode wrongly); a new one records the codec's decoding defaults and gets
+its tier table from :mod:`pipeline.tier_policy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pipeline.codec_probes import codec_config, weights_digest
+from pipeline.planning import DEFAULT_SHARD_SIZE
+from pipeline.tier_policy import tiers_for
+from pipeline.tiers import check_tiers
+from storage import Archive, ArchiveError, NotAnArchiveError
+
+
+def open_or_create(url: str, codec: Any, *, shard_size: int = DEFAULT_SHARD_SIZE,
+                   tiers: Mapping[str, Mapping[str, Any]] | None = None,
+                   max_shard_bytes: int | None = None,
+                   storage_options: dict[str, Any] | None = None,
+                   info: Mapping[str, Any] | None = None) -> tuple[Archive, bool]:
+    """Open the archive at ``url`` for ``codec`` (its model must match), or create it.
+
+    Returns ``(archive, created)``. ``tiers`` (already validated) replace the defaults at
+    creation, and are merged into an existing archive's tiers.
+    """
+    try:
+        arch = Archive.open(url, expected_digest=weights_digest(codec),
+                            storage_options=storage_options)
+    except NotAnArchiveError as e:
+        if "does not exist" not in str(e):
+            raise
+    else:
+        if arch.codec_id != codec.codec_id:
+            raise ArchiveError(f"{url}: holds {arch.codec_id!r} streams, not {codec.codec_id!r}")
+        if tiers:
+            new = check_tiers(tiers)
+            if any(arch.tiers.get(k) != v for k, v in new.items()):
+                arch.set_tiers(new)
+        return arch, False
+    arch = Archive.create(
+        url, codec_id=codec.codec_id, model_id=codec.model_id,
+        weights_digest=weights_digest(codec),
+        codec_config=codec_config(codec),
+        tiers=check_tiers(tiers_for(codec, tiers)), shard_size=shard_size,
+        max_shard_bytes=max_shard_bytes, info=info, storage_options=storage_options,
+    )
+    return arch, True

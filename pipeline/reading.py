@@ -1,0 +1,67 @@
+"""Reading input images: fetch with retries, decode, validate; never raise.
+
+Object stores have transient errors, so a read is retried; a file that reads fine but is
+not a valid image (or is too large for the codec) fails at once. Either way the result
+is a :class:`Loaded` carrying the error, which becomes a *failed* record: one bad file
+costs only itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from PIL import Image
+
+from cdc.image import MAX_SIDE
+from pipeline.files import InputError, decode_image, read_bytes
+from pipeline.planning import InputItem
+
+DEFAULT_READ_RETRIES = 2
+DEFAULT_MAX_PIXELS = 1 << 28  # Pillow's decompression-bomb limit in pipeline.files
+
+
+@dataclass
+class Loaded:
+    key: str
+    image: Image.Image | None
+    nbytes: int = 0
+    width: int = 0
+    height: int = 0
+    error: str = ""
+
+
+def validate_image(img: Image.Image, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse images the codec cannot or should not code; the message names the file."""
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise InputError(f"{name}: empty image ({w}x{h})")
+    if w > MAX_SIDE or h > MAX_SIDE:
+        raise InputError(f"{name}: {w}x{h} exceeds the codec's {MAX_SIDE} px side limit")
+    if w * h > max_pixels:
+        raise InputError(f"{name}: {w}x{h} exceeds the {max_pixels} pixel limit")
+
+
+def load_item(item: InputItem, *, retries: int = DEFAULT_READ_RETRIES, backoff_s: float = 0.2,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded:
+    """Read, decode and validate one image; never raises (errors become ``Loaded.error``).
+
+    Read failures are retried ``retries`` times (object stores have transient errors);
+    a file that reads fine but is not a valid image fails at once.
+    """
+    data = None
+    for attempt in range(retries + 1):
+        try:
+            data = read_bytes(item.url)
+            break
+        except InputError as e:
+            if "no such file" in str(e) or attempt == retries:
+                return Loaded(item.key, None, error=str(e))
+            time.sleep(backoff_s * (attempt + 1))
+    assert data is not None
+    try:
+        img = decode_image(data, item.url)
+        validate_image(img, item.url, max_pixels)
+    except InputError as e:
+        return Loaded(item.key, None, nbytes=len(data), error=str(e))
+    return Loaded(item.key, img, nbytes=len(data), width=img.width, height=img.height)

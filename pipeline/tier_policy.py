@@ -1,0 +1,64 @@
+"""Tier policy: which tiers a new archive gets, and how a codec is set up for them.
+
+The tier *tables* (defaults, validation, resolving a request) are in
+:mod:`pipeline.tiers`; this module decides per codec: a model's own recommended tiers
+win over the defaults, a progressive codec's ``preview`` reads only a prefix, and a codec
+whose streams depend on their decode path (CorrDiff) encodes for the archive's tiers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pipeline.codec_probes import current_paths, is_progressive, path_setter, recommended_tiers
+from pipeline.tiers import DEFAULT_TIER, DEFAULT_TIERS
+
+#: A progressive codec's ``preview`` tier reads only this many bits per pixel of a record.
+PROGRESSIVE_PREVIEW_BPP = 0.5
+
+
+def base_tiers(codec: Any) -> dict[str, dict[str, Any]]:
+    """The tiers the model's weights recommend (measured for that model), else the defaults."""
+    rec = recommended_tiers(codec)
+    return {k: dict(v) for k, v in (rec or DEFAULT_TIERS).items()}
+
+
+def tier_paths(tiers: Mapping[str, Mapping[str, Any]]) -> list[tuple[int, float, int]]:
+    """The distinct (steps, γ, seed) decode paths of a tier table, the default tier first.
+
+    At γ = 0 the start noise is zero, so the seed is irrelevant and normalised to 0 (two
+    tiers that differ only there are one path).
+    """
+    names = sorted(tiers, key=lambda n: (n != DEFAULT_TIER, n))
+    out: list[tuple[int, float, int]] = []
+    for n in names:
+        t = tiers[n]
+        gamma = round(float(t.get("gamma", 0.0)), 2)  # as section W stores it
+        path = (int(t["steps"]), gamma, int(t.get("seed", 0)) if gamma else 0)
+        if path not in out:
+            out.append(path)
+    return out
+
+
+def match_tiers(codec: Any, tiers: Mapping[str, Mapping[str, Any]]) -> None:
+    """Make a codec whose streams depend on how they will be decoded encode for the
+    archive's tiers: CorrDiff's encoder picks its correction weights along each decode
+    path it simulates (one simulated decode per path, ~5 bytes each), so every tier gets
+    the corrected decode rather than plain CDC. Other codecs have nothing to set."""
+    set_paths = path_setter(codec)
+    if set_paths is not None and tiers:
+        paths = tier_paths(tiers)
+        if current_paths(codec) != paths:
+            set_paths(paths)
+
+
+def tiers_for(codec: Any, tiers: Mapping[str, Mapping[str, Any]] | None = None
+              ) -> dict[str, dict[str, Any]]:
+    """The tier table a new archive gets: ``tiers``, else :func:`base_tiers`; for a
+    progressive codec (DiffC) ``preview`` also gets a prefix budget, so previews
+    range-read the first bytes of each record only."""
+    out = {k: dict(v) for k, v in (tiers or base_tiers(codec)).items()}
+    if is_progressive(codec) and "preview" in out:
+        out["preview"].setdefault("bpp", PROGRESSIVE_PREVIEW_BPP)
+    return out

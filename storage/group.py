@@ -1,0 +1,227 @@
+"""The archive's zarr group: create it, recognise it, open it, rewrite its metadata.
+
+Creation validates everything before the first byte is stored and never overwrites;
+opening sniffs ``zarr.json`` itself first so that "not an archive", "a zarr v2 store",
+"a newer format" and "cannot reach the store" each get their own clear error instead of
+whatever zarr would raise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import zarr
+
+from .attributes import checked_tiers
+from .backend import Location, run
+from .errors import (
+    ArchiveError,
+    ArchiveExistsError,
+    CorruptArchiveError,
+    FormatVersionError,
+    NotAnArchiveError,
+)
+from .layout import (
+    ATTRS_KEY,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MAX_INNER_CHUNKS,
+    PAYLOAD,
+    ROW_ARRAYS,
+    default_max_shard_bytes,
+)
+from .records import STATUS_CODES
+
+
+@contextlib.contextmanager
+def quiet_zarr() -> Iterator[None]:
+    """zarr warns that consolidated metadata is not in the v3 spec yet, and that our
+    manifest/claims/cache folders are not zarr nodes; both are expected here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr.*")
+        yield
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cdc-toolkit")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def create_group(
+    url: str,
+    *,
+    codec_id: str,
+    model_id: str,
+    weights_digest: str,
+    codec_config: Mapping[str, Any] | None,
+    tiers: Mapping[str, Mapping[str, Any]] | None,
+    shard_size: int,
+    max_shards: int,
+    chunk_bytes: int,
+    max_shard_bytes: int | None,
+    info: Mapping[str, Any] | None,
+    storage_options: dict[str, Any] | None,
+) -> None:
+    """Validate the arguments of ``Archive.create`` and write an empty archive at ``url``."""
+    for name, v in (
+        ("shard_size", shard_size),
+        ("max_shards", max_shards),
+        ("chunk_bytes", chunk_bytes),
+    ):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if max_shard_bytes is None:
+        max_shard_bytes = default_max_shard_bytes(shard_size, chunk_bytes)
+    if max_shard_bytes % chunk_bytes or max_shard_bytes < chunk_bytes:
+        raise ValueError(
+            f"max_shard_bytes={max_shard_bytes} must be a multiple of chunk_bytes={chunk_bytes}"
+        )
+    if max_shard_bytes // chunk_bytes > MAX_INNER_CHUNKS:
+        raise ValueError(
+            f"max_shard_bytes/chunk_bytes = {max_shard_bytes // chunk_bytes} inner chunks per "
+            f"shard is more than {MAX_INNER_CHUNKS}; raise chunk_bytes"
+        )
+    for name, v in (
+        ("codec_id", codec_id),
+        ("model_id", model_id),
+        ("weights_digest", weights_digest),
+    ):
+        if not isinstance(v, str) or not v:
+            raise ValueError(f"{name} must be a non-empty str, got {v!r}")
+    attrs = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "codec": {"id": codec_id, "config": dict(codec_config or {})},
+        "model": {"id": model_id, "weights_digest": weights_digest},
+        "tiers": checked_tiers(url, tiers or {}),
+        "layout": {
+            "shard_size": shard_size,
+            "max_shards": max_shards,
+            "chunk_bytes": chunk_bytes,
+            "max_shard_bytes": max_shard_bytes,
+            "checksum": "crc32",
+            "status_codes": dict(STATUS_CODES),
+            "row_arrays": list(ROW_ARRAYS),
+            "payload": PAYLOAD,
+        },
+        "created": {
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "by": f"cdc-toolkit {_package_version()}",
+            "zarr": zarr.__version__,
+            "host": socket.gethostname(),
+            **dict(info or {}),
+        },
+    }
+    try:
+        json.dumps(attrs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{url}: codec_config/tiers/info must be JSON-serialisable ({e})") from e
+    loc = Location(url, storage_options)
+    try:
+        occupied = loc.exists_at_all()
+    except OSError as e:
+        raise ArchiveError(
+            f"{url}: cannot create an archive there ({type(e).__name__}: {e}); "
+            "does the bucket/directory exist and are the credentials right?"
+        ) from e
+    if occupied:
+        raise ArchiveExistsError(
+            f"{url}: already holds data; Archive.create never overwrites "
+            "(use Archive.open, or choose a new URL)"
+        )
+    cap = max_shards * shard_size
+    with quiet_zarr():
+        group = zarr.create_group(store=loc.store, zarr_format=3, attributes={ATTRS_KEY: attrs})
+        for name, (dtype, fill) in ROW_ARRAYS.items():
+            group.create_array(
+                name,
+                shape=(cap,),
+                chunks=(shard_size,),
+                fill_value=fill,
+                dtype=str if dtype == "string" else dtype,
+            )
+        group.create_array(
+            PAYLOAD,
+            shape=(max_shards, max_shard_bytes),
+            dtype="uint8",
+            chunks=(1, chunk_bytes),
+            shards=(1, max_shard_bytes),
+            compressors=None,
+            fill_value=0,
+        )
+        zarr.consolidate_metadata(loc.store)
+
+
+def _sniff_attrs(loc: Location) -> dict[str, Any]:
+    """The ``cdc_archive`` attributes from ``zarr.json``, or the error saying what is there."""
+    url = loc.url
+    try:
+        raw = run(loc.get("zarr.json"))
+    except OSError as e:
+        raise ArchiveError(
+            f"{url}: cannot read the archive ({type(e).__name__}: {e}); check the URL, "
+            "credentials and endpoint (storage_options or AWS_* environment variables)"
+        ) from e
+    if raw is None:
+        if run(loc.get(".zgroup")) is not None or run(loc.get(".zarray")) is not None:
+            raise NotAnArchiveError(f"{url}: is a zarr v2 store, not a cdc archive")
+        raise NotAnArchiveError(f"{url}: no zarr.json there; not a cdc archive")
+    try:
+        meta = json.loads(raw)
+    except ValueError as e:
+        raise NotAnArchiveError(f"{url}: zarr.json is not valid JSON ({e})") from e
+    if (
+        not isinstance(meta, dict)
+        or meta.get("zarr_format") != 3
+        or meta.get("node_type") != "group"
+    ):
+        raise NotAnArchiveError(f"{url}: zarr.json is not a zarr v3 group; not a cdc archive")
+    attrs = (meta.get("attributes") or {}).get(ATTRS_KEY)
+    if not isinstance(attrs, dict) or attrs.get("format") != FORMAT_NAME:
+        raise NotAnArchiveError(
+            f"{url}: a zarr group without '{ATTRS_KEY}' attributes; not a cdc archive"
+        )
+    version = attrs.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise CorruptArchiveError(f"{url}: format_version {version!r} is not a positive int")
+    if version > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{url}: archive format version {version} is newer than this cdc-toolkit "
+            f"reads (<= {FORMAT_VERSION}); upgrade cdc-toolkit"
+        )
+    return attrs
+
+
+def open_group(
+    url: str, storage_options: dict[str, Any] | None, read_only: bool
+) -> tuple[Location, zarr.Group, dict[str, Any]]:
+    """``(location, group, attributes)`` of the archive at ``url``; never creates anything."""
+    loc = Location(url, storage_options, read_only=read_only)
+    if loc.root_missing():
+        raise NotAnArchiveError(f"{url}: does not exist")
+    attrs = _sniff_attrs(loc)
+    with quiet_zarr():
+        group = zarr.open_group(loc.store, mode="r" if read_only else "r+", zarr_format=3)
+    return loc, group, attrs
+
+
+def write_attrs(group: zarr.Group, attrs: dict[str, Any]) -> None:
+    """Store a new attributes document (then :func:`consolidate`, so ``open`` sees it)."""
+    group.update_attributes({ATTRS_KEY: attrs})
+
+
+def consolidate(loc: Location) -> None:
+    """Rewrite the consolidated metadata (one GET opens the archive)."""
+    with quiet_zarr():
+        zarr.consolidate_metadata(loc.store)

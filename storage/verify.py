@@ -1,0 +1,34 @@
+"""Whole-archive verification: every shard's digests, every record's CRC, duplicates.
+
+Behind ``Archive.verify``, the repair path's first step: it reads everything, reports every
+problem at once instead of stopping at the first, and forgets what it cached about the
+corrupt shards.
+"""
+
+from __future__ import annotations
+
+from .errors import CorruptArchiveError, DuplicateKeyError
+from .parts import ArchiveParts
+
+
+def verify_parts(parts: ArchiveParts, *, data: bool = True) -> None:
+    """Raise one :class:`CorruptArchiveError` listing every corrupt shard (metadata digest
+    and, with ``data``, every record's CRC), then :class:`DuplicateKeyError` for keys stored
+    in more than one shard."""
+    url = parts.ledger.url
+    problems: list[str] = []
+    for s in parts.ledger.completed_shards():
+        try:
+            meta = parts.index.meta(s)
+            if data:
+                for _ in parts.payload.shard_records(meta):
+                    pass
+        except CorruptArchiveError as e:
+            problems.append(str(e))
+            parts.index.forget(s)
+    if problems:
+        raise CorruptArchiveError(f"{url}: {len(problems)} problem(s):\n" + "\n".join(problems))
+    parts.index.refresh()
+    if dups := parts.index.duplicates():
+        first = ", ".join(f"{k!r} in {v}" for k, v in list(dups.items())[:5])
+        raise DuplicateKeyError(f"{url}: {len(dups)} key(s) stored in more than one shard: {first}")
