@@ -54,7 +54,8 @@ def random_weights(config: str, path: Path) -> str:
     import torch
 
     from cdc.models import ConditionalDiffusionCompressor
-    from cdc.zoo import CONFIGS, weights_bytes
+    from cdc.configs import CONFIGS
+from cdc.weights import weights_bytes
 
     torch.manual_seed(0)
     model = ConditionalDiffusionCompressor(CONFIGS[config]).eval()
@@ -148,7 +149,7 @@ def main() -> None:
     use_loopback()
     import ray
 
-    from cdc.zoo import load_codec
+    from zoo import load_codec
 
     w, h = (int(v) for v in args.size.split("x"))
     n = args.max_actors

@@ -17,7 +17,7 @@ warnings.filterwarnings("ignore")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cdc.zoo import load_codec  # noqa: E402
+from zoo import load_codec  # noqa: E402
 from pipeline.files import read_image  # noqa: E402
 from pipeline.sources import list_images  # noqa: E402
 

@@ -2,7 +2,8 @@
 
 Public entry points: :class:`CDCCodec` (Conditional Diffusion Compression, Yang &
 Mandt), the :class:`ImageCodec` protocol all codecs share, the container format in
-:mod:`cdc.bitstream` and the model zoo in :mod:`cdc.zoo`.
+:mod:`cdc.bitstream`, the codec registry :mod:`cdc.registry` and the base class
+:class:`cdc.base.BaseCodec`. Reading weights files is the ``zoo`` package's job (no I/O here).
 """
 
 from cdc.codec import CDCCodec, describe

@@ -33,11 +33,12 @@ from cdc.errors import (
     ModelMismatchError,
     UnsupportedVersionError,
 )
+from cdc.registry import BY_BYTE, CODECS
 
 MAGIC = b"CDC"
 FORMAT_VERSION = 1
-CODEC_IDS = {"cdc": 0, "diffc": 1, "corrdiff": 2}
-CODEC_NAMES = {v: k for k, v in CODEC_IDS.items()}
+CODEC_IDS = {e.name: e.byte for e in CODECS.values()}  # one table: cdc.registry
+CODEC_NAMES = dict(BY_BYTE)
 DIGEST_BYTES = 8
 _MIN_SIZE = 3 + 1 + 1 + 1 + DIGEST_BYTES + 1 + 1 + 4 + 4
 

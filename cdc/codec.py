@@ -2,9 +2,12 @@
 
 Usable without the CLI::
 
-    codec = CDCCodec.from_pretrained("cdc-small")
+    codec = zoo.load_codec("cdc-small")          # or CDCCodec.from_pretrained("cdc-small")
     data = codec.compress(Image.open("a.png"))
     img = codec.decompress(data, steps=4, gamma=0.8, seed=1)
+
+The same class serves every space (pixels, the frozen TAEF2 latent): the model's config
+names its space and all strides derive from it.
 """
 
 from __future__ import annotations
@@ -14,62 +17,43 @@ from typing import Any
 import torch
 from PIL import Image
 
-from cdc.bitstream import DIGEST_BYTES, Container, symbols_crc
-from cdc.config import HYPER_STRIDE, LATENT_STRIDE
+from cdc.base import BaseCodec
+from cdc.bitstream import Container, symbols_crc
+from cdc.config import HYPER_FACTOR, LATENT_STRIDE, CDCConfig
 from cdc.errors import CorruptStreamError, SymbolMismatchError
 from cdc.image import SourceMode, array_to_tensor, pad_to_multiple, tensor_to_image, to_rgb_array
 from cdc.interface import ImageLike
 from cdc.models import ConditionalDiffusionCompressor
-from cdc.zoo import load_weights
-
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None, "fp32": None}
+from cdc.spaces import build_space
 
 
 def _symbols_bytes(symbols: torch.Tensor) -> bytes:
     return symbols.to("cpu", torch.int32).contiguous().numpy().astype("<i4").tobytes()
 
 
-class CDCCodec:
+class CDCCodec(BaseCodec):
     """Conditional Diffusion Compression with a real entropy-coded bitstream."""
 
     codec_id = "cdc"
 
     def __init__(self, model: ConditionalDiffusionCompressor, model_id: str, weights_sha256: str,
-                 device: str | torch.device = "cpu", precision: str | None = None):
-        """``precision``: None/"fp32", or "bf16"/"fp16" autocast for the heavy networks.
-
-        The entropy parameters are computed in float64 on the CPU whatever the
-        precision, so streams stay decodable across devices and precisions.
-        """
-        if precision not in _AUTOCAST:
-            raise ValueError(f"precision must be one of fp32, bf16, fp16; got {precision!r}")
-        self.device = torch.device(device)
+                 device: str | torch.device = "cpu", precision: str | None = None,
+                 meta: dict[str, Any] | None = None):
+        """The entropy parameters are computed in float64 on the CPU whatever the
+        precision, so streams stay decodable across devices and precisions."""
+        super().__init__(model_id, weights_sha256, device, precision, meta)
         self.model = model.to(self.device).eval()
-        self.model_id = model_id
-        self.weights_sha256 = weights_sha256
-        self.digest = bytes.fromhex(weights_sha256)[:DIGEST_BYTES]
-        self.autocast_dtype = _AUTOCAST[precision]
-        self.meta: dict[str, Any] = {}  # the weights file's training facts and recommended tiers
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, device: str | torch.device = "cpu",
-                        precision: str | None = None, sha256: str | None = None) -> CDCCodec:
-        loaded = load_weights(name_or_path, sha256=sha256)
-        return cls(loaded.model, loaded.model_id, loaded.sha256, device, precision)
 
     @classmethod
     def from_weights(cls, obj: dict[str, Any], sha256: str, source: str,
-                     device: str | torch.device = "cpu", precision: str | None = None) -> CDCCodec:
-        """From a validated weights dict (``cdc.zoo.load_codec`` dispatches here)."""
-        from cdc.zoo.weights import model_from_dict
-
-        model, model_id = model_from_dict(obj, source)
-        codec = cls(model, model_id, sha256, device, precision)
-        codec.meta = dict(obj.get("meta") or {})
-        return codec
+                     device: str | torch.device = "cpu", precision: str | None = None,
+                     components: dict[str, dict[str, torch.Tensor]] | None = None) -> CDCCodec:
+        """From a validated weights dict (``zoo.load_codec`` dispatches here)."""
+        model, model_id = cdc_model(obj, source, components)
+        return cls(model, model_id, sha256, device, precision, obj.get("meta"))
 
     @property
-    def config(self):
+    def config(self) -> CDCConfig:
         return self.model.cfg
 
     def optimize(self, channels_last: bool = False, compile: bool = False) -> CDCCodec:
@@ -89,47 +73,34 @@ class CDCCodec:
         return self
 
     # -- encoding -------------------------------------------------------------------------
-    def compress(self, image: ImageLike) -> bytes:
-        return self.compress_batch([image])[0]
+    def encode_latents(self, images: list[ImageLike]) -> list[tuple[Any, dict[str, Any], list[int]]]:
+        """(prepared inputs, CompressAI result, their indices) per group of equal padded size."""
+        prepared = self.prepare(images)
+        out = []
+        for idx in self.groups([p.x.shape[-2:] for p in prepared]):
+            batch = torch.cat([prepared[i].x for i in idx]).to(self.device)
+            with self.autocast():
+                res = self.model.compress_latent(batch)
+            out.append(([prepared[i] for i in idx], res, idx))
+        return out
 
     def compress_batch(self, images: list[ImageLike]) -> list[bytes]:
         """Encode many images; equal padded sizes are stacked into one forward pass."""
-        prepared = []
-        for img in images:
-            arr, mode = to_rgb_array(img)
-            x, replicate = pad_to_multiple(array_to_tensor(arr), self.config.pad_multiple)
-            prepared.append((x, arr.shape[0], arr.shape[1], mode, replicate))
         out: list[bytes | None] = [None] * len(images)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, (x, *_rest) in enumerate(prepared):
-            groups.setdefault(tuple(x.shape[-2:]), []).append(i)
-        for idx in groups.values():
-            batch = torch.cat([prepared[i][0] for i in idx]).to(self.device)
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                                enabled=self.autocast_dtype is not None):
-                res = self.model.compress_latent(batch)
+        for preps, res, idx in self.encode_latents(images):
             y_strings, z_strings = res["strings"]
             for j, i in enumerate(idx):
-                _, h, w, mode, replicate = prepared[i]
-                out[i] = Container(
-                    codec=self.codec_id, model_digest=self.digest, height=h, width=w,
-                    symbols_crc=symbols_crc(_symbols_bytes(res["symbols"][j])),
-                    flags=int(replicate) | (int(mode) << 1),
-                    sections={"Z": z_strings[j], "Y": y_strings[j]},
-                ).pack()
+                out[i] = self.container(preps[j], {"Z": z_strings[j], "Y": y_strings[j]},
+                                        symbols_crc(_symbols_bytes(res["symbols"][j])))
         return out  # type: ignore[return-value]
 
     # -- decoding -------------------------------------------------------------------------
     def _latent_shapes(self, h: int, w: int) -> dict[str, tuple[int, int]]:
-        m = self.config.pad_multiple
-        ph, pw = h + (-h) % m, w + (-w) % m
-        return {"y": (ph // LATENT_STRIDE, pw // LATENT_STRIDE),
-                "hyper": (ph // HYPER_STRIDE, pw // HYPER_STRIDE)}
+        return latent_shapes(self.config, h, w)
 
     def decode_latent(self, data: bytes) -> tuple[Container, torch.Tensor]:
         """Parse, verify and entropy-decode a stream to ŷ (exact; no diffusion yet)."""
-        c = Container.unpack(data)
-        c.require(self.codec_id, self.digest, self.model_id)
+        c = self.unpack(data)
         shapes = self._latent_shapes(c.height, c.width)
         try:
             res = self.model.decompress_latent([[c.section("Y")], [c.section("Z")]], shapes)
@@ -144,10 +115,12 @@ class CDCCodec:
             )
         return c, res["y_hat"]
 
-    def decompress(self, data: bytes, steps: int | None = None, gamma: float | None = None,
-                   seed: int = 0) -> Image.Image:
-        """Rebuild the image: DDIM with ``steps`` steps from x_N = γ·noise(seed)."""
-        return self.decompress_batch([data], steps=steps, gamma=gamma, seeds=[seed])[0]
+    def settings(self, steps: int | None, gamma: float | None) -> tuple[int, float]:
+        """Requested settings with the model's defaults filled in, validated."""
+        steps = self.config.default_steps if steps is None else int(steps)
+        gamma = self.config.default_gamma if gamma is None else float(gamma)
+        self.model.sampler.timesteps(steps)  # validate before any work
+        return steps, gamma
 
     def decompress_batch(self, datas: list[bytes], steps: int | None = None,
                          gamma: float | None = None, seeds: list[int] | int = 0) -> list[Image.Image]:
@@ -156,18 +129,13 @@ class CDCCodec:
         Each item starts from its own seed's noise, so a batched decode equals the
         single decodes up to float rounding of batched kernels.
         """
-        steps = self.config.default_steps if steps is None else int(steps)
-        gamma = self.config.default_gamma if gamma is None else float(gamma)
+        steps, gamma = self.settings(steps, gamma)
         seeds = [seeds] * len(datas) if isinstance(seeds, int) else list(seeds)
         if len(seeds) != len(datas):
             raise ValueError(f"{len(seeds)} seeds for {len(datas)} streams")
-        self.model.sampler.timesteps(steps)  # validate before any work
         decoded = [self.decode_latent(d) for d in datas]
         out: list[Image.Image | None] = [None] * len(datas)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, (_, y_hat) in enumerate(decoded):
-            groups.setdefault(tuple(y_hat.shape[-2:]), []).append(i)
-        for idx in groups.values():
+        for idx in self.groups([y.shape[-2:] for _, y in decoded]):
             y_hat = torch.cat([decoded[i][1] for i in idx]).to(self.device)
             x = self.model.render(y_hat, steps=steps, gamma=gamma, seed=[seeds[i] for i in idx],
                                   autocast_dtype=self.autocast_dtype)
@@ -176,26 +144,45 @@ class CDCCodec:
                 out[i] = tensor_to_image(x[j, :, : c.height, : c.width])
         return out  # type: ignore[return-value]
 
-    def info(self, data: bytes) -> dict[str, Any]:
-        d = describe(data)
-        d["model_matches"] = d["model_digest"] == self.digest.hex()
-        return d
-
     def estimate_bits(self, image: ImageLike) -> float:
         """The model's −log2 p of the quantized latents (what an ideal coder would spend)."""
         arr, _ = to_rgb_array(image)
         x, _ = pad_to_multiple(array_to_tensor(arr), self.config.pad_multiple)
         with torch.no_grad():
-            y = self.model.g_a(x.to(self.device)).float()
+            y = self.model.g_a(self.model.encode_space(x.to(self.device))).float()
             lik = self.model.entropy(y)["likelihoods"]
         return float(sum(-torch.log2(v).sum() for v in lik.values()))
 
 
-def describe(data: bytes) -> dict[str, Any]:
-    """What ``cdc info`` shows; needs no model."""
+def cdc_model(obj: dict[str, Any], source: str,
+              components: dict[str, dict[str, torch.Tensor]] | None = None
+              ) -> tuple[ConditionalDiffusionCompressor, str]:
+    """The CDC network of a weights dict, on the space it names (built from ``components``)."""
+    from cdc.errors import WeightsError
+    from cdc.weights import model_from_dict, space_of
+
+    spec, _ = space_of(obj)
+    try:
+        space = None if spec.get("name", "pixel") == "pixel" else build_space(spec, components)
+    except ValueError as e:
+        raise WeightsError(f"{source}: {e}") from e
+    return model_from_dict(obj, source, space)
+
+
+def latent_shapes(cfg: CDCConfig | None, h: int, w: int) -> dict[str, tuple[int, int]]:
+    """Shapes of y and the hyper latent z for an h×w image (pixel-space CDC when no config)."""
+    ys = cfg.latent_stride if cfg else LATENT_STRIDE
+    m = ys * HYPER_FACTOR
+    ph, pw = h + (-h) % m, w + (-w) % m
+    return {"y": (ph // ys, pw // ys), "hyper": (ph // m, pw // m)}
+
+
+def describe(data: bytes, config: CDCConfig | None = None) -> dict[str, Any]:
+    """What ``cdc info`` shows; needs no model (``config`` gives latent models' strides)."""
     c = Container.unpack(data)
     mode = SourceMode((c.flags >> 1) & 0b111)
-    m = 64
+    shapes = latent_shapes(config, c.height, c.width)
+    m = (config.pad_multiple if config else LATENT_STRIDE * HYPER_FACTOR)
     ph, pw = c.height + (-c.height) % m, c.width + (-c.width) % m
     return {
         "codec": c.codec,
@@ -204,8 +191,7 @@ def describe(data: bytes) -> dict[str, Any]:
         "width": c.width,
         "height": c.height,
         "padded": f"{pw}x{ph} ({'replicate' if c.flags & 1 else 'reflect'})",
-        "latent_shapes": {"y": [ph // LATENT_STRIDE, pw // LATENT_STRIDE],
-                          "z": [ph // HYPER_STRIDE, pw // HYPER_STRIDE]},
+        "latent_shapes": {"y": list(shapes["y"]), "z": list(shapes["hyper"])},
         "source": mode.note,
         "bytes": len(data),
         "bpp": 8 * len(data) / (c.width * c.height),
@@ -215,4 +201,4 @@ def describe(data: bytes) -> dict[str, Any]:
     }
 
 
-__all__ = ["CDCCodec", "describe"]
+__all__ = ["CDCCodec", "cdc_model", "describe", "latent_shapes"]

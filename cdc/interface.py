@@ -2,11 +2,13 @@
 
 Modelled on CompressAI's compress()/decompress() pair, at the level of whole
 images and self-contained byte streams, so pipeline and storage never need to
-know which codec they are moving.
+know which codec they are moving. :class:`cdc.base.BaseCodec` implements the shared
+parts; everything the pipeline calls is declared here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -36,6 +38,10 @@ class ImageCodec(Protocol):
     codec_id: str  # "cdc", "diffc", "corrdiff"
     model_id: str
     weights_sha256: str  # hex
+    meta: dict[str, Any]  # the weights file's training facts and recommended tiers
+    progressive: bool  # every prefix of a stream decodes
+    plan_read_bytes: int  # leading bytes to fetch before planning a prefix (progressive)
+    pad_multiple: int  # images are padded to this multiple
 
     def compress(self, image: ImageLike) -> bytes: ...
 
@@ -44,4 +50,19 @@ class ImageCodec(Protocol):
     def decompress(self, data: bytes, steps: int | None = None, gamma: float | None = None,
                    seed: int = 0) -> Image.Image: ...
 
+    def decompress_batch(self, datas: list[bytes], steps: int | None = None,
+                         gamma: float | None = None, seeds: list[int] | int = 0
+                         ) -> list[Image.Image]: ...
+
     def info(self, data: bytes) -> dict[str, Any]: ...
+
+    def decode_defaults(self) -> dict[str, Any]: ...
+
+    def recommended_tiers(self) -> dict[str, dict[str, Any]] | None: ...
+
+    def prepare_paths(self, settings: Sequence[DecodeSettings]) -> None: ...
+
+    def decode_paths(self) -> list[tuple[int, float, int]]: ...
+
+    def prefix_length(self, head: bytes, steps: int | None = None,
+                      bpp: float | None = None) -> int: ...

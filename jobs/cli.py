@@ -34,7 +34,7 @@ def fail(message: str, code: int = EXIT_INPUT) -> None:
 
 def _load_codec(model: str, device: str, precision: str | None = None):
     from cdc import WeightsError
-    from cdc.zoo import load_codec
+    from zoo import load_codec
 
     try:  # any codec: the weights file says which (CDC, DiffC, CorrDiff)
         return load_codec(model, device=device, precision=precision)
@@ -98,9 +98,9 @@ def info(
 ) -> None:
     """Show a stream's model, size, bpp and sections (needs no model)."""
     from cdc import BitstreamError
-    from cdc.zoo import registry
-    from cdc.zoo.loader import describe_stream
+    from cdc.describe import describe_stream
     from pipeline.files import InputError, read_bytes
+    from zoo import registry
 
     try:
         d = describe_stream(read_bytes(src))
@@ -247,7 +247,8 @@ def demo(
 @app.command()
 def models() -> None:
     """List shipped models."""
-    from cdc.zoo import CONFIGS, registry
+    from cdc.configs import CONFIGS
+    from zoo import registry
 
     for name, e in registry().items():
         typer.echo(f"{name}: {e.get('description', '')} (sha256 {e['sha256'][:16]}…, "

@@ -151,7 +151,7 @@ class ShardEncoder:
 def _apply_rate(cfg: ArchiveJobConfig, codec: Any) -> tuple[ArchiveJobConfig, Any]:
     """``--rate``: cap a progressive codec's streams, or switch to the shipped model of the
     same codec measured nearest the target (see :mod:`pipeline.rate`)."""
-    from cdc.zoo import registry
+    from zoo import registry
 
     try:
         check_rate(cfg.rate)

@@ -96,7 +96,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Rate–distortion/perception evaluation vs classical codecs (CSV, JSON, plots)."""
         from cdc.errors import WeightsError
-        from cdc.zoo import load_codec
         from pipeline.archive import match_tiers
         from pipeline.evaluate import (
             METRICS,
@@ -107,6 +106,7 @@ def register(app: typer.Typer) -> None:
             summary_table,
         )
         from pipeline.metrics import MetricWeightsMissing
+        from zoo import load_codec
 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
         wanted = [m.strip() for m in metrics.split(",") if m.strip()]

@@ -33,12 +33,12 @@ def load_codec(model: str, expected_sha256: str, weights: list[Any] | bytes | No
                device: str = "cpu", precision: str | None = None):
     """The codec for ``model`` in a worker; refuses weights with another digest.
 
-    Any codec of the toolkit (CDC, DiffC, CorrDiff): ``cdc.zoo`` dispatches on the codec id
+    Any codec of the toolkit (CDC, DiffC, CorrDiff): ``zoo`` dispatches on the codec id
     stored in the weights file, so jobs never need to know which codec an archive uses.
     """
     from cdc import WeightsError
-    from cdc.zoo import codec_from_bytes
-    from cdc.zoo import load_codec as zoo_load_codec
+    from zoo import codec_from_bytes
+    from zoo import load_codec as zoo_load_codec
 
     expected = expected_sha256.lower().removeprefix("sha256:")
     codec = None
@@ -64,7 +64,7 @@ def load_codec(model: str, expected_sha256: str, weights: list[Any] | bytes | No
 
 
 def load_driver_codec(model: str, *, device: str = "cpu", precision: str | None = None):
-    """The codec the driver plans with (any codec id; digest-checked by ``cdc.zoo``)."""
-    from cdc.zoo import load_codec as zoo_load_codec
+    """The codec the driver plans with (any codec id; digest-checked by ``zoo``)."""
+    from zoo import load_codec as zoo_load_codec
 
     return zoo_load_codec(model, device=device, precision=precision, sha256=None)

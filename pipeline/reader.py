@@ -45,7 +45,7 @@ def resolve_model(archive: Archive, model: str | None) -> str:
     model id if it is a shipped model."""
     if model:
         return model
-    from cdc.zoo import registry
+    from zoo import registry
 
     if archive.model_id in registry():
         return archive.model_id
@@ -198,7 +198,7 @@ class Reader:
 
     def _decode(self, recs: Sequence[Record], s: DecodeSettings) -> list[Image.Image | Exception]:
         batch = batch_decoder(self.codec)
-        if batch is not None and len(recs) > 1:
+        if len(recs) > 1:
             try:
                 return list(batch([r.data for r in recs], steps=s.steps, gamma=s.gamma,
                                   seeds=s.seed))

@@ -46,11 +46,10 @@ def match_tiers(codec: Any, tiers: Mapping[str, Mapping[str, Any]]) -> None:
     archive's tiers: CorrDiff's encoder picks its correction weights along each decode
     path it simulates (one simulated decode per path, ~5 bytes each), so every tier gets
     the corrected decode rather than plain CDC. Other codecs have nothing to set."""
-    set_paths = path_setter(codec)
-    if set_paths is not None and tiers:
+    if tiers:
         paths = tier_paths(tiers)
         if current_paths(codec) != paths:
-            set_paths(paths)
+            path_setter(codec)(paths)
 
 
 def tiers_for(codec: Any, tiers: Mapping[str, Mapping[str, Any]] | None = None

@@ -8,8 +8,6 @@ its own optimizer, and gradient clipping.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +15,14 @@ from typing import Any
 import torch
 
 from cdc.config import CDCConfig
+from cdc.configs import get_config
 from cdc.models import ConditionalDiffusionCompressor
 from cdc.objectives import cdc_loss
-from cdc.zoo import get_config, sha256_hex, weights_bytes
+from cdc.weights import weights_bytes
 from pipeline.latents import LatentCrops, ensure_cache
-from pipeline.spaces import load_space
 from pipeline.training import TrainerBase, config_from_yaml
+from zoo.components import load_space
+from zoo.store import ship_weights
 
 
 @dataclass
@@ -184,36 +184,14 @@ def export_model(run_dir: str | Path, name: str | None = None, zoo_dir: str | Pa
         mcfg = CDCConfig.from_dict({**mcfg.to_dict(), **decode_defaults})
     if tiers:
         extra_meta = {**(extra_meta or {}), "tiers": tiers}
-    model = ConditionalDiffusionCompressor(mcfg)
-    model.load_state_dict(ck["ema"])
+    space = None if mcfg.space == "pixel" else load_space(mcfg.space)
+    model = ConditionalDiffusionCompressor(mcfg, space)
+    model.load_state_dict(ck["ema"], strict=False)
     model.eval().update()
     meta = {"train_steps": int(ck["step"]), "crop": cfg.crop, "batch_size": cfg.batch_size,
             "lam": cfg.lam, "rho": cfg.rho, "sources": cfg.sources, **(extra_meta or {})}
     data = weights_bytes(model, name, half=half, meta=meta)
     return ship_weights(data, name, codec="cdc", zoo_dir=zoo_dir, entry={
-        "config": cfg.model_config, "params": sum(p.numel() for p in model.parameters()),
+        "config": cfg.model_config,
+        "params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("space.")),
         "description": description, **meta})
-
-
-def ship_weights(data: bytes, name: str, codec: str, zoo_dir: str | Path | None = None,
-                 entry: dict | None = None) -> Path:
-    """Write a weights file + ``.sha256`` into the zoo and add it to ``models.json``.
-
-    Shared by every codec's export step, so all shipped models carry the same
-    registry fields (file, sha256, codec) and are loadable by ``cdc.zoo.load_codec``.
-    """
-    zoo = Path(zoo_dir) if zoo_dir else Path(__import__("cdc.zoo").zoo.__file__).parent
-    (zoo / "weights").mkdir(parents=True, exist_ok=True)
-    path = zoo / "weights" / f"{name}.pt"
-    tmp = path.with_suffix(".pt.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    digest = sha256_hex(data)
-    path.with_suffix(".pt.sha256").write_text(f"{digest}  {path.name}\n")
-    reg_path = zoo / "models.json"
-    reg = json.loads(reg_path.read_text()) if reg_path.exists() else {}
-    reg[name] = {**(entry or {}), "file": f"weights/{path.name}", "sha256": digest, "codec": codec}
-    tmp = reg_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(reg, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, reg_path)
-    return path

@@ -7,7 +7,7 @@ or URL (``base_model``), frozen, and used in eval mode so the decoder sees exact
 ``lpips_weight``·LPIPS(x̂, x). The trunk starts from the base context decoder's
 weights and trains at ``trunk_lr_scale``·lr. Resumable (``checkpoint.pt`` in the run
 folder); ``export`` writes base + decoder as one corrdiff weights file via
-:func:`pipeline.train.ship_weights`.
+:func:`zoo.store.ship_weights`.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from cdc.corrdiff.codec import corrdiff_weights_bytes
 from cdc.corrdiff.correction import CorrectionConfig
 from cdc.corrdiff.decoder import DecoderConfig, E2EDecoder
 from cdc.models import ConditionalDiffusionCompressor
-from cdc.zoo import load_weights
-from pipeline.train import _perceptual, ship_weights
+from pipeline.train import _perceptual
 from pipeline.training import TrainerBase, config_from_yaml
+from zoo import load_weights
+from zoo.store import ship_weights
 
 MIB = 1 << 20
 

@@ -86,7 +86,7 @@ def export_diffc(run_dir: str | Path, name: str | None = None, zoo_dir: str | Pa
                  half: bool = False, description: str = "",
                  extra_meta: dict | None = None) -> Path:
     """EMA weights of a run → weights file + sha256 + registry entry (codec "diffc")."""
-    from pipeline.train import ship_weights
+    from zoo.store import ship_weights
 
     run_dir = Path(run_dir)
     ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)

@@ -13,8 +13,9 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 from s3_fixture import s3_server, s3_url  # noqa: E402, F401  (real S3 for storage tests)
 
 from cdc import CDCCodec  # noqa: E402
+from cdc.configs import CONFIGS
 from cdc.models import ConditionalDiffusionCompressor  # noqa: E402
-from cdc.zoo import CONFIGS, weights_bytes  # noqa: E402
+from cdc.weights import weights_bytes  # noqa: E402
 
 
 def make_weights(seed: int = 0, config: str = "cdc-test", **overrides) -> bytes:

@@ -383,8 +383,8 @@ def test_stages_need_only_the_codec_protocol(tree: Path, tmp_path: Path, codec: 
 def test_diffc_preview_tier_range_reads_only_a_prefix(tree: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch):
     """A progressive codec's preview decodes from the first bytes of each record only."""
-    from cdc.zoo import codec_from_bytes
     from tests.test_diffc import make_diffc_weights
+    from zoo import codec_from_bytes
 
     dc = codec_from_bytes(make_diffc_weights(0), "diffc-test-weights")
     items, _ = plan_inputs(str(tree))

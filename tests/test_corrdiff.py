@@ -23,8 +23,8 @@ from cdc.corrdiff import (
 from cdc.corrdiff.correction import choose_weights
 from cdc.errors import CorruptStreamError, ModelMismatchError, WeightsError
 from cdc.image import tensor_to_image
-from cdc.zoo import codec_from_bytes, load_codec
-from cdc.zoo.weights import model_from_bytes
+from zoo import codec_from_bytes, load_codec
+from zoo.loader import model_from_bytes
 
 PATHS = [(2, 0.0, 0), (3, 0.8, 5)]
 
@@ -231,7 +231,7 @@ def test_weights_round_trip_through_the_zoo(cd_bytes, encoded, tmp_path):
 
 
 def test_cdc_weights_are_not_corrdiff_weights():
-    from cdc.zoo.loader import read_weights_dict
+    from cdc.weights import read_weights_dict
 
     obj = read_weights_dict(make_weights(0), "cdc")
     with pytest.raises(WeightsError, match="not corrdiff"):

@@ -20,8 +20,8 @@ from cdc.diffc.codec import DiffCCodec, describe
 from cdc.diffc.model import DIFFC_CONFIGS, DiffCConfig, DiffusionPrior, weights_bytes
 from cdc.errors import BadMagicError, CorruptStreamError, ModelMismatchError, WeightsError
 from cdc.interface import ImageCodec
-from cdc.zoo import codec_from_bytes, load_codec
 from tests.conftest import smooth_image
+from zoo import codec_from_bytes, load_codec
 
 
 def make_diffc_weights(seed: int = 0, **overrides) -> bytes:
@@ -289,7 +289,7 @@ def test_cdc_train_dispatches_diffc_configs(tmp_path: Path):
 
 
 def test_shipped_model_codes_a_small_image():
-    from cdc.zoo import registry
+    from zoo import registry
 
     if "diffc-small" not in registry():
         pytest.skip("diffc-small is not shipped in this checkout")
@@ -321,7 +321,13 @@ def test_archive_preview_reads_only_a_prefix(tmp_path: Path, codec, img, encoded
 def test_archive_rate_cap_keeps_a_decodable_prefix(tmp_path: Path, codec, img, encoded):
     """``cdc archive --rate`` on a progressive codec: each record is the longest prefix
     within the target rate, and it decodes like that prefix of the full stream."""
-    from pipeline.archive import EncodeOptions, encode_shard, open_or_create, plan_inputs, plan_shards
+    from pipeline.archive import (
+        EncodeOptions,
+        encode_shard,
+        open_or_create,
+        plan_inputs,
+        plan_shards,
+    )
     from storage.archive import Archive
 
     root = tmp_path / "imgs"

@@ -19,7 +19,7 @@ SAMPLES = Path(__file__).parent.parent / "samples"
 
 @pytest.fixture(scope="module")
 def codecs():
-    from cdc.zoo import load_codec
+    from zoo import load_codec
 
     cache: dict = {}
     return lambda name: cache.setdefault(name, load_codec(name))

@@ -37,7 +37,7 @@ def test_targets_that_cannot_be_met_name_what_there_is():
 
 
 def test_shipped_registry_records_the_measured_rate_of_cdc_small():
-    from cdc.zoo import registry
+    from zoo import registry
 
     reg = registry()
     assert 0.1 < reg["cdc-small"]["rate"]["bpp"] < 0.4

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from cdc import CDCCodec
+from cdc.configs import CONFIGS
 from cdc.models import ConditionalDiffusionCompressor
 from cdc.objectives import cdc_loss
-from cdc.zoo import CONFIGS
 from pipeline.train import TrainConfig, Trainer, export_model
 from tests.conftest import smooth_image
 
@@ -82,7 +82,7 @@ def test_train_resume_and_export(image_dir: Path, tmp_path: Path):
     tiers = {"standard": {"steps": 2, "gamma": 1.0, "seed": 0}}
     path = export_model(run, "cdc-test-tuned", zoo_dir=zoo, tiers=tiers,
                         decode_defaults={"default_steps": 2, "default_gamma": 1.0})
-    from cdc.zoo import load_codec
+    from zoo import load_codec
 
     tuned = load_codec(str(path))
     assert (tuned.config.default_steps, tuned.config.default_gamma) == (2, 1.0)

@@ -1,7 +1,7 @@
 """CorrDiff (Ma et al., ICML 2024): CDC whose diffusion decoder is corrected, at a few DDIM
 steps, towards a privileged end-to-end decoder with weights the encoder chooses.
 
-See docs/corrdiff.md. The codec class is imported lazily by ``cdc.zoo.load_codec``.
+See docs/corrdiff.md. The codec class is imported lazily by ``zoo.load_codec``.
 """
 
 from cdc.corrdiff.codec import CorrDiffCodec, corrdiff_weights_bytes

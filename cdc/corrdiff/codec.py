@@ -17,7 +17,6 @@ tells which of the two a request gets.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 from torch import Tensor
 
 from cdc.bitstream import Container, symbols_crc
-from cdc.codec import CDCCodec, _symbols_bytes, describe
+from cdc.codec import CDCCodec, _symbols_bytes, cdc_model
 from cdc.config import CDCConfig
 from cdc.corrdiff.correction import (
     W_TAG,
@@ -39,10 +38,10 @@ from cdc.corrdiff.correction import (
 )
 from cdc.corrdiff.decoder import DecoderConfig, E2EDecoder
 from cdc.errors import WeightsError
-from cdc.image import array_to_tensor, pad_to_multiple, tensor_to_image, to_rgb_array
+from cdc.image import tensor_to_image
 from cdc.interface import DecodeSettings, ImageLike
 from cdc.models import ConditionalDiffusionCompressor
-from cdc.zoo.weights import FORMAT
+from cdc.weights import half_state, pack_weights
 
 log = logging.getLogger(__name__)
 CONFIG_KEY = "corrdiff"  # CDCConfig.extra[CONFIG_KEY] = {"decoder": ..., "correction": ...}
@@ -58,8 +57,8 @@ class CorrDiffCodec(CDCCodec):
     def __init__(self, model: ConditionalDiffusionCompressor, decoder: E2EDecoder,
                  correction: CorrectionConfig, model_id: str, weights_sha256: str,
                  device: str | torch.device = "cpu", precision: str | None = None,
-                 paths: Sequence[PathLike] | None = None):
-        super().__init__(model, model_id, weights_sha256, device, precision)
+                 paths: Sequence[PathLike] | None = None, meta: dict[str, Any] | None = None):
+        super().__init__(model, model_id, weights_sha256, device, precision, meta)
         self.decoder = decoder.to(self.device).eval()
         self.correction = correction
         self.paths: list[tuple[int, float, int]] = []
@@ -69,14 +68,13 @@ class CorrDiffCodec(CDCCodec):
     @classmethod
     def from_weights(cls, obj: dict[str, Any], sha256: str, source: str,
                      device: str | torch.device = "cpu", precision: str | None = None,
+                     components: dict[str, dict[str, Tensor]] | None = None,
                      paths: Sequence[PathLike] | None = None) -> CorrDiffCodec:
-        """From a validated weights dict (``cdc.zoo.load_codec`` dispatches here)."""
-        from cdc.zoo.weights import model_from_dict
-
+        """From a validated weights dict (``zoo.load_codec`` dispatches here)."""
         if obj.get("codec") != "corrdiff":
             raise WeightsError(
                 f"{source}: weights are for codec {obj.get('codec')!r}, not corrdiff")
-        model, model_id = model_from_dict(obj, source)
+        model, model_id = cdc_model(obj, source, components)
         try:
             extra = model.cfg.extra[CONFIG_KEY]
             dcfg = DecoderConfig.from_dict(extra.get("decoder", {}))
@@ -88,19 +86,8 @@ class CorrDiffCodec(CDCCodec):
             decoder.load_prefixed(obj["state_dict"], source)
         except (KeyError, RuntimeError) as e:
             raise WeightsError(f"{source}: end-to-end decoder weights do not fit ({e})") from e
-        codec = cls(model, decoder.eval(), corr, model_id, sha256, device, precision, paths)
-        codec.meta = dict(obj.get("meta") or {})  # training facts, recommended tiers
-        return codec
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, device: str | torch.device = "cpu",
-                        precision: str | None = None, sha256: str | None = None) -> CorrDiffCodec:
-        from cdc.zoo.loader import read_weights_dict
-        from cdc.zoo.weights import read_verified_bytes, sha256_hex
-
-        data, source = read_verified_bytes(name_or_path, sha256)
-        obj = read_weights_dict(data, source)
-        return cls.from_weights(obj, sha256_hex(data), source, device=device, precision=precision)
+        return cls(model, decoder.eval(), corr, model_id, sha256, device, precision, paths,
+                   obj.get("meta"))
 
     def set_paths(self, paths: Sequence[PathLike] | None) -> CorrDiffCodec:
         """The decode paths (steps, γ, seed) the encoder simulates and stores, first = default.
@@ -126,10 +113,16 @@ class CorrDiffCodec(CDCCodec):
         self.paths = out
         return self
 
+    def prepare_paths(self, settings: Sequence[DecodeSettings]) -> None:
+        """Encode one corrected path per decode setting (an archive's tiers), first = default."""
+        self.set_paths(list(settings))
+
+    def decode_paths(self) -> list[tuple[int, float, int]]:
+        return list(self.paths)
+
     # -- shared by both ends ----------------------------------------------------------------
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                              enabled=self.autocast_dtype is not None)
+        return self.autocast()
 
     @torch.no_grad()
     def e2e(self, y_hat: Tensor) -> Tensor:
@@ -142,9 +135,10 @@ class CorrDiffCodec(CDCCodec):
                   gamma: float, seeds: list[int], first: int, count: int,
                   indices: Tensor | None = None, target: Tensor | None = None,
                   sizes: list[tuple[int, int]] | None = None) -> tuple[Tensor, Tensor]:
-        h, w = y_hat.shape[-2] * 16, y_hat.shape[-1] * 16
+        ys, ch = self.config.y_stride, self.config.space_channels
         sampler = self.model.sampler
-        x_n = sampler.initial_noise((y_hat.shape[0], 3, h, w), gamma, seeds, self.device)
+        x_n = sampler.initial_noise((y_hat.shape[0], ch, y_hat.shape[-2] * ys,
+                                     y_hat.shape[-1] * ys), gamma, seeds, self.device)
 
         def denoise(x_t: Tensor, t: Tensor) -> Tensor:
             with self._autocast():
@@ -169,23 +163,13 @@ class CorrDiffCodec(CDCCodec):
         The reconstructions are (3, H, W) tensors in [-1, 1], cropped to the image;
         the decoder reproduces them (tests check that).
         """
-        prepared = []
-        for img in images:
-            arr, mode = to_rgb_array(img)
-            x, replicate = pad_to_multiple(array_to_tensor(arr), self.config.pad_multiple)
-            prepared.append((x, arr.shape[0], arr.shape[1], mode, replicate))
         out: list[Any] = [None] * len(images)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, (x, *_rest) in enumerate(prepared):
-            groups.setdefault(tuple(x.shape[-2:]), []).append(i)
-        for idx in groups.values():
-            batch = torch.cat([prepared[i][0] for i in idx]).to(self.device)
-            with self._autocast():
-                res = self.model.compress_latent(batch)
+        for preps, res, idx in self.encode_latents(images):
+            batch = torch.cat([p.x for p in preps]).to(self.device)
             y_hat = res["y_hat"].to(self.device)
             context = self._context(y_hat)
             x0_e2e = self.e2e(y_hat)
-            sizes = [(prepared[i][1], prepared[i][2]) for i in idx]
+            sizes = [(p.height, p.width) for p in preps]
             records: list[list[PathRecord]] = [[] for _ in idx]
             recons: list[list[Tensor]] = [[] for _ in idx]
             for steps, gamma, seed in self.paths:
@@ -200,14 +184,9 @@ class CorrDiffCodec(CDCCodec):
                     recons[j].append(x[j, :, :h, :w].cpu())
             y_strings, z_strings = res["strings"]
             for j, i in enumerate(idx):
-                _, h, w, mode, replicate = prepared[i]
-                data = Container(
-                    codec=self.codec_id, model_digest=self.digest, height=h, width=w,
-                    symbols_crc=symbols_crc(_symbols_bytes(res["symbols"][j])),
-                    flags=int(replicate) | (int(mode) << 1),
-                    sections={"Z": z_strings[j], "Y": y_strings[j],
-                              W_TAG: pack_w(records[j], self.correction.bits)},
-                ).pack()
+                data = self.container(preps[j], {"Z": z_strings[j], "Y": y_strings[j],
+                                                 W_TAG: pack_w(records[j], self.correction.bits)},
+                                      symbols_crc(_symbols_bytes(res["symbols"][j])))
                 out[i] = (data, recons[j])
         return out
 
@@ -280,8 +259,7 @@ class CorrDiffCodec(CDCCodec):
         return tensor_to_image(x[0, :, : c.height, : c.width])
 
     def info(self, data: bytes) -> dict[str, Any]:
-        d = describe(data)
-        d["model_matches"] = d["model_digest"] == self.digest.hex()
+        d = super().info(data)
         table = self.correction.table
         d["corrdiff_paths"] = [
             {"steps": p.steps, "gamma": p.gamma, "seed": p.seed,
@@ -305,19 +283,15 @@ def corrdiff_weights_bytes(model: ConditionalDiffusionCompressor, decoder: E2EDe
                            correction: CorrectionConfig, model_id: str, half: bool = False,
                            meta: dict[str, Any] | None = None) -> bytes:
     """A corrdiff weights file: the base CDC state dict (with its entropy tables) plus the
-    end-to-end decoder under ``corrdiff.decoder.``; loadable by ``cdc.zoo.load_codec``."""
-    sd = dict(model.state_dict())
+    end-to-end decoder under ``corrdiff.decoder.``; loadable by ``zoo.load_codec``."""
+    sd = model.network_state_dict()
     if sd["entropy.hyper.entropy_bottleneck._quantized_cdf"].numel() == 0:
         raise WeightsError("entropy tables are empty: call model.update() before export")
     sd.update(decoder.prefixed_state_dict())
     if half:
-        sd = {k: (v.half() if v.is_floating_point() and not k.startswith("entropy.") else v)
-              for k, v in sd.items()}
-    buf = io.BytesIO()
-    torch.save({"format": FORMAT, "codec": "corrdiff", "model_id": model_id,
-                "config": corrdiff_config(model.cfg, decoder.dcfg, correction),
-                "meta": meta or {}, "state_dict": sd}, buf)
-    return buf.getvalue()
+        sd = half_state(sd)
+    return pack_weights("corrdiff", model_id, corrdiff_config(model.cfg, decoder.dcfg, correction),
+                        sd, meta, model.space)
 
 
 __all__ = ["CorrDiffCodec", "corrdiff_config", "corrdiff_weights_bytes"]

@@ -18,12 +18,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from cdc.bitstream import DIGEST_BYTES
-from cdc.codec import _AUTOCAST
+from cdc.base import BaseCodec
 from cdc.diffc import rcc
 from cdc.diffc import stream as st
 from cdc.diffc.model import DiffCConfig, DiffusionPrior, prior_from_dict
-from cdc.errors import CorruptStreamError, ModelMismatchError, WeightsError
+from cdc.errors import CorruptStreamError, ModelMismatchError
 from cdc.image import SourceMode, array_to_tensor, pad_to_multiple, tensor_to_image, to_rgb_array
 from cdc.interface import ImageLike
 
@@ -33,7 +32,7 @@ _LN2 = math.log(2.0)
 PLAN_READ_BYTES = 1024
 
 
-class DiffCCodec:
+class DiffCCodec(BaseCodec):
     """DiffC with real reverse-channel coding and prefix-decodable streams."""
 
     codec_id = "diffc"
@@ -42,36 +41,18 @@ class DiffCCodec:
     plan_read_bytes = PLAN_READ_BYTES
 
     def __init__(self, prior: DiffusionPrior, model_id: str, weights_sha256: str,
-                 device: str | torch.device = "cpu", precision: str | None = None):
-        if precision not in _AUTOCAST:
-            raise ValueError(f"precision must be one of fp32, bf16, fp16; got {precision!r}")
-        self.device = torch.device(device)
+                 device: str | torch.device = "cpu", precision: str | None = None,
+                 meta: dict[str, Any] | None = None):
+        super().__init__(model_id, weights_sha256, device, precision, meta)
         self.prior = prior.to(self.device).eval()
-        self.model_id = model_id
-        self.weights_sha256 = weights_sha256
-        self.digest = bytes.fromhex(weights_sha256)[:DIGEST_BYTES]
-        self.autocast_dtype = _AUTOCAST[precision]
 
     @classmethod
     def from_weights(cls, obj: dict[str, Any], sha256: str, source: str,
-                     device: str | torch.device = "cpu",
-                     precision: str | None = None) -> DiffCCodec:
-        """From a validated weights dict (``cdc.zoo.load_codec`` dispatches here)."""
+                     device: str | torch.device = "cpu", precision: str | None = None,
+                     components: dict[str, dict[str, torch.Tensor]] | None = None) -> DiffCCodec:
+        """From a validated weights dict (``zoo.load_codec`` dispatches here)."""
         prior, model_id = prior_from_dict(obj, source)
-        codec = cls(prior, model_id, sha256, device, precision)
-        codec.meta = dict(obj.get("meta") or {})  # training facts, recommended tiers
-        return codec
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, device: str | torch.device = "cpu",
-                        precision: str | None = None, sha256: str | None = None) -> DiffCCodec:
-        from cdc.zoo import load_codec
-
-        codec = load_codec(name_or_path, device=device, precision=precision, sha256=sha256)
-        if not isinstance(codec, cls):
-            raise WeightsError(
-                f"{name_or_path}: weights are for codec {codec.codec_id!r}, not DiffC")
-        return codec
+        return cls(prior, model_id, sha256, device, precision, obj.get("meta"))
 
     @property
     def config(self) -> DiffCConfig:
@@ -79,8 +60,7 @@ class DiffCCodec:
 
     # -- shared by both directions ------------------------------------------------------
     def _x0_hat(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                            enabled=self.autocast_dtype is not None):
+        with self.autocast():
             return self.prior.x0_hat(x, t)[0]
 
     def _prepare(self, h: int, w: int) -> tuple[tuple[int, ...], torch.Tensor]:
@@ -225,8 +205,7 @@ class DiffCCodec:
         p, t, xs = self.decode_levels(data, max_bytes)
         x = xs[-1].to(self.device) if xs else self._start(self._prepare(p.height, p.width)[0],
                                                           p.plan.seed)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                            enabled=self.autocast_dtype is not None):
+        with self.autocast():
             x0 = self.prior.reconstruct(x, t, steps, eta=gamma, seed=seed)
         return tensor_to_image(x0[0, :, : p.height, : p.width])
 
@@ -248,16 +227,11 @@ class DiffCCodec:
         p = st.parse(data)
         return [p.prefix_bytes(j) for j in range(len(p.plan.steps) + 1)]
 
-    @staticmethod
-    def prefix_length(head: bytes, steps: int | None = None, bpp: float | None = None) -> int:
+    def prefix_length(self, head: bytes, steps: int | None = None, bpp: float | None = None
+                      ) -> int:
         """See the module function :func:`prefix_length` (``head``: the first
         :data:`PLAN_READ_BYTES` bytes of a stream)."""
         return prefix_length(head, steps=steps, bpp=bpp)
-
-    def info(self, data: bytes) -> dict[str, Any]:
-        d = describe(data)
-        d["model_matches"] = d["model_digest"] == self.digest.hex()
-        return d
 
 
 def prefix_length(head: bytes, steps: int | None = None, bpp: float | None = None) -> int:
@@ -280,7 +254,7 @@ def prefix_length(head: bytes, steps: int | None = None, bpp: float | None = Non
     return p.full_length
 
 
-def describe(data: bytes) -> dict[str, Any]:
+def describe(data: bytes, config: Any = None) -> dict[str, Any]:
     """What ``cdc info`` shows for a DiffC stream or prefix (needs no model)."""
     p = st.parse(data)
     return {

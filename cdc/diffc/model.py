@@ -21,7 +21,7 @@ from cdc.config import CDCConfig, config_from_dict, config_to_dict
 from cdc.diffusion.schedules import NoiseSchedule
 from cdc.errors import WeightsError
 from cdc.models.unet import ConditionalUNet
-from cdc.zoo.weights import FORMAT
+from cdc.weights import FORMAT
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Load a codec space's pretrained components from the package (digest-checked).
 
 ``cdc`` builds spaces from state dicts it is handed; this is where the shipped files
-(``cdc/zoo/weights/taef2_*.pth``, MIT, see NOTICE) are read, their sha256 checked
+(``zoo/weights/taef2_*.pth``, MIT, see NOTICE) are read, their sha256 checked
 against the digests the space (or a weights file) names, and a file that differs is
 refused — the autoencoder is frozen, never a silently different network.
 """
@@ -37,7 +37,7 @@ def component_bytes(name: str, sha256: str | None = None, path: str | Path | Non
     source = str(path) if path is not None else f"shipped component {name!r}"
     try:
         data = Path(path).read_bytes() if path is not None else \
-            (resources.files("cdc.zoo") / file).read_bytes()  # type: ignore[operator]
+            (resources.files("zoo") / file).read_bytes()  # type: ignore[operator]
     except OSError as e:
         raise WeightsError(f"{source}: cannot read ({e.strerror or e})") from None
     digest = hashlib.sha256(data).hexdigest()
@@ -53,6 +53,11 @@ def component_state(name: str, sha256: str | None = None) -> dict[str, torch.Ten
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise WeightsError(f"component {name!r}: not a readable state dict ({e})") from e
+
+
+def component_states(digests: dict[str, str]) -> dict[str, dict[str, torch.Tensor]]:
+    """Component name → state dict, for the digests a weights file names."""
+    return {name: component_state(name, sha) for name, sha in digests.items()}
 
 
 def load_space(spec: str | dict[str, Any], components: dict[str, str] | None = None) -> Space:

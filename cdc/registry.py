@@ -1,0 +1,72 @@
+"""One registration per codec: everything the toolkit needs to find a codec by its id.
+
+The bitstream reader (id byte ↔ name), the zoo (codec class for a weights file), ``cdc
+info`` (stream describer), the named configs, and ``cdc train`` / ``cdc export-model``
+(trainer and exporter) all read this table and nothing else. Entries name their parts as
+``"module:attribute"`` strings, resolved on first use, so a codec's code (and the
+training stack, which lives in ``pipeline``) is imported only when it is needed.
+
+Adding a codec: write its config dataclass, model and codec class (subclass of
+:class:`cdc.base.BaseCodec`), a describer, a trainer module with ``run_training`` and
+``export``, then add one :class:`CodecEntry` below (docs/codec.md, "Adding a codec").
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CodecEntry:
+    name: str  # the id in weights files, archives and the CLI
+    byte: int  # the id byte in every stream's header (never reused)
+    codec: str  # "module:Class" of the codec (a BaseCodec)
+    describe: str  # "module:function" (stream bytes → dict) for ``cdc info``, no model needed
+    configs: str  # "module:DICT" of named model configs
+    trainer: str  # "module" with run_training(config, run_dir, ...) and export(...)
+    summary: str = ""
+
+
+CODECS: dict[str, CodecEntry] = {e.name: e for e in (
+    CodecEntry("cdc", 0, "cdc.codec:CDCCodec", "cdc.codec:describe", "cdc.configs:CONFIGS",
+               "pipeline.train", "Conditional Diffusion Compression (Yang & Mandt)"),
+    CodecEntry("diffc", 1, "cdc.diffc.codec:DiffCCodec", "cdc.diffc.codec:describe",
+               "cdc.diffc.model:DIFFC_CONFIGS", "pipeline.train_diffc",
+               "DiffC: diffusion prior + reverse-channel coding (Theis et al.)"),
+    CodecEntry("corrdiff", 2, "cdc.corrdiff.codec:CorrDiffCodec", "cdc.codec:describe",
+               "cdc.configs:CONFIGS", "pipeline.train_corrdiff",
+               "CorrDiff: CDC + encoder-chosen end-to-end correction (Ma et al.)"),
+)}
+
+BY_BYTE: dict[int, str] = {e.byte: e.name for e in CODECS.values()}
+
+
+def entry(name: str) -> CodecEntry:
+    try:
+        return CODECS[name]
+    except KeyError:
+        raise KeyError(f"unknown codec {name!r}; known: {', '.join(CODECS)}") from None
+
+
+def resolve(ref: str) -> Any:
+    """``"module:attr"`` → the object (``"module"`` → the module)."""
+    module, _, attr = ref.partition(":")
+    obj = importlib.import_module(module)
+    return getattr(obj, attr) if attr else obj
+
+
+def codec_class(name: str) -> type:
+    return resolve(entry(name).codec)
+
+
+def get_config(name: str, codec: str | None = None) -> Any:
+    """A named model config of ``codec`` (or of any codec when None)."""
+    names = [codec] if codec else list(dict.fromkeys(CODECS))
+    for c in names:
+        table = resolve(entry(c).configs)
+        if name in table:
+            return table[name]
+    known = sorted({k for c in names for k in resolve(entry(c).configs)})
+    raise KeyError(f"unknown model config {name!r}; known: {', '.join(known)}")

@@ -1,0 +1,84 @@
+"""One entry point that loads *any* codec of the toolkit from a weights file.
+
+A weights file names its codec (``"codec": "cdc" | "diffc" | "corrdiff"``) and, for models
+on a pretrained space, the sha256 of each component; pipeline, storage and jobs call
+:func:`load_codec` / :func:`codec_from_bytes` and never need to know which codec an
+archive was written with. The codec class comes from :mod:`cdc.registry`; its
+``from_weights(obj, sha256, source, device=, precision=, components=)`` gets the validated
+dict and the component state dicts, read and digest-checked here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from cdc.errors import WeightsError
+from cdc.registry import CODECS, codec_class
+from cdc.weights import model_from_dict, read_weights_dict, space_of
+from zoo.components import component_states
+from zoo.store import read_verified_bytes, sha256_hex
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    model_id: str
+    sha256: str  # hex digest of the weights file
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict)  # training facts, recommended tiers
+
+
+def components_for(obj: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+    """The pretrained component state dicts a weights dict names (digest-checked)."""
+    _, digests = space_of(obj)
+    return component_states(digests)
+
+
+def codec_from_bytes(data: bytes, source: str, device: str | torch.device = "cpu",
+                     precision: str | None = None) -> Any:
+    """Build the codec a weights file describes (any registered codec id)."""
+    obj = read_weights_dict(data, source)
+    name = str(obj.get("codec", "cdc"))
+    if name not in CODECS:
+        raise WeightsError(f"unknown codec {name!r} in weights file; known: {', '.join(CODECS)}")
+    return codec_class(name).from_weights(obj, sha256_hex(data), source, device=device,
+                                          precision=precision, components=components_for(obj))
+
+
+def load_codec(name_or_path: str, device: str | torch.device = "cpu",
+               precision: str | None = None, sha256: str | None = None) -> Any:
+    """Shipped model name, weights path or fsspec URL → codec (digest-checked)."""
+    data, source = read_verified_bytes(name_or_path, sha256)
+    return codec_from_bytes(data, source, device=device, precision=precision)
+
+
+def load_weights(name_or_path: str, sha256: str | None = None) -> LoadedModel:
+    """The CDC network (of a cdc or corrdiff file) with its meta, read once (digest-checked)."""
+    data, source = read_verified_bytes(name_or_path, sha256)
+    obj = read_weights_dict(data, source)
+    spec, _ = space_of(obj)
+    space = None
+    if spec.get("name", "pixel") != "pixel":
+        from cdc.spaces import build_space
+
+        space = build_space(spec, components_for(obj))
+    model, model_id = model_from_dict(obj, source, space)
+    return LoadedModel(model, model_id, sha256_hex(data), source, dict(obj.get("meta") or {}))
+
+
+def describe_stream(data: bytes) -> dict[str, Any]:
+    """What ``cdc info`` shows for a stream of any codec (needs no model)."""
+    from cdc.describe import describe_stream as describe
+
+    return describe(data)
+
+
+def model_from_bytes(data: bytes, source: str) -> tuple[Any, str]:
+    """The CDC network (and model id) of a cdc or corrdiff weights file's bytes."""
+    from cdc.codec import cdc_model
+
+    obj = read_weights_dict(data, source)
+    return cdc_model(obj, source, components_for(obj))
