@@ -180,6 +180,26 @@ def test_listing_filter_details_and_info(server: str):
     assert info["default_tier"] == "quick" and info["codec"] == "cdc"
 
 
+@pytest.mark.timeout(60)
+def test_gallery_page_and_its_files(server: str):
+    """GET / is the gallery (tests/test_gallery.py drives it in a browser): plain files
+    shipped with the package, nothing fetched from elsewhere, links relative to the
+    route the page is served under."""
+    status, h, body = _get(f"{server}/")
+    page = body.decode()
+    assert status == 200 and h["content-type"].startswith("text/html"), page
+    assert '<base href="/">' in page and 'src="gallery/app.js"' in page
+    assert '<base href="/tight/">' in _get(f"{server}/tight/")[2].decode()
+    for name, media in (("app.js", "text/javascript"), ("style.css", "text/css")):
+        status, h, body = _get(f"{server}/gallery/{name}")
+        assert status == 200 and h["content-type"].startswith(media) and body
+        assert b"http://" not in body and b"https://" not in body  # no CDN, no fonts
+        assert _get(f"{server}/gallery/{name}", headers={"If-None-Match": h["etag"]})[0] == 304
+    assert b"http://" not in page.encode() and b"https://" not in page.encode()
+    assert _get(f"{server}/gallery/index.html")[0] == 404
+    assert _get(f"{server}/gallery/serve.py")[0] == 404
+
+
 @pytest.mark.timeout(90)
 def test_concurrent_requests_share_a_decode_batch(server: str):
     keys = [f"img{i:03d}.png" for i in range(1, 7)]

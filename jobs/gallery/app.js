@@ -203,12 +203,15 @@ function stats(r) {
   };
 }
 
-function label(s) {
+// how one tier was made: steps, γ, bytes read, bpp, decode time
+function details(s) {
   const how = s.source === "decoded" ? `decoded in ${fmtMs(s.decodeMs)}`
     : s.source === "archive-cache" ? "from the archive's cache" : "from the server's cache";
-  return `${s.tier} · ${plural(s.steps, "step")} · γ ${s.gamma} · ${fmtBytes(s.bytes)} read · ` +
+  return `${plural(s.steps, "step")} · γ ${Number(s.gamma)} · ${fmtBytes(s.bytes)} read · ` +
     `${s.bpp.toFixed(3)} bpp · ${how}`;
 }
+
+const label = (s) => `${s.tier} · ${details(s)}`;
 
 function tierRow(tier) {
   return el("li", { className: "pending" },
@@ -266,7 +269,7 @@ async function openViewer(index) {
     const name = item.key.split("/").pop().replace(/\.[^.]*$/, "");
     rows[i].className = "ready";
     rows[i].querySelector(".what").replaceChildren(
-      el("button", { type: "button", className: "show", textContent: label(shot.stats),
+      el("button", { type: "button", className: "show", textContent: details(shot.stats),
         onclick: () => show(v.shots.indexOf(shot), v.gen) }),
       el("a", { href: url, download: `${name}-${tier}.png`, textContent: "download" }));
     $("compare").disabled = v.shots.length < 2;
