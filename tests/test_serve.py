@@ -41,7 +41,8 @@ def server(archive_url: str, weights_file: str, tmp_path_factory):
 
     from jobs.serve import ServeOptions, deploy, start_http
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    # address="local": a Ray of its own even while another one runs on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              object_store_memory=80 * 1024 * 1024, _node_ip_address="127.0.0.1")
     port = free_port()
     try:
