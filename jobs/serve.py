@@ -428,7 +428,7 @@ class ImageService:
     def _stream(self, key: str, settings: Any) -> Record:
         """The stream the settings decode: a progressive codec's tier with a prefix budget
         reads only that prefix (two range reads), other tiers the whole record."""
-        bpp = self.reader.prefix_bpp(settings)
+        bpp = self.reader._prefix_bpp(settings)  # the Reader's rule (None: whole record)
         try:
             if bpp is not None:
                 return self.reader.prefix_record(key, bpp)

@@ -637,8 +637,8 @@ class Reader:
         todo: list[tuple[int, Record, str]] = []
         for i, k in enumerate(keys):
             try:
-                if recs[i] is None and self.prefix_bpp(settings) is not None:
-                    recs[i] = self.prefix_record(k, self.prefix_bpp(settings))
+                if recs[i] is None and self._prefix_bpp(settings) is not None:
+                    recs[i] = self.prefix_record(k, self._prefix_bpp(settings))
                 rec = recs[i] if recs[i] is not None else self.archive[k]
                 if not rec.ok:
                     raise FailedRecordError(f"{self.archive.url}: {k}: image failed when "
@@ -676,9 +676,8 @@ class Reader:
                 out[i] = Decoded(rec.key, data, fmt, "decoded", img.width, img.height, dt)
         return out  # type: ignore[return-value]
 
-    def prefix_bpp(self, settings: DecodeSettings) -> float | None:
-        """The tier's prefix budget, when this codec's streams decode from a prefix (then
-        :meth:`prefix_record` reads the record for those settings), else None."""
+    def _prefix_bpp(self, settings: DecodeSettings) -> float | None:
+        """The tier's prefix budget, when this codec's streams decode from a prefix."""
         bpp = settings.extra.get("bpp")
         return float(bpp) if bpp is not None and getattr(self.codec, "progressive", False) else None
 
