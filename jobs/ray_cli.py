@@ -235,7 +235,8 @@ def register(app: typer.Typer) -> None:
         cache_dir: str | None = typer.Option(None, help="Cache folder ($CDC_CACHE_DIR)."),
         write_cache: bool = typer.Option(False, help="Also store images in the archive's cache."),
     ) -> None:
-        """Serve an archive over HTTP (Ray Serve): GET /images/{key}?tier=&format=."""
+        """Serve an archive over HTTP (Ray Serve): a gallery page at /, and
+        GET /images/{key}?tier=&format=&width=."""
         from cdc import WeightsError
         from jobs.serve import ServeOptions, run_server
         from pipeline.tiers import TierError
@@ -248,8 +249,8 @@ def register(app: typer.Typer) -> None:
                             write_cache=write_cache)
 
         def ready(url: str) -> None:
-            typer.echo(f"serving {archive_url} on {url} (GET /images, /images/{{key}}?tier=, "
-                       "/healthz); Ctrl-C stops", err=True)
+            typer.echo(f"serving {archive_url} on {url}: the gallery at {url}/, GET /images, "
+                       "/images/{key}?tier=, /info, /healthz; Ctrl-C stops", err=True)
 
         try:
             run_server(archive_url, model=model, opts=opts, host=host, port=port,

@@ -1,15 +1,33 @@
-"""``cdc serve``: an archive over HTTP, decoded lazily by quality tier (Ray Serve).
+"""``cdc serve``: an archive over HTTP, decoded lazily by quality tier (Ray Serve), with a
+gallery page for people.
 
 Routes (FastAPI ingress):
 
-* ``GET /images/{key}?tier=standard&format=png|webp|jpeg[&steps=&gamma=&seed=]`` -> the
-  image. 404 unknown key, 400 bad tier/format/settings/key, 422 a key whose image failed
-  when it was archived, 429 when this replica already has ``max_pending`` decodes waiting,
-  503 from Serve itself when the deployment's queue (``max_queued_requests``) is full.
-  Response headers say where the image came from (``X-CDC-Source``: cache, archive-cache,
-  decoded), the decode batch it rode in (``X-CDC-Batch-Size``) and the settings.
-* ``GET /images?prefix=&offset=&limit=`` -> ``{"keys": [...], "total": n, ...}``.
+* ``GET /`` -> the gallery (``jobs/gallery/``: one HTML page, one stylesheet, one JS module,
+  no build step, nothing from elsewhere): a lazily loaded grid of ``preview`` thumbnails,
+  a key filter, and a viewer that refines an image in place tier by tier.
+* ``GET /images/{key}?tier=standard&format=png|webp|jpeg[&width=&steps=&gamma=&seed=]`` ->
+  the image (``width``: resized on the server after decoding, never enlarged; cached like
+  every decoded image). 404 unknown key, 400 bad tier/format/settings/key, 422 a key whose
+  image failed when it was archived (and FastAPI's parameter validation), 429 when this
+  replica already has ``max_pending`` decodes waiting, 503 from Serve itself when the
+  deployment's queue (``max_queued_requests``) is full. Response headers say where the
+  image came from (``X-CDC-Source``: cache, archive-cache, decoded), the decode batch it
+  rode in (``X-CDC-Batch-Size``), the settings, the stream bytes read and their bpp, and
+  the decode time (see :func:`image_headers`). A decoded image is a function of (model
+  digest, key, stored stream, settings, format, width), so it carries a strong ``ETag``
+  made of exactly those (the stream by its stored CRC and length, metadata only) and
+  ``Cache-Control: immutable``; ``If-None-Match`` is answered 304 before any payload read
+  or decode.
+* ``GET /images?prefix=&q=&offset=&limit=&details=`` -> ``{"keys": [...], "total": n, ...}``
+  (``q``: case-insensitive substring; ``details``: also ``items`` with each key's status,
+  size and, for a failed record, why).
+* ``GET /info`` -> what the gallery's header shows: archive name (the last component of its
+  URL), codec, model, record and failed counts, tiers from cheapest to best.
 * ``GET /tiers`` -> the archive's tiers; ``GET /healthz`` -> 200 with counters.
+
+Error bodies are ``{"detail": "<one line>"}`` and never name server paths: the archive's URL
+becomes its name, other paths their last component (:func:`public_message`).
 
 Decoding: a request first checks the local disk LRU (and the archive's cache area), and
 only a miss reaches ``_decode_batch``, a ``@serve.batch`` method: concurrent misses are
@@ -22,16 +40,28 @@ health checks and cache hits meanwhile. Memory is bounded twice: Serve queues at
 with ``Retry-After``). The HTTP proxy binds 127.0.0.1 unless told otherwise.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: Serve ships the class to its replicas with
+# cloudpickle, which keeps only the globals a method's code uses, so a route's annotation
+# left as a string ("Request") would no longer resolve there and FastAPI would take the
+# parameter for a query field. Evaluated annotations travel with the functions.
 import asyncio
+import hashlib
+import html
+import io
+import json
+import logging
+import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
 from ray import serve
 
 from jobs.models import is_local_file
@@ -44,11 +74,32 @@ from pipeline.archive import (
     resolve_model,
     weights_digest,
 )
-from pipeline.cache import DEFAULT_MAX_BYTES, DiskLRU
+from pipeline.cache import DEFAULT_MAX_BYTES, DiskLRU, decoded_key
+from pipeline.files import encode_image
 from pipeline.tiers import DEFAULT_TIER, TierError, settings_dict
-from storage import Archive, BadKeyError, RecordNotFoundError
+from storage import (
+    Archive,
+    ArchiveError,
+    DuplicateKeyError,
+    Record,
+    RecordInfo,
+    RecordNotFoundError,
+    key_problem,
+)
 
 DEFAULT_PORT = 8000
+#: Decoded images never change for one ETag, so clients may keep them for a year.
+IMMUTABLE = "public, max-age=31536000, immutable"
+NO_STORE = {"Cache-Control": "no-store"}
+#: Part of every image ETag: bump it when the same inputs start giving other bytes (a new
+#: resampling filter or image encoder settings).
+ETAG_VERSION = 1
+MIN_WIDTH, MAX_WIDTH = 16, 4096
+GALLERY_FILES = {"index.html": "text/html; charset=utf-8",
+                 "app.js": "text/javascript; charset=utf-8",
+                 "style.css": "text/css; charset=utf-8"}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,7 +122,119 @@ class ServeOptions:
     threads: int = 1
 
 
-api = FastAPI(title="cdc-toolkit archive", docs_url=None, redoc_url=None)
+# ----------------------------------------------------------------------------------------
+# What responses may say
+# ----------------------------------------------------------------------------------------
+# an absolute path or a URL (scheme://...), up to the next blank, quote or bracket
+_PATHLIKE = re.compile(r"(?:\b[A-Za-z][A-Za-z0-9+.\-]*://|(?<![\w.~-])/)[^\s'\"(),;<>]*")
+_ARCHIVE_URLS: set[str] = set()  # this process's archives, for the module-level handlers
+
+
+def archive_name(url: str) -> str:
+    """What responses call an archive: the last component of its URL, never its path."""
+    tail = url.split("://", 1)[-1].split("?", 1)[0].rstrip("/")
+    return tail.rsplit("/", 1)[-1] or "archive"
+
+
+def public_message(text: str, urls: set[str] | None = None) -> str:
+    """``text`` fit for an HTTP client: its first line, each archive URL in ``urls``
+    replaced by the archive's name, and any other absolute path or URL by its last
+    component (a client has no business knowing the server's folders)."""
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    line = (lines[0] + (" …" if len(lines) > 1 else "")) if lines else "error"
+    for url in sorted(urls if urls is not None else _ARCHIVE_URLS, key=len, reverse=True):
+        if url:
+            line = line.replace(url, archive_name(url))
+    return _PATHLIKE.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] or "…", line)
+
+
+def failed_reason(key: str, error: str, urls: set[str] | None = None) -> str:
+    """Why a record failed when it was archived, without the source file's path (the
+    stored error usually starts with it: ``/photos/2024/cat.png: not an image file``)."""
+    why = public_message(error or "unknown error", urls)
+    head, sep, rest = why.partition(": ")
+    if sep and rest and head in (key, key.rsplit("/", 1)[-1]):
+        why = rest
+    return why
+
+
+def _http(status: int, detail: str, headers: Mapping[str, str] | None = None) -> HTTPException:
+    return HTTPException(status, detail, headers={**NO_STORE, **(headers or {})})
+
+
+def image_etag(model_digest: str, info: RecordInfo, settings: Any, fmt: str,
+               width: int | None) -> str:
+    """A strong ETag for one decoded image, from metadata only (no payload read): the
+    model digest, the key, the stored stream (its CRC and length), the explicit decode
+    settings, the output format and width."""
+    blob = json.dumps(
+        {"v": ETAG_VERSION, "model": model_digest.lower().removeprefix("sha256:"),
+         "key": info.key, "crc": info.checksum, "nbytes": info.nbytes,
+         "settings": settings_dict(settings), "format": fmt, "width": width},
+        sort_keys=True, separators=(",", ":"))
+    return '"' + hashlib.sha256(blob.encode()).hexdigest()[:40] + '"'
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 ``If-None-Match`` (weak comparison): ``*`` or any listed tag."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    return any(t.strip().removeprefix("W/") == etag for t in if_none_match.split(","))
+
+
+def tier_order(tiers: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Tier names from cheapest to best: a prefix budget before the whole stream (smaller
+    first), then fewer steps, then smaller γ."""
+    def cost(name: str) -> tuple:
+        t = tiers[name]
+        bpp = t.get("bpp")
+        return (bpp is None, bpp or 0.0, t.get("steps", 0), t.get("gamma", 0.0), name)
+
+    return sorted(tiers, key=cost)
+
+
+def resize_image(png: bytes, width: int, fmt: str) -> bytes:
+    """``png`` scaled to ``width`` px wide (aspect kept), encoded as ``fmt``."""
+    with Image.open(io.BytesIO(png)) as im:
+        im.load()
+        height = max(1, round(im.height * width / im.width))
+        small = im.resize((width, height), Image.Resampling.LANCZOS)
+    return encode_image(small, fmt)
+
+
+def image_headers(tier: str, settings: Any, info: RecordInfo, bytes_read: int, source: str,
+                  batch: int, decode_s: float, server_s: float) -> dict[str, str]:
+    """What an image response says about itself (the gallery's labels come from these)."""
+    s = settings_dict(settings)
+    pixels = max(1, info.width * info.height)
+    return {
+        "X-CDC-Source": source, "X-CDC-Batch-Size": str(batch), "X-CDC-Tier": tier,
+        "X-CDC-Settings": f"steps={s['steps']},gamma={s['gamma']},seed={s['seed']}",
+        "X-CDC-Steps": str(s["steps"]), "X-CDC-Gamma": str(s["gamma"]),
+        "X-CDC-Seed": str(s["seed"]),
+        "X-CDC-Bytes-Read": str(bytes_read),  # the stream bytes this image decodes from
+        "X-CDC-Record-Bytes": str(info.nbytes),  # the whole stored stream
+        "X-CDC-Bpp": f"{8 * bytes_read / pixels:.4f}",  # of the original size
+        "X-CDC-Image-Size": f"{info.width}x{info.height}",
+        "X-CDC-Decode-Ms": f"{decode_s * 1000:.1f}",  # 0 for a cache hit
+        "X-CDC-Server-Ms": f"{server_s * 1000:.1f}",
+    }
+
+
+api = FastAPI(title="cdc-toolkit archive", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, as one line (its default body echoes inputs and internals)."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if x not in ("query", "path", "header")]
+        parts.append(f"{'.'.join(loc) or 'request'}: {err.get('msg', 'invalid value')}")
+    return JSONResponse({"detail": public_message("; ".join(parts) or "invalid request")},
+                        status_code=422, headers=NO_STORE)
 
 
 @serve.deployment
@@ -95,17 +258,47 @@ class ImageService:
         self.reader = Reader(arch, codec, cache=cache, write_archive_cache=opts.write_cache)
         self.opts = opts
         self.url = url
+        self.name = archive_name(url)
+        self.urls = {url, arch.url}
+        _ARCHIVE_URLS.update(self.urls)
+        self.digest = expected_sha256
         self.pending = 0
-        self.served = {"cache": 0, "archive-cache": 0, "decoded": 0, "rejected": 0}
+        self.served = {"cache": 0, "archive-cache": 0, "decoded": 0, "not-modified": 0,
+                       "rejected": 0}
         self.batches: list[int] = []
+        self._counts: tuple[int, int] | None = None  # (records, failed), for /info
+        gallery = resources.files("jobs") / "gallery"
+        self.files = {n: (gallery / n).read_bytes() for n in GALLERY_FILES}
         self._decode_batch.set_max_batch_size(opts.max_batch_size)
         self._decode_batch.set_batch_wait_timeout_s(opts.batch_wait_s)
         self.reader.archive.keys()  # build the key index now, not on the first request
 
+    def _public(self, text: str) -> str:
+        return public_message(text, self.urls)
+
+    # -- the gallery ----------------------------------------------------------------------
+    @api.get("/")
+    async def gallery(self, request: Request) -> Response:
+        # relative links resolve against <base>: the route prefix the page is served under
+        base = request.scope.get("root_path", "").rstrip("/") + "/"
+        page = self.files["index.html"].decode().replace("%BASE%", html.escape(base))
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+
+    @api.get("/gallery/{name}")
+    async def gallery_file(self, name: str, request: Request) -> Response:
+        if name not in GALLERY_FILES or name == "index.html":
+            raise _http(404, f"no gallery file {name!r}")
+        data = self.files[name]
+        headers = {"ETag": '"' + hashlib.sha256(data).hexdigest()[:32] + '"',
+                   "Cache-Control": "no-cache"}  # revalidated: a new version shows at once
+        if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type=GALLERY_FILES[name], headers=headers)
+
     # -- routes ---------------------------------------------------------------------------
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
-        return {"status": "ok", "archive": self.url, "model": self.reader.codec.model_id,
+        return {"status": "ok", "archive": self.name, "model": self.reader.codec.model_id,
                 "pending_decodes": self.pending, "served": self.served,
                 "batches": {"count": len(self.batches), "max": max(self.batches, default=0)}}
 
@@ -113,58 +306,163 @@ class ImageService:
     async def tiers(self) -> dict[str, Any]:
         return {"default": self.opts.default_tier, "tiers": self.reader.archive.tiers}
 
+    @api.get("/info")
+    async def info(self) -> dict[str, Any]:
+        try:
+            records, failed = await asyncio.to_thread(self._record_counts)
+        except ArchiveError as e:
+            raise _http(500, self._public(str(e))) from None
+        arch = self.reader.archive
+        tiers = arch.tiers
+        order = tier_order(tiers)
+        return {"name": self.name, "codec": arch.codec_id, "model": self.reader.codec.model_id,
+                "records": records, "failed": failed, "tiers": {n: tiers[n] for n in order},
+                "order": order, "default_tier": self.opts.default_tier,
+                "preview_tier": "preview" if "preview" in tiers else order[0]}
+
+    def _record_counts(self) -> tuple[int, int]:
+        arch = self.reader.archive
+        n = len(arch)
+        if self._counts is None or self._counts[0] != n:  # metadata only, once
+            self._counts = (n, sum(1 for i in arch.infos() if not i.ok))
+        return self._counts
+
     @api.get("/images")
-    async def list_images(self, prefix: str = "", offset: int = Query(0, ge=0),
-                          limit: int = Query(1000, ge=1, le=100_000)) -> dict[str, Any]:
-        keys = await asyncio.to_thread(self.reader.archive.keys)
+    async def list_images(self, prefix: str = "", q: str = "", offset: int = Query(0, ge=0),
+                          limit: int = Query(1000, ge=1, le=100_000),
+                          details: bool = False) -> dict[str, Any]:
+        try:
+            keys = await asyncio.to_thread(self.reader.archive.keys)
+        except ArchiveError as e:
+            raise _http(500, self._public(str(e))) from None
         if prefix:
             keys = [k for k in keys if k.startswith(prefix)]
-        return {"keys": keys[offset:offset + limit], "total": len(keys), "offset": offset,
-                "limit": limit}
+        if q:
+            needle = q.casefold()
+            keys = [k for k in keys if needle in k.casefold()]
+        page = keys[offset:offset + limit]
+        out: dict[str, Any] = {"keys": page, "total": len(keys), "offset": offset,
+                               "limit": limit}
+        if details:
+            out["items"] = await asyncio.to_thread(lambda: [self._item(k) for k in page])
+        return out
+
+    def _item(self, key: str) -> dict[str, Any]:
+        try:
+            info = self.reader.archive.info(key)
+        except ArchiveError as e:
+            return {"key": key, "ok": False, "error": self._public(str(e))}
+        item: dict[str, Any] = {"key": key, "ok": info.ok, "width": info.width,
+                                "height": info.height, "bytes": info.nbytes}
+        if not info.ok:
+            item["error"] = failed_reason(key, info.error, self.urls)
+        return item
 
     @api.get("/images/{key:path}")
-    async def get_image(self, key: str, tier: str | None = None, format: str = "png",
-                        steps: int | None = None, gamma: float | None = None,
-                        seed: int | None = None) -> Response:
+    async def get_image(self, key: str, request: Request, tier: str | None = None,
+                        format: str = "png", steps: int | None = None,
+                        gamma: float | None = None, seed: int | None = None,
+                        width: int | None = Query(None, ge=MIN_WIDTH, le=MAX_WIDTH)) -> Response:
+        try:
+            return await self._image(key, request, tier, format, steps, gamma, seed, width)
+        except HTTPException:
+            raise
+        except Exception as e:  # noqa: BLE001 - one line for the client, the rest in the log
+            log.exception("GET /images/%s", key)
+            raise _http(500, f"{key}: internal error ({type(e).__name__})") from None
+
+    async def _image(self, key: str, request: Request, tier: str | None, format: str,
+                     steps: int | None, gamma: float | None, seed: int | None,
+                     width: int | None) -> Response:
+        t0 = time.perf_counter()
         tier = tier or self.opts.default_tier
         try:
             fmt = output_format(format)
             settings, overridden = self.reader.settings(tier, steps=steps, gamma=gamma, seed=seed)
         except (TierError, ValueError) as e:
-            raise HTTPException(400, str(e)) from None
+            raise _http(400, self._public(str(e))) from None
+        if (why := key_problem(key)) is not None:
+            raise _http(400, f"bad key {key!r}: {why}")
+        info = await asyncio.to_thread(self._info, key)  # metadata only
+        if width is not None and width >= info.width:
+            width = None  # never enlarged: the image itself
+        etag = image_etag(self.digest, info, settings, fmt, width)
+        caching = {"ETag": etag, "Cache-Control": IMMUTABLE}
+        if etag_matches(request.headers.get("if-none-match"), etag):
+            self.served["not-modified"] += 1
+            return Response(status_code=304, headers=caching)
+        rec = await asyncio.to_thread(self._stream, key, settings)
+        data, small_key = None, None
+        if width is not None and self.reader.cache is not None:
+            small_key = decoded_key(key, hashlib.sha256(rec.data).hexdigest(), settings,
+                                    self.digest, f"{fmt};width={width}")
+            data = await asyncio.to_thread(self.reader.cache.get, small_key)
+        if data is not None:
+            source, batch, decode_s = "cache", 0, 0.0
+        else:
+            data, source, batch, decode_s = await self._decoded(
+                rec, settings, "PNG" if width is not None else fmt, tier, overridden)
+            if width is not None:
+                data = await asyncio.to_thread(resize_image, data, width, fmt)
+                if small_key is not None:
+                    await asyncio.to_thread(self.reader.cache.put, small_key, data)
+        self.served[source] += 1
+        headers = image_headers(tier, settings, info, len(rec.data), source, batch, decode_s,
+                                time.perf_counter() - t0)
+        return Response(data, media_type=MEDIA_TYPES[fmt], headers={**caching, **headers})
+
+    def _info(self, key: str) -> RecordInfo:
         try:
-            rec = await asyncio.to_thread(self.reader.record, key)
+            info = self.reader.archive.info(key)
         except RecordNotFoundError:
-            raise HTTPException(404, f"no image {key!r} in this archive") from None
-        except BadKeyError as e:
-            raise HTTPException(400, str(e)) from None
+            raise _http(404, f"no image {key!r} in this archive") from None
+        except DuplicateKeyError:
+            raise _http(409, f"{key}: stored more than once in this archive") from None
+        except ArchiveError as e:
+            raise _http(500, self._public(str(e))) from None
+        if not info.ok:
+            raise _http(422, f"{key}: image failed when archived: "
+                             f"{failed_reason(key, info.error, self.urls)}")
+        return info
+
+    def _stream(self, key: str, settings: Any) -> Record:
+        """The stream the settings decode: a progressive codec's tier with a prefix budget
+        reads only that prefix (two range reads), other tiers the whole record."""
+        bpp = self.reader._prefix_bpp(settings)  # the Reader's rule (None: whole record)
+        try:
+            if bpp is not None:
+                return self.reader.prefix_record(key, bpp)
+            return self.reader.record(key)
         except FailedRecordError as e:
-            raise HTTPException(422, str(e)) from None
+            raise _http(422, self._public(str(e))) from None
+        except RecordNotFoundError:
+            raise _http(404, f"no image {key!r} in this archive") from None
+        except (ArchiveError, DecodeError) as e:
+            raise _http(500, self._public(str(e))) from None
+
+    async def _decoded(self, rec: Record, settings: Any, fmt: str, tier: str,
+                       overridden: bool) -> tuple[bytes, str, int, float]:
+        """``(image bytes, source, batch size, decode seconds)``: from a cache, else
+        decoded in a batch with whatever else is waiting."""
         use_ac = self.reader.archive_cache and not overridden
         hit, source, _ = await asyncio.to_thread(self.reader.lookup, rec, settings, fmt, tier,
                                                  use_ac)
-        batch = 0
-        if hit is None:
-            if self.pending >= self.opts.max_pending:
-                self.served["rejected"] += 1
-                return JSONResponse({"detail": "too many decodes waiting; retry shortly"},
-                                    status_code=429, headers={"Retry-After": "1"})
-            self.pending += 1
-            try:
-                res, batch = await self._decode_batch((rec, settings, fmt, tier, overridden))
-            finally:
-                self.pending -= 1
-            if isinstance(res, DecodeError):
-                raise HTTPException(500, str(res))
-            if isinstance(res, Exception):
-                raise HTTPException(500, f"{key}: {type(res).__name__}: {res}")
-            hit, source = res.data, res.source
-        self.served[source] += 1
-        s = settings_dict(settings)
-        return Response(hit, media_type=MEDIA_TYPES[fmt], headers={
-            "X-CDC-Source": source, "X-CDC-Batch-Size": str(batch), "X-CDC-Tier": tier,
-            "X-CDC-Settings": f"steps={s['steps']},gamma={s['gamma']},seed={s['seed']}",
-            "Cache-Control": "public, max-age=86400, immutable"})
+        if hit is not None:
+            return hit, source, 0, 0.0
+        if self.pending >= self.opts.max_pending:
+            self.served["rejected"] += 1
+            raise _http(429, "too many decodes waiting; retry shortly", {"Retry-After": "1"})
+        self.pending += 1
+        try:
+            res, batch = await self._decode_batch((rec, settings, fmt, tier, overridden))
+        finally:
+            self.pending -= 1
+        if isinstance(res, DecodeError):
+            raise _http(500, self._public(str(res)))
+        if isinstance(res, Exception):
+            log.error("decoding %s: %s: %s", rec.key, type(res).__name__, res)
+            raise _http(500, f"{rec.key}: decoding failed ({type(res).__name__})")
+        return res.data, res.source, batch, res.seconds
 
     # -- batched decoding -----------------------------------------------------------------
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
@@ -198,7 +496,8 @@ def build_app(url: str, *, model: str | None = None, opts: ServeOptions | None =
     codec = load_driver_codec(model)
     arch.check_model(weights_digest(codec))
     if opts.default_tier not in arch.tiers:
-        raise TierError(f"{url}: no tier {opts.default_tier!r} (tiers: {', '.join(sorted(arch.tiers))})")
+        raise TierError(f"{url}: no tier {opts.default_tier!r} "
+                        f"(tiers: {', '.join(sorted(arch.tiers))})")
     weights = Path(model).read_bytes() if is_local_file(model) else None
     return ImageService.options(
         num_replicas=opts.replicas,
