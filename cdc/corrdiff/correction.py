@@ -251,13 +251,13 @@ def corrected_sample(
 
     Decoder: pass ``indices`` (B, count). Encoder: pass ``target`` (the padded
     original) and ``sizes`` (each item's unpadded (h, w)); the indices are chosen
-    step by step. Both run this same loop. Returns (x0 in [-1, 1], indices (B, count)).
-    Mirrors :meth:`cdc.diffusion.DDIMSampler.sample`; with all indices pointing at
-    w = 0 it returns exactly what that sampler returns.
+    step by step. Both run :meth:`DDIMSampler.sample` with the blend as its x0 hook.
+    Returns (x0 in [-1, 1], indices (B, count)); with all indices pointing at w = 0
+    it returns exactly what the plain sampler returns.
     """
-    times = sampler.timesteps(steps)
     if first < 0 or first + count > steps:
         raise ValueError(f"corrected steps {first}..{first + count - 1} outside {steps} steps")
+    sampler.timesteps(steps)  # validates
     b = x_n.shape[0]
     table_t = torch.tensor([float(w) for w in table], dtype=torch.float32)
     if indices is None:
@@ -268,25 +268,16 @@ def corrected_sample(
         chosen = torch.as_tensor(indices, dtype=torch.long).reshape(b, count)
         if chosen.numel() and (chosen.min() < 0 or chosen.max() >= len(table)):
             raise ValueError("weight index outside the table")
-    sched = sampler.schedule
-    x = x_n
-    x0 = x
-    for i, n in enumerate(times):
-        nt = torch.full((b,), n, device=x.device, dtype=torch.long)
-        a = sched.abar(nt)
-        out = denoise(x, sched.time(nt)).float()
-        x0, eps = type(sched).split(out, x, a, sampler.parameterization)
-        x0 = x0.clamp(-1, 1)
-        if first <= i < first + count:
-            k = i - first
-            if indices is None:
-                chosen[:, k] = choose_weights(x0, x0_e2e, target, table_t, sizes)
-            x0 = blend(x0, x0_e2e, table_t[chosen[:, k]])
-        eps = (x - a.sqrt() * x0) / (1 - a).sqrt().clamp(min=1e-8)
-        if i + 1 < len(times):
-            a_prev = sched.abar(torch.full_like(nt, times[i + 1]))
-            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
-    return x0.clamp(-1, 1), chosen
+
+    def correct(i: int, x0: Tensor) -> Tensor:
+        if not first <= i < first + count:
+            return x0
+        k = i - first
+        if indices is None:
+            chosen[:, k] = choose_weights(x0, x0_e2e, target, table_t, sizes)
+        return blend(x0, x0_e2e, table_t[chosen[:, k]])
+
+    return sampler.sample(denoise, x_n, steps, clip=True, hook=correct), chosen
 
 
 __all__ = [

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdc.config import CDCConfig, config_from_dict, config_to_dict
-from cdc.diffusion.schedules import NoiseSchedule
+from cdc.diffusion import DDIMSampler, NoiseSchedule
 from cdc.errors import WeightsError
 from cdc.models.unet import ConditionalUNet
 from cdc.weights import FORMAT
@@ -126,6 +126,8 @@ class DiffusionPrior(nn.Module):
         self.cfg = cfg
         self.unet = UnconditionalUNet(cfg)
         self.schedule = NoiseSchedule(cfg.schedule, cfg.train_timesteps)
+        # Float64 scalar coefficients, as the reverse-channel coder uses at both ends.
+        self.sampler = DDIMSampler(self.schedule, "eps", scalar=True)
 
     # -- schedule helpers (float64 scalars so encoder and decoder agree) -----------------
     def abar(self, n: int) -> float:
@@ -191,21 +193,9 @@ class DiffusionPrior(nn.Module):
             raise ValueError(f"steps must be >= 1, got {steps}")
         if eta < 0:
             raise ValueError(f"gamma (DDIM eta) must be >= 0, got {eta}")
-        steps = min(steps, t + 1)
-        grid = [round(t * (steps - i) / steps) for i in range(steps)]  # t … > 0
         gen = torch.Generator().manual_seed(int(seed))
-        for i, n in enumerate(grid):
-            x0, eps = self.x0_hat(x, n)
-            if i + 1 == len(grid):
-                return x0
-            s = grid[i + 1]
-            a_t, a_s = self.abar(n), self.abar(s)
-            sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)) ** 0.5
-            sigma = min(sigma, (1 - a_s) ** 0.5)
-            x = a_s ** 0.5 * x0 + max(1 - a_s - sigma ** 2, 0.0) ** 0.5 * eps
-            if sigma > 0:
-                x = x + sigma * torch.randn(x.shape, generator=gen).to(x.device)
-        return x  # unreachable
+        return self.sampler.sample(lambda x_t, tt: self.unet(x_t, tt), x, steps, clip=True,
+                                   start=t, to_zero=False, eta=eta, generator=gen)
 
     def loss(self, x0: Tensor) -> Tensor:
         """ε-prediction MSE at uniformly drawn levels (DDPM's simple loss)."""
