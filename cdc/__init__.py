@@ -6,6 +6,7 @@ Mandt), the :class:`ImageCodec` protocol all codecs share, the container format 
 :class:`cdc.base.BaseCodec`. Reading weights files is the ``zoo`` package's job (no I/O here).
 """
 
+from cdc.base import BaseCodec
 from cdc.codec import CDCCodec, describe
 from cdc.config import CDCConfig
 from cdc.errors import (
@@ -22,7 +23,8 @@ from cdc.errors import (
 from cdc.interface import DecodeSettings, ImageCodec
 
 __all__ = [
-    "BadMagicError", "BitstreamError", "CDCCodec", "CDCConfig", "CodecError", "CorruptStreamError",
+    "BadMagicError", "BaseCodec", "BitstreamError", "CDCCodec", "CDCConfig", "CodecError",
+    "CorruptStreamError",
     "DecodeSettings", "ImageCodec", "ImageError", "ModelMismatchError", "SymbolMismatchError",
     "UnsupportedVersionError", "WeightsError", "describe",
 ]

@@ -8,7 +8,6 @@ outputs are written atomically so nothing is left half-written.
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from pathlib import Path
 
@@ -117,9 +116,6 @@ def info(
         typer.echo(f"{k:>15}: {v}")
 
 
-TRAINERS = {"cdc": "pipeline.train", "diffc": "pipeline.train_diffc",
-            "corrdiff": "pipeline.train_corrdiff"}
-
 
 @app.command()
 def train(
@@ -134,39 +130,24 @@ def train(
     half: bool = typer.Option(False, help="Export network weights as fp16."),
 ) -> None:
     """Train (or resume) a model (CDC, DiffC or CorrDiff: the config's `codec`); optionally export it."""
-    import importlib
-
     import yaml
 
-    from pipeline.train import TrainConfig, Trainer, export_model
+    from cdc.registry import CODECS, entry, resolve
 
     try:
         codec = (yaml.safe_load(config.read_text()) or {}).get("codec", "cdc")
     except (OSError, yaml.YAMLError, AttributeError) as e:
         fail(f"{config}: {e}")
-    if codec not in TRAINERS:
-        fail(f"{config}: unknown codec {codec!r}; known: {', '.join(TRAINERS)}", EXIT_USAGE)
-    if codec != "cdc":
-        # Each other codec has its own training module with the same entry point.
-        module = importlib.import_module(TRAINERS[codec])
-        try:
-            line = module.run_training(config, run_dir, device=device, bf16=bf16,
-                                       batch_size=batch_size, max_steps=max_steps,
-                                       time_limit=time_limit, export=export, half=half)
-        except (OSError, ValueError, TypeError) as e:
-            fail(f"{config}: {e}")
-        typer.echo(line)
-        return
+    if codec not in CODECS:
+        fail(f"{config}: unknown codec {codec!r}; known: {', '.join(CODECS)}", EXIT_USAGE)
+    module = resolve(entry(codec).trainer)  # every codec's trainer has the same entry point
     try:
-        cfg = TrainConfig.from_yaml(config)
+        line = module.run_training(config, run_dir, device=device, bf16=bf16,
+                                   batch_size=batch_size, max_steps=max_steps,
+                                   time_limit=time_limit, export=export, half=half)
     except (OSError, ValueError, TypeError) as e:
         fail(f"{config}: {e}")
-    trainer = Trainer(cfg, run_dir, device=device, bf16=bf16, batch_size=batch_size)
-    step = trainer.fit(max_steps=max_steps, time_limit=time_limit, progress=sys.stderr.isatty())
-    typer.echo(f"{run_dir}: step {step}/{cfg.steps}")
-    if export:
-        path = export_model(run_dir, export, half=half)
-        typer.echo(f"exported {export} -> {path}")
+    typer.echo(line)
 
 
 @app.command("export-model")
@@ -181,20 +162,26 @@ def export_model_cmd(
     tier: list[str] = typer.Option([], "--tier",
                                    help="Recommended tier for new archives, NAME:steps=N,gamma=G,seed=S."),
 ) -> None:
-    """Export a run's EMA weights (with entropy tables and sha256) into the model zoo."""
+    """Export a run's EMA weights (any codec: the run's own) with sha256 into the model zoo."""
+    from cdc.registry import CODECS, entry, resolve
     from pipeline.tiers import DEFAULT_TIERS, TierError, merge_tiers
-    from pipeline.train import export_model
+    from pipeline.training import load_checkpoint_config
 
-    if not (run_dir / "checkpoint.pt").exists():
-        fail(f"{run_dir}: no checkpoint.pt")
+    try:
+        _, codec = load_checkpoint_config(run_dir)
+    except (FileNotFoundError, OSError, KeyError) as e:
+        fail(str(e) if isinstance(e, FileNotFoundError) else f"{run_dir}: unreadable checkpoint ({e})")
+    if codec not in CODECS:
+        fail(f"{run_dir}: checkpoint of unknown codec {codec!r}", EXIT_USAGE)
     defaults = {k: v for k, v in (("default_steps", default_steps),
                                   ("default_gamma", default_gamma)) if v is not None}
     try:
         tiers = merge_tiers(DEFAULT_TIERS, tier) if tier else None
     except TierError as e:
         fail(str(e), EXIT_USAGE)
-    path = export_model(run_dir, name, zoo_dir=zoo_dir, half=half, description=description,
-                        decode_defaults=defaults, tiers=tiers)
+    exporter = resolve(entry(codec).trainer).export
+    path = exporter(run_dir, name, zoo_dir=zoo_dir, half=half, description=description,
+                    decode_defaults=defaults, tiers=tiers)
     typer.echo(f"exported {name} -> {path}")
 
 

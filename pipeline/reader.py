@@ -198,7 +198,7 @@ class Reader:
 
     def _decode(self, recs: Sequence[Record], s: DecodeSettings) -> list[Image.Image | Exception]:
         batch = batch_decoder(self.codec)
-        if len(recs) > 1:
+        if batch is not None and len(recs) > 1:
             try:
                 return list(batch([r.data for r in recs], steps=s.steps, gamma=s.gamma,
                                   seeds=s.seed))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.codec_probes import current_paths, is_progressive, path_setter, recommended_tiers
+from pipeline.codec_probes import current_paths, is_progressive, prepare_paths, recommended_tiers
 from pipeline.tiers import DEFAULT_TIER, DEFAULT_TIERS
 
 #: A progressive codec's ``preview`` tier reads only this many bits per pixel of a record.
@@ -49,7 +49,7 @@ def match_tiers(codec: Any, tiers: Mapping[str, Mapping[str, Any]]) -> None:
     if tiers:
         paths = tier_paths(tiers)
         if current_paths(codec) != paths:
-            path_setter(codec)(paths)
+            prepare_paths(codec, paths)
 
 
 def tiers_for(codec: Any, tiers: Mapping[str, Mapping[str, Any]] | None = None

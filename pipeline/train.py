@@ -20,45 +20,30 @@ from cdc.models import ConditionalDiffusionCompressor
 from cdc.objectives import cdc_loss
 from cdc.weights import weights_bytes
 from pipeline.latents import LatentCrops, ensure_cache
-from pipeline.training import TrainerBase, config_from_yaml
+from pipeline.training import TrainConfigBase, TrainerBase, run_fit
 from zoo.components import load_space
 from zoo.store import ship_weights
 
 
 @dataclass
-class TrainConfig:
-    """Everything a run needs; one YAML file per model (see configs/)."""
+class TrainConfig(TrainConfigBase):
+    """Everything a CDC run needs; one YAML file per model (see configs/)."""
 
-    codec: str = "cdc"  # other codecs train with pipeline/train_<codec>.py (cdc train dispatches)
+    codec: str = "cdc"
     model_config: str = "cdc-small"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     model_id: str = "cdc-small"
-    sources: list[str] = field(default_factory=lambda: ["../shared/data/train"])
-    crop: int = 128
-    max_side: int | None = 512
     workers: int = 1
-    batch_size: int = 8
-    steps: int = 20_000
-    lr: float = 2e-4
     aux_lr: float = 1e-3
     lam: float = 0.01
     warmup_steps: int = 1000
     lam_warmup: float = 1e-4
     rho: float = 0.0
     perceptual: str = "lpips-alex"
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    checkpoint_every: int = 250
-    log_every: int = 25
-    seed: int = 0
     # Latent models (space != pixel) train on cached latents of the sources.
     latent_cache: str = "runs/latent-cache"
     latent_crop: int = 16  # crop side in space positions (16 → 128-pixel crops for TAEF2)
     perceptual_mse: float = 1.0  # weight of pixel MSE beside LPIPS in the perceptual term
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> TrainConfig:
-        return config_from_yaml(cls, path)
 
     def model_cfg(self) -> CDCConfig:
         base = get_config(self.model_config).to_dict()
@@ -162,6 +147,19 @@ class Trainer(TrainerBase):
         return f"loss {row['loss']:.4f} bpp {row['bpp']:.3f} {row['it_s']:.2f} it/s"
 
 
+def run_training(config_path: str | Path, run_dir: str | Path, *, device: str = "cpu",
+                 bf16: bool = False, batch_size: int | None = None, max_steps: int | None = None,
+                 time_limit: float | None = None, export: str | None = None,
+                 half: bool = False) -> str:
+    """The ``cdc train`` entry point for CDC configs (pixel or latent); a summary line."""
+    cfg = TrainConfig.from_yaml(config_path)
+    line = run_fit(Trainer(cfg, run_dir, device=device, bf16=bf16, batch_size=batch_size),
+                   max_steps, time_limit)
+    if export:
+        line += f"; exported {export} -> {export_model(run_dir, export, half=half)}"
+    return line
+
+
 def export_model(run_dir: str | Path, name: str | None = None, zoo_dir: str | Path | None = None,
                  half: bool = False, description: str = "", extra_meta: dict | None = None,
                  decode_defaults: dict[str, Any] | None = None,
@@ -195,3 +193,6 @@ def export_model(run_dir: str | Path, name: str | None = None, zoo_dir: str | Pa
         "config": cfg.model_config,
         "params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("space.")),
         "description": description, **meta})
+
+
+export = export_model  # the registry's name for every codec's exporter

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from cdc.corrdiff.correction import CorrectionConfig
 from cdc.corrdiff.decoder import DecoderConfig, E2EDecoder
 from cdc.models import ConditionalDiffusionCompressor
 from pipeline.train import _perceptual
-from pipeline.training import TrainerBase, config_from_yaml
+from pipeline.training import TrainConfigBase, TrainerBase, run_fit
 from zoo import load_weights
 from zoo.store import ship_weights
 
@@ -34,7 +33,7 @@ MIB = 1 << 20
 
 
 @dataclass
-class CorrDiffTrainConfig:
+class CorrDiffTrainConfig(TrainConfigBase):
     """One YAML per model (configs/corrdiff-*.yaml); ``codec: corrdiff`` selects this trainer."""
 
     codec: str = "corrdiff"
@@ -43,31 +42,21 @@ class CorrDiffTrainConfig:
     model_id: str = "corrdiff-small"
     decoder: dict[str, Any] = field(default_factory=dict)  # DecoderConfig fields
     correction: dict[str, Any] = field(default_factory=dict)  # CorrectionConfig fields
-    sources: list[str] = field(default_factory=lambda: ["../shared/data/train"])
-    crop: int = 128
-    max_side: int | None = 512
-    workers: int = 0
-    batch_size: int = 8
     steps: int = 2000
     lr: float = 5e-4
     trunk_lr_scale: float = 0.2
     lpips_weight: float = 0.0
     perceptual: str = "lpips-alex"
-    grad_clip: float = 1.0
     ema_decay: float = 0.99
     checkpoint_every: int = 100
     log_every: int = 10
-    seed: int = 0
     max_file_mib: float = 16.0
     export_half: bool = False  # fp16 network weights in the exported file (like --half)
-    zoo_dir: str | None = None  # None: the package zoo (cdc/zoo)
+    zoo_dir: str | None = None  # None: the package zoo (zoo/)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> CorrDiffTrainConfig:
-        cfg = config_from_yaml(cls, path)
-        if cfg.codec != "corrdiff":
-            raise ValueError(
-                f"{path}: codec must be 'corrdiff' for this trainer, got {cfg.codec!r}")
+        cfg = super().from_yaml(path)
         DecoderConfig.from_dict(cfg.decoder)
         CorrectionConfig.from_dict(cfg.correction)
         return cfg
@@ -169,12 +158,23 @@ def run_training(config_path: str | Path, run_dir: str | Path, *, device: str = 
     """Entry point of ``cdc train`` for ``codec: corrdiff`` configs; returns a summary line."""
     cfg = CorrDiffTrainConfig.from_yaml(config_path)
     trainer = CorrDiffTrainer(cfg, run_dir, device=device, bf16=bf16, batch_size=batch_size)
-    step = trainer.fit(max_steps=max_steps, time_limit=time_limit, progress=sys.stderr.isatty())
-    line = f"{run_dir}: step {step}/{cfg.steps} (corrdiff decoder on base {trainer.base_id})"
+    line = run_fit(trainer, max_steps, time_limit) + f" (corrdiff decoder on base {trainer.base_id})"
     if export:
         path = trainer.export(export, half=half or cfg.export_half)
         line += f"; exported {export} → {path}"
     return line
 
 
-__all__ = ["CorrDiffTrainConfig", "CorrDiffTrainer", "run_training"]
+def export(run_dir: str | Path, name: str | None = None, zoo_dir: str | Path | None = None,
+           half: bool = False, description: str = "", **_ignored: Any) -> Path:
+    """``cdc export-model`` for a CorrDiff run: its EMA decoder + the frozen base it names."""
+    from pipeline.training import load_checkpoint_config
+
+    raw, _ = load_checkpoint_config(run_dir)
+    cfg = CorrDiffTrainConfig(**{**raw, **({"zoo_dir": str(zoo_dir)} if zoo_dir else {})})
+    trainer = CorrDiffTrainer(cfg, run_dir)
+    return trainer.export(name or cfg.model_id, half=half or cfg.export_half,
+                          description=description)
+
+
+__all__ = ["CorrDiffTrainConfig", "CorrDiffTrainer", "export", "run_training"]

@@ -8,7 +8,6 @@ second run with the same ``--run-dir`` resumes from.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,35 +15,21 @@ from typing import Any
 import torch
 
 from cdc.diffc.model import DiffCConfig, DiffusionPrior, get_diffc_config, weights_bytes
-from pipeline.training import TrainerBase, config_from_yaml
+from pipeline.training import TrainConfigBase, TrainerBase, run_fit
 
 
 @dataclass
-class DiffCTrainConfig:
+class DiffCTrainConfig(TrainConfigBase):
     codec: str = "diffc"
     model_config: str = "diffc-small"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     model_id: str = "diffc-small"
-    sources: list[str] = field(default_factory=lambda: ["../shared/data/train"])
     crop: int = 32
-    max_side: int | None = 512
-    workers: int = 0
     batch_size: int = 16
     steps: int = 100_000
     lr: float = 3e-4
     warmup_steps: int = 200  # linear LR warm-up
-    grad_clip: float = 1.0
     ema_decay: float = 0.995
-    checkpoint_every: int = 250
-    log_every: int = 25
-    seed: int = 0
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> DiffCTrainConfig:
-        cfg = config_from_yaml(cls, path)
-        if cfg.codec != "diffc":
-            raise ValueError(f"{path}: codec is {cfg.codec!r}, not 'diffc'")
-        return cfg
 
     def model_cfg(self) -> DiffCConfig:
         base = get_diffc_config(self.model_config).to_dict()
@@ -82,9 +67,9 @@ class DiffCTrainer(TrainerBase):
         return {"loss": float(loss.detach()), "grad_norm": float(gnorm), "lr": lr}
 
 
-def export_diffc(run_dir: str | Path, name: str | None = None, zoo_dir: str | Path | None = None,
-                 half: bool = False, description: str = "",
-                 extra_meta: dict | None = None) -> Path:
+def export(run_dir: str | Path, name: str | None = None, zoo_dir: str | Path | None = None,
+           half: bool = False, description: str = "", extra_meta: dict | None = None,
+           **_ignored: Any) -> Path:
     """EMA weights of a run → weights file + sha256 + registry entry (codec "diffc")."""
     from zoo.store import ship_weights
 
@@ -111,9 +96,10 @@ def run_training(config_path: str | Path, run_dir: str | Path, *, device: str = 
     """The `cdc train` entry point for configs with ``codec: diffc``; returns a summary line."""
     cfg = DiffCTrainConfig.from_yaml(config_path)
     trainer = DiffCTrainer(cfg, run_dir, device=device, bf16=bf16, batch_size=batch_size)
-    step = trainer.fit(max_steps=max_steps, time_limit=time_limit, progress=sys.stderr.isatty())
-    line = f"{run_dir}: step {step}/{cfg.steps}"
+    line = run_fit(trainer, max_steps, time_limit)
     if export:
-        path = export_diffc(run_dir, export, zoo_dir=zoo_dir, half=half)
-        line += f"; exported {export} -> {path}"
+        line += f"; exported {export} -> {export_diffc(run_dir, export, zoo_dir=zoo_dir, half=half)}"
     return line
+
+
+export_diffc = export  # the name bench/ and older notes use

@@ -13,7 +13,7 @@ import copy
 import csv
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,6 +44,57 @@ def config_from_yaml(cls: type[C], path: str | Path) -> C:
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(names)}")
     return cls(**raw)
+
+
+@dataclass
+class TrainConfigBase:
+    """The fields every codec's training config shares; each codec adds its own.
+
+    One YAML file per model (``configs/``); its ``codec`` key picks the trainer through
+    :mod:`cdc.registry`.
+    """
+
+    codec: str = "cdc"
+    model_id: str = "model"
+    sources: list[str] = field(default_factory=lambda: ["../shared/data/train"])
+    crop: int = 128
+    max_side: int | None = 512
+    workers: int = 0
+    batch_size: int = 8
+    steps: int = 20_000
+    lr: float = 2e-4
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 250
+    log_every: int = 25
+    seed: int = 0
+
+    @classmethod
+    def from_yaml(cls, path: str | Path):
+        """The config of ``path``, refused when its ``codec`` is not this trainer's."""
+        cfg = config_from_yaml(cls, path)
+        expected = cls.__dataclass_fields__["codec"].default  # type: ignore[attr-defined]
+        if cfg.codec != expected:
+            raise ValueError(f"{path}: codec is {cfg.codec!r}, not {expected!r}")
+        return cfg
+
+
+def load_checkpoint_config(run_dir: str | Path) -> tuple[dict[str, Any], str]:
+    """(the checkpoint's train_config, its codec) of a run folder."""
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir}: no checkpoint.pt")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = dict(ck["train_config"])
+    return cfg, str(cfg.get("codec", "cdc"))
+
+
+def run_fit(trainer: TrainerBase, max_steps: int | None, time_limit: float | None) -> str:
+    """Train and return the summary line every codec's ``run_training`` prints."""
+    import sys
+
+    step = trainer.fit(max_steps=max_steps, time_limit=time_limit, progress=sys.stderr.isatty())
+    return f"{trainer.run_dir}: step {step}/{trainer.cfg.steps}"
 
 
 class TrainerBase:

@@ -13,7 +13,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 from s3_fixture import s3_server, s3_url  # noqa: E402, F401  (real S3 for storage tests)
 
 from cdc import CDCCodec  # noqa: E402
-from cdc.configs import CONFIGS
+from cdc.configs import CONFIGS  # noqa: E402
 from cdc.models import ConditionalDiffusionCompressor  # noqa: E402
 from cdc.weights import weights_bytes  # noqa: E402
 

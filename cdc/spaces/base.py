@@ -39,18 +39,3 @@ class Space(nn.Module):
 
 def space_spec(space: Space | None) -> dict[str, Any]:
     return space.spec() if space is not None else {"name": "pixel"}
-
-
-def build_space(spec: dict[str, Any] | None, components: dict[str, dict[str, Any]] | None = None
-                ) -> Space:
-    """A space from its spec; ``components`` maps component name → state dict."""
-    from cdc.spaces.pixel import PixelSpace
-    from cdc.spaces.taef2 import TAEF2Space
-
-    spec = dict(spec or {"name": "pixel"})
-    name = spec.pop("name", "pixel")
-    if name == "pixel":
-        return PixelSpace()
-    if name == "taef2":
-        return TAEF2Space.from_components(spec, components or {})
-    raise ValueError(f"unknown space {name!r}; known: pixel, taef2")

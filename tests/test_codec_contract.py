@@ -1,0 +1,194 @@
+"""The contract every registered codec fulfils, in the spirit of diffusers' ModelTesterMixin.
+
+``CodecContract`` holds the checks; each codec (and each space variant) gets a subclass
+that only says how to make a tiny random weights file. A codec added to
+:mod:`cdc.registry` fails ``test_every_registered_codec_has_a_contract`` until it has one.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_weights, smooth_image
+
+from cdc.errors import BitstreamError, CorruptStreamError, ModelMismatchError
+from cdc.interface import ImageCodec
+from cdc.registry import CODECS, codec_class
+from cdc.weights import read_weights_dict
+from zoo import codec_from_bytes, load_codec
+
+TIERS = {"preview": {"steps": 1, "gamma": 0.0, "seed": 0},
+         "standard": {"steps": 2, "gamma": 0.0, "seed": 0}}
+
+
+def with_meta(data: bytes, meta: dict) -> bytes:
+    """The same weights file with ``meta`` replaced (a new digest)."""
+    buf = io.BytesIO()
+    torch.save({**read_weights_dict(data, "test"), "meta": meta}, buf)
+    return buf.getvalue()
+
+
+class CodecContract:
+    codec_name = ""
+    size = (40, 56)  # (h, w): deliberately not a multiple of any stride
+
+    @classmethod
+    def make_weights(cls, seed: int) -> bytes:
+        raise NotImplementedError
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def weights(cls) -> bytes:
+        return with_meta(cls.make_weights(0), {"tiers": TIERS, "train_steps": 1})
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def codec(cls, weights):
+        return codec_from_bytes(weights, "contract")
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def images(cls):
+        h, w = cls.size
+        return [smooth_image(h, w, seed=1), smooth_image(h, w, seed=2), smooth_image(32, 24, 3)]
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def streams(cls, codec, images):
+        return codec.compress_batch(images)
+
+    def test_is_the_registered_class_and_protocol(self, codec):
+        assert isinstance(codec, codec_class(self.codec_name))
+        assert isinstance(codec, ImageCodec)
+        assert codec.codec_id == self.codec_name
+
+    def test_round_trip_keeps_the_size(self, codec, images, streams):
+        for img, data in zip(images, streams):
+            out = codec.decompress(data)
+            assert out.size == (img.shape[1], img.shape[0])
+            assert np.asarray(out).dtype == np.uint8
+
+    def test_batch_equals_single(self, codec, images, streams):
+        for img, data in zip(images, streams):
+            assert codec.compress(img) == data
+        singles = [np.asarray(codec.decompress(d)) for d in streams]
+        for a, b in zip(codec.decompress_batch(streams), singles):
+            assert np.abs(np.asarray(a).astype(int) - b).max() <= 1
+
+    def test_truncated_and_corrupt_streams_are_typed_errors(self, codec, streams):
+        data = streams[0]
+        for bad in (data[: len(data) // 2], data[:10],
+                    data[:20] + bytes([data[20] ^ 0xFF]) + data[21:]):
+            with pytest.raises(BitstreamError):
+                codec.decompress(bad)
+        with pytest.raises(BitstreamError):
+            codec.decompress(b"not a stream at all")
+
+    def test_other_weights_are_refused(self, codec, streams):
+        other = codec_from_bytes(self.make_weights(1), "other")
+        with pytest.raises(ModelMismatchError):
+            other.decompress(streams[0])
+
+    def test_info_needs_no_decode(self, codec, streams):
+        d = codec.info(streams[0])
+        assert d["codec"] == self.codec_name and d["model_matches"]
+        assert d["bytes"] == len(streams[0])
+
+    def test_meta_and_tiers_survive_loading(self, codec, weights, tmp_path):
+        path = tmp_path / "w.pt"
+        path.write_bytes(weights)
+        for loaded in (codec, load_codec(str(path)), codec_class(self.codec_name).from_pretrained(
+                str(path))):
+            assert loaded.meta["train_steps"] == 1
+            assert loaded.recommended_tiers() == TIERS
+            assert loaded.weights_sha256 == codec.weights_sha256
+
+    def test_pipeline_hooks(self, codec):
+        assert codec.pad_multiple >= 1
+        assert "default_steps" in codec.decode_defaults()
+        codec.prepare_paths([])  # never fails, whatever the codec
+
+
+class TestCDC(CodecContract):
+    codec_name = "cdc"
+
+    @classmethod
+    def make_weights(cls, seed):
+        return make_weights(seed)
+
+
+class TestLatentCDC(CodecContract):
+    """CDC on the frozen TAEF2 space (a variant is a configuration, not a copy)."""
+
+    codec_name = "cdc"
+
+    @classmethod
+    def make_weights(cls, seed):
+        from cdc.configs import CONFIGS
+        from cdc.models import ConditionalDiffusionCompressor
+        from cdc.weights import weights_bytes
+        from zoo import load_space
+
+        torch.manual_seed(seed)
+        model = ConditionalDiffusionCompressor(CONFIGS["lcdc-test"], load_space("taef2")).eval()
+        with torch.no_grad():
+            for p in model.denoiser.parameters():
+                if not p.any():
+                    p.normal_(0, 0.05)
+            model.g_a[-1].weight.mul_(40.0)
+        model.update()
+        return weights_bytes(model, "lcdc-test")
+
+    def test_weights_name_the_space_by_digest(self, weights):
+        obj = read_weights_dict(weights, "test")
+        assert obj["space"]["name"] == "taef2"
+        assert set(obj["components"]) == {"taef2_encoder", "taef2_decoder"}
+        assert not any(k.startswith("space.") for k in obj["state_dict"])
+        assert len(weights) < 6_000_000  # TAEF2 alone is 10.7 MB in fp32: not copied in
+
+
+class TestDiffC(CodecContract):
+    codec_name = "diffc"
+    size = (22, 27)
+
+    @classmethod
+    def make_weights(cls, seed):
+        from test_diffc import make_diffc_weights
+
+        return make_diffc_weights(seed)
+
+    def test_truncated_and_corrupt_streams_are_typed_errors(self, codec, streams):
+        data = streams[0]  # a prefix is a valid DiffC stream; a flipped byte is not
+        with pytest.raises(BitstreamError):
+            codec.decompress(data[:20] + bytes([data[20] ^ 0xFF]) + data[21:])
+        with pytest.raises(BitstreamError):
+            codec.decompress(b"not a stream at all")
+
+
+class TestCorrDiff(CodecContract):
+    codec_name = "corrdiff"
+
+    @classmethod
+    def make_weights(cls, seed):
+        from test_corrdiff import corrdiff_bytes
+
+        return corrdiff_bytes(seed)
+
+
+def test_every_registered_codec_has_a_contract():
+    covered = {cls.codec_name for cls in CodecContract.__subclasses__()}
+    assert covered >= set(CODECS)
+
+
+def test_registry_is_the_one_table():
+    from cdc.bitstream import CODEC_IDS
+
+    assert CODEC_IDS == {e.name: e.byte for e in CODECS.values()}
+    assert len({e.byte for e in CODECS.values()}) == len(CODECS)
+    with pytest.raises(CorruptStreamError):
+        from cdc.describe import describe_stream
+
+        describe_stream(b"CDC\x01\x7f" + bytes(30))
