@@ -31,8 +31,11 @@ def _floats(text: str, what: str) -> list[float]:
 
 
 def codec_entries(codec, steps: list[int], gammas: list[float], seed: int = 0,
-                  prefix_bpps: list[float] | None = None) -> list:
+                  prefix_bpps: list[float] | None = None, ladder: bool = False) -> list:
     """One entry per decode setting; the stream is encoded once per image and reused.
+
+    ``ladder``: several models of one codec make one curve per decode setting (the rate
+    ladder), so their families name the setting, not the model.
 
     For a progressive codec (DiffC) and ``prefix_bpps``, one entry per budget too: its
     "stream" is the prefix a reader with that budget would fetch, so bpp counts only the
@@ -58,7 +61,8 @@ def codec_entries(codec, steps: list[int], gammas: list[float], seed: int = 0,
         budgets += sorted(prefix_bpps)
     for s in steps:
         for g in gammas:
-            family = f"{codec.codec_id.upper()} ({codec.model_id}, γ={g:g})"
+            family = (f"{codec.codec_id.upper()} ladder (s{s}, γ={g:g})" if ladder
+                      else f"{codec.codec_id.upper()} ({codec.model_id}, γ={g:g})")
             for b in budgets:
                 if b is None:
                     entries.append(CallableEntry(f"{codec.model_id} s{s} g{g:g}", encode,
@@ -93,6 +97,7 @@ def register(app: typer.Typer) -> None:
         save_decoded: bool = typer.Option(False, help="Also write the decoded PNGs."),
         prefix_bpp: str = typer.Option("", help="Progressive codecs (DiffC): also decode prefixes "
                                                 "within these bpp budgets, e.g. 0.25,0.5,1."),
+        bd_anchor: str = typer.Option("AVIF", help="Family the BD-rates are measured against."),
     ) -> None:
         """Rate–distortion/perception evaluation vs classical codecs (CSV, JSON, plots)."""
         from cdc.errors import WeightsError
@@ -102,6 +107,7 @@ def register(app: typer.Typer) -> None:
             classical_entries,
             load_images,
             matched_bpp_entries,
+            add_bd_rates,
             run_evaluation,
             summary_table,
         )
@@ -138,7 +144,8 @@ def register(app: typer.Typer) -> None:
             match_tiers(codec, {f"s{st}g{g:g}": {"steps": st, "gamma": g, "seed": seed}
                                 for st in s for g in gammas})
             ours = codec_entries(codec, s, gammas, seed,
-                                 _floats(prefix_bpp, "prefix-bpp") if prefix_bpp else None)
+                                 _floats(prefix_bpp, "prefix-bpp") if prefix_bpp else None,
+                                 ladder=len(model) > 1)
             entries += ours
             names = [c.strip() for c in classical.split(",") if c.strip()]
             if names:
@@ -150,4 +157,6 @@ def register(app: typer.Typer) -> None:
         except MetricWeightsMissing as e:
             _fail(str(e))
         typer.echo(summary_table(summary))
+        for line in add_bd_rates(summary, out, anchor=bd_anchor):
+            typer.echo(line)
         typer.echo(f"per-image CSV, summary.json and plots in {out}/")

@@ -496,6 +496,26 @@ def plot_tradeoff(summary: dict[str, Any], perception: str, out_dir: str | os.Pa
     return True
 
 
+def add_bd_rates(summary: dict[str, Any], out_dir: str | os.PathLike, anchor: str = "AVIF",
+                 metrics: Sequence[str] = ("lpips_alex", "dists")) -> list[str]:
+    """BD-rate of every family against ``anchor`` on each metric, added to the summary
+    (and its ``summary.json``); returns the lines ``cdc eval`` prints."""
+    from pipeline.bdrate import bd_rates
+
+    got = bd_rates(summary, anchor, [m for m in metrics if m in summary["metrics"]])
+    if not got:
+        return []
+    summary["bd_rate"] = {"anchor": anchor, "families": got}
+    write_bytes_atomic(Path(out_dir) / "summary.json",
+                       json.dumps(_jsonable(summary), indent=2).encode())
+    lines = [f"BD-rate vs {anchor} (negative: less rate for the same quality):"]
+    for fam, res in got.items():
+        cells = [f"{LABELS[m].split(' ')[0]} " + ("–" if res[m] is None else f"{100 * res[m]:+.1f} %")
+                 for m in metrics if m in res]
+        lines.append(f"  {fam} ({res['points']} points): " + ", ".join(cells))
+    return lines
+
+
 def summary_table(summary: dict[str, Any], digits: dict[str, int] | None = None) -> str:
     """The summary as a markdown table (entry, family, bpp and each computed metric)."""
     fmt = {"bpp": 3, "psnr": 2, "ms_ssim": 4, "lpips_alex": 4, "lpips_vgg": 4, "dists": 4,

@@ -25,6 +25,8 @@ from torch.utils.data import DataLoader
 from pipeline.data import RandomCrops
 
 C = TypeVar("C")
+RELAY_FILE = "relay.pt"
+_EXACT = ("entropy.hyper.entropy_bottleneck.quantiles",)  # kept exact in relay artifacts
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -68,6 +70,10 @@ class TrainConfigBase:
     checkpoint_every: int = 250
     log_every: int = 25
     seed: int = 0
+    # A new run may start from another run's checkpoint.pt or a committed relay artifact
+    # (fp16 EMA weights + config, see save_relay): how a rate ladder's rungs fork from one
+    # base run, and how training goes on on a fresh machine.
+    init_from: str | None = None
 
     @classmethod
     def from_yaml(cls, path: str | Path):
@@ -95,6 +101,24 @@ def run_fit(trainer: TrainerBase, max_steps: int | None, time_limit: float | Non
 
     step = trainer.fit(max_steps=max_steps, time_limit=time_limit, progress=sys.stderr.isatty())
     return f"{trainer.run_dir}: step {step}/{trainer.cfg.steps}"
+
+
+def save_relay(run_dir: str | Path, out_dir: str | Path, max_mib: float = 16.0) -> Path:
+    """A run's small resumable artifact, to commit: fp16 EMA weights (the frozen space left
+    out), step and config. A run with ``init_from: OUT_DIR`` resumes from it with a fresh
+    optimizer; a session that may end on another machine commits one of these."""
+    ck = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
+    sd = {k: (v.half() if v.is_floating_point() and not k.startswith(_EXACT) else v)
+          for k, v in ck["ema"].items() if not k.startswith("space.")}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save({"ema": sd, "step": ck["step"], "train_config": ck["train_config"]},
+                out / RELAY_FILE)
+    size = (out / RELAY_FILE).stat().st_size
+    if size > max_mib * (1 << 20):
+        raise ValueError(f"{out / RELAY_FILE}: {size / (1 << 20):.1f} MiB, over {max_mib} MiB")
+    (out / "train_config.yaml").write_text(yaml.safe_dump(ck["train_config"], sort_keys=True))
+    return out / RELAY_FILE
 
 
 class TrainerBase:
@@ -132,6 +156,27 @@ class TrainerBase:
             p.requires_grad_(False)
         if self.ckpt_path.exists():
             self._load(self.ckpt_path)
+        elif getattr(self.cfg, "init_from", None):
+            self._init_from(Path(self.cfg.init_from))
+
+    def _init_from(self, path: Path) -> None:
+        """Weights (and, from a full checkpoint, optimizer and step) of another run."""
+        src = path / "checkpoint.pt" if path.is_dir() and (path / "checkpoint.pt").exists() \
+            else path / RELAY_FILE if path.is_dir() else path
+        if not src.exists():
+            raise FileNotFoundError(f"init_from {path}: no checkpoint.pt or {RELAY_FILE}")
+        ck = torch.load(src, map_location=self.device, weights_only=False)
+        self.check_checkpoint(ck, src)
+        ema = {k: v.float() if v.is_floating_point() else v for k, v in ck["ema"].items()}
+        own = self.model.state_dict()
+        ema.update({k: v for k, v in own.items() if k not in ema})  # e.g. a frozen space
+        self.ema.load_state_dict(ema)
+        self.model.load_state_dict(ck["model"] if "model" in ck else ema)
+        if "opt" in ck:
+            self.opt.load_state_dict(ck["opt"])
+            self.load_extra_state(ck)
+        self.step = int(ck["step"])
+
 
     # -- checkpoints ------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
@@ -232,3 +277,9 @@ class TrainerBase:
 
     def status(self, row: dict[str, Any]) -> str:
         return f"loss {row.get('loss', float('nan')):.4f} {row['it_s']:.2f} it/s"
+
+
+if __name__ == "__main__":  # python -m pipeline.training RUN_DIR OUT_DIR: save a relay artifact
+    import sys
+
+    print(save_relay(sys.argv[1], sys.argv[2]))
