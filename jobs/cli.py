@@ -2,7 +2,9 @@
 
 Every command turns expected failures (bad input, bad stream, wrong weights) into
 one line on stderr that names the file and the problem, and a non-zero exit code;
-outputs are written atomically so nothing is left half-written.
+outputs are written atomically so nothing is left half-written. Names (files, URLs, keys)
+are printed with control characters, terminal escapes and bidi controls escaped
+(:func:`jobs.text.printable`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import warnings
 from pathlib import Path
 
 import typer
+
+from jobs.text import error_line, printable
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation noise
 
@@ -27,9 +31,22 @@ ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m",
 DeviceOpt = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda.")
 
 
-def fail(message: str, code: int = EXIT_INPUT) -> None:
-    typer.echo(f"error: {message}", err=True)
+def _max_pixels_opt():
+    from pipeline.files import DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS
+
+    return typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, max=HARD_MAX_PIXELS,
+                        help="Refuse input images with more pixels than this (width x "
+                             f"height; default {DEFAULT_MAX_PIXELS}, sized for 24 GB of RAM).")
+
+
+def fail(message: str, code: int = EXIT_INPUT, *names: object) -> None:
+    """Print ``error: <message>`` as one line (``names`` escaped where they occur) and exit."""
+    typer.echo(f"error: {error_line(message, *names)}", err=True)
     raise typer.Exit(code)
+
+
+def warn(message: str, *names: object) -> None:
+    typer.echo(f"warning: {error_line(message, *names)}", err=True)
 
 
 def _load_codec(model: str, device: str, precision: str | None = None):
@@ -48,20 +65,26 @@ def compress(
     dst: Path = typer.Argument(..., help="Output stream file (.cdc)."),
     model: str = ModelOpt,
     device: str = DeviceOpt,
+    max_pixels: int = _max_pixels_opt(),
 ) -> None:
     """Compress one image to a stream (.cdc; codec given by the model: CDC, DiffC, CorrDiff)."""
     from cdc import CodecError
-    from pipeline.files import InputError, read_image, write_bytes_atomic
+    from pipeline.files import InputError, input_note, read_image, write_bytes_atomic
 
     try:
-        img = read_image(src)
+        img = read_image(src, max_pixels)
+        if note := input_note(img):
+            warn(f"{src}: {note}", src)
         codec = _load_codec(model, device)
         data = codec.compress(img)
         write_bytes_atomic(dst, data)
-    except (InputError, CodecError) as e:
-        fail(f"{src}: {e}" if str(src) not in str(e) else str(e))
+    except (InputError, CodecError, OSError) as e:
+        fail(f"{src}: {e}" if str(src) not in str(e) else str(e), EXIT_INPUT, src, dst)
+    except (RuntimeError, MemoryError) as e:  # e.g. out of memory in the network
+        fail(f"{src}: encoding failed ({type(e).__name__}: {e})", EXIT_INPUT, src)
     w, h = img.size
-    typer.echo(f"{src} -> {dst}: {len(data)} bytes, {8 * len(data) / (w * h):.4f} bpp")
+    typer.echo(f"{printable(src)} -> {printable(dst)}: {len(data)} bytes, "
+               f"{8 * len(data) / (w * h):.4f} bpp" + (f" ({note})" if note else ""))
 
 
 @app.command()
@@ -85,10 +108,12 @@ def decompress(
         img = codec.decompress(data, steps=steps, gamma=gamma, seed=seed)
         save_image_atomic(img, dst)
     except BitstreamError as e:
-        fail(f"{src}: {e}", EXIT_STREAM)
-    except (InputError, CodecError, ValueError) as e:
-        fail(f"{src}: {e}" if str(src) not in str(e) else str(e))
-    typer.echo(f"{src} -> {dst}: {img.width}x{img.height}")
+        fail(f"{src}: {e}", EXIT_STREAM, src)
+    except (InputError, CodecError, ValueError, OSError) as e:
+        fail(f"{src}: {e}" if str(src) not in str(e) else str(e), EXIT_INPUT, src, dst)
+    except (RuntimeError, MemoryError) as e:  # e.g. out of memory in the network
+        fail(f"{src}: decoding failed ({type(e).__name__}: {e})", EXIT_INPUT, src)
+    typer.echo(f"{printable(src)} -> {printable(dst)}: {img.width}x{img.height}")
 
 
 @app.command()
@@ -105,9 +130,9 @@ def info(
     try:
         d = describe_stream(read_bytes(src))
     except BitstreamError as e:
-        fail(f"{src}: {e}", EXIT_STREAM)
+        fail(f"{src}: {e}", EXIT_STREAM, src)
     except InputError as e:
-        fail(str(e))
+        fail(str(e), EXIT_INPUT, src)
     names = [n for n, e in registry().items() if e["sha256"].startswith(d["model_digest"])]
     d["model"] = names[0] if names else "unknown (not a shipped model)"
     if as_json:
