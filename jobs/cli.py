@@ -270,6 +270,58 @@ def demo(
 
 
 @app.command()
+def verify(
+    archive_url: str = typer.Argument(..., help="Archive path or fsspec URL."),
+    data: bool = typer.Option(True, "--data/--no-data",
+                              help="Read every payload and check its CRC (--no-data: "
+                                   "manifests, metadata and keys only)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check an archive: payload checksums, manifests, keys. Exit 0 clean, 3 if damaged."""
+    from storage import Archive, ArchiveError
+    from storage.check import check_archive
+
+    try:
+        arch = Archive.open(archive_url, read_only=True)
+        rep = check_archive(arch, data=data)
+    except (ArchiveError, OSError) as e:
+        fail(str(e) if str(e).startswith(archive_url) else f"{archive_url}: {e}",
+             EXIT_INPUT, archive_url)
+    problems = [(f"shard {p['shard']}: " if p.get("key") is None else "") + p["error"]
+                for p in rep["bad_payloads"]]
+    problems += [p["error"] for p in rep["bad_manifests"]]
+    problems += [f"{archive_url}: shard {p['shard']}: bad key {p['key']!r}: {p['error']}"
+                 for p in rep["bad_keys"]]
+    problems += [f"{archive_url}: key {d['key']!r} is stored in shards {d['shards']}"
+                 for d in rep["duplicate_keys"]]
+    problems += rep["other"]
+    if as_json:
+        typer.echo(json.dumps({**rep, "problems": len(problems)}, indent=2, default=str))
+    else:
+        rows = [
+            ("archive", printable(archive_url)),
+            ("shards", f"{rep['shards']} completed"),
+            ("records", f"{rep['records']} ({rep['ok']} ok, {rep['failed']} failed images)"),
+            ("payloads", "checked (CRC-32)" if data else "not read (--no-data)"),
+            ("bad payloads", str(len(rep["bad_payloads"]))),
+            ("bad manifests", str(len(rep["bad_manifests"]))),
+            ("bad keys", str(len(rep["bad_keys"]))),
+            ("duplicate keys", str(len(rep["duplicate_keys"]))),
+        ]
+        if rep["other"]:
+            rows.append(("other problems", str(len(rep["other"]))))
+        rows.append(("verdict", "clean" if rep["clean"] else f"{len(problems)} problem(s)"))
+        for k, v in rows:
+            typer.echo(f"{k:>15}: {v}")
+    for line in problems[:20]:
+        typer.echo(f"error: {error_line(line, archive_url)}", err=True)
+    if len(problems) > 20:
+        typer.echo(f"error: ... and {len(problems) - 20} more (see --json)", err=True)
+    if not rep["clean"]:
+        raise typer.Exit(EXIT_STREAM)
+
+
+@app.command()
 def models() -> None:
     """List shipped models."""
     from cdc.zoo import CONFIGS, registry
