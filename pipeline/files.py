@@ -71,8 +71,9 @@ def max_pixels() -> int:
 
 def too_large(name: str, w: int, h: int, limit: int) -> str:
     """The one-line refusal of an image over the pixel limit."""
-    return (f"{name}: {w}x{h} image ({w * h / 1e6:.1f} MP) is over the {limit} pixel limit "
-            "(--max-pixels)")
+    mp = w * h / 1e6
+    size = f"{w}x{h} image" + (f" ({mp:.1f} MP)" if mp >= 0.1 else "")
+    return f"{name}: {size} is over the {limit} pixel limit (--max-pixels)"
 
 
 def read_bytes(url: str | os.PathLike) -> bytes:
