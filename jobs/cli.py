@@ -80,6 +80,8 @@ def compress(
         write_bytes_atomic(dst, data)
     except (InputError, CodecError, OSError) as e:
         fail(f"{src}: {e}" if str(src) not in str(e) else str(e), EXIT_INPUT, src, dst)
+    except typer.Exit:  # a RuntimeError too: fail() above already said why
+        raise
     except (RuntimeError, MemoryError) as e:  # e.g. out of memory in the network
         fail(f"{src}: encoding failed ({type(e).__name__}: {e})", EXIT_INPUT, src)
     w, h = img.size
@@ -111,6 +113,8 @@ def decompress(
         fail(f"{src}: {e}", EXIT_STREAM, src)
     except (InputError, CodecError, ValueError, OSError) as e:
         fail(f"{src}: {e}" if str(src) not in str(e) else str(e), EXIT_INPUT, src, dst)
+    except typer.Exit:  # a RuntimeError too: fail() above already said why
+        raise
     except (RuntimeError, MemoryError) as e:  # e.g. out of memory in the network
         fail(f"{src}: decoding failed ({type(e).__name__}: {e})", EXIT_INPUT, src)
     typer.echo(f"{printable(src)} -> {printable(dst)}: {img.width}x{img.height}")

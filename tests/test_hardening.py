@@ -130,6 +130,29 @@ def test_archive_stage_records_oversized_image_as_failed(png: Path, tmp_path: Pa
                             f"{DEFAULT_MAX_PIXELS} pixel limit (--max-pixels)")
 
 
+@pytest.mark.timeout(120)
+def test_runtime_errors_are_one_line(png: Path, tmp_path: Path, weights_file: str,
+                                     monkeypatch):
+    from cdc import CDCCodec as Codec
+
+    # a bad model is reported once (typer.Exit is a RuntimeError: not re-reported)
+    r = runner.invoke(app, ["compress", str(png), str(tmp_path / "a.cdc"), "--model",
+                            str(tmp_path / "no.pt")])
+    assert r.exit_code == 1 and len(_lines(r.stderr)) == 1 and "no.pt" in r.stderr, r.output
+
+    def oom(self, img):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                           "can't allocate memory\nmore details")
+
+    monkeypatch.setattr(Codec, "compress", oom)
+    dst = tmp_path / "b.cdc"
+    r = runner.invoke(app, ["compress", str(png), str(dst), "--model", weights_file])
+    (line,) = _lines(r.stderr)
+    assert r.exit_code == 1 and not dst.exists(), r.output
+    assert line.startswith(f"error: {png}: encoding failed (RuntimeError: ") and "allocate" in line
+    assert "Traceback" not in r.output
+
+
 # -- what reading does to the image --------------------------------------------------------
 def _exif_jpeg(path: Path, orientation: int) -> Path:
     img = Image.fromarray(smooth_image(64, 96))  # stored 96 wide, 64 high
