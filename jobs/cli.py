@@ -56,7 +56,7 @@ def _load_codec(model: str, device: str, precision: str | None = None):
     try:  # any codec: the weights file says which (CDC, DiffC, CorrDiff)
         return load_codec(model, device=device, precision=precision)
     except WeightsError as e:
-        fail(str(e))
+        fail(str(e), EXIT_INPUT, model)
 
 
 @app.command()
@@ -172,9 +172,10 @@ def train(
     try:
         codec = (yaml.safe_load(config.read_text()) or {}).get("codec", "cdc")
     except (OSError, yaml.YAMLError, AttributeError) as e:
-        fail(f"{config}: {e}")
+        fail(f"{config}: {e}", EXIT_INPUT, config)
     if codec not in TRAINERS:
-        fail(f"{config}: unknown codec {codec!r}; known: {', '.join(TRAINERS)}", EXIT_USAGE)
+        fail(f"{config}: unknown codec {codec!r}; known: {', '.join(TRAINERS)}", EXIT_USAGE,
+             config)
     if codec != "cdc":
         # Each other codec has its own training module with the same entry point.
         module = importlib.import_module(TRAINERS[codec])
@@ -183,13 +184,13 @@ def train(
                                        batch_size=batch_size, max_steps=max_steps,
                                        time_limit=time_limit, export=export, half=half)
         except (OSError, ValueError, TypeError) as e:
-            fail(f"{config}: {e}")
+            fail(f"{config}: {e}", EXIT_INPUT, config)
         typer.echo(line)
         return
     try:
         cfg = TrainConfig.from_yaml(config)
     except (OSError, ValueError, TypeError) as e:
-        fail(f"{config}: {e}")
+        fail(f"{config}: {e}", EXIT_INPUT, config)
     trainer = Trainer(cfg, run_dir, device=device, bf16=bf16, batch_size=batch_size)
     step = trainer.fit(max_steps=max_steps, time_limit=time_limit, progress=sys.stderr.isatty())
     typer.echo(f"{run_dir}: step {step}/{cfg.steps}")
@@ -215,7 +216,7 @@ def export_model_cmd(
     from pipeline.train import export_model
 
     if not (run_dir / "checkpoint.pt").exists():
-        fail(f"{run_dir}: no checkpoint.pt")
+        fail(f"{run_dir}: no checkpoint.pt", EXIT_INPUT, run_dir)
     defaults = {k: v for k, v in (("default_steps", default_steps),
                                   ("default_gamma", default_gamma)) if v is not None}
     try:
@@ -251,7 +252,7 @@ def demo(
     try:
         files = list_images(str(src))
     except FileNotFoundError as e:
-        fail(str(e))
+        fail(str(e), EXIT_INPUT, src)
     for f in files:
         img = read_image(f).convert("RGB")
         name = Path(f).stem
