@@ -63,7 +63,7 @@ from pipeline.archive import (
     plan_shards,
     weights_digest,
 )
-from pipeline.files import DEFAULT_MAX_PIXELS, set_max_pixels, take_notes
+from pipeline.files import DEFAULT_MAX_PIXELS, check_max_pixels, set_max_pixels, take_notes
 from pipeline.rate import RateError, check_rate, choose_model
 from pipeline.tiers import merge_tiers
 from storage import ArchiveError
@@ -177,6 +177,10 @@ def _prepare(cfg: ArchiveJobConfig):
     """Driver-side planning: inputs, model identity, archive, shards (no Ray needed)."""
     from cdc import WeightsError
 
+    try:
+        check_max_pixels(cfg.options.max_pixels)  # here, not in every actor's constructor
+    except ValueError as e:
+        raise JobError(str(e)) from None
     try:
         items, problems = plan_inputs(cfg.src)
     except FileNotFoundError as e:
