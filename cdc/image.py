@@ -18,6 +18,9 @@ from torch import Tensor
 from cdc.errors import ImageError
 
 MAX_SIDE = 1 << 16  # varint-coded in the header; larger images should be tiled upstream
+#: ``Image.info`` key a reader sets to the file's bits per sample when Pillow already reduced
+#: them on load (16-bit RGB PNG/TIFF load as 8-bit "RGB"; see :func:`high_bit_depth`).
+SOURCE_BITS_INFO = "cdc_source_bits"
 
 
 class SourceMode(enum.IntEnum):
@@ -65,10 +68,29 @@ def _from_array(arr: np.ndarray) -> tuple[np.ndarray, SourceMode]:
     return np.ascontiguousarray(arr), mode
 
 
+def high_bit_depth(img: Image.Image) -> bool:
+    """Whether an image in an 8-bit mode came from more bits per sample.
+
+    Pillow opens a 16-bit RGB(A) PNG or TIFF as mode "RGB"/"RGBA" and keeps only the high
+    byte of each sample; the file's raw mode (``RGB;16B``...) is visible until ``load()``.
+    A reader that loads the image first records it in ``info[SOURCE_BITS_INFO]``.
+    """
+    if int(img.info.get(SOURCE_BITS_INFO, 8) or 8) > 8:
+        return True
+    for tile in getattr(img, "tile", None) or ():
+        args = tile[3] if len(tile) > 3 else None
+        raw = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(raw, str) and ";16" in raw:
+            return True
+    return False
+
+
 def _from_pil(img: Image.Image) -> tuple[np.ndarray, SourceMode]:
     m = img.mode
     if m == "RGB":
-        return np.asarray(img, dtype=np.uint8), SourceMode.RGB
+        reduced = high_bit_depth(img)  # before asarray(): loading drops the raw mode
+        mode = SourceMode.REDUCED_16BIT if reduced else SourceMode.RGB
+        return np.asarray(img, dtype=np.uint8), mode
     if m in ("L", "1"):
         return np.asarray(img.convert("RGB")), SourceMode.GRAY
     if m == "P":

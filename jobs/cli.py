@@ -2,7 +2,9 @@
 
 Every command turns expected failures (bad input, bad stream, wrong weights) into
 one line on stderr that names the file and the problem, and a non-zero exit code;
-outputs are written atomically so nothing is left half-written.
+outputs are written atomically so nothing is left half-written. Names (files, URLs, keys)
+are printed with control characters, terminal escapes and bidi controls escaped
+(:func:`jobs.text.printable`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import warnings
 from pathlib import Path
 
 import typer
+
+from jobs.text import error_line, printable
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation noise
 
@@ -26,9 +30,22 @@ ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m",
 DeviceOpt = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda.")
 
 
-def fail(message: str, code: int = EXIT_INPUT) -> None:
-    typer.echo(f"error: {message}", err=True)
+def _max_pixels_opt():
+    from pipeline.files import DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS
+
+    return typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, max=HARD_MAX_PIXELS,
+                        help="Refuse input images with more pixels than this (width x "
+                             f"height; default {DEFAULT_MAX_PIXELS}, sized for 24 GB of RAM).")
+
+
+def fail(message: str, code: int = EXIT_INPUT, *names: object) -> None:
+    """Print ``error: <message>`` as one line (``names`` escaped where they occur) and exit."""
+    typer.echo(f"error: {error_line(message, *names)}", err=True)
     raise typer.Exit(code)
+
+
+def warn(message: str, *names: object) -> None:
+    typer.echo(f"warning: {error_line(message, *names)}", err=True)
 
 
 def _load_codec(model: str, device: str, precision: str | None = None):
@@ -38,7 +55,7 @@ def _load_codec(model: str, device: str, precision: str | None = None):
     try:  # any codec: the weights file says which (CDC, DiffC, CorrDiff)
         return load_codec(model, device=device, precision=precision)
     except WeightsError as e:
-        fail(str(e))
+        fail(str(e), EXIT_INPUT, model)
 
 
 @app.command()
@@ -47,20 +64,28 @@ def compress(
     dst: Path = typer.Argument(..., help="Output stream file (.cdc)."),
     model: str = ModelOpt,
     device: str = DeviceOpt,
+    max_pixels: int = _max_pixels_opt(),
 ) -> None:
     """Compress one image to a stream (.cdc; codec given by the model: CDC, DiffC, CorrDiff)."""
     from cdc import CodecError
-    from pipeline.files import InputError, read_image, write_bytes_atomic
+    from pipeline.files import InputError, input_note, read_image, write_bytes_atomic
 
     try:
-        img = read_image(src)
+        img = read_image(src, max_pixels)
+        if note := input_note(img):
+            warn(f"{src}: {note}", src)
         codec = _load_codec(model, device)
         data = codec.compress(img)
         write_bytes_atomic(dst, data)
-    except (InputError, CodecError) as e:
-        fail(f"{src}: {e}" if str(src) not in str(e) else str(e))
+    except (InputError, CodecError, OSError) as e:
+        fail(f"{src}: {e}" if str(src) not in str(e) else str(e), EXIT_INPUT, src, dst)
+    except typer.Exit:  # a RuntimeError too: fail() above already said why
+        raise
+    except (RuntimeError, MemoryError) as e:  # e.g. out of memory in the network
+        fail(f"{src}: encoding failed ({type(e).__name__}: {e})", EXIT_INPUT, src)
     w, h = img.size
-    typer.echo(f"{src} -> {dst}: {len(data)} bytes, {8 * len(data) / (w * h):.4f} bpp")
+    typer.echo(f"{printable(src)} -> {printable(dst)}: {len(data)} bytes, "
+               f"{8 * len(data) / (w * h):.4f} bpp" + (f" ({note})" if note else ""))
 
 
 @app.command()
@@ -84,10 +109,14 @@ def decompress(
         img = codec.decompress(data, steps=steps, gamma=gamma, seed=seed)
         save_image_atomic(img, dst)
     except BitstreamError as e:
-        fail(f"{src}: {e}", EXIT_STREAM)
-    except (InputError, CodecError, ValueError) as e:
-        fail(f"{src}: {e}" if str(src) not in str(e) else str(e))
-    typer.echo(f"{src} -> {dst}: {img.width}x{img.height}")
+        fail(f"{src}: {e}", EXIT_STREAM, src)
+    except (InputError, CodecError, ValueError, OSError) as e:
+        fail(f"{src}: {e}" if str(src) not in str(e) else str(e), EXIT_INPUT, src, dst)
+    except typer.Exit:  # a RuntimeError too: fail() above already said why
+        raise
+    except (RuntimeError, MemoryError) as e:  # e.g. out of memory in the network
+        fail(f"{src}: decoding failed ({type(e).__name__}: {e})", EXIT_INPUT, src)
+    typer.echo(f"{printable(src)} -> {printable(dst)}: {img.width}x{img.height}")
 
 
 @app.command()
@@ -104,9 +133,9 @@ def info(
     try:
         d = describe_stream(read_bytes(src))
     except BitstreamError as e:
-        fail(f"{src}: {e}", EXIT_STREAM)
+        fail(f"{src}: {e}", EXIT_STREAM, src)
     except InputError as e:
-        fail(str(e))
+        fail(str(e), EXIT_INPUT, src)
     names = [n for n, e in registry().items() if e["sha256"].startswith(d["model_digest"])]
     d["model"] = names[0] if names else "unknown (not a shipped model)"
     if as_json:
@@ -137,16 +166,17 @@ def train(
     try:
         codec = (yaml.safe_load(config.read_text()) or {}).get("codec", "cdc")
     except (OSError, yaml.YAMLError, AttributeError) as e:
-        fail(f"{config}: {e}")
+        fail(f"{config}: {e}", EXIT_INPUT, config)
     if codec not in CODECS:
-        fail(f"{config}: unknown codec {codec!r}; known: {', '.join(CODECS)}", EXIT_USAGE)
+        fail(f"{config}: unknown codec {codec!r}; known: {', '.join(CODECS)}", EXIT_USAGE,
+             config)
     module = resolve(entry(codec).trainer)  # every codec's trainer has the same entry point
     try:
         line = module.run_training(config, run_dir, device=device, bf16=bf16,
                                    batch_size=batch_size, max_steps=max_steps,
                                    time_limit=time_limit, export=export, half=half)
     except (OSError, ValueError, TypeError) as e:
-        fail(f"{config}: {e}")
+        fail(f"{config}: {e}", EXIT_INPUT, config)
     typer.echo(line)
 
 
@@ -169,10 +199,12 @@ def export_model_cmd(
 
     try:
         _, codec = load_checkpoint_config(run_dir)
-    except (FileNotFoundError, OSError, KeyError) as e:
-        fail(str(e) if isinstance(e, FileNotFoundError) else f"{run_dir}: unreadable checkpoint ({e})")
+    except FileNotFoundError:
+        fail(f"{run_dir}: no checkpoint.pt", EXIT_INPUT, run_dir)
+    except (OSError, KeyError) as e:
+        fail(f"{run_dir}: unreadable checkpoint ({e})", EXIT_INPUT, run_dir)
     if codec not in CODECS:
-        fail(f"{run_dir}: checkpoint of unknown codec {codec!r}", EXIT_USAGE)
+        fail(f"{run_dir}: checkpoint of unknown codec {codec!r}", EXIT_USAGE, run_dir)
     defaults = {k: v for k, v in (("default_steps", default_steps),
                                   ("default_gamma", default_gamma)) if v is not None}
     try:
@@ -209,7 +241,7 @@ def demo(
     try:
         files = list_images(str(src))
     except FileNotFoundError as e:
-        fail(str(e))
+        fail(str(e), EXIT_INPUT, src)
     for f in files:
         img = read_image(f).convert("RGB")
         name = Path(f).stem
@@ -229,6 +261,58 @@ def demo(
                       f"{t1 - t0:.2f}", f"{t2 - t1:.2f}")
     Console().print(table)
     typer.echo(f"streams and decoded images in {out}/")
+
+
+@app.command()
+def verify(
+    archive_url: str = typer.Argument(..., help="Archive path or fsspec URL."),
+    data: bool = typer.Option(True, "--data/--no-data",
+                              help="Read every payload and check its CRC (--no-data: "
+                                   "manifests, metadata and keys only)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check an archive: payload checksums, manifests, keys. Exit 0 clean, 3 if damaged."""
+    from storage import Archive, ArchiveError
+    from storage.check import check_archive
+
+    try:
+        arch = Archive.open(archive_url, read_only=True)
+        rep = check_archive(arch, data=data)
+    except (ArchiveError, OSError) as e:
+        fail(str(e) if str(e).startswith(archive_url) else f"{archive_url}: {e}",
+             EXIT_INPUT, archive_url)
+    problems = [(f"shard {p['shard']}: " if p.get("key") is None else "") + p["error"]
+                for p in rep["bad_payloads"]]
+    problems += [p["error"] for p in rep["bad_manifests"]]
+    problems += [f"{archive_url}: shard {p['shard']}: bad key {p['key']!r}: {p['error']}"
+                 for p in rep["bad_keys"]]
+    problems += [f"{archive_url}: key {d['key']!r} is stored in shards {d['shards']}"
+                 for d in rep["duplicate_keys"]]
+    problems += rep["other"]
+    if as_json:
+        typer.echo(json.dumps({**rep, "problems": len(problems)}, indent=2, default=str))
+    else:
+        rows = [
+            ("archive", printable(archive_url)),
+            ("shards", f"{rep['shards']} completed"),
+            ("records", f"{rep['records']} ({rep['ok']} ok, {rep['failed']} failed images)"),
+            ("payloads", "checked (CRC-32)" if data else "not read (--no-data)"),
+            ("bad payloads", str(len(rep["bad_payloads"]))),
+            ("bad manifests", str(len(rep["bad_manifests"]))),
+            ("bad keys", str(len(rep["bad_keys"]))),
+            ("duplicate keys", str(len(rep["duplicate_keys"]))),
+        ]
+        if rep["other"]:
+            rows.append(("other problems", str(len(rep["other"]))))
+        rows.append(("verdict", "clean" if rep["clean"] else f"{len(problems)} problem(s)"))
+        for k, v in rows:
+            typer.echo(f"{k:>15}: {v}")
+    for line in problems[:20]:
+        typer.echo(f"error: {error_line(line, archive_url)}", err=True)
+    if len(problems) > 20:
+        typer.echo(f"error: ... and {len(problems) - 20} more (see --json)", err=True)
+    if not rep["clean"]:
+        raise typer.Exit(EXIT_STREAM)
 
 
 @app.command()

@@ -63,6 +63,7 @@ from pipeline.archive import (
     plan_shards,
     weights_digest,
 )
+from pipeline.files import DEFAULT_MAX_PIXELS, check_max_pixels, set_max_pixels, take_notes
 from pipeline.rate import RateError, check_rate, choose_model
 from pipeline.tiers import merge_tiers
 from storage import ArchiveError
@@ -85,7 +86,9 @@ class ArchiveJobConfig:
     gpus_per_actor: float | None = None  # None: 1 where Ray sees GPUs, else 0
     precision: str | None = None  # "bf16" on GPUs
     shard_size: int = DEFAULT_SHARD_SIZE
-    options: EncodeOptions = field(default_factory=EncodeOptions)
+    # max_pixels: see pipeline.files.DEFAULT_MAX_PIXELS (a bigger image is a failed record)
+    options: EncodeOptions = field(
+        default_factory=lambda: EncodeOptions(max_pixels=DEFAULT_MAX_PIXELS))
     tiers: list[str] = field(default_factory=list)  # "name:steps=..,gamma=..,seed=.."
     shard_attempts: int = 3
     inflight: int = 2  # shards queued per actor
@@ -113,6 +116,7 @@ class ShardEncoder:
         import torch
 
         torch.set_num_threads(max(1, threads))
+        set_max_pixels(options.max_pixels)  # images are refused from their header, unread
         self.model, self.expected = model, expected_sha256
         self.url, self.storage_options = url, storage_options
         self.owner, self.options, self.precision = owner, options, precision
@@ -145,6 +149,10 @@ class ShardEncoder:
                                options=self.options, before_commit=hook,
                                compute_lock=self._compute):
             ev["node"] = self.node
+            if ev.get("type") == "shard":
+                notes = take_notes(it.url for it in plan.items)
+                ev["notes"] = [{"key": it.key, "note": notes[it.url]} for it in plan.items
+                               if it.url in notes]
             yield ev
 
 
@@ -169,6 +177,10 @@ def _prepare(cfg: ArchiveJobConfig):
     """Driver-side planning: inputs, model identity, archive, shards (no Ray needed)."""
     from cdc import WeightsError
 
+    try:
+        check_max_pixels(cfg.options.max_pixels)  # here, not in every actor's constructor
+    except ValueError as e:
+        raise JobError(str(e)) from None
     try:
         items, problems = plan_inputs(cfg.src)
     except FileNotFoundError as e:
@@ -276,6 +288,7 @@ def run_archive_job(cfg: ArchiveJobConfig, *, on_event: Callable[[dict[str, Any]
     failed_records = [{"key": i.key, "error": i.error} for i in fresh.failed()
                       if i.key in set(keys)]
     missing = [k for k in keys if k not in in_archive]
+    notes = sorted((n for r in results for n in r.get("notes", [])), key=lambda n: n["key"])
     failures = sorted(failed_records + [{"key": p["key"], "error": p["error"]} for p in problems]
                       + [{"key": k, "error": "not archived (its shard failed; rerun the job)"}
                          for k in missing], key=lambda f: f["key"])
@@ -303,6 +316,7 @@ def run_archive_job(cfg: ArchiveJobConfig, *, on_event: Callable[[dict[str, Any]
         "seconds": seconds,
         "images_per_s": counters.images / seconds if seconds > 0 else 0.0,
         "failures": failures,
+        "notes": notes,
         "complete": not failures,
         "archive_summary": {k: v for k, v in fresh.summary().items() if k != "url"},
         "shard_results": [{k: r[k] for k in ("shard", "images", "ok", "failed", "seconds",
@@ -335,6 +349,8 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     if sh["failed"]:
         rows.append(("shards failed", ", ".join(f"{f['shard']} ({f['error']})" for f in sh["failed"])))
+    if s.get("notes"):
+        rows.append(("notes (first frame kept, ...)", str(len(s["notes"]))))
     rows.append(("failures", str(len(s["failures"]))))
     return rows
 

@@ -17,8 +17,10 @@ EXIT_INPUT, EXIT_USAGE = 1, 2
 DEFAULT_METRICS = "psnr,ms_ssim,lpips_alex,lpips_vgg,dists,fid"
 
 
-def _fail(message: str, code: int = EXIT_INPUT) -> None:
-    typer.echo(f"error: {message}", err=True)
+def _fail(message: str, code: int = EXIT_INPUT, *names: object) -> None:
+    from jobs.text import error_line
+
+    typer.echo(f"error: {error_line(message, *names)}", err=True)
     raise typer.Exit(code)
 
 
@@ -128,9 +130,9 @@ def register(app: typer.Typer) -> None:
         try:
             imgs = load_images(images)
         except (OSError, ValueError) as e:
-            _fail(f"{images}: {e}")
+            _fail(f"{images}: {e}", EXIT_INPUT, images)
         if not imgs:
-            _fail(f"{images}: no images found")
+            _fail(f"{images}: no images found", EXIT_INPUT, images)
         imgs = imgs[:limit] if limit else imgs
         entries = []
         for m in model:

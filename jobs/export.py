@@ -207,6 +207,7 @@ def run_export_job(cfg: ExportJobConfig, *,
     except (ArchiveError, WeightsError, TierError, ValueError) as e:
         raise JobError(str(e)) from None
     chunks, failures, skipped = _select(cfg, arch, fmt)
+    not_decoded = len(failures)  # refused at selection; decode failures are in counters.total
     counters = Counters(sum(len(c) for c in chunks))
     ray_info: dict[str, Any] = {"mode": "not started (nothing to do)"}
     cache_hits = 0
@@ -252,7 +253,7 @@ def run_export_job(cfg: ExportJobConfig, *,
         "overridden": overridden,
         "format": fmt.lower(),
         "ray": ray_info,
-        "selected": counters.total + skipped + len(failures),
+        "selected": counters.total + skipped + not_decoded,
         "skipped_existing": skipped,
         "exported": counters.ok,
         "from_cache": cache_hits,

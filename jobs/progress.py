@@ -83,13 +83,17 @@ class ProgressBar:
 
 
 def summary_table(title: str, rows: list[tuple[str, str]]):
+    """A two-column table; text is shown as is (names escaped, no rich markup)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=title, show_header=False, title_justify="left")
+    from jobs.text import printable
+
+    t = Table(title=escape(printable(title)), show_header=False, title_justify="left")
     t.add_column("what", style="bold")
     t.add_column("value", justify="right")
     for k, v in rows:
-        t.add_row(k, v)
+        t.add_row(escape(printable(k)), escape(printable(v)))
     return t
 
 

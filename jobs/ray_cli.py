@@ -3,7 +3,8 @@
 ``register(app)`` adds them to the main typer app (jobs/cli.py). Same conventions as the
 codec commands: expected failures print one line ``error: <archive/key/file>: <problem>``
 on stderr and exit non-zero (1 input/archive, 2 usage, 3 undecodable stream); outputs are
-written atomically. Ray is imported only by the commands that use it.
+written atomically; names are printed escaped (:func:`jobs.text.printable`). Ray is imported
+only by the commands that use it, and only after the arguments and the archive check out.
 """
 
 from __future__ import annotations
@@ -15,31 +16,35 @@ from typing import Annotated
 
 import typer
 
+from jobs.text import error_line, one_line, printable
+
 DEFAULT_MODEL = "cdc-small"
 EXIT_INPUT, EXIT_USAGE, EXIT_STREAM = 1, 2, 3
 
 
-def one_line(message: str) -> str:
-    """The first line of a message (some libraries' errors run over many lines)."""
-    lines = [ln.strip() for ln in str(message).strip().splitlines() if ln.strip()]
-    if len(lines) <= 1:
-        return lines[0] if lines else ""
-    return lines[0] + " …"
-
-
-def _fail(message: str, code: int = EXIT_INPUT) -> None:
-    typer.echo(f"error: {one_line(message)}", err=True)
+def _fail(message: str, code: int = EXIT_INPUT, *names: object) -> None:
+    """``error: <message>`` as one line (``names`` escaped where they occur), then exit."""
+    typer.echo(f"error: {error_line(message, *names)}", err=True)
     raise typer.Exit(code)
 
 
 def _report_failures(failures: list[dict[str, str]], limit: int = 20) -> None:
     for f in failures[:limit]:
-        msg = f["error"]
-        named = msg.split(": ", 1)[0].endswith(f["key"])  # already "<file or url/key>: ..."
-        msg = one_line(msg)
-        typer.echo(f"error: {msg}" if named else f"error: {f['key']}: {msg}", err=True)
+        key, msg = f["key"], f["error"]
+        named = msg.split(": ", 1)[0].endswith(key)  # already "<file or url/key>: ..."
+        msg = error_line(msg, key, f.get("url"))
+        typer.echo(f"error: {msg}" if named else f"error: {printable(key)}: {msg}", err=True)
     if len(failures) > limit:
         typer.echo(f"error: ... and {len(failures) - limit} more (see --json)", err=True)
+
+
+def _report_notes(notes: list[dict[str, str]], limit: int = 20) -> None:
+    """One ``warning:`` line per input the job changed beyond the codec's own conversion
+    (an animated image's other frames dropped)."""
+    for n in notes[:limit]:
+        typer.echo(f"warning: {printable(n['key'])}: {one_line(n['note'])}", err=True)
+    if len(notes) > limit:
+        typer.echo(f"warning: ... and {len(notes) - limit} more (see --json)", err=True)
 
 
 def _finish(summary: dict, title: str, rows: Callable[[dict], list], as_json: bool) -> None:
@@ -50,6 +55,7 @@ def _finish(summary: dict, title: str, rows: Callable[[dict], list], as_json: bo
         typer.echo(json.dumps(summary, indent=2))
     else:
         print_table(summary_table(title, rows(summary)))
+    _report_notes(summary.get("notes", []))
     if not summary["complete"]:
         _report_failures(summary["failures"])
         raise typer.Exit(EXIT_INPUT)
@@ -63,6 +69,8 @@ def register(app: typer.Typer) -> None:
     if getattr(app, "_cdc_ray_commands", False):
         return
     app._cdc_ray_commands = True  # type: ignore[attr-defined]
+
+    from pipeline.files import DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS
 
     @app.command("archive")
     def archive_cmd(
@@ -84,6 +92,10 @@ def register(app: typer.Typer) -> None:
         shard_size: int = typer.Option(64, min=1, help="Images per shard (new archives)."),
         batch_size: int = typer.Option(8, min=1, help="Images per forward pass (same size)."),
         read_retries: int = typer.Option(2, min=0, help="Retries of a failed input read."),
+        max_pixels: int = typer.Option(
+            DEFAULT_MAX_PIXELS, "--max-pixels", min=1, max=HARD_MAX_PIXELS,
+            help="Store images with more pixels than this (width x height) as failed records "
+                 f"(default {DEFAULT_MAX_PIXELS}, sized for 24 GB of RAM)."),
         shard_attempts: int = typer.Option(3, min=1, help="Attempts per shard (actor deaths)."),
         tier: Annotated[list[str] | None, typer.Option(
             "--tier", help="Set a tier: NAME:steps=N,gamma=G,seed=S (repeatable).")] = None,
@@ -102,15 +114,16 @@ def register(app: typer.Typer) -> None:
             src=src, url=archive_url, model=model, rate=rate, address=address, num_cpus=num_cpus,
             actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
             precision=precision, shard_size=shard_size,
-            options=EncodeOptions(batch_size=batch_size, read_retries=read_retries),
+            options=EncodeOptions(batch_size=batch_size, read_retries=read_retries,
+                                  max_pixels=max_pixels),
             tiers=list(tier or []), shard_attempts=shard_attempts, retry_failed=retry_failed,
             takeover=takeover, progress=progress)
         try:
             summary = run_archive_job(cfg)
         except TierError as e:
-            _fail(f"{archive_url}: {e}", EXIT_USAGE)
+            _fail(f"{archive_url}: {e}", EXIT_USAGE, archive_url)
         except JobError as e:
-            _fail(str(e))
+            _fail(str(e), EXIT_INPUT, src, archive_url)
         _finish(summary, f"cdc archive {src} -> {archive_url}", summary_rows, as_json)
 
     @app.command("get")
@@ -144,7 +157,7 @@ def register(app: typer.Typer) -> None:
         try:
             fmt = image_format_for(out)
         except InputError as e:
-            _fail(str(e))
+            _fail(str(e), EXIT_INPUT, out)
         try:
             arch = Archive.open(archive_url, read_only=not write_cache)
             codec = load_driver_codec(resolve_model(arch, model), device=device)
@@ -153,14 +166,14 @@ def register(app: typer.Typer) -> None:
             res = reader.get(key, tier, fmt=fmt, steps=steps, gamma=gamma, seed=seed)
             write_bytes_atomic(out, res.data)
         except TierError as e:
-            _fail(f"{archive_url}: {e}", EXIT_USAGE)
+            _fail(f"{archive_url}: {e}", EXIT_USAGE, archive_url)
         except DecodeError as e:
-            _fail(str(e), EXIT_STREAM)
-        except (ArchiveError, FailedRecordError, WeightsError, InputError) as e:
-            _fail(str(e))
+            _fail(str(e), EXIT_STREAM, archive_url, key)
+        except (ArchiveError, FailedRecordError, WeightsError, InputError, OSError) as e:
+            _fail(str(e), EXIT_INPUT, archive_url, key, out)
         settings, _ = reader.settings(tier, steps=steps, gamma=gamma, seed=seed)
         how = "from cache" if res.source != "decoded" else f"decoded in {res.seconds:.2f} s"
-        typer.echo(f"{key} -> {out}: {res.width}x{res.height}, tier {tier} "
+        typer.echo(f"{printable(key)} -> {printable(out)}: {res.width}x{res.height}, tier {tier} "
                    f"(steps {settings.steps}, gamma {settings.gamma}, seed {settings.seed}), {how}")
 
     @app.command("export")
@@ -200,7 +213,7 @@ def register(app: typer.Typer) -> None:
                 key_list = [ln.strip() for ln in keys.read_text().splitlines()
                             if ln.strip() and not ln.startswith("#")]
             except OSError as e:
-                _fail(f"{keys}: cannot read ({e})")
+                _fail(f"{keys}: cannot read ({e})", EXIT_INPUT, keys)
         cfg = ExportJobConfig(
             url=archive_url, dest=dest, tier=tier, fmt=fmt, steps=steps, gamma=gamma, seed=seed,
             model=model, keys=key_list, prefix=prefix, overwrite=overwrite, address=address,
@@ -211,7 +224,8 @@ def register(app: typer.Typer) -> None:
             summary = run_export_job(cfg)
         except JobError as e:
             code = EXIT_USAGE if "tier" in str(e) or "format" in str(e) else EXIT_INPUT
-            _fail(str(e) if str(e).startswith(archive_url) else f"{archive_url}: {e}", code)
+            _fail(str(e) if str(e).startswith(archive_url) else f"{archive_url}: {e}", code,
+                  archive_url)
         _finish(summary, f"cdc export {archive_url} -> {dest}", summary_rows, as_json)
 
     @app.command("serve")
@@ -238,9 +252,11 @@ def register(app: typer.Typer) -> None:
         """Serve an archive over HTTP (Ray Serve): a gallery page at /, and
         GET /images/{key}?tier=&format=&width=."""
         from cdc import WeightsError
-        from jobs.serve import ServeOptions, run_server
         from pipeline.tiers import TierError
         from storage import ArchiveError
+
+        _check_servable(archive_url, model, tier)  # before Ray and Serve start (seconds)
+        from jobs.serve import ServeOptions, run_server
 
         opts = ServeOptions(default_tier=tier, max_batch_size=max_batch_size,
                             batch_wait_s=batch_wait_ms / 1000, max_pending=max_pending,
@@ -249,16 +265,33 @@ def register(app: typer.Typer) -> None:
                             write_cache=write_cache)
 
         def ready(url: str) -> None:
-            typer.echo(f"serving {archive_url} on {url}: the gallery at {url}/, GET /images, "
-                       "/images/{key}?tier=, /info, /healthz; Ctrl-C stops", err=True)
+            typer.echo(f"serving {printable(archive_url)} on {url}: the gallery at {url}/, "
+                       "GET /images, /images/{key}?tier=, /info, /healthz; Ctrl-C stops", err=True)
 
         try:
             run_server(archive_url, model=model, opts=opts, host=host, port=port,
                        address=address, num_cpus=num_cpus, on_ready=ready)
         except TierError as e:
-            _fail(str(e), EXIT_USAGE)
+            _fail(str(e), EXIT_USAGE, archive_url)
         except (ArchiveError, WeightsError) as e:
-            _fail(str(e))
+            _fail(str(e), EXIT_INPUT, archive_url)
+
+
+def _check_servable(archive_url: str, model: str | None, tier: str) -> None:
+    """Fail (one line, exit 1/2) unless ``archive_url`` opens as an archive, has a model to
+    decode it with and has ``tier``: what ``cdc serve`` checks before starting Ray."""
+    from pipeline.archive import resolve_model
+    from storage import Archive, ArchiveError
+
+    try:
+        arch = Archive.open(archive_url, read_only=True)
+        resolve_model(arch, model)
+    except (ArchiveError, OSError) as e:
+        _fail(str(e) if str(e).startswith(archive_url) else f"{archive_url}: {e}", EXIT_INPUT,
+              archive_url)
+    if tier not in arch.tiers:
+        _fail(f"{archive_url}: no tier {tier!r} (tiers: {', '.join(sorted(arch.tiers))})",
+              EXIT_USAGE, archive_url)
 
 
 __all__ = ["register"]

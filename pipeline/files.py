@@ -2,24 +2,78 @@
 
 "Nothing written half-way": every output goes to a temporary name beside the
 destination and is renamed into place only when complete, so a failure never
-leaves a truncated file and never clobbers an existing good one.
+leaves a truncated file and never clobbers an existing good one. Outputs get the
+permissions any new file gets (``0666`` less the process umask), like ``cp`` or a shell
+redirection would give them.
+
+Reading: :func:`decode_image` refuses images over a pixel limit from the header, before
+decoding them (:data:`DEFAULT_MAX_PIXELS`, settable per call or per process), applies the
+EXIF orientation, and keeps the first frame of an animated image with a note saying so
+(:func:`input_note`).
 """
 
 from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
+import threading
+import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import fsspec
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-Image.MAX_IMAGE_PIXELS = 1 << 28  # refuse decompression bombs beyond ~268 MP
+#: Largest image (width x height) read by default: 32 Mi pixels (e.g. 8192x4096, ~5800 px
+#: square). Sized for a 24 GB, 2-core machine: CDC compression on CPU takes about
+#: 1.1 GB + 0.21 GB per megapixel (measured, cdc-small), so ~8 GB at the limit, leaving room
+#: for the rest of the machine; a 144 MP image would need ~31 GB. Override with
+#: ``--max-pixels`` (CLI), ``max_pixels=`` or :func:`set_max_pixels`.
+DEFAULT_MAX_PIXELS = 1 << 25
+#: The ceiling for any limit: Pillow's decompression-bomb limit (it refuses larger images).
+HARD_MAX_PIXELS = 1 << 28
+Image.MAX_IMAGE_PIXELS = HARD_MAX_PIXELS
+# decode_image checks the size itself (below HARD_MAX_PIXELS) and refuses with one line;
+# Pillow's extra warning for images between 1x and 2x its limit would only be noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+_max_pixels = DEFAULT_MAX_PIXELS
+_NOTES: OrderedDict[str, str] = OrderedDict()  # name -> note, for jobs to collect (bounded)
+_NOTES_KEPT = 4096
+_notes_lock = threading.Lock()
 
 
 class InputError(Exception):
     """An input file is missing or unreadable; the message names the file."""
+
+
+def check_max_pixels(n: int) -> int:
+    """``n`` if it is a usable pixel limit (1 .. HARD_MAX_PIXELS), else ValueError."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= HARD_MAX_PIXELS:
+        raise ValueError(f"max_pixels must be an int in 1..{HARD_MAX_PIXELS}, got {n!r}")
+    return n
+
+
+def set_max_pixels(n: int | None) -> int:
+    """Set this process's default pixel limit (None: :data:`DEFAULT_MAX_PIXELS`); returns
+    the previous one. Jobs set it once per worker process from their options."""
+    global _max_pixels
+    old = _max_pixels
+    _max_pixels = DEFAULT_MAX_PIXELS if n is None else check_max_pixels(n)
+    return old
+
+
+def max_pixels() -> int:
+    """This process's default pixel limit."""
+    return _max_pixels
+
+
+def too_large(name: str, w: int, h: int, limit: int) -> str:
+    """The one-line refusal of an image over the pixel limit."""
+    mp = w * h / 1e6
+    size = f"{w}x{h} image" + (f" ({mp:.1f} MP)" if mp >= 0.1 else "")
+    return f"{name}: {size} is over the {limit} pixel limit (--max-pixels)"
 
 
 def read_bytes(url: str | os.PathLike) -> bytes:
@@ -35,22 +89,82 @@ def read_bytes(url: str | os.PathLike) -> bytes:
         raise InputError(f"{url}: cannot read ({e})") from e
 
 
-def decode_image(data: bytes, name: str) -> Image.Image:
-    """Fully decode image bytes (so truncated files fail here, not later)."""
+def _remember(name: str, note: str) -> None:
+    with _notes_lock:
+        _NOTES[name] = note
+        _NOTES.move_to_end(name)
+        while len(_NOTES) > _NOTES_KEPT:
+            _NOTES.popitem(last=False)
+
+
+def take_notes(names) -> dict[str, str]:
+    """The notes :func:`decode_image` made about these inputs (removed once taken)."""
+    with _notes_lock:
+        return {n: _NOTES.pop(n) for n in names if n in _NOTES}
+
+
+def input_note(img: Image.Image) -> str:
+    """What reading changed about the input beyond the codec's own conversion note (the
+    frames of an animated image that were dropped), or ``""``."""
+    return str(img.info.get("cdc_note", ""))
+
+
+def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
+    """Fully decode image bytes (so truncated files fail here, not later).
+
+    Images over ``max_pixels`` (default: :func:`max_pixels`) are refused from their header,
+    before any pixel is decoded. The EXIF orientation is applied (a photo stored 96x64 with
+    "rotate 90" comes out 64x96, as viewers show it). An animated or multi-frame image keeps
+    its first frame; :func:`input_note` (and :func:`take_notes`) say so.
+    """
+    from cdc.image import SOURCE_BITS_INFO, high_bit_depth  # here: cdc imports torch
+
+    limit = _max_pixels if max_pixels is None else check_max_pixels(max_pixels)
     try:
         img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if w * h > limit:
+            raise InputError(too_large(name, w, h, limit))
+        frames = getattr(img, "n_frames", 1)
+        if frames > 1:
+            img.seek(0)
+        bits16 = high_bit_depth(img)  # from the raw mode, which load() forgets
         img.load()
     except UnidentifiedImageError:
         raise InputError(f"{name}: not an image file (unrecognised format)") from None
     except Image.DecompressionBombError as e:
-        raise InputError(f"{name}: image too large ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{name}: image is over the {limit} pixel limit ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise InputError(f"{name}: corrupt or truncated image ({e})") from None
+    try:
+        ImageOps.exif_transpose(img, in_place=True)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: the pixels are still good, keep them as stored
+        pass
+    if bits16:
+        img.info[SOURCE_BITS_INFO] = 16
+    if frames > 1:
+        note = f"{img.format or 'image'} with {frames} frames: only the first frame is coded"
+        img.info["cdc_note"] = note
+        _remember(name, note)
     return img
 
 
-def read_image(url: str | os.PathLike) -> Image.Image:
-    return decode_image(read_bytes(url), os.fspath(url))
+def read_image(url: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
+    return decode_image(read_bytes(url), os.fspath(url), max_pixels)
+
+
+def _create_temp(path: Path):
+    """A new temp file beside ``path``, opened for writing with mode 0666 (the kernel then
+    applies the umask, as for any new file; ``mkstemp`` would force 0600)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.part"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                         0o666)
+        except FileExistsError:
+            continue
+        return fd, tmp
+    raise FileExistsError(f"{path}: could not create a temporary file beside it")
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -59,7 +173,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     if path.is_dir():
         raise InputError(f"{path}: is a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from PIL import Image
 
 from cdc.image import MAX_SIDE
-from pipeline.files import InputError, decode_image, read_bytes
+from pipeline.files import DEFAULT_MAX_PIXELS, InputError, decode_image, read_bytes
 from pipeline.planning import InputItem
 
 DEFAULT_READ_RETRIES = 2
-DEFAULT_MAX_PIXELS = 1 << 28  # Pillow's decompression-bomb limit in pipeline.files
 
 
 @dataclass
@@ -60,7 +59,7 @@ def load_item(item: InputItem, *, retries: int = DEFAULT_READ_RETRIES, backoff_s
             time.sleep(backoff_s * (attempt + 1))
     assert data is not None
     try:
-        img = decode_image(data, item.url)
+        img = decode_image(data, item.url, max_pixels=max_pixels)
         validate_image(img, item.url, max_pixels)
     except InputError as e:
         return Loaded(item.key, None, nbytes=len(data), error=str(e))

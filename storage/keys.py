@@ -3,20 +3,26 @@
 Keys end up as paths: the decompress job writes ``<out>/<key>``, and people copy them into
 shell commands. So a key must be a relative, normalised, printable POSIX path that cannot
 climb out of wherever it is joined to. We refuse bad keys at write time, rather than
-sanitising them, because a silently renamed image is worse than a clear error.
+sanitising them, because a silently renamed image is worse than a clear error. "Printable"
+includes no format characters (Unicode category Cf): a bidi override such as U+202E makes
+``abc\u202egpj.exe`` display as ``abcexe.jpg``, and zero-width characters make two
+different keys look the same. :func:`bad_keys` and :func:`key_problems` check the keys
+already in an archive (one written by other software, or before these rules).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 
 from .errors import BadKeyError
 
 MAX_KEY_BYTES = 1024
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _TIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_BAD_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}  # controls, lone surrogates, line/para separators
+# controls, format characters (bidi controls, zero-width), lone surrogates, line/para separators
+_BAD_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 
 
 def key_problem(key: object) -> str | None:
@@ -27,7 +33,9 @@ def key_problem(key: object) -> str | None:
         return "key is empty"
     for ch in key:
         if unicodedata.category(ch) in _BAD_CATEGORIES:
-            return f"key contains the control character U+{ord(ch):04X}"
+            name = unicodedata.name(ch, "")
+            return f"key contains the control character U+{ord(ch):04X}" + (
+                f" ({name})" if name else "")
     if len(key.encode("utf-8")) > MAX_KEY_BYTES:
         return f"key is longer than {MAX_KEY_BYTES} UTF-8 bytes"
     if "\\" in key:
@@ -49,6 +57,18 @@ def check_key(key: object, where: str = "") -> str:
         prefix = f"{where}: " if where else ""
         raise BadKeyError(f"{prefix}bad key {key!r}: {problem}")
     return key  # type: ignore[return-value]
+
+
+def bad_keys(keys: Iterable[object]) -> list[tuple[object, str]]:
+    """``(key, why)`` for every key in ``keys`` that :func:`key_problem` refuses, in order."""
+    return [(k, why) for k in keys if (why := key_problem(k)) is not None]
+
+
+def key_problems(keys: Iterable[object], where: str = "") -> list[str]:
+    """One message per bad key, worded like :func:`check_key`'s error (for a verify report:
+    ``problems += key_problems(meta.keys, f"{url}: shard {s}")``)."""
+    prefix = f"{where}: " if where else ""
+    return [f"{prefix}bad key {k!r}: {why}" for k, why in bad_keys(keys)]
 
 
 def check_tier_id(tier: object, where: str = "") -> str:

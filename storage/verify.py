@@ -1,4 +1,4 @@
-"""Whole-archive verification: every shard's digests, every record's CRC, duplicates.
+"""Whole-archive verification: every shard's digests, keys and record CRCs, duplicates.
 
 Behind ``Archive.verify``, the repair path's first step: it reads everything, reports every
 problem at once instead of stopping at the first, and forgets what it cached about the
@@ -8,6 +8,7 @@ corrupt shards.
 from __future__ import annotations
 
 from .errors import CorruptArchiveError, DuplicateKeyError
+from .keys import key_problems
 from .parts import ArchiveParts
 
 
@@ -20,6 +21,7 @@ def verify_parts(parts: ArchiveParts, *, data: bool = True) -> None:
     for s in parts.ledger.completed_shards():
         try:
             meta = parts.index.meta(s)
+            problems += key_problems(meta.keys, f"{url}: shard {s}")
             if data:
                 for _ in parts.payload.shard_records(meta):
                     pass
