@@ -15,6 +15,7 @@ from PIL import Image
 
 from cdc.image import MAX_SIDE
 from pipeline.files import DEFAULT_MAX_PIXELS, InputError, decode_image, read_bytes
+from pipeline.files import max_pixels as process_max_pixels
 from pipeline.planning import InputItem
 
 DEFAULT_READ_RETRIES = 2
@@ -30,8 +31,11 @@ class Loaded:
     error: str = ""
 
 
-def validate_image(img: Image.Image, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-    """Refuse images the codec cannot or should not code; the message names the file."""
+def validate_image(img: Image.Image, name: str, max_pixels: int | None = None) -> None:
+    """Refuse images the codec cannot or should not code; the message names the file.
+
+    ``max_pixels`` None: this process's limit (:func:`pipeline.files.max_pixels`)."""
+    max_pixels = process_max_pixels() if max_pixels is None else max_pixels
     w, h = img.size
     if w < 1 or h < 1:
         raise InputError(f"{name}: empty image ({w}x{h})")
@@ -42,7 +46,7 @@ def validate_image(img: Image.Image, name: str, max_pixels: int = DEFAULT_MAX_PI
 
 
 def load_item(item: InputItem, *, retries: int = DEFAULT_READ_RETRIES, backoff_s: float = 0.2,
-              max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded:
+              max_pixels: int | None = None) -> Loaded:
     """Read, decode and validate one image; never raises (errors become ``Loaded.error``).
 
     Read failures are retried ``retries`` times (object stores have transient errors);
