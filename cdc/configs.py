@@ -34,8 +34,8 @@ CONFIGS: dict[str, CDCConfig] = {
     ),
     "lcdc-small": CDCConfig(
         name="lcdc-small", space="taef2", y_stride=2, encoder_channels=128, latent_channels=96,
-        hyper_channels=96, unet_channels=64, channel_mults=(1, 2, 2), context_mults=(1, 1, 2),
-        attention_levels=(2,), attention_head_channels=32, default_steps=2, top_fraction=0.25,
+        hyper_channels=96, unet_channels=64, channel_mults=(1, 2, 2), context_mults=(1, 2, 2),
+        attention_levels=(2,), attention_head_channels=32, default_steps=2, top_fraction=0.5,
         space_mean=TAEF2_MEAN, space_std=TAEF2_STD,
     ),
     # The paper's shapes (256-channel latent), for GPU training.

@@ -51,9 +51,12 @@ def hyper_synthesis(cfg: CDCConfig) -> nn.Module:
 class ContextDecoder(nn.Module):
     """ŷ (M, /y_stride) → conditioning features for U-Net levels 0..L-1 (stride 2**i).
 
-    Returned finest first, so ``features[i]`` has stride 2**i like U-Net level i. The
-    first stage reaches the coarsest level from ŷ (transposed convolutions up, strided
-    ones down, one 3×3 convolution when they coincide); each later stage doubles.
+    Returned finest first, so ``features[i]`` has stride 2**i like U-Net level i. When ŷ
+    is coarser than every level (pixel CDC: y at /16, levels /1../8) one chain of
+    transposed convolutions runs from ŷ to the finest level. When ŷ sits inside the
+    pyramid (latent CDC: y at /2 of the space), a 3×3 convolution makes ŷ's own level and
+    the finer levels come from it by transposed convolutions, the coarser by strided ones,
+    so no level is squeezed through a coarser one.
     """
 
     def __init__(self, cfg: CDCConfig):
@@ -61,27 +64,45 @@ class ContextDecoder(nn.Module):
         ctx = [cfg.unet_channels * m for m in cfg.context_mults]
         levels = len(ctx)
         y_level = cfg.y_stride.bit_length() - 1  # y sits at stride 2**y_level
-        self.stages = nn.ModuleList()
-        cur = cfg.latent_channels
-        for i in reversed(range(levels)):
-            layers: list[nn.Module] = []
-            gap = y_level - i if i == levels - 1 else 1  # reach the coarsest level in one stage
-            if gap == 0:
-                layers += [conv(cur, ctx[i], stride=1, kernel_size=3), GDN(ctx[i], inverse=True)]
-            for _ in range(-gap):
-                layers += [conv(cur, ctx[i]), GDN(ctx[i], inverse=True)]
-                cur = ctx[i]
-            for _ in range(gap):
-                layers += [deconv(cur, ctx[i]), GDN(ctx[i], inverse=True)]
-                cur = ctx[i]
-            cur = ctx[i]
-            self.stages.append(nn.Sequential(*layers))
         self.levels = levels
+        self.y_level = y_level
+        if y_level >= levels - 1:
+            self.stages = nn.ModuleList()
+            cur = cfg.latent_channels
+            for i in reversed(range(levels)):
+                layers: list[nn.Module] = []
+                for _ in range(y_level - i if i == levels - 1 else 1):
+                    layers += [deconv(cur, ctx[i]), GDN(ctx[i], inverse=True)]
+                    cur = ctx[i]
+                if i == levels - 1 and y_level == i:
+                    layers += [conv(cur, ctx[i], stride=1, kernel_size=3), GDN(ctx[i], inverse=True)]
+                cur = ctx[i]
+                self.stages.append(nn.Sequential(*layers))
+            return
+        self.at_y = nn.Sequential(conv(cfg.latent_channels, ctx[y_level], stride=1, kernel_size=3),
+                                  GDN(ctx[y_level], inverse=True))
+        self.finer = nn.ModuleList(
+            nn.Sequential(deconv(ctx[i + 1], ctx[i]), GDN(ctx[i], inverse=True))
+            for i in reversed(range(y_level)))
+        self.coarser = nn.ModuleList(
+            nn.Sequential(conv(ctx[i - 1], ctx[i]), GDN(ctx[i], inverse=True))
+            for i in range(y_level + 1, levels))
 
     def forward(self, y_hat: Tensor) -> list[Tensor]:
-        feats = []
-        h = y_hat
-        for stage in self.stages:
+        if hasattr(self, "stages"):
+            feats = []
+            h = y_hat
+            for stage in self.stages:
+                h = stage(h)
+                feats.append(h)
+            return feats[::-1]
+        mid = self.at_y(y_hat)
+        finer, h = [], mid
+        for stage in self.finer:
             h = stage(h)
-            feats.append(h)
-        return feats[::-1]
+            finer.append(h)
+        coarser, h = [], mid
+        for stage in self.coarser:
+            h = stage(h)
+            coarser.append(h)
+        return [*finer[::-1], mid, *coarser]
