@@ -27,6 +27,7 @@ def cdc_loss(
     perceptual: Perceptual | None = None,
     snr_clip: tuple[float, float] = (1.0, 5.0),
     image: Tensor | None = None,
+    window: int | None = None,
 ) -> dict[str, Tensor]:
     """One Monte-Carlo estimate of the objective on a batch ``x`` in model units.
 
@@ -37,7 +38,10 @@ def cdc_loss(
     weighted by the SNR clipped to ``snr_clip``: the lower clip keeps the weight of the
     noisiest times (which few-step and γ=0 decoding rely on) from vanishing. A fraction
     ``cfg.top_fraction`` of the batch starts where the sampler starts: the top time with
-    x_N = γ·ε, γ uniform in [0, 1] (a quarter of those at γ = 0 exactly).
+    x_N = γ·ε, γ uniform in [0, 1] (a quarter of those at γ = 0 exactly). For latent
+    models the perceptual term is computed on those items only (the 1-step decode that
+    matters most), on a random ``window``×``window`` patch of the space (the frozen decoder
+    costs ~36 GFLOP per 256² crop, so it sees small patches).
     """
     cfg = model.cfg
     b, _, h, w = x.shape
@@ -73,8 +77,14 @@ def cdc_loss(
         else:
             if image is None:
                 raise ValueError("a latent model's perceptual term needs the pixel crops")
-            decoded = model.space.decode_differentiable(model.from_model_units(x0_hat))
-            perc = perceptual(decoded, image).mean()
+            sel = slice(0, k or b)
+            u, img = x0_hat[sel], image[sel]
+            if window and window < h:
+                top, left = (int(v) for v in torch.randint(0, h - window + 1, (2,)))
+                u = u[..., top : top + window, left : left + window]
+                img = img[..., top * s : (top + window) * s, left * s : (left + window) * s]
+            decoded = model.space.decode_differentiable(model.from_model_units(u))
+            perc = perceptual(decoded, img).mean()
     loss = lam * bpp + (1 - rho) * diffusion + rho * perc
     if not math.isfinite(float(loss.detach())):
         raise FloatingPointError(f"non-finite loss (bpp={float(bpp):.4f}, diffusion={float(diffusion):.4f})")

@@ -44,6 +44,7 @@ class TrainConfig(TrainConfigBase):
     latent_cache: str = "runs/latent-cache"
     latent_crop: int = 16  # crop side in space positions (16 → 128-pixel crops for TAEF2)
     perceptual_mse: float = 1.0  # weight of pixel MSE beside LPIPS in the perceptual term
+    perceptual_window: int = 8  # latent models: side (space positions) decoded for it
 
     def model_cfg(self) -> CDCConfig:
         base = get_config(self.model_config).to_dict()
@@ -126,7 +127,7 @@ class Trainer(TrainerBase):
             image = image.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = cdc_loss(self.model, x, self.lam_at(self.step), self.cfg.rho, self.perceptual,
-                           image=image)
+                           image=image, window=self.cfg.perceptual_window)
         self.opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)

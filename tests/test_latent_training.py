@@ -1,0 +1,78 @@
+"""Latent CDC training: cached TAEF2 latents, resumable runs, the perceptual phase after
+the frozen decoder, relay artifacts and forks (init_from), export and coding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cdc.weights import read_weights_dict
+from pipeline.latents import LatentCrops, build_cache, cache_dir
+from pipeline.train import TrainConfig, Trainer, export_model
+from pipeline.training import RELAY_FILE, save_relay
+from tests.conftest import smooth_image
+from zoo import load_codec, load_space
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("latent-train-images")
+    for i in range(3):
+        Image.fromarray(smooth_image(136, 160, seed=i)).save(d / f"img{i}.png")
+    return d
+
+
+def _config(image_dir: Path, cache: Path, **kw) -> TrainConfig:
+    base = dict(model_config="lcdc-test", model_id="lcdc-test-trained", sources=[str(image_dir)],
+                max_side=None, workers=0, batch_size=2, steps=4, warmup_steps=1,
+                checkpoint_every=2, log_every=2, lr=1e-3, lam=0.1, latent_cache=str(cache),
+                latent_crop=8)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_cache_is_resumable_and_crops_align_with_pixels(image_dir: Path, tmp_path: Path):
+    space = load_space("taef2")
+    folder = build_cache(str(image_dir), space, tmp_path, max_side=None, limit=2)
+    assert len(list(folder.glob("*.npy"))) == 2
+    assert build_cache(str(image_dir), space, tmp_path, max_side=None) == folder
+    assert len(list(folder.glob("*.npy"))) == 3 and folder == cache_dir(tmp_path, space, None, 128)
+    crops = LatentCrops(folder, crop=8, stride=8, pixels=True, max_side=None)
+    lat, img = crops[0]
+    assert lat.shape == (32, 8, 8) and img.shape == (3, 64, 64)
+
+
+def test_train_perceptual_phase_relay_fork_export(image_dir: Path, tmp_path: Path):
+    pytest.importorskip("lpips")
+    from pipeline.metrics import fetch
+
+    try:
+        fetch.fetch_weights()
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"LPIPS weights unavailable: {e}")
+    cache = tmp_path / "cache"
+    run = tmp_path / "run"
+    t = Trainer(_config(image_dir, cache, steps=2), run)
+    assert t.fit(progress=False) == 2
+    # Phase 2 resumes the same run with the perceptual term after the frozen decoder.
+    t2 = Trainer(_config(image_dir, cache, steps=4, rho=0.5, perceptual_window=4), run)
+    assert t2.step == 2 and t2.fit(progress=False) == 4
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert float(rows[-1].split(",")[5]) > 0  # the perceptual column is live
+
+    relay = save_relay(run, tmp_path / "relay")
+    assert relay.name == RELAY_FILE and relay.stat().st_size < 16 << 20
+    fork = Trainer(_config(image_dir, cache, steps=6, lam=1.0, init_from=str(relay.parent)),
+                   tmp_path / "fork")
+    assert fork.step == 4 and fork.fit(progress=False) == 6
+
+    path = export_model(tmp_path / "fork", "lcdc-test-fork", zoo_dir=tmp_path / "zoo", half=True)
+    obj = read_weights_dict(path.read_bytes(), "test")
+    assert obj["space"]["name"] == "taef2" and obj["meta"]["train_steps"] == 6
+    codec = load_codec(str(path))
+    img = smooth_image(48, 72, seed=9)
+    out = codec.decompress(codec.compress(img), steps=1, gamma=0.0)
+    assert out.size == (72, 48) and np.asarray(out).std() > 0
