@@ -20,7 +20,7 @@ from cdc.models import ConditionalDiffusionCompressor
 from cdc.objectives import cdc_loss
 from cdc.weights import weights_bytes
 from pipeline.latents import LatentCrops, ensure_cache
-from pipeline.training import TrainConfigBase, TrainerBase, run_fit
+from pipeline.training import TrainConfigBase, TrainerBase, load_run, run_fit
 from zoo.components import load_space
 from zoo.store import ship_weights
 
@@ -172,7 +172,7 @@ def export_model(run_dir: str | Path, name: str | None = None, zoo_dir: str | Pa
     gives no settings, new archives start from the latter (see ``pipeline.tier_policy``).
     """
     run_dir = Path(run_dir)
-    ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ck = load_run(run_dir)  # a run's checkpoint.pt or a committed relay artifact
     cfg = TrainConfig(**ck["train_config"])
     name = name or cfg.model_id
     mcfg = cfg.model_cfg()
@@ -185,7 +185,8 @@ def export_model(run_dir: str | Path, name: str | None = None, zoo_dir: str | Pa
         extra_meta = {**(extra_meta or {}), "tiers": tiers}
     space = None if mcfg.space == "pixel" else load_space(mcfg.space)
     model = ConditionalDiffusionCompressor(mcfg, space)
-    model.load_state_dict(ck["ema"], strict=False)
+    frozen = {k: v for k, v in model.state_dict().items() if k.startswith("space.")}
+    model.load_state_dict({**frozen, **ck["ema"]})  # the frozen space is never in a run's EMA
     model.eval().update()
     meta = {"train_steps": int(ck["step"]), "crop": cfg.crop, "batch_size": cfg.batch_size,
             "lam": cfg.lam, "rho": cfg.rho, "sources": cfg.sources, **(extra_meta or {})}

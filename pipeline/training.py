@@ -85,13 +85,22 @@ class TrainConfigBase:
         return cfg
 
 
+def run_file(run_dir: str | Path) -> Path:
+    """A run folder's ``checkpoint.pt``, else its committed relay artifact (``relay.pt``)."""
+    for name in ("checkpoint.pt", RELAY_FILE):
+        if (Path(run_dir) / name).exists():
+            return Path(run_dir) / name
+    raise FileNotFoundError(f"{run_dir}: no checkpoint.pt (nor a {RELAY_FILE} relay artifact)")
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """What export needs of a run: ``ema``, ``step``, ``train_config`` (checkpoint or relay)."""
+    return torch.load(run_file(run_dir), map_location="cpu", weights_only=False)
+
+
 def load_checkpoint_config(run_dir: str | Path) -> tuple[dict[str, Any], str]:
-    """(the checkpoint's train_config, its codec) of a run folder."""
-    path = Path(run_dir) / "checkpoint.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{run_dir}: no checkpoint.pt")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = dict(ck["train_config"])
+    """(the run's train_config, its codec) of a run folder or relay artifact."""
+    cfg = dict(load_run(run_dir)["train_config"])
     return cfg, str(cfg.get("codec", "cdc"))
 
 

@@ -69,6 +69,8 @@ def test_train_perceptual_phase_relay_fork_export(image_dir: Path, tmp_path: Pat
                    tmp_path / "fork")
     assert fork.step == 4 and fork.fit(progress=False) == 6
 
+    from_relay = export_model(relay.parent, "lcdc-test-relay", zoo_dir=tmp_path / "zoo")
+    assert load_codec(str(from_relay)).meta["train_steps"] == 4  # a relay exports like a run
     path = export_model(tmp_path / "fork", "lcdc-test-fork", zoo_dir=tmp_path / "zoo", half=True)
     obj = read_weights_dict(path.read_bytes(), "test")
     assert obj["space"]["name"] == "taef2" and obj["meta"]["train_steps"] == 6
