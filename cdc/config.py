@@ -50,6 +50,9 @@ class CDCConfig:
     encoder_channels: int = 128  # hidden width of the analysis transform g_a
     latent_channels: int = 256  # M: channels of the content latent y at H/16
     hyper_channels: int = 128  # N: channels of the hyper latent z at H/64
+    # Largest scale of the Gaussian coder's table (its CDF rows are padded to the longest,
+    # so this sets most of the tables' size in the weights file).
+    scale_max: float = 256.0
     # Denoiser U-Net; level i works at H / 2**i and receives context level i.
     unet_channels: int = 64
     channel_mults: tuple[int, ...] = (1, 2, 3, 4)

@@ -36,7 +36,7 @@ CONFIGS: dict[str, CDCConfig] = {
         name="lcdc-small", space="taef2", y_stride=2, encoder_channels=128, latent_channels=96,
         hyper_channels=96, unet_channels=64, channel_mults=(1, 2, 2), context_mults=(1, 2, 2),
         attention_levels=(2,), attention_head_channels=32, default_steps=2, top_fraction=0.5,
-        space_mean=TAEF2_MEAN, space_std=TAEF2_STD,
+        space_mean=TAEF2_MEAN, space_std=TAEF2_STD, scale_max=64.0,
     ),
     # The paper's shapes (256-channel latent), for GPU training.
     "cdc-base": CDCConfig(

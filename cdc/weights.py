@@ -62,8 +62,14 @@ def pack_weights(codec: str, model_id: str, config: dict[str, Any], state_dict: 
     return buf.getvalue()
 
 
-def half_state(sd: dict[str, torch.Tensor], keep: tuple[str, ...] = ("entropy.",)) -> dict:
-    """Floating-point tensors as fp16, except those under ``keep`` (entropy stays exact)."""
+#: What stays exact when network weights are stored as fp16: the entropy coders' tables,
+#: quantiles and parameters (the hyper networks h_a/h_s may be fp16: both ends load the
+#: same stored values and run h_s in float64).
+EXACT_PREFIXES = ("entropy.hyper.entropy_bottleneck.", "entropy.y.")
+
+
+def half_state(sd: dict[str, torch.Tensor], keep: tuple[str, ...] = EXACT_PREFIXES) -> dict:
+    """Floating-point tensors as fp16, except those under ``keep`` (the coders stay exact)."""
     return {k: (v.half() if v.is_floating_point() and not k.startswith(keep) else v)
             for k, v in sd.items()}
 

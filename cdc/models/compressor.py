@@ -44,7 +44,8 @@ class ConditionalDiffusionCompressor(nn.Module):
         self.cfg = cfg
         self.space = space
         self.g_a = analysis_transform(cfg)
-        self.entropy = MeanScaleHyperprior(hyper_analysis(cfg), hyper_synthesis(cfg), cfg.hyper_channels)
+        self.entropy = MeanScaleHyperprior(hyper_analysis(cfg), hyper_synthesis(cfg), cfg.hyper_channels,
+                                           cfg.scale_max)
         self.context = ContextDecoder(cfg)
         self.denoiser = ConditionalUNet(cfg, in_channels=cfg.space_channels)
         self.schedule = NoiseSchedule(cfg.schedule, cfg.train_timesteps)

@@ -31,10 +31,12 @@ from torch import Tensor, nn
 SCALES_MIN, SCALES_MAX, SCALES_LEVELS = 0.11, 256.0, 256
 
 
-def scale_table() -> list[float]:
+def scale_table(scale_max: float = SCALES_MAX) -> list[float]:
+    """``SCALES_LEVELS`` log-spaced scales; a model may cap the largest (``cfg.scale_max``):
+    the CDF tables are padded to the longest row, so the cap sets their size."""
     import math
 
-    lo, hi = math.log(SCALES_MIN), math.log(SCALES_MAX)
+    lo, hi = math.log(SCALES_MIN), math.log(scale_max)
     return [math.exp(lo + (hi - lo) * i / (SCALES_LEVELS - 1)) for i in range(SCALES_LEVELS)]
 
 
@@ -101,10 +103,12 @@ class SymbolGaussianLatentCodec(GaussianConditionalLatentCodec):
 class MeanScaleHyperprior(HyperpriorLatentCodec):
     """CompressAI's HyperpriorLatentCodec whose outputs include the y symbols."""
 
-    def __init__(self, h_a: nn.Module, h_s: nn.Module, hyper_channels: int):
+    def __init__(self, h_a: nn.Module, h_s: nn.Module, hyper_channels: int,
+                 scale_max: float = SCALES_MAX):
+        self.scale_max = scale_max
         super().__init__(
             latent_codec={
-                "y": SymbolGaussianLatentCodec(scale_table=scale_table()),
+                "y": SymbolGaussianLatentCodec(scale_table=scale_table(scale_max)),
                 "hyper": HyperLatentCodec(
                     entropy_bottleneck=EntropyBottleneck(hyper_channels),
                     h_a=h_a,
@@ -142,7 +146,7 @@ class MeanScaleHyperprior(HyperpriorLatentCodec):
     def update(self, force: bool = True) -> None:
         """Compute the CDF tables once; they are stored with the weights."""
         self.entropy_bottleneck.update(force=force)
-        self.gaussian_conditional.update_scale_table(scale_table(), force=force)
+        self.gaussian_conditional.update_scale_table(scale_table(self.scale_max), force=force)
 
     def aux_loss(self) -> Tensor:
         return self.entropy_bottleneck.loss()
