@@ -27,7 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-_BLOCK_ELEMENTS = 1 << 22  # candidate floats generated per randn call (16 MiB)
+from cdc.diffc.stream import CODING_FIXED, CODING_ZIPF, MAX_ZIPF_BITS, packed_size
+
+BLOCK_ELEMENTS = 1 << 22  # candidate floats generated per randn call (16 MiB)
+_BLOCK_ELEMENTS = BLOCK_ELEMENTS
 _MASK63 = (1 << 63) - 1
 
 
@@ -113,7 +116,7 @@ def decode(indices: Tensor, n_dims: int, n_chunks: int, k: int, seed: int) -> Te
     indices = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
     if indices.numel() != n_chunks:
         raise ValueError(f"{indices.numel()} indices for {n_chunks} chunks")
-    if n_chunks and int(indices.max()) >= 1 << k:
+    if n_chunks and (int(indices.max()) >= 1 << k or int(indices.min()) < 0):
         raise ValueError("chunk index out of range")
     idx = chunk_index(n_dims, n_chunks, derive_seed(seed, 1))
     d = idx.shape[1]
@@ -148,15 +151,10 @@ def unpack_indices(data: bytes, n: int, k: int) -> Tensor:
     return torch.from_numpy(vals)
 
 
-def packed_size(n_chunks: int, k: int) -> int:
-    return (n_chunks * k + 7) // 8
-
-
 # -- entropy coding of the indices ------------------------------------------------------------
-#: Index coding schemes (one byte in the stream's plan).
-CODING_FIXED = 0  # k bits per index
-CODING_ZIPF = 1  # rANS (CompressAI) with the static law P(i) ∝ 1/(i+1), i < 2^k
-MAX_ZIPF_BITS = 12  # 16-bit CDF precision: every one of the 2^k symbols needs mass ≥ 1
+# The index coding schemes (one byte in the stream's plan) are defined with the stream
+# format, in cdc.diffc.stream (which imports no torch): CODING_FIXED (k bits per index),
+# CODING_ZIPF (rANS with the static law P(i) ∝ 1/(i+1), i < 2^k, k <= MAX_ZIPF_BITS).
 _CDFS: dict[int, list[int]] = {}
 
 
@@ -197,7 +195,10 @@ def decode_indices(data: bytes, n: int, k: int, coding: int) -> Tensor:
         raise ValueError(f"index coding {coding} does not support k={k}")
     from compressai.ans import RansDecoder
 
+    from cdc.rans import check_string, min_bits_from_cdf, padded
+
     cdf = zipf_cdf(k)
     m = max(n, 2)
-    out = RansDecoder().decode_with_indexes(data, [0] * m, [cdf], [len(cdf)], [0])
+    check_string(data, m, m * min_bits_from_cdf(cdf), f"{n} zipf-coded {k}-bit indices")
+    out = RansDecoder().decode_with_indexes(padded(data, m), [0] * m, [cdf], [len(cdf)], [0])
     return torch.tensor(out[:n], dtype=torch.long)
