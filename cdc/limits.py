@@ -47,8 +47,13 @@ class DecodeBudget:
     max_latent_elements: int = 1 << 26
     #: Estimated peak memory of the decode (the largest network evaluation).
     max_alloc_bytes: int = 12 * GiB
-    #: DiffC: Gaussian candidates the reverse-channel decoder draws (its CPU time).
+    #: DiffC: Gaussian candidates the reverse-channel decoder draws (its CPU time; ~6 ns
+    #: each here).
     max_rcc_draws: int = 1 << 33
+    #: DiffC: the same per coded dimension, i.e. the sum of 2^k over the steps (the
+    #: shipped encoder writes k = 8, up to 12 on one-dimension chunks: ~6,000 for 20 steps;
+    #: k = 16 on 20 steps would be 1.3 million).
+    max_rcc_draws_per_dim: int = 1 << 17
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -112,7 +117,8 @@ DEFAULT_BUDGET = DecodeBudget()
 
 _UNITS = {"pixels": "pixels", "steps": "network evaluations",
           "pixel_steps": "pixel-evaluations", "latent_elements": "entropy-coded symbols",
-          "alloc_bytes": "of memory", "rcc_draws": "candidate draws"}
+          "alloc_bytes": "of memory", "rcc_draws": "candidate draws",
+          "rcc_draws_per_dim": "candidate draws per coded dimension"}
 
 
 def _fmt(name: str, v: float) -> str:

@@ -180,11 +180,11 @@ class DiffCCodec(BaseCodec):
             else:
                 draws += n_dims
         evals = len(received) + (steps or 0)
+        alloc = max(self.unet_alloc(ph, pw, context=False), 2 * block) + 48 * 3 * ph * pw
         self.budget.check(
             f"a {p.width}x{p.height} diffc stream", pixels=ph * pw, steps=evals,
-            pixel_steps=ph * pw * evals, latent_elements=symbols, rcc_draws=draws,
-            alloc_bytes=max(self.unet_alloc(ph, pw, context=False), 2 * block)
-            + 48 * 3 * ph * pw)
+            pixel_steps=ph * pw * evals, latent_elements=symbols,
+            rcc_draws_per_dim=draws // n_dims, rcc_draws=draws, alloc_bytes=alloc)
 
     @torch.no_grad()
     def decode_levels(self, data: bytes | st.Parsed, max_bytes: int | None = None,
@@ -192,6 +192,11 @@ class DiffCCodec(BaseCodec):
         """(parsed, last level, x at each received level): the encoder's samples, exactly."""
         p = data if isinstance(data, st.Parsed) else self._parse(data, max_bytes)
         self.check_budget(p)
+        for j, (s, payload) in enumerate(zip(p.plan.steps, p.received)):
+            try:  # every received step's indices are plausible before any work starts
+                rcc.check_indices(payload, s.n_chunks, s.k, p.plan.coding)
+            except (CorruptStreamError, ValueError) as e:
+                raise CorruptStreamError(f"step {j}: bad chunk indices ({e})") from e
         shape, dims = self._prepare(p.height, p.width)
         t = p.plan.t_start
         x = self._start(shape, p.plan.seed)

@@ -186,19 +186,31 @@ def code_indices(indices: Tensor, k: int, coding: int) -> bytes:
     return RansEncoder().encode_with_indexes(sym, [0] * len(sym), [cdf], [len(cdf)], [0])
 
 
-def decode_indices(data: bytes, n: int, k: int, coding: int) -> Tensor:
+def check_indices(data: bytes, n: int, k: int, coding: int) -> None:
+    """Raise (``CorruptStreamError`` / ``ValueError``) unless ``data`` can hold ``n`` indices
+    of ``k`` bits coded with ``coding``: what :func:`decode_indices` checks before decoding
+    (for rANS blocks, before CompressAI's decoder sees them; see :mod:`cdc.rans`)."""
     if coding == CODING_FIXED or n == 0:
         if len(data) != packed_size(n, k):
             raise ValueError("fixed-width index block has the wrong length")
-        return unpack_indices(data, n, k)
+        return
     if coding != CODING_ZIPF or k > MAX_ZIPF_BITS:
         raise ValueError(f"index coding {coding} does not support k={k}")
+    from cdc.rans import check_string, min_bits_from_cdf
+
+    m = max(n, 2)
+    check_string(data, m, m * min_bits_from_cdf(zipf_cdf(k)), f"{n} zipf-coded {k}-bit indices")
+
+
+def decode_indices(data: bytes, n: int, k: int, coding: int) -> Tensor:
+    check_indices(data, n, k, coding)
+    if coding == CODING_FIXED or n == 0:
+        return unpack_indices(data, n, k)
     from compressai.ans import RansDecoder
 
-    from cdc.rans import check_string, min_bits_from_cdf, padded
+    from cdc.rans import padded
 
     cdf = zipf_cdf(k)
     m = max(n, 2)
-    check_string(data, m, m * min_bits_from_cdf(cdf), f"{n} zipf-coded {k}-bit indices")
     out = RansDecoder().decode_with_indexes(padded(data, m), [0] * m, [cdf], [len(cdf)], [0])
     return torch.tensor(out[:n], dtype=torch.long)
