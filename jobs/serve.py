@@ -64,7 +64,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from ray import serve
 
-from jobs.models import is_local_file
+from jobs.models import budget_of, is_local_file
 from pipeline.archive import (
     MEDIA_TYPES,
     DecodeError,
@@ -118,6 +118,7 @@ class ServeOptions:
     cache_dir: str | None = None
     cache_bytes: int = DEFAULT_MAX_BYTES
     write_cache: bool = False
+    decode_budget: dict[str, int] | None = None  # cdc.limits.DecodeBudget fields (None: defaults)
     storage_options: dict[str, Any] | None = None
     threads: int = 1
 
@@ -252,6 +253,7 @@ class ImageService:
         # weights: the bytes of a local weights file (None for shipped names and URLs)
         codec = load_codec(model, expected_sha256.removeprefix("sha256:"), weights,
                            device=device, precision=opts.precision)
+        codec.with_budget(budget_of(opts.decode_budget))
         arch = Archive.open(url, expected_digest=expected_sha256, read_only=not opts.write_cache,
                             storage_options=opts.storage_options)
         cache = DiskLRU(opts.cache_dir, opts.cache_bytes) if opts.cache else None

@@ -4,8 +4,10 @@ The only package that reads model files (``cdc`` turns bytes into models). Shipp
 models live in ``zoo/weights/`` with ``zoo/models.json`` as the registry; the frozen
 pretrained components (TAEF2) beside them, checked by sha256 (NOTICE).
 
-The registry functions (:mod:`zoo.store`) import no torch; the loaders are imported on
-first use, so ``cdc info`` and ``cdc models`` can name a model without loading torch.
+The registry functions (:mod:`zoo.store`) and the local model cache (:mod:`zoo.cache`:
+non-shipped weights found again by the digest a stream carries) import no torch; the
+loaders are imported on first use, so ``cdc info`` and ``cdc models`` name a model without
+loading torch.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from zoo.cache import find_model
 from zoo.store import (
     read_verified_bytes,
     registry,
@@ -40,6 +43,6 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["LoadedModel", "codec_from_bytes", "component_bytes", "component_states", "load_codec",
-           "load_space", "load_weights", "read_verified_bytes", "registry", "sha256_hex",
-           "ship_weights", "shipped_by_digest"]
+__all__ = ["LoadedModel", "codec_from_bytes", "component_bytes", "component_states", "find_model",
+           "load_codec", "load_space", "load_weights", "read_verified_bytes", "registry",
+           "sha256_hex", "ship_weights", "shipped_by_digest"]
