@@ -209,3 +209,32 @@ def test_commands_that_code_nothing_import_no_torch(tmp_path: Path, codec):
         assert res["code"] in (0, None), (argv, r.stderr[-2000:])
         assert res["heavy"] == [] if argv[0] != "verify" else "torch" not in res["heavy"], \
             (argv, res)
+
+
+_DIFFC_THEN_CDC = r"""
+import json, sys
+import numpy as np, torch
+from cdc.diffc.model import DIFFC_CONFIGS, DiffusionPrior, weights_bytes
+from zoo import codec_from_bytes
+torch.manual_seed(0)
+prior = DiffusionPrior(DIFFC_CONFIGS["diffc-test"])  # zipf-coded indices, like diffc-small
+img = np.random.default_rng(0).integers(0, 255, (16, 20, 3), dtype=np.uint8)
+d = codec_from_bytes(weights_bytes(prior, "diffc-test"), "diffc")
+ok = d.config.index_coding == "zipf" and d.decompress(d.compress(img)).size == (20, 16)
+package = "compressai" in sys.modules  # DiffC needs only CompressAI's compiled coder
+sys.path[:0] = [sys.argv[1] + "/tests"]
+from conftest import make_weights  # now CompressAI's package, after its extensions
+c = codec_from_bytes(make_weights(0), "cdc")
+ok = ok and c.decompress(c.compress(img), steps=1).size == (20, 16)
+print(json.dumps({"ok": ok, "package_before_cdc": package}))
+"""
+
+
+def test_diffc_codes_without_compressais_package_and_cdc_still_works_after():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH",
+                                                                                "")]))
+    r = subprocess.run([sys.executable, "-c", _DIFFC_THEN_CDC, str(ROOT)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"ok": True,
+                                                             "package_before_cdc": False}

@@ -165,7 +165,9 @@ def zipf_cdf(k: int) -> list[int]:
     is a few bits below k, the selected index follows this law closely (P(0) ≈ 1/H_{2^k}).
     """
     if k not in _CDFS:
-        from compressai._CXX import pmf_to_quantized_cdf
+        from cdc.compressai_ext import extension  # no CompressAI package init (3-4 s)
+
+        pmf_to_quantized_cdf = extension("_CXX").pmf_to_quantized_cdf
 
         w = 1.0 / np.arange(1, (1 << k) + 1, dtype=np.float64)
         pmf = (w / w.sum() * (1 - 1e-6)).tolist() + [1e-6]
@@ -178,8 +180,9 @@ def code_indices(indices: Tensor, k: int, coding: int) -> bytes:
         return pack_indices(indices, k)
     if coding != CODING_ZIPF or k > MAX_ZIPF_BITS:
         raise ValueError(f"index coding {coding} does not support k={k}")
-    from compressai.ans import RansEncoder
+    from cdc.compressai_ext import extension
 
+    RansEncoder = extension("ans").RansEncoder  # noqa: N806
     sym = [int(v) for v in np.asarray(indices).reshape(-1)]
     sym += [0] * (2 - len(sym))  # CompressAI's RansEncoder crashes on a one-symbol message
     cdf = zipf_cdf(k)
@@ -206,9 +209,10 @@ def decode_indices(data: bytes, n: int, k: int, coding: int) -> Tensor:
     check_indices(data, n, k, coding)
     if coding == CODING_FIXED or n == 0:
         return unpack_indices(data, n, k)
-    from compressai.ans import RansDecoder
-
+    from cdc.compressai_ext import extension
     from cdc.rans import padded
+
+    RansDecoder = extension("ans").RansDecoder  # noqa: N806
 
     cdf = zipf_cdf(k)
     m = max(n, 2)
