@@ -12,9 +12,7 @@ streams carry its first 8 bytes, archives the whole digest.
 from __future__ import annotations
 
 import io
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
