@@ -170,10 +170,16 @@ def decompress(
     from cdc import BitstreamError, CodecError
     from pipeline.files import InputError, image_format_for, read_bytes, save_image_atomic
 
+    from cdc.bitstream import read_header
+    from cdc.limits import DEFAULT_BUDGET
+
     limits = decode_budget(budget)
     try:
         image_format_for(dst)
         data = read_bytes(src)
+        h = read_header(data)  # a bad header or size is refused before loading any model
+        (limits or DEFAULT_BUDGET).check(f"a {h.width}x{h.height} {h.codec} stream",
+                                         pixels=h.width * h.height)
         name, sha256 = stream_model(src, data, model)
         codec = _load_codec(name, device, sha256=sha256)
         if model:
