@@ -11,7 +11,7 @@ The defaults are sized for a 24 GB, 2-core machine: every stream the toolkit's e
 write from an image within the default input limit of ``cdc compress`` (2**25 pixels)
 passes the pixel and symbol limits; the memory and work limits refuse what would not
 finish here (a CDC decode on the CPU materialises its attention matrices, so the memory
-limit caps such decodes near 1.5 megapixels). A caller that trusts its streams and has
+limit caps cdc-small's near 1.2 megapixels). A caller that trusts its streams and has
 the hardware raises them: ``codec.budget = DecodeBudget(max_alloc_bytes=64 << 30)``, the
 CLI's ``--decode-budget max_alloc_bytes=64GiB``, or ``DecodeBudget.unlimited()``.
 
