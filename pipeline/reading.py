@@ -39,8 +39,9 @@ def validate_image(img: Image.Image, name: str, max_pixels: int | None = None) -
     w, h = img.size
     if w < 1 or h < 1:
         raise InputError(f"{name}: empty image ({w}x{h})")
-    if w > MAX_SIDE or h > MAX_SIDE:
-        raise InputError(f"{name}: {w}x{h} exceeds the codec's {MAX_SIDE} px side limit")
+    if w >= MAX_SIDE or h >= MAX_SIDE:  # sides must be < 65536 (the stream header's limit)
+        raise InputError(f"{name}: {w}x{h} exceeds the codec's side limit "
+                         f"(sides must be < {MAX_SIDE})")
     if w * h > max_pixels:
         raise InputError(f"{name}: {w}x{h} exceeds the {max_pixels} pixel limit")
 
