@@ -232,6 +232,8 @@ class Container:
         pos, end = h.end, len(body)
         sections: dict[str, bytes] = {}
         while pos < end:
+            if body[pos] >= 0x80:
+                raise CorruptStreamError(f"bad section tag byte 0x{body[pos]:02x} (not ASCII)")
             tag = chr(body[pos])
             length, pos = read_varint(body, pos + 1, end)
             if pos + length > end:

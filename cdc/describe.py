@@ -11,15 +11,24 @@ from __future__ import annotations
 from typing import Any
 
 from cdc.bitstream import Container, read_header
+from cdc.errors import BitstreamError, CorruptStreamError
 from cdc.config import HYPER_FACTOR, LATENT_STRIDE
 from cdc.registry import entry, resolve
 
 
 def describe_stream(data: bytes, config: Any = None) -> dict[str, Any]:
-    """What ``cdc info`` shows; ``config`` (the model's, when known) refines latent shapes."""
+    """What ``cdc info`` shows; ``config`` (the model's, when known) refines latent shapes.
+
+    Raises only ``BitstreamError``s (anything else a describer hits on a malformed stream
+    becomes ``CorruptStreamError``), so ``cdc info`` always answers in one line."""
     name = read_header(bytes(data[:64]), validate=False).codec  # magic, version, codec id
     describer = resolve(entry(name).describe)
-    return describer(data, config) if config is not None else describer(data)
+    try:
+        return describer(data, config) if config is not None else describer(data)
+    except BitstreamError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a describer's bug must not become a traceback
+        raise CorruptStreamError(f"cannot describe the stream ({type(e).__name__}: {e})") from e
 
 
 def latent_shapes(cfg: Any, h: int, w: int) -> dict[str, tuple[int, int]]:
