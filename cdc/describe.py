@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from cdc.bitstream import Container, read_header
-from cdc.errors import BitstreamError, CorruptStreamError
 from cdc.config import HYPER_FACTOR, LATENT_STRIDE
+from cdc.errors import BitstreamError, CorruptStreamError
 from cdc.registry import entry, resolve
 
 
