@@ -238,3 +238,20 @@ def test_diffc_codes_without_compressais_package_and_cdc_still_works_after():
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.strip().splitlines()[-1]) == {"ok": True,
                                                              "package_before_cdc": False}
+
+
+def test_serve_driver_checks_the_model_without_torch(tmp_path: Path, codec, weights_file: str):
+    """``cdc serve``'s driver (it starts Ray Serve and the HTTP proxy) only checks the
+    weights' digest: no torch, no CompressAI; the replicas load the model (they decode)."""
+    from pipeline.archive import open_or_create
+
+    arch, _ = open_or_create(str(tmp_path / "a.zarr"), codec, shard_size=2)
+    child = ("import json, sys\nfrom jobs.serve import build_app\n"
+             "app = build_app(sys.argv[1], model=sys.argv[2])\n"
+             "print(json.dumps([m for m in ('torch', 'compressai') if m in sys.modules]))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH",
+                                                                                "")]))
+    r = subprocess.run([sys.executable, "-c", child, arch.url, weights_file], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == []
