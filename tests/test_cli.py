@@ -255,3 +255,17 @@ def test_serve_driver_checks_the_model_without_torch(tmp_path: Path, codec, weig
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+
+
+def test_codec_for_stream_in_python(tmp_path: Path, weights_file: str, codec):
+    from cdc import WeightsError
+    from zoo import codec_for_stream
+    from zoo.cache import remember
+
+    data = codec.compress(smooth_image(24, 32))
+    with pytest.raises(WeightsError, match="not a shipped model"):
+        codec_for_stream(data)
+    remember(codec.weights_sha256, weights_file)
+    found = codec_for_stream(data)
+    assert found.weights_sha256 == codec.weights_sha256
+    assert found.decompress(data, steps=1).size == (32, 24)

@@ -26,6 +26,7 @@ from zoo.store import (
 
 _LAZY = {
     "LoadedModel": "zoo.loader", "codec_from_bytes": "zoo.loader", "load_codec": "zoo.loader",
+    "codec_for_stream": "zoo.loader",
     "load_weights": "zoo.loader", "component_bytes": "zoo.components",
     "component_states": "zoo.components", "load_space": "zoo.components",
 }
@@ -43,6 +44,6 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["LoadedModel", "codec_from_bytes", "component_bytes", "component_states", "find_model",
-           "load_codec", "load_space", "load_weights", "read_verified_bytes", "registry",
-           "sha256_hex", "ship_weights", "shipped_by_digest"]
+__all__ = ["LoadedModel", "codec_for_stream", "codec_from_bytes", "component_bytes",
+           "component_states", "find_model", "load_codec", "load_space", "load_weights",
+           "read_verified_bytes", "registry", "sha256_hex", "ship_weights", "shipped_by_digest"]
