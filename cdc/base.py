@@ -6,12 +6,21 @@ size, packing the container), and for the hooks the pipeline needs
 (:class:`cdc.interface.ImageCodec` declares them), so ``pipeline`` calls methods instead
 of probing attributes. A codec subclass supplies ``from_weights``, ``compress_batch``,
 ``decompress_batch`` and its ``config``.
+
+Decoding is bounded and typed: every codec holds a :class:`cdc.limits.DecodeBudget`
+(``codec.budget``, the defaults unless the caller sets another) and checks what a stream
+claims against it before allocating; and every decode entry point a subclass defines
+(:data:`DECODE_ENTRY_POINTS`) is wrapped so that nothing but a :class:`cdc.errors.CodecError`
+leaves it: an unexpected exception from below (torch, CompressAI's C++ coder, numpy) on a
+stream becomes a ``CorruptStreamError`` naming it, running out of memory a
+``ResourceLimitError``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -19,10 +28,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from cdc.bitstream import DIGEST_BYTES, Container
-from cdc.errors import WeightsError
+from cdc.bitstream import DIGEST_BYTES, Container, flags_for
+from cdc.errors import CodecError, CorruptStreamError, ResourceLimitError, WeightsError
 from cdc.image import SourceMode, array_to_tensor, pad_to_multiple, to_rgb_array
 from cdc.interface import DecodeSettings, ImageLike
+from cdc.limits import DEFAULT_BUDGET, DecodeBudget
 
 #: precision name → autocast dtype (None: fp32, autocast off).
 AUTOCAST: dict[str | None, torch.dtype | None] = {
@@ -42,7 +52,47 @@ class Prepared:
 
     @property
     def flags(self) -> int:
-        return int(self.replicate) | (int(self.mode) << 1)
+        return flags_for(self.mode, self.replicate)
+
+
+#: Methods whose exceptions are made typed (see :func:`typed_decode_errors`), wherever a
+#: codec class defines them.
+DECODE_ENTRY_POINTS = ("decompress", "decompress_batch", "decompress_prefix", "decompress_e2e",
+                       "decode_latent", "decode_levels", "decode_plan", "read_paths", "info",
+                       "prefix_length", "step_offsets")
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, MemoryError) or "can't allocate memory" in text \
+        or "out of memory" in text.lower() or "not enough memory" in text.lower()
+
+
+def typed_decode_errors(fn: Callable) -> Callable:
+    """Wrap a decode entry point: ``CodecError`` passes, anything else becomes one."""
+    if getattr(fn, "_typed_decode_errors", False):
+        return fn
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CodecError:
+            raise
+        except TypeError as e:
+            if "expected bytes" in str(e):  # the caller passed no stream at all
+                raise
+            raise CorruptStreamError(f"decoding failed ({type(e).__name__}: {e})") from e
+        except Exception as e:  # noqa: BLE001 - the point: no untyped error escapes
+            if _out_of_memory(e):
+                raise ResourceLimitError(
+                    f"decoding ran out of memory ({type(e).__name__}: {e}); lower the decode "
+                    "budget's max_alloc_bytes to refuse such streams up front",
+                    "max_alloc_bytes") from e
+            raise CorruptStreamError(f"decoding failed ({type(e).__name__}: {e})") from e
+
+    wrapper._typed_decode_errors = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 class BaseCodec:
@@ -63,6 +113,20 @@ class BaseCodec:
         self.digest = bytes.fromhex(weights_sha256)[:DIGEST_BYTES]
         self.autocast_dtype = AUTOCAST[precision]
         self.meta: dict[str, Any] = dict(meta or {})  # training facts, recommended tiers
+        #: What one decode may claim (pixels, steps, symbols, memory): set another to change.
+        self.budget: DecodeBudget = DEFAULT_BUDGET
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in DECODE_ENTRY_POINTS:
+            fn = cls.__dict__.get(name)
+            if callable(fn):
+                setattr(cls, name, typed_decode_errors(fn))
+
+    def with_budget(self, budget: DecodeBudget | None) -> BaseCodec:
+        """Set the decode budget (None: the defaults); returns the codec."""
+        self.budget = budget if budget is not None else DEFAULT_BUDGET
+        return self
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -148,6 +212,22 @@ class BaseCodec:
         c.require(self.codec_id, self.digest, self.model_id)
         return c
 
+    def unet_alloc(self, h: int, w: int, batch: int = 1, cfg: Any = None,
+                   context: bool = True) -> int:
+        """Estimated peak bytes of one U-Net evaluation at (h, w) in the networks' space."""
+        from cdc.limits import unet_bytes
+
+        cfg = cfg or self.config
+        mults = tuple(cfg.channel_mults)
+        return unet_bytes(
+            h, w, channels=cfg.unet_channels, mults=mults,
+            context_mults=tuple(cfg.context_mults) if context else (0,) * len(mults),
+            res_blocks=cfg.num_res_blocks, attention_levels=tuple(cfg.attention_levels),
+            head_channels=cfg.attention_head_channels,
+            in_channels=getattr(cfg, "space_channels", 3), batch=batch,
+            elem=2 if self.autocast_dtype is not None else 4,
+            attention_matrices=self.device.type != "cuda")
+
     # -- the ImageCodec calls ---------------------------------------------------------------
     def compress(self, image: ImageLike) -> bytes:
         return self.compress_batch([image])[0]
@@ -155,6 +235,7 @@ class BaseCodec:
     def compress_batch(self, images: list[ImageLike]) -> list[bytes]:
         raise NotImplementedError
 
+    @typed_decode_errors
     def decompress(self, data: bytes, steps: int | None = None, gamma: float | None = None,
                    seed: int = 0) -> Image.Image:
         return self.decompress_batch([data], steps=steps, gamma=gamma, seeds=[seed])[0]
@@ -164,6 +245,7 @@ class BaseCodec:
                          ) -> list[Image.Image]:
         raise NotImplementedError
 
+    @typed_decode_errors
     def info(self, data: bytes) -> dict[str, Any]:
         from cdc.describe import describe_stream
 

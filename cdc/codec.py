@@ -19,9 +19,10 @@ from PIL import Image
 
 from cdc.base import BaseCodec
 from cdc.bitstream import Container, symbols_crc
-from cdc.config import HYPER_FACTOR, LATENT_STRIDE, CDCConfig
-from cdc.errors import CorruptStreamError, SymbolMismatchError
-from cdc.image import SourceMode, array_to_tensor, pad_to_multiple, tensor_to_image, to_rgb_array
+from cdc.config import CDCConfig
+from cdc.describe import describe_container, latent_shapes
+from cdc.errors import CorruptStreamError, DecodeSettingsError, SymbolMismatchError
+from cdc.image import array_to_tensor, pad_to_multiple, tensor_to_image, to_rgb_array
 from cdc.interface import ImageLike
 from cdc.models import ConditionalDiffusionCompressor
 from cdc.spaces import build_space
@@ -98,12 +99,50 @@ class CDCCodec(BaseCodec):
     def _latent_shapes(self, h: int, w: int) -> dict[str, tuple[int, int]]:
         return latent_shapes(self.config, h, w)
 
-    def decode_latent(self, data: bytes) -> tuple[Container, torch.Tensor]:
+    def check_budget(self, c: Container, steps: int | None = None, batch: int = 1) -> None:
+        """Refuse (``ResourceLimitError``) a stream whose decode would exceed ``self.budget``:
+        padded pixels and symbols always; with ``steps``, also the network evaluations and
+        the estimated peak memory of rendering ``batch`` such images together."""
+        cfg = self.config
+        m = cfg.pad_multiple
+        ph, pw = c.height + (-c.height) % m, c.width + (-c.width) % m
+        shapes = latent_shapes(cfg, c.height, c.width)
+        (yh, yw), (zh, zw) = shapes["y"], shapes["hyper"]
+        n_y, n_z = yh * yw * cfg.latent_channels, zh * zw * cfg.hyper_channels
+        hyper_synthesis = 3 * 2 * n_y * 8  # h_s in float64 on the CPU: (scales, means) and more
+        need: dict[str, float] = {"pixels": ph * pw, "latent_elements": n_y + n_z,
+                                  "alloc_bytes": hyper_synthesis}
+        if steps is not None:
+            s = cfg.space_stride
+            need = {"pixels": ph * pw, "steps": steps, "pixel_steps": ph * pw * steps,
+                    "latent_elements": n_y + n_z,
+                    "alloc_bytes": max(hyper_synthesis,
+                                       self.unet_alloc(ph // s, pw // s, batch) + self.extra_alloc(
+                                           ph, pw, batch))}
+        self.budget.check(f"a {c.width}x{c.height} {c.codec} stream", **need)
+
+    def extra_alloc(self, ph: int, pw: int, batch: int = 1) -> int:
+        """Memory beside the U-Net a render holds (the context features, the image)."""
+        cfg = self.config
+        ctx = sum(cfg.unet_channels * mult * (ph >> i) * (pw >> i)
+                  for i, mult in enumerate(cfg.context_mults)) // max(1, cfg.space_stride) ** 2
+        return 4 * batch * (ctx + 6 * 3 * ph * pw)
+
+    def render_batch_size(self, c: Container, steps: int, want: int) -> int:
+        """How many equal-sized streams fit one render within the memory budget (>= 1)."""
+        m, s = self.config.pad_multiple, self.config.space_stride
+        ph, pw = c.height + (-c.height) % m, c.width + (-c.width) % m
+        one = self.unet_alloc(ph // s, pw // s, 1) + self.extra_alloc(ph, pw, 1)
+        return max(1, min(want, self.budget.max_alloc_bytes // max(1, one)))
+
+    def decode_latent(self, data: bytes | Container) -> tuple[Container, torch.Tensor]:
         """Parse, verify and entropy-decode a stream to ŷ (exact; no diffusion yet)."""
-        c = self.unpack(data)
+        c = data if isinstance(data, Container) else self.unpack(data)
+        self.check_budget(c)
         shapes = self._latent_shapes(c.height, c.width)
+        y, z = c.section("Y"), c.section("Z")
         try:
-            res = self.model.decompress_latent([[c.section("Y")], [c.section("Z")]], shapes)
+            res = self.model.decompress_latent([[y], [z]], shapes)
         except CorruptStreamError:
             raise
         except Exception as e:  # noqa: BLE001 - the rANS decoder raises plain errors
@@ -119,7 +158,12 @@ class CDCCodec(BaseCodec):
         """Requested settings with the model's defaults filled in, validated."""
         steps = self.config.default_steps if steps is None else int(steps)
         gamma = self.config.default_gamma if gamma is None else float(gamma)
-        self.model.sampler.timesteps(steps)  # validate before any work
+        try:
+            self.model.sampler.timesteps(steps)  # validate before any work
+            if gamma < 0:
+                raise ValueError(f"gamma must be >= 0, got {gamma}")
+        except ValueError as e:
+            raise DecodeSettingsError(str(e)) from None
         return steps, gamma
 
     def decompress_batch(self, datas: list[bytes], steps: int | None = None,
@@ -127,21 +171,30 @@ class CDCCodec(BaseCodec):
         """Decode many streams; equal latent shapes run through the U-Net together.
 
         Each item starts from its own seed's noise, so a batched decode equals the
-        single decodes up to float rounding of batched kernels.
+        single decodes up to float rounding of batched kernels. Every stream is parsed and
+        checked against the decode budget before any of them is decoded; a group of equal
+        shapes larger than the memory budget allows runs in several passes.
         """
         steps, gamma = self.settings(steps, gamma)
         seeds = [seeds] * len(datas) if isinstance(seeds, int) else list(seeds)
         if len(seeds) != len(datas):
-            raise ValueError(f"{len(seeds)} seeds for {len(datas)} streams")
-        decoded = [self.decode_latent(d) for d in datas]
+            raise DecodeSettingsError(f"{len(seeds)} seeds for {len(datas)} streams")
+        containers = [self.unpack(d) for d in datas]
+        for c in containers:
+            self.check_budget(c, steps)
+        decoded = [self.decode_latent(c) for c in containers]
         out: list[Image.Image | None] = [None] * len(datas)
-        for idx in self.groups([y.shape[-2:] for _, y in decoded]):
-            y_hat = torch.cat([decoded[i][1] for i in idx]).to(self.device)
-            x = self.model.render(y_hat, steps=steps, gamma=gamma, seed=[seeds[i] for i in idx],
-                                  autocast_dtype=self.autocast_dtype)
-            for j, i in enumerate(idx):
-                c = decoded[i][0]
-                out[i] = tensor_to_image(x[j, :, : c.height, : c.width])
+        for group in self.groups([y.shape[-2:] for _, y in decoded]):
+            per = self.render_batch_size(decoded[group[0]][0], steps, len(group))
+            for start in range(0, len(group), per):
+                idx = group[start : start + per]
+                y_hat = torch.cat([decoded[i][1] for i in idx]).to(self.device)
+                x = self.model.render(y_hat, steps=steps, gamma=gamma,
+                                      seed=[seeds[i] for i in idx],
+                                      autocast_dtype=self.autocast_dtype)
+                for j, i in enumerate(idx):
+                    c = decoded[i][0]
+                    out[i] = tensor_to_image(x[j, :, : c.height, : c.width])
         return out  # type: ignore[return-value]
 
     def estimate_bits(self, image: ImageLike) -> float:
@@ -169,36 +222,7 @@ def cdc_model(obj: dict[str, Any], source: str,
     return model_from_dict(obj, source, space)
 
 
-def latent_shapes(cfg: CDCConfig | None, h: int, w: int) -> dict[str, tuple[int, int]]:
-    """Shapes of y and the hyper latent z for an h×w image (pixel-space CDC when no config)."""
-    ys = cfg.latent_stride if cfg else LATENT_STRIDE
-    m = ys * HYPER_FACTOR
-    ph, pw = h + (-h) % m, w + (-w) % m
-    return {"y": (ph // ys, pw // ys), "hyper": (ph // m, pw // m)}
-
-
-def describe(data: bytes, config: CDCConfig | None = None) -> dict[str, Any]:
-    """What ``cdc info`` shows; needs no model (``config`` gives latent models' strides)."""
-    c = Container.unpack(data)
-    mode = SourceMode((c.flags >> 1) & 0b111)
-    shapes = latent_shapes(config, c.height, c.width)
-    m = (config.pad_multiple if config else LATENT_STRIDE * HYPER_FACTOR)
-    ph, pw = c.height + (-c.height) % m, c.width + (-c.width) % m
-    return {
-        "codec": c.codec,
-        "format_version": c.version,
-        "model_digest": c.model_digest.hex(),
-        "width": c.width,
-        "height": c.height,
-        "padded": f"{pw}x{ph} ({'replicate' if c.flags & 1 else 'reflect'})",
-        "latent_shapes": {"y": list(shapes["y"]), "z": list(shapes["hyper"])},
-        "source": mode.note,
-        "bytes": len(data),
-        "bpp": 8 * len(data) / (c.width * c.height),
-        "header_bytes": c.header_bytes,
-        "sections": {k: len(v) for k, v in c.sections.items()},
-        "symbols_crc32": f"{c.symbols_crc:08x}",
-    }
+describe = describe_container  # ``cdc info`` for CDC streams (kept under its old name)
 
 
 __all__ = ["CDCCodec", "cdc_model", "describe", "latent_shapes"]

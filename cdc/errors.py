@@ -36,6 +36,22 @@ class SymbolMismatchError(BitstreamError):
     """Decoded latent symbols differ from the encoder's: never return a wrong image."""
 
 
+class ResourceLimitError(BitstreamError):
+    """Decoding the stream would need more than the decode budget allows (pixels, steps,
+    symbols, memory, work; :class:`cdc.limits.DecodeBudget`), or more than the stream's own
+    bytes can hold. Raised before the work starts; ``limit`` names the budget field."""
+
+    def __init__(self, message: str, limit: str = "", needed: float = 0, allowed: float = 0):
+        super().__init__(message)
+        self.limit, self.needed, self.allowed = limit, needed, allowed
+
+
+class DecodeSettingsError(CodecError, ValueError):
+    """The decode settings asked for (steps, gamma, seeds) are invalid for this model.
+
+    A ``ValueError`` too, so callers that caught the plain ``ValueError`` still do."""
+
+
 class WeightsError(CodecError):
     """A weights file is missing, malformed, or its sha256 does not match."""
 

@@ -7,42 +7,18 @@ happened to the original.
 
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from cdc.bitstream import MAX_SIDE, SourceMode
 from cdc.errors import ImageError
 
-MAX_SIDE = 1 << 16  # varint-coded in the header; larger images should be tiled upstream
 #: ``Image.info`` key a reader sets to the file's bits per sample when Pillow already reduced
 #: them on load (16-bit RGB PNG/TIFF load as 8-bit "RGB"; see :func:`high_bit_depth`).
 SOURCE_BITS_INFO = "cdc_source_bits"
-
-
-class SourceMode(enum.IntEnum):
-    """How the input was turned into 8-bit RGB (3 bits in the stream's flags)."""
-
-    RGB = 0
-    GRAY = 1  # L / 1-bit: replicated to three channels
-    PALETTE = 2  # P: palette expanded (any palette alpha dropped)
-    ALPHA_DROPPED = 3  # RGBA / LA / PA: alpha channel discarded
-    REDUCED_16BIT = 4  # 16-bit or 32-bit integer samples scaled to 8 bits
-    CONVERTED = 5  # CMYK, YCbCr, LAB, HSV: converted by Pillow to RGB
-
-    @property
-    def note(self) -> str:
-        return {
-            SourceMode.RGB: "8-bit RGB input",
-            SourceMode.GRAY: "grayscale input, replicated to RGB (decodes as RGB)",
-            SourceMode.PALETTE: "palette input, expanded to RGB",
-            SourceMode.ALPHA_DROPPED: "alpha channel discarded (not coded)",
-            SourceMode.REDUCED_16BIT: "high bit depth input reduced to 8 bits per channel",
-            SourceMode.CONVERTED: "non-RGB colour space converted to RGB",
-        }[self]
 
 
 def _from_array(arr: np.ndarray) -> tuple[np.ndarray, SourceMode]:

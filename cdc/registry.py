@@ -23,19 +23,21 @@ class CodecEntry:
     name: str  # the id in weights files, archives and the CLI
     byte: int  # the id byte in every stream's header (never reused)
     codec: str  # "module:Class" of the codec (a BaseCodec)
-    describe: str  # "module:function" (stream bytes → dict) for ``cdc info``, no model needed
+    describe: str  # "module:function" (stream bytes → dict) for ``cdc info``: no model, no torch
     configs: str  # "module:DICT" of named model configs
     trainer: str  # "module" with run_training(config, run_dir, ...) and export(...)
     summary: str = ""
 
 
 CODECS: dict[str, CodecEntry] = {e.name: e for e in (
-    CodecEntry("cdc", 0, "cdc.codec:CDCCodec", "cdc.codec:describe", "cdc.configs:CONFIGS",
+    CodecEntry("cdc", 0, "cdc.codec:CDCCodec", "cdc.describe:describe_container",
+               "cdc.configs:CONFIGS",
                "pipeline.train", "Conditional Diffusion Compression (Yang & Mandt)"),
-    CodecEntry("diffc", 1, "cdc.diffc.codec:DiffCCodec", "cdc.diffc.codec:describe",
+    CodecEntry("diffc", 1, "cdc.diffc.codec:DiffCCodec", "cdc.diffc.stream:describe",
                "cdc.diffc.model:DIFFC_CONFIGS", "pipeline.train_diffc",
                "DiffC: diffusion prior + reverse-channel coding (Theis et al.)"),
-    CodecEntry("corrdiff", 2, "cdc.corrdiff.codec:CorrDiffCodec", "cdc.codec:describe",
+    CodecEntry("corrdiff", 2, "cdc.corrdiff.codec:CorrDiffCodec",
+               "cdc.describe:describe_container",
                "cdc.configs:CONFIGS", "pipeline.train_corrdiff",
                "CorrDiff: CDC + encoder-chosen end-to-end correction (Ma et al.)"),
 )}

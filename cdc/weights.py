@@ -12,15 +12,16 @@ streams carry its first 8 bytes, archives the whole digest.
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from compressai.models.utils import update_registered_buffers
 
 from cdc.config import CDCConfig
 from cdc.errors import WeightsError
-from cdc.models import ConditionalDiffusionCompressor
 from cdc.spaces import Space
+
+if TYPE_CHECKING:  # CompressAI only where a CDC network is built (DiffC files need none)
+    from cdc.models import ConditionalDiffusionCompressor
 
 FORMAT = "cdc-toolkit.weights/1"
 _ENTROPY_MODULES = {
@@ -92,6 +93,10 @@ def weights_bytes(model: ConditionalDiffusionCompressor, model_id: str, half: bo
 def model_from_dict(obj: dict[str, Any], source: str, space: Space | None = None
                     ) -> tuple[ConditionalDiffusionCompressor, str]:
     """The CDC network of a validated cdc/corrdiff weights dict, on ``space`` (pixels: None)."""
+    from compressai.models.utils import update_registered_buffers
+
+    from cdc.models import ConditionalDiffusionCompressor
+
     if obj.get("codec", "cdc") not in ("cdc", "corrdiff"):
         raise WeightsError(f"{source}: weights are for codec {obj.get('codec')!r}, not CDC")
     try:

@@ -1,10 +1,19 @@
 """The `cdc` command line.
 
-Every command turns expected failures (bad input, bad stream, wrong weights) into
-one line on stderr that names the file and the problem, and a non-zero exit code;
-outputs are written atomically so nothing is left half-written. Names (files, URLs, keys)
-are printed with control characters, terminal escapes and bidi controls escaped
-(:func:`jobs.text.printable`).
+Every command turns expected failures (bad input, bad stream, wrong weights, a stream
+over the decode budget) into one line on stderr that names the file and the problem, and a
+non-zero exit code, never a traceback; outputs are written atomically so nothing is left
+half-written. Names (files, URLs, keys) are printed with control characters, terminal
+escapes and bidi controls escaped (:func:`jobs.text.printable`).
+
+Commands that read a stream find its model themselves: the stream's header names the
+codec and the weights' digest, which ``zoo.find_model`` looks up among the shipped models
+and in the local model cache (:mod:`zoo.cache`: every non-shipped model the CLI loaded
+with ``-m`` is remembered there). ``-m`` remains for models found neither way.
+
+Start-up: the module imports typer and the text helpers only; torch and CompressAI are
+imported by the commands that code (``info``, ``verify``, ``models`` and ``--help`` load
+neither; ``tests/test_cli.py`` checks ``info``).
 """
 
 from __future__ import annotations
@@ -27,7 +36,14 @@ EXIT_USAGE, EXIT_INPUT, EXIT_STREAM = 2, 1, 3
 
 ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m",
                         help="Shipped model name, weights path or fsspec URL.")
+StreamModelOpt = typer.Option(
+    None, "--model", "-m", help="Weights path or URL (default: the model the stream names, "
+                                "if shipped or in the local model cache).")
 DeviceOpt = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda.")
+BudgetOpt = typer.Option(
+    None, "--decode-budget", metavar="LIMITS",
+    help="Change decode limits, e.g. 'pixels=1e8,alloc_bytes=32GiB,pixel_steps=1e9' (fields "
+         "of cdc.limits.DecodeBudget; defaults sized for 24 GB). Only for streams you trust.")
 
 
 def _max_pixels_opt():
@@ -48,14 +64,65 @@ def warn(message: str, *names: object) -> None:
     typer.echo(f"warning: {error_line(message, *names)}", err=True)
 
 
-def _load_codec(model: str, device: str, precision: str | None = None):
+def _load_codec(model: str, device: str, precision: str | None = None,
+                sha256: str | None = None):
     from cdc import WeightsError
-    from zoo import load_codec
+    from zoo import load_codec, registry
+    from zoo.cache import remember
 
     try:  # any codec: the weights file says which (CDC, DiffC, CorrDiff)
-        return load_codec(model, device=device, precision=precision)
+        codec = load_codec(model, device=device, precision=precision, sha256=sha256)
     except WeightsError as e:
         fail(str(e), EXIT_INPUT, model)
+    if model not in registry():  # found again by digest next time (zoo.cache)
+        remember(codec.weights_sha256, model)
+    return codec
+
+
+def decode_budget(text: str | None):
+    """The ``--decode-budget`` option as a :class:`cdc.limits.DecodeBudget` (None: defaults)."""
+    from cdc.limits import DecodeBudget
+
+    if not text:
+        return None
+    try:
+        return DecodeBudget.parse(text)
+    except ValueError as e:
+        fail(f"--decode-budget: {e}", EXIT_USAGE)
+
+
+def stream_model(src: object, data: bytes, model: str | None) -> tuple[str, str | None]:
+    """(model, sha256 to check) to decode ``data`` with: ``model`` when given, else the one
+    the stream's header names (shipped or in the local model cache); fails with one line."""
+    from cdc.bitstream import read_header
+    from zoo import find_model
+    from zoo.cache import cache_dir
+
+    if model:
+        return model, None
+    h = read_header(data, validate=False)  # BitstreamError: the caller reports it
+    found = find_model(h.model_digest.hex(), h.codec)
+    if found is None:
+        fail(f"{src}: written by a {h.codec} model with weights {h.model_digest.hex()}…, which "
+             f"is not a shipped model (nor in the local model cache, {cache_dir()}); pass "
+             "--model with its weights path or URL", EXIT_INPUT, src)
+    return found
+
+
+def check_stream_model(src: object, data: bytes, codec, model: str) -> None:
+    """One line, before any decoding, if ``model`` (given with -m) is not the stream's."""
+    from cdc.bitstream import DIGEST_BYTES, read_header
+    from zoo import find_model
+
+    h = read_header(data, validate=False)
+    if h.codec == codec.codec_id and h.model_digest == codec.digest[:DIGEST_BYTES]:
+        return
+    found = find_model(h.model_digest.hex(), h.codec)
+    theirs = f"{found[0]} ({h.model_digest.hex()})" if found else h.model_digest.hex()
+    fail(f"{src}: written by the {h.codec} model {theirs}, but --model {model} is the "
+         f"{codec.codec_id} model {codec.model_id} ({codec.digest.hex()}); "
+         + ("leave out --model to use the stream's own" if found else
+            "pass the weights the stream was written with"), EXIT_STREAM, src, model)
 
 
 @app.command()
@@ -95,17 +162,29 @@ def decompress(
     steps: int | None = typer.Option(None, help="DDIM steps (default: the model's)."),
     gamma: float | None = typer.Option(None, help="Start noise scale: 0 deterministic, ~0.8 perceptual."),
     seed: int = typer.Option(0, help="Seed of the start noise (gamma > 0)."),
-    model: str = ModelOpt,
+    model: str | None = StreamModelOpt,
     device: str = DeviceOpt,
+    budget: str | None = BudgetOpt,
 ) -> None:
-    """Rebuild an image from a .cdc stream."""
+    """Rebuild an image from a .cdc stream (with the model the stream names, unless -m)."""
     from cdc import BitstreamError, CodecError
     from pipeline.files import InputError, image_format_for, read_bytes, save_image_atomic
 
+    from cdc.bitstream import read_header
+    from cdc.limits import DEFAULT_BUDGET
+
+    limits = decode_budget(budget)
     try:
         image_format_for(dst)
         data = read_bytes(src)
-        codec = _load_codec(model, device)
+        h = read_header(data)  # a bad header or size is refused before loading any model
+        (limits or DEFAULT_BUDGET).check(f"a {h.width}x{h.height} {h.codec} stream",
+                                         pixels=h.width * h.height)
+        name, sha256 = stream_model(src, data, model)
+        codec = _load_codec(name, device, sha256=sha256)
+        if model:
+            check_stream_model(src, data, codec, model)
+        codec.with_budget(limits)
         img = codec.decompress(data, steps=steps, gamma=gamma, seed=seed)
         save_image_atomic(img, dst)
     except BitstreamError as e:
@@ -124,11 +203,11 @@ def info(
     src: Path = typer.Argument(..., help="A .cdc stream."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Show a stream's model, size, bpp and sections (needs no model)."""
+    """Show a stream's model, size, bpp and sections (needs no model, nor torch)."""
     from cdc import BitstreamError
     from cdc.describe import describe_stream
     from pipeline.files import InputError, read_bytes
-    from zoo import registry
+    from zoo import find_model, registry
 
     try:
         d = describe_stream(read_bytes(src))
@@ -136,8 +215,10 @@ def info(
         fail(f"{src}: {e}", EXIT_STREAM, src)
     except InputError as e:
         fail(str(e), EXIT_INPUT, src)
-    names = [n for n, e in registry().items() if e["sha256"].startswith(d["model_digest"])]
-    d["model"] = names[0] if names else "unknown (not a shipped model)"
+    found = find_model(d["model_digest"], d["codec"])
+    d["model"] = (found[0] if found and found[0] in registry() else
+                  f"{printable(found[0])} (local model cache)" if found else
+                  "unknown (neither shipped nor in the local model cache)")
     if as_json:
         typer.echo(json.dumps(d, indent=2))
         return

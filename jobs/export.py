@@ -23,7 +23,7 @@ import ray
 from jobs.cluster import actor_layout, ray_session
 from jobs.driver import drive
 from jobs.encode import JobError
-from jobs.models import load_codec, load_driver_codec, weights_ref
+from jobs.models import budget_of, load_codec, load_driver_codec, weights_ref
 from jobs.progress import Counters, ProgressBar
 from pipeline.archive import Reader, output_format, output_name, resolve_model, weights_digest
 from pipeline.cache import DEFAULT_MAX_BYTES, DiskLRU
@@ -58,6 +58,7 @@ class ExportJobConfig:
     cache_dir: str | None = None
     cache_bytes: int = DEFAULT_MAX_BYTES
     write_cache: bool = False  # write decoded PNGs back to the archive's cache area
+    decode_budget: dict[str, int] | None = None  # cdc.limits.DecodeBudget fields (None: defaults)
     storage_options: dict[str, Any] | None = None
     progress: bool | None = None
 
@@ -104,6 +105,7 @@ class Exporter:
         device = "cuda" if ray.get_gpu_ids() else "cpu"
         codec = load_codec(self.model, self.expected, weights, device=device,
                            precision=cfg.precision)
+        codec.with_budget(budget_of(cfg.decode_budget))
         arch = Archive.open(self.url, expected_digest=weights_digest(codec),
                             read_only=not cfg.write_cache, storage_options=self.storage_options)
         cache = DiskLRU(cfg.cache_dir, cfg.cache_bytes) if cfg.cache else None

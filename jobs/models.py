@@ -63,6 +63,14 @@ def load_codec(model: str, expected_sha256: str, weights: list[Any] | bytes | No
     return codec
 
 
+def budget_of(fields: dict[str, Any] | None):
+    """A :class:`cdc.limits.DecodeBudget` from the fields a job config carries (None: the
+    defaults). Configs carry a plain dict so they stay picklable and readable."""
+    from cdc.limits import DecodeBudget
+
+    return DecodeBudget.from_dict(fields) if fields else None
+
+
 def load_driver_codec(model: str, *, device: str = "cpu", precision: str | None = None):
     """The codec the driver plans with (any codec id; digest-checked by ``zoo``)."""
     from zoo import load_codec as zoo_load_codec

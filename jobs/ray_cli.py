@@ -62,6 +62,22 @@ def _finish(summary: dict, title: str, rows: Callable[[dict], list], as_json: bo
 
 
 _ADDRESS_HELP = "Join this Ray cluster (default: start a local Ray for the job, on 127.0.0.1)."
+_BUDGET_HELP = ("Change decode limits, e.g. 'pixels=1e8,alloc_bytes=32GiB' (fields of "
+                "cdc.limits.DecodeBudget; defaults sized for 24 GB). Only for archives you trust.")
+
+
+def _budget_fields(text: str | None) -> dict[str, int] | None:
+    """``--decode-budget`` as the changed DecodeBudget fields (usage error if malformed)."""
+    if not text:
+        return None
+    from cdc.limits import DecodeBudget
+
+    try:
+        budget = DecodeBudget.parse(text)
+    except ValueError as e:
+        _fail(f"--decode-budget: {e}", EXIT_USAGE)
+    default = DecodeBudget().to_dict()
+    return {k: v for k, v in budget.to_dict().items() if v != default[k]}
 
 
 def register(app: typer.Typer) -> None:
@@ -124,6 +140,7 @@ def register(app: typer.Typer) -> None:
             _fail(f"{archive_url}: {e}", EXIT_USAGE, archive_url)
         except JobError as e:
             _fail(str(e), EXIT_INPUT, src, archive_url)
+        _remember_model(model, summary)
         _finish(summary, f"cdc archive {src} -> {archive_url}", summary_rows, as_json)
 
     @app.command("get")
@@ -143,11 +160,14 @@ def register(app: typer.Typer) -> None:
         cache_dir: Annotated[Path | None, typer.Option(
             help="Cache folder ($CDC_CACHE_DIR).")] = None,
         write_cache: bool = typer.Option(False, help="Also store the image in the archive's cache."),
+        budget: str | None = typer.Option(None, "--decode-budget", metavar="LIMITS",
+                                          help=_BUDGET_HELP),
     ) -> None:
         """Decode one image of an archive at a quality tier (cached)."""
         out = Path(out_arg)
+        limits = _budget_fields(budget)
         from cdc import WeightsError
-        from jobs.models import load_driver_codec
+        from jobs.models import budget_of, load_driver_codec
         from pipeline.archive import DecodeError, FailedRecordError, Reader, resolve_model
         from pipeline.cache import DiskLRU
         from pipeline.files import InputError, image_format_for, write_bytes_atomic
@@ -161,6 +181,7 @@ def register(app: typer.Typer) -> None:
         try:
             arch = Archive.open(archive_url, read_only=not write_cache)
             codec = load_driver_codec(resolve_model(arch, model), device=device)
+            codec.with_budget(budget_of(limits))
             reader = Reader(arch, codec, cache=DiskLRU(cache_dir) if cache else None,
                             write_archive_cache=write_cache)
             res = reader.get(key, tier, fmt=fmt, steps=steps, gamma=gamma, seed=seed)
@@ -202,6 +223,8 @@ def register(app: typer.Typer) -> None:
         write_cache: bool = typer.Option(False, help="Also store images in the archive's cache."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
         progress: bool | None = typer.Option(None, "--progress/--no-progress"),
+        budget: str | None = typer.Option(None, "--decode-budget", metavar="LIMITS",
+                                          help=_BUDGET_HELP),
     ) -> None:
         """Decode many images of an archive at a tier on Ray (skips existing outputs)."""
         from jobs.encode import JobError
@@ -219,7 +242,8 @@ def register(app: typer.Typer) -> None:
             model=model, keys=key_list, prefix=prefix, overwrite=overwrite, address=address,
             num_cpus=num_cpus, actors=actors, cpus_per_actor=cpus_per_actor,
             gpus_per_actor=gpus_per_actor, batch_size=batch_size, cache=cache,
-            cache_dir=cache_dir, write_cache=write_cache, progress=progress)
+            cache_dir=cache_dir, write_cache=write_cache, progress=progress,
+            decode_budget=_budget_fields(budget))
         try:
             summary = run_export_job(cfg)
         except JobError as e:
@@ -248,6 +272,8 @@ def register(app: typer.Typer) -> None:
         cache: bool = typer.Option(True, "--cache/--no-cache", help="Use the local disk cache."),
         cache_dir: str | None = typer.Option(None, help="Cache folder ($CDC_CACHE_DIR)."),
         write_cache: bool = typer.Option(False, help="Also store images in the archive's cache."),
+        budget: str | None = typer.Option(None, "--decode-budget", metavar="LIMITS",
+                                          help=_BUDGET_HELP),
     ) -> None:
         """Serve an archive over HTTP (Ray Serve): a gallery page at /, and
         GET /images/{key}?tier=&format=&width=."""
@@ -262,7 +288,7 @@ def register(app: typer.Typer) -> None:
                             batch_wait_s=batch_wait_ms / 1000, max_pending=max_pending,
                             max_ongoing=max_ongoing, max_queued=max_queued, replicas=replicas,
                             num_gpus=gpus_per_replica, cache=cache, cache_dir=cache_dir,
-                            write_cache=write_cache)
+                            write_cache=write_cache, decode_budget=_budget_fields(budget))
 
         def ready(url: str) -> None:
             typer.echo(f"serving {printable(archive_url)} on {url}: the gallery at {url}/, "
@@ -275,6 +301,17 @@ def register(app: typer.Typer) -> None:
             _fail(str(e), EXIT_USAGE, archive_url)
         except (ArchiveError, WeightsError) as e:
             _fail(str(e), EXIT_INPUT, archive_url)
+
+
+def _remember_model(model: str, summary: dict) -> None:
+    """A non-shipped model an archive was written with goes into the local model cache, so
+    ``cdc get``/``export``/``serve`` find it without ``--model`` (zoo.cache)."""
+    from zoo import registry
+    from zoo.cache import remember
+
+    digest = (summary.get("model") or {}).get("weights_digest", "")
+    if model and model not in registry() and digest:
+        remember(digest, model)
 
 
 def _check_servable(archive_url: str, model: str | None, tier: str) -> None:

@@ -64,7 +64,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from ray import serve
 
-from jobs.models import is_local_file
+from jobs.models import budget_of, is_local_file
 from pipeline.archive import (
     MEDIA_TYPES,
     DecodeError,
@@ -72,7 +72,6 @@ from pipeline.archive import (
     Reader,
     output_format,
     resolve_model,
-    weights_digest,
 )
 from pipeline.cache import DEFAULT_MAX_BYTES, DiskLRU, decoded_key
 from pipeline.files import encode_image
@@ -118,6 +117,7 @@ class ServeOptions:
     cache_dir: str | None = None
     cache_bytes: int = DEFAULT_MAX_BYTES
     write_cache: bool = False
+    decode_budget: dict[str, int] | None = None  # cdc.limits.DecodeBudget fields (None: defaults)
     storage_options: dict[str, Any] | None = None
     threads: int = 1
 
@@ -252,6 +252,7 @@ class ImageService:
         # weights: the bytes of a local weights file (None for shipped names and URLs)
         codec = load_codec(model, expected_sha256.removeprefix("sha256:"), weights,
                            device=device, precision=opts.precision)
+        codec.with_budget(budget_of(opts.decode_budget))
         arch = Archive.open(url, expected_digest=expected_sha256, read_only=not opts.write_cache,
                             storage_options=opts.storage_options)
         cache = DiskLRU(opts.cache_dir, opts.cache_bytes) if opts.cache else None
@@ -487,14 +488,18 @@ class ImageService:
 
 
 def build_app(url: str, *, model: str | None = None, opts: ServeOptions | None = None):
-    """The Serve application for the archive at ``url`` (checks model and tiers first)."""
-    from jobs.models import load_driver_codec
+    """The Serve application for the archive at ``url`` (checks model and tiers first).
+
+    The driver only checks the weights' digest against the archive's (reading the file, not
+    building the model), so the process that starts Serve imports no torch or CompressAI;
+    the replicas load the model, since they decode."""
+    from zoo import read_verified_bytes, sha256_hex
 
     opts = opts or ServeOptions()
     arch = Archive.open(url, read_only=True, storage_options=opts.storage_options)
     model = resolve_model(arch, model)
-    codec = load_driver_codec(model)
-    arch.check_model(weights_digest(codec))
+    digest = "sha256:" + sha256_hex(read_verified_bytes(model)[0])
+    arch.check_model(digest)
     if opts.default_tier not in arch.tiers:
         raise TierError(f"{url}: no tier {opts.default_tier!r} "
                         f"(tiers: {', '.join(sorted(arch.tiers))})")
@@ -504,7 +509,7 @@ def build_app(url: str, *, model: str | None = None, opts: ServeOptions | None =
         max_ongoing_requests=opts.max_ongoing,
         max_queued_requests=opts.max_queued,
         ray_actor_options={"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus},
-    ).bind(url, model, weights, weights_digest(codec), opts)
+    ).bind(url, model, weights, digest, opts)
 
 
 def start_http(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:

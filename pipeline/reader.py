@@ -41,18 +41,25 @@ class DecodeError(Exception):
 
 
 def resolve_model(archive: Archive, model: str | None) -> str:
-    """The model to decode ``archive`` with: ``model`` when given, else the archive's own
-    model id if it is a shipped model."""
+    """The model to decode ``archive`` with: ``model`` when given, else the archive's own:
+    the shipped model of that id or digest, or a model in the local model cache
+    (:mod:`zoo.cache`) with that digest. The caller's load checks the digest."""
     if model:
         return model
-    from zoo import registry
+    from zoo import find_model, registry
+    from zoo.cache import cache_dir
 
-    if archive.model_id in registry():
+    digest = archive.weights_digest.lower().removeprefix("sha256:")
+    entry = registry().get(archive.model_id)
+    if entry is not None and (not digest or entry.get("sha256") == digest):
         return archive.model_id
+    found = find_model(digest) if digest else None
+    if found is not None:
+        return found[0]
     raise ArchiveError(
         f"{archive.url}: written with model {archive.model_id!r} "
-        f"({archive.weights_digest[:19]}…), which is not a shipped model; pass --model with "
-        "its weights path or URL"
+        f"({archive.weights_digest[:19]}…), which is not a shipped model (nor in the local "
+        f"model cache, {cache_dir()}); pass --model with its weights path or URL"
     )
 
 

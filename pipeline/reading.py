@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from cdc.image import MAX_SIDE
+from cdc.bitstream import MAX_SIDE  # torch-free (cdc.image re-exports it)
 from pipeline.files import DEFAULT_MAX_PIXELS, InputError, decode_image, read_bytes
 from pipeline.files import max_pixels as process_max_pixels
 from pipeline.planning import InputItem
@@ -39,8 +39,9 @@ def validate_image(img: Image.Image, name: str, max_pixels: int | None = None) -
     w, h = img.size
     if w < 1 or h < 1:
         raise InputError(f"{name}: empty image ({w}x{h})")
-    if w > MAX_SIDE or h > MAX_SIDE:
-        raise InputError(f"{name}: {w}x{h} exceeds the codec's {MAX_SIDE} px side limit")
+    if w >= MAX_SIDE or h >= MAX_SIDE:  # sides must be < 65536 (the stream header's limit)
+        raise InputError(f"{name}: {w}x{h} exceeds the codec's side limit "
+                         f"(sides must be < {MAX_SIDE})")
     if w * h > max_pixels:
         raise InputError(f"{name}: {w}x{h} exceeds the {max_pixels} pixel limit")
 

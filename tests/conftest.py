@@ -73,6 +73,12 @@ def image() -> np.ndarray:
     return smooth_image(48, 72)
 
 
+@pytest.fixture(autouse=True)
+def _own_model_cache(tmp_path_factory, monkeypatch):
+    """Each test gets an empty local model cache (zoo.cache), never the user's."""
+    monkeypatch.setenv("CDC_MODEL_CACHE", str(tmp_path_factory.mktemp("model-cache")))
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         item.add_marker(pytest.mark.timeout(300))

@@ -4,6 +4,7 @@ and leave no partial output."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from jobs.cli import app
 from tests.conftest import smooth_image
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -125,3 +127,145 @@ def test_eval_progressive_prefixes_count_only_bytes_read(tmp_path: Path):
     full, low, mid = (e[k]["bpp"] for k in ("diffc-test s1 g0", "diffc-test s1 g0 @2bpp",
                                             "diffc-test s1 g0 @6bpp"))
     assert low <= mid <= full and low < full
+
+
+# -- the model comes from the stream ----------------------------------------------------------
+def test_decompress_finds_the_model_the_stream_names(png: Path, tmp_path: Path, weights_file: str,
+                                                     other_weights_file: str, monkeypatch):
+    stream, out = tmp_path / "a.cdc", tmp_path / "out.png"
+    r = runner.invoke(app, ["compress", str(png), str(stream), "--model", weights_file])
+    assert r.exit_code == 0, r.output  # -m remembered the weights in the local model cache
+    r = runner.invoke(app, ["decompress", str(stream), str(out), "--steps", "1"])
+    assert r.exit_code == 0, r.output
+    assert Image.open(out).size == (56, 40)
+    r = runner.invoke(app, ["info", str(stream), "--json"])
+    assert json.loads(r.output)["model"].endswith("(local model cache)")
+    # -m naming other weights: one line before any decoding, exit 3
+    r = runner.invoke(app, ["decompress", str(stream), str(out), "-m", other_weights_file])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 3 and len(lines) == 1, r.output
+    assert "a.cdc: written by the cdc model" in lines[0] and "leave out --model" in lines[0]
+    # a model found nowhere: one line that says where it looked
+    monkeypatch.setenv("CDC_MODEL_CACHE", str(tmp_path / "empty-cache"))
+    r = runner.invoke(app, ["decompress", str(stream), str(out)])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1 and "pass --model" in lines[0], r.output
+    assert "not a shipped model" in lines[0] and "empty-cache" in lines[0]
+
+
+def test_decompress_a_shipped_models_stream_without_model(tmp_path: Path):
+    """The corrdiff-small fixture decodes with no -m (it used to need `-m corrdiff-small`)."""
+    src = Path(__file__).parent / "fixtures" / "streams" / "corrdiff-small-a.cdc"
+    out = tmp_path / "c.png"
+    r = runner.invoke(app, ["decompress", str(src), str(out), "--steps", "1"])
+    assert r.exit_code == 0, r.output
+    assert Image.open(out).size == (72, 56)
+    r = runner.invoke(app, ["decompress", str(src), str(out), "-m", "cdc-small"])
+    assert r.exit_code == 3 and "corrdiff model corrdiff-small" in r.stderr, r.output
+
+
+def test_decode_budget_option(png: Path, tmp_path: Path, weights_file: str):
+    stream, out = tmp_path / "a.cdc", tmp_path / "out.png"
+    r = runner.invoke(app, ["compress", str(png), str(stream), "-m", weights_file])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["decompress", str(stream), str(out), "--decode-budget", "pixels=1000"])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 3 and len(lines) == 1 and "max_pixels" in lines[0], r.output
+    assert not out.exists()
+    r = runner.invoke(app, ["decompress", str(stream), str(out), "--decode-budget", "bogus=1"])
+    assert r.exit_code == 2 and "unknown decode budget field" in r.stderr
+
+
+_NO_TORCH = r"""
+import json, sys
+sys.argv = ["cdc", *sys.argv[1:]]
+from jobs.cli import main
+try:
+    main()
+except SystemExit as e:
+    code = e.code
+heavy = sorted(m for m in ("torch", "compressai", "torchvision", "numpy", "ray")
+               if m in sys.modules)
+print(json.dumps({"code": code, "heavy": heavy}))
+"""
+
+
+def test_commands_that_code_nothing_import_no_torch(tmp_path: Path, codec):
+    """info, verify, models and --help start without torch or CompressAI (a fresh process)."""
+    from pipeline.archive import open_or_create
+    from storage import Record
+
+    stream = tmp_path / "a.cdc"
+    stream.write_bytes(codec.compress(smooth_image(24, 32)))
+    arch, _ = open_or_create(str(tmp_path / "a.zarr"), codec, shard_size=2)
+    arch.write_shard(0, [Record(key="a.png", data=stream.read_bytes(), height=24, width=32)])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH",
+                                                                                "")]))
+    for argv in (["info", str(stream)], ["verify", str(tmp_path / "a.zarr")], ["models"],
+                 ["--help"]):
+        r = subprocess.run([sys.executable, "-c", _NO_TORCH, *argv], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        assert res["code"] in (0, None), (argv, r.stderr[-2000:])
+        assert res["heavy"] == [] if argv[0] != "verify" else "torch" not in res["heavy"], \
+            (argv, res)
+
+
+_DIFFC_THEN_CDC = r"""
+import json, sys
+import numpy as np, torch
+from cdc.diffc.model import DIFFC_CONFIGS, DiffusionPrior, weights_bytes
+from zoo import codec_from_bytes
+torch.manual_seed(0)
+prior = DiffusionPrior(DIFFC_CONFIGS["diffc-test"])  # zipf-coded indices, like diffc-small
+img = np.random.default_rng(0).integers(0, 255, (16, 20, 3), dtype=np.uint8)
+d = codec_from_bytes(weights_bytes(prior, "diffc-test"), "diffc")
+ok = d.config.index_coding == "zipf" and d.decompress(d.compress(img)).size == (20, 16)
+package = "compressai" in sys.modules  # DiffC needs only CompressAI's compiled coder
+sys.path[:0] = [sys.argv[1] + "/tests"]
+from conftest import make_weights  # now CompressAI's package, after its extensions
+c = codec_from_bytes(make_weights(0), "cdc")
+ok = ok and c.decompress(c.compress(img), steps=1).size == (20, 16)
+print(json.dumps({"ok": ok, "package_before_cdc": package}))
+"""
+
+
+def test_diffc_codes_without_compressais_package_and_cdc_still_works_after():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH",
+                                                                                "")]))
+    r = subprocess.run([sys.executable, "-c", _DIFFC_THEN_CDC, str(ROOT)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"ok": True,
+                                                             "package_before_cdc": False}
+
+
+def test_serve_driver_checks_the_model_without_torch(tmp_path: Path, codec, weights_file: str):
+    """``cdc serve``'s driver (it starts Ray Serve and the HTTP proxy) only checks the
+    weights' digest: no torch, no CompressAI; the replicas load the model (they decode)."""
+    from pipeline.archive import open_or_create
+
+    arch, _ = open_or_create(str(tmp_path / "a.zarr"), codec, shard_size=2)
+    child = ("import json, sys\nfrom jobs.serve import build_app\n"
+             "app = build_app(sys.argv[1], model=sys.argv[2])\n"
+             "print(json.dumps([m for m in ('torch', 'compressai') if m in sys.modules]))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH",
+                                                                                "")]))
+    r = subprocess.run([sys.executable, "-c", child, arch.url, weights_file], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+
+
+def test_codec_for_stream_in_python(tmp_path: Path, weights_file: str, codec):
+    from cdc import WeightsError
+    from zoo import codec_for_stream
+    from zoo.cache import remember
+
+    data = codec.compress(smooth_image(24, 32))
+    with pytest.raises(WeightsError, match="not a shipped model"):
+        codec_for_stream(data)
+    remember(codec.weights_sha256, weights_file)
+    found = codec_for_stream(data)
+    assert found.weights_sha256 == codec.weights_sha256
+    assert found.decompress(data, steps=1).size == (32, 24)

@@ -55,6 +55,23 @@ def load_codec(name_or_path: str, device: str | torch.device = "cpu",
     return codec_from_bytes(data, source, device=device, precision=precision)
 
 
+def codec_for_stream(data: bytes, device: str | torch.device = "cpu",
+                     precision: str | None = None) -> Any:
+    """The codec a stream names by its header's codec id and weights digest: the shipped
+    model with that digest, else a model in the local model cache (:mod:`zoo.cache`);
+    ``WeightsError`` if neither (then load it by path or URL with :func:`load_codec`)."""
+    from cdc.bitstream import read_header
+    from zoo.cache import cache_dir, find_model
+
+    h = read_header(bytes(data[:64]), validate=False)
+    found = find_model(h.model_digest.hex(), h.codec)
+    if found is None:
+        raise WeightsError(f"the stream was written by a {h.codec} model with weights "
+                           f"{h.model_digest.hex()}…, which is not a shipped model (nor in the "
+                           f"local model cache, {cache_dir()})")
+    return load_codec(found[0], device=device, precision=precision, sha256=found[1])
+
+
 def load_weights(name_or_path: str, sha256: str | None = None) -> LoadedModel:
     """The CDC network (of a cdc or corrdiff file) with its meta, read once (digest-checked)."""
     data, source = read_verified_bytes(name_or_path, sha256)

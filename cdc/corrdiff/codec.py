@@ -37,7 +37,7 @@ from cdc.corrdiff.correction import (
     unpack_w,
 )
 from cdc.corrdiff.decoder import DecoderConfig, E2EDecoder
-from cdc.errors import WeightsError
+from cdc.errors import DecodeSettingsError, WeightsError
 from cdc.image import tensor_to_image
 from cdc.interface import DecodeSettings, ImageLike
 from cdc.models import ConditionalDiffusionCompressor
@@ -216,16 +216,23 @@ class CorrDiffCodec(CDCCodec):
         """Decode many streams; ``correct=False`` forces plain CDC decoding."""
         seeds = [seeds] * len(datas) if isinstance(seeds, int) else list(seeds)
         if len(seeds) != len(datas):
-            raise ValueError(f"{len(seeds)} seeds for {len(datas)} streams")
-        if steps is not None:
-            self.model.sampler.timesteps(int(steps))  # validate before any work
-        if gamma is not None and gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
+            raise DecodeSettingsError(f"{len(seeds)} seeds for {len(datas)} streams")
+        try:
+            if steps is not None:
+                self.model.sampler.timesteps(int(steps))  # validate before any work
+            if gamma is not None and gamma < 0:
+                raise ValueError(f"gamma must be >= 0, got {gamma}")
+        except ValueError as e:
+            raise DecodeSettingsError(str(e)) from None
+        plans = []
+        for d, seed in zip(datas, seeds):  # parse and check every stream before decoding any
+            c = self.unpack(d)
+            s, g, rec = self._plan(self.read_paths(c), steps, gamma, seed)
+            self.check_budget(c, s)
+            plans.append((c, s, g, rec))
         items = []
-        for d, seed in zip(datas, seeds):
-            c, y_hat = self.decode_latent(d)
-            paths = self.read_paths(c)
-            s, g, rec = self._plan(paths, steps, gamma, seed)
+        for (c, s, g, rec), seed in zip(plans, seeds):
+            _, y_hat = self.decode_latent(c)
             if not correct:
                 rec = None
             if rec is None:
@@ -237,24 +244,35 @@ class CorrDiffCodec(CDCCodec):
             key = (tuple(y_hat.shape[-2:]), s, g, None if rec is None else (rec.first, rec.count))
             groups.setdefault(key, []).append(i)
         out: list[Any] = [None] * len(datas)
-        for (_shape, s, g, corr), idx in groups.items():
-            y_hat = torch.cat([items[i][1] for i in idx]).to(self.device)
-            sd = [items[i][4] for i in idx]
-            if corr is None:
-                x = self.model.render(y_hat, steps=s, gamma=g, seed=sd,
-                                      autocast_dtype=self.autocast_dtype)
-            else:
-                indices = torch.tensor([items[i][5].indices for i in idx], dtype=torch.long)
-                x, _ = self._run_path(y_hat, self._context(y_hat), self.e2e(y_hat), s, g, sd,
-                                      corr[0], corr[1], indices=indices.view(len(idx), corr[1]))
-            for j, i in enumerate(idx):
-                c = items[i][0]
-                out[i] = tensor_to_image(x[j, :, : c.height, : c.width])
+        for (_shape, s, g, corr), group in groups.items():
+            per = self.render_batch_size(items[group[0]][0], s, len(group))
+            for start in range(0, len(group), per):
+                idx = group[start : start + per]
+                y_hat = torch.cat([items[i][1] for i in idx]).to(self.device)
+                sd = [items[i][4] for i in idx]
+                if corr is None:
+                    x = self.model.render(y_hat, steps=s, gamma=g, seed=sd,
+                                          autocast_dtype=self.autocast_dtype)
+                else:
+                    indices = torch.tensor([items[i][5].indices for i in idx], dtype=torch.long)
+                    x, _ = self._run_path(y_hat, self._context(y_hat), self.e2e(y_hat), s, g,
+                                          sd, corr[0], corr[1],
+                                          indices=indices.view(len(idx), corr[1]))
+                for j, i in enumerate(idx):
+                    c = items[i][0]
+                    out[i] = tensor_to_image(x[j, :, : c.height, : c.width])
         return out
+
+    def extra_alloc(self, ph: int, pw: int, batch: int = 1) -> int:
+        """Beside CDC's: the end-to-end decoder's head at full resolution."""
+        head = 2 * self.decoder.dcfg.head_channels * ph * pw * 4 * batch
+        return super().extra_alloc(ph, pw, batch) + head
 
     def decompress_e2e(self, data: bytes):
         """The end-to-end decoder's image alone (no diffusion): the distortion-optimised view."""
-        c, y_hat = self.decode_latent(data)
+        c = self.unpack(data)
+        self.check_budget(c, 1)
+        c, y_hat = self.decode_latent(c)
         x = self.e2e(y_hat)
         return tensor_to_image(x[0, :, : c.height, : c.width])
 

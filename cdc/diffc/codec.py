@@ -19,12 +19,14 @@ import torch
 from PIL import Image
 
 from cdc.base import BaseCodec
+from cdc.bitstream import flags_for
 from cdc.diffc import rcc
 from cdc.diffc import stream as st
 from cdc.diffc.model import DiffCConfig, DiffusionPrior, prior_from_dict
-from cdc.errors import CorruptStreamError, ModelMismatchError
-from cdc.image import SourceMode, array_to_tensor, pad_to_multiple, tensor_to_image, to_rgb_array
+from cdc.errors import CorruptStreamError, DecodeSettingsError, ModelMismatchError
+from cdc.image import array_to_tensor, pad_to_multiple, tensor_to_image, to_rgb_array
 from cdc.interface import ImageLike
+from cdc.limits import rcc_block_bytes
 
 _LN2 = math.log(2.0)
 
@@ -93,7 +95,7 @@ class DiffCCodec(BaseCodec):
         goes into the stream's plan, so any decoder with the same weights reads it.
         """
         cfg = self.config
-        coding = {"fixed": rcc.CODING_FIXED, "zipf": rcc.CODING_ZIPF}[
+        coding = {"fixed": st.CODING_FIXED, "zipf": st.CODING_ZIPF}[
             cfg.index_coding if index_coding is None else index_coding]
         chunk_kl = cfg.chunk_kl_bits if chunk_kl_bits is None else float(chunk_kl_bits)
         k0 = cfg.chunk_index_bits if chunk_index_bits is None else int(chunk_index_bits)
@@ -113,8 +115,8 @@ class DiffCCodec(BaseCodec):
             delta = (c0 * (x0 - x0h) / sigma).reshape(-1).cpu()[dims]
             kl_bits = float((delta.double() ** 2).sum()) / 2 / _LN2
             max_k = max(k0, cfg.max_index_bits)
-            if coding == rcc.CODING_ZIPF:
-                max_k = min(max_k, rcc.MAX_ZIPF_BITS)
+            if coding == st.CODING_ZIPF:
+                max_k = min(max_k, st.MAX_ZIPF_BITS)
             n_chunks, k = rcc.choose_layout(kl_bits, dims.numel(), chunk_kl, min(k0, max_k), max_k)
             step_seed = rcc.derive_seed(seed, j + 1)
             if n_chunks:
@@ -129,7 +131,7 @@ class DiffCCodec(BaseCodec):
             xs.append(x.cpu())
             t = s
         plan = st.Plan(seed=seed, t_start=cfg.train_timesteps - 1, steps=steps, coding=coding)
-        data = st.pack(self.digest, h, w, int(mode) << 1, plan, payloads)
+        data = st.pack(self.digest, h, w, flags_for(mode), plan, payloads)
         return data, {"kl_bits": kls, "step_bytes": [len(p) for p in payloads],
                       "levels": [s.t for s in steps], "x": xs}
 
@@ -144,7 +146,7 @@ class DiffCCodec(BaseCodec):
     def _parse(self, data: bytes, max_bytes: int | None) -> st.Parsed:
         if max_bytes is not None:
             if max_bytes < 0:
-                raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+                raise DecodeSettingsError(f"max_bytes must be >= 0, got {max_bytes}")
             data = bytes(data[:max_bytes])
         p = st.parse(data)
         if p.digest != self.digest:
@@ -156,29 +158,63 @@ class DiffCCodec(BaseCodec):
             raise CorruptStreamError("coding plan levels do not fit this model's schedule")
         return p
 
+    def check_budget(self, p: st.Parsed, steps: int | None = None) -> None:
+        """Refuse (``ResourceLimitError``) a stream whose decode would exceed ``self.budget``,
+        from its header and plan alone: padded pixels, network evaluations (the received
+        coded steps plus ``steps`` DDIM steps), chunk indices, candidate draws and the
+        largest allocation (the U-Net, or one step's candidate block)."""
+        cfg = self.config
+        m = cfg.pad_multiple
+        ph, pw = p.height + (-p.height) % m, p.width + (-p.width) % m
+        n_dims = 3 * p.height * p.width
+        received = p.plan.steps[: len(p.received)]
+        draws, block, symbols = 0, 0, 0
+        for j, s in enumerate(received):
+            if s.n_chunks > n_dims:
+                raise CorruptStreamError(f"step {j}: {s.n_chunks} chunks for {n_dims} dimensions")
+            if s.n_chunks:
+                d = -(-n_dims // s.n_chunks)
+                draws += s.n_chunks * (1 << s.k) * d
+                block = max(block, rcc_block_bytes(s.n_chunks, s.k, d, rcc.BLOCK_ELEMENTS))
+                symbols += s.n_chunks
+            else:
+                draws += n_dims
+        evals = len(received) + (steps or 0)
+        alloc = max(self.unet_alloc(ph, pw, context=False), 2 * block) + 48 * 3 * ph * pw
+        self.budget.check(
+            f"a {p.width}x{p.height} diffc stream", pixels=ph * pw, steps=evals,
+            pixel_steps=ph * pw * evals, latent_elements=symbols,
+            rcc_draws_per_dim=draws // n_dims, rcc_draws=draws, alloc_bytes=alloc)
+
     @torch.no_grad()
-    def decode_levels(self, data: bytes, max_bytes: int | None = None,
+    def decode_levels(self, data: bytes | st.Parsed, max_bytes: int | None = None,
                       ) -> tuple[st.Parsed, int, list[torch.Tensor]]:
         """(parsed, last level, x at each received level): the encoder's samples, exactly."""
-        p = self._parse(data, max_bytes)
+        p = data if isinstance(data, st.Parsed) else self._parse(data, max_bytes)
+        self.check_budget(p)
+        for j, (s, payload) in enumerate(zip(p.plan.steps, p.received)):
+            try:  # every received step's indices are plausible before any work starts
+                rcc.check_indices(payload, s.n_chunks, s.k, p.plan.coding)
+            except (CorruptStreamError, ValueError) as e:
+                raise CorruptStreamError(f"step {j}: bad chunk indices ({e})") from e
         shape, dims = self._prepare(p.height, p.width)
         t = p.plan.t_start
         x = self._start(shape, p.plan.seed)
         xs = []
         for j, (s, payload) in enumerate(zip(p.plan.steps, p.received)):
+            step_seed = rcc.derive_seed(p.plan.seed, j + 1)
+            if s.n_chunks:  # the indices first: a bad step costs no network evaluation
+                try:
+                    idx = rcc.decode_indices(payload, s.n_chunks, s.k, p.plan.coding)
+                except (CorruptStreamError, ValueError, RuntimeError) as e:
+                    raise CorruptStreamError(f"step {j}: bad chunk indices ({e})") from e
+                if len(idx) != s.n_chunks or (len(idx) and (int(idx.max()) >= 1 << s.k
+                                                            or int(idx.min()) < 0)):
+                    raise CorruptStreamError(f"step {j}: chunk index out of range")
             x0h = self._x0_hat(x, t)
             c0, ct, sigma = self.prior.posterior_coeffs(t, s.t)
             mu_p = c0 * x0h + ct * x
-            step_seed = rcc.derive_seed(p.plan.seed, j + 1)
             if s.n_chunks:
-                if s.n_chunks > dims.numel():
-                    raise CorruptStreamError(f"step {j}: more chunks than dimensions")
-                try:
-                    idx = rcc.decode_indices(payload, s.n_chunks, s.k, p.plan.coding)
-                except (ValueError, RuntimeError) as e:
-                    raise CorruptStreamError(f"step {j}: bad chunk indices ({e})") from e
-                if len(idx) != s.n_chunks or (len(idx) and int(idx.max()) >= 1 << s.k):
-                    raise CorruptStreamError(f"step {j}: bad chunk indices")
                 eps = rcc.decode(idx, dims.numel(), s.n_chunks, s.k, step_seed)
             else:
                 eps = rcc.prior_noise(dims.numel(), step_seed)
@@ -199,10 +235,12 @@ class DiffCCodec(BaseCodec):
         steps = cfg.default_steps if steps is None else int(steps)
         gamma = cfg.default_gamma if gamma is None else float(gamma)
         if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+            raise DecodeSettingsError(f"steps must be >= 1, got {steps}")
         if gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
-        p, t, xs = self.decode_levels(data, max_bytes)
+            raise DecodeSettingsError(f"gamma must be >= 0, got {gamma}")
+        p = self._parse(data, max_bytes)
+        self.check_budget(p, steps)
+        p, t, xs = self.decode_levels(p)
         x = xs[-1].to(self.device) if xs else self._start(self._prepare(p.height, p.width)[0],
                                                           p.plan.seed)
         with self.autocast():
@@ -219,7 +257,7 @@ class DiffCCodec(BaseCodec):
                          seeds: list[int] | int = 0) -> list[Image.Image]:
         seeds = [seeds] * len(datas) if isinstance(seeds, int) else list(seeds)
         if len(seeds) != len(datas):
-            raise ValueError(f"{len(seeds)} seeds for {len(datas)} streams")
+            raise DecodeSettingsError(f"{len(seeds)} seeds for {len(datas)} streams")
         return [self.decompress(d, steps, gamma, s) for d, s in zip(datas, seeds)]
 
     def step_offsets(self, data: bytes) -> list[int]:
@@ -254,29 +292,6 @@ def prefix_length(head: bytes, steps: int | None = None, bpp: float | None = Non
     return p.full_length
 
 
-def describe(data: bytes, config: Any = None) -> dict[str, Any]:
-    """What ``cdc info`` shows for a DiffC stream or prefix (needs no model)."""
-    p = st.parse(data)
-    return {
-        "codec": "diffc",
-        "model_digest": p.digest.hex(),
-        "width": p.width,
-        "height": p.height,
-        "source": SourceMode((p.flags >> 1) & 0b111).note,
-        "bytes": len(data),
-        "full_bytes": p.full_length,
-        "complete": p.complete,
-        "bpp": 8 * len(data) / (p.width * p.height),
-        "header_bytes": p.data_offset,
-        "steps": len(p.plan.steps),
-        "received_steps": len(p.received),
-        "levels": [s.t for s in p.plan.steps],
-        "chunks": [s.n_chunks for s in p.plan.steps],
-        "index_bits": [s.k for s in p.plan.steps],
-        "index_coding": {rcc.CODING_FIXED: "fixed", rcc.CODING_ZIPF: "zipf"}[p.plan.coding],
-        "step_bytes": [s.nbytes for s in p.plan.steps],
-        "prefix_bytes": [p.prefix_bytes(j) for j in range(len(p.plan.steps) + 1)],
-    }
-
+describe = st.describe  # ``cdc info`` (cdc.registry names cdc.diffc.stream:describe)
 
 __all__ = ["PLAN_READ_BYTES", "DiffCCodec", "describe", "prefix_length"]

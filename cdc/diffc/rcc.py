@@ -27,7 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-_BLOCK_ELEMENTS = 1 << 22  # candidate floats generated per randn call (16 MiB)
+from cdc.diffc.stream import CODING_FIXED, CODING_ZIPF, MAX_ZIPF_BITS, packed_size
+
+BLOCK_ELEMENTS = 1 << 22  # candidate floats generated per randn call (16 MiB)
+_BLOCK_ELEMENTS = BLOCK_ELEMENTS
 _MASK63 = (1 << 63) - 1
 
 
@@ -113,7 +116,7 @@ def decode(indices: Tensor, n_dims: int, n_chunks: int, k: int, seed: int) -> Te
     indices = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
     if indices.numel() != n_chunks:
         raise ValueError(f"{indices.numel()} indices for {n_chunks} chunks")
-    if n_chunks and int(indices.max()) >= 1 << k:
+    if n_chunks and (int(indices.max()) >= 1 << k or int(indices.min()) < 0):
         raise ValueError("chunk index out of range")
     idx = chunk_index(n_dims, n_chunks, derive_seed(seed, 1))
     d = idx.shape[1]
@@ -148,15 +151,10 @@ def unpack_indices(data: bytes, n: int, k: int) -> Tensor:
     return torch.from_numpy(vals)
 
 
-def packed_size(n_chunks: int, k: int) -> int:
-    return (n_chunks * k + 7) // 8
-
-
 # -- entropy coding of the indices ------------------------------------------------------------
-#: Index coding schemes (one byte in the stream's plan).
-CODING_FIXED = 0  # k bits per index
-CODING_ZIPF = 1  # rANS (CompressAI) with the static law P(i) ∝ 1/(i+1), i < 2^k
-MAX_ZIPF_BITS = 12  # 16-bit CDF precision: every one of the 2^k symbols needs mass ≥ 1
+# The index coding schemes (one byte in the stream's plan) are defined with the stream
+# format, in cdc.diffc.stream (which imports no torch): CODING_FIXED (k bits per index),
+# CODING_ZIPF (rANS with the static law P(i) ∝ 1/(i+1), i < 2^k, k <= MAX_ZIPF_BITS).
 _CDFS: dict[int, list[int]] = {}
 
 
@@ -167,7 +165,9 @@ def zipf_cdf(k: int) -> list[int]:
     is a few bits below k, the selected index follows this law closely (P(0) ≈ 1/H_{2^k}).
     """
     if k not in _CDFS:
-        from compressai._CXX import pmf_to_quantized_cdf
+        from cdc.compressai_ext import extension  # no CompressAI package init (3-4 s)
+
+        pmf_to_quantized_cdf = extension("_CXX").pmf_to_quantized_cdf
 
         w = 1.0 / np.arange(1, (1 << k) + 1, dtype=np.float64)
         pmf = (w / w.sum() * (1 - 1e-6)).tolist() + [1e-6]
@@ -180,24 +180,41 @@ def code_indices(indices: Tensor, k: int, coding: int) -> bytes:
         return pack_indices(indices, k)
     if coding != CODING_ZIPF or k > MAX_ZIPF_BITS:
         raise ValueError(f"index coding {coding} does not support k={k}")
-    from compressai.ans import RansEncoder
+    from cdc.compressai_ext import extension
 
+    RansEncoder = extension("ans").RansEncoder  # noqa: N806
     sym = [int(v) for v in np.asarray(indices).reshape(-1)]
     sym += [0] * (2 - len(sym))  # CompressAI's RansEncoder crashes on a one-symbol message
     cdf = zipf_cdf(k)
     return RansEncoder().encode_with_indexes(sym, [0] * len(sym), [cdf], [len(cdf)], [0])
 
 
-def decode_indices(data: bytes, n: int, k: int, coding: int) -> Tensor:
+def check_indices(data: bytes, n: int, k: int, coding: int) -> None:
+    """Raise (``CorruptStreamError`` / ``ValueError``) unless ``data`` can hold ``n`` indices
+    of ``k`` bits coded with ``coding``: what :func:`decode_indices` checks before decoding
+    (for rANS blocks, before CompressAI's decoder sees them; see :mod:`cdc.rans`)."""
     if coding == CODING_FIXED or n == 0:
         if len(data) != packed_size(n, k):
             raise ValueError("fixed-width index block has the wrong length")
-        return unpack_indices(data, n, k)
+        return
     if coding != CODING_ZIPF or k > MAX_ZIPF_BITS:
         raise ValueError(f"index coding {coding} does not support k={k}")
-    from compressai.ans import RansDecoder
+    from cdc.rans import check_string, min_bits_from_cdf
+
+    m = max(n, 2)
+    check_string(data, m, m * min_bits_from_cdf(zipf_cdf(k)), f"{n} zipf-coded {k}-bit indices")
+
+
+def decode_indices(data: bytes, n: int, k: int, coding: int) -> Tensor:
+    check_indices(data, n, k, coding)
+    if coding == CODING_FIXED or n == 0:
+        return unpack_indices(data, n, k)
+    from cdc.compressai_ext import extension
+    from cdc.rans import padded
+
+    RansDecoder = extension("ans").RansDecoder  # noqa: N806
 
     cdf = zipf_cdf(k)
     m = max(n, 2)
-    out = RansDecoder().decode_with_indexes(data, [0] * m, [cdf], [len(cdf)], [0])
+    out = RansDecoder().decode_with_indexes(padded(data, m), [0] * m, [cdf], [len(cdf)], [0])
     return torch.tensor(out[:n], dtype=torch.long)

@@ -24,20 +24,30 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
 from cdc.bitstream import (
     CODEC_IDS,
     DIGEST_BYTES,
-    FORMAT_VERSION,
-    MAGIC,
     Container,
+    check_magic,
+    read_header,
     read_varint,
     write_varint,
 )
-from cdc.diffc.rcc import CODING_FIXED, CODING_ZIPF, MAX_ZIPF_BITS, packed_size
-from cdc.errors import BadMagicError, CorruptStreamError, UnsupportedVersionError
+from cdc.errors import CorruptStreamError
 
 LAYOUT_STRIDED = 0
+#: Index coding schemes (one byte in the plan).
+CODING_FIXED = 0  # k bits per index
+CODING_ZIPF = 1  # rANS (CompressAI) with the static law P(i) ∝ 1/(i+1), i < 2^k
+MAX_ZIPF_BITS = 12  # 16-bit CDF precision: every one of the 2^k symbols needs mass ≥ 1
+CODING_NAMES = {CODING_FIXED: "fixed", CODING_ZIPF: "zipf"}
+
+
+def packed_size(n_chunks: int, k: int) -> int:
+    """Bytes of ``n_chunks`` fixed-width ``k``-bit indices."""
+    return (n_chunks * k + 7) // 8
 
 
 def crc32(data: bytes) -> int:
@@ -166,25 +176,14 @@ def parse(data: bytes) -> Parsed:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
-    if len(data) < 4 or data[:3] != MAGIC:
-        raise BadMagicError("not a cdc-toolkit stream (bad magic)")
-    if data[3] != FORMAT_VERSION:
-        raise UnsupportedVersionError(
-            f"stream format version {data[3]} is not supported (this build reads {FORMAT_VERSION})")
+    check_magic(data)
     if len(data) < 6 + DIGEST_BYTES:
         raise CorruptStreamError(f"stream truncated in header: {len(data)} bytes")
     if data[4] != CODEC_IDS["diffc"]:
         raise CorruptStreamError(f"codec id {data[4]} is not DiffC ({CODEC_IDS['diffc']})")
-    flags = data[5]
-    digest = data[6 : 6 + DIGEST_BYTES]
-    pos = 6 + DIGEST_BYTES
     try:
-        height, pos = read_varint(data, pos, len(data))
-        width, pos = read_varint(data, pos, len(data))
-        if pos + 4 > len(data):
-            raise CorruptStreamError("stream truncated in header")
-        (sym_crc,) = struct.unpack("<I", data[pos : pos + 4])
-        p_start, p_len = _section(data, pos + 4, "P")
+        h = read_header(data, validate=False)  # validated below, after its checksum
+        p_start, p_len = _section(data, h.end, "P")
         c_start, c_len = _section(data, p_start + p_len, "C")
         if c_len != 4:
             raise CorruptStreamError("bad plan checksum section")
@@ -194,11 +193,12 @@ def parse(data: bytes) -> Parsed:
         raise CorruptStreamError(
             f"{e} ({len(data)} bytes): a DiffC prefix must include the header and coding plan"
         ) from None
+    digest, height, width, flags, sym_crc = h.model_digest, h.height, h.width, h.flags, \
+        h.symbols_crc
     (plan_crc,) = struct.unpack("<I", data[c_start : c_start + 4])
     if crc32(data[: c_start - 2]) != plan_crc:
         raise CorruptStreamError("header/coding plan checksum mismatch (corrupted stream)")
-    if height < 1 or width < 1:
-        raise CorruptStreamError(f"invalid image size {width}×{height}")
+    h.validate()
     plan = Plan.unpack(data[p_start : p_start + p_len])
     d_start, d_len = _section(data, c_start + 4, "D")
     if d_len != sum(s.nbytes for s in plan.steps):
@@ -221,3 +221,29 @@ def parse(data: bytes) -> Parsed:
         out.received.append(payload)
         pos += s.nbytes
     return out
+
+
+def describe(data: bytes, config: Any = None) -> dict[str, Any]:
+    """What ``cdc info`` shows for a DiffC stream or prefix (needs no model, nor torch)."""
+    p = parse(data)
+    h = read_header(data)
+    return {
+        "codec": "diffc",
+        "model_digest": p.digest.hex(),
+        "width": p.width,
+        "height": p.height,
+        "source": h.mode.note,
+        "bytes": len(data),
+        "full_bytes": p.full_length,
+        "complete": p.complete,
+        "bpp": 8 * len(data) / (p.width * p.height),
+        "header_bytes": p.data_offset,
+        "steps": len(p.plan.steps),
+        "received_steps": len(p.received),
+        "levels": [s.t for s in p.plan.steps],
+        "chunks": [s.n_chunks for s in p.plan.steps],
+        "index_bits": [s.k for s in p.plan.steps],
+        "index_coding": CODING_NAMES[p.plan.coding],
+        "step_bytes": [s.nbytes for s in p.plan.steps],
+        "prefix_bytes": [p.prefix_bytes(j) for j in range(len(p.plan.steps) + 1)],
+    }

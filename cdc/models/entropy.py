@@ -8,6 +8,11 @@ hyper-synthesis runs, outside training, on the CPU in float64 at both ends (it i
 tiny: it works at H/64 → H/16), so both ends see bit-identical parameters. The
 decoded symbols are also returned so the container can carry their checksum and
 any remaining mismatch becomes an explicit error.
+
+Decoding checks every rANS string before CompressAI's C++ decoder sees it
+(:mod:`cdc.rans`): whole 32-bit words, enough bytes for the symbols the shapes imply at
+the fewest bits each CDF allows (z before anything runs, y once its CDF indexes are
+known), then the string is padded so the decoder's renormalisation reads stay inside it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from compressai.latent_codecs import (
     HyperpriorLatentCodec,
 )
 from torch import Tensor, nn
+
+from cdc.rans import check_string, padded
 
 # Log-spaced scales in [0.11, 256] like CompressAI's table, but 256 levels instead of 64:
 # the coder uses the next larger tabulated scale, and with 64 levels (13% apart) that
@@ -74,6 +81,17 @@ class CanonicalHyperSynthesis(nn.Module):
         return out.to(device=z_hat.device, dtype=torch.float32)
 
 
+def min_symbol_bits(cdf: Tensor, lengths: Tensor) -> Tensor:
+    """(rows,) float64: the fewest bits a symbol coded with each CDF row can cost."""
+    cdf = cdf.to(torch.int64)
+    if cdf.numel() == 0:
+        return torch.zeros(cdf.shape[0], dtype=torch.float64)
+    freq = cdf[:, 1:] - cdf[:, :-1]
+    valid = torch.arange(freq.shape[1])[None] < (lengths.to(torch.int64) - 1)[:, None]
+    fmax = freq.masked_fill(~valid, 0).max(1).values.clamp(min=1).double()
+    return torch.log2(65536.0 / fmax)
+
+
 class SymbolGaussianLatentCodec(GaussianConditionalLatentCodec):
     """Gaussian conditional that also reports the integer symbols it coded."""
 
@@ -92,8 +110,14 @@ class SymbolGaussianLatentCodec(GaussianConditionalLatentCodec):
         (y_strings,) = strings
         scales, means = self._chunk(self.entropy_parameters(ctx_params))
         gc = self.gaussian_conditional
-        indexes = gc.build_indexes(scales)
-        symbols = gc.decompress(y_strings, indexes.cpu()).to(means.device).int()
+        indexes = gc.build_indexes(scales).cpu()
+        bits = min_symbol_bits(gc._quantized_cdf, gc._cdf_length)
+        y_strings = list(y_strings)
+        for i, string in enumerate(y_strings):
+            idx = indexes[i].reshape(-1).long()
+            check_string(string, idx.numel(), float(bits[idx].sum()), "section 'Y'")
+            y_strings[i] = padded(string, idx.numel())
+        symbols = gc.decompress(y_strings, indexes).to(means.device).int()
         if tuple(symbols.shape[2:4]) != tuple(shape):
             raise ValueError(f"latent shape {tuple(symbols.shape[2:4])} != {tuple(shape)}")
         # dequantize() adds the means in place on float input: pass the int copy.
@@ -139,6 +163,13 @@ class MeanScaleHyperprior(HyperpriorLatentCodec):
         self, strings: list[list[bytes]], shape: dict[str, tuple[int, int]], **kw: Any
     ) -> dict[str, Any]:
         y_strings, z_strings = strings
+        eb = self.entropy_bottleneck
+        positions = int(shape["hyper"][0]) * int(shape["hyper"][1])
+        n_z = eb._quantized_cdf.shape[0] * positions
+        z_bits = float(min_symbol_bits(eb._quantized_cdf, eb._cdf_length).sum()) * positions
+        for string in z_strings:
+            check_string(string, n_z, z_bits, "section 'Z'")
+        z_strings = [padded(string, n_z) for string in z_strings]
         hyper_out = self.hyper.decompress([z_strings], shape["hyper"])
         y_out = self.y.decompress([y_strings], shape["y"], hyper_out["params"])
         return {"y_hat": y_out["y_hat"], "symbols": y_out["symbols"]}
