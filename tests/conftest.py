@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
 
 import numpy as np
@@ -9,6 +11,9 @@ import pytest
 import torch
 
 warnings.filterwarnings("ignore", category=FutureWarning)
+# Never the user's local model cache (zoo.cache), not even in module-scoped fixtures that
+# run `cdc archive -m ...` before any per-test fixture; each test also gets its own below.
+os.environ["CDC_MODEL_CACHE"] = tempfile.mkdtemp(prefix="cdc-model-cache-")
 
 from s3_fixture import s3_server, s3_url  # noqa: E402, F401  (real S3 for storage tests)
 
