@@ -17,6 +17,19 @@ MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
 SAMPLES = Path(__file__).parent.parent / "samples"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The fixtures were made with one CPU thread; DiffC's reverse-channel decode is only
+    bit-exact at the thread count its stream was encoded with (kernels split reductions
+    by thread count), so decode them with one thread too."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def codecs():
     from zoo import load_codec
