@@ -198,6 +198,23 @@ def decompress(
     typer.echo(f"{printable(src)} -> {printable(dst)}: {img.width}x{img.height}")
 
 
+def _describe_with_config(data: bytes, d: dict, config_name: str, codec: str) -> dict:
+    """``cdc info`` again with the shipped model's named config, so a latent model's latent
+    shapes and padding are its own (the bare describer assumes pixel-space CDC)."""
+    from cdc import BitstreamError
+    from cdc.describe import describe_stream
+    from cdc.registry import get_config
+
+    try:
+        cfg = get_config(config_name, codec)
+    except KeyError:
+        return d
+    try:
+        return describe_stream(data, cfg)
+    except (BitstreamError, TypeError):
+        return d
+
+
 @app.command()
 def info(
     src: Path = typer.Argument(..., help="A .cdc stream."),
@@ -210,13 +227,17 @@ def info(
     from zoo import find_model, registry
 
     try:
-        d = describe_stream(read_bytes(src))
+        data = read_bytes(src)
+        d = describe_stream(data)
     except BitstreamError as e:
         fail(f"{src}: {e}", EXIT_STREAM, src)
     except InputError as e:
         fail(str(e), EXIT_INPUT, src)
     found = find_model(d["model_digest"], d["codec"])
-    d["model"] = (found[0] if found and found[0] in registry() else
+    shipped = registry().get(found[0]) if found else None
+    if shipped and shipped.get("config"):
+        d = _describe_with_config(data, d, shipped["config"], d["codec"])
+    d["model"] = (found[0] if shipped is not None else
                   f"{printable(found[0])} (local model cache)" if found else
                   "unknown (neither shipped nor in the local model cache)")
     if as_json:
@@ -272,6 +293,8 @@ def export_model_cmd(
     default_gamma: float | None = typer.Option(None, help="Start-noise scale when none is asked for."),
     tier: list[str] = typer.Option([], "--tier",
                                    help="Recommended tier for new archives, NAME:steps=N,gamma=G,seed=S."),
+    family: str | None = typer.Option(None, help="Rate family (ladder) in the registry: "
+                                      "`--rate` chooses among a family's models."),
 ) -> None:
     """Export a run's EMA weights (any codec: the run's own) with sha256 into the model zoo."""
     from cdc.registry import CODECS, entry, resolve
@@ -295,6 +318,10 @@ def export_model_cmd(
     exporter = resolve(entry(codec).trainer).export
     path = exporter(run_dir, name, zoo_dir=zoo_dir, half=half, description=description,
                     decode_defaults=defaults, tiers=tiers)
+    if family:
+        from zoo.store import update_entry
+
+        update_entry(name, {"family": family}, zoo_dir)
     typer.echo(f"exported {name} -> {path}")
 
 

@@ -187,7 +187,7 @@ def main() -> None:
     """``python -m pipeline.latents [SOURCES..] --root runs/latent-cache``: build the cache."""
     import argparse
 
-    from pipeline.spaces import load_space
+    from zoo.components import load_space
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("sources", nargs="*", default=["../shared/data/train"])

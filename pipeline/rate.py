@@ -7,9 +7,12 @@ Two mechanisms, one per kind of codec:
   the longest prefix within the target (:func:`cap_stream`): a true per-image rate cap.
 * **CDC and CorrDiff**: the rate is fixed when the model is trained (one model per λ, as in
   CompressAI's zoo, where ``quality=`` picks one of several trained models). ``--rate``
-  picks, among the shipped models of the same codec, the one whose *measured* rate
-  (``rate`` in ``cdc/zoo/models.json``: mean bpp on a named image set) is nearest the
-  target, and refuses when none is within :data:`TOLERANCE`, naming the rates there are.
+  picks, among the shipped models of the same codec and *family* (``family`` in
+  ``zoo/models.json``: a rate ladder, models that differ only in λ; models without one form
+  one family per codec), the one whose *measured* rate (``rate``: mean bpp on a named image set)
+  is nearest the target, and refuses when none is within :data:`TOLERANCE`, naming the
+  rates there are. So ``--rate`` with a latent ladder model never falls back to the
+  pixel-space cdc-small, and ``-m cdc-small --rate`` stays with cdc-small.
 """
 
 from __future__ import annotations
@@ -30,11 +33,18 @@ def check_rate(rate: float) -> None:
         raise RateError(f"--rate must be a positive number of bits per pixel, got {rate}")
 
 
-def measured_rates(codec_id: str, registry: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Shipped models of ``codec_id`` that record a measured rate: name → bpp."""
+def measured_rates(codec_id: str, registry: dict[str, dict[str, Any]],
+                   family: str | None = None) -> dict[str, float]:
+    """Shipped models of ``codec_id`` and ``family`` (None: those without one) that record
+    a measured rate: name → bpp."""
     return {name: float(e["rate"]["bpp"]) for name, e in registry.items()
             if e.get("codec", "cdc") == codec_id and isinstance(e.get("rate"), dict)
-            and e["rate"].get("bpp")}
+            and e["rate"].get("bpp") and family_of(e) == family}
+
+
+def family_of(entry: dict[str, Any]) -> str | None:
+    """A shipped model's rate family (``family`` in its registry entry), or None."""
+    return entry.get("family") or None
 
 
 def choose_model(model: str, rate: float, registry: dict[str, dict[str, Any]]) -> str:
@@ -49,14 +59,16 @@ def choose_model(model: str, rate: float, registry: dict[str, dict[str, Any]]) -
         raise RateError(f"--rate {rate:g}: {model} is not a shipped model, so there is nothing "
                         "to choose from; its rate is fixed by its training (leave out --rate)")
     codec_id = entry.get("codec", "cdc")
-    rates = measured_rates(codec_id, registry)
+    family = family_of(entry)
+    rates = measured_rates(codec_id, registry, family)
+    which = f"{codec_id} model" + (f" of the {family} family" if family else "")
     if not rates:
-        raise RateError(f"--rate {rate:g}: no shipped {codec_id} model records a measured rate")
+        raise RateError(f"--rate {rate:g}: no shipped {which} records a measured rate")
     best = min(rates, key=lambda n: abs(math.log(rates[n] / rate)))
     if max(rates[best] / rate, rate / rates[best]) > TOLERANCE:
         have = ", ".join(f"{n} {b:.3g} bpp" for n, b in sorted(rates.items(), key=lambda kv: kv[1]))
-        raise RateError(f"--rate {rate:g}: no shipped {codec_id} model is within ×{TOLERANCE:g} "
-                        f"of that (measured: {have})")
+        raise RateError(f"--rate {rate:g}: no shipped {which} is within ×{TOLERANCE:g} of that "
+                        f"(measured: {have})")
     return best
 
 
@@ -66,5 +78,5 @@ def cap_stream(codec: Any, data: bytes, rate: float) -> bytes:
     return data[: codec.prefix_length(data, bpp=rate)]
 
 
-__all__ = ["RateError", "TOLERANCE", "cap_stream", "check_rate", "choose_model",
+__all__ = ["RateError", "TOLERANCE", "cap_stream", "check_rate", "choose_model", "family_of",
            "measured_rates"]

@@ -269,3 +269,39 @@ def test_codec_for_stream_in_python(tmp_path: Path, weights_file: str, codec):
     found = codec_for_stream(data)
     assert found.weights_sha256 == codec.weights_sha256
     assert found.decompress(data, steps=1).size == (32, 24)
+
+
+def test_info_uses_the_shipped_models_config_for_latent_shapes(tmp_path: Path, monkeypatch):
+    """A latent model's stream: `cdc info` shows its own latent shapes (a content latent at
+    stride 32 here), not pixel-space CDC's, when the stream's digest names a shipped model."""
+    import dataclasses
+
+    import torch
+
+    import zoo
+    import zoo.store
+    from cdc.configs import CONFIGS
+    from cdc.describe import latent_shapes
+    from cdc.models import ConditionalDiffusionCompressor
+    from cdc.weights import weights_bytes
+    from zoo import codec_from_bytes, load_space, sha256_hex
+
+    cfg = dataclasses.replace(CONFIGS["lcdc-test"], name="lcdc-test-s4", y_stride=4)
+    monkeypatch.setitem(CONFIGS, "lcdc-test-s4", cfg)
+    torch.manual_seed(0)
+    model = ConditionalDiffusionCompressor(cfg, load_space("taef2")).eval()
+    model.update()
+    data = weights_bytes(model, "lcdc-x")
+    stream = tmp_path / "x.cdc"
+    stream.write_bytes(codec_from_bytes(data, "lcdc-x").compress(smooth_image(64, 96)))
+    shipped = {**zoo.store.registry(),
+               "lcdc-x": {"codec": "cdc", "config": "lcdc-test-s4", "sha256": sha256_hex(data)}}
+    monkeypatch.setattr(zoo.store, "registry", lambda: shipped)
+    monkeypatch.setattr(zoo, "registry", lambda: shipped)
+    r = runner.invoke(app, ["info", str(stream), "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    want = latent_shapes(cfg, 64, 96)
+    assert info["model"] == "lcdc-x"
+    assert info["latent_shapes"] == {"y": list(want["y"]), "z": list(want["hyper"])}
+    assert want != latent_shapes(None, 64, 96)

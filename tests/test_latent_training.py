@@ -45,6 +45,19 @@ def test_cache_is_resumable_and_crops_align_with_pixels(image_dir: Path, tmp_pat
     assert lat.shape == (32, 8, 8) and img.shape == (3, 64, 64)
 
 
+def test_cache_builder_command(image_dir: Path, tmp_path: Path, monkeypatch, capsys):
+    """``python -m pipeline.latents`` (how a session rebuilds the cache) runs end to end."""
+    import sys
+
+    from pipeline import latents
+
+    monkeypatch.setattr(sys, "argv", ["latents", str(image_dir), "--root", str(tmp_path),
+                                      "--max-side", "0", "--limit", "1"])
+    latents.main()
+    folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert folder.parent == tmp_path and len(list(folder.glob("*.npy"))) == 1
+
+
 def test_train_perceptual_phase_relay_fork_export(image_dir: Path, tmp_path: Path):
     pytest.importorskip("lpips")
     from pipeline.metrics import fetch

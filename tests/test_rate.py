@@ -44,3 +44,21 @@ def test_shipped_registry_records_the_measured_rate_of_cdc_small():
     assert choose_model("cdc-small", reg["cdc-small"]["rate"]["bpp"], reg) == "cdc-small"
     with pytest.raises(RateError, match="cdc-small"):
         choose_model("cdc-small", 2.0, reg)
+
+
+def test_a_ladder_family_chooses_among_its_own_rungs():
+    reg = {**REGISTRY,
+           "lat-a": {"codec": "cdc", "family": "lat", "rate": {"bpp": 0.05}},
+           "lat-b": {"codec": "cdc", "family": "lat", "rate": {"bpp": 0.15}},
+           "lat-c": {"codec": "cdc", "family": "lat", "rate": {"bpp": 0.4}}}
+    assert measured_rates("cdc", reg, "lat") == {"lat-a": 0.05, "lat-b": 0.15, "lat-c": 0.4}
+    assert choose_model("lat-b", 0.1, reg) in {"lat-a", "lat-b"}
+    assert choose_model("lat-b", 0.5, reg) == "lat-c"
+    assert choose_model("lat-c", 0.06, reg) == "lat-a"
+    # Models without a family never pick a rung, nor the other way round.
+    assert choose_model("cdc-mid", 0.07, reg) == "cdc-low"
+    with pytest.raises(RateError, match="cdc-low 0.1 bpp"):
+        choose_model("cdc-mid", 0.05, reg)  # lat-a is 0.05 bpp, but of another family
+    assert choose_model("lat-a", 0.6, reg) == "lat-c"
+    with pytest.raises(RateError, match=r"of the lat family is within .*lat-a 0.05 bpp"):
+        choose_model("lat-a", 3.0, reg)

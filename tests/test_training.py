@@ -88,6 +88,28 @@ def test_train_resume_and_export(image_dir: Path, tmp_path: Path):
     assert (tuned.config.default_steps, tuned.config.default_gamma) == (2, 1.0)
     assert tuned.meta["tiers"] == tiers and tuned.meta["train_steps"] == 6
 
+    # The CLI exports the same run into a rate family (what `--rate` chooses among).
+    import json
+
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    res = CliRunner().invoke(app, ["export-model", str(run), "--name", "cdc-test-rung",
+                                   "--zoo-dir", str(zoo), "--family", "test-ladder",
+                                   "--tier", "preview:steps=1,gamma=0,seed=0"])
+    assert res.exit_code == 0, res.output
+    entry = json.loads((zoo / "models.json").read_text())["cdc-test-rung"]
+    assert entry["family"] == "test-ladder" and entry["codec"] == "cdc"
+    assert load_codec(str(zoo / entry["file"])).meta["tiers"]["preview"]["steps"] == 1
+    from zoo.store import update_entry
+
+    assert update_entry("cdc-test-rung", {"rate": {"bpp": 0.1}}, zoo)["family"] == "test-ladder"
+    with pytest.raises(ValueError, match="ship_weights"):
+        update_entry("cdc-test-rung", {"sha256": "0" * 64}, zoo)
+    with pytest.raises(KeyError, match="no model"):
+        update_entry("nope", {"family": "x"}, zoo)
+
 
 def test_unreadable_training_files_are_skipped(image_dir: Path):
     from pipeline.data import RandomCrops

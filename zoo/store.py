@@ -99,10 +99,34 @@ def ship_weights(data: bytes, name: str, codec: str, zoo_dir: str | Path | None 
     os.replace(tmp, path)
     digest = sha256_hex(data)
     path.with_suffix(".pt.sha256").write_text(f"{digest}  {path.name}\n")
-    reg_path = zoo / "models.json"
+    _edit_registry(zoo, lambda reg: reg.__setitem__(name, {
+        **(entry or {}), "file": f"weights/{path.name}", "sha256": digest, "codec": codec}))
+    return path
+
+
+def update_entry(name: str, fields: dict[str, Any], zoo_dir: str | Path | None = None) -> dict:
+    """Add registry-only facts to a shipped model's entry (its ``family``, a measured
+    ``rate``): never the file or digest, which only :func:`ship_weights` writes."""
+    bad = {"file", "sha256", "codec"} & set(fields)
+    if bad:
+        raise ValueError(f"update_entry: {sorted(bad)} are written by ship_weights only")
+    zoo = Path(zoo_dir) if zoo_dir else package_dir()
+    out: dict[str, Any] = {}
+
+    def edit(reg: dict) -> None:
+        if name not in reg:
+            raise KeyError(f"{zoo / REGISTRY_FILE}: no model {name!r}")
+        reg[name] = {**reg[name], **fields}
+        out.update(reg[name])
+
+    _edit_registry(zoo, edit)
+    return out
+
+
+def _edit_registry(zoo: Path, edit) -> None:
+    reg_path = zoo / REGISTRY_FILE
     reg = json.loads(reg_path.read_text()) if reg_path.exists() else {}
-    reg[name] = {**(entry or {}), "file": f"weights/{path.name}", "sha256": digest, "codec": codec}
+    edit(reg)
     tmp = reg_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(reg, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, reg_path)
-    return path
