@@ -19,7 +19,6 @@ from cdc.configs import get_config
 from cdc.models import ConditionalDiffusionCompressor
 from cdc.objectives import cdc_loss
 from cdc.weights import weights_bytes
-from pipeline.latents import LatentCrops, ensure_cache
 from pipeline.training import TrainConfigBase, TrainerBase, load_run, run_fit
 from zoo.components import load_space
 from zoo.store import ship_weights
@@ -40,9 +39,6 @@ class TrainConfig(TrainConfigBase):
     lam_warmup: float = 1e-4
     rho: float = 0.0
     perceptual: str = "lpips-alex"
-    # Latent models (space != pixel) train on cached latents of the sources.
-    latent_cache: str = "runs/latent-cache"
-    latent_crop: int = 16  # crop side in space positions (16 → 128-pixel crops for TAEF2)
     perceptual_mse: float = 1.0  # weight of pixel MSE beside LPIPS in the perceptual term
     perceptual_window: int = 8  # latent models: side (space positions) decoded for it
 
@@ -101,14 +97,9 @@ class Trainer(TrainerBase):
         self._start()
 
     def dataset(self, seed: int):
-        """Latent models: crops of the cached latents (built here first if need be)."""
-        model = self.model
-        if model.cfg.space == "pixel":
-            return super().dataset(seed)
-        cfg = self.cfg
-        folder = ensure_cache(cfg.sources, model.space, cfg.latent_cache, cfg.max_side)
-        return LatentCrops(folder, cfg.latent_crop, model.space.stride, seed=seed,
-                           pixels=cfg.rho > 0, max_side=cfg.max_side)
+        """Latent models: crops of the cached latents, with the aligned pixels when the
+        perceptual term needs them."""
+        return self.space_dataset(seed, pixels=self.cfg.rho > 0)
 
     def extra_state(self) -> dict[str, Any]:
         return {"aux_opt": self.aux_opt.state_dict()}

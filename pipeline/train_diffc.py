@@ -3,7 +3,9 @@
 Objective: DDPM's ε-prediction MSE at uniformly drawn levels (the sum of the
 per-step KLs DiffC pays is a weighted version of it). AdamW, gradient clipping,
 EMA weights (exported), a ``metrics.csv`` log and a ``checkpoint.pt`` that a
-second run with the same ``--run-dir`` resumes from.
+second run with the same ``--run-dir`` resumes from (or a committed relay artifact,
+``init_from``). A latent prior (``space: taef2``) trains on the cached latents of the
+sources (:mod:`pipeline.latents`), standardised to model units.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 import torch
 
 from cdc.diffc.model import DiffCConfig, DiffusionPrior, get_diffc_config, weights_bytes
-from pipeline.training import TrainConfigBase, TrainerBase, run_fit
+from pipeline.training import TrainConfigBase, TrainerBase, load_run, run_fit
+from zoo.components import load_space
 
 
 @dataclass
@@ -38,6 +41,11 @@ class DiffCTrainConfig(TrainConfigBase):
         return DiffCConfig.from_dict(base)
 
 
+def prior_for(cfg: DiffCConfig) -> DiffusionPrior:
+    """A fresh prior on the space its config names (the frozen space loaded from the zoo)."""
+    return DiffusionPrior(cfg, None if cfg.space == "pixel" else load_space(cfg.space))
+
+
 class DiffCTrainer(TrainerBase):
     metric_fields = ("loss", "grad_norm", "lr")
     csv_digits = 6
@@ -45,13 +53,17 @@ class DiffCTrainer(TrainerBase):
     def __init__(self, cfg: DiffCTrainConfig, run_dir: str | Path, device: str = "cpu",
                  bf16: bool = False, batch_size: int | None = None):
         super().__init__(cfg, run_dir, device, bf16, batch_size)
-        self.model = DiffusionPrior(cfg.model_cfg()).to(self.device)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.model = prior_for(cfg.model_cfg()).to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
         self._start()
+
+    def dataset(self, seed: int):
+        return self.space_dataset(seed)
 
     def train_step(self, x: torch.Tensor) -> dict[str, float]:
         self.model.train()
-        x = x.to(self.device, non_blocking=True)
+        x = self.model.to_model_units(x.to(self.device, non_blocking=True))
         lr = self.cfg.lr * min(1.0, (self.step + 1) / max(1, self.cfg.warmup_steps))
         for g in self.opt.param_groups:
             g["lr"] = lr
@@ -59,7 +71,7 @@ class DiffCTrainer(TrainerBase):
             loss = self.model.loss(x)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.opt.step()
         # Short runs: ramp the decay up so the EMA is not stuck near the init.
         self.update_ema(min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step)))
@@ -74,17 +86,19 @@ def export(run_dir: str | Path, name: str | None = None, zoo_dir: str | Path | N
     from zoo.store import ship_weights
 
     run_dir = Path(run_dir)
-    ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ck = load_run(run_dir)  # a run's checkpoint.pt or a committed relay artifact
     cfg = DiffCTrainConfig(**ck["train_config"])
     name = name or cfg.model_id
-    model_cfg = DiffCConfig.from_dict({**cfg.model_cfg().to_dict(), "name": name})
-    prior = DiffusionPrior(model_cfg)
-    prior.load_state_dict(ck["ema"])
+    prior = prior_for(DiffCConfig.from_dict({**cfg.model_cfg().to_dict(), "name": name}))
+    frozen = {k: v for k, v in prior.state_dict().items() if k.startswith("space.")}
+    prior.load_state_dict({**frozen, **{k: v.float() if v.is_floating_point() else v
+                                        for k, v in ck["ema"].items()}})
     meta = {"train_steps": int(ck["step"]), "crop": cfg.crop, "batch_size": cfg.batch_size,
             "sources": cfg.sources, **(extra_meta or {})}
     data = weights_bytes(prior.eval(), name, half=half, meta=meta)
     return ship_weights(data, name, codec="diffc", zoo_dir=zoo_dir, entry={
-        "config": cfg.model_config, "params": sum(p.numel() for p in prior.parameters()),
+        "config": cfg.model_config,
+        "params": sum(p.numel() for n, p in prior.named_parameters() if not n.startswith("space.")),
         "description": description or "DiffC: unconditional diffusion prior, progressive streams",
         **meta})
 

@@ -70,6 +70,9 @@ class TrainConfigBase:
     checkpoint_every: int = 250
     log_every: int = 25
     seed: int = 0
+    # Latent models (space != pixel) train on cached latents of the sources.
+    latent_cache: str = "runs/latent-cache"
+    latent_crop: int = 16  # crop side in space positions (16 → 128-pixel crops for TAEF2)
     # A new run may start from another run's checkpoint.pt or a committed relay artifact
     # (fp16 EMA weights + config, see save_relay): how a rate ladder's rungs fork from one
     # base run, and how training goes on on a fresh machine.
@@ -228,6 +231,19 @@ class TrainerBase:
         cfg = self.cfg
         return RandomCrops(cfg.sources, cfg.crop, samples_per_epoch=10**9, max_side=cfg.max_side,
                            seed=seed)
+
+    def space_dataset(self, seed: int, pixels: bool = False) -> Any:
+        """Random crops in the model's space: pixel crops for pixel models, else crops of
+        the cached latents of the sources (encoded here first unless a builder runs)."""
+        from pipeline.latents import LatentCrops, ensure_cache
+
+        space = getattr(self.model, "space", None)
+        if space is None or space.name == "pixel":
+            return TrainerBase.dataset(self, seed)
+        cfg = self.cfg
+        folder = ensure_cache(cfg.sources, space, cfg.latent_cache, cfg.max_side)
+        return LatentCrops(folder, cfg.latent_crop, space.stride, seed=seed, pixels=pixels,
+                           max_side=cfg.max_side)
 
     def train_step(self, x: Any) -> dict[str, float]:
         raise NotImplementedError

@@ -168,6 +168,36 @@ class TestDiffC(CodecContract):
             codec.decompress(b"not a stream at all")
 
 
+class TestLatentDiffC(TestDiffC):
+    """DiffC on the frozen TAEF2 latent: the same codec, another space."""
+
+    codec_name = "diffc"
+    size = (40, 56)
+
+    @classmethod
+    def make_weights(cls, seed):
+        from cdc.diffc.model import DIFFC_CONFIGS, DiffusionPrior, weights_bytes
+        from zoo import load_space
+
+        torch.manual_seed(seed)
+        prior = DiffusionPrior(DIFFC_CONFIGS["ldiffc-test"], load_space("taef2")).eval()
+        with torch.no_grad():
+            for p in prior.unet.parameters():
+                if not p.any():
+                    p.normal_(0, 0.02)
+        return weights_bytes(prior, "ldiffc-test")
+
+    def test_codes_the_latent_and_names_the_space(self, codec, weights, streams):
+        obj = read_weights_dict(weights, "test")
+        assert obj["space"]["name"] == "taef2" and not any(
+            k.startswith("space.") for k in obj["state_dict"])
+        h, w = self.size
+        assert codec.coded_dims(h, w) == 32 * 5 * 7  # ceil(40/8) x ceil(56/8) positions
+        # Every prefix still decodes, to the full size, through the frozen decoder.
+        for n in codec.step_offsets(streams[0])[::2]:
+            assert codec.decompress(streams[0], max_bytes=n).size == (w, h)
+
+
 class TestCorrDiff(CodecContract):
     codec_name = "corrdiff"
 

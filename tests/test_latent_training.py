@@ -91,3 +91,33 @@ def test_train_perceptual_phase_relay_fork_export(image_dir: Path, tmp_path: Pat
     img = smooth_image(48, 72, seed=9)
     out = codec.decompress(codec.compress(img), steps=1, gamma=0.0)
     assert out.size == (72, 48) and np.asarray(out).std() > 0
+
+
+def test_latent_diffc_trains_on_cached_latents_relays_and_exports(image_dir: Path, tmp_path: Path):
+    """DiffC on TAEF2 latents: the same cache, the same relay, a progressive stream."""
+    from pipeline.train_diffc import DiffCTrainConfig, DiffCTrainer, export
+
+    def cfg(**kw):
+        base = dict(model_config="ldiffc-test", model_id="ldiffc-trained",
+                    sources=[str(image_dir)], max_side=None, batch_size=2, steps=2,
+                    warmup_steps=1, checkpoint_every=2, log_every=1, lr=1e-3,
+                    latent_cache=str(tmp_path / "cache"), latent_crop=8)
+        base.update(kw)
+        return DiffCTrainConfig(**base)
+
+    run = tmp_path / "run"
+    t = DiffCTrainer(cfg(), run)
+    assert t.fit(progress=False) == 2
+    assert len(list((tmp_path / "cache").glob("*/*.npy"))) == 3  # the shared latent cache
+    relay = save_relay(run, tmp_path / "relay")
+    assert relay.stat().st_size < 16 << 20
+    fork = DiffCTrainer(cfg(steps=3, init_from=str(relay.parent)), tmp_path / "fork")
+    assert fork.step == 2 and fork.fit(progress=False) == 3
+    path = export(tmp_path / "fork", "ldiffc-fork", zoo_dir=tmp_path / "zoo", half=True)
+    obj = read_weights_dict(path.read_bytes(), "test")
+    assert obj["space"]["name"] == "taef2" and obj["meta"]["train_steps"] == 3
+    codec = load_codec(str(path))
+    data = codec.compress(smooth_image(40, 48, seed=4))
+    offsets = codec.step_offsets(data)
+    assert codec.decompress(data, max_bytes=offsets[1]).size == (48, 40)
+    assert codec.decompress(data).size == (48, 40)

@@ -8,6 +8,11 @@ exactly the encoder's x_{t_j}. Any prefix of the stream therefore decodes: the
 decoder rebuilds x at the last fully received level and runs DDIM from there to
 x̂_0 (``gamma`` = DDIM η: 0 = probability-flow ODE, 1 = ancestral sampling;
 ``steps`` network calls). See docs/diffc.md.
+
+The coded tensor is the prior's space in model units: pixels, or a frozen autoencoder's
+latent (TAEF2: stride 8, 32 channels), where the image enters by the space's encoder and
+every decoded x̂_0 leaves by its decoder. Only the latent positions that cover the image
+are coded; the padding follows the model's mean (no bits).
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ class DiffCCodec(BaseCodec):
                      device: str | torch.device = "cpu", precision: str | None = None,
                      components: dict[str, dict[str, torch.Tensor]] | None = None) -> DiffCCodec:
         """From a validated weights dict (``zoo.load_codec`` dispatches here)."""
-        prior, model_id = prior_from_dict(obj, source)
+        prior, model_id = prior_from_dict(obj, source, components)
         return cls(prior, model_id, sha256, device, precision, obj.get("meta"))
 
     @property
@@ -66,12 +71,23 @@ class DiffCCodec(BaseCodec):
             return self.prior.x0_hat(x, t)[0]
 
     def _prepare(self, h: int, w: int) -> tuple[tuple[int, ...], torch.Tensor]:
-        m = self.config.pad_multiple
+        """(shape of the coded tensor, flat indices of the dims that cover the image)."""
+        cfg = self.config
+        m, s = cfg.pad_multiple, cfg.space_stride
         ph, pw = h + (-h) % m, w + (-w) % m
-        shape = (1, 3, ph, pw)
+        shape = (1, cfg.space_channels, ph // s, pw // s)
         mask = torch.zeros(shape, dtype=torch.bool)
-        mask[..., :h, :w] = True
+        mask[..., : -(-h // s), : -(-w // s)] = True
         return shape, mask.reshape(-1).nonzero().squeeze(1)
+
+    def coded_dims(self, h: int, w: int) -> int:
+        """Dimensions an h×w image's stream codes (3·h·w for pixels)."""
+        s = self.config.space_stride
+        return self.config.space_channels * -(-h // s) * -(-w // s)
+
+    def _to_image(self, u: torch.Tensor, h: int, w: int) -> Image.Image:
+        """Model units → the h×w image (through the space's decoder)."""
+        return tensor_to_image(self.prior.decode_space(u)[0, :, :h, :w])
 
     def _start(self, shape: tuple[int, ...], seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(rcc.derive_seed(seed, 0))
@@ -102,7 +118,7 @@ class DiffCCodec(BaseCodec):
         arr, mode = to_rgb_array(image)
         h, w = arr.shape[:2]
         x0, _ = pad_to_multiple(array_to_tensor(arr), cfg.pad_multiple)
-        x0 = x0.to(self.device)
+        x0 = self.prior.encode_space(x0.to(self.device))
         shape, dims = self._prepare(h, w)
         seed = st.crc32(arr.tobytes() + bytes([h & 255, w & 255]))
         t = cfg.train_timesteps - 1
@@ -164,9 +180,9 @@ class DiffCCodec(BaseCodec):
         coded steps plus ``steps`` DDIM steps), chunk indices, candidate draws and the
         largest allocation (the U-Net, or one step's candidate block)."""
         cfg = self.config
-        m = cfg.pad_multiple
+        m, stride = cfg.pad_multiple, cfg.space_stride
         ph, pw = p.height + (-p.height) % m, p.width + (-p.width) % m
-        n_dims = 3 * p.height * p.width
+        n_dims = self.coded_dims(p.height, p.width)
         received = p.plan.steps[: len(p.received)]
         draws, block, symbols = 0, 0, 0
         for j, s in enumerate(received):
@@ -180,7 +196,9 @@ class DiffCCodec(BaseCodec):
             else:
                 draws += n_dims
         evals = len(received) + (steps or 0)
-        alloc = max(self.unet_alloc(ph, pw, context=False), 2 * block) + 48 * 3 * ph * pw
+        latent = 48 * cfg.space_channels * (ph // stride) * (pw // stride) if stride > 1 else 0
+        alloc = (max(self.unet_alloc(ph // stride, pw // stride, context=False), 2 * block)
+                 + 48 * 3 * ph * pw + latent)
         self.budget.check(
             f"a {p.width}x{p.height} diffc stream", pixels=ph * pw, steps=evals,
             pixel_steps=ph * pw * evals, latent_elements=symbols,
@@ -245,7 +263,7 @@ class DiffCCodec(BaseCodec):
                                                           p.plan.seed)
         with self.autocast():
             x0 = self.prior.reconstruct(x, t, steps, eta=gamma, seed=seed)
-        return tensor_to_image(x0[0, :, : p.height, : p.width])
+        return self._to_image(x0, p.height, p.width)
 
     def decompress_prefix(self, data: bytes, nbytes: int, steps: int | None = None,
                           gamma: float | None = None, seed: int = 0) -> Image.Image:

@@ -1,15 +1,17 @@
-"""The DiffC prior: an unconditional pixel-space diffusion model (ε-prediction U-Net).
+"""The DiffC prior: an unconditional diffusion model (ε-prediction U-Net) on a space.
 
 The network is the CDC denoiser U-Net (:class:`cdc.models.unet.ConditionalUNet`)
 built with zero context channels, so it sees only x_t and the time n/N_train.
 :class:`DiffusionPrior` adds the schedule and the Gaussian transitions DiffC needs:
 the posterior q(x_s | x_t, x_0), the model's p(x_s | x_t) (same mean formula with
 x̂_0 in place of x_0, same variance) and DDIM (η ≥ 0) reconstruction from any x_t.
+It diffuses in the model units of its space (:mod:`cdc.spaces`): pixels (x̂_0 clipped
+to [-1, 1]) or a frozen autoencoder's latent, standardised per channel (no clip), as
+the open DiffC implementation with pretrained models codes an autoencoder's latent.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,11 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdc.config import CDCConfig, config_from_dict, config_to_dict
+from cdc.config import SPACE_GEOMETRY, CDCConfig, config_from_dict, config_to_dict
+from cdc.configs import TAEF2_MEAN, TAEF2_STD
 from cdc.diffusion import DDIMSampler, NoiseSchedule
 from cdc.errors import WeightsError
 from cdc.models.unet import ConditionalUNet
-from cdc.weights import FORMAT
+from cdc.spaces import PixelSpace, Space, build_space
+from cdc.spaces.units import SpaceUnits
+from cdc.weights import pack_weights, space_of
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,11 @@ class DiffCConfig:
     """Network shapes, diffusion schedule and the coding defaults of a DiffC model."""
 
     name: str = "diffc-custom"
+    # The tensor the prior diffuses (cdc.spaces): "pixel", or "taef2" (frozen autoencoder),
+    # standardised per channel by space_mean/space_std (empty: none).
+    space: str = "pixel"
+    space_mean: tuple[float, ...] = ()
+    space_std: tuple[float, ...] = ()
     unet_channels: int = 32
     channel_mults: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1
@@ -50,6 +60,11 @@ class DiffCConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.space not in SPACE_GEOMETRY:
+            raise ValueError(f"unknown space {self.space!r}; known: {sorted(SPACE_GEOMETRY)}")
+        n = self.space_channels
+        if (self.space_mean or self.space_std) and not len(self.space_mean) == len(self.space_std) == n:
+            raise ValueError(f"space_mean/space_std need {n} values each")
         if self.schedule not in ("cosine", "linear"):
             raise ValueError(f"unknown noise schedule {self.schedule!r}")
         if not 1 <= len(self.channel_mults) <= 4:
@@ -66,8 +81,17 @@ class DiffCConfig:
             raise ValueError("t_min must be in 0..train_timesteps-2")
 
     @property
+    def space_stride(self) -> int:
+        return SPACE_GEOMETRY[self.space][0]
+
+    @property
+    def space_channels(self) -> int:
+        return SPACE_GEOMETRY[self.space][1]
+
+    @property
     def pad_multiple(self) -> int:
-        return 2 ** (len(self.channel_mults) - 1)
+        """Images are padded to this (pixels): the space's stride times the U-Net's."""
+        return self.space_stride * 2 ** (len(self.channel_mults) - 1)
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
@@ -81,6 +105,16 @@ DIFFC_CONFIGS: dict[str, DiffCConfig] = {
     # For format tests: builds in milliseconds, any weights are random.
     "diffc-test": DiffCConfig(name="diffc-test", unet_channels=8, channel_mults=(1, 2),
                               attention_head_channels=8, code_steps=6, t_min=60, default_steps=2),
+    # DiffC on the frozen TAEF2 latent, for tests (random weights, milliseconds a step).
+    "ldiffc-test": DiffCConfig(name="ldiffc-test", space="taef2", unet_channels=8,
+                               channel_mults=(1, 2), attention_head_channels=8, code_steps=6,
+                               t_min=60, default_steps=2),
+    # DiffC on the frozen TAEF2 latent (stride 8, 32 channels), standardised per channel:
+    # trains on cached latents of the training photos (configs/ldiffc-small.yaml).
+    "ldiffc-small": DiffCConfig(name="ldiffc-small", space="taef2", space_mean=TAEF2_MEAN,
+                                space_std=TAEF2_STD, unet_channels=64, channel_mults=(1, 2, 2),
+                                attention_levels=(2,), attention_head_channels=32,
+                                code_steps=20, t_min=15),
     # Trains on a 2-core CPU in half an hour at 32-px crops.
     "diffc-small": DiffCConfig(name="diffc-small", unet_channels=32, channel_mults=(1, 2, 2),
                                attention_levels=(2,), attention_head_channels=32),
@@ -110,7 +144,8 @@ class UnconditionalUNet(nn.Module):
             name=cfg.name, unet_channels=cfg.unet_channels, channel_mults=tuple(cfg.channel_mults),
             num_res_blocks=cfg.num_res_blocks, attention_levels=tuple(cfg.attention_levels),
             attention_head_channels=cfg.attention_head_channels, context_mults=(0,) * levels,
-            train_timesteps=cfg.train_timesteps, schedule=cfg.schedule, parameterization="eps"))
+            train_timesteps=cfg.train_timesteps, schedule=cfg.schedule, parameterization="eps"),
+            in_channels=cfg.space_channels)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         b, _, h, w = x.shape
@@ -118,12 +153,18 @@ class UnconditionalUNet(nn.Module):
         return self.net(x, t, ctx)
 
 
-class DiffusionPrior(nn.Module):
-    """U-Net + schedule: the Gaussian transitions DiffC codes against."""
+class DiffusionPrior(SpaceUnits, nn.Module):
+    """U-Net + schedule on a space: the Gaussian transitions DiffC codes against."""
 
-    def __init__(self, cfg: DiffCConfig):
+    def __init__(self, cfg: DiffCConfig, space: Space | None = None):
         super().__init__()
+        if space is None:
+            if cfg.space != "pixel":
+                raise ValueError(f"a {cfg.space!r}-space prior needs its (pretrained) space")
+            space = PixelSpace()
         self.cfg = cfg
+        self.init_units(space, cfg.space, cfg.space_stride, cfg.space_channels, cfg.space_mean,
+                        cfg.space_std)
         self.unet = UnconditionalUNet(cfg)
         self.schedule = NoiseSchedule(cfg.schedule, cfg.train_timesteps)
         # Float64 scalar coefficients, as the reverse-channel coder uses at both ends.
@@ -166,11 +207,11 @@ class DiffusionPrior(nn.Module):
         return self.unet(x, t).float()
 
     def x0_hat(self, x: Tensor, n: int, clip: bool = True) -> tuple[Tensor, Tensor]:
-        """(x̂_0, ε̂) at level n; x̂_0 clipped to [-1, 1] and ε̂ re-derived from it."""
+        """(x̂_0, ε̂) at level n; for pixels x̂_0 is clipped to [-1, 1] and ε̂ re-derived."""
         a = self.abar(n)
         eps = self.eps(x, n)
         x0 = (x - (1 - a) ** 0.5 * eps) / a ** 0.5
-        if clip:
+        if clip and self.clip:
             x0 = x0.clamp(-1, 1)
             eps = (x - a ** 0.5 * x0) / (1 - a) ** 0.5
         return x0, eps
@@ -194,11 +235,12 @@ class DiffusionPrior(nn.Module):
         if eta < 0:
             raise ValueError(f"gamma (DDIM eta) must be >= 0, got {eta}")
         gen = torch.Generator().manual_seed(int(seed))
-        return self.sampler.sample(lambda x_t, tt: self.unet(x_t, tt), x, steps, clip=True,
+        return self.sampler.sample(lambda x_t, tt: self.unet(x_t, tt), x, steps, clip=self.clip,
                                    start=t, to_zero=False, eta=eta, generator=gen)
 
     def loss(self, x0: Tensor) -> Tensor:
-        """ε-prediction MSE at uniformly drawn levels (DDPM's simple loss)."""
+        """ε-prediction MSE at uniformly drawn levels (DDPM's simple loss); ``x0`` in model
+        units (:meth:`encode_space` of an image, or a cached latent standardised)."""
         b = x0.shape[0]
         n = torch.randint(0, self.cfg.train_timesteps, (b,), device=x0.device)
         noise = torch.randn_like(x0)
@@ -209,25 +251,32 @@ class DiffusionPrior(nn.Module):
 # -- weights files ----------------------------------------------------------------------------
 def weights_bytes(prior: DiffusionPrior, model_id: str, half: bool = False,
                   meta: dict[str, Any] | None = None) -> bytes:
-    """A weights file (``torch.save`` of a plain dict, ``codec: "diffc"``)."""
-    sd = prior.state_dict()
+    """A weights file (``codec: "diffc"``); a latent prior names its space by digest."""
+    sd = prior.network_state_dict()
     if half:
         sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
-    buf = io.BytesIO()
-    torch.save({"format": FORMAT, "codec": "diffc", "model_id": model_id,
-                "config": prior.cfg.to_dict(), "meta": meta or {}, "state_dict": sd}, buf)
-    return buf.getvalue()
+    return pack_weights("diffc", model_id, prior.cfg.to_dict(), sd, meta, prior.space)
 
 
-def prior_from_dict(obj: dict[str, Any], source: str) -> tuple[DiffusionPrior, str]:
+def prior_from_dict(obj: dict[str, Any], source: str,
+                    components: dict[str, dict[str, Tensor]] | None = None
+                    ) -> tuple[DiffusionPrior, str]:
+    """The prior of a weights dict, on the space it names (built from ``components``)."""
     if obj.get("codec") != "diffc":
         raise WeightsError(f"{source}: weights are for codec {obj.get('codec')!r}, not DiffC")
     try:
         cfg = DiffCConfig.from_dict(obj["config"])
+        spec, _ = space_of(obj)
+        if spec.get("name", "pixel") != cfg.space:
+            raise ValueError(f"the file's space {spec.get('name', 'pixel')!r} is not the "
+                             f"config's {cfg.space!r}")
+        space = None if cfg.space == "pixel" else build_space(spec, components)
+        prior = DiffusionPrior(cfg, space)
     except (KeyError, TypeError, ValueError) as e:
         raise WeightsError(f"{source}: bad DiffC config ({e})") from e
-    prior = DiffusionPrior(cfg)
     sd = {k: v.float() if v.dtype == torch.float16 else v for k, v in obj["state_dict"].items()}
+    own = prior.state_dict()
+    sd.update({k: v for k, v in own.items() if k.startswith("space.")})  # frozen, by digest
     try:
         prior.load_state_dict(sd)
     except RuntimeError as e:

@@ -24,12 +24,10 @@ from cdc.models.transforms import (
 )
 from cdc.models.unet import ConditionalUNet
 from cdc.spaces import PixelSpace, Space
-
-#: Prefix of the frozen space's parameters in a state dict: never stored in weights files.
-SPACE_PREFIX = "space."
+from cdc.spaces.units import SpaceUnits
 
 
-class ConditionalDiffusionCompressor(nn.Module):
+class ConditionalDiffusionCompressor(SpaceUnits, nn.Module):
     """Encoder g_a → quantized content latent ŷ (hyperprior-coded) → context → U-Net."""
 
     def __init__(self, cfg: CDCConfig, space: Space | None = None):
@@ -38,52 +36,16 @@ class ConditionalDiffusionCompressor(nn.Module):
             if cfg.space != "pixel":
                 raise ValueError(f"a {cfg.space!r}-space model needs its (pretrained) space")
             space = PixelSpace()
-        if (space.name, space.stride, space.channels) != (cfg.space, cfg.space_stride,
-                                                          cfg.space_channels):
-            raise ValueError(f"space {space.name!r} does not fit the config's {cfg.space!r}")
         self.cfg = cfg
-        self.space = space
+        self.init_units(space, cfg.space, cfg.space_stride, cfg.space_channels, cfg.space_mean,
+                        cfg.space_std)
         self.g_a = analysis_transform(cfg)
         self.entropy = MeanScaleHyperprior(hyper_analysis(cfg), hyper_synthesis(cfg), cfg.hyper_channels,
                                            cfg.scale_max)
         self.context = ContextDecoder(cfg)
         self.denoiser = ConditionalUNet(cfg, in_channels=cfg.space_channels)
         self.schedule = NoiseSchedule(cfg.schedule, cfg.train_timesteps)
-        # Pixels are clipped to [-1, 1] at every step; latents have no such box.
         self.sampler = DDIMSampler(self.schedule, cfg.parameterization)
-        self.clip = cfg.space == "pixel"
-        n = cfg.space_channels
-        mean = torch.tensor(cfg.space_mean or (0.0,) * n).view(1, n, 1, 1)
-        std = torch.tensor(cfg.space_std or (1.0,) * n).view(1, n, 1, 1)
-        self.register_buffer("space_mean", mean, persistent=False)
-        self.register_buffer("space_std", std, persistent=False)
-        self.normalised = bool(cfg.space_mean or cfg.space_std)
-
-    # -- space ------------------------------------------------------------------------------
-    def to_model_units(self, s: Tensor) -> Tensor:
-        """Space tensor → what the networks see (per-channel standardised)."""
-        return (s - self.space_mean) / self.space_std if self.normalised else s
-
-    def from_model_units(self, u: Tensor) -> Tensor:
-        return u * self.space_std + self.space_mean if self.normalised else u
-
-    def encode_space(self, x: Tensor) -> Tensor:
-        """Image in [-1, 1] → model units (the frozen space never takes gradients)."""
-        if isinstance(self.space, PixelSpace):
-            return x
-        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            return self.to_model_units(self.space.encode(x.float()))
-
-    def decode_space(self, u: Tensor) -> Tensor:
-        """Model units → image in [-1, 1]."""
-        if isinstance(self.space, PixelSpace):
-            return u.clamp(-1, 1)
-        with torch.autocast(u.device.type, enabled=False):
-            return self.space.decode(self.from_model_units(u.float()))
-
-    def network_state_dict(self) -> dict[str, Tensor]:
-        """The trained weights only: the frozen space is named by digest, not stored."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith(SPACE_PREFIX)}
 
     # -- training ---------------------------------------------------------------------------
     def forward(self, x: Tensor) -> dict[str, Any]:
