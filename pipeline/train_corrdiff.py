@@ -4,7 +4,9 @@ Only the added decoder (:class:`cdc.corrdiff.E2EDecoder`) learns; the base CDC m
 (encoder, entropy model, context decoder, U-Net) is loaded from the zoo by name, path
 or URL (``base_model``), frozen, and used in eval mode so the decoder sees exactly the
 ŷ the codec codes (rounded around the hyperprior means). Loss: MSE(x̂, x) +
-``lpips_weight``·LPIPS(x̂, x). The trunk starts from the base context decoder's
+``lpips_weight``·LPIPS(x̂, x). On a latent base (TAEF2) x is the encoder's latent in
+model units, read from the shared latent cache, and the LPIPS term (when asked for) sees
+x̂ through the frozen decoder beside the aligned pixel crop. The trunk starts from the base context decoder's
 weights and trains at ``trunk_lr_scale``·lr. Resumable (``checkpoint.pt`` in the run
 folder); ``export`` writes base + decoder as one corrdiff weights file via
 :func:`zoo.store.ship_weights`.
@@ -93,15 +95,25 @@ class CorrDiffTrainer(TrainerBase):
     def extra_state(self) -> dict[str, Any]:
         return {"base_sha256": self.base_sha256}
 
+    @property
+    def latent_base(self) -> bool:
+        return self.base.cfg.space != "pixel"
+
+    def dataset(self, seed: int):
+        """Pixel crops for a pixel base; cached latents (+ pixels for LPIPS) for a latent one."""
+        return self.space_dataset(seed, pixels=self.perceptual is not None, space=self.base.space)
+
     @torch.no_grad()
     def latent(self, x: torch.Tensor) -> torch.Tensor:
-        """The ŷ the codec would code for x (frozen base in eval mode: rounding, no noise)."""
+        """The ŷ the codec would code for x in model units (frozen base in eval mode:
+        rounding, no noise)."""
         y = self.base.g_a(x).float()
         return self.base.entropy(y)["y_hat"]
 
-    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+    def train_step(self, batch: torch.Tensor | list[torch.Tensor]) -> dict[str, float]:
         self.model.train()
-        x = x.to(self.device)
+        x, image = batch if isinstance(batch, (list, tuple)) else (batch, None)
+        x = self.base.to_model_units(x.to(self.device))  # pixels: the image itself
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             y_hat = self.latent(x)
             x_hat = self.model(y_hat).float()
@@ -109,7 +121,11 @@ class CorrDiffTrainer(TrainerBase):
             loss = mse
             perc = x.new_zeros(())
             if self.perceptual is not None:
-                perc = self.perceptual(x_hat.clamp(-1, 1), x).mean()
+                if self.latent_base:  # through the frozen decoder, against the pixels
+                    seen = self.base.space.decode_differentiable(self.base.from_model_units(x_hat))
+                    perc = self.perceptual(seen, image.to(self.device)).mean()
+                else:
+                    perc = self.perceptual(x_hat.clamp(-1, 1), x).mean()
                 loss = loss + self.cfg.lpips_weight * perc
         if not math.isfinite(float(loss.detach())):
             raise FloatingPointError(f"non-finite loss at step {self.step}")
@@ -120,8 +136,9 @@ class CorrDiffTrainer(TrainerBase):
         self.update_ema(self.cfg.ema_decay, copy_buffers=True)
         self.step += 1
         m = float(mse.detach())
-        # PSNR of x in [-1, 1] (range 2): 10·log10(4 / MSE).
-        return {"loss": float(loss.detach()), "mse": m, "psnr": 10 * math.log10(4 / max(m, 1e-12)),
+        # PSNR of x in [-1, 1] (range 2): 10·log10(4 / MSE); a latent's MSE has no PSNR.
+        psnr = float("nan") if self.latent_base else 10 * math.log10(4 / max(m, 1e-12))
+        return {"loss": float(loss.detach()), "mse": m, "psnr": psnr,
                 "lpips": float(perc.detach()), "grad_norm": float(gnorm)}
 
     def status(self, row: dict[str, Any]) -> str:
@@ -145,8 +162,9 @@ class CorrDiffTrainer(TrainerBase):
                              f"{cfg.max_file_mib} MiB limit (try --half)")
         self.base.to(self.device)
         n_dec = sum(p.numel() for p in decoder.parameters())
+        n_base = sum(p.numel() for n, p in base.named_parameters() if not n.startswith("space."))
         return ship_weights(data, name, codec="corrdiff", zoo_dir=cfg.zoo_dir, entry={
-            "config": base.cfg.name, "params": sum(p.numel() for p in base.parameters()) + n_dec,
+            "config": base.cfg.name, "params": n_base + n_dec,
             "decoder_params": n_dec, "description": description or
             f"CorrDiff: {self.base_id} + end-to-end decoder", **meta})
 

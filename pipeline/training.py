@@ -232,12 +232,13 @@ class TrainerBase:
         return RandomCrops(cfg.sources, cfg.crop, samples_per_epoch=10**9, max_side=cfg.max_side,
                            seed=seed)
 
-    def space_dataset(self, seed: int, pixels: bool = False) -> Any:
-        """Random crops in the model's space: pixel crops for pixel models, else crops of
-        the cached latents of the sources (encoded here first unless a builder runs)."""
+    def space_dataset(self, seed: int, pixels: bool = False, space: Any = None) -> Any:
+        """Random crops in the model's space (or ``space``): pixel crops for pixel models,
+        else crops of the cached latents of the sources (encoded here first unless a
+        builder runs), with the aligned pixel crops when ``pixels``."""
         from pipeline.latents import LatentCrops, ensure_cache
 
-        space = getattr(self.model, "space", None)
+        space = space if space is not None else getattr(self.model, "space", None)
         if space is None or space.name == "pixel":
             return TrainerBase.dataset(self, seed)
         cfg = self.cfg

@@ -15,6 +15,7 @@ import torch
 from conftest import make_weights, smooth_image
 
 from cdc.errors import BitstreamError, CorruptStreamError, ModelMismatchError
+from cdc.image import tensor_to_image
 from cdc.interface import ImageCodec
 from cdc.registry import CODECS, codec_class
 from cdc.weights import read_weights_dict
@@ -206,6 +207,39 @@ class TestCorrDiff(CodecContract):
         from test_corrdiff import corrdiff_bytes
 
         return corrdiff_bytes(seed)
+
+
+class TestLatentCorrDiff(TestCorrDiff):
+    """CorrDiff on the latent CDC base: the end-to-end decoder predicts the TAEF2 latent."""
+
+    codec_name = "corrdiff"
+
+    @classmethod
+    def make_weights(cls, seed):
+        from cdc.corrdiff.codec import corrdiff_weights_bytes
+        from cdc.corrdiff.correction import CorrectionConfig
+        from cdc.corrdiff.decoder import DecoderConfig, E2EDecoder
+        from zoo.loader import model_from_bytes
+
+        model, _ = model_from_bytes(TestLatentCDC.make_weights(seed), "test")
+        torch.manual_seed(seed + 100)
+        dec = E2EDecoder(model.cfg, DecoderConfig(head_channels=8, head_layers=1))
+        dec.init_trunk_from(model.context)
+        corr = CorrectionConfig(correct_last=2, skip_final=False)
+        return corrdiff_weights_bytes(model, dec.eval(), corr, "lcorrdiff-test")
+
+    def test_corrects_in_the_latent_and_replays_exactly(self, codec, images):
+        assert codec.config.space == "taef2"
+        codec.set_paths([(2, 0.0, 0)])
+        (data, recons), = codec.compress_with_reconstructions([images[0]])
+        h, w = self.size
+        y_hat = codec.decode_latent(codec.unpack(data))[1]
+        m = codec.pad_multiple
+        assert codec.e2e(y_hat).shape[1:] == (32, -(-h // m) * m // 8, -(-w // m) * m // 8)
+        out = np.asarray(codec.decompress(data, steps=2, gamma=0.0))
+        want = np.asarray(tensor_to_image(recons[0]))
+        assert np.abs(out.astype(int) - want).max() <= 1  # the encoder's simulation, replayed
+        assert codec.decompress_e2e(data).size == (w, h)
 
 
 def test_every_registered_codec_has_a_contract():

@@ -121,3 +121,36 @@ def test_latent_diffc_trains_on_cached_latents_relays_and_exports(image_dir: Pat
     offsets = codec.step_offsets(data)
     assert codec.decompress(data, max_bytes=offsets[1]).size == (48, 40)
     assert codec.decompress(data).size == (48, 40)
+
+
+def test_latent_corrdiff_decoder_trains_against_the_latent(image_dir: Path, tmp_path: Path):
+    """CorrDiff on a latent CDC base: the end-to-end decoder learns the TAEF2 latent from the
+    shared cache (no LPIPS here), exports with its base, and the codec replays its paths."""
+    import torch
+
+    from cdc.configs import CONFIGS
+    from cdc.models import ConditionalDiffusionCompressor
+    from cdc.weights import weights_bytes
+    from pipeline.train_corrdiff import CorrDiffTrainConfig, CorrDiffTrainer
+
+    torch.manual_seed(0)
+    base = ConditionalDiffusionCompressor(CONFIGS["lcdc-test"], load_space("taef2")).eval()
+    base.update()
+    base_path = tmp_path / "lcdc-base.pt"
+    base_path.write_bytes(weights_bytes(base, "lcdc-base"))
+    cfg = CorrDiffTrainConfig(base_model=str(base_path), model_id="lcorrdiff-trained",
+                              sources=[str(image_dir)], max_side=None, batch_size=2, steps=3,
+                              checkpoint_every=3, log_every=1, latent_cache=str(tmp_path / "c"),
+                              latent_crop=8, decoder={"head_channels": 8, "head_layers": 1},
+                              correction={"correct_last": 1, "skip_final": False},
+                              zoo_dir=str(tmp_path / "zoo"))
+    t = CorrDiffTrainer(cfg, tmp_path / "run")
+    assert t.fit(progress=False) == 3
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert float(rows[-1].split(",")[rows[0].split(",").index("mse")]) > 0
+    path = t.export("lcorrdiff-trained")
+    codec = load_codec(str(path))
+    assert codec.codec_id == "corrdiff" and codec.config.space == "taef2"
+    img = smooth_image(40, 48, seed=5)
+    (data, recons), = codec.compress_with_reconstructions([img])
+    assert codec.decompress(data).size == (48, 40)

@@ -121,14 +121,18 @@ class CorrDiffCodec(CDCCodec):
         return list(self.paths)
 
     # -- shared by both ends ----------------------------------------------------------------
-    def _autocast(self):
-        return self.autocast()
-
     @torch.no_grad()
     def e2e(self, y_hat: Tensor) -> Tensor:
-        """The end-to-end decoder's image for ŷ, in [-1, 1] (padded size)."""
-        with self._autocast():
-            return self.decoder(y_hat.to(self.device)).float().clamp(-1, 1)
+        """The end-to-end decoder's estimate of x0 for ŷ in model units (padded size; for
+        pixels the image in [-1, 1])."""
+        with self.autocast():
+            x = self.decoder(y_hat.to(self.device)).float()
+        return x.clamp(-1, 1) if self.model.clip else x
+
+    def _space_sizes(self, sizes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Image sizes → the sizes of the space positions that cover them."""
+        s = self.config.space_stride
+        return [(-(-h // s), -(-w // s)) for h, w in sizes]
 
     @torch.no_grad()
     def _run_path(self, y_hat: Tensor, context: list[Tensor], x0_e2e: Tensor, steps: int,
@@ -141,14 +145,15 @@ class CorrDiffCodec(CDCCodec):
                                      y_hat.shape[-1] * ys), gamma, seeds, self.device)
 
         def denoise(x_t: Tensor, t: Tensor) -> Tensor:
-            with self._autocast():
+            with self.autocast():
                 return self.model.denoiser(x_t, t, context)
 
         return corrected_sample(sampler, denoise, x_n, steps, x0_e2e, self.correction.table,
-                                first, count, indices=indices, target=target, sizes=sizes)
+                                first, count, indices=indices, target=target, sizes=sizes,
+                                clip=self.model.clip)
 
     def _context(self, y_hat: Tensor) -> list[Tensor]:
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.autocast():
             return self.model.context(y_hat)
 
     # -- encoding ---------------------------------------------------------------------------
@@ -161,11 +166,13 @@ class CorrDiffCodec(CDCCodec):
         """Encode; also return, per image, the encoder's simulated decode of each path.
 
         The reconstructions are (3, H, W) tensors in [-1, 1], cropped to the image;
-        the decoder reproduces them (tests check that).
+        the decoder reproduces them (tests check that). The weights are chosen by MSE to
+        the original in the model's space (pixels, or the encoder's latent of the image).
         """
         out: list[Any] = [None] * len(images)
         for preps, res, idx in self.encode_latents(images):
             batch = torch.cat([p.x for p in preps]).to(self.device)
+            target = self.model.encode_space(batch.float())
             y_hat = res["y_hat"].to(self.device)
             context = self._context(y_hat)
             x0_e2e = self.e2e(y_hat)
@@ -174,9 +181,10 @@ class CorrDiffCodec(CDCCodec):
             recons: list[list[Tensor]] = [[] for _ in idx]
             for steps, gamma, seed in self.paths:
                 first, count = self.correction.steps_to_correct(steps)
-                x, chosen = self._run_path(y_hat, context, x0_e2e, steps, gamma,
+                u, chosen = self._run_path(y_hat, context, x0_e2e, steps, gamma,
                                            [seed] * len(idx), first, count,
-                                           target=batch.float(), sizes=sizes)
+                                           target=target, sizes=self._space_sizes(sizes))
+                x = self.model.decode_space(u)
                 for j in range(len(idx)):
                     records[j].append(PathRecord(steps, gamma, seed, first,
                                                  [int(v) for v in chosen[j]]))
@@ -255,17 +263,19 @@ class CorrDiffCodec(CDCCodec):
                                           autocast_dtype=self.autocast_dtype)
                 else:
                     indices = torch.tensor([items[i][5].indices for i in idx], dtype=torch.long)
-                    x, _ = self._run_path(y_hat, self._context(y_hat), self.e2e(y_hat), s, g,
+                    u, _ = self._run_path(y_hat, self._context(y_hat), self.e2e(y_hat), s, g,
                                           sd, corr[0], corr[1],
                                           indices=indices.view(len(idx), corr[1]))
+                    x = self.model.decode_space(u)
                 for j, i in enumerate(idx):
                     c = items[i][0]
                     out[i] = tensor_to_image(x[j, :, : c.height, : c.width])
         return out
 
     def extra_alloc(self, ph: int, pw: int, batch: int = 1) -> int:
-        """Beside CDC's: the end-to-end decoder's head at full resolution."""
-        head = 2 * self.decoder.dcfg.head_channels * ph * pw * 4 * batch
+        """Beside CDC's: the end-to-end decoder's head at the space's resolution."""
+        s = self.config.space_stride
+        head = 2 * self.decoder.dcfg.head_channels * (ph // s) * (pw // s) * 4 * batch
         return super().extra_alloc(ph, pw, batch) + head
 
     def decompress_e2e(self, data: bytes):
@@ -273,7 +283,7 @@ class CorrDiffCodec(CDCCodec):
         c = self.unpack(data)
         self.check_budget(c, 1)
         c, y_hat = self.decode_latent(c)
-        x = self.e2e(y_hat)
+        x = self.model.decode_space(self.e2e(y_hat))
         return tensor_to_image(x[0, :, : c.height, : c.width])
 
     def info(self, data: bytes) -> dict[str, Any]:

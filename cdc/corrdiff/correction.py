@@ -246,11 +246,13 @@ def corrected_sample(
     indices: Tensor | None = None,
     target: Tensor | None = None,
     sizes: Sequence[tuple[int, int]] | None = None,
+    clip: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """DDIM (η = 0, x0 clipped) with the x0 estimate blended at steps first..first+count-1.
+    """DDIM (η = 0; x0 clipped when ``clip``, i.e. for pixels) with the x0 estimate blended
+    at steps first..first+count-1; everything in the codec's model units.
 
     Decoder: pass ``indices`` (B, count). Encoder: pass ``target`` (the padded
-    original) and ``sizes`` (each item's unpadded (h, w)); the indices are chosen
+    original in model units) and ``sizes`` (each item's unpadded (h, w) there); the indices are chosen
     step by step. Both run :meth:`DDIMSampler.sample` with the blend as its x0 hook.
     Returns (x0 in [-1, 1], indices (B, count)); with all indices pointing at w = 0
     it returns exactly what the plain sampler returns.
@@ -277,7 +279,7 @@ def corrected_sample(
             chosen[:, k] = choose_weights(x0, x0_e2e, target, table_t, sizes)
         return blend(x0, x0_e2e, table_t[chosen[:, k]])
 
-    return sampler.sample(denoise, x_n, steps, clip=True, hook=correct), chosen
+    return sampler.sample(denoise, x_n, steps, clip=clip, hook=correct), chosen
 
 
 __all__ = [

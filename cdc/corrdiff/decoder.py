@@ -6,7 +6,8 @@ trunk has the shape of CDC's context decoder (deconvolutions with inverse GDN fr
 H/16 up to H, see ``cdc/models/transforms.py``) and training starts from the base
 model's context-decoder weights, whose finest level already carries what the
 denoiser needs to know about the image; a small convolutional head maps those
-features to RGB. Output is in [-1, 1].
+features to the codec's space: RGB in [-1, 1] for pixel models, the TAEF2 latent in
+model units for latent ones (trained against the encoder's latent of the image).
 """
 
 from __future__ import annotations
@@ -40,27 +41,30 @@ class DecoderConfig:
 
 
 class E2EDecoder(nn.Module):
-    """ŷ (M, H/16) → x̂ (3, H): context-decoder trunk + conv head.
+    """ŷ (M, H/16) → x̂ in the space (3 channels at H for pixels, 32 at H/8 for TAEF2):
+    context-decoder trunk + conv head.
 
-    ``forward`` clamps to [-1, 1] outside training (the loss sees the raw output).
+    For pixels ``forward`` clamps to [-1, 1] outside training (the loss sees the raw
+    output); a latent has no such box.
     """
 
     def __init__(self, cfg: CDCConfig, dcfg: DecoderConfig | None = None):
         super().__init__()
         self.dcfg = dcfg or DecoderConfig()
+        self.clip = cfg.space == "pixel"
         self.trunk = ContextDecoder(cfg)
         c0 = cfg.unet_channels * cfg.context_mults[0]
         hc = self.dcfg.head_channels
         layers: list[nn.Module] = [nn.Conv2d(c0, hc, 3, padding=1), nn.GELU()]
         for _ in range(self.dcfg.head_layers - 1):
             layers += [nn.Conv2d(hc, hc, 3, padding=1), nn.GELU()]
-        layers.append(nn.Conv2d(hc, 3, 3, padding=1))
+        layers.append(nn.Conv2d(hc, cfg.space_channels, 3, padding=1))
         self.head = nn.Sequential(*layers)
 
     def forward(self, y_hat: Tensor) -> Tensor:
         feats = self.trunk(y_hat)[0]
         out = self.head(feats)
-        return out if self.training else out.clamp(-1, 1)
+        return out if self.training or not self.clip else out.clamp(-1, 1)
 
     def init_trunk_from(self, context: ContextDecoder) -> None:
         """Start the trunk from the base model's (trained) context decoder."""
