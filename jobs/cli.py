@@ -25,13 +25,14 @@ from pathlib import Path
 import typer
 
 from jobs.text import error_line, printable
+from zoo.store import default_model
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation noise
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="cdc-toolkit: diffusion-based perceptual image compression.")
 
-DEFAULT_MODEL = "cdc-small"
+DEFAULT_MODEL = default_model()  # zoo/models.json flags it ("default": true)
 EXIT_USAGE, EXIT_INPUT, EXIT_STREAM = 2, 1, 3
 
 ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m",
@@ -168,10 +169,9 @@ def decompress(
 ) -> None:
     """Rebuild an image from a .cdc stream (with the model the stream names, unless -m)."""
     from cdc import BitstreamError, CodecError
-    from pipeline.files import InputError, image_format_for, read_bytes, save_image_atomic
-
     from cdc.bitstream import read_header
     from cdc.limits import DEFAULT_BUDGET
+    from pipeline.files import InputError, image_format_for, read_bytes, save_image_atomic
 
     limits = decode_budget(budget)
     try:

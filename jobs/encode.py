@@ -67,6 +67,7 @@ from pipeline.files import DEFAULT_MAX_PIXELS, check_max_pixels, set_max_pixels,
 from pipeline.rate import RateError, check_rate, choose_model
 from pipeline.tiers import merge_tiers
 from storage import ArchiveError
+from zoo.store import default_model
 
 
 class JobError(Exception):
@@ -77,7 +78,7 @@ class JobError(Exception):
 class ArchiveJobConfig:
     src: str
     url: str
-    model: str = "cdc-small"
+    model: str = field(default_factory=default_model)  # the registry's default model
     rate: float | None = None  # bpp target: picks the model, or caps progressive streams
     address: str | None = None
     num_cpus: int | None = None  # embedded Ray size (default: all cores)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import typer
 
+from zoo.store import default_model
+
 EXIT_INPUT, EXIT_USAGE = 1, 2
 DEFAULT_METRICS = "psnr,ms_ssim,lpips_alex,lpips_vgg,dists,fid"
 
@@ -85,7 +87,7 @@ def register(app: typer.Typer) -> None:
     def eval_cmd(
         images: str = typer.Argument(..., help="Folder, glob, list file or fsspec URL of images."),
         out: Path = typer.Argument(..., help="Output folder: per_image.csv, summary.json, plots."),
-        model: list[str] = typer.Option(["cdc-small"], "--model", "-m",
+        model: list[str] = typer.Option([default_model()], "--model", "-m",
                                         help="Model name/path/URL; repeat for several rates."),
         steps: str = typer.Option("", help="Decode steps, comma-separated (default: model's)."),
         gamma: str = typer.Option("0", help="Start-noise scales γ, comma-separated."),
@@ -106,10 +108,10 @@ def register(app: typer.Typer) -> None:
         from pipeline.archive import match_tiers
         from pipeline.evaluate import (
             METRICS,
+            add_bd_rates,
             classical_entries,
             load_images,
             matched_bpp_entries,
-            add_bd_rates,
             run_evaluation,
             summary_table,
         )

@@ -17,8 +17,9 @@ from typing import Annotated
 import typer
 
 from jobs.text import error_line, one_line, printable
+from zoo.store import default_model
 
-DEFAULT_MODEL = "cdc-small"
+DEFAULT_MODEL = default_model()  # zoo/models.json flags it ("default": true)
 EXIT_INPUT, EXIT_USAGE, EXIT_STREAM = 1, 2, 3
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from zoo.cache import find_model
 from zoo.store import (
+    default_model,
     read_verified_bytes,
     registry,
     sha256_hex,
@@ -45,5 +46,5 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["LoadedModel", "codec_for_stream", "codec_from_bytes", "component_bytes",
-           "component_states", "find_model", "load_codec", "load_space", "load_weights",
+           "component_states", "default_model", "find_model", "load_codec", "load_space", "load_weights",
            "read_verified_bytes", "registry", "sha256_hex", "ship_weights", "shipped_by_digest"]

@@ -35,6 +35,17 @@ def registry() -> dict[str, dict[str, Any]]:
     return json.loads(path.read_text())
 
 
+#: The default model when a registry flags none (the first shipped model).
+FALLBACK_DEFAULT = "cdc-small"
+
+
+def default_model() -> str:
+    """The shipped model ``cdc compress``/``archive`` use without ``--model``: the registry
+    entry with ``"default": true`` (one rung of the latent ladder), else cdc-small."""
+    flagged = sorted(name for name, e in registry().items() if e.get("default") is True)
+    return flagged[0] if flagged else FALLBACK_DEFAULT
+
+
 def shipped_by_digest(digest_prefix: str) -> str | None:
     """The shipped model whose sha256 starts with ``digest_prefix`` (hex), if any."""
     for name, entry in registry().items():
