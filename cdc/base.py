@@ -30,7 +30,13 @@ from torch import Tensor
 
 from cdc.bitstream import DIGEST_BYTES, Container, flags_for
 from cdc.errors import CodecError, CorruptStreamError, ResourceLimitError, WeightsError
-from cdc.image import SourceMode, array_to_tensor, pad_to_multiple, to_rgb_array
+from cdc.image import (
+    SourceMode,
+    array_to_tensor,
+    first_frame_only,
+    pad_to_multiple,
+    to_rgb_array,
+)
 from cdc.interface import DecodeSettings, ImageLike
 from cdc.limits import DEFAULT_BUDGET, DecodeBudget
 
@@ -49,10 +55,11 @@ class Prepared:
     mode: SourceMode
     replicate: bool
     array: Any = None  # the (H, W, 3) uint8 source (DiffC seeds its coder from it)
+    first_frame: bool = False  # the first frame of a multi-frame input (flag bit 7)
 
     @property
     def flags(self) -> int:
-        return flags_for(self.mode, self.replicate)
+        return flags_for(self.mode, self.replicate, self.first_frame)
 
 
 #: Methods whose exceptions are made typed (see :func:`typed_decode_errors`), wherever a
@@ -190,7 +197,8 @@ class BaseCodec:
         for img in images:
             arr, mode = to_rgb_array(img)
             x, replicate = pad_to_multiple(array_to_tensor(arr), self.pad_multiple)
-            out.append(Prepared(x, arr.shape[0], arr.shape[1], mode, replicate, arr))
+            out.append(Prepared(x, arr.shape[0], arr.shape[1], mode, replicate, arr,
+                                first_frame_only(img)))
         return out
 
     @staticmethod

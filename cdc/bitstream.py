@@ -22,7 +22,7 @@ sides < 16384 is 22 + 4 bytes of header/trailer plus 2-4 bytes per section.
 
 :func:`read_header` is the one parser of the fixed header: :meth:`Container.unpack`,
 DiffC's prefix parser and ``cdc info`` all use it, so they accept and refuse the same
-streams. It refuses sides outside 1..65535, flag bits 4-7 set and a source mode outside
+streams. It refuses sides outside 1..65535, flag bits 4-6 set and a source mode outside
 :class:`SourceMode` (``CorruptStreamError``): no encoder writes those. Nothing here
 imports torch.
 """
@@ -52,7 +52,8 @@ _MIN_SIZE = 3 + 1 + 1 + 1 + DIGEST_BYTES + 1 + 1 + 4 + 4
 MAX_SIDE = 1 << 16
 FLAG_REPLICATE = 0x01  # bit 0: the encoder padded by replication (else reflection)
 _MODE_SHIFT, _MODE_MASK = 1, 0b111
-_RESERVED_FLAGS = 0xF0  # bits 4-7: never set by any encoder
+FLAG_FIRST_FRAME = 0x80  # bit 7: the input had several frames; only the first is coded
+_RESERVED_FLAGS = 0x70  # bits 4-6: never set by any encoder
 
 
 class SourceMode(enum.IntEnum):
@@ -77,8 +78,9 @@ class SourceMode(enum.IntEnum):
         }[self]
 
 
-def flags_for(mode: SourceMode | int, replicate: bool = False) -> int:
-    return (int(replicate) * FLAG_REPLICATE) | (int(mode) << _MODE_SHIFT)
+def flags_for(mode: SourceMode | int, replicate: bool = False, first_frame: bool = False) -> int:
+    return ((int(replicate) * FLAG_REPLICATE) | (int(mode) << _MODE_SHIFT)
+            | (int(first_frame) * FLAG_FIRST_FRAME))
 
 
 def write_varint(value: int) -> bytes:
@@ -133,6 +135,17 @@ class Header:
     def replicate(self) -> bool:
         return bool(self.flags & FLAG_REPLICATE)
 
+    @property
+    def first_frame(self) -> bool:
+        """The input was animated or multi-frame and only its first frame is coded."""
+        return bool(self.flags & FLAG_FIRST_FRAME)
+
+    @property
+    def source_note(self) -> str:
+        """What ``cdc info`` says about the input (mode, and dropped frames if any)."""
+        extra = "; first frame of a multi-frame input (the others were not coded)"
+        return self.mode.note + (extra if self.first_frame else "")
+
     def validate(self) -> Header:
         """Raise ``CorruptStreamError`` unless size and flags are ones an encoder writes."""
         check_size(self.height, self.width, CorruptStreamError)
@@ -147,7 +160,7 @@ def check_size(height: int, width: int, error: type[Exception] = ValueError) -> 
 
 def check_flags(flags: int, error: type[Exception] = ValueError) -> None:
     if not 0 <= flags <= 0xFF or flags & _RESERVED_FLAGS:
-        raise error(f"unknown header flags 0x{flags:02x} (bits 4-7 are reserved)")
+        raise error(f"unknown header flags 0x{flags:02x} (bits 4-6 are reserved)")
     mode = (flags >> _MODE_SHIFT) & _MODE_MASK
     if mode not in SourceMode._value2member_map_:
         raise error(f"unknown source mode {mode} in the header flags")

@@ -53,7 +53,7 @@ def describe_container(data: bytes, config: Any = None) -> dict[str, Any]:
         "height": c.height,
         "padded": f"{pw}x{ph} ({'replicate' if c.header.replicate else 'reflect'})",
         "latent_shapes": {"y": list(shapes["y"]), "z": list(shapes["hyper"])},
-        "source": c.header.mode.note,
+        "source": c.header.source_note,
         "bytes": len(data),
         "bpp": 8 * len(data) / (c.width * c.height),
         "header_bytes": c.header_bytes,

@@ -19,6 +19,15 @@ from cdc.errors import ImageError
 #: ``Image.info`` key a reader sets to the file's bits per sample when Pillow already reduced
 #: them on load (16-bit RGB PNG/TIFF load as 8-bit "RGB"; see :func:`high_bit_depth`).
 SOURCE_BITS_INFO = "cdc_source_bits"
+#: ``Image.info`` key a reader sets to the frame count of an animated or multi-frame file it
+#: reduced to its first frame; encoders then set the stream's first-frame flag.
+FRAMES_INFO = "cdc_frames"
+
+
+def first_frame_only(image: object) -> bool:
+    """Whether ``image`` is the first frame of a multi-frame input (see :data:`FRAMES_INFO`)."""
+    info = getattr(image, "info", None)
+    return isinstance(info, dict) and int(info.get(FRAMES_INFO, 1) or 1) > 1
 
 
 def _from_array(arr: np.ndarray) -> tuple[np.ndarray, SourceMode]:

@@ -117,7 +117,7 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image
     "rotate 90" comes out 64x96, as viewers show it). An animated or multi-frame image keeps
     its first frame; :func:`input_note` (and :func:`take_notes`) say so.
     """
-    from cdc.image import SOURCE_BITS_INFO, high_bit_depth  # here: cdc imports torch
+    from cdc.image import FRAMES_INFO, SOURCE_BITS_INFO, high_bit_depth  # here: cdc imports torch
 
     limit = _max_pixels if max_pixels is None else check_max_pixels(max_pixels)
     try:
@@ -145,6 +145,7 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image
     if frames > 1:
         note = f"{img.format or 'image'} with {frames} frames: only the first frame is coded"
         img.info["cdc_note"] = note
+        img.info[FRAMES_INFO] = frames  # the stream records it (header flag bit 7)
         _remember(name, note)
     return img
 

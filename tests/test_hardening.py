@@ -204,6 +204,33 @@ def test_animated_input_keeps_first_frame_and_says_so(tmp_path: Path, weights_fi
     assert r.exit_code == 0 and r.stderr.strip() == "" and "frames" not in r.stdout
 
 
+def test_the_stream_records_a_dropped_animation(tmp_path: Path, weights_file: str):
+    """A multi-frame input sets the stream's first-frame flag (bit 7): `cdc info` says so,
+    for CDC and DiffC, and the stream still decodes; a still image leaves it clear."""
+    import json
+
+    from cdc.bitstream import FLAG_FIRST_FRAME, read_header
+    from pipeline.files import decode_image
+    from tests.test_diffc import make_diffc_weights
+    from zoo import codec_from_bytes, load_codec
+
+    gif = _animated(tmp_path / "anim.gif", "GIF")
+    stream = tmp_path / "anim.cdc"
+    assert runner.invoke(app, ["compress", str(gif), str(stream), "-m", weights_file]
+                         ).exit_code == 0
+    assert read_header(stream.read_bytes()).flags & FLAG_FIRST_FRAME
+    r = runner.invoke(app, ["info", str(stream), "--json"])
+    assert r.exit_code == 0 and "first frame of a multi-frame input" in json.loads(
+        r.stdout)["source"]
+    assert load_codec(weights_file).decompress(stream.read_bytes()).size == (56, 40)
+    diffc = codec_from_bytes(make_diffc_weights(0), "t")
+    img = decode_image(gif.read_bytes(), str(gif))
+    data = diffc.compress(img)
+    assert read_header(data).first_frame and diffc.decompress(data).size == (56, 40)
+    still = diffc.compress(np.asarray(img.convert("RGB")))
+    assert not read_header(still).first_frame
+
+
 def _png16(path: Path, channels: int) -> Path:
     import imagecodecs
 

@@ -29,7 +29,13 @@ from cdc.diffc import rcc
 from cdc.diffc import stream as st
 from cdc.diffc.model import DiffCConfig, DiffusionPrior, prior_from_dict
 from cdc.errors import CorruptStreamError, DecodeSettingsError, ModelMismatchError
-from cdc.image import array_to_tensor, pad_to_multiple, tensor_to_image, to_rgb_array
+from cdc.image import (
+    array_to_tensor,
+    first_frame_only,
+    pad_to_multiple,
+    tensor_to_image,
+    to_rgb_array,
+)
 from cdc.interface import ImageLike
 from cdc.limits import rcc_block_bytes
 
@@ -147,7 +153,8 @@ class DiffCCodec(BaseCodec):
             xs.append(x.cpu())
             t = s
         plan = st.Plan(seed=seed, t_start=cfg.train_timesteps - 1, steps=steps, coding=coding)
-        data = st.pack(self.digest, h, w, flags_for(mode), plan, payloads)
+        data = st.pack(self.digest, h, w, flags_for(mode, first_frame=first_frame_only(image)),
+                       plan, payloads)
         return data, {"kl_bits": kls, "step_bytes": [len(p) for p in payloads],
                       "levels": [s.t for s in steps], "x": xs}
 

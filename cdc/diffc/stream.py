@@ -232,7 +232,7 @@ def describe(data: bytes, config: Any = None) -> dict[str, Any]:
         "model_digest": p.digest.hex(),
         "width": p.width,
         "height": p.height,
-        "source": h.mode.note,
+        "source": h.source_note,
         "bytes": len(data),
         "full_bytes": p.full_length,
         "complete": p.complete,
