@@ -9,9 +9,13 @@ progress bar — is written once here so all codecs resume and log the same way.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
+import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +27,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pipeline.data import RandomCrops
+
+log = logging.getLogger(__name__)
 
 C = TypeVar("C")
 RELAY_FILE = "relay.pt"
@@ -105,6 +111,28 @@ def load_checkpoint_config(run_dir: str | Path) -> tuple[dict[str, Any], str]:
     """(the run's train_config, its codec) of a run folder or relay artifact."""
     cfg = dict(load_run(run_dir)["train_config"])
     return cfg, str(cfg.get("codec", "cdc"))
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """An event set by the first SIGINT/SIGTERM (the second one raises as usual)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        log.warning("signal %s: stopping after this step, with a checkpoint", signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 def run_fit(trainer: TrainerBase, max_steps: int | None, time_limit: float | None) -> str:
@@ -251,7 +279,15 @@ class TrainerBase:
 
     def fit(self, max_steps: int | None = None, time_limit: float | None = None,
             progress: bool = True) -> int:
-        """Train until ``cfg.steps`` (or ``max_steps`` more, or ``time_limit`` seconds)."""
+        """Train until ``cfg.steps`` (or ``max_steps`` more, or ``time_limit`` seconds).
+
+        SIGINT/SIGTERM end the run after the current step *with* a checkpoint (a relay
+        run stopped at a session's end loses nothing); a second signal stops at once."""
+        with _stop_on_signals() as stop:
+            return self._fit(max_steps, time_limit, progress, stop)
+
+    def _fit(self, max_steps: int | None, time_limit: float | None, progress: bool,
+             stop: threading.Event) -> int:
         cfg = self.cfg
         target = cfg.steps if max_steps is None else min(cfg.steps, self.step + max_steps)
         if self.step >= target:
@@ -296,7 +332,8 @@ class TrainerBase:
                     acc, n_acc, last_t, last_step = {}, 0, now, self.step
                 if self.step % cfg.checkpoint_every == 0:
                     self.save()
-                if self.step >= target or (time_limit and time.time() - t0 > time_limit):
+                if self.step >= target or stop.is_set() or (
+                        time_limit and time.time() - t0 > time_limit):
                     break
         self.save()
         return self.step

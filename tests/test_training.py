@@ -152,3 +152,24 @@ def test_weights_from_fsspec_url(weights_file: str):
     codec = CDCCodec.from_pretrained("memory://zoo/w.pt")
     assert codec.weights_sha256 == CDCCodec.from_pretrained(weights_file).weights_sha256
     assert np.asarray(codec.decompress(codec.compress(smooth_image(16, 16)), steps=1)).shape == (16, 16, 3)
+
+
+def test_a_signal_stops_the_run_with_a_checkpoint(image_dir: Path, tmp_path: Path):
+    """SIGTERM (how a session's end stops a relay run) ends after the step, checkpointed."""
+    import os
+    import signal
+
+    run = tmp_path / "run"
+    t = Trainer(_config(image_dir, steps=50, checkpoint_every=100), run)
+    step = t.train_step
+
+    def step_then_signal(x):
+        out = step(x)
+        if t.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    t.train_step = step_then_signal
+    assert t.fit(progress=False) == 3
+    assert Trainer(_config(image_dir, steps=50), run).step == 3  # the checkpoint has it
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
