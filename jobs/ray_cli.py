@@ -154,6 +154,9 @@ def register(app: typer.Typer) -> None:
         steps: int | None = typer.Option(None, help="Override the tier's DDIM steps."),
         gamma: float | None = typer.Option(None, help="Override the tier's start noise."),
         seed: int | None = typer.Option(None, help="Override the tier's seed."),
+        bpp: float | None = typer.Option(
+            None, help="Progressive codecs (DiffC): decode the longest prefix within this many "
+                       "bits per pixel (only that prefix is read)."),
         model: str | None = typer.Option(
             None, "--model", "-m", help="Weights (default: the archive's model, if shipped)."),
         device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
@@ -185,7 +188,7 @@ def register(app: typer.Typer) -> None:
             codec.with_budget(budget_of(limits))
             reader = Reader(arch, codec, cache=DiskLRU(cache_dir) if cache else None,
                             write_archive_cache=write_cache)
-            res = reader.get(key, tier, fmt=fmt, steps=steps, gamma=gamma, seed=seed)
+            res = reader.get(key, tier, fmt=fmt, steps=steps, gamma=gamma, seed=seed, bpp=bpp)
             write_bytes_atomic(out, res.data)
         except TierError as e:
             _fail(f"{archive_url}: {e}", EXIT_USAGE, archive_url)
@@ -193,10 +196,13 @@ def register(app: typer.Typer) -> None:
             _fail(str(e), EXIT_STREAM, archive_url, key)
         except (ArchiveError, FailedRecordError, WeightsError, InputError, OSError) as e:
             _fail(str(e), EXIT_INPUT, archive_url, key, out)
-        settings, _ = reader.settings(tier, steps=steps, gamma=gamma, seed=seed)
+        settings, _ = reader.settings(tier, steps=steps, gamma=gamma, seed=seed, bpp=bpp)
         how = "from cache" if res.source != "decoded" else f"decoded in {res.seconds:.2f} s"
+        budget_note = (f", prefix within {settings.extra['bpp']:g} bpp"
+                       if "bpp" in settings.extra else "")
         typer.echo(f"{printable(key)} -> {printable(out)}: {res.width}x{res.height}, tier {tier} "
-                   f"(steps {settings.steps}, gamma {settings.gamma}, seed {settings.seed}), {how}")
+                   f"(steps {settings.steps}, gamma {settings.gamma}, seed {settings.seed}"
+                   f"{budget_note}), {how}")
 
     @app.command("export")
     def export_cmd(

@@ -6,9 +6,10 @@ Routes (FastAPI ingress):
 * ``GET /`` -> the gallery (``jobs/gallery/``: one HTML page, one stylesheet, one JS module,
   no build step, nothing from elsewhere): a lazily loaded grid of ``preview`` thumbnails,
   a key filter, and a viewer that refines an image in place tier by tier.
-* ``GET /images/{key}?tier=standard&format=png|webp|jpeg[&width=&steps=&gamma=&seed=]`` ->
+* ``GET /images/{key}?tier=standard&format=png|webp|jpeg[&width=&steps=&gamma=&seed=&bpp=]`` ->
   the image (``width``: resized on the server after decoding, never enlarged; cached like
-  every decoded image). 404 unknown key, 400 bad tier/format/settings/key, 422 a key whose
+  every decoded image; ``bpp``: a progressive codec's stream decoded from its longest
+  prefix within that rate, only the prefix read — 400 for other codecs). 404 unknown key, 400 bad tier/format/settings/key, 422 a key whose
   image failed when it was archived (and FastAPI's parameter validation), 429 when this
   replica already has ``max_pending`` decodes waiting, 503 from Serve itself when the
   deployment's queue (``max_queued_requests``) is full. Response headers say where the
@@ -363,9 +364,10 @@ class ImageService:
     async def get_image(self, key: str, request: Request, tier: str | None = None,
                         format: str = "png", steps: int | None = None,
                         gamma: float | None = None, seed: int | None = None,
-                        width: int | None = Query(None, ge=MIN_WIDTH, le=MAX_WIDTH)) -> Response:
+                        width: int | None = Query(None, ge=MIN_WIDTH, le=MAX_WIDTH),
+                        bpp: float | None = Query(None, gt=0, le=64)) -> Response:
         try:
-            return await self._image(key, request, tier, format, steps, gamma, seed, width)
+            return await self._image(key, request, tier, format, steps, gamma, seed, width, bpp)
         except HTTPException:
             raise
         except Exception as e:  # noqa: BLE001 - one line for the client, the rest in the log
@@ -374,12 +376,13 @@ class ImageService:
 
     async def _image(self, key: str, request: Request, tier: str | None, format: str,
                      steps: int | None, gamma: float | None, seed: int | None,
-                     width: int | None) -> Response:
+                     width: int | None, bpp: float | None = None) -> Response:
         t0 = time.perf_counter()
         tier = tier or self.opts.default_tier
         try:
             fmt = output_format(format)
-            settings, overridden = self.reader.settings(tier, steps=steps, gamma=gamma, seed=seed)
+            settings, overridden = self.reader.settings(tier, steps=steps, gamma=gamma, seed=seed,
+                                                        bpp=bpp)
         except (TierError, ValueError) as e:
             raise _http(400, self._public(str(e))) from None
         if (why := key_problem(key)) is not None:

@@ -28,7 +28,7 @@ from pipeline.codec_probes import (
 )
 from pipeline.files import encode_image
 from pipeline.outputs import transcode
-from pipeline.tiers import resolve
+from pipeline.tiers import TierError, resolve
 from storage import Archive, ArchiveError, Record
 
 
@@ -97,9 +97,16 @@ class Reader:
         self._digest = self.codec.weights_sha256
 
     def settings(self, tier: str, *, steps: int | None = None, gamma: float | None = None,
-                 seed: int | None = None) -> tuple[DecodeSettings, bool]:
-        """(settings, overridden) of ``tier`` in this archive; TierError if unknown/bad."""
-        return resolve(self.archive.tiers, tier, steps=steps, gamma=gamma, seed=seed)
+                 seed: int | None = None, bpp: float | None = None
+                 ) -> tuple[DecodeSettings, bool]:
+        """(settings, overridden) of ``tier`` in this archive; TierError if unknown/bad.
+
+        ``bpp`` decodes a progressive codec's stream from its longest prefix within that
+        many bits per pixel (a TierError for codecs whose streams need every byte)."""
+        if bpp is not None and not is_progressive(self.codec):
+            raise TierError(f"bpp {bpp:g}: {self.codec.codec_id} streams do not decode from a "
+                            "prefix (only progressive codecs such as DiffC do)")
+        return resolve(self.archive.tiers, tier, steps=steps, gamma=gamma, seed=seed, bpp=bpp)
 
     def record(self, key: str) -> Record:
         rec = self.archive[key]
@@ -222,9 +229,10 @@ class Reader:
         return out
 
     def get(self, key: str, tier: str, *, fmt: str = "PNG", steps: int | None = None,
-            gamma: float | None = None, seed: int | None = None) -> Decoded:
-        """One image at ``tier`` (raises the key's error)."""
-        settings, overridden = self.settings(tier, steps=steps, gamma=gamma, seed=seed)
+            gamma: float | None = None, seed: int | None = None,
+            bpp: float | None = None) -> Decoded:
+        """One image at ``tier`` (raises the key's error); ``bpp``: from a prefix."""
+        settings, overridden = self.settings(tier, steps=steps, gamma=gamma, seed=seed, bpp=bpp)
         res = self.decode_many([key], settings, fmt=fmt, tier=tier, overridden=overridden)[0]
         if isinstance(res, Exception):
             raise res

@@ -142,8 +142,10 @@ def resolve(
     steps: int | None = None,
     gamma: float | None = None,
     seed: int | None = None,
+    bpp: float | None = None,
 ) -> tuple[DecodeSettings, bool]:
-    """The decode settings of tier ``name`` with per-request overrides applied.
+    """The decode settings of tier ``name`` with per-request overrides applied (``bpp``: a
+    progressive codec's prefix budget, bits per pixel of the original).
 
     Returns ``(settings, overridden)``; ``overridden`` is False when the request uses the
     tier exactly as stored (only then may the archive's per-tier cache be used).
@@ -153,7 +155,8 @@ def resolve(
         raise TierError(f"unknown tier {name!r} (tiers: {', '.join(sorted(tiers)) or 'none'})")
     base = check_tier(name, tiers[name])
     fields = base.as_dict()
-    over = {k: v for k, v in (("steps", steps), ("gamma", gamma), ("seed", seed)) if v is not None}
+    over = {k: v for k, v in (("steps", steps), ("gamma", gamma), ("seed", seed), ("bpp", bpp))
+            if v is not None}
     fields.update(over)
     t = check_tier(name, fields)
     return t.settings(), t != base

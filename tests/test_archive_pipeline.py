@@ -430,3 +430,41 @@ def test_tier_paths_default_first_and_seed_free_at_gamma_zero():
              "again": {"steps": 2, "gamma": 0.0, "seed": 1},  # same path as preview at γ = 0
              "fine": {"steps": 16, "gamma": 0.8001, "seed": 3}}  # same γ as coded (0.01 steps)
     assert tier_paths(tiers) == [(4, 0.0, 0), (2, 0.0, 0), (16, 0.8, 3)]
+
+
+@pytest.mark.timeout(120)
+def test_get_decodes_a_chosen_prefix(tree: Path, tmp_path: Path, codec: CDCCodec):
+    """`cdc get --bpp` / Reader.get(bpp=): a DiffC record from the prefix within that rate;
+    a CDC archive refuses a prefix budget with a TierError naming the codec."""
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+    from pipeline.tiers import TierError
+    from tests.test_diffc import make_diffc_weights
+    from zoo import codec_from_bytes
+
+    data = make_diffc_weights(0)
+    dc = codec_from_bytes(data, "diffc-test-weights")
+    items, _ = plan_inputs(str(tree))
+    arch, _ = open_or_create(str(tmp_path / "d.zarr"), dc, shard_size=8)
+    list(encode_shard(dc, arch, plan_shards(items, set(), set(), 8)[0]))
+    arch = Archive.open(arch.url)
+    full = arch["b.png"].data
+    info = arch.info("b.png")
+    offsets = dc.step_offsets(full)
+    bpp = 8 * offsets[2] / (info.width * info.height) + 1e-6  # exactly two coded steps
+    got = Reader(arch, dc, cache=None, archive_cache=False).get("b.png", "standard", bpp=bpp)
+    ref = dc.decompress(full[: offsets[2]], steps=arch.tiers["standard"]["steps"],
+                        gamma=arch.tiers["standard"]["gamma"])
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(got.data))), np.asarray(ref))
+    weights = tmp_path / "diffc.pt"
+    weights.write_bytes(data)
+    out = tmp_path / "b.png"
+    r = CliRunner().invoke(app, ["get", arch.url, "b.png", str(out), "--bpp", f"{bpp:.6f}",
+                                 "-m", str(weights), "--no-cache"])
+    assert r.exit_code == 0, r.output
+    assert "prefix within" in r.output
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(ref))
+    cdc_arch, _ = open_or_create(str(tmp_path / "c.zarr"), codec)
+    with pytest.raises(TierError, match="cdc streams do not decode from a prefix"):
+        Reader(cdc_arch, codec, cache=None).settings("standard", bpp=0.5)
