@@ -32,8 +32,32 @@ def config_from_dict(cls: type, d: dict[str, Any], what: str = "config") -> Any:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+class OnSpace:
+    """What every model config that names a space shares (fields ``space``, ``space_mean``,
+    ``space_std``; see :mod:`cdc.spaces`): the checks and the space's geometry."""
+
+    space: str
+    space_mean: tuple[float, ...]
+    space_std: tuple[float, ...]
+
+    def check_space(self) -> None:
+        if self.space not in SPACE_GEOMETRY:
+            raise ValueError(f"unknown space {self.space!r}; known: {sorted(SPACE_GEOMETRY)}")
+        n = self.space_channels
+        if (self.space_mean or self.space_std) and not len(self.space_mean) == len(self.space_std) == n:
+            raise ValueError(f"space_mean/space_std need {n} values each")
+
+    @property
+    def space_stride(self) -> int:
+        return SPACE_GEOMETRY[self.space][0]
+
+    @property
+    def space_channels(self) -> int:
+        return SPACE_GEOMETRY[self.space][1]
+
+
 @dataclass(frozen=True)
-class CDCConfig:
+class CDCConfig(OnSpace):
     """Shapes and diffusion settings of a Conditional Diffusion Compression model."""
 
     name: str = "cdc-custom"
@@ -80,21 +104,9 @@ class CDCConfig:
             raise ValueError("the context decoder provides at most 4 levels (H .. H/8)")
         if any(not 0 <= i < len(self.channel_mults) for i in self.attention_levels):
             raise ValueError("attention_levels must index channel_mults")
-        if self.space not in SPACE_GEOMETRY:
-            raise ValueError(f"unknown space {self.space!r}; known: {sorted(SPACE_GEOMETRY)}")
+        self.check_space()
         if self.y_stride not in (1, 2, 4, 8, 16):
             raise ValueError(f"y_stride must be a power of two <= 16, got {self.y_stride}")
-        n = self.space_channels
-        if (self.space_mean or self.space_std) and not len(self.space_mean) == len(self.space_std) == n:
-            raise ValueError(f"space_mean/space_std need {n} values each")
-
-    @property
-    def space_stride(self) -> int:
-        return SPACE_GEOMETRY[self.space][0]
-
-    @property
-    def space_channels(self) -> int:
-        return SPACE_GEOMETRY[self.space][1]
 
     @property
     def latent_stride(self) -> int:

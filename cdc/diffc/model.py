@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdc.config import SPACE_GEOMETRY, CDCConfig, config_from_dict, config_to_dict
+from cdc.config import CDCConfig, OnSpace, config_from_dict, config_to_dict
 from cdc.configs import TAEF2_MEAN, TAEF2_STD
 from cdc.diffusion import DDIMSampler, NoiseSchedule
 from cdc.errors import WeightsError
@@ -30,7 +30,7 @@ from cdc.weights import pack_weights, space_of
 
 
 @dataclass(frozen=True)
-class DiffCConfig:
+class DiffCConfig(OnSpace):
     """Network shapes, diffusion schedule and the coding defaults of a DiffC model."""
 
     name: str = "diffc-custom"
@@ -60,11 +60,7 @@ class DiffCConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.space not in SPACE_GEOMETRY:
-            raise ValueError(f"unknown space {self.space!r}; known: {sorted(SPACE_GEOMETRY)}")
-        n = self.space_channels
-        if (self.space_mean or self.space_std) and not len(self.space_mean) == len(self.space_std) == n:
-            raise ValueError(f"space_mean/space_std need {n} values each")
+        self.check_space()
         if self.schedule not in ("cosine", "linear"):
             raise ValueError(f"unknown noise schedule {self.schedule!r}")
         if not 1 <= len(self.channel_mults) <= 4:
@@ -79,14 +75,6 @@ class DiffCConfig:
             raise ValueError("code_steps must be in 1..255")
         if not 0 <= self.t_min < self.train_timesteps - 1:
             raise ValueError("t_min must be in 0..train_timesteps-2")
-
-    @property
-    def space_stride(self) -> int:
-        return SPACE_GEOMETRY[self.space][0]
-
-    @property
-    def space_channels(self) -> int:
-        return SPACE_GEOMETRY[self.space][1]
 
     @property
     def pad_multiple(self) -> int:
