@@ -374,6 +374,7 @@ class Pool:
         self.args = (list(models), int(mem_gb * (1 << 30)), budget, steps)
         self.timeout, self.start_timeout = timeout, start_timeout
         self.started = 0
+        self.stop = False  # set (e.g. by SIGTERM): finish the decodes in flight, then report
         self.workers = [self._start() for _ in range(workers)]
         for w in self.workers:
             self._ready(w)
@@ -415,6 +416,9 @@ class Pool:
 
         def feed(w: _Worker) -> None:
             nonlocal pending
+            if self.stop:
+                pending = False
+                return
             try:
                 case = next(it)
             except StopIteration:
@@ -477,12 +481,21 @@ class Pool:
 def run_fuzz(n: int, *, workers: int = 1, seed: int = 0, timeout: float = 60.0,
              mem_gb: float = 6.0, steps: int = 1, budget: str = FUZZ_BUDGET,
              models: Iterable[str] = MODELS, kinds: Iterable[str] = KINDS,
-             bases: dict[str, list[bytes]] | None = None, on_progress=None) -> Result:
+             bases: dict[str, list[bytes]] | None = None, on_progress=None,
+             stop_on_signal: bool = False) -> Result:
     models = list(models)
     t = time.perf_counter()
     bases = bases or base_streams(models)
     pool = Pool(workers, models, mem_gb=mem_gb, timeout=timeout, budget=budget, steps=steps)
     res = Result(startup_seconds=time.perf_counter() - t)
+    if stop_on_signal:
+        import signal
+
+        def _stop(*_):
+            pool.stop = True
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
     try:
         pool.run(fuzz_cases(bases, n, seed, kinds), res, on_progress)
     finally:
@@ -549,8 +562,9 @@ def main() -> None:
     res = run_fuzz(args.streams, workers=args.workers, seed=args.seed, timeout=args.timeout,
                    mem_gb=args.mem_gb, steps=args.steps, budget=args.decode_budget,
                    models=args.models.split(","), kinds=args.kinds.split(","),
-                   on_progress=progress)
+                   on_progress=progress, stop_on_signal=True)
     rep = report(res)
+    rep["stopped_early"] = rep["streams"] < args.streams
     rep.update(command=" ".join(sys.argv), date=time.strftime("%Y-%m-%d %H:%M"),
                cpus=os.cpu_count(), load_avg=os.getloadavg(), budget=args.decode_budget,
                mem_gb=args.mem_gb, timeout=args.timeout, steps=args.steps, seed=args.seed)
@@ -561,6 +575,8 @@ def main() -> None:
             (d / f"{o}-{m}-{k.replace('+', '_')}-{i}.cdc").write_bytes(b)
     if args.json:
         Path(args.json).write_text(json.dumps(rep, indent=2))
+    if rep["stopped_early"]:
+        print(f"stopped early (signal) after {rep['streams']} of {args.streams} streams")
     print(f"{rep['streams']} streams in {rep['seconds']:.0f} s: {rep['streams_per_s']:.1f} "
           f"streams/s on {args.workers} worker(s) ({rep['workers_started']} started; start-up "
           f"{rep['startup_seconds']:.0f} s not counted); slowest decode "
