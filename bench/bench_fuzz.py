@@ -314,12 +314,12 @@ def worker_main(conn, models: list[str], mem_bytes: int, budget: str, steps: int
         if msg is None:
             return
         idx, model, data = msg
-        if model == SELFTEST:  # the pool's own test: a crash, a hang, an untyped error
-            _selftest(data)
         codec = codecs.get(model)
         t = time.perf_counter()
         detail = ""
         try:
+            if model == SELFTEST:  # the pool's own test: a crash, a hang, an untyped error
+                _selftest(data)
             if codec is None:
                 raise KeyError(model)
             kw = {"steps": steps} if steps > 0 else {}
