@@ -260,12 +260,16 @@ def fuzz_cases(bases: dict[str, list[bytes]], n: int, seed: int,
         model = models[i % len(models)]
         kind = kinds[(i // len(models)) % len(kinds)]
         base = rng.choice(bases[model])
-        for _ in range(20):  # a crafting helper may refuse a combination (e.g. levels)
+        # A crafting helper may refuse a combination (e.g. levels), and a mutation may
+        # undo itself (a bit flipped twice, a splice at the same offset, a field set to
+        # its own value): draw again, so that every case differs from its base stream.
+        for _ in range(50):
             try:
                 data = mutate(rng, kind, base, pool)
-                break
             except ValueError:
                 continue
+            if data != base:
+                break
         else:
             data = base[:-1]
         yield i, model, kind, data
