@@ -55,7 +55,7 @@ def random_weights(config: str, path: Path) -> str:
 
     from cdc.models import ConditionalDiffusionCompressor
     from cdc.configs import CONFIGS
-from cdc.weights import weights_bytes
+    from cdc.weights import weights_bytes
 
     torch.manual_seed(0)
     model = ConditionalDiffusionCompressor(CONFIGS[config]).eval()

@@ -96,8 +96,11 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         # (the token lives in ~/.ray/auth_token), drop the notice.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
             logging.ERROR)
-        ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                       object_store_memory=object_store_bytes, _node_ip_address=LOOPBACK, **kw)
+        # address="local": always a new Ray of our own, never a cluster that RAY_ADDRESS
+        # (or /tmp/ray/ray_current_cluster) happens to name.
+        ctx = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                       include_dashboard=False, object_store_memory=object_store_bytes,
+                       _node_ip_address=LOOPBACK, **kw)
         mode = "embedded"
     try:
         yield Session(mode, getattr(ctx, "address_info", {}).get("gcs_address", address or ""),

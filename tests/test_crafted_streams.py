@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ import torch
 from conftest import make_weights, smooth_image
 from typer.testing import CliRunner
 
-from cdc.bitstream import FORMAT_VERSION, MAGIC, Container, read_header, write_varint
+from cdc.bitstream import Container
 from cdc.describe import describe_stream
 from cdc.diffc import stream as st
 from cdc.errors import (
@@ -39,43 +37,10 @@ from zoo import codec_from_bytes
 ROOT = Path(__file__).resolve().parents[1]
 SECONDS = 5.0  # each crafted stream is refused within this (measured in the child)
 
-
-# -- building crafted streams ------------------------------------------------------------------
-def _crc(b: bytes) -> bytes:
-    return struct.pack("<I", zlib.crc32(b) & 0xFFFFFFFF)
-
-
-def patch_header(data: bytes, *, height: int | None = None, width: int | None = None,
-                 flags: int | None = None) -> bytes:
-    """``data`` with header fields replaced and every checksum recomputed (the container
-    trailer; for DiffC also the plan's C section), as a forger would."""
-    h = read_header(data, validate=False)
-    head = bytearray(MAGIC) + bytes([FORMAT_VERSION, data[4], h.flags if flags is None else flags])
-    head += h.model_digest + write_varint(h.height if height is None else height)
-    head += write_varint(h.width if width is None else width) + struct.pack("<I", h.symbols_crc)
-    body = bytearray(head + data[h.end : -4])
-    if h.codec == "diffc":  # P section, then C = CRC-32 of everything before it
-        p_start, p_len = st._section(bytes(body), len(head), "P")
-        c_tag = p_start + p_len
-        body[c_tag + 2 : c_tag + 6] = _crc(bytes(body[:c_tag]))
-    return bytes(body) + _crc(bytes(body))
-
-
-def with_sections(data: bytes, **sections: bytes) -> bytes:
-    """A CDC stream with some section payloads replaced (checksums recomputed)."""
-    h = read_header(data, validate=False)
-    c = Container.unpack(data)
-    out = bytearray(data[: h.end])
-    for tag, payload in {**c.sections, **sections}.items():
-        out += tag.encode() + write_varint(len(payload)) + payload
-    return bytes(out) + _crc(bytes(out))
-
-
-def with_plan(data: bytes, steps: list[st.Step], payloads: list[bytes]) -> bytes:
-    """A DiffC stream with its plan and step data replaced (checksums recomputed)."""
-    p = st.parse(data)
-    plan = st.Plan(p.plan.seed, p.plan.t_start, steps, p.plan.coding, p.plan.layout)
-    return st.pack(p.digest, p.height, p.width, p.flags, plan, payloads)
+if str(ROOT) not in sys.path:  # bench/streams.py: the forger's helpers, shared with bench/
+    sys.path.insert(0, str(ROOT))
+from bench.streams import crc as _crc  # noqa: E402
+from bench.streams import patch_header, with_plan, with_sections  # noqa: E402
 
 
 @pytest.fixture(scope="module")
