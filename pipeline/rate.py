@@ -61,14 +61,15 @@ def choose_model(model: str, rate: float, registry: dict[str, dict[str, Any]]) -
     codec_id = entry.get("codec", "cdc")
     family = family_of(entry)
     rates = measured_rates(codec_id, registry, family)
-    which = f"{codec_id} model" + (f" of the {family} family" if family else "")
+    where = f" in the {family} family" if family else ""
     if not rates:
-        raise RateError(f"--rate {rate:g}: no shipped {which} records a measured rate")
+        raise RateError(f"--rate {rate:g}: no shipped {codec_id} model{where} records a "
+                        "measured rate")
     best = min(rates, key=lambda n: abs(math.log(rates[n] / rate)))
     if max(rates[best] / rate, rate / rates[best]) > TOLERANCE:
         have = ", ".join(f"{n} {b:.3g} bpp" for n, b in sorted(rates.items(), key=lambda kv: kv[1]))
-        raise RateError(f"--rate {rate:g}: no shipped {which} is within ×{TOLERANCE:g} of that "
-                        f"(measured: {have})")
+        raise RateError(f"--rate {rate:g}: no shipped {codec_id} model is within ×{TOLERANCE:g} "
+                        f"of that{where} (measured: {have})")
     return best
 
 

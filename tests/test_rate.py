@@ -60,5 +60,5 @@ def test_a_ladder_family_chooses_among_its_own_rungs():
     with pytest.raises(RateError, match="cdc-low 0.1 bpp"):
         choose_model("cdc-mid", 0.05, reg)  # lat-a is 0.05 bpp, but of another family
     assert choose_model("lat-a", 0.6, reg) == "lat-c"
-    with pytest.raises(RateError, match=r"of the lat family is within .*lat-a 0.05 bpp"):
+    with pytest.raises(RateError, match=r"within ×1.5 of that in the lat family .*lat-a 0.05 bpp"):
         choose_model("lat-a", 3.0, reg)
