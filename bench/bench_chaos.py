@@ -48,18 +48,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def smooth_image(h: int, w: int, seed: int):
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = np.stack([128 + 100 * np.sin(xx / w * 3 + seed), 128 + 100 * np.cos(yy / h * 2),
-                     128 + 60 * np.sin((xx + yy) / 17.0)], axis=-1)
-    return np.clip(base + rng.normal(0, 8, size=base.shape), 0, 255).astype(np.uint8)
-
-
 def make_images(src: Path, n: int, w: int, h: int) -> None:
     from PIL import Image
+
+    from bench.streams import smooth_image
 
     src.mkdir(parents=True, exist_ok=True)
     for i in range(n):

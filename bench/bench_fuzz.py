@@ -70,22 +70,12 @@ SIZES = {"cdc": ((32, 32), (40, 56), (64, 48)), "corrdiff": ((32, 32), (48, 40),
 FUZZ_BUDGET = "pixels=65536,pixel_steps=131072,rcc_draws=268435456,alloc_bytes=1GiB"
 
 
-def smooth_image(h: int, w: int, seed: int):
-    """A generated photo (gradients + noise), as bench/bench_jobs.py makes them."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = np.stack([128 + 100 * np.sin(xx / w * 3 + seed), 128 + 100 * np.cos(yy / h * 2),
-                     128 + 60 * np.sin((xx + yy) / 17.0)], axis=-1)
-    return np.clip(base + rng.normal(0, 8, size=base.shape), 0, 255).astype(np.uint8)
-
-
 def base_streams(models: Iterable[str] = MODELS) -> dict[str, list[bytes]]:
     """model -> a few streams of generated photos encoded with the shipped weights."""
     import torch
     from PIL import Image
 
+    from bench.streams import smooth_image
     from zoo import load_codec
 
     torch.set_num_threads(1)

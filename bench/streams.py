@@ -74,3 +74,14 @@ def recompute_trailer(data: bytes) -> bytes:
 
 
 __all__ = ["crc", "patch_header", "recompute_trailer", "with_plan", "with_sections"]
+
+
+def smooth_image(h: int, w: int, seed: int):
+    """A generated photo (gradients + noise), as bench/bench_jobs.py makes them."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([128 + 100 * np.sin(xx / w * 3 + seed), 128 + 100 * np.cos(yy / h * 2),
+                     128 + 60 * np.sin((xx + yy) / 17.0)], axis=-1)
+    return np.clip(base + rng.normal(0, 8, size=base.shape), 0, 255).astype(np.uint8)
