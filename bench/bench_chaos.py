@@ -59,25 +59,16 @@ def make_images(src: Path, n: int, w: int, h: int) -> None:
 
 
 def bare_codec(model: str, src: Path, n: int, batch_size: int) -> float:
-    """images/s of ``compress_batch`` on the first ``n`` images, decoded in memory first."""
-    import torch
+    """images/s of ``compress_batch`` on the first ``n`` images, decoded in memory first
+    (bench/bench_jobs.py's bare loop, one thread)."""
     from PIL import Image
 
+    from bench.bench_jobs import bare
     from zoo import load_codec
 
-    codec = load_codec(model)
     files = sorted(src.iterdir())[:n]
     images = [Image.open(f).convert("RGB") for f in files]
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        codec.compress_batch(images[:batch_size])  # warm-up
-        t = time.perf_counter()
-        for i in range(0, len(images), batch_size):
-            codec.compress_batch(images[i:i + batch_size])
-        return len(images) / (time.perf_counter() - t)
-    finally:
-        torch.set_num_threads(old)
+    return bare(load_codec(model), images, batch_size, threads=1)
 
 
 def digests(url: str) -> dict[str, str]:

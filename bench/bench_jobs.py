@@ -35,19 +35,13 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
-import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def smooth_image(h: int, w: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = np.stack([128 + 100 * np.sin(xx / w * 3 + seed), 128 + 100 * np.cos(yy / h * 2),
-                     128 + 60 * np.sin((xx + yy) / 17.0)], axis=-1)
-    return np.clip(base + rng.normal(0, 8, size=base.shape), 0, 255).astype(np.uint8)
+from bench.streams import smooth_image  # noqa: E402  (after the sys.path line)
 
 
 def random_weights(config: str, path: Path) -> str:
