@@ -24,7 +24,7 @@ from cdc.configs import TAEF2_MEAN, TAEF2_STD
 from cdc.diffusion import DDIMSampler, NoiseSchedule
 from cdc.errors import WeightsError
 from cdc.models.unet import ConditionalUNet
-from cdc.spaces import PixelSpace, Space, build_space
+from cdc.spaces import Space, build_space
 from cdc.spaces.units import SpaceUnits
 from cdc.weights import pack_weights, space_of
 
@@ -146,13 +146,8 @@ class DiffusionPrior(SpaceUnits, nn.Module):
 
     def __init__(self, cfg: DiffCConfig, space: Space | None = None):
         super().__init__()
-        if space is None:
-            if cfg.space != "pixel":
-                raise ValueError(f"a {cfg.space!r}-space prior needs its (pretrained) space")
-            space = PixelSpace()
         self.cfg = cfg
-        self.init_units(space, cfg.space, cfg.space_stride, cfg.space_channels, cfg.space_mean,
-                        cfg.space_std)
+        self.init_units(space, cfg)
         self.unet = UnconditionalUNet(cfg)
         self.schedule = NoiseSchedule(cfg.schedule, cfg.train_timesteps)
         # Float64 scalar coefficients, as the reverse-channel coder uses at both ends.

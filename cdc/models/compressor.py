@@ -23,7 +23,7 @@ from cdc.models.transforms import (
     hyper_synthesis,
 )
 from cdc.models.unet import ConditionalUNet
-from cdc.spaces import PixelSpace, Space
+from cdc.spaces import Space
 from cdc.spaces.units import SpaceUnits
 
 
@@ -32,13 +32,8 @@ class ConditionalDiffusionCompressor(SpaceUnits, nn.Module):
 
     def __init__(self, cfg: CDCConfig, space: Space | None = None):
         super().__init__()
-        if space is None:
-            if cfg.space != "pixel":
-                raise ValueError(f"a {cfg.space!r}-space model needs its (pretrained) space")
-            space = PixelSpace()
         self.cfg = cfg
-        self.init_units(space, cfg.space, cfg.space_stride, cfg.space_channels, cfg.space_mean,
-                        cfg.space_std)
+        self.init_units(space, cfg)
         self.g_a = analysis_transform(cfg)
         self.entropy = MeanScaleHyperprior(hyper_analysis(cfg), hyper_synthesis(cfg), cfg.hyper_channels,
                                            cfg.scale_max)

@@ -8,6 +8,8 @@ a pretrained latent has no such box, so ``clip`` is for pixels only.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -23,16 +25,23 @@ class SpaceUnits:
 
     space: Space
 
-    def init_units(self: nn.Module, space: Space, name: str, stride: int, channels: int,
-                   mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        if (space.name, space.stride, space.channels) != (name, stride, channels):
-            raise ValueError(f"space {space.name!r} does not fit the config's {name!r}")
+    def init_units(self: nn.Module, space: Space | None, cfg: Any) -> None:
+        """Attach ``space`` (None: pixels) to the model of ``cfg`` (a config with the
+        :class:`cdc.config.OnSpace` fields), checked against what the config names."""
+        if space is None:
+            if cfg.space != "pixel":
+                raise ValueError(f"a {cfg.space!r}-space model needs its (pretrained) space")
+            space = PixelSpace()
+        if (space.name, space.stride, space.channels) != (cfg.space, cfg.space_stride,
+                                                          cfg.space_channels):
+            raise ValueError(f"space {space.name!r} does not fit the config's {cfg.space!r}")
+        n, mean, std = cfg.space_channels, cfg.space_mean, cfg.space_std
         self.space = space
-        self.clip = name == "pixel"
-        self.register_buffer("space_mean", torch.tensor(mean or (0.0,) * channels)
-                             .view(1, channels, 1, 1), persistent=False)
-        self.register_buffer("space_std", torch.tensor(std or (1.0,) * channels)
-                             .view(1, channels, 1, 1), persistent=False)
+        self.clip = cfg.space == "pixel"
+        self.register_buffer("space_mean", torch.tensor(mean or (0.0,) * n).view(1, n, 1, 1),
+                             persistent=False)
+        self.register_buffer("space_std", torch.tensor(std or (1.0,) * n).view(1, n, 1, 1),
+                             persistent=False)
         self.normalised = bool(mean or std)
 
     def to_model_units(self, s: Tensor) -> Tensor:
