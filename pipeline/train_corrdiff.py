@@ -32,6 +32,7 @@ from zoo import load_weights
 from zoo.store import ship_weights
 
 MIB = 1 << 20
+BASE_STORAGE = ("auto", "embed", "reference")
 
 
 @dataclass
@@ -54,6 +55,9 @@ class CorrDiffTrainConfig(TrainConfigBase):
     log_every: int = 10
     max_file_mib: float = 16.0
     export_half: bool = False  # fp16 network weights in the exported file (like --half)
+    # "embed": the file holds the base too; "reference": it names the base by sha256 (the
+    # base must be shipped or in the local model cache); "auto": embed if it fits max_file_mib
+    base_storage: str = "auto"
     zoo_dir: str | None = None  # None: the package zoo (zoo/)
 
     @classmethod
@@ -61,6 +65,9 @@ class CorrDiffTrainConfig(TrainConfigBase):
         cfg = super().from_yaml(path)
         DecoderConfig.from_dict(cfg.decoder)
         CorrectionConfig.from_dict(cfg.correction)
+        if cfg.base_storage not in BASE_STORAGE:
+            raise ValueError(f"{path}: base_storage must be one of {', '.join(BASE_STORAGE)}, "
+                             f"got {cfg.base_storage!r}")
         return cfg
 
 
@@ -156,10 +163,19 @@ class CorrDiffTrainer(TrainerBase):
         tiers = self.base_meta.get("tiers")
         if tiers:  # measured for the base; an archive encodes one corrected path per tier
             meta["tiers"] = tiers
-        data = corrdiff_weights_bytes(base, decoder, correction, name, half=half, meta=meta)
+        data = b""
+        if cfg.base_storage != "reference":
+            data = corrdiff_weights_bytes(base, decoder, correction, name, half=half, meta=meta)
+        if cfg.base_storage == "reference" or (cfg.base_storage == "auto"
+                                               and len(data) > cfg.max_file_mib * MIB):
+            self._remember_base()
+            meta["base_storage"] = "reference"
+            data = corrdiff_weights_bytes(base, decoder, correction, name, half=half, meta=meta,
+                                          base=(self.base_id, self.base_sha256))
         if len(data) > cfg.max_file_mib * MIB:
             raise ValueError(f"corrdiff weights are {len(data) / MIB:.1f} MiB, over the "
-                             f"{cfg.max_file_mib} MiB limit (try --half)")
+                             f"{cfg.max_file_mib} MiB limit (try --half or base_storage: "
+                             "reference)")
         self.base.to(self.device)
         n_dec = sum(p.numel() for p in decoder.parameters())
         n_base = sum(p.numel() for n, p in base.named_parameters() if not n.startswith("space."))
@@ -167,6 +183,16 @@ class CorrDiffTrainer(TrainerBase):
             "config": base.cfg.name, "params": n_base + n_dec,
             "decoder_params": n_dec, "description": description or
             f"CorrDiff: {self.base_id} + end-to-end decoder", **meta})
+
+
+    def _remember_base(self) -> None:
+        """A referenced base must be found again by digest: shipped, or remembered here."""
+        from zoo.cache import find_model, remember
+
+        if find_model(self.base_sha256, "cdc") is None and not remember(
+                self.base_sha256, self.cfg.base_model):
+            raise ValueError(f"base {self.cfg.base_model!r} is not shipped and the local model "
+                             "cache is not writable: use base_storage: embed")
 
 
 def run_training(config_path: str | Path, run_dir: str | Path, *, device: str = "cpu",

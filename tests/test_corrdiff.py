@@ -230,6 +230,51 @@ def test_weights_round_trip_through_the_zoo(cd_bytes, encoded, tmp_path):
     assert model.cfg.extra["corrdiff"]["correction"]["correct_last"] == 2
 
 
+def test_weights_that_reference_their_base_by_digest(cd_bytes, encoded, tmp_path):
+    """A corrdiff file may name its base CDC file by sha256 instead of embedding it (a latent
+    base is ~16 MiB): it loads once the base is shipped or in the local model cache, decodes
+    the same streams, and a missing, different or mismatched base is a clear error."""
+    import hashlib
+
+    from zoo.cache import remember
+
+    img, data, _ = encoded
+    model, _ = model_from_bytes(make_weights(0), "base")
+    full = codec_from_bytes(cd_bytes, "embedded")
+    base_file = tmp_path / "base.pt"
+    base_file.write_bytes(make_weights(0))
+    sha = hashlib.sha256(base_file.read_bytes()).hexdigest()
+    ref = corrdiff_weights_bytes(model, full.decoder, full.correction, "corrdiff-test",
+                                 base=("cdc-base", sha))
+    assert len(ref) < len(cd_bytes) / 2
+    with pytest.raises(WeightsError, match="neither shipped nor in the local model cache"):
+        codec_from_bytes(ref, "ref.pt")
+    remember(sha, str(base_file))
+    again = codec_from_bytes(ref, "ref.pt")
+    assert isinstance(again, CorrDiffCodec)
+    assert again.set_paths(PATHS).model.cfg == full.model.cfg
+    (mine, _), = again.compress_with_reconstructions([img])
+    assert len(mine) == len(data)  # the same stream but for the model digest
+    assert np.array_equal(np.asarray(again.decompress(mine)), np.asarray(full.decompress(data)))
+    # A base with another config, or a malformed reference, is refused.
+    from dataclasses import replace
+
+    from cdc.corrdiff.codec import attach_base
+    from cdc.weights import read_weights_dict
+
+    obj = read_weights_dict(ref, "ref.pt")
+    base_obj = read_weights_dict(make_weights(0), "base")
+    base_obj["config"] = replace(model.cfg, latent_channels=model.cfg.latent_channels + 1
+                                 ).to_dict()
+    with pytest.raises(WeightsError, match="config differs"):
+        attach_base(obj, base_obj, "ref.pt")
+    obj["base"] = {"model_id": "x", "sha256": "zz"}
+    with pytest.raises(WeightsError, match="64 hex digits"):
+        from cdc.corrdiff.codec import base_reference
+
+        base_reference(obj, "ref.pt")
+
+
 def test_cdc_weights_are_not_corrdiff_weights():
     from cdc.weights import read_weights_dict
 

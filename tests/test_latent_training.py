@@ -143,12 +143,13 @@ def test_latent_corrdiff_decoder_trains_against_the_latent(image_dir: Path, tmp_
                               checkpoint_every=3, log_every=1, latent_cache=str(tmp_path / "c"),
                               latent_crop=8, decoder={"head_channels": 8, "head_layers": 1},
                               correction={"correct_last": 1, "skip_final": False},
-                              zoo_dir=str(tmp_path / "zoo"))
+                              base_storage="reference", zoo_dir=str(tmp_path / "zoo"))
     t = CorrDiffTrainer(cfg, tmp_path / "run")
     assert t.fit(progress=False) == 3
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert float(rows[-1].split(",")[rows[0].split(",").index("mse")]) > 0
     path = t.export("lcorrdiff-trained")
+    assert path.stat().st_size < base_path.stat().st_size  # names its base by digest
     codec = load_codec(str(path))
     assert codec.codec_id == "corrdiff" and codec.config.space == "taef2"
     img = smooth_image(40, 48, seed=5)

@@ -37,10 +37,32 @@ def components_for(obj: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
     return component_states(digests)
 
 
+def read_full_dict(data: bytes, source: str) -> dict[str, Any]:
+    """The validated weights dict, self-contained: a corrdiff file that names its base CDC
+    file by digest gets that file's network (shipped, or in the local model cache)."""
+    obj = read_weights_dict(data, source)
+    if obj.get("codec") != "corrdiff":
+        return obj
+    from cdc.corrdiff.codec import attach_base, base_reference
+    from zoo.cache import cache_dir, find_model
+
+    ref = base_reference(obj, source)
+    if ref is None:
+        return obj
+    base_id, sha = ref
+    found = find_model(sha, "cdc")
+    if found is None or found[1] != sha:
+        raise WeightsError(f"{source}: corrects the CDC model {base_id!r} (sha256 {sha[:16]}…), "
+                           f"which is neither shipped nor in the local model cache "
+                           f"({cache_dir()}); load that file once with -m PATH")
+    base_data, base_source = read_verified_bytes(found[0], sha)
+    return attach_base(obj, read_weights_dict(base_data, base_source), source)
+
+
 def codec_from_bytes(data: bytes, source: str, device: str | torch.device = "cpu",
                      precision: str | None = None) -> Any:
     """Build the codec a weights file describes (any registered codec id)."""
-    obj = read_weights_dict(data, source)
+    obj = read_full_dict(data, source)
     name = str(obj.get("codec", "cdc"))
     if name not in CODECS:
         raise WeightsError(f"unknown codec {name!r} in weights file; known: {', '.join(CODECS)}")
@@ -75,7 +97,7 @@ def codec_for_stream(data: bytes, device: str | torch.device = "cpu",
 def load_weights(name_or_path: str, sha256: str | None = None) -> LoadedModel:
     """The CDC network (of a cdc or corrdiff file) with its meta, read once (digest-checked)."""
     data, source = read_verified_bytes(name_or_path, sha256)
-    obj = read_weights_dict(data, source)
+    obj = read_full_dict(data, source)
     spec, _ = space_of(obj)
     space = None
     if spec.get("name", "pixel") != "pixel":
@@ -97,5 +119,5 @@ def model_from_bytes(data: bytes, source: str) -> tuple[Any, str]:
     """The CDC network (and model id) of a cdc or corrdiff weights file's bytes."""
     from cdc.codec import cdc_model
 
-    obj = read_weights_dict(data, source)
+    obj = read_full_dict(data, source)
     return cdc_model(obj, source, components_for(obj))

@@ -36,6 +36,7 @@ from cdc.corrdiff.correction import (
     quantize_gamma,
     unpack_w,
 )
+from cdc.corrdiff.decoder import PREFIX as DECODER_PREFIX
 from cdc.corrdiff.decoder import DecoderConfig, E2EDecoder
 from cdc.errors import DecodeSettingsError, WeightsError
 from cdc.image import tensor_to_image
@@ -309,17 +310,75 @@ def corrdiff_config(base: CDCConfig, decoder: DecoderConfig,
 
 def corrdiff_weights_bytes(model: ConditionalDiffusionCompressor, decoder: E2EDecoder,
                            correction: CorrectionConfig, model_id: str, half: bool = False,
-                           meta: dict[str, Any] | None = None) -> bytes:
-    """A corrdiff weights file: the base CDC state dict (with its entropy tables) plus the
-    end-to-end decoder under ``corrdiff.decoder.``; loadable by ``zoo.load_codec``."""
-    sd = model.network_state_dict()
-    if sd["entropy.hyper.entropy_bottleneck._quantized_cdf"].numel() == 0:
-        raise WeightsError("entropy tables are empty: call model.update() before export")
-    sd.update(decoder.prefixed_state_dict())
+                           meta: dict[str, Any] | None = None,
+                           base: tuple[str, str] | None = None) -> bytes:
+    """A corrdiff weights file, loadable by ``zoo.load_codec``: the end-to-end decoder under
+    ``corrdiff.decoder.`` plus either the base CDC state dict (with its entropy tables) or,
+    with ``base=(model_id, sha256)``, only a reference to the base weights file by digest
+    (a latent base is ~16 MiB in fp16: embedding it would double every shipped pair)."""
+    sd = decoder.prefixed_state_dict()
+    extra: dict[str, Any] = {}
+    if base is None:
+        net = model.network_state_dict()
+        if net["entropy.hyper.entropy_bottleneck._quantized_cdf"].numel() == 0:
+            raise WeightsError("entropy tables are empty: call model.update() before export")
+        sd = {**net, **sd}
+    else:
+        extra[BASE_KEY] = {"model_id": str(base[0]), "sha256": _check_sha(base[1], "base")}
     if half:
         sd = half_state(sd)
     return pack_weights("corrdiff", model_id, corrdiff_config(model.cfg, decoder.dcfg, correction),
-                        sd, meta, model.space)
+                        sd, meta, model.space, **extra)
 
 
-__all__ = ["CorrDiffCodec", "corrdiff_config", "corrdiff_weights_bytes"]
+#: Top-level key of a corrdiff weights file that names its base CDC file instead of embedding it.
+BASE_KEY = "base"
+
+
+def _check_sha(value: Any, what: str) -> str:
+    sha = str(value).lower()
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise WeightsError(f"{what}: sha256 must be 64 hex digits, got {str(value)[:80]!r}")
+    return sha
+
+
+def base_reference(obj: dict[str, Any], source: str) -> tuple[str, str] | None:
+    """``(model_id, sha256)`` of the base CDC file a corrdiff weights dict names, or None
+    when the base is embedded."""
+    ref = obj.get(BASE_KEY)
+    if ref is None:
+        return None
+    if not isinstance(ref, dict) or "sha256" not in ref:
+        raise WeightsError(f"{source}: bad base reference {str(ref)[:80]!r}")
+    return str(ref.get("model_id", "?"))[:200], _check_sha(ref["sha256"], f"{source}: base")
+
+
+def attach_base(obj: dict[str, Any], base_obj: dict[str, Any], source: str) -> dict[str, Any]:
+    """The self-contained weights dict of a corrdiff file that references its base: the
+    base's network and space with this file's decoder, config and meta (no I/O: the zoo
+    finds the base by digest). Refused unless the base is a CDC file with the same config."""
+    if base_obj.get("codec", "cdc") != "cdc":
+        raise WeightsError(f"{source}: its base is a {base_obj.get('codec')!r} file, not cdc")
+    own_cfg = dict(obj.get("config") or {})
+    extra = dict(own_cfg.get("extra") or {})
+    extra.pop(CONFIG_KEY, None)
+    if {**own_cfg, "extra": extra} != {**dict(base_obj.get("config") or {}),
+                                       "extra": dict((base_obj.get("config") or {}).get("extra")
+                                                     or {})}:
+        raise WeightsError(f"{source}: the base's model config differs from the one this "
+                           "corrdiff file was trained on")
+    sd = dict(obj.get("state_dict") or {})
+    stray = sorted(k for k in sd if not k.startswith(DECODER_PREFIX))
+    if stray:
+        raise WeightsError(f"{source}: references its base but also holds {stray[0]!r}")
+    merged = {**obj, "state_dict": {**dict(base_obj["state_dict"]), **sd}}
+    for key in ("space", "components"):
+        if key in base_obj:
+            merged[key] = base_obj[key]
+        else:
+            merged.pop(key, None)
+    return merged
+
+
+__all__ = ["BASE_KEY", "CorrDiffCodec", "attach_base", "base_reference", "corrdiff_config",
+           "corrdiff_weights_bytes"]
