@@ -59,12 +59,17 @@ def load_codecs(corr_name: str, cdc_name: str | None):
     from cdc.corrdiff import CorrDiffCodec
 
     corr = CorrDiffCodec.from_pretrained(corr_name)
-    # A corrdiff file also holds the frozen base CDC network, so by default CDC runs from it.
-    cdc = CDCCodec.from_pretrained(cdc_name or corr_name)
-    return corr, cdc
+    if cdc_name:
+        return corr, CDCCodec.from_pretrained(cdc_name)
+    # By default plain CDC on the very network CorrDiff corrects (its frozen base): a
+    # CorrDiffCodec would replay its corrections whenever the settings match a stored path.
+    base_id = str(corr.meta.get("base_model", "base"))
+    base_sha = str(corr.meta.get("base_sha256") or corr.weights_sha256)
+    return corr, CDCCodec(corr.model, base_id, base_sha, meta=corr.meta)
 
 
-def build_entries(corr, cdc, settings, policies, seed: int, e2e: bool = True) -> list:
+def build_entries(corr, cdc, settings, policies, seed: int, e2e: bool = True,
+                  chosen: dict[str, list[float]] | None = None) -> list:
     from cdc.corrdiff import CorrDiffCodec, CorrectionConfig
     from pipeline.evaluate import CallableEntry
 
@@ -90,9 +95,10 @@ def build_entries(corr, cdc, settings, policies, seed: int, e2e: bool = True) ->
                 table=corr.correction.table, correct_last=last, skip_final=bool(skip)),
                 corr.model_id, corr.weights_sha256, paths=[(steps, gamma, seed)])
             first, count = c.correction.steps_to_correct(steps)
+            name = f"CorrDiff s{steps} g{gamma:g} steps{first}-{first + count - 1}"
+            encode = recording(c, chosen, name) if chosen is not None else c.compress
             entries.append(CallableEntry(
-                f"CorrDiff s{steps} g{gamma:g} steps{first}-{first + count - 1}",
-                c.compress if cached_one else cached(c.compress),
+                name, encode if cached_one else cached(encode),
                 c.decompress, family=f"CorrDiff γ={gamma:g}"))
             cached_one = True
     if e2e:
@@ -100,6 +106,59 @@ def build_entries(corr, cdc, settings, policies, seed: int, e2e: bool = True) ->
         entries.append(CallableEntry("E2E decoder only", lambda img: cache[id(img)],
                                      corr.decompress_e2e, family="end-to-end"))
     return entries
+
+
+def recording(codec, chosen: dict[str, list[float]], name: str):
+    """``codec.compress`` that also keeps the blend weights the encoder chose (section W)."""
+    def run(img):
+        data = codec.compress(img)
+        for path in codec.info(data)["corrdiff_paths"]:
+            chosen.setdefault(name, []).extend(path["weights"])
+        return data
+    return run
+
+
+def paired(per_image_csv: Path, metrics: list[str]) -> list[dict]:
+    """For each CorrDiff entry, against the CDC entry with the same steps and γ on the same
+    images: how many images each way per metric, and the mean difference."""
+    import csv
+
+    rows = list(csv.DictReader(per_image_csv.open()))
+    by = {(r["entry"], r["image"]): r for r in rows}
+    out = []
+    for corr_entry in sorted({r["entry"] for r in rows if r["entry"].startswith("CorrDiff ")}):
+        setting = " ".join(corr_entry.split()[1:3])  # "s1 g0"
+        cdc_entry = f"CDC {setting}"
+        images = sorted(i for (e, i) in by if e == corr_entry and (cdc_entry, i) in by)
+        res = {"corrdiff": corr_entry, "cdc": cdc_entry, "images": len(images)}
+        for m in metrics:
+            if m not in rows[0] or not images:
+                continue
+            d = [float(by[(corr_entry, i)][m]) - float(by[(cdc_entry, i)][m]) for i in images]
+            higher_better = m in ("psnr", "ms_ssim")
+            better = sum(x > 0 if higher_better else x < 0 for x in d)
+            worse = sum(x < 0 if higher_better else x > 0 for x in d)
+            res[m] = {"mean_delta": sum(d) / len(d), "better": better, "worse": worse,
+                      "equal": len(d) - better - worse}
+        out.append(res)
+    return out
+
+
+def paired_table(pairs: list[dict], chosen: dict[str, list[float]], table) -> str:
+    lines = ["| CorrDiff entry | vs | images | " + " | ".join(
+        f"{m} Δ (better/worse)" for m in ("psnr", "lpips_alex", "dists")) + " |",
+             "|---|---|---:|---:|---:|---:|"]
+    for p in pairs:
+        cells = [f"{p[m]['mean_delta']:+.4f} ({p[m]['better']}/{p[m]['worse']})" if m in p
+                 else "–" for m in ("psnr", "lpips_alex", "dists")]
+        lines.append(f"| {p['corrdiff']} | {p['cdc']} | {p['images']} | " + " | ".join(cells) + " |")
+    lines += ["", "Chosen blend weights (all corrected steps of all images):", "",
+              "| entry | " + " | ".join(f"{w:.3g}" for w in table) + " |",
+              "|---|" + "---:|" * len(table)]
+    for name, ws in chosen.items():
+        counts = [sum(abs(w - t) < 1e-3 for w in ws) for t in table]
+        lines.append(f"| {name} | " + " | ".join(str(c) for c in counts) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = (parse_pairs(args.settings, (int, float))
                 or [(corr.config.default_steps, corr.config.default_gamma)])
     policies = parse_pairs(args.policies, (int, int))
-    entries = build_entries(corr, cdc, settings, policies, args.seed, not args.no_e2e)
+    chosen: dict[str, list[float]] = {}
+    entries = build_entries(corr, cdc, settings, policies, args.seed, not args.no_e2e, chosen)
     t0 = time.time()
     summary = run_evaluation(imgs, entries, args.out,
                              metrics=[m.strip() for m in args.metrics.split(",") if m.strip()],
@@ -139,7 +199,12 @@ def main(argv: list[str] | None = None) -> int:
               f"CorrDiff {corr.model_id} ({corr.weights_sha256[:12]}), CDC {cdc.model_id} "
               f"({cdc.weights_sha256[:12]}), {time.time() - t0:.0f} s")
     table = summary_table(summary)
-    text = header + "\n\n" + table + "\n"
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    pairs = paired(Path(args.out, "per_image.csv"), metrics)
+    text = (header + "\n\n" + table + "\n\nPaired, per image (CorrDiff − CDC, same latent):\n\n"
+            + paired_table(pairs, chosen, corr.correction.table) + "\n")
+    Path(args.out, "paired.json").write_text(json.dumps({"pairs": pairs, "weights": chosen},
+                                                        indent=2))
     Path(args.out, "table.md").write_text(text)
     Path(args.out, "run.json").write_text(json.dumps({"header": header, "args": vars(args)},
                                                      indent=2))
