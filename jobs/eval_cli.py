@@ -102,6 +102,8 @@ def register(app: typer.Typer) -> None:
         prefix_bpp: str = typer.Option("", help="Progressive codecs (DiffC): also decode prefixes "
                                                 "within these bpp budgets, e.g. 0.25,0.5,1."),
         bd_anchor: str = typer.Option("AVIF", help="Family the BD-rates are measured against."),
+        fresh: bool = typer.Option(False, help="Start over: ignore the images a stopped run "
+                                               "of the same evaluation kept in OUT/.progress."),
     ) -> None:
         """Rate–distortion/perception evaluation vs classical codecs (CSV, JSON, plots)."""
         from cdc.errors import WeightsError
@@ -157,7 +159,7 @@ def register(app: typer.Typer) -> None:
         entries += classical_entries(sweeps) if sweeps else []
         try:
             summary = run_evaluation(imgs, entries, out, metrics=wanted, device=device,
-                                     save_decoded=save_decoded)
+                                     save_decoded=save_decoded, resume=not fresh)
         except MetricWeightsMissing as e:
             _fail(str(e))
         typer.echo(summary_table(summary))

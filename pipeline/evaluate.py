@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import json
 import logging
 import math
@@ -266,12 +267,16 @@ class _Meters:
 def run_evaluation(images: Any, entries: Sequence[Any], out_dir: str | os.PathLike,
                    metrics: Sequence[str] = METRICS, device: str = "cpu",
                    min_fid_patches: int = MIN_FID_PATCHES, fid_patch: int = 256,
-                   plots: bool = True, save_decoded: bool = False) -> dict[str, Any]:
+                   plots: bool = True, save_decoded: bool = False,
+                   resume: bool = True) -> dict[str, Any]:
     """Evaluate every entry on every image; write ``per_image.csv``, ``summary.json`` and
     plots into ``out_dir``; return the summary dict.
 
     A failure of one entry on one image is recorded in the CSV's ``error`` column and
     left out of the means; missing metric weights fail at once, before any encoding.
+    Each finished image is kept in ``out_dir/.progress/`` (its rows and FID features), so
+    an evaluation that was stopped goes on where it stopped when run again with the same
+    entries, metrics and images (``resume=False`` starts over); the folder goes at the end.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -287,7 +292,26 @@ def run_evaluation(images: Any, entries: Sequence[Any], out_dir: str | os.PathLi
     rows: list[dict[str, Any]] = []
     ref_feats: list[np.ndarray] = []
     rec_feats: dict[str, dict[int, np.ndarray]] = {e.name: {} for e in entries}
+    progress = _Progress(out / ".progress", {
+        "entries": [e.name for e in entries], "metrics": metrics, "fid": want_fid,
+        "fid_patch": fid_patch, "images": [n for n, _ in imgs],
+        "sizes": [list(im.size) for _, im in imgs]}, resume)
+    kept = sum((progress.folder / f"{i:04d}.json").is_file() for i in range(len(imgs)))
+    if kept:
+        log.warning("%s: going on from a stopped evaluation (%d of %d images kept; "
+                    "fresh start: resume=False / --fresh)", out, kept, len(imgs))
     for i, (iname, img) in enumerate(imgs):
+        done = progress.load(i)
+        if done is not None:
+            rows += done[0]
+            if want_fid:
+                ref_feats.append(done[1]["__ref__"])
+                for name, f in done[1].items():
+                    if name != "__ref__":
+                        rec_feats[name][i] = f
+            log.info("%s: kept from the stopped run", iname)
+            continue
+        first_row = len(rows)
         x = to_tensor(img, device)
         ref = meters.reference(x)
         if want_fid:
@@ -327,13 +351,65 @@ def run_evaluation(images: Any, entries: Sequence[Any], out_dir: str | os.PathLi
             rows.append(row)
             log.info("%s %s: %s", iname, e.name,
                      {k: row.get(k) for k in ("bpp", *metrics) if k in row})
+        feats = {}
+        if want_fid:
+            feats = {"__ref__": ref_feats[-1], **{n: f[i] for n, f in rec_feats.items() if i in f}}
+        progress.save(i, rows[first_row:], feats)
     summary = _summarize(rows, entries, imgs, metrics, device, ref_feats, rec_feats,
                          min_fid_patches, fid_patch, n_patches)
     write_csv(rows, out / "per_image.csv")
     summary["files"] = {"csv": "per_image.csv",
                         "plots": plot_summary(summary, out) if plots else []}
     write_bytes_atomic(out / "summary.json", json.dumps(_jsonable(summary), indent=2).encode())
+    progress.clear()
     return summary
+
+
+class _Progress:
+    """Finished images of an evaluation on disk: ``state.json`` (what is being evaluated),
+    ``NNNN.json`` (an image's rows) and ``NNNN.npz`` (its FID features), each written
+    atomically after the image, so a stopped run loses at most the image in flight."""
+
+    def __init__(self, folder: Path, state: dict[str, Any], resume: bool):
+        self.folder = folder
+        state_file = folder / "state.json"
+        same = False
+        if resume and state_file.is_file():
+            try:
+                same = json.loads(state_file.read_text()) == json.loads(json.dumps(state))
+            except (OSError, ValueError):
+                same = False
+        if not same:
+            self.clear()
+        folder.mkdir(parents=True, exist_ok=True)
+        if not same:
+            write_bytes_atomic(state_file, json.dumps(state).encode())
+
+    def load(self, i: int) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]] | None:
+        rows_file, feats_file = self.folder / f"{i:04d}.json", self.folder / f"{i:04d}.npz"
+        if not rows_file.is_file() or not feats_file.is_file():
+            return None
+        try:
+            rows = json.loads(rows_file.read_text())
+            with np.load(feats_file, allow_pickle=False) as z:
+                feats = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            log.warning("%s: unreadable progress for image %d (%s); evaluating it again",
+                        self.folder, i, e)
+            return None
+        return rows, feats
+
+    def save(self, i: int, rows: list[dict[str, Any]], feats: dict[str, np.ndarray]) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, **feats)
+        write_bytes_atomic(self.folder / f"{i:04d}.npz", buf.getvalue())
+        write_bytes_atomic(self.folder / f"{i:04d}.json", json.dumps(_jsonable(rows)).encode())
+
+    def clear(self) -> None:
+        if self.folder.is_dir():
+            for f in self.folder.iterdir():
+                f.unlink(missing_ok=True)
+            self.folder.rmdir()
 
 
 def _safe(name: str) -> str:

@@ -272,3 +272,43 @@ def test_perception_distortion_plot(tmp_path: Path):
     assert plot_tradeoff(summary, "lpips_alex", tmp_path)
     assert (tmp_path / "pd_lpips_alex.png").stat().st_size > 0
     assert not plot_tradeoff(summary, "dists", tmp_path)  # not measured: no plot
+
+
+def test_a_stopped_evaluation_goes_on_where_it_stopped(tmp_path):
+    """Each finished image is kept: a run killed on image 3 re-encodes only images 3..,
+    gives the same CSV as an uninterrupted one, and leaves no progress folder behind."""
+    imgs = [(f"im{i}", photo(seed=i)) for i in range(4)]
+    calls: list[int] = []
+    toy = half_res_entry()
+
+    class Stop(BaseException):
+        pass
+
+    def enc(img):
+        calls.append(img.getpixel((0, 0))[0])
+        if len(calls) == 3 and stop:
+            raise Stop
+        return toy.encode(img)
+
+    entry = CallableEntry("toy", enc, toy.decode, family="Toy")
+    stop = True
+    with pytest.raises(Stop):
+        run_evaluation(imgs, [entry], tmp_path / "a", metrics=["psnr"], plots=False)
+    assert sorted(p.name for p in (tmp_path / "a" / ".progress").iterdir()) == [
+        "0000.json", "0000.npz", "0001.json", "0001.npz", "state.json"]
+    stop, calls[:] = False, []
+    run_evaluation(imgs, [entry], tmp_path / "a", metrics=["psnr"], plots=False)
+    assert len(calls) == 2  # images 2 and 3 only
+    assert not (tmp_path / "a" / ".progress").exists()
+    run_evaluation(imgs, [entry], tmp_path / "b", metrics=["psnr"], plots=False)
+    a = list(csv.DictReader((tmp_path / "a" / "per_image.csv").open()))
+    b = list(csv.DictReader((tmp_path / "b" / "per_image.csv").open()))
+    key = [(r["image"], r["bpp"], r["psnr"]) for r in a]
+    assert key == [(r["image"], r["bpp"], r["psnr"]) for r in b]
+    # Other metrics (or entries) are another evaluation: the kept images are not reused.
+    stop, calls[:] = True, []
+    with pytest.raises(Stop):
+        run_evaluation(imgs, [entry], tmp_path / "c", metrics=["psnr"], plots=False)
+    stop, calls[:] = False, []
+    run_evaluation(imgs, [entry], tmp_path / "c", metrics=["psnr", "ms_ssim"], plots=False)
+    assert len(calls) == 4
