@@ -37,13 +37,26 @@ def psnr(a, b) -> float:
     return 10 * math.log10(255**2 / max(mse, 1e-10))
 
 
+def space_for(cfg: DiffCConfig):
+    """The frozen space a config names (None: pixels), its components digest-checked."""
+    if cfg.space == "pixel":
+        return None
+    from zoo.components import load_space
+
+    return load_space(cfg.space)
+
+
 def load(args) -> DiffCCodec:
     if args.run_dir:
         from pipeline.train_diffc import DiffCTrainConfig
+        from pipeline.training import load_run
 
-        ck = torch.load(f"{args.run_dir}/checkpoint.pt", map_location="cpu", weights_only=False)
-        prior = DiffusionPrior(DiffCTrainConfig(**ck["train_config"]).model_cfg())
-        prior.load_state_dict(ck["ema"])
+        ck = load_run(args.run_dir)  # a run's checkpoint.pt or a committed relay artifact
+        cfg = DiffCTrainConfig(**ck["train_config"]).model_cfg()
+        prior = DiffusionPrior(cfg, space_for(cfg))
+        frozen = {k: v for k, v in prior.state_dict().items() if k.startswith("space.")}
+        prior.load_state_dict({**frozen, **{k: v.float() if v.is_floating_point() else v
+                                            for k, v in ck["ema"].items()}})
         print(f"run {args.run_dir}: step {ck['step']}")
         return DiffCCodec(prior, f"{args.run_dir}@{ck['step']}", "00" * 32)
     return DiffCCodec.from_pretrained(args.model)
@@ -52,7 +65,7 @@ def load(args) -> DiffCCodec:
 def untrained(cfg: DiffCConfig) -> DiffCCodec:
     """The trivial baseline: same codec, fresh prior (zero-initialised output: ε̂ ≡ 0)."""
     torch.manual_seed(0)
-    return DiffCCodec(DiffusionPrior(cfg), "untrained", "11" * 32)
+    return DiffCCodec(DiffusionPrior(cfg, space_for(cfg)), "untrained", "11" * 32)
 
 
 def crops(root: str, names: list[str], size: int) -> list[np.ndarray]:
