@@ -155,7 +155,11 @@ def register(app: typer.Typer) -> None:
             entries += ours
             names = [c.strip() for c in classical.split(",") if c.strip()]
             if names:
-                entries += matched_bpp_entries(ours[0].name, names)
+                # A progressive stream is matched at every prefix budget of its first
+                # decode setting too (each budget is a rate of its own).
+                first = ours[0].name
+                refs = [first] + [e.name for e in ours if e.name.startswith(first + " @")]
+                entries += matched_bpp_entries(refs, names)
         entries += classical_entries(sweeps) if sweeps else []
         try:
             summary = run_evaluation(imgs, entries, out, metrics=wanted, device=device,

@@ -127,6 +127,13 @@ def test_eval_progressive_prefixes_count_only_bytes_read(tmp_path: Path):
     full, low, mid = (e[k]["bpp"] for k in ("diffc-test s1 g0", "diffc-test s1 g0 @2bpp",
                                             "diffc-test s1 g0 @6bpp"))
     assert low <= mid <= full and low < full
+    # Classical codecs are matched to each prefix budget too (each is a rate of its own).
+    out2 = tmp_path / "ev2"
+    r = runner.invoke(app, ["eval", str(imgs), str(out2), "--model", str(w), "--steps", "1",
+                            "--classical", "jpeg", "--metrics", "psnr", "--prefix-bpp", "2,6"])
+    assert r.exit_code == 0, r.output
+    e2 = json.loads((out2 / "summary.json").read_text())["entries"]
+    assert {f"jpeg@diffc-test s1 g0{b}" for b in ("", " @2bpp", " @6bpp")} <= set(e2)
 
 
 # -- the model comes from the stream ----------------------------------------------------------
