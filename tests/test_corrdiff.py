@@ -225,9 +225,13 @@ def test_weights_round_trip_through_the_zoo(cd_bytes, encoded, tmp_path):
     assert all(torch.equal(sd1[k], sd2[k]) for k in sd1)
     assert again.correction == first.correction
     assert np.array_equal(np.asarray(again.decompress(data)), np.asarray(first.decompress(data)))
-    # The file holds the CDC network too: the CDC loader builds it (ignoring our keys).
+    # The file holds the CDC network too: the CDC loader builds it (ignoring our keys), with
+    # the base's config itself; CorrDiff's own config is a section of its own.
+    from cdc.weights import read_weights_dict
+
     model, _ = model_from_bytes(cd_bytes, "x")
-    assert model.cfg.extra["corrdiff"]["correction"]["correct_last"] == 2
+    assert "corrdiff" not in model.cfg.extra
+    assert read_weights_dict(cd_bytes, "x")["corrdiff"]["correction"]["correct_last"] == 2
 
 
 def test_weights_that_reference_their_base_by_digest(cd_bytes, encoded, tmp_path):

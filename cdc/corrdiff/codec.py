@@ -45,7 +45,10 @@ from cdc.models import ConditionalDiffusionCompressor
 from cdc.weights import half_state, pack_weights
 
 log = logging.getLogger(__name__)
-CONFIG_KEY = "corrdiff"  # CDCConfig.extra[CONFIG_KEY] = {"decoder": ..., "correction": ...}
+#: Top-level key of a corrdiff weights file: {"decoder": ..., "correction": ...}; the file's
+#: "config" is the base CDC config itself. Files written before 2026-12 kept this section in
+#: config["extra"]["corrdiff"] instead, which is still read.
+CONFIG_KEY = "corrdiff"
 
 PathLike = DecodeSettings | tuple[int, float, int] | dict[str, Any]
 
@@ -77,10 +80,10 @@ class CorrDiffCodec(CDCCodec):
                 f"{source}: weights are for codec {obj.get('codec')!r}, not corrdiff")
         model, model_id = cdc_model(obj, source, components)
         try:
-            extra = model.cfg.extra[CONFIG_KEY]
-            dcfg = DecoderConfig.from_dict(extra.get("decoder", {}))
-            corr = CorrectionConfig.from_dict(extra.get("correction", {}))
-        except (KeyError, TypeError, ValueError) as e:
+            own = obj[CONFIG_KEY] if CONFIG_KEY in obj else model.cfg.extra[CONFIG_KEY]
+            dcfg = DecoderConfig.from_dict(own.get("decoder", {}))
+            corr = CorrectionConfig.from_dict(own.get("correction", {}))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise WeightsError(f"{source}: bad corrdiff config ({e})") from e
         decoder = E2EDecoder(model.cfg, dcfg)
         try:
@@ -299,12 +302,15 @@ class CorrDiffCodec(CDCCodec):
         return d
 
 
-def corrdiff_config(base: CDCConfig, decoder: DecoderConfig,
-                    correction: CorrectionConfig) -> dict[str, Any]:
-    """The weights file's config: the base CDC config with ours under extra["corrdiff"]."""
-    d = base.to_dict()
-    d["extra"] = {**dict(base.extra), CONFIG_KEY: {"decoder": decoder.to_dict(),
-                                                   "correction": correction.to_dict()}}
+def corrdiff_section(decoder: DecoderConfig, correction: CorrectionConfig) -> dict[str, Any]:
+    """CorrDiff's own part of a weights file (beside the base CDC config, not inside it)."""
+    return {"decoder": decoder.to_dict(), "correction": correction.to_dict()}
+
+
+def base_config_dict(cfg: CDCConfig) -> dict[str, Any]:
+    """The CDC config as a weights file stores it, without an old-layout corrdiff section."""
+    d = cfg.to_dict()
+    d["extra"] = {k: v for k, v in dict(cfg.extra).items() if k != CONFIG_KEY}
     return d
 
 
@@ -327,8 +333,9 @@ def corrdiff_weights_bytes(model: ConditionalDiffusionCompressor, decoder: E2EDe
         extra[BASE_KEY] = {"model_id": str(base[0]), "sha256": _check_sha(base[1], "base")}
     if half:
         sd = half_state(sd)
-    return pack_weights("corrdiff", model_id, corrdiff_config(model.cfg, decoder.dcfg, correction),
-                        sd, meta, model.space, **extra)
+    extra[CONFIG_KEY] = corrdiff_section(decoder.dcfg, correction)
+    return pack_weights("corrdiff", model_id, base_config_dict(model.cfg), sd, meta, model.space,
+                        **extra)
 
 
 #: Top-level key of a corrdiff weights file that names its base CDC file instead of embedding it.
@@ -359,12 +366,12 @@ def attach_base(obj: dict[str, Any], base_obj: dict[str, Any], source: str) -> d
     finds the base by digest). Refused unless the base is a CDC file with the same config."""
     if base_obj.get("codec", "cdc") != "cdc":
         raise WeightsError(f"{source}: its base is a {base_obj.get('codec')!r} file, not cdc")
-    own_cfg = dict(obj.get("config") or {})
-    extra = dict(own_cfg.get("extra") or {})
-    extra.pop(CONFIG_KEY, None)
-    if {**own_cfg, "extra": extra} != {**dict(base_obj.get("config") or {}),
-                                       "extra": dict((base_obj.get("config") or {}).get("extra")
-                                                     or {})}:
+    try:  # compared as configs, so fields added since the base was written do not count
+        same = (base_config_dict(CDCConfig.from_dict(obj["config"]))
+                == base_config_dict(CDCConfig.from_dict(base_obj["config"])))
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"{source}: bad model config ({e})") from e
+    if not same:
         raise WeightsError(f"{source}: the base's model config differs from the one this "
                            "corrdiff file was trained on")
     sd = dict(obj.get("state_dict") or {})
@@ -380,5 +387,5 @@ def attach_base(obj: dict[str, Any], base_obj: dict[str, Any], source: str) -> d
     return merged
 
 
-__all__ = ["BASE_KEY", "CorrDiffCodec", "attach_base", "base_reference", "corrdiff_config",
-           "corrdiff_weights_bytes"]
+__all__ = ["BASE_KEY", "CONFIG_KEY", "CorrDiffCodec", "attach_base", "base_config_dict",
+           "base_reference", "corrdiff_section", "corrdiff_weights_bytes"]
