@@ -69,7 +69,8 @@ def load_codecs(corr_name: str, cdc_name: str | None):
 
 
 def build_entries(corr, cdc, settings, policies, seed: int, e2e: bool = True,
-                  chosen: dict[str, list[float]] | None = None) -> list:
+                  chosen: dict[str, list[float]] | None = None,
+                  criteria: list[str] | None = None) -> list:
     from cdc.corrdiff import CorrDiffCodec, CorrectionConfig
     from pipeline.evaluate import CallableEntry
 
@@ -91,16 +92,20 @@ def build_entries(corr, cdc, settings, policies, seed: int, e2e: bool = True,
             lambda d, s=steps, g=gamma: cdc.decompress(d, steps=s, gamma=g, seed=seed),
             family=f"CDC γ={gamma:g}"))
         for last, skip in policies or [(corr.correction.correct_last, corr.correction.skip_final)]:
-            c = CorrDiffCodec(corr.model, corr.decoder, CorrectionConfig(
-                table=corr.correction.table, correct_last=last, skip_final=bool(skip)),
-                corr.model_id, corr.weights_sha256, paths=[(steps, gamma, seed)])
-            first, count = c.correction.steps_to_correct(steps)
-            name = f"CorrDiff s{steps} g{gamma:g} steps{first}-{first + count - 1}"
-            encode = recording(c, chosen, name) if chosen is not None else c.compress
-            entries.append(CallableEntry(
-                name, encode if cached_one else cached(encode),
-                c.decompress, family=f"CorrDiff γ={gamma:g}"))
-            cached_one = True
+            for criterion in criteria or [corr.correction.criterion]:
+                c = CorrDiffCodec(corr.model, corr.decoder, CorrectionConfig(
+                    table=corr.correction.table, correct_last=last, skip_final=bool(skip),
+                    criterion=criterion), corr.model_id, corr.weights_sha256,
+                    paths=[(steps, gamma, seed)])
+                first, count = c.correction.steps_to_correct(steps)
+                name = f"CorrDiff s{steps} g{gamma:g} steps{first}-{first + count - 1}"
+                name += f" by {criterion}" if criteria else ""
+                encode = recording(c, chosen, name) if chosen is not None else c.compress
+                entries.append(CallableEntry(
+                    name, encode if cached_one else cached(encode),
+                    c.decompress, family=f"CorrDiff γ={gamma:g}"
+                    + (f" by {criterion}" if criteria else "")))
+                cached_one = True
     if e2e:
         # Decodes the first CorrDiff entry's stream (its bytes include section W, unused here).
         entries.append(CallableEntry("E2E decoder only", lambda img: cache[id(img)],
@@ -172,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--offset", type=int, default=0, help="Skip the first N images (sorted)")
     ap.add_argument("--settings", default="", help="steps:gamma pairs (default: model's)")
     ap.add_argument("--policies", default="", help="correct_last:skip_final pairs")
+    ap.add_argument("--criteria", default="", help="encoder criteria, e.g. space,pixels "
+                                                   "(default: the model's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--metrics", default="psnr,lpips_alex,dists")
     ap.add_argument("--no-e2e", action="store_true")
@@ -186,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                 or [(corr.config.default_steps, corr.config.default_gamma)])
     policies = parse_pairs(args.policies, (int, int))
     chosen: dict[str, list[float]] = {}
-    entries = build_entries(corr, cdc, settings, policies, args.seed, not args.no_e2e, chosen)
+    criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
+    entries = build_entries(corr, cdc, settings, policies, args.seed, not args.no_e2e, chosen,
+                            criteria)
     t0 = time.time()
     summary = run_evaluation(imgs, entries, args.out,
                              metrics=[m.strip() for m in args.metrics.split(",") if m.strip()],

@@ -242,6 +242,37 @@ class TestLatentCorrDiff(TestCorrDiff):
         assert codec.decompress_e2e(data).size == (w, h)
 
 
+    def test_pixel_criterion_minimises_pixel_error_and_replays(self, codec, images):
+        """criterion "pixels": each weight is chosen by the frozen decoder's pixel MSE (a
+        1-step path: the chosen blend beats every other table entry after decoding), and
+        the decoder replays the choice exactly as for the latent criterion."""
+        from dataclasses import replace
+
+        from cdc.corrdiff import CorrDiffCodec
+
+        pix = CorrDiffCodec(codec.model, codec.decoder,
+                            replace(codec.correction, criterion="pixels"), codec.model_id,
+                            codec.weights_sha256, paths=[(1, 0.0, 0)])
+        (data, recons), = pix.compress_with_reconstructions([images[0]])
+        path, = pix.info(data)["corrdiff_paths"]
+        h, w = self.size
+        orig = torch.from_numpy(np.asarray(images[0])).permute(2, 0, 1).float() / 127.5 - 1
+        y_hat = pix.decode_latent(pix.unpack(data))[1]
+        context, x0_e2e = pix._context(y_hat), pix.e2e(y_hat)
+        table = list(pix.correction.table)
+        errs = []
+        for k in range(len(table)):  # every table entry forced at the one corrected step
+            u, _ = pix._run_path(y_hat, context, x0_e2e, 1, 0.0, [0], 0, 1,
+                                 indices=torch.tensor([[k]]))
+            rec = pix.model.decode_space(u)[0, :, :h, :w]
+            errs.append(float(((rec - orig) ** 2).mean()))
+        picked = min(range(len(table)), key=lambda i: abs(table[i] - path["weights"][0]))
+        assert errs[picked] <= min(errs) + 1e-6
+        out = np.asarray(pix.decompress(data))
+        want = np.asarray(tensor_to_image(recons[0]))
+        assert np.abs(out.astype(int) - want).max() <= 1
+
+
 def test_every_registered_codec_has_a_contract():
     covered = {cls.codec_name for cls in CodecContract.__subclasses__()}
     assert covered >= set(CODECS)

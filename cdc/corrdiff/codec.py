@@ -34,6 +34,7 @@ from cdc.corrdiff.correction import (
     corrected_sample,
     pack_w,
     quantize_gamma,
+    region_mse,
     unpack_w,
 )
 from cdc.corrdiff.decoder import PREFIX as DECODER_PREFIX
@@ -142,7 +143,8 @@ class CorrDiffCodec(CDCCodec):
     def _run_path(self, y_hat: Tensor, context: list[Tensor], x0_e2e: Tensor, steps: int,
                   gamma: float, seeds: list[int], first: int, count: int,
                   indices: Tensor | None = None, target: Tensor | None = None,
-                  sizes: list[tuple[int, int]] | None = None) -> tuple[Tensor, Tensor]:
+                  sizes: list[tuple[int, int]] | None = None,
+                  distance: Any = None) -> tuple[Tensor, Tensor]:
         ys, ch = self.config.y_stride, self.config.space_channels
         sampler = self.model.sampler
         x_n = sampler.initial_noise((y_hat.shape[0], ch, y_hat.shape[-2] * ys,
@@ -154,7 +156,7 @@ class CorrDiffCodec(CDCCodec):
 
         return corrected_sample(sampler, denoise, x_n, steps, x0_e2e, self.correction.table,
                                 first, count, indices=indices, target=target, sizes=sizes,
-                                clip=self.model.clip)
+                                clip=self.model.clip, distance=distance)
 
     def _context(self, y_hat: Tensor) -> list[Tensor]:
         with torch.no_grad(), self.autocast():
@@ -171,7 +173,9 @@ class CorrDiffCodec(CDCCodec):
 
         The reconstructions are (3, H, W) tensors in [-1, 1], cropped to the image;
         the decoder reproduces them (tests check that). The weights are chosen by MSE to
-        the original in the model's space (pixels, or the encoder's latent of the image).
+        the original in the model's space (pixels, or the encoder's latent of the image),
+        or with ``criterion: pixels`` on a latent space by the pixel MSE of each candidate
+        after the frozen decoder.
         """
         out: list[Any] = [None] * len(images)
         for preps, res, idx in self.encode_latents(images):
@@ -181,13 +185,20 @@ class CorrDiffCodec(CDCCodec):
             context = self._context(y_hat)
             x0_e2e = self.e2e(y_hat)
             sizes = [(p.height, p.width) for p in preps]
+            distance = None
+            if self.correction.criterion == "pixels" and not self.model.clip:
+                pixels = batch.float()
+
+                def distance(x0: Tensor, pixels: Tensor = pixels) -> Tensor:
+                    return region_mse(self.model.decode_space(x0).float(), pixels, sizes)
             records: list[list[PathRecord]] = [[] for _ in idx]
             recons: list[list[Tensor]] = [[] for _ in idx]
             for steps, gamma, seed in self.paths:
                 first, count = self.correction.steps_to_correct(steps)
                 u, chosen = self._run_path(y_hat, context, x0_e2e, steps, gamma,
                                            [seed] * len(idx), first, count,
-                                           target=target, sizes=self._space_sizes(sizes))
+                                           target=target, sizes=self._space_sizes(sizes),
+                                           distance=distance)
                 x = self.model.decode_space(u)
                 for j in range(len(idx)):
                     records[j].append(PathRecord(steps, gamma, seed, first,

@@ -55,6 +55,9 @@ GAMMA_SCALE = 100  # γ is stored (and used at both ends) in steps of 0.01
 DEFAULT_TABLE = (0.0, 1 / 7, 2 / 7, 3 / 7, 4 / 7, 5 / 7, 6 / 7, 1.0)
 
 
+CRITERIA = ("space", "pixels")
+
+
 @dataclass(frozen=True)
 class CorrectionConfig:
     """The weight table and the encoder's step rule (stored in the weights file)."""
@@ -62,6 +65,10 @@ class CorrectionConfig:
     table: tuple[float, ...] = DEFAULT_TABLE
     correct_last: int = 2  # correct the last K DDIM steps ...
     skip_final: bool = True  # ... except the final one (n = 0)
+    # What the encoder's choice minimises: MSE in the codec's space ("space": pixels, or the
+    # encoder's latent of the image) or, on a latent space, MSE of the frozen decoder's
+    # pixels to the original ("pixels": one decode per table entry and corrected step).
+    criterion: str = "space"
 
     def __post_init__(self) -> None:
         n = len(self.table)
@@ -71,6 +78,9 @@ class CorrectionConfig:
             raise ValueError(f"weights must lie in [0, 1]: {self.table}")
         if self.correct_last < 0:
             raise ValueError("correct_last must be >= 0")
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, "
+                             f"got {self.criterion!r}")
 
     @property
     def bits(self) -> int:
@@ -227,9 +237,14 @@ def region_mse(a: Tensor, b: Tensor, sizes: Sequence[tuple[int, int]]) -> Tensor
 def choose_weights(x0: Tensor, x0_e2e: Tensor, target: Tensor, table: Tensor,
                    sizes: Sequence[tuple[int, int]]) -> Tensor:
     """Per item, the table index whose blend is closest (MSE) to the target."""
+    return choose_by(lambda x: region_mse(x, target, sizes), x0, x0_e2e, table)
+
+
+def choose_by(distance: Callable[[Tensor], Tensor], x0: Tensor, x0_e2e: Tensor,
+              table: Tensor) -> Tensor:
+    """Per item, the table index whose blend has the smallest ``distance`` (B,)."""
     b = x0.shape[0]
-    errs = torch.stack([region_mse(blend(x0, x0_e2e, w.expand(b)), target, sizes)
-                        for w in table])  # (T, B)
+    errs = torch.stack([distance(blend(x0, x0_e2e, w.expand(b))) for w in table])  # (T, B)
     return errs.argmin(dim=0).cpu()
 
 
@@ -247,13 +262,14 @@ def corrected_sample(
     target: Tensor | None = None,
     sizes: Sequence[tuple[int, int]] | None = None,
     clip: bool = True,
+    distance: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """DDIM (η = 0; x0 clipped when ``clip``, i.e. for pixels) with the x0 estimate blended
     at steps first..first+count-1; everything in the codec's model units.
 
     Decoder: pass ``indices`` (B, count). Encoder: pass ``target`` (the padded
-    original in model units) and ``sizes`` (each item's unpadded (h, w) there); the indices are chosen
-    step by step. Both run :meth:`DDIMSampler.sample` with the blend as its x0 hook.
+    original in model units) and ``sizes`` (each item's unpadded (h, w) there), or a
+    ``distance`` (candidate x0 → per-item error); the indices are chosen step by step. Both run :meth:`DDIMSampler.sample` with the blend as its x0 hook.
     Returns (x0 in [-1, 1], indices (B, count)); with all indices pointing at w = 0
     it returns exactly what the plain sampler returns.
     """
@@ -263,8 +279,11 @@ def corrected_sample(
     b = x_n.shape[0]
     table_t = torch.tensor([float(w) for w in table], dtype=torch.float32)
     if indices is None:
-        if target is None or sizes is None:
-            raise ValueError("pass either indices (decoder) or target and sizes (encoder)")
+        if distance is None and (target is None or sizes is None):
+            raise ValueError("pass either indices (decoder) or target and sizes or a distance "
+                             "(encoder)")
+        if distance is None:
+            distance = lambda x: region_mse(x, target, sizes)  # noqa: E731
         chosen = torch.zeros((b, count), dtype=torch.long)
     else:
         chosen = torch.as_tensor(indices, dtype=torch.long).reshape(b, count)
@@ -276,7 +295,7 @@ def corrected_sample(
             return x0
         k = i - first
         if indices is None:
-            chosen[:, k] = choose_weights(x0, x0_e2e, target, table_t, sizes)
+            chosen[:, k] = choose_by(distance, x0, x0_e2e, table_t)
         return blend(x0, x0_e2e, table_t[chosen[:, k]])
 
     return sampler.sample(denoise, x_n, steps, clip=clip, hook=correct), chosen
@@ -287,7 +306,9 @@ __all__ = [
     "W_TAG",
     "CorrectionConfig",
     "PathRecord",
+    "CRITERIA",
     "blend",
+    "choose_by",
     "choose_weights",
     "corrected_sample",
     "pack_w",
