@@ -73,6 +73,9 @@ def crops(root: str, names: list[str], size: int) -> list[np.ndarray]:
     for n in names:
         arr = np.asarray(Image.open(f"{root}/{n}").convert("RGB"))
         h, w = arr.shape[:2]
+        if not size:  # the whole image
+            out.append(np.ascontiguousarray(arr))
+            continue
         top, left = (h - size) // 2, (w - size) // 2
         out.append(np.ascontiguousarray(arr[top : top + size, left : left + size]))
     return out
@@ -146,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kodak", default="../shared/data/kodak")
     ap.add_argument("--images", nargs="+", default=["kodim03.png", "kodim07.png", "kodim15.png",
                                                      "kodim23.png"])
-    ap.add_argument("--crop", type=int, default=64)
+    ap.add_argument("--crop", type=int, default=64, help="crop side for the RD curve (0: whole image)")
+    ap.add_argument("--timing-sizes", default="64,256",
+                    help="crop sides timed, comma list; 0 is the whole image")
     ap.add_argument("--every", type=int, default=2, help="prefix cut every N steps")
     ap.add_argument("--chunk-kl", type=float, default=None)
     ap.add_argument("--index-bits", type=int, default=None)
@@ -166,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"model": codec.model_id, "encoder": enc}
     if not args.skip_timing:
         result["timing"] = []
-        for size in (64, 256):
+        for size in (int(v) for v in args.timing_sizes.split(",") if v.strip()):
             r = timing(codec, crops(args.kodak, [args.images[0]], size)[0], **enc)
             result["timing"].append(r)
             print(f"{r['size']:>8}: encode {r['encode_s']:.2f}s  decode (full, flow 4) "
