@@ -156,7 +156,8 @@ def paired_table(pairs: list[dict], chosen: dict[str, list[float]], table) -> st
     for p in pairs:
         cells = [f"{p[m]['mean_delta']:+.4f} ({p[m]['better']}/{p[m]['worse']})" if m in p
                  else "–" for m in ("psnr", "lpips_alex", "dists")]
-        lines.append(f"| {p['corrdiff']} | {p['cdc']} | {p['images']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {p['corrdiff']} | {p['cdc']} | {p['images']} | "
+                     + " | ".join(cells) + " |")
     lines += ["", "Chosen blend weights (all corrected steps of all images):", "",
               "| entry | " + " | ".join(f"{w:.3g}" for w in table) + " |",
               "|---|" + "---:|" * len(table)]

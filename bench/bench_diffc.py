@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from cdc.diffc.codec import DiffCCodec  # noqa: E402
-from cdc.diffc.model import DiffCConfig, DiffusionPrior  # noqa: E402
+from cdc.diffc.model import DiffCConfig  # noqa: E402
 
 MODES = {"flow4": (4, 0.0), "denoise": (1, 0.0), "ancestral4": (4, 1.0)}
 
@@ -37,26 +37,11 @@ def psnr(a, b) -> float:
     return 10 * math.log10(255**2 / max(mse, 1e-10))
 
 
-def space_for(cfg: DiffCConfig):
-    """The frozen space a config names (None: pixels), its components digest-checked."""
-    if cfg.space == "pixel":
-        return None
-    from zoo.components import load_space
-
-    return load_space(cfg.space)
-
-
 def load(args) -> DiffCCodec:
     if args.run_dir:
-        from pipeline.train_diffc import DiffCTrainConfig
-        from pipeline.training import load_run
+        from pipeline.train_diffc import prior_from_run
 
-        ck = load_run(args.run_dir)  # a run's checkpoint.pt or a committed relay artifact
-        cfg = DiffCTrainConfig(**ck["train_config"]).model_cfg()
-        prior = DiffusionPrior(cfg, space_for(cfg))
-        frozen = {k: v for k, v in prior.state_dict().items() if k.startswith("space.")}
-        prior.load_state_dict({**frozen, **{k: v.float() if v.is_floating_point() else v
-                                            for k, v in ck["ema"].items()}})
+        prior, ck, _ = prior_from_run(args.run_dir)  # checkpoint.pt or a relay artifact
         print(f"run {args.run_dir}: step {ck['step']}")
         return DiffCCodec(prior, f"{args.run_dir}@{ck['step']}", "00" * 32)
     return DiffCCodec.from_pretrained(args.model)
@@ -65,7 +50,9 @@ def load(args) -> DiffCCodec:
 def untrained(cfg: DiffCConfig) -> DiffCCodec:
     """The trivial baseline: same codec, fresh prior (zero-initialised output: ε̂ ≡ 0)."""
     torch.manual_seed(0)
-    return DiffCCodec(DiffusionPrior(cfg, space_for(cfg)), "untrained", "11" * 32)
+    from pipeline.train_diffc import prior_for
+
+    return DiffCCodec(prior_for(cfg), "untrained", "11" * 32)
 
 
 def crops(root: str, names: list[str], size: int) -> list[np.ndarray]:
@@ -149,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kodak", default="../shared/data/kodak")
     ap.add_argument("--images", nargs="+", default=["kodim03.png", "kodim07.png", "kodim15.png",
                                                      "kodim23.png"])
-    ap.add_argument("--crop", type=int, default=64, help="crop side for the RD curve (0: whole image)")
+    ap.add_argument("--crop", type=int, default=64,
+                    help="crop side for the RD curve (0: whole image)")
     ap.add_argument("--timing-sizes", default="64,256",
                     help="crop sides timed, comma list; 0 is the whole image")
     ap.add_argument("--every", type=int, default=2, help="prefix cut every N steps")

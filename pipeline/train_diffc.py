@@ -46,6 +46,20 @@ def prior_for(cfg: DiffCConfig) -> DiffusionPrior:
     return DiffusionPrior(cfg, None if cfg.space == "pixel" else load_space(cfg.space))
 
 
+def prior_from_run(run_dir: str | Path, name: str | None = None
+                   ) -> tuple[DiffusionPrior, dict[str, Any], DiffCTrainConfig]:
+    """(EMA prior, checkpoint dict, train config) of a run's checkpoint.pt or committed
+    relay artifact; the frozen space comes from the zoo, not the file."""
+    ck = load_run(run_dir)
+    cfg = DiffCTrainConfig(**ck["train_config"])
+    prior = prior_for(DiffCConfig.from_dict({**cfg.model_cfg().to_dict(),
+                                             "name": name or cfg.model_id}))
+    frozen = {k: v for k, v in prior.state_dict().items() if k.startswith("space.")}
+    prior.load_state_dict({**frozen, **{k: v.float() if v.is_floating_point() else v
+                                        for k, v in ck["ema"].items()}})
+    return prior.eval(), ck, cfg
+
+
 class DiffCTrainer(TrainerBase):
     metric_fields = ("loss", "grad_norm", "lr")
     csv_digits = 6
@@ -85,14 +99,8 @@ def export(run_dir: str | Path, name: str | None = None, zoo_dir: str | Path | N
     """EMA weights of a run → weights file + sha256 + registry entry (codec "diffc")."""
     from zoo.store import ship_weights
 
-    run_dir = Path(run_dir)
-    ck = load_run(run_dir)  # a run's checkpoint.pt or a committed relay artifact
-    cfg = DiffCTrainConfig(**ck["train_config"])
+    prior, ck, cfg = prior_from_run(run_dir, name)
     name = name or cfg.model_id
-    prior = prior_for(DiffCConfig.from_dict({**cfg.model_cfg().to_dict(), "name": name}))
-    frozen = {k: v for k, v in prior.state_dict().items() if k.startswith("space.")}
-    prior.load_state_dict({**frozen, **{k: v.float() if v.is_floating_point() else v
-                                        for k, v in ck["ema"].items()}})
     meta = {"train_steps": int(ck["step"]), "crop": cfg.crop, "batch_size": cfg.batch_size,
             "sources": cfg.sources, **(extra_meta or {})}
     data = weights_bytes(prior.eval(), name, half=half, meta=meta)

@@ -189,7 +189,8 @@ class CorrDiffCodec(CDCCodec):
             if self.correction.criterion == "pixels" and not self.model.clip:
                 pixels = batch.float()
 
-                def distance(x0: Tensor, pixels: Tensor = pixels) -> Tensor:
+                def distance(x0: Tensor, pixels: Tensor = pixels,
+                             sizes: list[tuple[int, int]] = sizes) -> Tensor:
                     return region_mse(self.model.decode_space(x0).float(), pixels, sizes)
             records: list[list[PathRecord]] = [[] for _ in idx]
             recons: list[list[Tensor]] = [[] for _ in idx]

@@ -269,7 +269,8 @@ def corrected_sample(
 
     Decoder: pass ``indices`` (B, count). Encoder: pass ``target`` (the padded
     original in model units) and ``sizes`` (each item's unpadded (h, w) there), or a
-    ``distance`` (candidate x0 → per-item error); the indices are chosen step by step. Both run :meth:`DDIMSampler.sample` with the blend as its x0 hook.
+    ``distance`` (candidate x0 → per-item error); the indices are chosen step by step.
+    Both run :meth:`DDIMSampler.sample` with the blend as its x0 hook.
     Returns (x0 in [-1, 1], indices (B, count)); with all indices pointing at w = 0
     it returns exactly what the plain sampler returns.
     """
