@@ -199,6 +199,27 @@ class TestLatentDiffC(TestDiffC):
             assert codec.decompress(streams[0], max_bytes=n).size == (w, h)
 
 
+    def test_first_coded_step_costs_only_what_the_prior_mean_leaves(self, codec, images):
+        # At the start level ᾱ = 2.4e-9: an ε-model's x̂0 there is its error divided by √ᾱ
+        # (once 3.6e4 bits a dimension). The prior predicts the mean, so the first step's
+        # KL is that of the image's latent against 0, whatever the weights.
+        import math
+
+        from cdc.image import array_to_tensor, pad_to_multiple, to_rgb_array
+
+        arr, _ = to_rgb_array(images[0])
+        h, w = arr.shape[:2]
+        x0 = codec.prior.encode_space(pad_to_multiple(array_to_tensor(arr),
+                                                      codec.config.pad_multiple)[0])
+        _, dims = codec._prepare(h, w)
+        _, report = codec.encode(images[0])
+        t1 = report["levels"][0]
+        c0, _, sigma = codec.prior.posterior_coeffs(codec.config.train_timesteps - 1, t1)
+        assert codec.prior.posterior_coeffs(codec.config.train_timesteps - 1, t1)[1] < 1e-3  # x_t barely enters: the mean is all that matters
+        expect = float((c0 * x0.reshape(-1)[dims] / sigma).double().pow(2).sum()) / 2 / math.log(2)
+        assert report["kl_bits"][0] == pytest.approx(expect, rel=1e-4)
+
+
 class TestCorrDiff(CodecContract):
     codec_name = "corrdiff"
 

@@ -29,6 +29,11 @@ from cdc.spaces.units import SpaceUnits
 from cdc.weights import pack_weights, space_of
 
 
+#: Below this SNR (log-SNR −9.2) an ε-model's x̂_0 is noise amplified by 1/√ᾱ; a latent
+#: prior (no clip) predicts the mean there. Only the cosine schedule's last levels are below.
+MIN_SNR = 1e-4
+
+
 @dataclass(frozen=True)
 class DiffCConfig(OnSpace):
     """Network shapes, diffusion schedule and the coding defaults of a DiffC model."""
@@ -151,7 +156,7 @@ class DiffusionPrior(SpaceUnits, nn.Module):
         self.unet = UnconditionalUNet(cfg)
         self.schedule = NoiseSchedule(cfg.schedule, cfg.train_timesteps)
         # Float64 scalar coefficients, as the reverse-channel coder uses at both ends.
-        self.sampler = DDIMSampler(self.schedule, "eps", scalar=True)
+        self.sampler = DDIMSampler(self.schedule, "eps", scalar=True, min_snr=MIN_SNR)
 
     # -- schedule helpers (float64 scalars so encoder and decoder agree) -----------------
     def abar(self, n: int) -> float:
@@ -190,14 +195,9 @@ class DiffusionPrior(SpaceUnits, nn.Module):
         return self.unet(x, t).float()
 
     def x0_hat(self, x: Tensor, n: int, clip: bool = True) -> tuple[Tensor, Tensor]:
-        """(x̂_0, ε̂) at level n; for pixels x̂_0 is clipped to [-1, 1] and ε̂ re-derived."""
-        a = self.abar(n)
-        eps = self.eps(x, n)
-        x0 = (x - (1 - a) ** 0.5 * eps) / a ** 0.5
-        if clip and self.clip:
-            x0 = x0.clamp(-1, 1)
-            eps = (x - a ** 0.5 * x0) / (1 - a) ** 0.5
-        return x0, eps
+        """(x̂_0, ε̂) at level n; for pixels x̂_0 is clipped to [-1, 1] and ε̂ re-derived; in
+        a latent, below SNR :data:`MIN_SNR` x̂_0 is the mean (see :class:`DDIMSampler`)."""
+        return self.sampler.predict(self.eps(x, n), x, self.abar(n), clip and self.clip)
 
     def posterior_coeffs(self, t: int, s: int) -> tuple[float, float, float]:
         """q(x_s | x_t, x_0) = N(c0·x_0 + ct·x_t, σ²) for s < t (t = N-1 allowed)."""

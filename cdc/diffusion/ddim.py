@@ -27,10 +27,16 @@ X0Hook = Callable[[int, Tensor], Tensor]
 class DDIMSampler:
     """DDIM with η ≥ 0; deterministic at η = 0 (stochasticity then only through the start)."""
 
-    def __init__(self, schedule: NoiseSchedule, parameterization: str, scalar: bool = False):
+    def __init__(self, schedule: NoiseSchedule, parameterization: str, scalar: bool = False,
+                 min_snr: float = 0.0):
+        """``min_snr``: at levels with ᾱ/(1−ᾱ) below it, an unclipped ε-model's x0 estimate
+        is the data mean (0 in standardised model units) instead of (x − √(1−ᾱ)ε̂)/√ᾱ,
+        which divides the network's error by √ᾱ (2.4e-9 at the cosine schedule's last
+        level: x̂0 off by 10⁴ σ). Clipped (pixel) models keep their clip and exact streams."""
         self.schedule = schedule
         self.parameterization = parameterization
         self.scalar = scalar
+        self.min_snr = float(min_snr)
 
     def timesteps(self, steps: int, start: int | None = None, to_zero: bool = True) -> list[int]:
         """``steps`` evenly spaced times from ``start`` (default N_train−1) downwards.
@@ -84,6 +90,8 @@ class DDIMSampler:
         if self.scalar:
             if self.parameterization == "x0":
                 x0, eps = out, (x - a ** 0.5 * out) / (1 - a) ** 0.5
+            elif not clip and a < self.min_snr * (1 - a):
+                return torch.zeros_like(x), x / (1 - a) ** 0.5
             else:
                 x0, eps = (x - (1 - a) ** 0.5 * out) / a ** 0.5, out
             if clip:
