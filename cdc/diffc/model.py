@@ -28,7 +28,6 @@ from cdc.spaces import Space, build_space
 from cdc.spaces.units import SpaceUnits
 from cdc.weights import pack_weights, space_of
 
-
 #: Below this SNR (log-SNR −9.2) an ε-model's x̂_0 is noise amplified by 1/√ᾱ; a latent
 #: prior (no clip) predicts the mean there. Only the cosine schedule's last levels are below.
 MIN_SNR = 1e-4
