@@ -9,6 +9,10 @@ summary JSON, RD plots).
     .venv/bin/python bench/bench_corrdiff.py --corrdiff corrdiff-small \
         --images ../shared/data/kodak --scale 0.5 --limit 12 --out runs/bench-corrdiff
 
+A long run splits across processes with ``--offset``/``--limit`` (one ``--out`` each);
+``--merge OUT_A,OUT_B --out OUT`` then joins their per-image rows and chosen weights
+into one table, paired counts and the perception–distortion plot (``pd.png``).
+
 ``--settings 3:0,8:0.8`` evaluates several (steps:γ) decode paths; ``--policies 2:1,1:0``
 several encoder step rules (correct_last:skip_final), each as its own entry. Kodak is
 for evaluation only; never train on it.
@@ -167,6 +171,96 @@ def paired_table(pairs: list[dict], chosen: dict[str, list[float]], table) -> st
     return "\n".join(lines)
 
 
+def read_rows(dirs: list[Path]) -> list[dict]:
+    """Per-image rows of finished runs, each (entry, image) once (the first run's wins)."""
+    import csv
+
+    seen: dict[tuple[str, str], dict] = {}
+    for d in dirs:
+        with Path(d, "per_image.csv").open() as f:
+            for r in csv.DictReader(f):
+                seen.setdefault((r["entry"], r["image"]), r)
+    return list(seen.values())
+
+
+def mean_table(rows: list[dict], metrics: list[str]) -> str:
+    """Entry means over the images every entry has (bpp and each metric)."""
+    entries = sorted({r["entry"] for r in rows})
+    common = set.intersection(*({r["image"] for r in rows if r["entry"] == e}
+                                for e in entries))
+    cols = ["bpp"] + [m for m in metrics if m in rows[0]]
+    lines = [f"Means over {len(common)} images:", "",
+             "| entry | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for e in entries:
+        rs = [r for r in rows if r["entry"] == e and r["image"] in common]
+        cells = [f"{sum(float(r[c]) for r in rs) / len(rs):.4f}" for c in cols]
+        lines.append(f"| {e} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pd_plot(rows: list[dict], path: Path, perception: tuple[str, ...] = ("lpips_alex", "dists")
+            ) -> Path | None:
+    """Perception–distortion plane: PSNR against each perceptual metric, one marker per
+    entry (its mean) over the per-image points; up and left is better."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    perception = tuple(m for m in perception if m in rows[0])
+    if not perception or "psnr" not in rows[0]:
+        return None
+    entries = sorted({r["entry"] for r in rows})
+    fig, axes = plt.subplots(1, len(perception), figsize=(6 * len(perception), 4.5))
+    axes = [axes] if len(perception) == 1 else list(axes)
+    for ax, m in zip(axes, perception):
+        for i, e in enumerate(entries):
+            rs = [r for r in rows if r["entry"] == e]
+            xs, ys = [float(r[m]) for r in rs], [float(r["psnr"]) for r in rs]
+            colour = f"C{i % 10}"
+            ax.scatter(xs, ys, s=8, alpha=0.25, color=colour)
+            ax.scatter([sum(xs) / len(xs)], [sum(ys) / len(ys)], s=80, marker="*",
+                       color=colour, label=f"{e} (n={len(rs)})")
+        ax.set_xlabel(f"{m} (lower is better)")
+        ax.set_ylabel("PSNR dB (higher is better)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Perception–distortion: per image (dots) and mean (stars)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def merge(dirs: list[Path], out: Path, metrics: list[str], table: list[float] | None) -> str:
+    """Join split runs (``--offset``/``--limit``) into one report in ``out``."""
+    import csv
+
+    rows = read_rows(dirs)
+    out.mkdir(parents=True, exist_ok=True)
+    with Path(out, "per_image.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(sorted(rows, key=lambda r: (r["image"], r["entry"])))
+    chosen: dict[str, list[float]] = {}
+    for d in dirs:
+        done = json.loads(Path(d, "paired.json").read_text())
+        table = table or done.get("table")  # the model's weight grid (newer runs store it)
+        for name, ws in done["weights"].items():
+            chosen.setdefault(name, []).extend(ws)
+    pairs = paired(Path(out, "per_image.csv"), metrics)
+    if table is None:
+        table = sorted({round(w, 6) for ws in chosen.values() for w in ws})
+    pd_plot(rows, Path(out, "pd.png"))
+    text = ("Merged from " + ", ".join(str(d) for d in dirs) + "\n\n" + mean_table(rows, metrics)
+            + "\n\nPaired, per image (CorrDiff − CDC, same latent):\n\n"
+            + paired_table(pairs, chosen, table) + "\n")
+    Path(out, "paired.json").write_text(json.dumps(
+        {"pairs": pairs, "weights": chosen, "table": list(table)}, indent=2))
+    Path(out, "table.md").write_text(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corrdiff", default="corrdiff-small", help="CorrDiff model name/path")
@@ -184,8 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics", default="psnr,lpips_alex,dists")
     ap.add_argument("--no-e2e", action="store_true")
     ap.add_argument("--out", default="runs/bench-corrdiff")
+    ap.add_argument("--merge", default="", help="comma-separated finished --out folders to "
+                                               "join into --out (no coding)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if args.merge:
+        dirs = [Path(d.strip()) for d in args.merge.split(",") if d.strip()]
+        print(merge(dirs, Path(args.out), metrics, None))
+        return 0
     from pipeline.evaluate import run_evaluation, summary_table
 
     imgs = prepare_images(args.images, args.scale, args.limit, args.crop, args.offset)
@@ -209,12 +310,12 @@ def main(argv: list[str] | None = None) -> int:
               f"CorrDiff {corr.model_id} ({corr.weights_sha256[:12]}), CDC {cdc.model_id} "
               f"({cdc.weights_sha256[:12]}), {time.time() - t0:.0f} s")
     table = summary_table(summary)
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    pd_plot(read_rows([Path(args.out)]), Path(args.out, "pd.png"))
     pairs = paired(Path(args.out, "per_image.csv"), metrics)
     text = (header + "\n\n" + table + "\n\nPaired, per image (CorrDiff − CDC, same latent):\n\n"
             + paired_table(pairs, chosen, corr.correction.table) + "\n")
-    Path(args.out, "paired.json").write_text(json.dumps({"pairs": pairs, "weights": chosen},
-                                                        indent=2))
+    Path(args.out, "paired.json").write_text(json.dumps(
+        {"pairs": pairs, "weights": chosen, "table": list(corr.correction.table)}, indent=2))
     Path(args.out, "table.md").write_text(text)
     Path(args.out, "run.json").write_text(json.dumps({"header": header, "args": vars(args)},
                                                      indent=2))

@@ -101,8 +101,10 @@ def export(run_dir: str | Path, name: str | None = None, zoo_dir: str | Path | N
 
     prior, ck, cfg = prior_from_run(run_dir, name)
     name = name or cfg.model_id
-    meta = {"train_steps": int(ck["step"]), "crop": cfg.crop, "batch_size": cfg.batch_size,
-            "sources": cfg.sources, **(extra_meta or {})}
+    latent = prior.cfg.space != "pixel"  # trained on cached latent crops: say their pixels
+    meta = {"train_steps": int(ck["step"]),
+            "crop": cfg.latent_crop * prior.space.stride if latent else cfg.crop,
+            "batch_size": cfg.batch_size, "sources": cfg.sources, **(extra_meta or {})}
     data = weights_bytes(prior.eval(), name, half=half, meta=meta)
     return ship_weights(data, name, codec="diffc", zoo_dir=zoo_dir, entry={
         "config": cfg.model_config,
