@@ -11,7 +11,7 @@ summary JSON, RD plots).
 
 A long run splits across processes with ``--offset``/``--limit`` (one ``--out`` each);
 ``--merge OUT_A,OUT_B --out OUT`` then joins their per-image rows and chosen weights
-into one table, paired counts and the perception–distortion plot (``pd.png``).
+into one table, paired counts and the perception–distortion plots (``pd_*.png``).
 
 ``--settings 3:0,8:0.8`` evaluates several (steps:γ) decode paths; ``--policies 2:1,1:0``
 several encoder step rules (correct_last:skip_final), each as its own entry. Kodak is
@@ -183,53 +183,20 @@ def read_rows(dirs: list[Path]) -> list[dict]:
     return list(seen.values())
 
 
-def mean_table(rows: list[dict], metrics: list[str]) -> str:
-    """Entry means over the images every entry has (bpp and each metric)."""
+def summary_of(rows: list[dict], metrics: list[str]) -> dict:
+    """A :func:`pipeline.evaluate.run_evaluation`-shaped summary of per-image rows: entry
+    means over the images every entry has (so the table and plots of one run apply)."""
     entries = sorted({r["entry"] for r in rows})
-    common = set.intersection(*({r["image"] for r in rows if r["entry"] == e}
-                                for e in entries))
+    common = sorted(set.intersection(*({r["image"] for r in rows if r["entry"] == e}
+                                       for e in entries)))
     cols = ["bpp"] + [m for m in metrics if m in rows[0]]
-    lines = [f"Means over {len(common)} images:", "",
-             "| entry | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    out: dict = {"metrics": [m for m in metrics if m in rows[0]], "images": common,
+                 "entries": {}}
     for e in entries:
         rs = [r for r in rows if r["entry"] == e and r["image"] in common]
-        cells = [f"{sum(float(r[c]) for r in rs) / len(rs):.4f}" for c in cols]
-        lines.append(f"| {e} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def pd_plot(rows: list[dict], path: Path, perception: tuple[str, ...] = ("lpips_alex", "dists")
-            ) -> Path | None:
-    """Perception–distortion plane: PSNR against each perceptual metric, one marker per
-    entry (its mean) over the per-image points; up and left is better."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    perception = tuple(m for m in perception if m in rows[0])
-    if not perception or "psnr" not in rows[0]:
-        return None
-    entries = sorted({r["entry"] for r in rows})
-    fig, axes = plt.subplots(1, len(perception), figsize=(6 * len(perception), 4.5))
-    axes = [axes] if len(perception) == 1 else list(axes)
-    for ax, m in zip(axes, perception):
-        for i, e in enumerate(entries):
-            rs = [r for r in rows if r["entry"] == e]
-            xs, ys = [float(r[m]) for r in rs], [float(r["psnr"]) for r in rs]
-            colour = f"C{i % 10}"
-            ax.scatter(xs, ys, s=8, alpha=0.25, color=colour)
-            ax.scatter([sum(xs) / len(xs)], [sum(ys) / len(ys)], s=80, marker="*",
-                       color=colour, label=f"{e} (n={len(rs)})")
-        ax.set_xlabel(f"{m} (lower is better)")
-        ax.set_ylabel("PSNR dB (higher is better)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle("Perception–distortion: per image (dots) and mean (stars)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        out["entries"][e] = {"family": rs[0]["family"],
+                             **{c: sum(float(r[c]) for r in rs) / len(rs) for c in cols}}
+    return out
 
 
 def merge(dirs: list[Path], out: Path, metrics: list[str], table: list[float] | None) -> str:
@@ -251,8 +218,13 @@ def merge(dirs: list[Path], out: Path, metrics: list[str], table: list[float] | 
     pairs = paired(Path(out, "per_image.csv"), metrics)
     if table is None:
         table = sorted({round(w, 6) for ws in chosen.values() for w in ws})
-    pd_plot(rows, Path(out, "pd.png"))
-    text = ("Merged from " + ", ".join(str(d) for d in dirs) + "\n\n" + mean_table(rows, metrics)
+    from pipeline.evaluate import plot_tradeoff, summary_table
+
+    summary = summary_of(rows, metrics)
+    for perception in ("lpips_alex", "dists"):
+        plot_tradeoff(summary, perception, out)
+    text = ("Merged from " + ", ".join(str(d) for d in dirs) + f": means over "
+            f"{len(summary['images'])} images\n\n" + summary_table(summary)
             + "\n\nPaired, per image (CorrDiff − CDC, same latent):\n\n"
             + paired_table(pairs, chosen, table) + "\n")
     Path(out, "paired.json").write_text(json.dumps(
@@ -310,7 +282,6 @@ def main(argv: list[str] | None = None) -> int:
               f"CorrDiff {corr.model_id} ({corr.weights_sha256[:12]}), CDC {cdc.model_id} "
               f"({cdc.weights_sha256[:12]}), {time.time() - t0:.0f} s")
     table = summary_table(summary)
-    pd_plot(read_rows([Path(args.out)]), Path(args.out, "pd.png"))
     pairs = paired(Path(args.out, "per_image.csv"), metrics)
     text = (header + "\n\n" + table + "\n\nPaired, per image (CorrDiff − CDC, same latent):\n\n"
             + paired_table(pairs, chosen, corr.correction.table) + "\n")

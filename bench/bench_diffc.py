@@ -7,7 +7,8 @@ probability-flow (DDIM η=0, 4 steps), the one-shot denoised estimate (1 step) a
 ancestral (η=1, 4 steps) reconstruction; and two baselines at the same crops: the
 same codec with an untrained prior (ε̂ ≡ 0, i.e. no learned prior) and JPEG.
 
-    OMP_NUM_THREADS=1 python bench/bench_diffc.py --model diffc-small
+    OMP_NUM_THREADS=1 python bench/bench_diffc.py                      # ldiffc-small
+    python bench/bench_diffc.py --model diffc-small --crop 64         # the pixel model
     python bench/bench_diffc.py --run-dir runs/diffc-small      # EMA weights of a run
 """
 
@@ -131,7 +132,7 @@ def print_curve(name: str, res: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="diffc-small")
+    ap.add_argument("--model", default="ldiffc-small")
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--kodak", default="../shared/data/kodak")
     ap.add_argument("--images", nargs="+", default=["kodim03.png", "kodim07.png", "kodim15.png",
