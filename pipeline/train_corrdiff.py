@@ -95,6 +95,9 @@ class CorrDiffTrainer(TrainerBase):
         self._start()
 
     def check_checkpoint(self, ck: dict[str, Any], path: Path) -> None:
+        if ck.get("base_sha256") is None and (
+                ck["train_config"].get("base_model") == self.cfg.base_model):
+            return  # a relay saved before relays kept base_sha256 names its base only
         if ck.get("base_sha256") != self.base_sha256:
             raise ValueError(f"{path}: checkpoint was trained on base weights "
                              f"{ck.get('base_sha256')}, not {self.base_sha256}")
@@ -215,7 +218,10 @@ def export(run_dir: str | Path, name: str | None = None, zoo_dir: str | Path | N
     from pipeline.training import load_checkpoint_config
 
     raw, _ = load_checkpoint_config(run_dir)
-    cfg = CorrDiffTrainConfig(**{**raw, **({"zoo_dir": str(zoo_dir)} if zoo_dir else {})})
+    # init_from the folder itself: its checkpoint.pt, or a committed relay.pt (which the
+    # trainer would not look for: without this a relay exported an untrained decoder).
+    cfg = CorrDiffTrainConfig(**{**raw, "init_from": str(run_dir),
+                                 **({"zoo_dir": str(zoo_dir)} if zoo_dir else {})})
     trainer = CorrDiffTrainer(cfg, run_dir)
     return trainer.export(name or cfg.model_id, half=half or cfg.export_half,
                           description=description)

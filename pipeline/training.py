@@ -152,8 +152,9 @@ def save_relay(run_dir: str | Path, out_dir: str | Path, max_mib: float = 16.0) 
           for k, v in ck["ema"].items() if not k.startswith("space.")}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_save({"ema": sd, "step": ck["step"], "train_config": ck["train_config"]},
-                out / RELAY_FILE)
+    # Step, config and a trainer's small extra state (a CorrDiff base's digest), no optimizers.
+    extra = {k: v for k, v in ck.items() if k not in ("model", "ema") and not k.endswith("opt")}
+    atomic_save({**extra, "ema": sd}, out / RELAY_FILE)
     size = (out / RELAY_FILE).stat().st_size
     if size > max_mib * (1 << 20):
         raise ValueError(f"{out / RELAY_FILE}: {size / (1 << 20):.1f} MiB, over {max_mib} MiB")

@@ -155,3 +155,14 @@ def test_latent_corrdiff_decoder_trains_against_the_latent(image_dir: Path, tmp_
     img = smooth_image(40, 48, seed=5)
     (data, recons), = codec.compress_with_reconstructions([img])
     assert codec.decompress(data).size == (48, 40)
+    # A committed relay artifact (no checkpoint.pt) exports the same trained decoder.
+    from pipeline.train_corrdiff import export
+    from pipeline.training import save_relay
+
+    save_relay(tmp_path / "run", tmp_path / "relay")
+    again = export(tmp_path / "relay", "lcorrdiff-relayed", zoo_dir=tmp_path / "zoo")
+    ema = torch.load(tmp_path / "relay" / "relay.pt", weights_only=False)["ema"]
+    got = torch.load(again, weights_only=False)
+    assert got["meta"]["train_steps"] == 3
+    for k, v in ema.items():
+        torch.testing.assert_close(got["state_dict"]["corrdiff.decoder." + k].float(), v.float())
