@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['bytes']} bytes ({r['bpp']:.3f} bpp)")
     images = crops(args.kodak, args.images, args.crop)
     result["trained"] = rd_curve(codec, images, args.every, **enc)
-    print_curve(f"{codec.model_id} on {len(images)} Kodak {args.crop}px crops", result["trained"])
+    what = f"{args.crop}px crops" if args.crop else "images (whole)"
+    print_curve(f"{codec.model_id} on {len(images)} Kodak {what}", result["trained"])
     baselines = [b for b in args.baselines.split(",") if b]
     if "untrained" in baselines:
         result["untrained"] = rd_curve(untrained(codec.config), images, args.every, **enc)
