@@ -201,14 +201,11 @@ def summary_of(rows: list[dict], metrics: list[str]) -> dict:
 
 def merge(dirs: list[Path], out: Path, metrics: list[str], table: list[float] | None) -> str:
     """Join split runs (``--offset``/``--limit``) into one report in ``out``."""
-    import csv
+    from pipeline.evaluate import plot_tradeoff, summary_table, write_csv
 
     rows = read_rows(dirs)
     out.mkdir(parents=True, exist_ok=True)
-    with Path(out, "per_image.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(sorted(rows, key=lambda r: (r["image"], r["entry"])))
+    write_csv(sorted(rows, key=lambda r: (r["image"], r["entry"])), out / "per_image.csv")
     chosen: dict[str, list[float]] = {}
     for d in dirs:
         done = json.loads(Path(d, "paired.json").read_text())
@@ -218,8 +215,6 @@ def merge(dirs: list[Path], out: Path, metrics: list[str], table: list[float] | 
     pairs = paired(Path(out, "per_image.csv"), metrics)
     if table is None:
         table = sorted({round(w, 6) for ws in chosen.values() for w in ws})
-    from pipeline.evaluate import plot_tradeoff, summary_table
-
     summary = summary_of(rows, metrics)
     for perception in ("lpips_alex", "dists"):
         plot_tradeoff(summary, perception, out)

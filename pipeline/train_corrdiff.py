@@ -95,9 +95,6 @@ class CorrDiffTrainer(TrainerBase):
         self._start()
 
     def check_checkpoint(self, ck: dict[str, Any], path: Path) -> None:
-        if ck.get("base_sha256") is None and (
-                ck["train_config"].get("base_model") == self.cfg.base_model):
-            return  # a relay saved before relays kept base_sha256 names its base only
         if ck.get("base_sha256") != self.base_sha256:
             raise ValueError(f"{path}: checkpoint was trained on base weights "
                              f"{ck.get('base_sha256')}, not {self.base_sha256}")

@@ -198,7 +198,6 @@ class TestLatentDiffC(TestDiffC):
         for n in codec.step_offsets(streams[0])[::2]:
             assert codec.decompress(streams[0], max_bytes=n).size == (w, h)
 
-
     def test_first_coded_step_costs_only_what_the_prior_mean_leaves(self, codec, images):
         # At the start level ᾱ = 2.4e-9: an ε-model's x̂0 there is its error divided by √ᾱ
         # (once 3.6e4 bits a dimension). The prior predicts the mean, so the first step's
