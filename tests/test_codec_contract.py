@@ -218,6 +218,20 @@ class TestLatentDiffC(TestDiffC):
         expect = float((c0 * x0.reshape(-1)[dims] / sigma).double().pow(2).sum()) / 2 / math.log(2)
         assert report["kl_bits"][0] == pytest.approx(expect, rel=1e-4)
 
+    def test_levels_the_mean_replaces_skip_the_network(self, codec, monkeypatch):
+        # Where the prior's x̂0 is the mean, the U-Net's output is unused: no call is made,
+        # and the estimate is the same as with the call (streams do not change).
+        prior = codec.prior
+        top = codec.config.train_timesteps - 1
+        assert prior.sampler.mean_replaces(prior.abar(top), clip=False)
+        x = torch.randn(1, 32, 4, 4, generator=torch.Generator().manual_seed(0))
+        with_call = prior.sampler.predict(prior.eps(x, top), x, prior.abar(top), False)
+        calls = []
+        monkeypatch.setattr(prior, "eps", lambda *a: calls.append(a) or None)
+        x0, eps = prior.x0_hat(x, top)
+        assert not calls
+        assert torch.equal(x0, with_call[0]) and torch.equal(eps, with_call[1])
+
 
 class TestCorrDiff(CodecContract):
     codec_name = "corrdiff"

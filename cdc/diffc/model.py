@@ -196,7 +196,9 @@ class DiffusionPrior(SpaceUnits, nn.Module):
     def x0_hat(self, x: Tensor, n: int, clip: bool = True) -> tuple[Tensor, Tensor]:
         """(x̂_0, ε̂) at level n; for pixels x̂_0 is clipped to [-1, 1] and ε̂ re-derived; in
         a latent, below SNR :data:`MIN_SNR` x̂_0 is the mean (see :class:`DDIMSampler`)."""
-        return self.sampler.predict(self.eps(x, n), x, self.abar(n), clip and self.clip)
+        a, clip = self.abar(n), clip and self.clip
+        out = torch.zeros_like(x) if self.sampler.mean_replaces(a, clip) else self.eps(x, n)
+        return self.sampler.predict(out, x, a, clip)
 
     def posterior_coeffs(self, t: int, s: int) -> tuple[float, float, float]:
         """q(x_s | x_t, x_0) = N(c0·x_0 + ct·x_t, σ²) for s < t (t = N-1 allowed)."""

@@ -85,12 +85,17 @@ class DDIMSampler:
         return self.schedule.abar(torch.full((like.shape[0],), n, device=like.device,
                                              dtype=torch.long))
 
+    def mean_replaces(self, a: Tensor | float, clip: bool) -> bool:
+        """True where :meth:`predict` ignores the network (x0 = the mean): callers skip it."""
+        return (self.scalar and self.parameterization == "eps" and not clip
+                and a < self.min_snr * (1 - a))
+
     def predict(self, out: Tensor, x: Tensor, a: Tensor | float, clip: bool) -> tuple[Tensor, Tensor]:
         """Network output at ᾱ = a → (x0, ε), x0 clipped to [-1, 1] (ε re-derived) if ``clip``."""
         if self.scalar:
             if self.parameterization == "x0":
                 x0, eps = out, (x - a ** 0.5 * out) / (1 - a) ** 0.5
-            elif not clip and a < self.min_snr * (1 - a):
+            elif self.mean_replaces(a, clip):
                 return torch.zeros_like(x), x / (1 - a) ** 0.5
             else:
                 x0, eps = (x - (1 - a) ** 0.5 * out) / a ** 0.5, out
