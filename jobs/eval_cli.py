@@ -34,6 +34,17 @@ def _floats(text: str, what: str) -> list[float]:
         raise  # unreachable
 
 
+def _shard(text: str) -> tuple[int, int]:
+    k, sep, n = text.partition("/")
+    try:
+        kn = (int(k), int(n))
+    except ValueError:
+        kn = (-1, 0)
+    if not sep or kn[1] < 1 or not 0 <= kn[0] < kn[1]:
+        _fail(f"--shard: expected K/N with 0 <= K < N, got {text!r}", EXIT_USAGE)
+    return kn
+
+
 def codec_entries(codec, steps: list[int], gammas: list[float], seed: int = 0,
                   prefix_bpps: list[float] | None = None, ladder: bool = False) -> list:
     """One entry per decode setting; the stream is encoded once per image and reused.
@@ -104,6 +115,9 @@ def register(app: typer.Typer) -> None:
         bd_anchor: str = typer.Option("AVIF", help="Family the BD-rates are measured against."),
         fresh: bool = typer.Option(False, help="Start over: ignore the images a stopped run "
                                                "of the same evaluation kept in OUT/.progress."),
+        shard: str = typer.Option("", help="K/N: evaluate every N-th image from the K-th "
+                                           "(0-based) into the shared OUT; the run that finds "
+                                           "all images done writes the summary."),
     ) -> None:
         """Rate–distortion/perception evaluation vs classical codecs (CSV, JSON, plots)."""
         from cdc.errors import WeightsError
@@ -125,6 +139,10 @@ def register(app: typer.Typer) -> None:
         bad = set(wanted) - set(METRICS)
         if bad:
             _fail(f"--metrics: unknown {sorted(bad)}; known: {', '.join(METRICS)}", EXIT_USAGE)
+        shard_kn = _shard(shard) if shard else None
+        if shard_kn and fresh:
+            _fail("--fresh and --shard: a shard must not discard the other shards' images",
+                  EXIT_USAGE)
         gammas = _floats(gamma, "gamma")
         step_list = [int(v) for v in _floats(steps, "steps")] if steps else []
         sweeps: dict[str, list[int]] = {}
@@ -163,9 +181,15 @@ def register(app: typer.Typer) -> None:
         entries += classical_entries(sweeps) if sweeps else []
         try:
             summary = run_evaluation(imgs, entries, out, metrics=wanted, device=device,
-                                     save_decoded=save_decoded, resume=not fresh)
+                                     save_decoded=save_decoded, resume=not fresh,
+                                     shard=shard_kn)
         except MetricWeightsMissing as e:
             _fail(str(e))
+        if "missing" in summary:
+            typer.echo(f"shard {shard}: done; {len(summary['missing'])} of {summary['images']} "
+                       f"images belong to shards not finished yet: run `cdc eval` again "
+                       f"(same arguments) when they are, to write the summary into {out}/")
+            return
         typer.echo(summary_table(summary))
         for line in add_bd_rates(summary, out, anchor=bd_anchor):
             typer.echo(line)

@@ -268,7 +268,8 @@ def run_evaluation(images: Any, entries: Sequence[Any], out_dir: str | os.PathLi
                    metrics: Sequence[str] = METRICS, device: str = "cpu",
                    min_fid_patches: int = MIN_FID_PATCHES, fid_patch: int = 256,
                    plots: bool = True, save_decoded: bool = False,
-                   resume: bool = True) -> dict[str, Any]:
+                   resume: bool = True, shard: tuple[int, int] | None = None
+                   ) -> dict[str, Any]:
     """Evaluate every entry on every image; write ``per_image.csv``, ``summary.json`` and
     plots into ``out_dir``; return the summary dict.
 
@@ -277,7 +278,16 @@ def run_evaluation(images: Any, entries: Sequence[Any], out_dir: str | os.PathLi
     Each finished image is kept in ``out_dir/.progress/`` (its rows and FID features), so
     an evaluation that was stopped goes on where it stopped when run again with the same
     entries, metrics and images (``resume=False`` starts over); the folder goes at the end.
+
+    ``shard=(k, n)``: evaluate only images ``i`` with ``i % n == k`` (other images are taken
+    from the progress folder if there), so n processes or machines sharing ``out_dir`` split
+    one evaluation. A shard that finds images still missing returns ``{"shard": ...,
+    "missing": [...]}`` and writes no summary; whichever run finds every image done writes it.
     """
+    if shard is not None:
+        k, n = shard
+        if not (isinstance(k, int) and isinstance(n, int) and n >= 1 and 0 <= k < n):
+            raise ValueError(f"shard must be (k, n) with 0 <= k < n, got {shard!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     entries = _ordered(entries)
@@ -300,8 +310,12 @@ def run_evaluation(images: Any, entries: Sequence[Any], out_dir: str | os.PathLi
     if kept:
         log.warning("%s: going on from a stopped evaluation (%d of %d images kept; "
                     "fresh start: resume=False / --fresh)", out, kept, len(imgs))
+    missing: list[str] = []
     for i, (iname, img) in enumerate(imgs):
         done = progress.load(i)
+        if done is None and shard is not None and i % shard[1] != shard[0]:
+            missing.append(iname)  # another shard's image, not finished (yet)
+            continue
         if done is not None:
             rows += done[0]
             if want_fid:
@@ -355,6 +369,10 @@ def run_evaluation(images: Any, entries: Sequence[Any], out_dir: str | os.PathLi
         if want_fid:
             feats = {"__ref__": ref_feats[-1], **{n: f[i] for n, f in rec_feats.items() if i in f}}
         progress.save(i, rows[first_row:], feats)
+    if missing:
+        log.warning("%s: shard %d/%d done; %d image(s) of other shards not finished yet, so "
+                    "no summary (run again when they are)", out, shard[0], shard[1], len(missing))
+        return {"shard": list(shard), "missing": missing, "images": len(imgs)}
     summary = _summarize(rows, entries, imgs, metrics, device, ref_feats, rec_feats,
                          min_fid_patches, fid_patch, n_patches)
     write_csv(rows, out / "per_image.csv")

@@ -312,3 +312,32 @@ def test_a_stopped_evaluation_goes_on_where_it_stopped(tmp_path):
     stop, calls[:] = False, []
     run_evaluation(imgs, [entry], tmp_path / "c", metrics=["psnr", "ms_ssim"], plots=False)
     assert len(calls) == 4
+
+
+def test_shards_split_one_evaluation_and_the_last_writes_the_summary(tmp_path):
+    """Two shards over one OUT each encode only their images; the first to finish writes
+    no summary, the second (finding all images) writes the same CSV as an unsplit run."""
+    imgs = [(f"im{i}", photo(seed=i)) for i in range(5)]
+    toy = half_res_entry()
+    seen: list[int] = []
+
+    def enc(img):
+        seen.append(img.getpixel((0, 0))[0])
+        return toy.encode(img)
+
+    entry = CallableEntry("toy", enc, toy.decode, family="Toy")
+    part = run_evaluation(imgs, [entry], tmp_path / "a", metrics=["psnr"], plots=False,
+                          shard=(1, 2))
+    assert part["missing"] == ["im0", "im2", "im4"] and len(seen) == 2
+    assert not (tmp_path / "a" / "summary.json").exists()
+    seen.clear()
+    full = run_evaluation(imgs, [entry], tmp_path / "a", metrics=["psnr"], plots=False,
+                          shard=(0, 2))
+    assert len(seen) == 3 and full["images"] == [n for n, _ in imgs]
+    assert not (tmp_path / "a" / ".progress").exists()
+    run_evaluation(imgs, [entry], tmp_path / "b", metrics=["psnr"], plots=False)
+    a = list(csv.DictReader((tmp_path / "a" / "per_image.csv").open()))
+    b = list(csv.DictReader((tmp_path / "b" / "per_image.csv").open()))
+    assert [(r["image"], r["psnr"]) for r in a] == [(r["image"], r["psnr"]) for r in b]
+    with pytest.raises(ValueError, match="shard"):
+        run_evaluation(imgs, [entry], tmp_path / "c", metrics=["psnr"], shard=(2, 2))

@@ -109,6 +109,10 @@ def test_eval_errors_name_the_problem(tmp_path: Path, weights_file: str):
     r = runner.invoke(app, ["eval", str(tmp_path), str(tmp_path / "o"), "--model", weights_file,
                             "--metrics", "psnr,bogus"])
     assert r.exit_code == 2 and "bogus" in r.output
+    for bad in ("2/2", "x", "1/0"):
+        r = runner.invoke(app, ["eval", str(tmp_path), str(tmp_path / "o"), "--model",
+                                weights_file, "--shard", bad])
+        assert r.exit_code == 2 and "--shard" in r.output and "Traceback" not in r.output
 
 
 def test_eval_progressive_prefixes_count_only_bytes_read(tmp_path: Path):
