@@ -23,7 +23,8 @@ key up, reads its record (one ranged read), and decodes it at a quality tier, th
 local disk LRU and optionally the archive's own cache area (:mod:`pipeline.reader`,
 formats in :mod:`pipeline.outputs`).
 
-What the stages ask of a codec beyond ``cdc.ImageCodec`` is in :mod:`pipeline.codec_probes`.
+A codec with only the core calls gets the rest of ``cdc.ImageCodec`` from
+:mod:`pipeline.codec_adapter` where it enters; the stages call methods.
 Nothing here imports Ray: the jobs layer distributes these stages.
 """
 
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 from pipeline.batching import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_PIXELS, group_batches, padded
 from pipeline.claims import claim_is_stale
-from pipeline.codec_probes import codec_config, pad_multiple, weights_digest
+from pipeline.codec_adapter import codec_config, full_codec, pad_multiple, weights_digest
 from pipeline.encoding import EncodeOptions, encode_images, encode_shard, make_record
 from pipeline.opening import open_or_create
 from pipeline.outputs import MEDIA_TYPES, OUTPUT_FORMATS, output_format, output_name
@@ -82,6 +83,7 @@ __all__ = [
     "encode_images",
     "encode_shard",
     "free_shard_numbers",
+    "full_codec",
     "group_batches",
     "load_item",
     "make_record",

@@ -22,7 +22,7 @@ from PIL import Image
 
 from cdc import CodecError
 from pipeline.batching import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_PIXELS, group_batches
-from pipeline.codec_probes import is_progressive, pad_multiple
+from pipeline.codec_adapter import full_codec
 from pipeline.handoff import HeldLock
 from pipeline.planning import InputItem, ShardPlan
 from pipeline.rate import cap_stream
@@ -41,11 +41,12 @@ def encode_images(codec: Any, images: Sequence[Image.Image],
     one bad image costs only itself. ``max_bpp`` (progressive codecs only) keeps the longest
     decodable prefix of each stream within that rate (:func:`pipeline.rate.cap_stream`).
     """
-    if max_bpp is not None and not is_progressive(codec):
+    codec = full_codec(codec)
+    if max_bpp is not None and not codec.progressive:
         raise ValueError(f"{codec.model_id}: max_bpp needs a progressive codec (DiffC)")
     out: list[bytes | str] = [""] * len(images)
     sizes = [(im.height, im.width) for im in images]
-    for batch in group_batches(sizes, pad_multiple(codec), batch_size, max_batch_pixels):
+    for batch in group_batches(sizes, codec.pad_multiple, batch_size, max_batch_pixels):
         try:
             for i, data in zip(batch, codec.compress_batch([images[i] for i in batch])):
                 out[i] = data

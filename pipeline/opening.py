@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.codec_probes import codec_config, weights_digest
+from pipeline.codec_adapter import codec_config, full_codec, weights_digest
 from pipeline.planning import DEFAULT_SHARD_SIZE
 from pipeline.tier_policy import tiers_for
 from pipeline.tiers import check_tiers
@@ -27,6 +27,7 @@ def open_or_create(url: str, codec: Any, *, shard_size: int = DEFAULT_SHARD_SIZE
     Returns ``(archive, created)``. ``tiers`` (already validated) replace the defaults at
     creation, and are merged into an existing archive's tiers.
     """
+    codec = full_codec(codec)
     try:
         arch = Archive.open(url, expected_digest=weights_digest(codec),
                             storage_options=storage_options)

@@ -19,13 +19,7 @@ from PIL import Image
 from cdc import BitstreamError, CodecError
 from cdc.interface import DecodeSettings
 from pipeline.cache import DiskLRU, decoded_key
-from pipeline.codec_probes import (
-    batch_decoder,
-    is_progressive,
-    plan_read_bytes,
-    prefix_length,
-    weights_digest,
-)
+from pipeline.codec_adapter import full_codec, weights_digest
 from pipeline.files import encode_image
 from pipeline.outputs import transcode
 from pipeline.tiers import TierError, resolve
@@ -93,6 +87,7 @@ class Reader:
                                                              "decoded": 0})
 
     def __post_init__(self) -> None:
+        self.codec = full_codec(self.codec)
         self.archive.check_model(weights_digest(self.codec))
         self._digest = self.codec.weights_sha256
 
@@ -103,7 +98,7 @@ class Reader:
 
         ``bpp`` decodes a progressive codec's stream from its longest prefix within that
         many bits per pixel (a TierError for codecs whose streams need every byte)."""
-        if bpp is not None and not is_progressive(self.codec):
+        if bpp is not None and not self.codec.progressive:
             raise TierError(f"bpp {bpp:g}: {self.codec.codec_id} streams do not decode from a "
                             "prefix (only progressive codecs such as DiffC do)")
         return resolve(self.archive.tiers, tier, steps=steps, gamma=gamma, seed=seed, bpp=bpp)
@@ -193,7 +188,7 @@ class Reader:
     def _prefix_bpp(self, settings: DecodeSettings) -> float | None:
         """The tier's prefix budget, when this codec's streams decode from a prefix."""
         bpp = settings.extra.get("bpp")
-        return float(bpp) if bpp is not None and is_progressive(self.codec) else None
+        return float(bpp) if bpp is not None and self.codec.progressive else None
 
     def prefix_record(self, key: str, bpp: float) -> Record:
         """The record with only the first bytes of its stream, within ``bpp`` bits per pixel:
@@ -202,20 +197,19 @@ class Reader:
         if info.status != "ok":
             raise FailedRecordError(f"{self.archive.url}: {key}: image failed when archived: "
                                     f"{info.error}")
-        head = self.archive.read_prefix(key, plan_read_bytes(self.codec))
+        head = self.archive.read_prefix(key, self.codec.plan_read_bytes)
         try:
-            n = prefix_length(self.codec, head, bpp)
+            n = self.codec.prefix_length(head, bpp=bpp)
         except (BitstreamError, CodecError) as e:
             raise DecodeError(f"{self.archive.url}: {key}: {e}") from e
         data = head[:n] if n <= len(head) else self.archive.read_prefix(key, n)
         return Record(key=key, data=data, height=info.height, width=info.width)
 
     def _decode(self, recs: Sequence[Record], s: DecodeSettings) -> list[Image.Image | Exception]:
-        batch = batch_decoder(self.codec)
-        if batch is not None and len(recs) > 1:
+        if len(recs) > 1:
             try:
-                return list(batch([r.data for r in recs], steps=s.steps, gamma=s.gamma,
-                                  seeds=s.seed))
+                return list(self.codec.decompress_batch([r.data for r in recs], steps=s.steps,
+                                                        gamma=s.gamma, seeds=s.seed))
             except (CodecError, RuntimeError, ValueError):
                 pass  # retried below, one stream at a time
         out: list[Image.Image | Exception] = []

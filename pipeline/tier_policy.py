@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.codec_probes import current_paths, is_progressive, prepare_paths, recommended_tiers
+from pipeline.codec_adapter import full_codec
 from pipeline.tiers import DEFAULT_TIER, DEFAULT_TIERS
 
 #: A progressive codec's ``preview`` tier reads only this many bits per pixel of a record.
@@ -20,7 +20,7 @@ PROGRESSIVE_PREVIEW_BPP = 0.5
 
 def base_tiers(codec: Any) -> dict[str, dict[str, Any]]:
     """The tiers the model's weights recommend (measured for that model), else the defaults."""
-    rec = recommended_tiers(codec)
+    rec = full_codec(codec).recommended_tiers()
     return {k: dict(v) for k, v in (rec or DEFAULT_TIERS).items()}
 
 
@@ -48,8 +48,9 @@ def match_tiers(codec: Any, tiers: Mapping[str, Mapping[str, Any]]) -> None:
     the corrected decode rather than plain CDC. Other codecs have nothing to set."""
     if tiers:
         paths = tier_paths(tiers)
-        if current_paths(codec) != paths:
-            prepare_paths(codec, paths)
+        codec = full_codec(codec)
+        if list(codec.decode_paths()) != paths:
+            codec.prepare_paths(paths)
 
 
 def tiers_for(codec: Any, tiers: Mapping[str, Mapping[str, Any]] | None = None
@@ -58,6 +59,6 @@ def tiers_for(codec: Any, tiers: Mapping[str, Mapping[str, Any]] | None = None
     progressive codec (DiffC) ``preview`` also gets a prefix budget, so previews
     range-read the first bytes of each record only."""
     out = {k: dict(v) for k, v in (tiers or base_tiers(codec)).items()}
-    if is_progressive(codec) and "preview" in out:
+    if full_codec(codec).progressive and "preview" in out:
         out["preview"].setdefault("bpp", PROGRESSIVE_PREVIEW_BPP)
     return out

@@ -379,6 +379,28 @@ def test_stages_need_only_the_codec_protocol(tree: Path, tmp_path: Path, codec: 
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(got.data))), np.asarray(ref))
 
 
+def test_a_core_only_codec_gets_the_rest_of_the_protocol_once(codec: CDCCodec):
+    from cdc import CodecError
+    from cdc.interface import ImageCodec
+    from pipeline.codec_adapter import CoreCodec, full_codec
+
+    assert full_codec(codec) is codec  # toolkit codecs have it all: not wrapped
+    proto = _ProtocolOnly(codec)
+    full = full_codec(proto)
+    assert isinstance(full, CoreCodec) and isinstance(full, ImageCodec)
+    assert full_codec(full) is full and full.model_id == codec.model_id
+    assert (full.progressive, full.plan_read_bytes, full.pad_multiple) == (False, 0, 64)
+    assert full.recommended_tiers() is None and full.decode_paths() == [] and full.meta == {}
+    data = codec.compress(Image.fromarray(smooth_image(24, 24, 3)))
+    with pytest.raises(CodecError, match="prefix"):
+        full.prefix_length(data, bpp=0.1)
+    proto.calls.clear()
+    outs = full.decompress_batch([data, data], steps=1, gamma=0.0, seeds=[0, 0])
+    assert proto.calls == ["decompress", "decompress"]  # one at a time: it has no batch call
+    assert np.array_equal(np.asarray(outs[0]), np.asarray(codec.decompress(data, steps=1,
+                                                                             gamma=0.0)))
+
+
 @pytest.mark.timeout(120)
 def test_diffc_preview_tier_range_reads_only_a_prefix(tree: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch):
