@@ -1,12 +1,13 @@
 """Latent CDC speed on one image: encode, decode at each tier, against cdc-small's decode
 in the same run (CPU here; ``--device cuda`` where a GPU is lent).
 
-    python bench/bench_latent_speed.py --model lcdc-small --image ../shared/data/kodak/kodim23.png
+    python bench/bench_latent_speed.py --model lcdc-q2 --steps 4 --image ../shared/data/kodak/kodim23.png
 
 Prints median seconds of encode and of each tier's decode (the model's recommended
 tiers, else steps 1/2/4), the TAEF2 share of each (encode/decode of the frozen space
 alone), and the ratio to cdc-small's decode at its own standard tier, measured in the
 same process (Kodak is a benchmark input here, never a training or tuning set).
+``--steps 4`` also times decodes at those step counts (γ = 0) beyond the tiers.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from cdc.image import array_to_tensor, pad_to_multiple, to_rgb_array  # noqa: E402
-from zoo import load_codec  # noqa: E402
+from zoo import default_model, load_codec  # noqa: E402
 
 
 def median_s(fn, repeat: int) -> float:
@@ -38,7 +39,8 @@ def median_s(fn, repeat: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="lcdc-small")
+    p.add_argument("--model", default=default_model())
+    p.add_argument("--steps", default="", help="extra step counts to time, e.g. 4,8")
     p.add_argument("--reference", default="cdc-small")
     p.add_argument("--image", default="../shared/data/kodak/kodim23.png")
     p.add_argument("--device", default="cpu")
@@ -51,6 +53,8 @@ def main() -> None:
     ref = load_codec(a.reference, device=a.device)
     tiers = codec.recommended_tiers() or {f"s{s}": {"steps": s, "gamma": 0.0, "seed": 0}
                                            for s in (1, 2, 4)}
+    for st in filter(None, (v.strip() for v in a.steps.split(","))):
+        tiers[f"s{st}"] = {"steps": int(st), "gamma": 0.0, "seed": 0}
     print(f"{a.model} on {a.image} ({img.width}x{img.height}), {a.device}, "
           f"{a.threads} threads, median of {a.repeat}")
     with torch.no_grad():
