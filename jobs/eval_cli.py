@@ -194,3 +194,24 @@ def register(app: typer.Typer) -> None:
         for line in add_bd_rates(summary, out, anchor=bd_anchor):
             typer.echo(line)
         typer.echo(f"per-image CSV, summary.json and plots in {out}/")
+
+    @app.command("eval-merge")
+    def eval_merge_cmd(
+        out: Path = typer.Argument(..., help="Output folder (may be one of the sources)."),
+        sources: list[Path] = typer.Argument(..., help="Finished `cdc eval` folders, oldest "
+                                                       "first: a later one's entries replace "
+                                                       "the same-named entries of earlier ones."),
+        bd_anchor: str = typer.Option("AVIF", help="Family the BD-rates are measured against."),
+    ) -> None:
+        """Join evaluations of the same images (re-measured rungs, kept others) into one."""
+        from pipeline.eval_merge import MergeError, merge_evaluations
+        from pipeline.evaluate import add_bd_rates, summary_table
+
+        try:
+            summary = merge_evaluations(sources, out)
+        except MergeError as e:
+            _fail(str(e))
+        typer.echo(summary_table(summary))
+        for line in add_bd_rates(summary, out, anchor=bd_anchor):
+            typer.echo(line)
+        typer.echo(f"merged per-image CSV, summary.json and plots in {out}/")

@@ -341,3 +341,84 @@ def test_shards_split_one_evaluation_and_the_last_writes_the_summary(tmp_path):
     assert [(r["image"], r["psnr"]) for r in a] == [(r["image"], r["psnr"]) for r in b]
     with pytest.raises(ValueError, match="shard"):
         run_evaluation(imgs, [entry], tmp_path / "c", metrics=["psnr"], shard=(2, 2))
+
+
+# -- merging evaluations -------------------------------------------------------------------------
+
+
+def quarter_res_entry(name: str, family: str = "Toy") -> CallableEntry:
+    """A worse toy codec than :func:`half_res_entry` (same interface)."""
+    half = half_res_entry(name, family)
+
+    def enc(img: Image.Image) -> bytes:
+        return half.encode(img.resize((max(1, img.width // 2), max(1, img.height // 2))))
+
+    def dec(data: bytes) -> Image.Image:
+        small = half.decode(data)
+        return small.resize((2 * small.width, 2 * small.height))
+
+    return CallableEntry(name, enc, dec, family)
+
+
+def test_merged_evaluations_replace_re_measured_entries_and_keep_the_rest(tmp_path):
+    """A later folder's entry replaces the earlier one of the same name (its rows too), the
+    others are kept as measured, rows stay image-major, and the summary says where each
+    entry came from."""
+    from pipeline.eval_merge import merge_evaluations
+
+    imgs = [("a", photo(48, 64, 0)), ("b", photo(48, 64, 1))]
+    old = run_evaluation(imgs, [half_res_entry("keep", "Kept"), quarter_res_entry("redo")],
+                         tmp_path / "old", metrics=["psnr"], plots=False)
+    new = run_evaluation(imgs, [half_res_entry("redo"), half_res_entry("added", "New")],
+                         tmp_path / "new", metrics=["psnr"], plots=False)
+    assert new["entries"]["redo"]["psnr"] > old["entries"]["redo"]["psnr"]
+    merged = merge_evaluations([tmp_path / "old", tmp_path / "new"], tmp_path / "m")
+    assert list(merged["entries"]) == ["keep", "redo", "added"]
+    assert merged["entries"]["keep"] == old["entries"]["keep"]
+    assert merged["entries"]["redo"] == new["entries"]["redo"]
+    assert [m["entries"] for m in merged["merged_from"]] == [["keep"], ["redo", "added"]]
+    rows = read_rows(tmp_path / "m" / "per_image.csv")
+    assert [(r["image"], r["entry"]) for r in rows] == [
+        ("a", "keep"), ("a", "redo"), ("a", "added"), ("b", "keep"), ("b", "redo"), ("b", "added")]
+    by = {(r["image"], r["entry"]): float(r["psnr"]) for r in rows}
+    new_rows = {(r["image"], r["entry"]): float(r["psnr"])
+                for r in read_rows(tmp_path / "new" / "per_image.csv")}
+    assert by[("b", "redo")] == pytest.approx(new_rows[("b", "redo")])
+    assert json.loads((tmp_path / "m" / "summary.json").read_text())["entries"] == merged["entries"]
+    assert "rd_psnr.png" in merged["files"]["plots"]
+
+
+def test_merging_refuses_other_evaluations_and_writes_nothing(tmp_path):
+    from pipeline.eval_merge import MergeError, merge_evaluations
+
+    imgs = [("a", photo(48, 64, 0)), ("b", photo(48, 64, 1))]
+    run_evaluation(imgs, [half_res_entry()], tmp_path / "x", metrics=["psnr"], plots=False)
+    run_evaluation(imgs[:1], [half_res_entry()], tmp_path / "y", metrics=["psnr"], plots=False)
+    run_evaluation(imgs, [half_res_entry()], tmp_path / "z", metrics=["psnr", "ms_ssim"],
+                   plots=False)
+    with pytest.raises(MergeError, match="images differ"):
+        merge_evaluations([tmp_path / "x", tmp_path / "y"], tmp_path / "out")
+    with pytest.raises(MergeError, match="metrics differ"):
+        merge_evaluations([tmp_path / "x", tmp_path / "z"], tmp_path / "out")
+    with pytest.raises(MergeError, match="no summary.json"):
+        merge_evaluations([tmp_path / "x", tmp_path / "nothing"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_merge_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    imgs = [("a", photo(48, 64, 0))]
+    run_evaluation(imgs, [half_res_entry("p")], tmp_path / "x", metrics=["psnr"], plots=False)
+    run_evaluation(imgs, [half_res_entry("q")], tmp_path / "y", metrics=["psnr"], plots=False)
+    r = CliRunner().invoke(app, ["eval-merge", str(tmp_path / "m"), str(tmp_path / "x"),
+                                 str(tmp_path / "y")])
+    assert r.exit_code == 0, r.output
+    assert "| p |" in r.output and "| q |" in r.output
+    r = CliRunner().invoke(app, ["eval-merge", str(tmp_path / "m2"), str(tmp_path / "x"),
+                                 str(tmp_path / "missing")])
+    assert r.exit_code == 1
+    assert "no summary.json" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "m2").exists()
