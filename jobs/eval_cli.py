@@ -211,6 +211,8 @@ def register(app: typer.Typer) -> None:
             summary = merge_evaluations(sources, out)
         except MergeError as e:
             _fail(str(e))
+        except OSError as e:
+            _fail(f"{out}: cannot write the merged evaluation ({e.strerror or e})", EXIT_INPUT, out)
         typer.echo(summary_table(summary))
         for line in add_bd_rates(summary, out, anchor=bd_anchor):
             typer.echo(line)

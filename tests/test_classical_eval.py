@@ -422,3 +422,8 @@ def test_eval_merge_command(tmp_path):
     assert r.exit_code == 1
     assert "no summary.json" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "m2").exists()
+    (tmp_path / "afile").write_text("x")
+    r = CliRunner().invoke(app, ["eval-merge", str(tmp_path / "afile"), str(tmp_path / "x"),
+                                 str(tmp_path / "y")])
+    assert r.exit_code == 1 and "cannot write" in r.output and "Traceback" not in r.output
+    assert (tmp_path / "afile").read_text() == "x"
