@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'tier':<10}{'steps':>6}{'floor ms':>10}{'eager ms':>10}{'opt ms':>10}{'opt/floor':>10}{'eager/opt':>10}")
     for tier, steps in tiers.items():
         floor = (enc_flops * 0 + ctx_flops + steps * unet_flops) / rate
-        t_base = timed(lambda: base.decompress(data, steps=steps), device, args.repeat)
-        t_fast = timed(lambda: fast.decompress(data, steps=steps), device, args.repeat)
+        t_base = timed(lambda steps=steps: base.decompress(data, steps=steps), device, args.repeat)
+        t_fast = timed(lambda steps=steps: fast.decompress(data, steps=steps), device, args.repeat)
         print(f"{tier:<10}{steps:>6}{floor * 1e3:>10.1f}{t_base * 1e3:>10.1f}{t_fast * 1e3:>10.1f}"
               f"{t_fast / floor:>10.2f}{t_base / t_fast:>10.2f}")
 

@@ -34,6 +34,7 @@ from pipeline.batching import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_PIXELS, grou
 from pipeline.claims import claim_is_stale
 from pipeline.codec_adapter import codec_config, full_codec, pad_multiple, weights_digest
 from pipeline.encoding import EncodeOptions, encode_images, encode_shard, make_record
+from pipeline.files import DEFAULT_MAX_PIXELS
 from pipeline.opening import open_or_create
 from pipeline.outputs import MEDIA_TYPES, OUTPUT_FORMATS, output_format, output_name
 from pipeline.planning import (
@@ -46,7 +47,6 @@ from pipeline.planning import (
 )
 from pipeline.reader import Decoded, DecodeError, FailedRecordError, Reader, resolve_model
 from pipeline.reading import (
-    DEFAULT_MAX_PIXELS,
     DEFAULT_READ_RETRIES,
     Loaded,
     load_item,

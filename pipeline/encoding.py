@@ -23,10 +23,11 @@ from PIL import Image
 from cdc import CodecError
 from pipeline.batching import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_PIXELS, group_batches
 from pipeline.codec_adapter import full_codec
+from pipeline.files import DEFAULT_MAX_PIXELS
 from pipeline.handoff import HeldLock
 from pipeline.planning import InputItem, ShardPlan
 from pipeline.rate import cap_stream
-from pipeline.reading import DEFAULT_MAX_PIXELS, DEFAULT_READ_RETRIES, Loaded, load_item
+from pipeline.reading import DEFAULT_READ_RETRIES, Loaded, load_item
 from pipeline.tier_policy import match_tiers
 from storage import Archive, Record
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from cdc.bitstream import MAX_SIDE  # torch-free (cdc.image re-exports it)
-from pipeline.files import DEFAULT_MAX_PIXELS, InputError, decode_image, read_bytes
+from pipeline.files import InputError, decode_image, read_bytes
 from pipeline.files import max_pixels as process_max_pixels
 from pipeline.planning import InputItem
 
