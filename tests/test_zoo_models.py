@@ -41,3 +41,17 @@ def test_shipped_model_round_trips_a_small_image(name):
     assert out.size == image.size and out.mode == "RGB"
     # decoding is deterministic for a given stream and seed
     assert sha256_hex(codec.decompress(data).tobytes()) == sha256_hex(out.tobytes())
+
+
+def test_the_default_model_is_the_ladder_rung_nearest_0_15_bpp():
+    """`cdc compress` without --model uses one flagged rung: the one of its rate family whose
+    recorded rate (measured on training photos, never Kodak) is nearest 0.15 bpp."""
+    from zoo.store import default_model
+
+    flagged = [n for n, e in registry().items() if e.get("default") is True]
+    assert flagged == [default_model()], f"exactly one default model, got {flagged}"
+    family = registry()[flagged[0]]["family"]
+    rates = {n: e["rate"]["bpp"] for n, e in registry().items()
+             if e.get("family") == family and "rate" in e}
+    assert len(rates) >= 4, rates
+    assert flagged[0] == min(rates, key=lambda n: abs(rates[n] - 0.15)), rates
