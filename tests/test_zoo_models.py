@@ -55,3 +55,22 @@ def test_the_default_model_is_the_ladder_rung_nearest_0_15_bpp():
              if e.get("family") == family and "rate" in e}
     assert len(rates) >= 4, rates
     assert flagged[0] == min(rates, key=lambda n: abs(rates[n] - 0.15)), rates
+
+
+def test_flag_default_picks_the_rung_nearest_the_target_and_unflags_the_rest(tmp_path):
+    import json
+
+    from zoo.store import flag_default
+
+    reg = {"a": {"family": "f", "rate": {"bpp": 0.05}},
+           "b": {"family": "f", "rate": {"bpp": 0.09}, "default": True},
+           "c": {"family": "f", "rate": {"bpp": 0.17}},
+           "d": {"family": "g", "rate": {"bpp": 0.15}},
+           "e": {"family": "f"}}
+    (tmp_path / "models.json").write_text(json.dumps(reg))
+    assert flag_default("f", zoo_dir=tmp_path) == "c"
+    got = json.loads((tmp_path / "models.json").read_text())
+    assert [n for n, e in got.items() if e.get("default")] == ["c"]
+    assert flag_default("f", target_bpp=0.06, zoo_dir=tmp_path) == "a"
+    with pytest.raises(KeyError, match="no model of family"):
+        flag_default("nope", zoo_dir=tmp_path)

@@ -134,6 +134,35 @@ def update_entry(name: str, fields: dict[str, Any], zoo_dir: str | Path | None =
     return out
 
 
+DEFAULT_TARGET_BPP = 0.15  # the default model is the rung nearest this rate
+
+
+def flag_default(family: str, target_bpp: float = DEFAULT_TARGET_BPP,
+                 zoo_dir: str | Path | None = None) -> str:
+    """Flag as the default model the rung of ``family`` whose recorded rate is nearest
+    ``target_bpp`` (and unflag every other model); returns its name. Run after a rung's
+    rate is re-measured, since retraining moves rates."""
+    zoo = Path(zoo_dir) if zoo_dir else package_dir()
+    chosen: list[str] = []
+
+    def edit(reg: dict) -> None:
+        rates = {n: float(e["rate"]["bpp"]) for n, e in reg.items()
+                 if e.get("family") == family and isinstance(e.get("rate"), dict)
+                 and "bpp" in e["rate"]}
+        if not rates:
+            raise KeyError(f"{zoo / REGISTRY_FILE}: no model of family {family!r} has a rate")
+        name = min(sorted(rates), key=lambda n: abs(rates[n] - target_bpp))
+        for n, e in reg.items():
+            if n == name:
+                e["default"] = True
+            else:
+                e.pop("default", None)
+        chosen.append(name)
+
+    _edit_registry(zoo, edit)
+    return chosen[0]
+
+
 def _edit_registry(zoo: Path, edit) -> None:
     reg_path = zoo / REGISTRY_FILE
     reg = json.loads(reg_path.read_text()) if reg_path.exists() else {}
