@@ -370,6 +370,21 @@ def run_evaluation(images: Any, entries: Sequence[Any], out_dir: str | os.PathLi
             feats = {"__ref__": ref_feats[-1], **{n: f[i] for n, f in rec_feats.items() if i in f}}
         progress.save(i, rows[first_row:], feats)
     if missing:
+        # The other shards may have finished while this one ran (two shards ending together
+        # would otherwise each leave the summary to the other): look again, and if every
+        # image is kept now, gather all of them from the progress folder in image order.
+        kept_now = [progress.load(i) for i in range(len(imgs))]
+        if all(k is not None for k in kept_now):
+            missing, rows, ref_feats = [], [], []
+            rec_feats = {e.name: {} for e in entries}
+            for i, (img_rows, feats) in enumerate(kept_now):
+                rows += img_rows
+                if want_fid:
+                    ref_feats.append(feats["__ref__"])
+                    for name, f in feats.items():
+                        if name != "__ref__":
+                            rec_feats[name][i] = f
+    if missing:
         log.warning("%s: shard %d/%d done; %d image(s) of other shards not finished yet, so "
                     "no summary (run again when they are)", out, shard[0], shard[1], len(missing))
         return {"shard": list(shard), "missing": missing, "images": len(imgs)}

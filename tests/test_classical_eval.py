@@ -343,6 +343,33 @@ def test_shards_split_one_evaluation_and_the_last_writes_the_summary(tmp_path):
         run_evaluation(imgs, [entry], tmp_path / "c", metrics=["psnr"], shard=(2, 2))
 
 
+def test_shards_that_finish_together_still_write_the_summary(tmp_path):
+    """Shard 0 passes shard 1's images while they are unfinished; shard 1 then ends while
+    shard 0 is on its last image (and sees that image unfinished). Shard 0 looks again when
+    it is done, finds every image kept and writes the summary, with FID features too."""
+    imgs = [(f"im{i}", photo(64, 64, seed=i)) for i in range(4)]
+    toy = half_res_entry()
+    other: list[dict] = []
+    calls: list[int] = []
+
+    def enc(img):
+        calls.append(1)
+        if len(calls) == 2:  # shard 0's last image (im2): shard 1 runs to its end now
+            other.append(run_evaluation(imgs, [plain], tmp_path / "a", metrics=["psnr"],
+                                        plots=False, shard=(1, 2)))
+        return toy.encode(img)
+
+    entry = CallableEntry("toy", enc, toy.decode, family="Toy")
+    plain = CallableEntry("toy", toy.encode, toy.decode, family="Toy")
+    full = run_evaluation(imgs, [entry], tmp_path / "a", metrics=["psnr"], plots=False,
+                          shard=(0, 2))
+    assert other[0]["missing"] == ["im2"]
+    assert "missing" not in full and full["entries"]["toy"]["images"] == 4
+    rows = list(csv.DictReader((tmp_path / "a" / "per_image.csv").open()))
+    assert [r["image"] for r in rows] == ["im0", "im1", "im2", "im3"]
+    assert not (tmp_path / "a" / ".progress").exists()
+
+
 # -- merging evaluations -------------------------------------------------------------------------
 
 
