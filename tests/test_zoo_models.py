@@ -74,3 +74,20 @@ def test_flag_default_picks_the_rung_nearest_the_target_and_unflags_the_rest(tmp
     assert flag_default("f", target_bpp=0.06, zoo_dir=tmp_path) == "a"
     with pytest.raises(KeyError, match="no model of family"):
         flag_default("nope", zoo_dir=tmp_path)
+
+
+def test_concurrent_registry_edits_keep_every_entry(tmp_path):
+    """Two rungs exported at once both land in models.json (the edit holds a lock)."""
+    import json
+    import threading
+
+    from zoo.store import ship_weights
+
+    threads = [threading.Thread(target=ship_weights,
+                                args=(bytes([i]) * 64, f"m{i}", "cdc", tmp_path))
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(json.loads((tmp_path / "models.json").read_text())) == [f"m{i}" for i in range(8)]

@@ -164,9 +164,16 @@ def flag_default(family: str, target_bpp: float = DEFAULT_TARGET_BPP,
 
 
 def _edit_registry(zoo: Path, edit) -> None:
+    """Read, edit and atomically replace ``models.json`` under an exclusive lock, so two
+    exports running at once (two rungs shipped in parallel) cannot drop each other's entry."""
+    import fcntl
+
     reg_path = zoo / REGISTRY_FILE
-    reg = json.loads(reg_path.read_text()) if reg_path.exists() else {}
-    edit(reg)
-    tmp = reg_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(reg, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, reg_path)
+    zoo.mkdir(parents=True, exist_ok=True)
+    with open(zoo / (REGISTRY_FILE + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        reg = json.loads(reg_path.read_text()) if reg_path.exists() else {}
+        edit(reg)
+        tmp = reg_path.with_suffix(f".json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(reg, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, reg_path)
