@@ -311,18 +311,23 @@ def run_evaluation(images: Any, entries: Sequence[Any], out_dir: str | os.PathLi
         log.warning("%s: going on from a stopped evaluation (%d of %d images kept; "
                     "fresh start: resume=False / --fresh)", out, kept, len(imgs))
     missing: list[str] = []
+
+    def keep(i: int, done: tuple[list[dict[str, Any]], dict[str, np.ndarray]]) -> None:
+        """Take image ``i``'s rows and FID features from the progress folder."""
+        rows.extend(done[0])
+        if want_fid:
+            ref_feats.append(done[1]["__ref__"])
+            for name, f in done[1].items():
+                if name != "__ref__":
+                    rec_feats[name][i] = f
+
     for i, (iname, img) in enumerate(imgs):
         done = progress.load(i)
         if done is None and shard is not None and i % shard[1] != shard[0]:
             missing.append(iname)  # another shard's image, not finished (yet)
             continue
         if done is not None:
-            rows += done[0]
-            if want_fid:
-                ref_feats.append(done[1]["__ref__"])
-                for name, f in done[1].items():
-                    if name != "__ref__":
-                        rec_feats[name][i] = f
+            keep(i, done)
             log.info("%s: kept from the stopped run", iname)
             continue
         first_row = len(rows)
@@ -375,15 +380,13 @@ def run_evaluation(images: Any, entries: Sequence[Any], out_dir: str | os.PathLi
         # image is kept now, gather all of them from the progress folder in image order.
         kept_now = [progress.load(i) for i in range(len(imgs))]
         if all(k is not None for k in kept_now):
-            missing, rows, ref_feats = [], [], []
-            rec_feats = {e.name: {} for e in entries}
-            for i, (img_rows, feats) in enumerate(kept_now):
-                rows += img_rows
-                if want_fid:
-                    ref_feats.append(feats["__ref__"])
-                    for name, f in feats.items():
-                        if name != "__ref__":
-                            rec_feats[name][i] = f
+            missing = []
+            rows.clear()
+            ref_feats.clear()
+            for per_image in rec_feats.values():
+                per_image.clear()
+            for i, done in enumerate(kept_now):
+                keep(i, done)
     if missing:
         log.warning("%s: shard %d/%d done; %d image(s) of other shards not finished yet, so "
                     "no summary (run again when they are)", out, shard[0], shard[1], len(missing))

@@ -174,6 +174,6 @@ def _edit_registry(zoo: Path, edit) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         reg = json.loads(reg_path.read_text()) if reg_path.exists() else {}
         edit(reg)
-        tmp = reg_path.with_suffix(f".json.{os.getpid()}.tmp")
+        tmp = reg_path.with_suffix(".json.tmp")  # the lock keeps one writer at a time
         tmp.write_text(json.dumps(reg, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, reg_path)
