@@ -14,7 +14,7 @@ from pipeline.codec_adapter import codec_config, full_codec, weights_digest
 from pipeline.planning import DEFAULT_SHARD_SIZE
 from pipeline.tier_policy import tiers_for
 from pipeline.tiers import check_tiers
-from storage import Archive, ArchiveError, NotAnArchiveError
+from storage import Archive, ArchiveError, ArchiveNotFoundError
 
 
 def open_or_create(url: str, codec: Any, *, shard_size: int = DEFAULT_SHARD_SIZE,
@@ -24,6 +24,8 @@ def open_or_create(url: str, codec: Any, *, shard_size: int = DEFAULT_SHARD_SIZE
                    info: Mapping[str, Any] | None = None) -> tuple[Archive, bool]:
     """Open the archive at ``url`` for ``codec`` (its model must match), or create it.
 
+    "Absent" is :class:`storage.ArchiveNotFoundError` (nothing at all stored at ``url``);
+    a URL that holds anything else is refused, untouched (``Archive.create`` checks again).
     Returns ``(archive, created)``. ``tiers`` (already validated) replace the defaults at
     creation, and are merged into an existing archive's tiers.
     """
@@ -31,12 +33,12 @@ def open_or_create(url: str, codec: Any, *, shard_size: int = DEFAULT_SHARD_SIZE
     try:
         arch = Archive.open(url, expected_digest=weights_digest(codec),
                             storage_options=storage_options)
-    except NotAnArchiveError as e:
-        if "does not exist" not in str(e):
-            raise
+    except ArchiveNotFoundError:
+        pass  # nothing stored there (a missing path, an empty folder or prefix): create
     else:
         if arch.codec_id != codec.codec_id:
             raise ArchiveError(f"{url}: holds {arch.codec_id!r} streams, not {codec.codec_id!r}")
+        arch.check_writable()  # a read-only bucket: one line now, not a failed job later
         if tiers:
             new = check_tiers(tiers)
             if any(arch.tiers.get(k) != v for k, v in new.items()):

@@ -10,6 +10,7 @@ from .archive import Archive
 from .errors import (
     ArchiveError,
     ArchiveExistsError,
+    ArchiveNotFoundError,
     BadKeyError,
     CorruptArchiveError,
     DuplicateKeyError,
@@ -21,6 +22,7 @@ from .errors import (
     ShardCompleteError,
     ShardFullError,
     ShardTakenError,
+    StoreAccessError,
     UnknownTierError,
 )
 from .keys import check_key, key_problem
@@ -35,6 +37,7 @@ __all__ = [
     "Archive",
     "ArchiveError",
     "ArchiveExistsError",
+    "ArchiveNotFoundError",
     "BadKeyError",
     "CorruptArchiveError",
     "DuplicateKeyError",
@@ -49,6 +52,7 @@ __all__ = [
     "ShardFullError",
     "ShardTakenError",
     "ShardWriter",
+    "StoreAccessError",
     "UnknownTierError",
     "check_key",
     "key_problem",

@@ -14,12 +14,13 @@ in :mod:`storage.decoded_cache`, verification in :mod:`storage.verify`).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import zarr
 
-from .backend import Location
+from .backend import Location, run
 from .errors import (
     ArchiveError,
     DuplicateKeyError,
@@ -27,7 +28,7 @@ from .errors import (
     RecordNotFoundError,
 )
 from .group import consolidate, create_group, open_group, write_attrs
-from .layout import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_SHARDS, DEFAULT_SHARD_SIZE
+from .layout import CLAIMS_DIR, DEFAULT_CHUNK_BYTES, DEFAULT_MAX_SHARDS, DEFAULT_SHARD_SIZE
 from .parts import ArchiveParts
 from .records import Record, RecordInfo
 from .verify import verify_parts
@@ -202,6 +203,18 @@ class Archive:
     def _writable(self, what: str) -> None:
         if self.read_only:
             raise ReadOnlyArchiveError(f"{self.url}: opened read-only; cannot {what}")
+
+    def check_writable(self) -> None:
+        """Raise :class:`StoreAccessError` (``reason="denied"`` for a read-only bucket) if
+        this archive cannot be written, before a job starts: one probe object,
+        ``claims/write-probe-<random>`` (ignored by readers), created then deleted."""
+        self._writable("write shards")
+        probe = f"{CLAIMS_DIR}/write-probe-{uuid.uuid4().hex}"
+        try:
+            run(self._loc.create(probe, b"probe"))
+            run(self._loc.delete(probe))
+        except Exception as e:  # noqa: BLE001  (any store failure becomes one line)
+            raise self._loc.access_error(e, "write to the archive", writing=True) from e
 
     # -- shards ---------------------------------------------------------------------------
     def writer(

@@ -16,11 +16,14 @@ import uuid
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from zarr.abc.store import RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync as _zarr_sync
 from zarr.storage import FsspecStore, LocalStore
+
+from .errors import StoreAccessError
 
 T = TypeVar("T")
 
@@ -82,12 +85,42 @@ class Location:
                 not self.local_root.is_dir() or any(self.local_root.iterdir())
             )
 
+        assert isinstance(self.store, FsspecStore)
+        fs = self.store.fs
+        if hasattr(fs, "_call_s3"):  # s3fs: one ListObjectsV2 of at most one key
+            bucket, _, key = self.store.path.strip("/").partition("/")
+            prefix = key.rstrip("/") + "/" if key else ""
+
+            async def _one() -> bool:
+                out = await fs._call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
+                return bool(out.get("KeyCount") or out.get("Contents"))
+
+            return run(_one())
+
         async def _any() -> bool:
             async for _ in self.store.list_prefix(""):
                 return True
             return False
 
         return run(_any())
+
+    def access_error(self, exc: BaseException, doing: str, writing: bool = False) -> StoreAccessError:
+        """``exc`` (from the store, while ``doing`` something) as one line saying what is
+        wrong: a missing bucket, refused credentials, an unreachable endpoint, a read-only
+        bucket; else the error itself. See :func:`store_problem`."""
+        reason, what = store_problem(exc, writing=writing)
+        if reason == "other" and self.local_root is None and isinstance(exc, PermissionError):
+            # A HEAD answers a bare 403; one listing request says whether it is the
+            # credentials or a missing permission.
+            try:
+                self.exists_at_all()
+                what = "access denied (the credentials may not read this)"
+                reason = "denied"
+            except Exception as e:  # noqa: BLE001  (classified below)
+                reason, what = store_problem(e, writing=False)
+        if reason == "no-bucket":
+            what = f"the bucket {_bucket(self.url)!r} does not exist (create it first)"
+        return StoreAccessError(f"{self.url}: cannot {doing}: {what}", reason)
 
     def root_missing(self) -> bool:
         """True for a local path that does not exist (opening must not create it)."""
@@ -164,3 +197,72 @@ def _create_local(path: Path, data: bytes) -> bool:
         return True
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# -- store errors as one line ----------------------------------------------------------------
+_CREDENTIAL_CODES = {
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+    "AuthorizationHeaderMalformed", "InvalidClientTokenId", "UnrecognizedClientException",
+}
+_CONNECT_ERRORS = {
+    "EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError",
+    "ClientConnectorError", "ServerDisconnectedError", "ConnectionRefusedError",
+    "gaierror", "ProxyConnectionError",
+}
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in out and len(out) < 12:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def _bucket(url: str) -> str:
+    return urlsplit(url).netloc
+
+
+def store_problem(exc: BaseException, writing: bool = False) -> tuple[str, str]:
+    """``(reason, description)`` of an error a store raised, from its type and the S3
+    error code it carries (s3fs keeps botocore's error as the cause); no botocore import.
+    Reasons: ``no-bucket``, ``credentials``, ``unreachable``, ``denied``, ``other``."""
+    chain = _causes(exc)
+    codes = set()
+    endpoint = None
+    for e in chain:
+        resp = getattr(e, "response", None)
+        if isinstance(resp, dict):
+            codes.add(str((resp.get("Error") or {}).get("Code")))
+        names = {c.__name__ for c in type(e).__mro__}
+        if names & _CONNECT_ERRORS:
+            kw = getattr(e, "kwargs", None)
+            url = kw.get("endpoint_url") if isinstance(kw, dict) else None
+            if url and endpoint is None:
+                parts = urlsplit(str(url))
+                endpoint = f"{parts.scheme}://{parts.netloc}" if parts.netloc else str(url)
+            codes.add("<connect>")
+    if "<connect>" in codes:
+        where = f"the endpoint {endpoint}" if endpoint else "the store's endpoint"
+        return "unreachable", (
+            f"cannot connect to {where} (is the server up? check AWS_ENDPOINT_URL or "
+            "storage_options client_kwargs.endpoint_url)"
+        )
+    if codes & _CREDENTIAL_CODES:
+        code = sorted(codes & _CREDENTIAL_CODES)[0]
+        return "credentials", (
+            f"the server refused the credentials ({code}); check AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY or storage_options key/secret"
+        )
+    if "NoSuchBucket" in codes:
+        return "no-bucket", "the bucket does not exist (create it first)"
+    if "AccessDenied" in codes or "AllAccessDisabled" in codes:
+        if writing:
+            return "denied", (
+                "access denied when writing (a read-only bucket, or credentials without "
+                "write permission)"
+            )
+        return "denied", "access denied (the credentials may not read this)"
+    kind = type(exc).__name__
+    return "other", f"{kind}: {exc}" if str(exc) not in ("", "None") else kind

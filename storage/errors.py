@@ -16,6 +16,26 @@ class NotAnArchiveError(ArchiveError):
     """The URL holds nothing, or something that is not a cdc archive."""
 
 
+class ArchiveNotFoundError(NotAnArchiveError):
+    """Nothing at all is stored at the URL (and the store answered): an archive can be
+    created there. Raised by ``Archive.open``; "holds other data" is a plain
+    :class:`NotAnArchiveError`."""
+
+
+class StoreAccessError(ArchiveError):
+    """The store cannot be used as asked; ``reason`` says why: ``"no-bucket"`` (the
+    bucket does not exist), ``"credentials"`` (the server refused the key or signature),
+    ``"unreachable"`` (no connection to the endpoint), ``"denied"`` (the credentials may
+    not read, or not write: a read-only bucket), ``"other"``."""
+
+    def __init__(self, message: str, reason: str = "other") -> None:
+        super().__init__(message, reason)  # both in args, so the error pickles (Ray)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class ArchiveExistsError(ArchiveError):
     """``Archive.create`` was pointed at a URL that already holds data (never overwritten)."""
 

@@ -17,12 +17,14 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.storage import MemoryStore
 
 from .attributes import checked_tiers
 from .backend import Location, run
 from .errors import (
-    ArchiveError,
     ArchiveExistsError,
+    ArchiveNotFoundError,
     CorruptArchiveError,
     FormatVersionError,
     NotAnArchiveError,
@@ -130,37 +132,67 @@ def create_group(
     loc = Location(url, storage_options)
     try:
         occupied = loc.exists_at_all()
-    except OSError as e:
-        raise ArchiveError(
-            f"{url}: cannot create an archive there ({type(e).__name__}: {e}); "
-            "does the bucket/directory exist and are the credentials right?"
-        ) from e
+    except Exception as e:  # noqa: BLE001  (any store failure becomes one line)
+        err = loc.access_error(e, "create an archive there")
+        if err.reason == "other":
+            err.args = (f"{err}; does the bucket/directory exist and are the credentials "
+                        "right?", err.reason)
+        raise err from e
     if occupied:
         raise ArchiveExistsError(
             f"{url}: already holds data; Archive.create never overwrites "
             "(use Archive.open, or choose a new URL)"
         )
-    cap = max_shards * shard_size
+    # Built in memory, then copied with the root zarr.json last: a reader never sees a
+    # half-made archive, and a failed copy (a read-only bucket, a dropped connection)
+    # removes what it wrote, so the URL is left as empty as it was found.
+    staging = MemoryStore()
     with quiet_zarr():
-        group = zarr.create_group(store=loc.store, zarr_format=3, attributes={ATTRS_KEY: attrs})
-        for name, (dtype, fill) in ROW_ARRAYS.items():
-            group.create_array(
-                name,
-                shape=(cap,),
-                chunks=(shard_size,),
-                fill_value=fill,
-                dtype=str if dtype == "string" else dtype,
-            )
+        _build(staging, attrs, shard_size, max_shards, chunk_bytes, max_shard_bytes)
+    _copy_root_last(staging, loc)
+
+
+def _build(store: MemoryStore, attrs: dict[str, Any], shard_size: int, max_shards: int,
+           chunk_bytes: int, max_shard_bytes: int) -> None:
+    cap = max_shards * shard_size
+    group = zarr.create_group(store=store, zarr_format=3, attributes={ATTRS_KEY: attrs})
+    for name, (dtype, fill) in ROW_ARRAYS.items():
         group.create_array(
-            PAYLOAD,
-            shape=(max_shards, max_shard_bytes),
-            dtype="uint8",
-            chunks=(1, chunk_bytes),
-            shards=(1, max_shard_bytes),
-            compressors=None,
-            fill_value=0,
+            name,
+            shape=(cap,),
+            chunks=(shard_size,),
+            fill_value=fill,
+            dtype=str if dtype == "string" else dtype,
         )
-        zarr.consolidate_metadata(loc.store)
+    group.create_array(
+        PAYLOAD,
+        shape=(max_shards, max_shard_bytes),
+        dtype="uint8",
+        chunks=(1, chunk_bytes),
+        shards=(1, max_shard_bytes),
+        compressors=None,
+        fill_value=0,
+    )
+    zarr.consolidate_metadata(store)
+
+
+def _copy_root_last(staging: MemoryStore, loc: Location) -> None:
+    async def keys() -> list[str]:
+        return [k async for k in staging.list()]
+
+    names = sorted(run(keys()), key=lambda k: (k == "zarr.json", k))
+    written: list[str] = []
+    try:
+        for name in names:
+            buf = run(staging.get(name, default_buffer_prototype()))
+            assert buf is not None
+            run(loc.set(name, buf.to_bytes()))
+            written.append(name)
+    except Exception as e:  # noqa: BLE001  (any store failure becomes one line)
+        for name in reversed(written):
+            with contextlib.suppress(Exception):  # best effort: the store just failed
+                run(loc.delete(name))
+        raise loc.access_error(e, "create an archive there", writing=True) from e
 
 
 def _sniff_attrs(loc: Location) -> dict[str, Any]:
@@ -168,14 +200,21 @@ def _sniff_attrs(loc: Location) -> dict[str, Any]:
     url = loc.url
     try:
         raw = run(loc.get("zarr.json"))
-    except OSError as e:
-        raise ArchiveError(
-            f"{url}: cannot read the archive ({type(e).__name__}: {e}); check the URL, "
-            "credentials and endpoint (storage_options or AWS_* environment variables)"
-        ) from e
+        if raw is None:
+            if run(loc.get(".zgroup")) is not None or run(loc.get(".zarray")) is not None:
+                raise NotAnArchiveError(f"{url}: is a zarr v2 store, not a cdc archive")
+            empty = not loc.exists_at_all()  # also: does the bucket exist?
+    except NotAnArchiveError:
+        raise
+    except Exception as e:  # noqa: BLE001  (any store failure becomes one line)
+        err = loc.access_error(e, "read the archive")
+        if err.reason == "other":
+            err.args = (f"{err}; check the URL, credentials and endpoint (storage_options "
+                        "or AWS_* environment variables)", err.reason)
+        raise err from e
     if raw is None:
-        if run(loc.get(".zgroup")) is not None or run(loc.get(".zarray")) is not None:
-            raise NotAnArchiveError(f"{url}: is a zarr v2 store, not a cdc archive")
+        if empty:
+            raise ArchiveNotFoundError(f"{url}: no zarr.json there (nothing is stored there)")
         raise NotAnArchiveError(f"{url}: no zarr.json there; not a cdc archive")
     try:
         meta = json.loads(raw)
@@ -209,7 +248,7 @@ def open_group(
     """``(location, group, attributes)`` of the archive at ``url``; never creates anything."""
     loc = Location(url, storage_options, read_only=read_only)
     if loc.root_missing():
-        raise NotAnArchiveError(f"{url}: does not exist")
+        raise ArchiveNotFoundError(f"{url}: does not exist")
     attrs = _sniff_attrs(loc)
     with quiet_zarr():
         group = zarr.open_group(loc.store, mode="r" if read_only else "r+", zarr_format=3)

@@ -13,7 +13,15 @@ import pytest
 import s3fs
 from test_storage import create, make_records, run_parallel_writers
 
-from storage import Archive, ArchiveError, CorruptArchiveError, NotAnArchiveError, ShardTakenError
+from storage import (
+    Archive,
+    ArchiveError,
+    ArchiveNotFoundError,
+    CorruptArchiveError,
+    NotAnArchiveError,
+    ShardTakenError,
+    StoreAccessError,
+)
 
 pytestmark = pytest.mark.s3
 
@@ -41,16 +49,20 @@ def test_not_an_archive_on_s3(s3_server: Any) -> None:
     bucket = s3_server.new_bucket()
     fs = s3_server.filesystem()
     fs.pipe(f"{bucket}/photos/cat.jpg", b"meow")
-    with pytest.raises(NotAnArchiveError, match="no zarr.json"):
+    with pytest.raises(NotAnArchiveError, match="no zarr.json") as e:
         Archive.open(f"s3://{bucket}/photos", storage_options=s3_server.storage_options)
-    with pytest.raises(NotAnArchiveError):
+    assert not isinstance(e.value, ArchiveNotFoundError)  # holds other data: not "absent"
+    with pytest.raises(ArchiveNotFoundError):
         Archive.open(f"s3://{bucket}/nothing", storage_options=s3_server.storage_options)
     assert fs.cat(f"{bucket}/photos/cat.jpg") == b"meow"
-    with pytest.raises(ArchiveError, match="does the bucket/directory exist"):
+    # The store's own problems are typed (StoreAccessError.reason) and say which.
+    with pytest.raises(StoreAccessError, match=f"bucket 'no-such-bucket-{bucket}' does not exist") as e:
         create(f"s3://no-such-bucket-{bucket}/a", s3_server.storage_options)
+    assert e.value.reason == "no-bucket"
     wrong = {**s3_server.storage_options, "secret": "wrong-secret"}
-    with pytest.raises(ArchiveError, match="credentials"):
+    with pytest.raises(ArchiveError, match="refused the credentials") as e:
         Archive.open(f"s3://{bucket}/photos", storage_options=wrong)
+    assert e.value.reason == "credentials"
 
 
 def test_missing_object_and_taken_shard_on_s3(
