@@ -72,6 +72,17 @@ class CodecContract:
             assert out.size == (img.shape[1], img.shape[0])
             assert np.asarray(out).dtype == np.uint8
 
+    def test_round_trip_depends_on_the_input(self, codec, images, streams):
+        """Size and dtype are not enough: a decoder that returns a grey (or any fixed)
+        picture has them. The tiny random models reproduce nothing, but what they decode
+        is a picture (not flat) and depends on the stream: two different images of one
+        size decode to different pictures, the same stream twice to the same one."""
+        a, b = (np.asarray(codec.decompress(d)).astype(int) for d in streams[:2])
+        assert a.shape == b.shape
+        assert a.std() > 2 and b.std() > 2, "a flat decode"
+        assert np.abs(a - b).mean() > 2, "two different images decode to the same picture"
+        assert np.array_equal(np.asarray(codec.decompress(streams[0])), a)
+
     def test_batch_equals_single(self, codec, images, streams):
         for img, data in zip(images, streams):
             assert codec.compress(img) == data
@@ -238,9 +249,22 @@ class TestCorrDiff(CodecContract):
 
     @classmethod
     def make_weights(cls, seed):
-        from test_corrdiff import corrdiff_bytes
+        """``test_corrdiff.corrdiff_bytes`` with a louder end-to-end head: at default init
+        its output hardly depends on ŷ (two images' decodes differ by 0.2 levels), the
+        encoder then picks w = 1 everywhere and every stream decodes to one picture."""
+        from cdc.corrdiff.codec import corrdiff_weights_bytes
+        from cdc.corrdiff.correction import CorrectionConfig
+        from cdc.corrdiff.decoder import DecoderConfig, E2EDecoder
+        from zoo.loader import model_from_bytes
 
-        return corrdiff_bytes(seed)
+        model, _ = model_from_bytes(make_weights(seed), "test")
+        torch.manual_seed(seed + 100)
+        dec = E2EDecoder(model.cfg, DecoderConfig(head_channels=8, head_layers=1))
+        dec.init_trunk_from(model.context)
+        with torch.no_grad():
+            dec.head[0].weight.mul_(30.0)
+        corr = CorrectionConfig(correct_last=2, skip_final=False)
+        return corrdiff_weights_bytes(model, dec.eval(), corr, "corrdiff-test")
 
 
 class TestLatentCorrDiff(TestCorrDiff):
