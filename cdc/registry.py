@@ -40,6 +40,9 @@ CODECS: dict[str, CodecEntry] = {e.name: e for e in (
                "cdc.describe:describe_container",
                "cdc.configs:CONFIGS", "pipeline.train_corrdiff",
                "CorrDiff: CDC + encoder-chosen end-to-end correction (Ma et al.)"),
+    CodecEntry("refine", 3, "cdc.refine.codec:RefineCodec", "cdc.refine.stream:describe",
+               "cdc.refine.config:REFINE_CONFIGS", "pipeline.train_refine",
+               "AVIF base layer + conditional diffusion refinement, per-tile fidelity bound"),
 )}
 
 BY_BYTE: dict[int, str] = {e.byte: e.name for e in CODECS.values()}

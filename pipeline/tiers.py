@@ -80,8 +80,10 @@ def check_tier(name: str, fields: Mapping[str, Any]) -> Tier:
     except KeyError as e:
         raise TierError(f"tier {name!r}: missing {e.args[0]!r}") from None
     seed = fields.get("seed", 0)
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-        raise TierError(f"tier {name!r}: steps must be an int in 1..{MAX_STEPS}, got {steps!r}")
+    # steps = 0: the stream's base layer alone (codecs that carry one: refine's preview);
+    # other codecs refuse it when decoding.
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= MAX_STEPS:
+        raise TierError(f"tier {name!r}: steps must be an int in 0..{MAX_STEPS}, got {steps!r}")
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma <= MAX_GAMMA:
         raise TierError(f"tier {name!r}: gamma must be a number in 0..{MAX_GAMMA}, got {gamma!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:

@@ -72,6 +72,11 @@ class TrainConfigBase:
     steps: int = 20_000
     lr: float = 2e-4
     grad_clip: float = 1.0
+    # Learning-rate schedule (every trainer): linear warm-up over ``lr_warmup_steps``, then
+    # constant or a cosine decay to ``lr_min_ratio``·lr at ``steps``.
+    lr_warmup_steps: int = 0
+    lr_decay: str = "constant"
+    lr_min_ratio: float = 0.1
     ema_decay: float = 0.999
     checkpoint_every: int = 250
     log_every: int = 25
@@ -278,6 +283,36 @@ class TrainerBase:
     def train_step(self, x: Any) -> dict[str, float]:
         raise NotImplementedError
 
+    def lr_at(self, step: int) -> float:
+        """The learning rate of ``step`` under the config's warm-up and decay."""
+        import math
+
+        cfg = self.cfg
+        lr = cfg.lr
+        warm = getattr(cfg, "lr_warmup_steps", 0)
+        if warm and step < warm:
+            return lr * (step + 1) / warm
+        decay = getattr(cfg, "lr_decay", "constant")
+        if decay == "cosine":
+            frac = min(1.0, max(0.0, (step - warm) / max(1, cfg.steps - warm)))
+            lo = cfg.lr_min_ratio
+            return lr * (lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * frac)))
+        if decay != "constant":
+            raise ValueError(f"lr_decay must be 'constant' or 'cosine', got {decay!r}")
+        return lr
+
+    def set_lr(self) -> None:
+        """Apply :meth:`lr_at` (groups keep their ratio to ``cfg.lr``, e.g. a scaled trunk);
+        a run with neither warm-up nor decay is left as its trainer sets it."""
+        cfg = self.cfg
+        if not getattr(cfg, "lr_warmup_steps", 0) and getattr(cfg, "lr_decay",
+                                                               "constant") == "constant":
+            return
+        lr = self.lr_at(self.step)
+        for group in self.opt.param_groups:
+            ratio = group.setdefault("lr_ratio", group["lr"] / cfg.lr)
+            group["lr"] = lr * ratio
+
     def fit(self, max_steps: int | None = None, time_limit: float | None = None,
             progress: bool = True) -> int:
         """Train until ``cfg.steps`` (or ``max_steps`` more, or ``time_limit`` seconds).
@@ -315,6 +350,7 @@ class TrainerBase:
             acc: dict[str, float] = {}
             n_acc = 0
             for x in loader:
+                self.set_lr()
                 m = self.train_step(x)
                 if self.step % self.refresh_every == 0 and hasattr(data, "refresh"):
                     data.refresh()  # a latent cache may still be filling beside the run

@@ -331,6 +331,18 @@ class TestLatentCorrDiff(TestCorrDiff):
         assert np.abs(out.astype(int) - want).max() <= 1
 
 
+class TestRefine(CodecContract):
+    """The base-layer codec: AVIF base + conditional diffusion refinement + tile bound."""
+
+    codec_name = "refine"
+
+    @classmethod
+    def make_weights(cls, seed):
+        from test_refine import refine_bytes
+
+        return refine_bytes(seed)
+
+
 def test_every_registered_codec_has_a_contract():
     covered = {cls.codec_name for cls in CodecContract.__subclasses__()}
     assert covered >= set(CODECS)

@@ -1,0 +1,106 @@
+"""The classical base layer: AVIF through Pillow's libavif, downscaled where the rate asks.
+
+Encoder settings are fixed by the model config (speed, chroma subsampling) so the same
+quality gives the same bytes as the AVIF baseline of ``cdc eval``. The decoder checks the
+AVIF's own size claim against the container header *before* decoding, and upsamples a
+downscaled base to the image size (bicubic; both ends run the same op).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from cdc.errors import CorruptStreamError
+from cdc.refine.config import RefineConfig
+
+QUALITIES = range(0, 101)
+
+
+@dataclass(frozen=True)
+class BaseChoice:
+    """One base-layer encoding: the bytes and the settings that made them."""
+
+    data: bytes
+    quality: int
+    scale: int
+
+
+def scaled_size(height: int, width: int, scale: int) -> tuple[int, int]:
+    return max(1, math.ceil(height / scale)), max(1, math.ceil(width / scale))
+
+
+def encode(array: np.ndarray, quality: int, scale: int, cfg: RefineConfig) -> BaseChoice:
+    """(H, W, 3) uint8 → AVIF bytes of the image downscaled by ``scale`` (Lanczos)."""
+    img = Image.fromarray(array)
+    if scale > 1:
+        h, w = scaled_size(array.shape[0], array.shape[1], scale)
+        img = img.resize((w, h), Image.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="AVIF", quality=int(quality), speed=cfg.base_speed,
+             subsampling=cfg.base_subsampling)
+    return BaseChoice(buf.getvalue(), int(quality), int(scale))
+
+
+def decode(data: bytes, height: int, width: int, scale: int) -> Tensor:
+    """AVIF bytes → (1, 3, height, width) float in [-1, 1] (upsampled when ``scale`` > 1).
+
+    The AVIF must claim exactly the size the header implies (checked before decoding)."""
+    want_h, want_w = scaled_size(height, width, scale)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(io.BytesIO(data), formats=["AVIF"])
+            if img.size != (want_w, want_h):
+                raise CorruptStreamError(
+                    f"base layer claims {img.size[0]}×{img.size[1]}, the header implies "
+                    f"{want_w}×{want_h}")
+            img.load()
+            arr = np.asarray(img.convert("RGB"))
+    except CorruptStreamError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a native decoder's refusal is a corrupt stream
+        raise CorruptStreamError(f"base layer is not a decodable AVIF ({e})") from e
+    x = torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+    return upsample(x, height, width)
+
+
+def upsample(x: Tensor, height: int, width: int) -> Tensor:
+    """A decoded (downscaled) base at the image size, in [-1, 1]."""
+    if x.shape[-2:] == (height, width):
+        return x
+    return F.interpolate(x, size=(height, width), mode="bicubic",
+                         align_corners=False).clamp(-1, 1)
+
+
+def search(array: np.ndarray, target_bytes: int, cfg: RefineConfig) -> BaseChoice:
+    """The best base within ``target_bytes``: the full-size base at the highest quality
+    that fits; only when even quality 0 at full size does not fit, the same search on the
+    next downscale. If nothing fits, the smallest encoding found (over budget)."""
+    smallest: BaseChoice | None = None
+    for scale in sorted(cfg.scales):
+        lo, hi, best = 0, 100, None
+        low = encode(array, 0, scale, cfg)
+        if smallest is None or len(low.data) < len(smallest.data):
+            smallest = low
+        if len(low.data) > target_bytes:
+            continue
+        best = low
+        while lo < hi:  # the largest quality whose size fits (size grows with quality)
+            mid = (lo + hi + 1) // 2
+            c = encode(array, mid, scale, cfg)
+            if len(c.data) <= target_bytes:
+                best, lo = c, mid
+            else:
+                hi = mid - 1
+        return best
+    assert smallest is not None
+    return smallest

@@ -1,0 +1,281 @@
+"""RefineCodec: an AVIF base layer, refined by a conditional diffusion decoder within a
+per-tile fidelity bound the encoder chooses (see :mod:`cdc.refine`).
+
+Encode: search the AVIF quality (and, below its lowest full-size rate, a downscale) that
+meets the rate target; decode the base; run the refiner along each decode path the
+archive's tiers use (``standard``: 1 deterministic step; ``high``: a few steps from
+γ-scaled noise); per tile keep the largest blend weight within the path's PSNR bound;
+write ``B`` (the AVIF) then ``W`` (the weights). Decode: the base alone (``steps=0``, the
+``preview`` tier, also from a prefix holding only ``B``), or base + the refiner's output
+blended by the stored weights. A request for a path the stream does not store uses, per
+tile, the smallest weight any stored path chose (never more refinement than the encoder
+allowed anywhere).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from cdc.base import BaseCodec
+from cdc.bitstream import symbols_crc
+from cdc.diffusion import DDIMSampler
+from cdc.diffusion.schedules import NoiseSchedule
+from cdc.errors import CorruptStreamError, DecodeSettingsError, WeightsError
+from cdc.image import array_to_tensor, tensor_to_image
+from cdc.interface import DecodeSettings, ImageLike
+from cdc.refine import base_layer, blend
+from cdc.refine.config import RefineConfig
+from cdc.refine.model import RefineNet
+from cdc.refine.stream import BASE_TAG, PLAN_READ_BYTES, WEIGHTS_TAG, Parsed, parse
+from cdc.refine.stream import base_prefix_length as _base_prefix_length
+
+log = logging.getLogger(__name__)
+Path = tuple[int, float, int]  # (steps, γ, seed)
+
+#: Rate the encoder aims at when none is set (bits per pixel of the original).
+DEFAULT_RATE = 0.15
+#: Decode paths encoded when no archive tiers say otherwise: `standard` and `high`.
+DEFAULT_PATHS: tuple[Path, ...] = ((1, 0.0, 0), (3, 0.6, 0))
+
+
+class RefineCodec(BaseCodec):
+    """AVIF base layer + conditional diffusion refinement with a per-tile PSNR bound."""
+
+    codec_id = "refine"
+    progressive = True  # a prefix holding the base layer decodes (the preview tier)
+    plan_read_bytes = PLAN_READ_BYTES
+    rate_controlled = True  # the encoder meets any target rate (``with_rate``)
+
+    def __init__(self, net: RefineNet, model_id: str, weights_sha256: str,
+                 device: str | torch.device = "cpu", precision: str | None = None,
+                 meta: dict[str, Any] | None = None):
+        super().__init__(model_id, weights_sha256, device, precision, meta)
+        self.net = net.to(self.device).eval()
+        cfg = net.cfg
+        self.sampler = DDIMSampler(NoiseSchedule(cfg.schedule, cfg.train_timesteps), "x0")
+        self.rate: float | None = float(self.meta.get("default_rate", DEFAULT_RATE))
+        self.quality: int | None = None
+        tiers = self.recommended_tiers() or {}
+        paths = [(int(t["steps"]), round(float(t.get("gamma", 0.0)), 2),
+                  int(t.get("seed", 0)) if t.get("gamma") else 0)
+                 for t in tiers.values() if int(t.get("steps", 0)) > 0]
+        self.paths: list[Path] = []
+        self.set_paths(list(dict.fromkeys(paths)) or list(DEFAULT_PATHS))
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_weights(cls, obj: dict[str, Any], sha256: str, source: str,
+                     device: str | torch.device = "cpu", precision: str | None = None,
+                     components: dict[str, dict[str, Tensor]] | None = None) -> RefineCodec:
+        if obj.get("codec") != "refine":
+            raise WeightsError(f"{source}: weights are for codec {obj.get('codec')!r}, "
+                               "not refine")
+        try:
+            cfg = RefineConfig.from_dict(obj["config"])
+            net = RefineNet(cfg)
+            sd = {k: v.float() if v.is_floating_point() else v
+                  for k, v in obj["state_dict"].items()}
+            net.load_state_dict(sd)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise WeightsError(f"{source}: bad refine weights ({e})") from e
+        return cls(net, str(obj.get("model_id", cfg.name)), sha256, device, precision,
+                   obj.get("meta"))
+
+    @property
+    def config(self) -> RefineConfig:
+        return self.net.cfg
+
+    def decode_defaults(self) -> dict[str, Any]:
+        cfg = self.config
+        return {"default_steps": cfg.default_steps, "default_gamma": cfg.default_gamma}
+
+    def recommended_tiers(self) -> dict[str, dict[str, Any]] | None:
+        return self.meta.get("tiers") or {
+            "preview": {"steps": 0, "gamma": 0.0, "seed": 0},
+            "standard": {"steps": 1, "gamma": 0.0, "seed": 0},
+            "high": {"steps": DEFAULT_PATHS[1][0], "gamma": DEFAULT_PATHS[1][1], "seed": 0}}
+
+    # -- encoder settings -------------------------------------------------------------------
+    def with_rate(self, bpp: float | None = None, quality: int | None = None) -> RefineCodec:
+        """Aim at ``bpp`` bits per pixel (searching the base quality per image), or code the
+        base at a fixed AVIF ``quality`` (full size); returns the codec."""
+        if bpp is not None and not (math.isfinite(bpp) and bpp > 0):
+            raise ValueError(f"rate must be a positive number of bits per pixel, got {bpp}")
+        if quality is not None and not 0 <= quality <= 100:
+            raise ValueError(f"quality must be in 0..100, got {quality}")
+        self.rate = None if quality is not None else (bpp or DEFAULT_RATE)
+        self.quality = quality
+        return self
+
+    def set_paths(self, paths: Sequence[Path | DecodeSettings]) -> RefineCodec:
+        """The decode paths (steps ≥ 1, γ, seed) whose blend weights streams carry."""
+        out: list[Path] = []
+        for p in paths:
+            if isinstance(p, DecodeSettings):
+                p = (p.steps, p.gamma, p.seed)
+            steps, gamma, seed = p
+            steps = self.config.default_steps if steps is None else int(steps)
+            gamma = round(float(self.config.default_gamma if gamma is None else gamma), 2)
+            if steps == 0:
+                continue  # the base layer alone needs no weights
+            self.sampler.timesteps(steps)  # validates
+            key = (steps, gamma, int(seed) if gamma else 0)
+            if key not in out:
+                out.append(key)
+        self.paths = out or list(DEFAULT_PATHS)  # tiers with no refining path: the defaults
+        return self
+
+    def prepare_paths(self, settings: Sequence[DecodeSettings]) -> None:
+        """Encode weights for each decode setting (an archive's tiers); none: the defaults."""
+        self.set_paths(list(settings))
+
+    def decode_paths(self) -> list[Path]:
+        return list(self.paths)
+
+    # -- shared by both ends ----------------------------------------------------------------
+    @torch.no_grad()
+    def refine(self, base: Tensor, steps: int, gamma: float, seed: int) -> Tensor:
+        """The refiner's output for a (1, 3, H, W) base in [-1, 1] along one decode path."""
+        cfg = self.config
+        base = base.to(self.device)
+        x_n = self.sampler.initial_noise(tuple(base.shape), gamma, seed, self.device)
+
+        def denoise(x_t: Tensor, t: Tensor) -> Tensor:
+            with self.autocast():
+                return self.net.tiled(x_t, base, t).float()
+
+        r0 = self.sampler.sample(denoise, x_n, steps, clip=False)
+        return (base + cfg.residual_std * r0).clamp(-1, 1).cpu()
+
+    def _alloc_bytes(self, h: int, w: int) -> int:
+        """Estimated peak bytes of a decode: whole-image tensors plus one network tile."""
+        cfg = self.config
+        side = min(max(h, w), cfg.net_tile + 2 * cfg.net_margin)
+        tile = side * min(min(h, w), side)
+        level = sum(c * (4 * cfg.blocks + 4) / 4 ** (i + 1) for i, c in enumerate(cfg.channels))
+        return int(4 * (10 * 3 * h * w + tile * (3 * cfg.head_channels + 12 + level)))
+
+    # -- encoding ---------------------------------------------------------------------------
+    def _overhead(self, h: int, w: int) -> int:
+        th, tw = blend.grid(h, w, self.config.tile)
+        per_path = 10 + math.ceil(th * tw * self.config.weight_bits / 8)
+        return 40 + 6 + len(self.paths) * per_path
+
+    def compress_batch(self, images: list[ImageLike]) -> list[bytes]:
+        return [self.compress_with_reconstructions([im])[0][0] for im in images]
+
+    @torch.no_grad()
+    def compress_with_reconstructions(self, images: list[ImageLike]
+                                      ) -> list[tuple[bytes, dict[Path, Tensor]]]:
+        """Encode; also return each image's decode per path (and ``(0, 0.0, 0)``: the base),
+        as (3, H, W) tensors in [-1, 1] exactly as the decoder rebuilds them."""
+        cfg = self.config
+        out = []
+        for p in self.prepare(images):
+            h, w = p.height, p.width
+            if self.quality is not None:
+                choice = base_layer.encode(p.array, self.quality, 1, cfg)
+            else:
+                target = max(1, int(self.rate * h * w / 8) - self._overhead(h, w))
+                choice = base_layer.search(p.array, target, cfg)
+            base = base_layer.decode(choice.data, h, w, choice.scale)
+            x = array_to_tensor(p.array)
+            recons: dict[Path, Tensor] = {(0, 0.0, 0): base[0]}
+            records = []
+            for steps, gamma, seed in self.paths:
+                refined = self.refine(base, steps, gamma, seed)
+                bound = cfg.bound_for(gamma)
+                idx = blend.choose(x, base, refined, cfg.table, cfg.tile, bound)
+                wmap = blend.weight_map(idx, cfg.table, cfg.tile, h, w)
+                recons[(steps, gamma, seed)] = blend.apply(base, refined, wmap)[0]
+                records.append(blend.BlendPath(steps, gamma, seed, bound,
+                                               tuple(int(v) for v in idx.flatten())))
+            b = bytes([choice.scale, choice.quality]) + choice.data
+            data = self.container(p, {BASE_TAG: b, WEIGHTS_TAG: blend.pack(records,
+                                                                          cfg.weight_bits)},
+                                  symbols_crc(b))
+            out.append((data, recons))
+        return out
+
+    # -- decoding ---------------------------------------------------------------------------
+    def parse(self, data: bytes) -> tuple[Parsed, list[blend.BlendPath]]:
+        """Everything a stream claims, checked before any decoding work."""
+        p = parse(data)
+        if p.digest != self.digest:
+            from cdc.errors import ModelMismatchError
+
+            raise ModelMismatchError(
+                f"stream was encoded with weights {p.digest.hex()}, but the loaded model "
+                f"{self.model_id} has {self.digest.hex()}: decode with the same weights")
+        th, tw = blend.grid(p.height, p.width, self.config.tile)
+        paths = [] if p.weights is None else blend.unpack(
+            p.weights, self.config.weight_bits, th * tw, self.config.train_timesteps)
+        return p, paths
+
+    def _weights_for(self, p: Parsed, paths: list[blend.BlendPath], steps: int, gamma: float,
+                     seed: int) -> Tensor:
+        key = (steps, round(gamma, 2), seed if gamma else 0)
+        chosen = [q for q in paths if q.key == key]
+        th, tw = blend.grid(p.height, p.width, self.config.tile)
+        if chosen:
+            idx = torch.tensor(chosen[0].indices).view(1, th, tw)
+        else:  # a path the encoder did not run: never more refinement than any path allows
+            idx = torch.tensor([q.indices for q in paths]).min(dim=0).values.view(1, th, tw)
+            log.info("decode path %s not in the stream: using the smallest stored weights",
+                     key)
+        return blend.weight_map(idx, self.config.table, self.config.tile, p.height, p.width)
+
+    def decompress_batch(self, datas: list[bytes], steps: int | None = None,
+                         gamma: float | None = None, seeds: list[int] | int = 0
+                         ) -> list[Image.Image]:
+        cfg = self.config
+        seeds = [seeds] * len(datas) if isinstance(seeds, int) else list(seeds)
+        if len(seeds) != len(datas):
+            raise DecodeSettingsError(f"{len(seeds)} seeds for {len(datas)} streams")
+        steps = cfg.default_steps if steps is None else int(steps)
+        gamma = cfg.default_gamma if gamma is None else float(gamma)
+        if steps < 0 or gamma < 0:
+            raise DecodeSettingsError(f"steps and gamma must be >= 0, got {steps}, {gamma}")
+        if steps:
+            try:
+                self.sampler.timesteps(steps)
+            except ValueError as e:
+                raise DecodeSettingsError(str(e)) from None
+        parsed = [self.parse(d) for d in datas]  # every stream checked before any work
+        for p, paths in parsed:
+            what = f"a {p.width}x{p.height} refine stream"
+            self.budget.check(what, pixels=p.width * p.height, steps=steps,
+                              pixel_steps=p.width * p.height * steps,
+                              alloc_bytes=self._alloc_bytes(p.height, p.width))
+            if steps and not paths:
+                raise DecodeSettingsError(
+                    "this prefix holds only the base layer: decode it with steps=0 (preview)")
+        out = []
+        for (p, paths), seed in zip(parsed, seeds):
+            base = base_layer.decode(p.avif, p.height, p.width, p.scale)
+            if steps:
+                refined = self.refine(base, steps, gamma, seed)
+                base = blend.apply(base, refined, self._weights_for(p, paths, steps, gamma, seed))
+            out.append(tensor_to_image(base[0]))
+        return out
+
+    def prefix_length(self, head: bytes, steps: int | None = None,
+                      bpp: float | None = None) -> int:
+        """The base-layer prefix (enough for ``steps=0``), or the whole stream when it fits
+        ``bpp`` and ``steps`` is not 0 — the only two prefixes a refine stream has."""
+        end = _base_prefix_length(head[:PLAN_READ_BYTES])
+        return end
+
+    def info(self, data: bytes) -> dict[str, Any]:
+        from cdc.refine.stream import describe
+
+        d = describe(data)
+        d["model_matches"] = d["model_digest"] == self.digest.hex()
+        return d

@@ -1,0 +1,92 @@
+"""The refine model's config: network shape, diffusion schedule, base layer, blend bound."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cdc.config import config_from_dict, config_to_dict
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Everything that fixes the network's shapes and what the stream's bytes mean.
+
+    The denoiser predicts the *residual* r0 = (x0 − base) / ``residual_std`` from the
+    upsampled base decode, the noisy residual x_t and the time; x̂0 = base + std·r̂0.
+    """
+
+    name: str = "refine-small"
+    channels: tuple[int, ...] = (32, 64, 128)  # per level, at H/2, H/4, H/8
+    blocks: int = 2  # residual blocks per level (encoder side; the decoder has as many)
+    head_channels: int = 16  # full-resolution head
+    temb_channels: int = 128
+    residual_std: float = 0.1  # the residual's scale in the diffusion's units
+    train_timesteps: int = 1000
+    schedule: str = "cosine"
+    default_steps: int = 1
+    default_gamma: float = 0.0
+    # Base layer: the classical codec, its fixed encoder settings, and the downscales the
+    # encoder may pick below the codec's lowest rate at full size.
+    base_codec: str = "avif"
+    base_speed: int = 6
+    base_subsampling: str = "4:2:0"
+    scales: tuple[int, ...] = (1, 2, 4)
+    # Fidelity bound: blend weights per ``tile``×``tile`` block, 2**bits table entries.
+    tile: int = 64
+    weight_bits: int = 3
+    # The PSNR a tile may lose to its base layer: deterministic paths (γ = 0: `standard`)
+    # and paths from noise (γ > 0: `high`, which trades more fidelity for texture).
+    bound_db: float = 0.3
+    bound_db_noisy: float = 1.5
+    # Large images run the network in tiles of this side with this margin on each side
+    # (no normalisation layers: a tile's output depends only on its receptive field).
+    net_tile: int = 512
+    net_margin: int = 64
+
+    def __post_init__(self) -> None:
+        if not self.channels or any(c < 1 for c in self.channels):
+            raise ValueError(f"channels must be positive, got {self.channels}")
+        if self.base_codec != "avif":
+            raise ValueError(f"unknown base codec {self.base_codec!r}; known: avif")
+        if not self.scales or any(s not in (1, 2, 4, 8) for s in self.scales):
+            raise ValueError(f"scales must be among 1, 2, 4, 8: {self.scales}")
+        if not 1 <= self.weight_bits <= 8:
+            raise ValueError(f"weight_bits must be in 1..8, got {self.weight_bits}")
+        if self.tile < 8 or self.net_tile % self.multiple or self.net_margin % self.multiple:
+            raise ValueError("tile >= 8; net_tile and net_margin multiples of "
+                             f"{self.multiple}")
+
+    @property
+    def multiple(self) -> int:
+        """The network's input sides must be multiples of this (unshuffle × pooling)."""
+        return 2 ** len(self.channels)
+
+    @property
+    def pad_multiple(self) -> int:
+        return 1  # the base layer codes the image as it is; the network pads internally
+
+    @property
+    def table(self) -> tuple[float, ...]:
+        """Blend weights w ∈ {0, 1/(n−1), …, 1}: output = base + w·(refined − base)."""
+        n = 1 << self.weight_bits
+        return tuple(i / (n - 1) for i in range(n))
+
+    def bound_for(self, gamma: float) -> float:
+        return self.bound_db if gamma == 0 else self.bound_db_noisy
+
+    def to_dict(self) -> dict:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RefineConfig:
+        return config_from_dict(cls, d, "refine config")
+
+
+REFINE_CONFIGS: dict[str, RefineConfig] = {
+    # Format and contract tests: a few thousand parameters.
+    "refine-test": RefineConfig(name="refine-test", channels=(8, 16), blocks=1,
+                                head_channels=8, temb_channels=16, net_tile=64,
+                                net_margin=16, tile=16),
+    # The shipped model: ~1 M parameters, trained on one CPU core.
+    "refine-small": RefineConfig(),
+}

@@ -1,0 +1,199 @@
+"""`cdc train` for the refine codec: the conditional denoiser on (original, base decode) pairs.
+
+Objective: the diffusion model's x0 regression, as pixel MSE (weight ``mse_weight``), plus
+LPIPS-**VGG** (weight ``rho``) on random windows of a part of each batch. Evaluation
+metrics (LPIPS-Alex, DISTS, FID) are never a loss here. Time n is drawn two ways: the
+sampler's start (n = N−1, x_N = γ·ε with γ from ``start_gammas``; γ = 0 is the 1-step
+`standard` tier) with probability ``p_start``, else uniformly with the forward process
+(what the multi-step `high` tier walks through).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cdc.diffusion.schedules import NoiseSchedule
+from cdc.refine.config import REFINE_CONFIGS, RefineConfig
+from cdc.refine.model import RefineNet
+from cdc.weights import half_state, pack_weights
+from pipeline.refine_pairs import PairCrops, build_cache, read_split
+from pipeline.training import TrainConfigBase, TrainerBase, load_run, run_fit
+from zoo.store import ship_weights
+
+
+@dataclass
+class RefineTrainConfig(TrainConfigBase):
+    codec: str = "refine"
+    model_config: str = "refine-small"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    model_id: str = "refine-small"
+    zoo_name: str | None = None  # the name `cdc export-model` ships it under by default
+    validation_split: str = "configs/validation-split.txt"
+    pair_cache: str = "runs/refine-pairs"
+    pair_crop: int = 128  # crops cut from each base-coded photo (cached)
+    pair_variants: int = 2  # (quality, scale) settings per photo
+    pair_crops: int = 3  # crops per setting
+    mse_weight: float = 50.0  # on [-1, 1] pixels: 50·MSE ≈ LPIPS-VGG at ~30 dB
+    rho: float = 1.0
+    perceptual: str = "lpips-vgg"
+    perceptual_window: int = 64
+    perceptual_items: int = 4  # items of each batch that get the perceptual term
+    perceptual_every: int = 1
+    p_start: float = 0.5
+    start_gammas: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.5, 1.0])
+
+    def model_cfg(self) -> RefineConfig:
+        d = {**REFINE_CONFIGS[self.model_config].to_dict(), **self.model_overrides,
+             "name": self.model_id}
+        return RefineConfig.from_dict(d)
+
+
+def pair_cache_of(cfg: RefineTrainConfig) -> Path:
+    """Build (or finish) a config's pair cache, the validation split left out."""
+    exclude = read_split(cfg.validation_split) if cfg.validation_split else set()
+    return build_cache(cfg.sources, cfg.pair_cache, cfg.model_cfg(), exclude=exclude,
+                       crop=cfg.pair_crop, variants=cfg.pair_variants, crops=cfg.pair_crops)
+
+
+#: Metrics used only to evaluate, never to train (tests/test_configs.py checks configs).
+EVALUATION_ONLY = ("lpips-alex", "dists", "fid")
+
+
+class RefineTrainer(TrainerBase):
+    metric_fields = ("loss", "mse", "perceptual", "psnr_gain", "grad_norm", "lr")
+
+    def __init__(self, cfg: RefineTrainConfig, run_dir: str | Path, device: str = "cpu",
+                 bf16: bool = False, batch_size: int | None = None):
+        super().__init__(cfg, run_dir, device, bf16, batch_size)
+        if cfg.perceptual in EVALUATION_ONLY:
+            raise ValueError(f"{cfg.perceptual} is an evaluation metric, never a loss")
+        self.mcfg = cfg.model_cfg()
+        self.model = RefineNet(self.mcfg).to(self.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.schedule = NoiseSchedule(self.mcfg.schedule, self.mcfg.train_timesteps)
+        self.perc = None
+        if cfg.rho > 0:
+            from pipeline.metrics.lpips import LPIPS
+
+            self.perc = LPIPS({"lpips-vgg": "vgg"}[cfg.perceptual]).to(self.device)
+        self.rng = random.Random(cfg.seed)
+        self._start()
+
+    def check_checkpoint(self, ck: dict[str, Any], path: Path) -> None:
+        if ck["train_config"].get("model_config") != self.cfg.model_config:
+            raise ValueError(f"{path}: checkpoint is for "
+                             f"{ck['train_config'].get('model_config')!r}")
+
+    def dataset(self, seed: int) -> PairCrops:
+        """The cached pairs; built here first unless a builder (``python -m
+        pipeline.refine_pairs CONFIG``) is filling the cache beside the run, whose new
+        shards the loop takes in as they appear."""
+        cfg = self.cfg
+        if not any(Path(cfg.pair_cache).glob("shard-*.npz")):
+            pair_cache_of(cfg)
+        return PairCrops(cfg.pair_cache, cfg.crop, seed=seed)
+
+    def perceptual_term(self, x0_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        k, win = min(cfg.perceptual_items, x.shape[0]), min(cfg.perceptual_window, x.shape[-1])
+        a, b = [], []
+        for i in range(k):
+            top = self.rng.randint(0, x.shape[-2] - win)
+            left = self.rng.randint(0, x.shape[-1] - win)
+            a.append(x0_hat[i, :, top:top + win, left:left + win])
+            b.append(x[i, :, top:top + win, left:left + win])
+        to01 = lambda t: torch.stack(t).clamp(-1, 1).add(1).div(2)  # noqa: E731
+        return self.perc(to01(a), to01(b)).mean()
+
+    def train_step(self, batch: Any) -> dict[str, float]:
+        cfg, mcfg = self.cfg, self.mcfg
+        self.model.train()
+        x, base = (t.to(self.device) for t in batch)
+        n_train = mcfg.train_timesteps
+        bsz = x.shape[0]
+        r0 = (x - base) / mcfg.residual_std
+        n = torch.randint(0, n_train, (bsz,), device=self.device)
+        start = torch.rand(bsz, device=self.device) < cfg.p_start
+        n = torch.where(start, torch.full_like(n, n_train - 1), n)
+        eps = torch.randn_like(x)
+        x_t = self.schedule.q_sample(r0, n, eps)
+        gam = torch.tensor([self.rng.choice(cfg.start_gammas) for _ in range(bsz)],
+                           device=self.device)[:, None, None, None]
+        x_t = torch.where(start[:, None, None, None], gam * eps, x_t)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.model(x_t, base, self.schedule.time(n))
+        x0_hat = base + mcfg.residual_std * out.float()
+        mse = (x0_hat - x).pow(2).mean()
+        loss = cfg.mse_weight * mse
+        perc = torch.zeros(())
+        if self.perc is not None and self.step % cfg.perceptual_every == 0:
+            perc = self.perceptual_term(x0_hat, x)
+            loss = loss + cfg.rho * perc
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.update_ema(cfg.ema_decay)
+        self.step += 1
+        with torch.no_grad():  # PSNR gain over the base on the γ=0 start items (pixel units)
+            sel = start & (gam.view(-1) == 0)
+            gain = 0.0
+            if sel.any():
+                e_hat = (x0_hat[sel] - x[sel]).pow(2).mean()
+                e_base = (base[sel] - x[sel]).pow(2).mean()
+                gain = float(10 * torch.log10(e_base / e_hat.clamp(min=1e-12)))
+        return {"loss": float(loss.detach()), "mse": float(mse.detach()),
+                "perceptual": float(perc.detach()), "psnr_gain": gain,
+                "grad_norm": float(gnorm), "lr": self.opt.param_groups[0]["lr"]}
+
+    def status(self, row: dict[str, Any]) -> str:
+        return f"loss {row['loss']:.4f} gain {row['psnr_gain']:+.2f} dB {row['it_s']:.2f} it/s"
+
+
+def run_training(config_path: str | Path, run_dir: str | Path, *, device: str = "cpu",
+                 bf16: bool = False, batch_size: int | None = None, max_steps: int | None = None,
+                 time_limit: float | None = None, export: str | None = None,
+                 half: bool = False) -> str:
+    cfg = RefineTrainConfig.from_yaml(config_path)
+    line = run_fit(RefineTrainer(cfg, run_dir, device=device, bf16=bf16,
+                                 batch_size=batch_size), max_steps, time_limit)
+    if export:
+        line += f"; exported {export} -> {export_model(run_dir, export, half=half)}"
+    return line
+
+
+def export_model(run_dir: str | Path, name: str | None = None,
+                 zoo_dir: str | Path | None = None, half: bool = False, description: str = "",
+                 decode_defaults: dict[str, Any] | None = None,
+                 tiers: dict[str, dict[str, Any]] | None = None,
+                 extra_meta: dict | None = None) -> Path:
+    """A run's EMA weights → a refine weights file in the zoo (tiers and defaults recorded)."""
+    ck = load_run(run_dir)
+    cfg = RefineTrainConfig(**ck["train_config"])
+    name = name or cfg.zoo_name or cfg.model_id
+    mcfg = cfg.model_cfg()
+    if decode_defaults:
+        mcfg = RefineConfig.from_dict({**mcfg.to_dict(), **decode_defaults})
+    net = RefineNet(mcfg)
+    net.load_state_dict({k: v.float() for k, v in ck["ema"].items()})
+    sd = net.state_dict()
+    meta = {"train_steps": int(ck["step"]), "crop": cfg.crop, "batch_size": cfg.batch_size,
+            "mse_weight": cfg.mse_weight, "rho": cfg.rho, "perceptual": cfg.perceptual,
+            "sources": cfg.sources, "validation_split": cfg.validation_split,
+            **({"tiers": tiers} if tiers else {}), **(extra_meta or {})}
+    data = pack_weights("refine", name, mcfg.to_dict(), half_state(sd) if half else sd, meta)
+    return ship_weights(data, name, codec="refine", zoo_dir=zoo_dir, entry={
+        "config": cfg.model_config, "params": sum(p.numel() for p in net.parameters()),
+        "description": description, **{k: v for k, v in meta.items() if k != "tiers"}})
+
+
+export = export_model  # the registry's name for every codec's exporter
+
+
+def config_dict(cfg: RefineTrainConfig) -> dict[str, Any]:
+    return asdict(cfg)

@@ -1,0 +1,223 @@
+"""The refine codec: AVIF base layer + conditional diffusion refinement + per-tile bound."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from conftest import smooth_image
+from PIL import Image
+
+from cdc.bitstream import Container, symbols_crc
+from cdc.errors import CorruptStreamError, DecodeSettingsError, ResourceLimitError
+from cdc.image import tensor_to_image
+from cdc.limits import DecodeBudget
+from cdc.refine import base_layer, blend
+from cdc.refine.config import REFINE_CONFIGS, RefineConfig
+from cdc.refine.model import RefineNet
+from cdc.weights import pack_weights
+from zoo import codec_from_bytes
+
+
+def refine_bytes(seed: int = 0, meta: dict | None = None, cfg: RefineConfig | None = None
+                 ) -> bytes:
+    """A tiny random refine model whose refinement visibly changes the image."""
+    cfg = cfg or REFINE_CONFIGS["refine-test"]
+    torch.manual_seed(seed)
+    net = RefineNet(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(0, 0.05)
+        net.head[-1].weight.normal_(0, 0.5)  # residuals of a few grey levels, not 0.1
+    return pack_weights("refine", cfg.name, cfg.to_dict(), net.state_dict(), meta or {})
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return codec_from_bytes(refine_bytes(0), "test").with_rate(quality=30)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = ((np.asarray(a).astype(float) - np.asarray(b).astype(float)) ** 2).mean()
+    return float(10 * np.log10(255 ** 2 / max(mse, 1e-12)))
+
+
+def rebuild(data: bytes) -> bytes:
+    """The stream with its trailer CRC recomputed (a crafted, well-formed container)."""
+    return data[:-4] + struct.pack("<I", zlib.crc32(data[:-4]) & 0xFFFFFFFF)
+
+
+def craft(data: bytes, base: bytes | None = None, weights: bytes | None = None) -> bytes:
+    c = Container.unpack(data)
+    b = c.sections["B"] if base is None else base
+    w = c.sections["W"] if weights is None else weights
+    return Container(c.codec, c.model_digest, c.height, c.width, symbols_crc(b), c.flags,
+                     {"B": b, "W": w}).pack()
+
+
+def test_every_decode_path_is_within_its_bound_of_the_base(codec):
+    img = smooth_image(72, 96, seed=4)
+    (data, recons), = codec.compress_with_reconstructions([img])
+    base = np.asarray(codec.decompress(data, steps=0))
+    assert psnr(base, img) > 25  # the AVIF base layer carries the image
+    for (steps, gamma, seed), rec in recons.items():
+        out = np.asarray(codec.decompress(data, steps=steps, gamma=gamma, seed=seed))
+        assert np.abs(out.astype(int) - np.asarray(tensor_to_image(rec))).max() <= 1
+        if steps:
+            bound = codec.config.bound_for(gamma)
+            assert psnr(out, img) >= psnr(base, img) - bound - 0.05  # 8-bit rounding
+
+
+def test_the_random_refiner_changes_the_image_and_the_weights_undo_harm(codec):
+    img = smooth_image(64, 64, seed=5)
+    data = codec.compress(img)
+    base = codec_from_bytes(refine_bytes(0), "t").with_rate(quality=30)
+    p, paths = codec.parse(data)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+    b = base_layer.decode(p.avif, p.height, p.width, p.scale)
+    refined = base.refine(b, 1, 0.0, 0)
+    assert (refined - b).abs().max() > 0.02  # a network that does nothing would pass anything
+    # Unblended, the random refiner is worse than the base; the weights bring it back.
+    err = lambda y: float(((y - x) ** 2).mean())  # noqa: E731
+    assert err(refined) > err(b)
+    assert psnr(np.asarray(codec.decompress(data)), img) >= psnr(
+        np.asarray(codec.decompress(data, steps=0)), img) - codec.config.bound_db - 0.05
+
+
+def test_choose_picks_the_largest_weight_within_the_bound():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 40, 50) * 2 - 1
+    base = x + 0.1 * torch.randn_like(x)
+    refined = x + 0.3 * torch.randn_like(x)
+    table = REFINE_CONFIGS["refine-test"].table
+    idx = blend.choose(x, base, refined, table, 16, 1.0)
+    assert idx.shape == (1, 3, 4)
+    for i in range(3):
+        for j in range(4):
+            sl = (..., slice(16 * i, 16 * i + 16), slice(16 * j, 16 * j + 16))
+            e0 = float(((base - x)[sl] ** 2).mean())
+            errs = [float(((base + w * (refined - base) - x)[sl] ** 2).mean()) for w in table]
+            ok = [k for k, e in enumerate(errs) if e <= e0 * 10 ** 0.1 * (1 + 1e-9)]
+            assert int(idx[0, i, j]) == max(ok)
+
+
+def test_preview_decodes_from_the_base_layer_prefix(codec):
+    img = smooth_image(40, 56, seed=1)
+    data = codec.compress(img)
+    n = codec.prefix_length(data[:codec.plan_read_bytes])
+    assert n < len(data)
+    prefix = data[:n]
+    assert np.array_equal(np.asarray(codec.decompress(prefix, steps=0)),
+                          np.asarray(codec.decompress(data, steps=0)))
+    with pytest.raises(DecodeSettingsError, match="only the base layer"):
+        codec.decompress(prefix, steps=1)
+    with pytest.raises(CorruptStreamError):  # a prefix one byte short is not one
+        codec.decompress(prefix[:-1], steps=0)
+    assert codec.info(prefix)["complete"] is False
+
+
+def test_rate_search_meets_targets_and_rate_buys_quality():
+    img = smooth_image(128, 160, seed=2)
+    codec = codec_from_bytes(refine_bytes(0), "test")
+    results = []
+    for bpp in (0.3, 0.8, 2.0):
+        data = codec.with_rate(bpp).compress(img)
+        got = 8 * len(data) / (128 * 160)
+        assert got <= bpp * 1.001
+        results.append((got, psnr(np.asarray(codec.decompress(data, steps=0)), img)))
+    assert results[0][1] < results[1][1] < results[2][1]
+    assert results[2][0] > 2 * results[0][0]
+
+
+def test_low_rates_downscale_the_base():
+    cfg = REFINE_CONFIGS["refine-test"]
+    arr = smooth_image(256, 256, seed=3)
+    full0 = len(base_layer.encode(arr, 0, 1, cfg).data)
+    choice = base_layer.search(arr, full0 - 1, cfg)
+    assert choice.scale > 1 and len(choice.data) < full0
+    out = base_layer.decode(choice.data, 256, 256, choice.scale)
+    assert out.shape == (1, 3, 256, 256)
+
+
+def test_crafted_weights_are_refused_before_any_network_call(codec, monkeypatch):
+    data = codec.compress(smooth_image(40, 56, seed=1))
+    calls = []
+    monkeypatch.setattr(codec.net, "forward", lambda *a: calls.append(1))
+    cfg = codec.config
+    th, tw = blend.grid(40, 56, cfg.tile)
+    good = blend.BlendPath(1, 0.0, 0, 0.3, (0,) * (th * tw))
+    bad_streams = [
+        craft(data, weights=b"\x01"),  # truncated
+        craft(data, weights=blend.pack([good], cfg.weight_bits)[:-1] + b"\x00"),  # CRC
+        craft(data, weights=blend.pack([blend.BlendPath(1, 0.0, 0, 0.3, (7,) * (th * tw + 1))],
+                                       cfg.weight_bits)),  # one tile too many
+        craft(data, weights=blend.pack([good, good], cfg.weight_bits)),  # duplicate path
+        craft(data, weights=blend.pack([blend.BlendPath(5000, 0.0, 0, 0.3, good.indices)],
+                                       cfg.weight_bits)),  # steps out of range
+        craft(data, base=b"\x03\x1e" + Container.unpack(data).sections["B"][2:]),  # scale 3
+    ]
+    for bad in bad_streams:
+        with pytest.raises(CorruptStreamError):
+            codec.decompress(bad)
+    assert not calls
+
+
+def test_a_hostile_base_layer_is_a_typed_error(codec):
+    data = codec.compress(smooth_image(40, 56, seed=1))
+    avif = Container.unpack(data).sections["B"]
+    for payload in (avif[:2] + b"\x00" * 40, avif[:2] + avif[2:][: len(avif) // 2],
+                    avif[:2] + bytes(b ^ 0x5A for b in avif[2:])):
+        with pytest.raises(CorruptStreamError):
+            codec.decompress(craft(data, base=payload), steps=0)
+    # A valid AVIF of another size than the header says: refused before decoding it.
+    other = io.BytesIO()
+    Image.fromarray(smooth_image(80, 80)).save(other, format="AVIF", quality=10)
+    with pytest.raises(CorruptStreamError, match="claims 80×80"):
+        codec.decompress(craft(data, base=b"\x01\x0a" + other.getvalue()), steps=0)
+
+
+def test_decode_budget_is_checked_from_the_header(codec):
+    data = codec.compress(smooth_image(40, 56, seed=1))
+    small = codec_from_bytes(refine_bytes(0), "t").with_budget(DecodeBudget(max_pixels=1000))
+    with pytest.raises(ResourceLimitError):
+        small.decompress(data)
+
+
+def test_an_unstored_path_uses_the_smallest_stored_weights(codec):
+    img = smooth_image(64, 80, seed=6)
+    data = codec.compress(img)
+    p, paths = codec.parse(data)
+    w = codec._weights_for(p, paths, 2, 0.0, 0)
+    want = torch.tensor([q.indices for q in paths]).min(dim=0).values
+    table = torch.tensor(codec.config.table)
+    th, tw = blend.grid(64, 80, codec.config.tile)
+    assert torch.equal(w[0, 0, ::codec.config.tile, ::codec.config.tile],
+                       table[want].view(th, tw))
+    assert codec.decompress(data, steps=2).size == (80, 64)
+
+
+def test_tiled_network_equals_whole_without_seams():
+    cfg = RefineConfig(name="t", channels=(8, 16), blocks=1, head_channels=8,
+                       temb_channels=16, net_tile=32, net_margin=32, tile=16)
+    torch.manual_seed(0)
+    net = RefineNet(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(0, 0.05)
+    x, b = torch.randn(1, 3, 72, 100), torch.rand(1, 3, 72, 100) * 2 - 1
+    t = torch.tensor([0.5])
+    whole, tiled = net.padded(x, b, t), net.tiled(x, b, t)
+    assert (whole - tiled).abs().max() < 1e-4
+
+
+def test_weight_section_round_trips_both_codings():
+    paths = [blend.BlendPath(1, 0.0, 0, 0.3, tuple([7] * 40)),  # deflates well
+             blend.BlendPath(3, 0.6, 5, 1.5, tuple(i % 8 for i in range(40)))]
+    data = blend.pack(paths, 3)
+    assert blend.unpack(data, 3, 40, 1000) == paths
