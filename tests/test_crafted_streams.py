@@ -354,3 +354,74 @@ def test_mutated_headers_and_sections_only_raise_bitstream_errors():
             describe_stream(data)
         except BitstreamError:
             pass
+
+
+# -- issue 26: scheme-1 streams cost the chosen candidates only; the whole stream is
+# -- validated before the first network evaluation ------------------------------------------
+def _count_network_calls(codec, monkeypatch) -> dict[str, int]:
+    calls = {"n": 0}
+    forward = codec.prior.unet.forward
+
+    def counted(*a, **k):
+        calls["n"] += 1
+        return forward(*a, **k)
+
+    monkeypatch.setattr(codec.prior.unet, "forward", counted)
+    return calls
+
+
+def _k16_stream(good: bytes, layout: int) -> bytes:
+    """Every step one chunk of 2^16 candidates, each naming the last one (fixed 16 bits)."""
+    p = st.parse(good)
+    steps = [st.Step(s.t, 1, 16) for s in p.plan.steps]
+    plan = st.Plan(p.plan.seed, p.plan.t_start, steps, st.CODING_FIXED, layout)
+    return st.pack(p.digest, p.height, p.width, p.flags, plan, [b"\xff\xff"] * len(steps))
+
+
+def test_crafted_k16_stream_draws_only_the_chosen_candidates(diffc_weights: Path):
+    from cdc.diffc import philox, rcc
+
+    codec = codec_from_bytes(diffc_weights.read_bytes(), "t")
+    good = codec.compress(smooth_image(64, 64, 1))
+    crafted = _k16_stream(good, st.LAYOUT_PHILOX)
+    assert len(crafted) < 120
+    n_steps, n_dims = len(st.parse(crafted).plan.steps), 3 * 64 * 64
+    before = rcc.DECODE_DRAWS["normals"]
+    img = codec.decompress(crafted)  # within the default budget: it is cheap now
+    drawn = rcc.DECODE_DRAWS["normals"] - before
+    assert img.size == (64, 64)
+    assert drawn == n_steps * philox.padded_dims(n_dims)  # one candidate a step, not 2^16
+    # the same claims under scheme 0 would draw 2^16 times as many: the budget refuses them
+    with pytest.raises(ResourceLimitError, match="rcc_draws_per_dim"):
+        codec.decompress(_k16_stream(good, st.LAYOUT_STRIDED))
+    assert rcc.DECODE_DRAWS["normals"] - before == drawn
+
+
+@pytest.mark.parametrize("index", [300, -1000])
+def test_bad_late_step_is_refused_before_any_network_evaluation(diffc_weights: Path,
+                                                                monkeypatch, index):
+    """The last step names a candidate outside 0..255 (an escape-coded rANS symbol): the
+    decoder used to find out after decoding every step before it."""
+    from compressai.ans import RansEncoder
+
+    from cdc.diffc import rcc
+
+    codec = codec_from_bytes(diffc_weights.read_bytes(), "t")
+    good = codec.compress(smooth_image(22, 27, 3))
+    p = st.parse(good)
+    last = len(p.plan.steps) - 1
+    assert p.plan.coding == st.CODING_ZIPF and last >= 3
+    cdf = rcc.zipf_cdf(8)
+    payload = RansEncoder().encode_with_indexes([index, 0], [0, 0], [cdf], [len(cdf)], [0])
+    crafted = with_plan(good, [*p.plan.steps[:last], st.Step(p.plan.steps[last].t, 2, 8)],
+                        [*p.received[:last], payload])
+    calls = _count_network_calls(codec, monkeypatch)
+    with pytest.raises(CorruptStreamError, match=f"step {last}: chunk index out of range"):
+        codec.decompress(crafted)
+    with pytest.raises(CorruptStreamError, match=f"step {last}: chunk index out of range"):
+        codec.decode_levels(crafted)
+    assert calls["n"] == 0  # refused before the first U-Net evaluation
+    # A prefix that stops before the bad step reads (and checks) only what it holds.
+    prefix = codec.step_offsets(crafted)[last]
+    assert codec.decompress(crafted, max_bytes=prefix, steps=1).size == (27, 22)
+    assert calls["n"] == last + 1

@@ -25,9 +25,9 @@ from PIL import Image
 
 from cdc.base import BaseCodec
 from cdc.bitstream import flags_for
-from cdc.diffc import rcc
+from cdc.diffc import philox, rcc
 from cdc.diffc import stream as st
-from cdc.diffc.model import DiffCConfig, DiffusionPrior, prior_from_dict
+from cdc.diffc.model import CANDIDATE_SCHEMES, DiffCConfig, DiffusionPrior, prior_from_dict
 from cdc.errors import CorruptStreamError, DecodeSettingsError, ModelMismatchError
 from cdc.image import (
     array_to_tensor,
@@ -40,6 +40,10 @@ from cdc.interface import ImageLike
 from cdc.limits import rcc_block_bytes
 
 _LN2 = math.log(2.0)
+
+#: Peak bytes per chosen-candidate normal of a scheme-1 decode (Philox words, their
+#: temporaries, the float transform), generously rounded up.
+_PHILOX_BYTES_PER_NORMAL = 64
 
 #: Bytes a reader should fetch first to be sure to hold the plan (header + 20-step plan ≈ 160).
 PLAN_READ_BYTES = 1024
@@ -110,15 +114,23 @@ class DiffCCodec(BaseCodec):
     @torch.no_grad()
     def encode(self, image: ImageLike, code_steps: int | None = None, t_min: int | None = None,
                chunk_kl_bits: float | None = None, chunk_index_bits: int | None = None,
-               index_coding: str | None = None) -> tuple[bytes, dict[str, Any]]:
+               index_coding: str | None = None, candidates: str | None = None
+               ) -> tuple[bytes, dict[str, Any]]:
         """(stream, report): report has per-step KL (bits), bytes and the coded x_t.
 
         The keyword arguments override the model's coding defaults; whatever is used
         goes into the stream's plan, so any decoder with the same weights reads it.
+        ``candidates``: "philox" (scheme 1: decoders compute only the chosen candidates)
+        or "mt19937" (scheme 0, what models saved before scheme 1 write by default).
         """
         cfg = self.config
         coding = {"fixed": st.CODING_FIXED, "zipf": st.CODING_ZIPF}[
             cfg.index_coding if index_coding is None else index_coding]
+        scheme = cfg.candidates if candidates is None else candidates
+        if scheme not in CANDIDATE_SCHEMES:
+            raise ValueError(f"unknown candidate scheme {scheme!r}; "
+                             f"known: {sorted(CANDIDATE_SCHEMES)}")
+        layout = CANDIDATE_SCHEMES[scheme]
         chunk_kl = cfg.chunk_kl_bits if chunk_kl_bits is None else float(chunk_kl_bits)
         k0 = cfg.chunk_index_bits if chunk_index_bits is None else int(chunk_index_bits)
         arr, mode = to_rgb_array(image)
@@ -142,7 +154,8 @@ class DiffCCodec(BaseCodec):
             n_chunks, k = rcc.choose_layout(kl_bits, dims.numel(), chunk_kl, min(k0, max_k), max_k)
             step_seed = rcc.derive_seed(seed, j + 1)
             if n_chunks:
-                idx, eps = rcc.encode(delta, n_chunks, k, step_seed, device=self.device)
+                idx, eps = rcc.encode(delta, n_chunks, k, step_seed, device=self.device,
+                                      layout=layout)
             else:
                 idx = torch.zeros(0, dtype=torch.long)
                 eps = rcc.prior_noise(dims.numel(), step_seed)
@@ -152,7 +165,8 @@ class DiffCCodec(BaseCodec):
             kls.append(kl_bits)
             xs.append(x.cpu())
             t = s
-        plan = st.Plan(seed=seed, t_start=cfg.train_timesteps - 1, steps=steps, coding=coding)
+        plan = st.Plan(seed=seed, t_start=cfg.train_timesteps - 1, steps=steps, coding=coding,
+                       layout=layout)
         data = st.pack(self.digest, h, w, flags_for(mode, first_frame=first_frame_only(image)),
                        plan, payloads)
         return data, {"kl_bits": kls, "step_bytes": [len(p) for p in payloads],
@@ -185,7 +199,8 @@ class DiffCCodec(BaseCodec):
         """Refuse (``ResourceLimitError``) a stream whose decode would exceed ``self.budget``,
         from its header and plan alone: padded pixels, network evaluations (the received
         coded steps plus ``steps`` DDIM steps), chunk indices, candidate draws and the
-        largest allocation (the U-Net, or one step's candidate block)."""
+        largest allocation (the U-Net, or one step's candidates). Scheme 1 draws only the
+        chosen candidate of each chunk; scheme 0 all 2^k of them."""
         cfg = self.config
         m, stride = cfg.pad_multiple, cfg.space_stride
         ph, pw = p.height + (-p.height) % m, p.width + (-p.width) % m
@@ -197,8 +212,13 @@ class DiffCCodec(BaseCodec):
                 raise CorruptStreamError(f"step {j}: {s.n_chunks} chunks for {n_dims} dimensions")
             if s.n_chunks:
                 d = -(-n_dims // s.n_chunks)
-                draws += s.n_chunks * (1 << s.k) * d
-                block = max(block, rcc_block_bytes(s.n_chunks, s.k, d, rcc.BLOCK_ELEMENTS))
+                if p.plan.layout == st.LAYOUT_PHILOX:
+                    n = s.n_chunks * philox.padded_dims(d)
+                    draws += n
+                    block = max(block, n * _PHILOX_BYTES_PER_NORMAL // 2)
+                else:
+                    draws += s.n_chunks * (1 << s.k) * d
+                    block = max(block, rcc_block_bytes(s.n_chunks, s.k, d, rcc.BLOCK_ELEMENTS))
                 symbols += s.n_chunks
             else:
                 draws += n_dims
@@ -211,36 +231,46 @@ class DiffCCodec(BaseCodec):
             pixel_steps=ph * pw * evals, latent_elements=symbols,
             rcc_draws_per_dim=draws // n_dims, rcc_draws=draws, alloc_bytes=alloc)
 
+    def read_indices(self, p: st.Parsed) -> list[torch.Tensor]:
+        """Every received step's chunk indices, decoded and range-checked: the whole
+        (received) stream is validated before the first network evaluation."""
+        out = []
+        for j, (s, payload) in enumerate(zip(p.plan.steps, p.received)):
+            try:
+                rcc.check_indices(payload, s.n_chunks, s.k, p.plan.coding)
+                idx = (rcc.decode_indices(payload, s.n_chunks, s.k, p.plan.coding)
+                       if s.n_chunks else torch.zeros(0, dtype=torch.long))
+            except (CorruptStreamError, ValueError, RuntimeError) as e:
+                raise CorruptStreamError(f"step {j}: bad chunk indices ({e})") from e
+            if len(idx) != s.n_chunks or (len(idx) and (int(idx.max()) >= 1 << s.k
+                                                        or int(idx.min()) < 0)):
+                raise CorruptStreamError(f"step {j}: chunk index out of range")
+            out.append(idx)
+        return out
+
     @torch.no_grad()
     def decode_levels(self, data: bytes | st.Parsed, max_bytes: int | None = None,
                       ) -> tuple[st.Parsed, int, list[torch.Tensor]]:
-        """(parsed, last level, x at each received level): the encoder's samples, exactly."""
+        """(parsed, last level, x at each received level): the encoder's samples, exactly.
+
+        Everything the stream (or the prefix read) says is checked before any network
+        evaluation: header, plan, CRCs (:func:`stream.parse`), the decode budget, and every
+        received step's chunk indices (decoded and range-checked)."""
         p = data if isinstance(data, st.Parsed) else self._parse(data, max_bytes)
         self.check_budget(p)
-        for j, (s, payload) in enumerate(zip(p.plan.steps, p.received)):
-            try:  # every received step's indices are plausible before any work starts
-                rcc.check_indices(payload, s.n_chunks, s.k, p.plan.coding)
-            except (CorruptStreamError, ValueError) as e:
-                raise CorruptStreamError(f"step {j}: bad chunk indices ({e})") from e
+        indices = self.read_indices(p)
         shape, dims = self._prepare(p.height, p.width)
         t = p.plan.t_start
         x = self._start(shape, p.plan.seed)
         xs = []
-        for j, (s, payload) in enumerate(zip(p.plan.steps, p.received)):
+        for j, (s, idx) in enumerate(zip(p.plan.steps, indices)):
             step_seed = rcc.derive_seed(p.plan.seed, j + 1)
-            if s.n_chunks:  # the indices first: a bad step costs no network evaluation
-                try:
-                    idx = rcc.decode_indices(payload, s.n_chunks, s.k, p.plan.coding)
-                except (CorruptStreamError, ValueError, RuntimeError) as e:
-                    raise CorruptStreamError(f"step {j}: bad chunk indices ({e})") from e
-                if len(idx) != s.n_chunks or (len(idx) and (int(idx.max()) >= 1 << s.k
-                                                            or int(idx.min()) < 0)):
-                    raise CorruptStreamError(f"step {j}: chunk index out of range")
             x0h = self._x0_hat(x, t)
             c0, ct, sigma = self.prior.posterior_coeffs(t, s.t)
             mu_p = c0 * x0h + ct * x
             if s.n_chunks:
-                eps = rcc.decode(idx, dims.numel(), s.n_chunks, s.k, step_seed)
+                eps = rcc.decode(idx, dims.numel(), s.n_chunks, s.k, step_seed,
+                                 layout=p.plan.layout)
             else:
                 eps = rcc.prior_noise(dims.numel(), step_seed)
             x = self._step(mu_p, sigma, eps, dims)

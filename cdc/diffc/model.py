@@ -31,6 +31,8 @@ from cdc.weights import pack_weights, space_of
 #: Below this SNR (log-SNR −9.2) an ε-model's x̂_0 is noise amplified by 1/√ᾱ; a latent
 #: prior (no clip) predicts the mean there. Only the cosine schedule's last levels are below.
 MIN_SNR = 1e-4
+#: Candidate schemes by name → the plan byte (cdc.diffc.stream.LAYOUT_*).
+CANDIDATE_SCHEMES = {"mt19937": 0, "philox": 1}
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,11 @@ class DiffCConfig(OnSpace):
     chunk_index_bits: int = 8  # k: 2^k candidates per chunk, k bits per chunk index
     max_index_bits: int = 12  # k may grow to this when a step has fewer dims than chunks
     index_coding: str = "zipf"  # "zipf": rANS-coded indices; "fixed": k bits each
+    # Candidate scheme the encoder writes (the decoder reads it from each stream): "philox"
+    # (addressable: a decoder computes only the chosen candidate of each chunk) or "mt19937"
+    # (torch's generator; what every weights file saved before "philox" existed keeps
+    # writing, so their encoders' bytes do not change: see from_dict).
+    candidates: str = "philox"
     # Decode defaults.
     default_steps: int = 4  # DDIM steps from the last received level to x_0
     default_gamma: float = 0.0  # DDIM η: 0 = probability flow, 1 = ancestral
@@ -73,6 +80,8 @@ class DiffCConfig(OnSpace):
             raise ValueError("need 1 <= chunk_index_bits <= max_index_bits <= 16")
         if self.index_coding not in ("fixed", "zipf"):
             raise ValueError(f"unknown index coding {self.index_coding!r}")
+        if self.candidates not in CANDIDATE_SCHEMES:
+            raise ValueError(f"unknown candidate scheme {self.candidates!r}")
         if not 0 < self.chunk_kl_bits <= 16:
             raise ValueError("chunk_kl_bits must be in (0, 16]")
         if not 1 <= self.code_steps <= 255:
@@ -90,7 +99,8 @@ class DiffCConfig(OnSpace):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DiffCConfig:
-        return config_from_dict(cls, d)
+        """A config without ``candidates`` was saved before scheme 1: it keeps "mt19937"."""
+        return config_from_dict(cls, {"candidates": "mt19937", **d})
 
 
 DIFFC_CONFIGS: dict[str, DiffCConfig] = {

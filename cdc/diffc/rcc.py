@@ -13,10 +13,19 @@ so chunk sizes differ by at most one and each chunk gets ≈ KL/n_chunks). For e
 chunk the encoder draws 2^k candidates from a seeded CPU generator and selects by
 ordered random coding (Theis & Yosri 2022), i.e. the Poisson functional
 representation truncated to 2^k candidates: i* = argmax_i log w_i − log S_i with
-S_1 < S_2 < … the arrival times of a unit-rate Poisson process. The decoder
-regenerates the same candidates and takes number i*. Candidates are generated in
-fixed blocks (a function of the layout only) so encoder and decoder draw exactly
-the same numbers on any machine; selection runs on any device.
+S_1 < S_2 < … the arrival times of a unit-rate Poisson process.
+
+Two candidate schemes (the plan's first byte, :mod:`cdc.diffc.stream`):
+
+* ``LAYOUT_PHILOX`` (1): candidate i of chunk c is addressable (:mod:`cdc.diffc.philox`):
+  the encoder draws all 2^k candidates of a block of chunks in one run, the decoder
+  computes only candidate i* of each chunk — O(d) per chunk instead of O(2^k·d).
+* ``LAYOUT_STRIDED`` (0, streams of models whose config predates scheme 1): candidates from
+  a seeded torch CPU generator in fixed blocks (a function of the layout only); the decoder
+  regenerates every candidate of every chunk and keeps number i*.
+
+Either way encoder and decoder draw exactly the same numbers on any machine; selection
+runs on any device.
 """
 
 from __future__ import annotations
@@ -27,11 +36,33 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cdc.diffc.stream import CODING_FIXED, CODING_ZIPF, MAX_ZIPF_BITS, packed_size
+from cdc.diffc import philox
+from cdc.diffc.stream import (
+    CODING_FIXED,
+    CODING_ZIPF,
+    LAYOUT_PHILOX,
+    LAYOUT_STRIDED,
+    MAX_ZIPF_BITS,
+    packed_size,
+)
 
 BLOCK_ELEMENTS = 1 << 22  # candidate floats generated per randn call (16 MiB)
 _BLOCK_ELEMENTS = BLOCK_ELEMENTS
 _MASK63 = (1 << 63) - 1
+
+#: Candidate normals drawn by :func:`decode` since the process started (the work a stream
+#: makes a decoder do; tests read it).
+DECODE_DRAWS = {"normals": 0}
+
+
+def candidate_key(seed: int) -> tuple[int, int]:
+    """The Philox key of a step's candidates (scheme 1)."""
+    return derive_seed(seed, 5), derive_seed(seed, 6)
+
+
+def arrival_key(seed: int) -> tuple[int, int]:
+    """The Philox key of a step's Poisson arrival times (scheme 1; the encoder's only)."""
+    return derive_seed(seed, 7), derive_seed(seed, 8)
 
 
 def derive_seed(*parts: int) -> int:
@@ -78,13 +109,27 @@ def choose_layout(kl_bits: float, n_dims: int, chunk_kl_bits: float, k: int,
     return n, k
 
 
+def _philox_rows(k: int, d: int) -> int:
+    return max(1, _BLOCK_ELEMENTS // ((1 << k) * philox.padded_dims(d)))
+
+
+def _arrivals(seed: int, k: int, first: int, rows: int) -> np.ndarray:
+    """log S_i of chunks first..first+rows−1 (rows, 2^k): cumulative unit exponentials."""
+    n = 1 << k
+    w = philox.words(arrival_key(seed), first * n, rows * n)
+    u = ((w >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    return np.log(np.cumsum(-np.log(u).reshape(rows, n), axis=1))
+
+
 @torch.no_grad()
 def encode(delta: Tensor, n_chunks: int, k: int, seed: int,
-           device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+           device: torch.device | str | None = None,
+           layout: int = LAYOUT_STRIDED) -> tuple[Tensor, Tensor]:
     """Select one candidate per chunk for target N(δ, I) against N(0, I).
 
     ``delta``: (n_dims,) float. Returns (indices (n_chunks,) int64, the selected
     ε (n_dims,) float32 on the CPU, exactly what :func:`decode` rebuilds).
+    ``layout``: the candidate scheme (``stream.LAYOUT_*``).
     """
     delta = delta.detach().float().cpu().reshape(-1)
     n_dims = delta.numel()
@@ -93,11 +138,25 @@ def encode(delta: Tensor, n_chunks: int, k: int, seed: int,
     dev = torch.device(device) if device is not None else torch.device("cpu")
     padded = torch.cat([delta, delta.new_zeros(1)])  # index −1 → 0 (padding has no target)
     target = padded[idx]  # (n_chunks, d)
-    gen = torch.Generator().manual_seed(derive_seed(seed, 2))
-    times_gen = torch.Generator().manual_seed(derive_seed(seed, 3))
     n_cand = 1 << k
     chosen = torch.empty(n_chunks, dtype=torch.long)
     eps = torch.zeros(n_dims + 1)
+    if layout == LAYOUT_PHILOX:
+        key, rows = candidate_key(seed), _philox_rows(k, d)
+        for a in range(0, n_chunks, rows):
+            b = min(n_chunks, a + rows)
+            cand = torch.from_numpy(philox.candidates(key, k, d, a, b - a))
+            log_s = torch.from_numpy(_arrivals(seed, k, a, b - a)).float()
+            score = torch.einsum("cnd,cd->cn", cand.to(dev), target[a:b].to(dev)) \
+                - log_s.to(dev)
+            best = score.argmax(1).cpu()
+            chosen[a:b] = best
+            eps[idx[a:b].reshape(-1)] = cand[torch.arange(b - a), best].reshape(-1)
+        return chosen, eps[:n_dims].clone()
+    if layout != LAYOUT_STRIDED:
+        raise ValueError(f"unknown candidate scheme {layout}")
+    gen = torch.Generator().manual_seed(derive_seed(seed, 2))
+    times_gen = torch.Generator().manual_seed(derive_seed(seed, 3))
     for a, b in _blocks(n_chunks, k, d):
         cand = torch.randn((b - a, n_cand, d), generator=gen)
         arrivals = torch.empty((b - a, n_cand)).exponential_(generator=times_gen).cumsum(1)
@@ -111,8 +170,13 @@ def encode(delta: Tensor, n_chunks: int, k: int, seed: int,
 
 
 @torch.no_grad()
-def decode(indices: Tensor, n_dims: int, n_chunks: int, k: int, seed: int) -> Tensor:
-    """The ε (n_dims,) that :func:`encode` selected, from its indices and the seed."""
+def decode(indices: Tensor, n_dims: int, n_chunks: int, k: int, seed: int,
+           layout: int = LAYOUT_STRIDED) -> Tensor:
+    """The ε (n_dims,) that :func:`encode` selected, from its indices and the seed.
+
+    Scheme 1 (``LAYOUT_PHILOX``) computes the chosen candidate of each chunk only
+    (n_chunks · d normals); scheme 0 regenerates all 2^k candidates of every chunk.
+    """
     indices = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
     if indices.numel() != n_chunks:
         raise ValueError(f"{indices.numel()} indices for {n_chunks} chunks")
@@ -120,10 +184,18 @@ def decode(indices: Tensor, n_dims: int, n_chunks: int, k: int, seed: int) -> Te
         raise ValueError("chunk index out of range")
     idx = chunk_index(n_dims, n_chunks, derive_seed(seed, 1))
     d = idx.shape[1]
-    gen = torch.Generator().manual_seed(derive_seed(seed, 2))
     eps = torch.zeros(n_dims + 1)
+    if layout == LAYOUT_PHILOX:
+        sel = philox.chosen(candidate_key(seed), k, d, indices.numpy())
+        DECODE_DRAWS["normals"] += n_chunks * philox.padded_dims(d)
+        eps[idx.reshape(-1)] = torch.from_numpy(sel).reshape(-1)
+        return eps[:n_dims].clone()
+    if layout != LAYOUT_STRIDED:
+        raise ValueError(f"unknown candidate scheme {layout}")
+    gen = torch.Generator().manual_seed(derive_seed(seed, 2))
     for a, b in _blocks(n_chunks, k, d):
         cand = torch.randn((b - a, 1 << k, d), generator=gen)
+        DECODE_DRAWS["normals"] += cand.numel()
         sel = cand[torch.arange(b - a), indices[a:b]]
         eps[idx[a:b].reshape(-1)] = sel.reshape(-1)
     return eps[:n_dims].clone()

@@ -2,7 +2,10 @@
 
 A complete stream is an ordinary container (codec id 1) with three sections::
 
-    P  coding plan: chunk layout scheme (1 byte, 0 = seeded strided permutation),
+    P  coding plan: candidate scheme (1 byte: 0 = seeded strided permutation, candidates
+       from torch's CPU generator, all 2^k of a block of chunks at once; 1 = the same
+       permutation, candidates addressable by (seed, step, chunk, index): Philox, see
+       cdc.diffc.philox),
        index coding (1 byte, 0 = fixed k bits, 1 = rANS with P(i) ∝ 1/(i+1)), stream
        seed (4 bytes LE), start level t_0 (v), number of steps K (v), then per step:
        level decrement t_{j−1} − t_j (v, ≥ 1), n_chunks·16 + (k−1) (v), the step's
@@ -37,7 +40,14 @@ from cdc.bitstream import (
 )
 from cdc.errors import CorruptStreamError
 
+#: Candidate schemes (the plan's first byte). 0: candidates from torch's CPU generator,
+#: drawn for whole blocks of chunks (a decoder must draw all 2^k of each chunk); written by
+#: models whose config predates scheme 1, and still decoded. 1: counter-based candidates
+#: (cdc.diffc.philox): the decoder computes only the chosen one of each chunk.
 LAYOUT_STRIDED = 0
+LAYOUT_PHILOX = 1
+LAYOUTS = (LAYOUT_STRIDED, LAYOUT_PHILOX)
+LAYOUT_NAMES = {LAYOUT_STRIDED: "mt19937", LAYOUT_PHILOX: "philox"}
 #: Index coding schemes (one byte in the plan).
 CODING_FIXED = 0  # k bits per index
 CODING_ZIPF = 1  # rANS (CompressAI) with the static law P(i) ∝ 1/(i+1), i < 2^k
@@ -89,8 +99,8 @@ class Plan:
         if end < 8:
             raise CorruptStreamError("coding plan truncated")
         layout, coding = buf[0], buf[1]
-        if layout != LAYOUT_STRIDED:
-            raise CorruptStreamError(f"unknown chunk layout scheme {layout}")
+        if layout not in LAYOUTS:
+            raise CorruptStreamError(f"unknown candidate scheme {layout}")
         if coding not in (CODING_FIXED, CODING_ZIPF):
             raise CorruptStreamError(f"unknown index coding {coding}")
         (seed,) = struct.unpack("<I", buf[2:6])
@@ -244,6 +254,7 @@ def describe(data: bytes, config: Any = None) -> dict[str, Any]:
         "chunks": [s.n_chunks for s in p.plan.steps],
         "index_bits": [s.k for s in p.plan.steps],
         "index_coding": CODING_NAMES[p.plan.coding],
+        "candidates": LAYOUT_NAMES[p.plan.layout],
         "step_bytes": [s.nbytes for s in p.plan.steps],
         "prefix_bytes": [p.prefix_bytes(j) for j in range(len(p.plan.steps) + 1)],
     }
