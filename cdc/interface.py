@@ -34,6 +34,17 @@ class DecodeSettings:
 
 
 @runtime_checkable
+class RateControlled(Protocol):
+    """Capability: the encoder meets any target rate itself (refine: it searches its base
+    layer's quality per image), so ``--rate`` sets the target instead of choosing a model
+    or cutting a prefix. The pipeline asks ``isinstance(codec, RateControlled)``."""
+
+    rate: float | None
+
+    def with_rate(self, bpp: float | None = None, quality: int | None = None) -> Any: ...
+
+
+@runtime_checkable
 class ImageCodec(Protocol):
     codec_id: str  # "cdc", "diffc", "corrdiff"
     model_id: str

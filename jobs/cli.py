@@ -80,6 +80,42 @@ def _load_codec(model: str, device: str, precision: str | None = None,
     return codec
 
 
+def _load_for_rate(model: str, rate: float | None, device: str):
+    """The codec a ``--rate`` asks for: the model itself when its encoder meets targets
+    (rate-controlled) or its streams cut to any prefix (progressive), else the shipped rung
+    of its family measured nearest the target (see :mod:`pipeline.rate`)."""
+    from cdc.interface import RateControlled
+    from pipeline.rate import RateError, check_rate, choose_model
+    from zoo import registry
+
+    codec = _load_codec(model, device)
+    if rate is None or isinstance(codec, RateControlled) or codec.progressive:
+        if rate is not None:
+            try:
+                check_rate(rate)
+            except RateError as e:
+                fail(str(e), EXIT_USAGE)
+        return codec
+    try:
+        chosen = choose_model(model, rate, registry())
+    except RateError as e:
+        fail(str(e), EXIT_USAGE)
+    return codec if chosen == model else _load_codec(chosen, device)
+
+
+def _compress_at(codec, img, rate: float | None) -> bytes:
+    """One stream at ``rate``: the encoder's own target, or a progressive prefix cap."""
+    from cdc.interface import RateControlled
+    from pipeline.rate import cap_stream
+
+    if rate is not None and isinstance(codec, RateControlled):
+        return codec.with_rate(rate).compress(img)
+    data = codec.compress(img)
+    if rate is not None and codec.progressive:
+        data = cap_stream(codec, data, rate)
+    return data
+
+
 def decode_budget(text: str | None):
     """The ``--decode-budget`` option as a :class:`cdc.limits.DecodeBudget` (None: defaults)."""
     from cdc.limits import DecodeBudget
@@ -133,17 +169,20 @@ def compress(
     model: str = ModelOpt,
     device: str = DeviceOpt,
     max_pixels: int = _max_pixels_opt(),
+    rate: float | None = typer.Option(
+        None, help="Target bits per pixel: the refine encoder meets it (any value); DiffC "
+                   "keeps the prefix within it; CDC/CorrDiff pick the shipped model nearest."),
 ) -> None:
-    """Compress one image to a stream (.cdc; codec given by the model: CDC, DiffC, CorrDiff)."""
+    """Compress one image to a stream (.cdc; codec given by the model)."""
     from cdc import CodecError
     from pipeline.files import InputError, input_note, read_image, write_bytes_atomic
 
+    codec = _load_for_rate(model, rate, device)
     try:
         img = read_image(src, max_pixels)
         if note := input_note(img):
             warn(f"{src}: {note}", src)
-        codec = _load_codec(model, device)
-        data = codec.compress(img)
+        data = _compress_at(codec, img, rate)
         write_bytes_atomic(dst, data)
     except (InputError, CodecError, OSError) as e:
         fail(f"{src}: {e}" if str(src) not in str(e) else str(e), EXIT_INPUT, src, dst)

@@ -158,12 +158,16 @@ class ShardEncoder:
 
 
 def _apply_rate(cfg: ArchiveJobConfig, codec: Any) -> tuple[ArchiveJobConfig, Any]:
-    """``--rate``: cap a progressive codec's streams, or switch to the shipped model of the
-    same codec measured nearest the target (see :mod:`pipeline.rate`)."""
+    """``--rate``: the target of a rate-controlled codec's encoder, a cap on a progressive
+    codec's streams, or a switch to the shipped model of the same codec measured nearest
+    the target (see :mod:`pipeline.rate`)."""
+    from cdc.interface import RateControlled
     from zoo import registry
 
     try:
         check_rate(cfg.rate)
+        if isinstance(codec, RateControlled):
+            return replace(cfg, options=replace(cfg.options, rate=cfg.rate)), codec
         if getattr(codec, "progressive", False):
             return replace(cfg, options=replace(cfg.options, max_bpp=cfg.rate)), codec
         model = choose_model(cfg.model, cfg.rate, registry())
@@ -301,7 +305,8 @@ def run_archive_job(cfg: ArchiveJobConfig, *, on_event: Callable[[dict[str, Any]
         "model": {"id": codec.model_id, "weights_digest": weights_digest(codec)},
         "rate": None if cfg.rate is None else {
             "target_bpp": cfg.rate,
-            "how": "prefix cap" if cfg.options.max_bpp is not None else "model choice"},
+            "how": "encoder target" if cfg.options.rate is not None else
+                   "prefix cap" if cfg.options.max_bpp is not None else "model choice"},
         "ray": ray_info,
         "inputs": len(items) + len(problems),
         "already_archived": len(done),

@@ -93,6 +93,32 @@ def codec_entries(codec, steps: list[int], gammas: list[float], seed: int = 0,
     return entries
 
 
+def rate_entries(codec, rates: list[float], tiers: dict[str, dict], seed: int = 0) -> list:
+    """A rate-controlled codec (refine) at each target rate × each tier: one stream per
+    (image, rate), decoded at every tier; one curve (family) per tier across the rates."""
+    from pipeline.evaluate import CallableEntry
+
+    cache: dict[tuple[int, float], bytes] = {}
+
+    def encode(img, rate):
+        key = (id(img), rate)
+        if key not in cache:
+            if not any(k[0] == id(img) for k in cache):
+                cache.clear()  # the runner evaluates entries image by image
+            cache[key] = codec.with_rate(rate).compress(img)
+        return cache[key]
+
+    entries = []
+    for rate in rates:
+        for name, t in tiers.items():
+            steps, g = int(t["steps"]), float(t.get("gamma", 0.0))
+            entries.append(CallableEntry(
+                f"{codec.model_id} {rate:g}bpp {name}", lambda img, r=rate: encode(img, r),
+                lambda d, s=steps, g=g: codec.decompress(d, steps=s, gamma=g, seed=seed),
+                f"{codec.model_id} {name}"))
+    return entries
+
+
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_cmd(
@@ -113,6 +139,12 @@ def register(app: typer.Typer) -> None:
         prefix_bpp: str = typer.Option("", help="Progressive codecs (DiffC): also decode prefixes "
                                                 "within these bpp budgets, e.g. 0.25,0.5,1."),
         bd_anchor: str = typer.Option("AVIF", help="Family the BD-rates are measured against."),
+        rates: str = typer.Option("", help="Rate-controlled codecs (refine): target bpps, "
+                                           "e.g. 0.03,0.06,0.12,0.25,0.5; every tier of the "
+                                           "model is decoded at each."),
+        panels: bool = typer.Option(False, help="Also write visual panels (original | AVIF | "
+                                                "ours per tier, same bytes, 2x crops) into "
+                                                "OUT/panels/."),
         fresh: bool = typer.Option(False, help="Start over: ignore the images a stopped run "
                                                "of the same evaluation kept in OUT/.progress."),
         shard: str = typer.Option("", help="K/N: evaluate every N-th image from the K-th "
@@ -162,6 +194,21 @@ def register(app: typer.Typer) -> None:
                 codec = load_codec(m, device=device)
             except WeightsError as e:
                 _fail(str(e))
+            if rates:
+                from cdc.interface import RateControlled
+
+                if not isinstance(codec, RateControlled):
+                    _fail(f"--rates: {m} is not rate-controlled (its rate is fixed; use "
+                          "several models)", EXIT_USAGE)
+                tiers = codec.recommended_tiers() or {}
+                match_tiers(codec, tiers)
+                ours = rate_entries(codec, _floats(rates, "rates"), tiers, seed)
+                entries += ours
+                names = [c.strip() for c in classical.split(",") if c.strip()]
+                if names:  # classical codecs at the bytes of each rate's stream
+                    refs = [e.name for e in ours if e.name.endswith(" " + next(iter(tiers)))]
+                    entries += matched_bpp_entries(refs, names)
+                continue
             s = step_list or [codec.config.default_steps if hasattr(codec, "config") else 1]
             # CorrDiff: the encoder simulates (and stores weights for) every evaluated
             # decode setting, as an archive does for its tiers (a no-op for other codecs)
@@ -181,7 +228,7 @@ def register(app: typer.Typer) -> None:
         entries += classical_entries(sweeps) if sweeps else []
         try:
             summary = run_evaluation(imgs, entries, out, metrics=wanted, device=device,
-                                     save_decoded=save_decoded, resume=not fresh,
+                                     save_decoded=save_decoded or panels, resume=not fresh,
                                      shard=shard_kn)
         except MetricWeightsMissing as e:
             _fail(str(e))
@@ -193,6 +240,10 @@ def register(app: typer.Typer) -> None:
         typer.echo(summary_table(summary))
         for line in add_bd_rates(summary, out, anchor=bd_anchor):
             typer.echo(line)
+        if panels:
+            from pipeline.panels import write_panels
+
+            typer.echo(f"{len(write_panels(out, images))} visual panels in {out}/panels/")
         typer.echo(f"per-image CSV, summary.json and plots in {out}/")
 
     @app.command("eval-merge")

@@ -96,8 +96,9 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
                                   help="Shipped model name, weights path or fsspec URL."),
         rate: float | None = typer.Option(
-            None, help="Target bits per pixel: caps DiffC streams at that rate; for CDC/CorrDiff "
-                       "picks the shipped model of that codec measured nearest it."),
+            None, help="Target bits per pixel: the refine encoder meets it per image; caps "
+                       "DiffC streams at that rate; for CDC/CorrDiff picks the shipped model "
+                       "of that codec measured nearest it."),
         address: str | None = typer.Option(None, help=_ADDRESS_HELP),
         num_cpus: int | None = typer.Option(None, help="CPUs of the local Ray (default: all)."),
         actors: int | None = typer.Option(None, help="Encoder actors (default: one per GPU, "

@@ -21,6 +21,7 @@ from typing import Any
 from PIL import Image
 
 from cdc import CodecError
+from cdc.interface import RateControlled
 from pipeline.batching import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_PIXELS, group_batches
 from pipeline.codec_adapter import full_codec
 from pipeline.files import DEFAULT_MAX_PIXELS
@@ -35,14 +36,20 @@ from storage import Archive, Record
 def encode_images(codec: Any, images: Sequence[Image.Image],
                   batch_size: int = DEFAULT_BATCH_SIZE,
                   max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS,
-                  max_bpp: float | None = None) -> list[bytes | str]:
+                  max_bpp: float | None = None, rate: float | None = None
+                  ) -> list[bytes | str]:
     """Encode images in size-grouped batches; an item is its bitstream or an error string.
 
     A batch that fails (one unencodable image, out of memory) is retried image by image so
     one bad image costs only itself. ``max_bpp`` (progressive codecs only) keeps the longest
-    decodable prefix of each stream within that rate (:func:`pipeline.rate.cap_stream`).
+    decodable prefix of each stream within that rate (:func:`pipeline.rate.cap_stream`);
+    ``rate`` (rate-controlled codecs only) is the target their encoder meets per image.
     """
     codec = full_codec(codec)
+    if rate is not None:
+        if not isinstance(codec, RateControlled):
+            raise ValueError(f"{codec.model_id}: a target rate needs a rate-controlled codec")
+        codec.with_rate(rate)
     if max_bpp is not None and not codec.progressive:
         raise ValueError(f"{codec.model_id}: max_bpp needs a progressive codec (DiffC)")
     out: list[bytes | str] = [""] * len(images)
@@ -82,6 +89,7 @@ class EncodeOptions:
     window: int = 0  # images read ahead per step; 0: 4 x batch_size
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bpp: float | None = None  # progressive codecs: keep the prefix within this rate
+    rate: float | None = None  # rate-controlled codecs: the encoder's target bpp
 
 
 def _windows(items: Sequence[InputItem], size: int) -> list[Sequence[InputItem]]:
@@ -135,7 +143,7 @@ def _encode_shard(codec: Any, archive: Archive, plan: ShardPlan, owner: str | No
             results: list[bytes | str | None] = [None] * len(loaded)
             if good:
                 enc = encode_images(codec, [loaded[i].image for i in good], opt.batch_size,
-                                    opt.max_batch_pixels, opt.max_bpp)
+                                    opt.max_batch_pixels, opt.max_bpp, opt.rate)
                 for i, r in zip(good, enc):
                     results[i] = r
             step = {"images": 0, "ok": 0, "failed": 0, "bytes_in": 0, "bytes_out": 0,

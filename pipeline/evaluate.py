@@ -359,7 +359,7 @@ def run_evaluation(images: Any, entries: Sequence[Any], out_dir: str | os.PathLi
                 if want_fid:
                     rec_feats[e.name][i] = meters.patches(y, fid_patch)
                 if save_decoded:
-                    dest = out / "decoded" / _safe(e.name) / f"{_safe(iname)}.png"
+                    dest = out / "decoded" / safe_name(e.name) / f"{safe_name(iname)}.png"
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     rec.save(dest)
             except Exception as exc:  # noqa: BLE001 - record, keep evaluating the others
@@ -448,7 +448,7 @@ class _Progress:
             self.folder.rmdir()
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._@=+-]+", "_", name)
 
 
