@@ -38,7 +38,7 @@ class TrainConfig(TrainConfigBase):
     warmup_steps: int = 1000
     lam_warmup: float = 1e-4
     rho: float = 0.0
-    perceptual: str = "lpips-alex"
+    perceptual: str = "lpips-vgg"  # LPIPS-Alex is an evaluation metric (legacy configs name it)
     perceptual_mse: float = 1.0  # weight of pixel MSE beside LPIPS in the perceptual term
     perceptual_window: int = 8  # latent models: side (space positions) decoded for it
 

@@ -49,7 +49,7 @@ class CorrDiffTrainConfig(TrainConfigBase):
     lr: float = 5e-4
     trunk_lr_scale: float = 0.2
     lpips_weight: float = 0.0
-    perceptual: str = "lpips-alex"
+    perceptual: str = "lpips-vgg"  # LPIPS-Alex is an evaluation metric (legacy configs name it)
     ema_decay: float = 0.99
     checkpoint_every: int = 100
     log_every: int = 10

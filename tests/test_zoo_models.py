@@ -56,13 +56,17 @@ def test_shipped_model_round_trips_a_small_image(name):
     assert sha256_hex(codec.decompress(data).tobytes()) == sha256_hex(out.tobytes())
 
 
-def test_the_default_model_is_the_ladder_rung_nearest_0_15_bpp():
-    """`cdc compress` without --model uses one flagged rung: the one of its rate family whose
-    recorded rate (measured on training photos, never Kodak) is nearest 0.15 bpp."""
+def test_the_default_model_is_rate_controlled_or_the_rung_nearest_0_15_bpp():
+    """`cdc compress` without --model uses one flagged model: a rate-controlled one (it meets
+    any target itself), else the rung of its rate family whose recorded rate (measured on
+    training photos, never Kodak) is nearest 0.15 bpp."""
+    from cdc.registry import codec_class
     from zoo.store import default_model
 
     flagged = [n for n, e in registry().items() if e.get("default") is True]
     assert flagged == [default_model()], f"exactly one default model, got {flagged}"
+    if getattr(codec_class(registry()[flagged[0]]["codec"]), "rate_controlled", False):
+        return
     family = registry()[flagged[0]]["family"]
     rates = {n: e["rate"]["bpp"] for n, e in registry().items()
              if e.get("family") == family and "rate" in e}
@@ -87,6 +91,13 @@ def test_flag_default_picks_the_rung_nearest_the_target_and_unflags_the_rest(tmp
     assert flag_default("f", target_bpp=0.06, zoo_dir=tmp_path) == "a"
     with pytest.raises(KeyError, match="no model of family"):
         flag_default("nope", zoo_dir=tmp_path)
+    from zoo.store import set_default
+
+    assert set_default("d", zoo_dir=tmp_path) == "d"  # a rate-controlled model: by name
+    got = json.loads((tmp_path / "models.json").read_text())
+    assert [n for n, e in got.items() if e.get("default")] == ["d"]
+    with pytest.raises(KeyError, match="no model"):
+        set_default("nope", zoo_dir=tmp_path)
 
 
 def test_concurrent_registry_edits_keep_every_entry(tmp_path):

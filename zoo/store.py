@@ -163,6 +163,24 @@ def flag_default(family: str, target_bpp: float = DEFAULT_TARGET_BPP,
     return chosen[0]
 
 
+def set_default(name: str, zoo_dir: str | Path | None = None) -> str:
+    """Flag ``name`` as the default model and unflag every other one (a rate-controlled
+    model has no ladder to choose from: it meets any target itself)."""
+    zoo = Path(zoo_dir) if zoo_dir else package_dir()
+
+    def edit(reg: dict) -> None:
+        if name not in reg:
+            raise KeyError(f"{zoo / REGISTRY_FILE}: no model {name!r}")
+        for n, e in reg.items():
+            if n == name:
+                e["default"] = True
+            else:
+                e.pop("default", None)
+
+    _edit_registry(zoo, edit)
+    return name
+
+
 def _edit_registry(zoo: Path, edit) -> None:
     """Read, edit and atomically replace ``models.json`` under an exclusive lock, so two
     exports running at once (two rungs shipped in parallel) cannot drop each other's entry."""

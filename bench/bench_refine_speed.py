@@ -1,0 +1,91 @@
+"""Speed of the refine codec on one image (default: Kodak kodim23), one run, one machine.
+
+Prints, in one run: AVIF encode of the image at the quality our base layer chose (Pillow,
+the same settings), our encode (rate search + one decoder pass per stored path), our
+decode per tier in-process, and ``cdc decompress`` end to end as a user runs it (a new
+process: interpreter start, imports, weights, decode, PNG write) for the preview and the
+standard tier; and whether CompressAI was imported on that path. Targets (issue 24):
+encode ≤ 1.5 × AVIF encode + one decoder pass per tier; end-to-end standard ≤ 3 s;
+preview ≤ 0.2 s after start-up.
+
+    OMP_NUM_THREADS=2 python bench/bench_refine_speed.py --model refine-avif --rate 0.15
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--image", default="../shared/data/kodak/kodim23.png")
+    p.add_argument("--model", default="refine-avif")
+    p.add_argument("--rate", type=float, default=0.15)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=3)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    from cdc.refine import base_layer
+    from cdc.refine.stream import parse
+    from zoo import load_codec
+
+    img = Image.open(a.image).convert("RGB")
+    codec = load_codec(a.model).with_rate(a.rate)
+    best = lambda f: min(f() for _ in range(a.repeat))  # noqa: E731
+
+    def timed(fn):
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+    data = codec.compress(img)
+    q = parse(data)
+    import numpy as np
+
+    arr = np.asarray(img)
+    t_avif = best(lambda: timed(lambda: base_layer.encode(arr, q.quality, q.scale, codec.config)))
+    t_enc = best(lambda: timed(lambda: codec.compress(img)))
+    tiers = codec.recommended_tiers()
+    t_dec = {n: best(lambda t=t: timed(lambda: codec.decompress(
+        data, steps=t["steps"], gamma=t["gamma"], seed=t.get("seed", 0)))) for n, t in tiers.items()}
+    passes = sum(t["steps"] for t in tiers.values())
+    print(f"image {a.image} {img.width}x{img.height}, {len(data)} bytes = "
+          f"{8 * len(data) / (img.width * img.height):.4f} bpp (target {a.rate}), "
+          f"base AVIF q{q.quality} x{q.scale}, {a.threads} threads")
+    print(f"AVIF encode at that quality: {t_avif:.3f} s; our encode: {t_enc:.3f} s "
+          f"(ratio {t_enc / t_avif:.1f}; {len(codec.paths)} paths, {passes} decoder passes)")
+    for n, t in t_dec.items():
+        print(f"decode {n} ({tiers[n]['steps']} steps): {t:.3f} s in-process")
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "x.cdc"
+        src.write_bytes(data)
+        env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+        probe = ("import sys, runpy; sys.argv = ['cdc', 'decompress', '{src}', '{dst}', "
+                 "'--steps', '{steps}']; "
+                 "import jobs.cli as c\ntry:\n    c.main()\nexcept SystemExit:\n    pass\n"
+                 "print('compressai imported:', 'compressai' in sys.modules)")
+        for name in ("preview", "standard"):
+            steps = tiers[name]["steps"]
+            t = time.perf_counter()
+            r = subprocess.run([sys.executable, "-c", probe.format(
+                src=src, dst=Path(d) / f"{name}.png", steps=steps)],
+                capture_output=True, text=True, env=env)
+            dt = time.perf_counter() - t
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "import jobs.cli"], env=env, check=True)
+            start = time.perf_counter() - t0
+            print(f"cdc decompress end to end, {name}: {dt:.2f} s (process start + "
+                  f"`import jobs.cli` alone: {start:.2f} s) {r.stdout.strip().splitlines()[-1:]}")
+
+
+if __name__ == "__main__":
+    main()
