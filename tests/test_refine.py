@@ -221,3 +221,63 @@ def test_weight_section_round_trips_both_codings():
              blend.BlendPath(3, 0.6, 5, 1.5, tuple(i % 8 for i in range(40)))]
     data = blend.pack(paths, 3)
     assert blend.unpack(data, 3, 40, 1000) == paths
+
+
+def test_archive_preview_reads_only_the_base_layer_and_tiers_follow_stored_paths(
+        tmp_path, monkeypatch):
+    from pipeline.archive import encode_shard, open_or_create, plan_inputs, plan_shards
+    from pipeline.reader import Reader
+    from storage import Archive
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i, (h, w) in enumerate(((48, 64), (64, 40))):
+        Image.fromarray(smooth_image(h, w, seed=i)).save(root / f"{i}.png")
+    codec = codec_from_bytes(refine_bytes(0), "test").with_rate(1.0)
+    arch, created = open_or_create(str(tmp_path / "r.zarr"), codec, shard_size=8)
+    assert created and arch.tiers["preview"]["steps"] == 0 and arch.tiers["preview"]["bpp"]
+    items, _ = plan_inputs(str(root))
+    list(encode_shard(codec, arch, plan_shards(items, set(), set(), 8)[0]))
+    arch = Archive.open(arch.url)
+    full = arch["0.png"].data
+    assert {p.key for p in codec.parse(full)[1]} == {(1, 0.0, 0), (3, 0.6, 0)}
+    reads: list[int] = []
+    real = Archive.read_prefix
+    monkeypatch.setattr(Archive, "read_prefix",
+                        lambda self, key, n: reads.append(n) or real(self, key, n))
+    monkeypatch.setattr(Archive, "__getitem__", lambda self, key: pytest.fail("full read"))
+    prev = Reader(arch, codec, cache=None, archive_cache=False).get("0.png", "preview")
+    assert max(reads) < len(full)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(prev.data))),
+                          np.asarray(codec.decompress(full, steps=0)))
+    monkeypatch.undo()
+    r = Reader(arch, codec, cache=None, archive_cache=False)
+    for tier in ("standard", "high"):
+        t = arch.tiers[tier]
+        got = np.asarray(Image.open(io.BytesIO(r.get("0.png", tier).data)))
+        want = codec.decompress(full, steps=t["steps"], gamma=t["gamma"], seed=t["seed"])
+        assert np.array_equal(got, np.asarray(want))
+
+
+def test_cli_compress_meets_the_rate_and_decompresses(tmp_path):
+    import subprocess
+    import sys
+
+    w = tmp_path / "w.pt"
+    w.write_bytes(refine_bytes(0))
+    src = tmp_path / "a.png"
+    Image.fromarray(smooth_image(96, 128, seed=7)).save(src)
+    sizes = []
+    for rate in ("0.5", "1.5"):
+        r = subprocess.run([sys.executable, "-m", "jobs.cli", "compress", str(src),
+                            str(tmp_path / f"{rate}.cdc"), "-m", str(w), "--rate", rate],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        sizes.append((tmp_path / f"{rate}.cdc").stat().st_size)
+        assert 8 * sizes[-1] / (96 * 128) <= float(rate)
+    assert sizes[1] > 2 * sizes[0]
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "decompress",
+                        str(tmp_path / "0.5.cdc"), str(tmp_path / "o.png")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "o.png").size == (128, 96)
