@@ -437,46 +437,84 @@ def test_archive_verify_flags_bad_keys(bad_key_archive: Archive):
 @pytest.mark.timeout(120)
 def test_export_summary_counts_each_key_once(tmp_path: Path, codec: CDCCodec,
                                              weights_file: str, monkeypatch):
-    """3 keys asked for: 1 exported, 1 failing to decode (in an actor), 1 missing. The
-    decode failure must not be counted twice ("selected 4")."""
+    """3 keys asked for: 1 exported, 1 failing to decode (its payload is damaged), 1 missing.
+    The decode failure must not be counted twice ("selected 4").
+
+    No Ray: the real Exporter actor's code runs in this process (its class under Ray's
+    wrapper) and the real driver loop feeds its events to the counters, so every count in
+    the summary comes from the code that counts in a real run. Only the session, the
+    actor layout and ``ray.wait``/``ray.get`` are stood in for."""
     import contextlib
+    import types
 
+    import ray
+
+    import jobs.driver
     import jobs.export as ex
-    from jobs.driver import DriveResult
 
-    arch = _small_archive(tmp_path, codec)
+    arch = _small_archive(tmp_path, codec)  # a.png, b.png in shard 0; c.png in shard 1
+    obj = sorted(p for p in (Path(arch.url) / "bitstream").rglob("*") if p.is_file()
+                 and p.name != "zarr.json")[0]
+    raw = bytearray(obj.read_bytes())
+    infos = {i.key: i for i in arch.infos()}
+    assert (infos["a.png"].row, infos["b.png"].row) == (0, 1)
+    raw[infos["a.png"].nbytes + 30] ^= 0xFF  # inside b.png's payload (after a.png's)
+    obj.write_bytes(bytes(raw))
 
     class Session:
         mode, gpus = "fake", 0
 
-    def drive(actors, chunks, submit, *, counters, on_event=None, **kw):
-        res = DriveResult()
-        (chunk,) = chunks
-        counters.add({"images": 2, "ok": 1, "failed": 1})
-        res.done.append({"type": "done", "images": 2, "node": "n",
-                         "failures": [{"key": chunk[1][0], "error": "decoding failed"}]})
-        return res
+    created = []
+    body_class = ex.Exporter.__ray_actor_class__  # the class under Ray's actor wrapper
 
-    class FakeActor:
+    class InProcess:
+        """``Exporter.options(...).remote(...)`` → the real actor body, here; its
+        ``export.remote`` returns the real (generator) method's iterator."""
+
         @staticmethod
         def options(**kw):
-            return FakeActor
+            return InProcess
 
         @staticmethod
-        def remote(*a, **kw):
-            return object()
+        def remote(*args):
+            body = body_class(*args)
+            created.append(body)
+            return types.SimpleNamespace(
+                export=types.SimpleNamespace(remote=lambda chunk, w: iter(body.export(chunk, w))))
+
+    class FakeRay:
+        exceptions = ray.exceptions
+
+        @staticmethod
+        def wait(gens, num_returns, timeout):
+            return gens[:1], gens[1:]
+
+        @staticmethod
+        def get(item):
+            return item
 
     monkeypatch.setattr(ex, "ray_session", lambda *a, **k: contextlib.nullcontext(Session()))
     monkeypatch.setattr(ex, "actor_layout", lambda *a, **k: (1, 1.0, 0))
-    monkeypatch.setattr(ex, "drive", drive)
-    monkeypatch.setattr(ex, "Exporter", FakeActor)
+    monkeypatch.setattr(ex, "check_fits", lambda *a, **k: None, raising=False)
+    monkeypatch.setattr(ex, "Exporter", InProcess)
     monkeypatch.setattr(ex, "weights_ref", lambda m: None)
-    monkeypatch.setattr(ex.ray, "kill", lambda a: None)
-    s = ex.run_export_job(ex.ExportJobConfig(url=arch.url, dest=str(tmp_path / "out"),
+    monkeypatch.setattr(ray, "kill", lambda a: None)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    monkeypatch.setattr(ray, "get_runtime_context",
+                        lambda: types.SimpleNamespace(get_node_id=lambda: "node-1"))
+    monkeypatch.setattr(jobs.driver, "ray", FakeRay)
+    dest = tmp_path / "out"
+    s = ex.run_export_job(ex.ExportJobConfig(url=arch.url, dest=str(dest),
                                              model=weights_file, keys=["a.png", "b.png", "zz.png"],
-                                             progress=False))
-    assert s["selected"] == 3 and len(s["failures"]) == 2 and s["skipped_existing"] == 0
+                                             cache=False, progress=False))
+    assert len(created) == 1
+    assert s["selected"] == 3 and s["exported"] == 1 and s["skipped_existing"] == 0
+    assert sorted(f["key"] for f in s["failures"]) == ["b.png", "zz.png"] and not s["complete"]
+    assert sorted(p.name for p in dest.iterdir()) == ["a.png"]
+    assert s["bytes_out"] == (dest / "a.png").stat().st_size
+    assert s["ray"]["nodes_used"] == 1
     assert dict(ex.summary_rows(s))["selected"] == "3"
+    assert dict(ex.summary_rows(s))["failures"] == "2"
 
 
 @pytest.mark.timeout(120)

@@ -60,8 +60,13 @@ def test_train_resume_and_export(image_dir: Path, tmp_path: Path):
     run = tmp_path / "run"
     t = Trainer(_config(image_dir, steps=4), run)
     assert t.fit(progress=False) == 4
-    assert len(t.fit(progress=False) and [1]) == 1  # already done: no-op
-    csv = (run / "metrics.csv").read_text().splitlines()
+    csv_text, ck = (run / "metrics.csv").read_text(), (run / "checkpoint.pt").read_bytes()
+    weights = {k: v.clone() for k, v in t.model.state_dict().items()}
+    assert t.fit(progress=False) == 4  # already done: a no-op, not more steps
+    assert t.step == 4 and (run / "checkpoint.pt").read_bytes() == ck
+    assert (run / "metrics.csv").read_text() == csv_text
+    assert all(torch.equal(v, t.model.state_dict()[k]) for k, v in weights.items())
+    csv = csv_text.splitlines()
     assert csv[0].startswith("step,") and len(csv) >= 3
 
     t2 = Trainer(_config(image_dir, steps=6), run)  # resumes from the checkpoint
