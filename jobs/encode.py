@@ -66,7 +66,13 @@ from pipeline.archive import (
 from pipeline.files import DEFAULT_MAX_PIXELS, check_max_pixels, set_max_pixels, take_notes
 from pipeline.rate import RateError, check_rate, choose_model
 from pipeline.tiers import merge_tiers
-from storage import ArchiveError
+from storage import (
+    Archive,
+    ArchiveError,
+    ArchiveNotFoundError,
+    NotAnArchiveError,
+    StoreAccessError,
+)
 from zoo.store import default_model
 
 
@@ -186,6 +192,14 @@ def _prepare(cfg: ArchiveJobConfig):
         check_max_pixels(cfg.options.max_pixels)  # here, not in every actor's constructor
     except ValueError as e:
         raise JobError(str(e)) from None
+    try:  # the store's problems (no bucket, credentials, endpoint) before loading a model
+        Archive.open(cfg.url, storage_options=cfg.storage_options)
+    except ArchiveNotFoundError:
+        pass  # created below
+    except (StoreAccessError, NotAnArchiveError) as e:
+        raise JobError(str(e)) from None
+    except ArchiveError:
+        pass  # the rest (a newer format, ...) is reported with the model in hand
     try:
         items, problems = plan_inputs(cfg.src)
     except FileNotFoundError as e:
