@@ -10,6 +10,14 @@ same codec with an untrained prior (ε̂ ≡ 0, i.e. no learned prior) and JPEG.
     OMP_NUM_THREADS=1 python bench/bench_diffc.py                      # ldiffc-small
     python bench/bench_diffc.py --model diffc-small --crop 64         # the pixel model
     python bench/bench_diffc.py --run-dir runs/diffc-small      # EMA weights of a run
+
+``--decode-cost`` instead measures, per whole Kodak image and candidate scheme (issue 26:
+"mt19937" draws all 2^k candidates of every chunk to decode, "philox" only the chosen
+ones), the encode time (and its share in the candidate search) and, per prefix budget, the
+decode time and the decode's peak resident memory (VmHWM, reset before each decode):
+
+    nice -n 15 env OMP_NUM_THREADS=2 python bench/bench_diffc.py --decode-cost \
+        --images kodim03.png kodim23.png --budgets 0.1,0.5,1,0 --json cost.json
 """
 
 from __future__ import annotations
@@ -121,6 +129,77 @@ def timing(codec: DiffCCodec, img: np.ndarray, **enc) -> dict:
             "bpp": 8 * len(data) / img[..., 0].size}
 
 
+def _reset_peak_rss() -> None:
+    """Linux: reset VmHWM (the peak resident set) of this process."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def decode_cost(codec: DiffCCodec, names: list[str], images: list[np.ndarray],
+                budgets: list[float], schemes: list[str], **enc) -> list[dict]:
+    """Per image and scheme: encode time (candidate search vs the rest) and, per prefix
+    budget (bpp; 0 = the whole stream), decode time and peak RSS of the decode."""
+    from cdc.diffc import rcc
+    from cdc.diffc.codec import prefix_length
+
+    search = {"s": 0.0}
+    encode0 = rcc.encode
+
+    def timed(*a, **k):
+        t = time.perf_counter()
+        try:
+            return encode0(*a, **k)
+        finally:
+            search["s"] += time.perf_counter() - t
+
+    rows = []
+    rcc.encode = timed
+    try:
+        for name, img in zip(names, images):
+            for scheme in schemes:
+                search["s"] = 0.0
+                t = time.perf_counter()
+                data, rep = codec.encode(img, candidates=scheme, **enc)
+                t_enc = time.perf_counter() - t
+                px = img.shape[0] * img.shape[1]
+                row = {"image": name, "scheme": scheme, "bytes": len(data),
+                       "bpp": 8 * len(data) / px, "kl_bits": sum(rep["kl_bits"]),
+                       "encode_s": t_enc, "encode_search_s": search["s"], "decodes": []}
+                for b in budgets:
+                    n = prefix_length(data, bpp=b) if b else len(data)
+                    _reset_peak_rss()
+                    base = _peak_rss_mb()
+                    t = time.perf_counter()
+                    codec.decompress(data, max_bytes=n)
+                    dt = time.perf_counter() - t
+                    row["decodes"].append({"budget_bpp": b, "bpp_read": 8 * n / px,
+                                           "decode_s": dt, "peak_rss_mb": _peak_rss_mb(),
+                                           "rss_before_mb": base})
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    finally:
+        rcc.encode = encode0
+    return rows
+
+
+def print_cost(rows: list[dict]) -> None:
+    print(f"\n{'image':<12}{'scheme':<9}{'bpp':>7}{'encode s':>10}{'search s':>10}"
+          f"{'budget':>8}{'bpp read':>10}{'decode s':>10}{'peak MB':>9}")
+    for r in rows:
+        for d in r["decodes"]:
+            print(f"{r['image']:<12}{r['scheme']:<9}{r['bpp']:>7.3f}{r['encode_s']:>10.1f}"
+                  f"{r['encode_search_s']:>10.1f}{d['budget_bpp'] or 'all':>8}"
+                  f"{d['bpp_read']:>10.3f}{d['decode_s']:>10.2f}{d['peak_rss_mb']:>9.0f}")
+
+
 def print_curve(name: str, res: dict) -> None:
     print(f"\n{name}: KL {res['kl_bpp']:.3f} bpp, payload/KL {res['payload_over_kl']:.3f}, "
           f"bytes/KL {res['total_over_kl']:.3f}")
@@ -148,16 +227,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--baselines", default="untrained,jpeg", help="comma list; '' for none")
     ap.add_argument("--json", default=None, help="write the figures here")
+    ap.add_argument("--candidates", choices=["philox", "mt19937"], default=None,
+                    help="candidate scheme the encoder writes (default: the model's)")
+    ap.add_argument("--decode-cost", action="store_true",
+                    help="only: encode/decode time and decode peak memory per scheme and "
+                         "prefix budget, on whole images")
+    ap.add_argument("--budgets", default="0.1,0.5,1,0",
+                    help="--decode-cost prefix budgets in bpp, 0 = whole stream")
+    ap.add_argument("--schemes", default="mt19937,philox", help="--decode-cost schemes")
     args = ap.parse_args(argv)
 
     codec = load(args)
     enc = {k: v for k, v in (("chunk_kl_bits", args.chunk_kl),
                              ("chunk_index_bits", args.index_bits),
-                             ("index_coding", args.index_coding)) if v is not None}
+                             ("index_coding", args.index_coding),
+                             ("candidates", args.candidates)) if v is not None}
     print(f"torch threads {torch.get_num_threads()}; encoder settings "
           f"{enc or 'model defaults'} (chunk KL {codec.config.chunk_kl_bits} bits, "
           f"k {codec.config.chunk_index_bits}, {codec.config.index_coding})")
     result: dict = {"model": codec.model_id, "encoder": enc}
+    if args.decode_cost:
+        enc.pop("candidates", None)
+        rows = decode_cost(codec, args.images, crops(args.kodak, args.images, 0),
+                           [float(b) for b in args.budgets.split(",")],
+                           args.schemes.split(","), **enc)
+        print_cost(rows)
+        result["decode_cost"] = rows
+        result["threads"] = torch.get_num_threads()
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+        return 0
     if not args.skip_timing:
         result["timing"] = []
         for size in (int(v) for v in args.timing_sizes.split(",") if v.strip()):

@@ -425,3 +425,24 @@ def test_bad_late_step_is_refused_before_any_network_evaluation(diffc_weights: P
     prefix = codec.step_offsets(crafted)[last]
     assert codec.decompress(crafted, max_bytes=prefix, steps=1).size == (27, 22)
     assert calls["n"] == last + 1
+
+
+def test_cdc_batch_is_validated_whole_before_any_unet_evaluation(cdc_weights: Path,
+                                                                 cdc_stream: bytes, monkeypatch):
+    """CDC (and CorrDiff, which decodes the same way) entropy-decodes and checks every
+    stream of a batch, symbols CRC included, before the first U-Net evaluation."""
+    codec = codec_from_bytes(cdc_weights.read_bytes(), "t")
+    y = Container.unpack(cdc_stream).sections["Y"]
+    bad = with_sections(cdc_stream, Y=bytes(len(y)))  # same length, garbage symbols
+    calls = {"n": 0}
+    forward = codec.model.denoiser.forward
+
+    def counted(*a, **k):
+        calls["n"] += 1
+        return forward(*a, **k)
+
+    monkeypatch.setattr(codec.model.denoiser, "forward", counted)
+    with pytest.raises(BitstreamError):
+        codec.decompress_batch([cdc_stream, cdc_stream, bad], steps=2)
+    assert calls["n"] == 0
+    assert len(codec.decompress_batch([cdc_stream], steps=2)) == 1 and calls["n"] == 2

@@ -100,6 +100,7 @@ def test_addressable_candidates_equal_the_bulk_draw(k, d):
     assert np.array_equal(philox.chosen(KEY, k, d, idx), one_by_one)
     for a, b in ((0, 1), (2, 5), (5, 6)):  # any block of chunks draws the same numbers
         assert np.array_equal(philox.candidates(KEY, k, d, a, b - a), bulk[a:b])
+    assert np.array_equal(philox.candidates(KEY, k, d, 0, n_chunks, workers=4), bulk)
     with pytest.raises(ValueError):
         philox.chosen(KEY, k, d, np.array([1 << k]))
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import statistics
+from typing import Any
 
 import numpy as np
 
@@ -186,12 +187,40 @@ def padded_dims(d: int) -> int:
     return -(-d // BLOCK_NORMALS) * BLOCK_NORMALS
 
 
-def candidates(key: tuple[int, int], k: int, d: int, first_chunk: int, n_chunks: int
-               ) -> np.ndarray:
-    """All 2^k candidates of chunks ``first_chunk .. +n_chunks−1``: (n_chunks, 2^k, d)."""
+def candidates(key: tuple[int, int], k: int, d: int, first_chunk: int, n_chunks: int,
+               out: np.ndarray | None = None, workers: int = 1) -> np.ndarray:
+    """All 2^k candidates of chunks ``first_chunk .. +n_chunks−1``: (n_chunks, 2^k, d), a
+    view of (n_chunks, 2^k, :func:`padded_dims`) normals (``out``, if given, is filled).
+    ``workers`` > 1 splits the chunks among threads (NumPy releases the GIL): the same
+    numbers, each at its own position."""
     dd = padded_dims(d)
-    z = normals(key, (first_chunk << k) * dd, (n_chunks << k) * dd)
-    return z.reshape(n_chunks, 1 << k, dd)[..., :d]
+    full = np.empty((n_chunks, 1 << k, dd), np.float32) if out is None else out
+    if full.shape != (n_chunks, 1 << k, dd) or full.dtype != np.float32 \
+            or not full.flags.c_contiguous:
+        raise ValueError("out must be a C-contiguous float32 (n_chunks, 2^k, padded d) array")
+    per = -(-n_chunks // max(1, workers))
+    parts = [(a, min(n_chunks, a + per)) for a in range(0, n_chunks, per)]
+
+    def fill(part: tuple[int, int]) -> None:
+        a, b = part
+        normals(key, ((first_chunk + a) << k) * dd, ((b - a) << k) * dd, out=full[a:b])
+
+    if len(parts) > 1:
+        list(_pool(len(parts)).map(fill, parts))
+    else:
+        fill(parts[0])
+    return full[..., :d]
+
+
+_POOLS: dict[int, Any] = {}
+
+
+def _pool(n: int) -> Any:
+    if n not in _POOLS:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="philox")
+    return _POOLS[n]
 
 
 def candidate(key: tuple[int, int], k: int, d: int, chunk: int, index: int) -> np.ndarray:

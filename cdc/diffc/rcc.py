@@ -142,16 +142,19 @@ def encode(delta: Tensor, n_chunks: int, k: int, seed: int,
     chosen = torch.empty(n_chunks, dtype=torch.long)
     eps = torch.zeros(n_dims + 1)
     if layout == LAYOUT_PHILOX:
-        key, rows = candidate_key(seed), _philox_rows(k, d)
+        key, rows, dd = candidate_key(seed), _philox_rows(k, d), philox.padded_dims(d)
+        workers = max(1, torch.get_num_threads())
+        target = torch.nn.functional.pad(target, (0, dd - d)).to(dev)  # score on padded rows
+        buf = np.empty((min(rows, n_chunks), n_cand, dd), np.float32)
         for a in range(0, n_chunks, rows):
             b = min(n_chunks, a + rows)
-            cand = torch.from_numpy(philox.candidates(key, k, d, a, b - a))
+            philox.candidates(key, k, d, a, b - a, out=buf[: b - a], workers=workers)
+            cand = torch.from_numpy(buf[: b - a])
             log_s = torch.from_numpy(_arrivals(seed, k, a, b - a)).float()
-            score = torch.einsum("cnd,cd->cn", cand.to(dev), target[a:b].to(dev)) \
-                - log_s.to(dev)
+            score = torch.bmm(cand.to(dev), target[a:b, :, None]).squeeze(2) - log_s.to(dev)
             best = score.argmax(1).cpu()
             chosen[a:b] = best
-            eps[idx[a:b].reshape(-1)] = cand[torch.arange(b - a), best].reshape(-1)
+            eps[idx[a:b].reshape(-1)] = cand[torch.arange(b - a), best, :d].reshape(-1)
         return chosen, eps[:n_dims].clone()
     if layout != LAYOUT_STRIDED:
         raise ValueError(f"unknown candidate scheme {layout}")
