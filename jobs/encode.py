@@ -47,7 +47,7 @@ from typing import Any
 
 import ray
 
-from jobs.cluster import actor_layout, ray_session
+from jobs.cluster import actor_device, actor_layout, check_fits, preflight, ray_session
 from jobs.driver import drive
 from jobs.models import load_codec, load_driver_codec, weights_ref
 from jobs.progress import Counters, ProgressBar
@@ -129,6 +129,7 @@ class ShardEncoder:
         self.owner, self.options, self.precision = owner, options, precision
         self.before_commit = before_commit
         self.node = ray.get_runtime_context().get_node_id()
+        self.device, self.gpu_ids = "cpu", []
         self.codec = self.archive = None
         self._loading = threading.Lock()
         self._compute = threading.Lock()
@@ -142,8 +143,8 @@ class ShardEncoder:
     def _load_now(self, weights: list | None) -> None:
         from storage import Archive
 
-        device = "cuda" if ray.get_gpu_ids() else "cpu"
-        self.codec = load_codec(self.model, self.expected, weights, device=device,
+        self.device, self.gpu_ids = actor_device()
+        self.codec = load_codec(self.model, self.expected, weights, device=self.device,
                                 precision=self.precision)
         self.archive = Archive.open(self.url, expected_digest=weights_digest(self.codec),
                                     storage_options=self.storage_options)
@@ -157,6 +158,7 @@ class ShardEncoder:
                                compute_lock=self._compute):
             ev["node"] = self.node
             if ev.get("type") == "shard":
+                ev["device"], ev["gpu_ids"] = self.device, self.gpu_ids
                 notes = take_notes(it.url for it in plan.items)
                 ev["notes"] = [{"key": it.key, "note": notes[it.url]} for it in plan.items
                                if it.url in notes]
@@ -251,6 +253,7 @@ def run_archive_job(cfg: ArchiveJobConfig, *, on_event: Callable[[dict[str, Any]
     ``before_commit`` runs inside the actor before each shard commit (fault injection).
     """
     t_start = time.perf_counter()
+    preflight(cfg.address)  # a cluster that cannot be joined: one line, no archive created
     cfg, items, problems, codec, arch, created, done, plans, discarded = _prepare(cfg)
     job_id = f"archive-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     counters = Counters(sum(len(p.items) for p in plans))
@@ -267,8 +270,7 @@ def run_archive_job(cfg: ArchiveJobConfig, *, on_event: Callable[[dict[str, Any]
             n_act, cpus, gpus = actor_layout(sess, actors=cfg.actors,
                                              cpus_per_actor=cfg.cpus_per_actor,
                                              gpus_per_actor=cfg.gpus_per_actor)
-            if gpus > sess.gpus:
-                raise JobError(f"--gpus-per-actor {gpus} but Ray sees {sess.gpus:g} GPUs")
+            check_fits(cpus, gpus)  # else the actors would wait for resources forever
             n_act = max(1, min(n_act, len(plans)))
             ray_info = {"mode": sess.mode, "actors": n_act, "cpus_per_actor": cpus,
                         "gpus_per_actor": gpus, "cluster": {k: v for k, v in sess.resources.items()
@@ -298,6 +300,7 @@ def run_archive_job(cfg: ArchiveJobConfig, *, on_event: Callable[[dict[str, Any]
             failed_shards = [{"shard": p.shard, "keys": len(p.items), "first_key": p.items[0].key,
                               "attempts": n, "error": err} for p, n, err in res.failed]
             ray_info["nodes_used"] = len(res.nodes)
+            ray_info["placement"] = placement(res.done)
             t_run = time.perf_counter()
 
     # Final state of this input in the archive (what a rerun would see).
@@ -344,6 +347,20 @@ def run_archive_job(cfg: ArchiveJobConfig, *, on_event: Callable[[dict[str, Any]
     }
 
 
+def placement(done: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where the work ran: one entry per (node, device, GPU ids) of the finished tasks."""
+    seen = {(ev.get("node", ""), ev.get("device", "cpu"), tuple(ev.get("gpu_ids", ())))
+            for ev in done}
+    return [{"node": n, "device": d, "gpu_ids": list(g)} for n, d, g in sorted(seen)]
+
+
+def placement_text(ray_info: dict[str, Any]) -> str:
+    """``placement`` for the summary table: devices per node (node ids shortened)."""
+    return ", ".join(f"{p['node'][:8]} {p['device']}"
+                     + (f" (Ray GPU {','.join(p['gpu_ids'])})" if p["gpu_ids"] else "")
+                     for p in ray_info.get("placement", []))
+
+
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     from jobs.progress import mb
 
@@ -353,7 +370,9 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("model", f"{s['model']['id']} ({s['model']['weights_digest'][7:19]})"
                   + (f", --rate {s['rate']['target_bpp']:g} ({s['rate']['how']})"
                      if s.get("rate") else "")),
-        ("ray", ", ".join(f"{k} {v}" for k, v in s["ray"].items() if k != "cluster")),
+        ("ray", ", ".join(f"{k} {v}" for k, v in s["ray"].items()
+                          if k not in ("cluster", "placement"))),
+        *([("devices (node)", placement_text(s["ray"]))] if s["ray"].get("placement") else []),
         ("inputs", str(s["inputs"])),
         ("already archived (skipped)", str(s["already_archived"])),
         ("shards written / planned", f"{sh['written']} / {sh['planned']}"

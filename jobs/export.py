@@ -20,7 +20,7 @@ from typing import Any
 
 import ray
 
-from jobs.cluster import actor_layout, ray_session
+from jobs.cluster import actor_device, actor_layout, check_fits, ray_session
 from jobs.driver import drive
 from jobs.encode import JobError
 from jobs.models import budget_of, load_codec, load_driver_codec, weights_ref
@@ -102,7 +102,7 @@ class Exporter:
 
     def _load(self, weights: list | None) -> None:
         cfg = self.cfg
-        device = "cuda" if ray.get_gpu_ids() else "cpu"
+        device, _ = actor_device()
         codec = load_codec(self.model, self.expected, weights, device=device,
                            precision=cfg.precision)
         codec.with_budget(budget_of(cfg.decode_budget))
@@ -219,6 +219,7 @@ def run_export_job(cfg: ExportJobConfig, *,
                                              cpus_per_actor=cfg.cpus_per_actor,
                                              gpus_per_actor=cfg.gpus_per_actor)
             n_act = max(1, min(n_act, len(chunks)))
+            check_fits(cpus, gpus)  # else the actors would wait for resources forever
             ray_info = {"mode": sess.mode, "actors": n_act, "cpus_per_actor": cpus,
                         "gpus_per_actor": gpus}
             wref = weights_ref(model)

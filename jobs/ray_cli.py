@@ -124,6 +124,7 @@ def register(app: typer.Typer) -> None:
                                                 help="Progress bar (default: on a terminal)."),
     ) -> None:
         """Compress a collection into a chunked archive on Ray (resumable, idempotent)."""
+        from jobs.cluster import ClusterError
         from jobs.encode import ArchiveJobConfig, JobError, run_archive_job, summary_rows
         from pipeline.archive import EncodeOptions
         from pipeline.tiers import TierError
@@ -142,6 +143,8 @@ def register(app: typer.Typer) -> None:
             _fail(f"{archive_url}: {e}", EXIT_USAGE, archive_url)
         except JobError as e:
             _fail(str(e), EXIT_INPUT, src, archive_url)
+        except ClusterError as e:
+            _fail(str(e), EXIT_INPUT)
         _remember_model(model, summary)
         _finish(summary, f"cdc archive {src} -> {archive_url}", summary_rows, as_json)
 
@@ -235,6 +238,7 @@ def register(app: typer.Typer) -> None:
                                           help=_BUDGET_HELP),
     ) -> None:
         """Decode many images of an archive at a tier on Ray (skips existing outputs)."""
+        from jobs.cluster import ClusterError
         from jobs.encode import JobError
         from jobs.export import ExportJobConfig, run_export_job, summary_rows
 
@@ -258,6 +262,8 @@ def register(app: typer.Typer) -> None:
             code = EXIT_USAGE if "tier" in str(e) or "format" in str(e) else EXIT_INPUT
             _fail(str(e) if str(e).startswith(archive_url) else f"{archive_url}: {e}", code,
                   archive_url)
+        except ClusterError as e:
+            _fail(str(e), EXIT_INPUT)
         _finish(summary, f"cdc export {archive_url} -> {dest}", summary_rows, as_json)
 
     @app.command("serve")
@@ -286,6 +292,7 @@ def register(app: typer.Typer) -> None:
         """Serve an archive over HTTP (Ray Serve): a gallery page at /, and
         GET /images/{key}?tier=&format=&width=."""
         from cdc import WeightsError
+        from jobs.cluster import ClusterError
         from pipeline.tiers import TierError
         from storage import ArchiveError
 
@@ -309,6 +316,8 @@ def register(app: typer.Typer) -> None:
             _fail(str(e), EXIT_USAGE, archive_url)
         except (ArchiveError, WeightsError) as e:
             _fail(str(e), EXIT_INPUT, archive_url)
+        except ClusterError as e:
+            _fail(str(e), EXIT_INPUT)
 
 
 def _remember_model(model: str, summary: dict) -> None:

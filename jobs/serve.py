@@ -243,13 +243,13 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
 class ImageService:
     def __init__(self, url: str, model: str, weights: bytes | None, expected_sha256: str,
                  opts: ServeOptions) -> None:
-        import ray
         import torch
 
+        from jobs.cluster import actor_device
         from jobs.models import load_codec
 
         torch.set_num_threads(max(1, opts.threads))
-        device = "cuda" if ray.get_gpu_ids() else "cpu"
+        device, _ = actor_device()
         # weights: the bytes of a local weights file (None for shipped names and URLs)
         codec = load_codec(model, expected_sha256.removeprefix("sha256:"), weights,
                            device=device, precision=opts.precision)
