@@ -144,9 +144,13 @@ def _peak_rss_mb() -> float:
 
 
 def decode_cost(codec: DiffCCodec, names: list[str], images: list[np.ndarray],
-                budgets: list[float], schemes: list[str], **enc) -> list[dict]:
+                budgets: list[float], schemes: list[str], cache: str | None = None,
+                **enc) -> list[dict]:
     """Per image and scheme: encode time (candidate search vs the rest) and, per prefix
-    budget (bpp; 0 = the whole stream), decode time and peak RSS of the decode."""
+    budget (bpp; 0 = the whole stream), decode time and peak RSS of the decode. With
+    ``cache``, streams are kept in (and taken from: no encode time then) that folder."""
+    import os
+
     from cdc.diffc import rcc
     from cdc.diffc.codec import prefix_length
 
@@ -166,13 +170,24 @@ def decode_cost(codec: DiffCCodec, names: list[str], images: list[np.ndarray],
         for name, img in zip(names, images):
             for scheme in schemes:
                 search["s"] = 0.0
-                t = time.perf_counter()
-                data, rep = codec.encode(img, candidates=scheme, **enc)
-                t_enc = time.perf_counter() - t
+                path = cache and os.path.join(cache, f"{codec.model_id}-{name}-{scheme}.cdc")
                 px = img.shape[0] * img.shape[1]
-                row = {"image": name, "scheme": scheme, "bytes": len(data),
-                       "bpp": 8 * len(data) / px, "kl_bits": sum(rep["kl_bits"]),
-                       "encode_s": t_enc, "encode_search_s": search["s"], "decodes": []}
+                if path and os.path.exists(path):
+                    data = open(path, "rb").read()
+                    row = {"image": name, "scheme": scheme, "bytes": len(data),
+                           "bpp": 8 * len(data) / px, "encode_s": None,
+                           "encode_search_s": None, "decodes": []}
+                else:
+                    t = time.perf_counter()
+                    data, rep = codec.encode(img, candidates=scheme, **enc)
+                    t_enc = time.perf_counter() - t
+                    row = {"image": name, "scheme": scheme, "bytes": len(data),
+                           "bpp": 8 * len(data) / px, "kl_bits": sum(rep["kl_bits"]),
+                           "encode_s": t_enc, "encode_search_s": search["s"], "decodes": []}
+                    if path:
+                        os.makedirs(cache, exist_ok=True)
+                        with open(path, "wb") as f:
+                            f.write(data)
                 for b in budgets:
                     n = prefix_length(data, bpp=b) if b else len(data)
                     _reset_peak_rss()
@@ -195,8 +210,11 @@ def print_cost(rows: list[dict]) -> None:
           f"{'budget':>8}{'bpp read':>10}{'decode s':>10}{'peak MB':>9}")
     for r in rows:
         for d in r["decodes"]:
-            print(f"{r['image']:<12}{r['scheme']:<9}{r['bpp']:>7.3f}{r['encode_s']:>10.1f}"
-                  f"{r['encode_search_s']:>10.1f}{d['budget_bpp'] or 'all':>8}"
+            enc_s, search_s = r["encode_s"], r["encode_search_s"]
+            print(f"{r['image']:<12}{r['scheme']:<9}{r['bpp']:>7.3f}"
+                  f"{'-' if enc_s is None else f'{enc_s:.1f}':>10}"
+                  f"{'-' if search_s is None else f'{search_s:.1f}':>10}"
+                  f"{d['budget_bpp'] or 'all':>8}"
                   f"{d['bpp_read']:>10.3f}{d['decode_s']:>10.2f}{d['peak_rss_mb']:>9.0f}")
 
 
@@ -235,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budgets", default="0.1,0.5,1,0",
                     help="--decode-cost prefix budgets in bpp, 0 = whole stream")
     ap.add_argument("--schemes", default="mt19937,philox", help="--decode-cost schemes")
+    ap.add_argument("--stream-cache", default=None,
+                    help="--decode-cost: keep streams here and reuse them (no re-encode)")
     args = ap.parse_args(argv)
 
     codec = load(args)
@@ -250,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         enc.pop("candidates", None)
         rows = decode_cost(codec, args.images, crops(args.kodak, args.images, 0),
                            [float(b) for b in args.budgets.split(",")],
-                           args.schemes.split(","), **enc)
+                           args.schemes.split(","), args.stream_cache, **enc)
         print_cost(rows)
         result["decode_cost"] = rows
         result["threads"] = torch.get_num_threads()
