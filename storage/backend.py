@@ -249,6 +249,11 @@ def store_problem(exc: BaseException, writing: bool = False) -> tuple[str, str]:
             f"cannot connect to {where} (is the server up? check AWS_ENDPOINT_URL or "
             "storage_options client_kwargs.endpoint_url)"
         )
+    if any(type(e).__name__ in ("NoCredentialsError", "PartialCredentialsError") for e in chain):
+        return "credentials", (
+            "no credentials found; set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or "
+            "storage_options key/secret"
+        )
     if codes & _CREDENTIAL_CODES:
         code = sorted(codes & _CREDENTIAL_CODES)[0]
         return "credentials", (
