@@ -21,9 +21,8 @@ one call; both get the same bits on any machine, thread count or batch layout:
   SHA-256 is checked at first use, so a platform whose libm would give other tables fails
   loudly instead of decoding differently.
 * **Layout.** Candidate ``i`` of chunk ``c`` (``d`` dimensions) is normals
-  ``[s, s + d)`` with ``s = (c·2^k + i)·D``, ``D`` = d rounded up to a multiple of 8 (one
-  Philox block), so every candidate starts on a block and the 2^k candidates of chunks
-  ``a..b−1`` are one contiguous run.
+  ``[s, s + d)`` with ``s = (c·2^k + i)·D``, ``D`` = d rounded up to even (whole words),
+  so the 2^k candidates of chunks ``a..b−1`` are one contiguous run.
 
 Everything is integer arithmetic and IEEE-754 basic operations on NumPy arrays: no
 transcendental function, no fused multiply-add, no thread-dependent reduction.
@@ -41,8 +40,8 @@ _M0, _M1 = 0xD2E7470EE14C6C93, 0xCA5A826395121157
 _W0, _W1 = 0x9E3779B97F4A7C15, 0xBB67AE8584CAA73B
 _U64 = (1 << 64) - 1
 
-#: Normals per Philox block (4 words × 2 halves): candidates start on a block boundary.
-BLOCK_NORMALS = 8
+#: Candidates occupy a whole number of 64-bit words (two normals each).
+BLOCK_NORMALS = 2
 _H1, _F1 = 15, 17  # level 1: 2^15 cells, 17 interpolation bits
 _H2, _F2 = 12, 5  # level 2 (inside an outer level-1 cell): 2^12 cells, 5 bits
 _N3 = 1 << _F2  # level 3 (inside the outermost level-2 cell): 32 points
@@ -260,18 +259,20 @@ def philox_blocks(key: tuple[int, int], counters: np.ndarray) -> np.ndarray:
 def chosen(key: tuple[int, int], k: int, d: int, indices: np.ndarray) -> np.ndarray:
     """Candidate ``indices[c]`` of every chunk c: (n_chunks, d), the numbers
     :func:`candidates` draws for them, at O(n_chunks · d) work (no other candidate is
-    computed): the blocks they occupy, all chunks at once."""
+    computed): the Philox blocks their words fall in, all chunks at once."""
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     n = idx.size
     if n == 0:
         return np.zeros((0, d), dtype=np.float32)
     if int(idx.min()) < 0 or int(idx.max()) >= 1 << k:
         raise ValueError("candidate index out of range")
-    per = padded_dims(d) // BLOCK_NORMALS  # Philox blocks per candidate
-    first = ((np.arange(n, dtype=np.int64) << k) + idx) * per  # block number of each
-    counters = (first[:, None] + np.arange(per, dtype=np.int64)).reshape(-1) + 1
-    w = philox_blocks(key, counters.astype(np.uint64)).reshape(-1)
-    return normals_from_words(w).reshape(n, per * BLOCK_NORMALS)[:, :d]
+    nw = padded_dims(d) // 2  # words per candidate
+    w0 = ((np.arange(n, dtype=np.int64) << k) + idx) * nw  # first word of each
+    per = (nw + 3) // 4 + 1  # blocks that can hold nw words from any offset
+    counters = (w0[:, None] // 4 + np.arange(per, dtype=np.int64)).reshape(-1) + 1
+    w = philox_blocks(key, counters.astype(np.uint64)).reshape(n, 4 * per)
+    w = np.take_along_axis(w, (w0 % 4)[:, None] + np.arange(nw), axis=1)
+    return normals_from_words(w.reshape(-1)).reshape(n, 2 * nw)[:, :d]
 
 
 __all__ = ["BLOCK_NORMALS", "TABLES_SHA256", "candidate", "candidates", "chosen", "normals",
