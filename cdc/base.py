@@ -9,9 +9,9 @@ of probing attributes. A codec subclass supplies ``from_weights``, ``compress_ba
 
 Decoding is bounded and typed: every codec holds a :class:`cdc.limits.DecodeBudget`
 (``codec.budget``, the defaults unless the caller sets another) and checks what a stream
-claims against it before allocating; and every decode entry point a subclass defines
-(:data:`DECODE_ENTRY_POINTS`) is wrapped so that nothing but a :class:`cdc.errors.CodecError`
-leaves it: an unexpected exception from below (torch, CompressAI's C++ coder, numpy) on a
+claims against it before allocating; and every decode entry point a subclass defines (any
+public method that takes a stream: see :func:`is_decode_entry_point`, no list of names) is
+wrapped so that nothing but a :class:`cdc.errors.CodecError` leaves it: an unexpected exception from below (torch, CompressAI's C++ coder, numpy) on a
 stream becomes a ``CorruptStreamError`` naming it, running out of memory a
 ``ResourceLimitError``.
 """
@@ -62,11 +62,21 @@ class Prepared:
         return flags_for(self.mode, self.replicate, self.first_frame)
 
 
-#: Methods whose exceptions are made typed (see :func:`typed_decode_errors`), wherever a
-#: codec class defines them.
-DECODE_ENTRY_POINTS = ("decompress", "decompress_batch", "decompress_prefix", "decompress_e2e",
-                       "decode_latent", "decode_levels", "decode_plan", "read_paths", "info",
-                       "prefix_length", "step_offsets")
+#: Parameter annotations that mark a method as taking a stream, streams or a parsed one.
+STREAM_TYPES = ("bytes", "Container", "list[bytes]", "Sequence[bytes]")
+
+
+def is_decode_entry_point(name: str, fn: Any) -> bool:
+    """A public function whose parameters include a stream (annotated ``bytes``,
+    ``list[bytes]`` or ``Container``): whatever a codec adds that reads streams is wrapped
+    by :func:`typed_decode_errors` without being named anywhere."""
+    import inspect
+
+    if name.startswith("_") or not inspect.isfunction(fn):
+        return False
+    params = list(inspect.signature(fn).parameters.values())[1:]  # after self
+    return any(str(p.annotation).split(" |")[0].strip() in STREAM_TYPES for p in params
+               if p.annotation is not inspect.Parameter.empty)
 
 
 def _out_of_memory(e: BaseException) -> bool:
@@ -125,9 +135,8 @@ class BaseCodec:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for name in DECODE_ENTRY_POINTS:
-            fn = cls.__dict__.get(name)
-            if callable(fn):
+        for name, fn in list(cls.__dict__.items()):
+            if is_decode_entry_point(name, fn):
                 setattr(cls, name, typed_decode_errors(fn))
 
     def with_budget(self, budget: DecodeBudget | None) -> BaseCodec:
@@ -182,10 +191,13 @@ class BaseCodec:
         """The decode paths the codec currently encodes for (empty: any decode works)."""
         return []
 
+    @typed_decode_errors
     def prefix_length(self, head: bytes, steps: int | None = None, bpp: float | None = None
                       ) -> int:
         """Bytes of the longest decodable prefix within ``bpp`` (progressive codecs only)."""
-        raise TypeError(f"{self.codec_id} streams do not decode from a prefix")
+        from cdc.errors import DecodeSettingsError
+
+        raise DecodeSettingsError(f"{self.codec_id} streams do not decode from a prefix")
 
     # -- shared mechanics ------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -260,3 +272,8 @@ class BaseCodec:
         d = describe_stream(data, self.config)
         d["model_matches"] = d["model_digest"] == self.digest.hex()
         return d
+
+
+for _name, _fn in list(vars(BaseCodec).items()):  # the base's own stream readers too
+    if is_decode_entry_point(_name, _fn):
+        setattr(BaseCodec, _name, typed_decode_errors(_fn))

@@ -177,7 +177,11 @@ def export_model(run_dir: str | Path, name: str | None = None,
     cfg = RefineTrainConfig(**ck["train_config"])
     name = name or cfg.zoo_name or cfg.model_id
     mcfg = cfg.model_cfg()
-    if decode_defaults:
+    if decode_defaults:  # default_steps/_gamma, and the bounds chosen on the validation split
+        unknown = set(decode_defaults) - {"default_steps", "default_gamma", "bound_db",
+                                          "bound_db_noisy"}
+        if unknown:
+            raise ValueError(f"unknown decode defaults {sorted(unknown)}")
         mcfg = RefineConfig.from_dict({**mcfg.to_dict(), **decode_defaults})
     net = RefineNet(mcfg)
     net.load_state_dict({k: v.float() for k, v in ck["ema"].items()})

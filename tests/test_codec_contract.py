@@ -357,3 +357,30 @@ def test_registry_is_the_one_table():
         from cdc.describe import describe_stream
 
         describe_stream(b"CDC\x01\x7f" + bytes(30))
+
+
+def test_every_method_that_takes_a_stream_raises_only_typed_errors():
+    """No list of names: a codec's new stream-reading method is wrapped because it takes a
+    stream; an encoder method (images in) is not."""
+    from cdc.base import BaseCodec, is_decode_entry_point
+
+    class Toy(BaseCodec):
+        codec_id = "toy"
+
+        def peek(self, data: bytes) -> int:
+            return data[10**6]  # an IndexError from below
+
+        def compress_batch(self, images: list) -> list[bytes]:
+            raise IndexError("encoder errors are not decode errors")
+
+    with pytest.raises(CorruptStreamError, match="IndexError"):
+        Toy("toy", "00" * 32).peek(b"short")
+    with pytest.raises(IndexError):
+        Toy("toy", "00" * 32).compress_batch([])
+    for name in CODECS:
+        cls = codec_class(name)
+        for klass in cls.__mro__:
+            for attr, fn in vars(klass).items():
+                if is_decode_entry_point(attr, fn):
+                    assert getattr(getattr(cls, attr), "_typed_decode_errors", False), \
+                        f"{cls.__name__}.{attr} takes a stream but is not wrapped"
