@@ -5,7 +5,7 @@ Layout (format version 1; all integers little-endian, ``v`` = unsigned LEB128 va
     offset  size  field
     0       3     magic b"CDC"
     3       1     format version (1)
-    4       1     codec id (0 = CDC, 1 = DiffC, 2 = CorrDiff)
+    4       1     codec id (0 = CDC, 1 = DiffC, 2 = CorrDiff, 3 = refine)
     5       1     flags: bit 0 = replicate padding (else reflect), bits 1-3 = SourceMode
     6       8     model digest: first 8 bytes of the weights file's sha256
     14      v     image height (original, before padding)
