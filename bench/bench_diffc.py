@@ -192,11 +192,12 @@ def decode_cost(codec: DiffCCodec, names: list[str], images: list[np.ndarray],
                     n = prefix_length(data, bpp=b) if b else len(data)
                     _reset_peak_rss()
                     base = _peak_rss_mb()
-                    t = time.perf_counter()
+                    t, cpu = time.perf_counter(), time.process_time()
                     codec.decompress(data, max_bytes=n)
-                    dt = time.perf_counter() - t
+                    dt, cpu = time.perf_counter() - t, time.process_time() - cpu
                     row["decodes"].append({"budget_bpp": b, "bpp_read": 8 * n / px,
-                                           "decode_s": dt, "peak_rss_mb": _peak_rss_mb(),
+                                           "decode_s": dt, "decode_cpu_s": cpu,
+                                           "peak_rss_mb": _peak_rss_mb(),
                                            "rss_before_mb": base})
                 rows.append(row)
                 print(json.dumps(row), flush=True)
