@@ -21,6 +21,8 @@ Parts:
   the server answering ``/healthz`` to the gallery's first thumbnail (the page, ``/info``,
   the first ``/images?limit=120&details=true`` page, then the first tile's
   ``/images/{key}?tier=preview&width=256&format=webp``), and from starting the process.
+* ``thumb``: the same first thumbnail without Ray Serve, in this process (open, first
+  page of keys, first preview decoded and resized): for machines too loaded for Serve.
 * ``chaos``: bench/bench_chaos.py's kill (an encoder SIGKILLed ``--kill-every`` s after it
   starts working, again after each restart) on an archive job writing to S3 (local PNGs,
   ``--chaos-images`` of 64x64, shards of 64, one actor); a clean job (local archive) is the
@@ -213,6 +215,49 @@ def part_gallery(cfg: dict[str, str], args: argparse.Namespace, res: dict[str, A
     shutil.rmtree(work, ignore_errors=True)
 
 
+def part_thumb(cfg: dict[str, str], args: argparse.Namespace, res: dict[str, Any]) -> None:
+    """What ``cdc serve`` does for the gallery's first thumbnail, in this process, without
+    Ray Serve (for machines too loaded for Serve's 5 s proxy health check): open the
+    archive, the first page of 120 keys with details, then the first key's preview decoded
+    and resized to a 256 px WebP, through the proxy."""
+    from PIL import Image
+
+    from pipeline.archive import Reader
+    from storage import Archive
+    from zoo import load_codec
+
+    so = s3_options(cfg)
+    bucket = new_bucket(cfg, "bench-thumb")
+    url = f"s3://{bucket}/gallery.zarr"
+    info = fill_archive(url, so, args.model, args.gallery_records, args.distinct)
+    codec = load_codec(args.model)
+    with CountingProxy(cfg["CDC_S3_ENDPOINT"]) as proxy:
+        pso = {**so, "client_kwargs": {"endpoint_url": proxy.endpoint}}
+        t0 = time.perf_counter()
+        arch = Archive.open(url, storage_options=pso, read_only=True)
+        t_open = time.perf_counter()
+        keys = arch.keys()
+        page = [arch.info(k) for k in keys[:120]]
+        t_page = time.perf_counter()
+        n_page = len(proxy.snapshot())
+        rec = Reader(arch, codec, cache=None).get(keys[0], "preview")
+        img = Image.open(io.BytesIO(rec.data))
+        img.thumbnail((256, 256))
+        buf = io.BytesIO()
+        img.save(buf, "WEBP")
+        t_thumb = time.perf_counter()
+        n_all = len(proxy.snapshot())
+    res["thumb"] = {"records": args.gallery_records, **info, "keys": len(keys),
+                    "page_items": len(page), "open_s": t_open - t0,
+                    "first_page_s": t_page - t0, "first_thumbnail_s": t_thumb - t0,
+                    "requests_to_first_page": n_page, "requests_to_first_thumbnail": n_all}
+    g = res["thumb"]
+    print(f"first thumbnail (in process, no Serve): {args.gallery_records} records; open "
+          f"{g['open_s']:.2f} s, first page of 120 keys {g['first_page_s']:.2f} s "
+          f"({n_page} requests), first thumbnail {g['first_thumbnail_s']:.2f} s "
+          f"({n_all} requests)", flush=True)
+
+
 def part_chaos(cfg: dict[str, str], args: argparse.Namespace, res: dict[str, Any]) -> None:
     from bench.bench_chaos import compare, digests, make_images, run_job
     from bench.bench_chaos import Killer
@@ -295,7 +340,8 @@ def main() -> None:
                            "cpus": os.cpu_count(), "load_avg": os.getloadavg()}
     try:
         for part in args.parts.split(","):
-            {"get": part_get, "gallery": part_gallery, "chaos": part_chaos}[part](cfg, args, res)
+            {"get": part_get, "gallery": part_gallery, "thumb": part_thumb,
+             "chaos": part_chaos}[part](cfg, args, res)
     finally:
         stop()
     res["load_avg_after"] = os.getloadavg()
