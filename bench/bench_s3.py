@@ -207,7 +207,8 @@ def part_gallery(cfg: dict[str, str], args: argparse.Namespace, res: dict[str, A
         "decode_ms": headers.get("x-cdc-decode-ms"), "source": headers.get("x-cdc-source")}
     g = res["gallery"]
     print(f"gallery: {args.gallery_records} records; serve answered /healthz after "
-          f"{g['start_to_ready_s']:.1f} s; then first page of keys {g['ready_to_first_page_s']:.2f} s, "
+          f"{g['start_to_ready_s']:.1f} s; then first page of keys "
+          f"{g['ready_to_first_page_s']:.2f} s, "
           f"first thumbnail {g['ready_to_first_thumbnail_s']:.2f} s after ready "
           f"({g['start_to_first_thumbnail_s']:.1f} s from process start; "
           f"{g['requests_for_first_thumbnail']} S3 requests after ready; decode "
@@ -259,8 +260,7 @@ def part_thumb(cfg: dict[str, str], args: argparse.Namespace, res: dict[str, Any
 
 
 def part_chaos(cfg: dict[str, str], args: argparse.Namespace, res: dict[str, Any]) -> None:
-    from bench.bench_chaos import compare, digests, make_images, run_job
-    from bench.bench_chaos import Killer
+    from bench.bench_chaos import Killer, compare, digests, make_images, run_job
     from jobs.cluster import quiet_env, use_loopback
 
     os.environ.update(user_env(cfg, cfg["CDC_S3_ENDPOINT"]))  # the actors inherit it

@@ -104,7 +104,8 @@ class Location:
 
         return run(_any())
 
-    def access_error(self, exc: BaseException, doing: str, writing: bool = False) -> StoreAccessError:
+    def access_error(self, exc: BaseException, doing: str,
+                     writing: bool = False) -> StoreAccessError:
         """``exc`` (from the store, while ``doing`` something) as one line saying what is
         wrong: a missing bucket, refused credentials, an unreachable endpoint, a read-only
         bucket; else the error itself. See :func:`store_problem`."""

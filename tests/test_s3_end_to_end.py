@@ -96,7 +96,13 @@ def reference(collection, codec, s3_server) -> Archive:
     ``export`` and ``serve`` read (so they do not depend on the archive job's Ray)."""
     import torch
 
-    from pipeline.archive import EncodeOptions, encode_shard, open_or_create, plan_inputs, plan_shards
+    from pipeline.archive import (
+        EncodeOptions,
+        encode_shard,
+        open_or_create,
+        plan_inputs,
+        plan_shards,
+    )
 
     url = f"s3://{s3_server.new_bucket('cdc-ref')}/photos.zarr"
     so = s3_server.storage_options

@@ -56,7 +56,8 @@ def test_not_an_archive_on_s3(s3_server: Any) -> None:
         Archive.open(f"s3://{bucket}/nothing", storage_options=s3_server.storage_options)
     assert fs.cat(f"{bucket}/photos/cat.jpg") == b"meow"
     # The store's own problems are typed (StoreAccessError.reason) and say which.
-    with pytest.raises(StoreAccessError, match=f"bucket 'no-such-bucket-{bucket}' does not exist") as e:
+    missing = f"bucket 'no-such-bucket-{bucket}' does not exist"
+    with pytest.raises(StoreAccessError, match=missing) as e:
         create(f"s3://no-such-bucket-{bucket}/a", s3_server.storage_options)
     assert e.value.reason == "no-bucket"
     wrong = {**s3_server.storage_options, "secret": "wrong-secret"}
