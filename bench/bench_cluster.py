@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -70,6 +71,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # still tear the cluster down
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     w, h = (int(v) for v in args.size.split("x"))
     work = Path(tempfile.mkdtemp(prefix="cdc-bench-cluster-"))
