@@ -11,6 +11,7 @@ CI allows. Run it with
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -115,3 +116,33 @@ def test_archive_and_export_on_a_ray_cli_cluster(tmp_path: Path, weights_file: s
                 assert np.array_equal(np.asarray(Image.open(dest / k)), np.asarray(ref)), k
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.timeout(120)
+def test_join_problems_found_before_ray_are_one_line(tmp_path: Path, weights_file: str,
+                                                      monkeypatch):
+    """No cluster needed: nothing listening at --address, an unreadable token file. One
+    line each, exit 1, no archive created, before Ray is touched."""
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+    from jobs.ray_cli import register
+
+    register(app)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        port = s.getsockname()[1]
+        addr, url = f"127.0.0.1:{port}", tmp_path / "a.zarr"
+        job = ["archive", str(ROOT / "samples"), str(url), "-m", weights_file, "--address", addr]
+        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # leave this process's Ray config be
+        r = CliRunner().invoke(app, job)
+        assert r.exit_code == 1 and r.stderr.splitlines() == [
+            f"error: cannot join the Ray cluster at {addr}: connection refused; start it there "
+            f"with `ray start --head --port {port}`, or check --address (the head's IP and the "
+            "port `ray start --head` printed) and the firewall"]
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "no-token"))
+        r = CliRunner().invoke(app, job)
+        assert r.exit_code == 1 and r.stderr.splitlines() == [
+            f"error: RAY_AUTH_TOKEN_PATH={tmp_path / 'no-token'}: cannot read the Ray auth token "
+            "(No such file or directory)"]
+    assert not url.exists()
