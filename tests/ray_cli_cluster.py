@@ -25,7 +25,11 @@ import time
 from pathlib import Path
 
 RAY = str(Path(sys.executable).with_name("ray"))
-AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
+#: not passed on: auth settings of the caller, and the local-only mode a driver that joined a
+#: loopback address sets in its own environment (jobs.cluster.use_loopback), with which
+#: `ray start --address` refuses to start a second node
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS",
+             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
 
 
 def nice15() -> list[str]:
