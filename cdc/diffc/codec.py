@@ -42,8 +42,8 @@ from cdc.limits import rcc_block_bytes
 _LN2 = math.log(2.0)
 
 #: Peak bytes per chosen-candidate normal of a scheme-1 decode (Philox words, their
-#: temporaries, the float transform), generously rounded up.
-_PHILOX_BYTES_PER_NORMAL = 64
+#: temporaries — up to 2 blocks for a 1-word candidate —, the float transform), rounded up.
+_PHILOX_BYTES_PER_NORMAL = 256
 
 #: Bytes a reader should fetch first to be sure to hold the plan (header + 20-step plan ≈ 160).
 PLAN_READ_BYTES = 1024
