@@ -1,0 +1,93 @@
+"""Markdown report of a `cdc eval --rates` run of the refine codec vs the classical codecs.
+
+Per rate: every tier of ours and each classical codec at the same bytes (PSNR, MS-SSIM,
+LPIPS-Alex, LPIPS-VGG, DISTS, FID), ours/AVIF ratios, per-image worst case of PSNR vs AVIF,
+images where the standard tier beats AVIF on DISTS; then the issue's targets, met or not.
+
+    python bench/refine_report.py docs/results/kodak-refine-avif > docs/results/kodak-refine-avif/README.md
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+METRICS = ("psnr", "ms_ssim", "lpips_alex", "lpips_vgg", "dists")
+ENTRY = re.compile(r"^(?P<model>\S+) (?P<rate>[0-9.e-]+)bpp (?P<tier>\S+)$")
+
+
+def main(out: Path) -> None:
+    s = json.loads((out / "summary.json").read_text())
+    with open(out / "per_image.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if not r.get("error")]
+    per = {(r["image"], r["entry"]): r for r in rows}
+    rates: dict[str, dict[str, str]] = defaultdict(dict)
+    for name in s["entries"]:
+        m = ENTRY.match(name)
+        if m and "@" not in m["model"]:
+            rates[m["rate"]][m["tier"]] = name
+    print(f"# {next(iter(s['entries'])).split()[0]} on {len(s['images'])} images\n")
+    print(f"Evaluated {s['created']} on {s['device']}; FID: {s.get('fid_protocol')}.\n")
+    targets = []
+    for rate, tiers in sorted(rates.items(), key=lambda kv: float(kv[0])):
+        first = next(iter(tiers.values()))
+        classical = {e.split("@")[0]: e for e in s["entries"] if e.endswith("@" + first)}
+        print(f"## target {rate} bpp\n")
+        cols = [m for m in (*METRICS, "fid") if any(m in v for v in s["entries"].values())]
+        print("| entry | bpp | " + " | ".join(cols) + " |")
+        print("|---|---:|" + "---:|" * len(cols))
+        avif = s["entries"].get(classical.get("avif", ""), {})
+        for label, name in [*((f"**{t}**", n) for t, n in tiers.items()),
+                            *((c.upper(), n) for c, n in classical.items())]:
+            e = s["entries"][name]
+            print(f"| {label} | {e['bpp']:.4f} | " + " | ".join(
+                f"{e[m]:.4f}" if m in e else "" for m in cols) + " |")
+        if avif and "standard" in tiers:
+            std = s["entries"][tiers["standard"]]
+            ratio = {m: std[m] / avif[m] for m in ("dists", "lpips_alex", "fid")
+                     if m in std and m in avif}
+            imgs = s["images"]
+            gaps = [float(per[(i, tiers["standard"])]["psnr"]) - float(
+                per[(i, classical["avif"])]["psnr"]) for i in imgs
+                if (i, tiers["standard"]) in per and (i, classical["avif"]) in per]
+            wins = sum(float(per[(i, tiers["standard"])]["dists"]) < float(
+                per[(i, classical["avif"])]["dists"]) for i in imgs
+                if (i, tiers["standard"]) in per and (i, classical["avif"]) in per
+                and per[(i, tiers["standard"])].get("dists"))
+            worst = min(gaps) if gaps else float("nan")
+            print(f"\nstandard vs AVIF at the same bytes: " + ", ".join(
+                f"{m} ×{v:.3f}" for m, v in ratio.items()) +
+                f"; PSNR worst image {worst:+.2f} dB, mean {sum(gaps) / max(1, len(gaps)):+.2f}"
+                f" dB; DISTS better on {wins}/{len(gaps)} images")
+            if "high" in tiers and "dists" in avif:
+                hi = s["entries"][tiers["high"]]
+                print(f"; high DISTS ×{hi['dists'] / avif['dists']:.3f}, PSNR "
+                      f"{hi['psnr'] - avif['psnr']:+.2f} dB")
+            targets.append((float(rate), worst, ratio, std, avif))
+        print()
+    bd = s.get("bd_rate") or {}
+    if bd:
+        print("## BD-rate vs AVIF (negative: fewer bytes for the same quality)\n")
+        print("```\n" + json.dumps(bd, indent=1) + "\n```\n")
+    print("## Targets (issue 24; every rate from 0.05 to 0.5 bpp)\n")
+    for rate, worst, ratio, std, avif in targets:
+        if not 0.05 <= rate <= 0.5:
+            continue
+        checks = [("standard PSNR ≥ AVIF − 0.5 dB on every image", worst >= -0.5,
+                   f"worst {worst:+.2f} dB"),
+                  ("standard DISTS ≤ 0.75 × AVIF", ratio.get("dists", 9) <= 0.75,
+                   f"×{ratio.get('dists', float('nan')):.3f}"),
+                  ("standard LPIPS-Alex ≤ 0.75 × AVIF", ratio.get("lpips_alex", 9) <= 0.75,
+                   f"×{ratio.get('lpips_alex', float('nan')):.3f}"),
+                  ("standard FID lower", ratio.get("fid", 9) < 1,
+                   f"×{ratio.get('fid', float('nan')):.3f}")]
+        for what, ok, got in checks:
+            print(f"- {rate:g} bpp: {what}: {'met' if ok else 'MISSED'} ({got})")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
