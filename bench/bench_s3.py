@@ -176,6 +176,9 @@ def part_gallery(cfg: dict[str, str], args: argparse.Namespace, res: dict[str, A
     with CountingProxy(cfg["CDC_S3_ENDPOINT"]) as proxy:
         os.environ.clear()
         os.environ.update(user_env(cfg, proxy.endpoint))
+        for k in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S",
+                  "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
+            os.environ[k] = "60"  # Serve's 5 s/10 s kill its proxy on a loaded machine
         try:
             t0 = time.perf_counter()
             with CdcServe(url, cache_dir=str(work / "cache"), log=work / "serve.log",

@@ -191,6 +191,8 @@ def test_serve_gallery_thumbnails_from_s3(s3_server, reference, weights_file, tm
         monkeypatch.delenv(k)
     for k, v in user_env(s3_server).items():
         monkeypatch.setenv(k, v)
+    for k in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
+        monkeypatch.setenv(k, "60")  # Serve's 5 s/10 s kill its proxy on a loaded 2-core VM
     with CdcServe(reference.url, model=weights_file, cache_dir=str(tmp_path / "cache"),
                   log=tmp_path / "serve.log", args=["--batch-wait-ms", "5"]) as base:
         status, headers, page = http_get(f"{base}/")
