@@ -55,8 +55,11 @@ def main() -> None:
     t_avif = best(lambda: timed(lambda: base_layer.encode(arr, q.quality, q.scale, codec.config)))
     t_enc = best(lambda: timed(lambda: codec.compress(img)))
     tiers = codec.recommended_tiers()
-    t_dec = {n: best(lambda t=t: timed(lambda: codec.decompress(
-        data, steps=t["steps"], gamma=t["gamma"], seed=t.get("seed", 0)))) for n, t in tiers.items()}
+    def decode_time(t: dict) -> float:
+        return best(lambda: timed(lambda: codec.decompress(
+            data, steps=t["steps"], gamma=t["gamma"], seed=t.get("seed", 0))))
+
+    t_dec = {n: decode_time(t) for n, t in tiers.items()}
     passes = sum(t["steps"] for t in tiers.values())
     print(f"image {a.image} {img.width}x{img.height}, {len(data)} bytes = "
           f"{8 * len(data) / (img.width * img.height):.4f} bpp (target {a.rate}), "

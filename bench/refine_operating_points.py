@@ -15,10 +15,9 @@ high tier is the candidate path with the lowest mean LPIPS-VGG under the noisy b
 from __future__ import annotations
 
 import argparse
-import os
 import json
 import math
-from dataclasses import replace
+import os
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,8 @@ def load_codec_from(run_or_model: str):
         ck = load_run(p)
         cfg = RefineTrainConfig(**ck["train_config"]).model_cfg()
         net = RefineNet(cfg)
-        net.load_state_dict({k: v.float() for k, v in ck[os.environ.get("REFINE_WEIGHTS", "ema")].items()})
+        which = os.environ.get("REFINE_WEIGHTS", "ema")  # "model": the raw weights, no EMA
+        net.load_state_dict({k: v.float() for k, v in ck[which].items()})
         data = pack_weights("refine", cfg.name, cfg.to_dict(), net.state_dict(),
                             {"train_steps": int(ck["step"])})
         return codec_from_bytes(data, str(p)), int(ck["step"])

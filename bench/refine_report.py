@@ -4,7 +4,7 @@ Per rate: every tier of ours and each classical codec at the same bytes (PSNR, M
 LPIPS-Alex, LPIPS-VGG, DISTS, FID), ours/AVIF ratios, per-image worst case of PSNR vs AVIF,
 images where the standard tier beats AVIF on DISTS; then the issue's targets, met or not.
 
-    python bench/refine_report.py docs/results/kodak-refine-avif > docs/results/kodak-refine-avif/README.md
+    python bench/refine_report.py OUT > OUT/README.md
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main(out: Path) -> None:
                 if (i, tiers["standard"]) in per and (i, classical["avif"]) in per
                 and per[(i, tiers["standard"])].get("dists"))
             worst = min(gaps) if gaps else float("nan")
-            print(f"\nstandard vs AVIF at the same bytes: " + ", ".join(
+            print("\nstandard vs AVIF at the same bytes: " + ", ".join(
                 f"{m} ×{v:.3f}" for m, v in ratio.items()) +
                 f"; PSNR worst image {worst:+.2f} dB, mean {sum(gaps) / max(1, len(gaps)):+.2f}"
                 f" dB; DISTS better on {wins}/{len(gaps)} images")
@@ -74,7 +74,7 @@ def main(out: Path) -> None:
         print("## BD-rate vs AVIF (negative: fewer bytes for the same quality)\n")
         print("```\n" + json.dumps(bd, indent=1) + "\n```\n")
     print("## Targets (issue 24; every rate from 0.05 to 0.5 bpp)\n")
-    for rate, worst, ratio, std, avif in targets:
+    for rate, worst, ratio, _std, _avif in targets:
         if not 0.05 <= rate <= 0.5:
             continue
         checks = [("standard PSNR ≥ AVIF − 0.5 dB on every image", worst >= -0.5,

@@ -11,7 +11,8 @@ Decoding is bounded and typed: every codec holds a :class:`cdc.limits.DecodeBudg
 (``codec.budget``, the defaults unless the caller sets another) and checks what a stream
 claims against it before allocating; and every decode entry point a subclass defines (any
 public method that takes a stream: see :func:`is_decode_entry_point`, no list of names) is
-wrapped so that nothing but a :class:`cdc.errors.CodecError` leaves it: an unexpected exception from below (torch, CompressAI's C++ coder, numpy) on a
+wrapped so that nothing but a :class:`cdc.errors.CodecError` leaves it: an unexpected
+exception from below (torch, CompressAI's C++ coder, numpy) on a
 stream becomes a ``CorruptStreamError`` naming it, running out of memory a
 ``ResourceLimitError``.
 """

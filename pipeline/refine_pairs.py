@@ -103,7 +103,7 @@ def build_cache(sources: list[str] | str, folder: str | Path, cfg: RefineConfig,
 
 
 class PairCrops(Dataset):
-    """Random (horizontally flipped) sub-crops of the cached pairs: (x, base) float tensors in [-1, 1]."""
+    """Random (horizontally flipped) sub-crops of the cached pairs: (x, base) in [-1, 1]."""
 
     def __init__(self, folder: str | Path, crop: int, seed: int = 0,
                  samples_per_epoch: int = 10**9):
@@ -145,11 +145,3 @@ class PairCrops(Dataset):
 
         return t(x), t(b)
 
-
-if __name__ == "__main__":  # python -m pipeline.refine_pairs CONFIG.yaml: build the cache
-    import sys
-
-    logging.basicConfig(level=logging.INFO)
-    from pipeline.train_refine import RefineTrainConfig, pair_cache_of
-
-    pair_cache_of(RefineTrainConfig.from_yaml(sys.argv[1]))

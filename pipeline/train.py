@@ -19,7 +19,7 @@ from cdc.configs import get_config
 from cdc.models import ConditionalDiffusionCompressor
 from cdc.objectives import cdc_loss
 from cdc.weights import weights_bytes
-from pipeline.training import TrainConfigBase, TrainerBase, load_run, run_fit
+from pipeline.training import TrainConfigBase, TrainerBase, load_run, training_entry
 from zoo.components import load_space
 from zoo.store import ship_weights
 
@@ -139,19 +139,6 @@ class Trainer(TrainerBase):
         return f"loss {row['loss']:.4f} bpp {row['bpp']:.3f} {row['it_s']:.2f} it/s"
 
 
-def run_training(config_path: str | Path, run_dir: str | Path, *, device: str = "cpu",
-                 bf16: bool = False, batch_size: int | None = None, max_steps: int | None = None,
-                 time_limit: float | None = None, export: str | None = None,
-                 half: bool = False) -> str:
-    """The ``cdc train`` entry point for CDC configs (pixel or latent); a summary line."""
-    cfg = TrainConfig.from_yaml(config_path)
-    line = run_fit(Trainer(cfg, run_dir, device=device, bf16=bf16, batch_size=batch_size),
-                   max_steps, time_limit)
-    if export:
-        line += f"; exported {export} -> {export_model(run_dir, export, half=half)}"
-    return line
-
-
 def export_model(run_dir: str | Path, name: str | None = None, zoo_dir: str | Path | None = None,
                  half: bool = False, description: str = "", extra_meta: dict | None = None,
                  decode_defaults: dict[str, Any] | None = None,
@@ -189,3 +176,4 @@ def export_model(run_dir: str | Path, name: str | None = None, zoo_dir: str | Pa
 
 
 export = export_model  # the registry's name for every codec's exporter
+run_training = training_entry(TrainConfig, Trainer, export_model)

@@ -22,7 +22,7 @@ from cdc.refine.config import REFINE_CONFIGS, RefineConfig
 from cdc.refine.model import RefineNet
 from cdc.weights import half_state, pack_weights
 from pipeline.refine_pairs import PairCrops, build_cache, read_split
-from pipeline.training import TrainConfigBase, TrainerBase, load_run, run_fit
+from pipeline.training import TrainConfigBase, TrainerBase, load_run, training_entry
 from zoo.store import ship_weights
 
 
@@ -91,7 +91,7 @@ class RefineTrainer(TrainerBase):
 
     def dataset(self, seed: int) -> PairCrops:
         """The cached pairs; built here first unless a builder (``python -m
-        pipeline.refine_pairs CONFIG``) is filling the cache beside the run, whose new
+        pipeline.train_refine CONFIG``) is filling the cache beside the run, whose new
         shards the loop takes in as they appear."""
         cfg = self.cfg
         if not any(Path(cfg.pair_cache).glob("shard-*.npz")):
@@ -155,18 +155,6 @@ class RefineTrainer(TrainerBase):
         return f"loss {row['loss']:.4f} gain {row['psnr_gain']:+.2f} dB {row['it_s']:.2f} it/s"
 
 
-def run_training(config_path: str | Path, run_dir: str | Path, *, device: str = "cpu",
-                 bf16: bool = False, batch_size: int | None = None, max_steps: int | None = None,
-                 time_limit: float | None = None, export: str | None = None,
-                 half: bool = False) -> str:
-    cfg = RefineTrainConfig.from_yaml(config_path)
-    line = run_fit(RefineTrainer(cfg, run_dir, device=device, bf16=bf16,
-                                 batch_size=batch_size), max_steps, time_limit)
-    if export:
-        line += f"; exported {export} -> {export_model(run_dir, export, half=half)}"
-    return line
-
-
 def export_model(run_dir: str | Path, name: str | None = None,
                  zoo_dir: str | Path | None = None, half: bool = False, description: str = "",
                  decode_defaults: dict[str, Any] | None = None,
@@ -197,6 +185,15 @@ def export_model(run_dir: str | Path, name: str | None = None,
 
 
 export = export_model  # the registry's name for every codec's exporter
+
+
+if __name__ == "__main__":  # python -m pipeline.train_refine CONFIG: build the pair cache
+    import logging
+    import sys
+
+    logging.basicConfig(level=logging.INFO)
+    pair_cache_of(RefineTrainConfig.from_yaml(sys.argv[1]))
+run_training = training_entry(RefineTrainConfig, RefineTrainer, export_model)
 
 
 def config_dict(cfg: RefineTrainConfig) -> dict[str, Any]:

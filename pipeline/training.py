@@ -148,6 +148,25 @@ def run_fit(trainer: TrainerBase, max_steps: int | None, time_limit: float | Non
     return f"{trainer.run_dir}: step {step}/{trainer.cfg.steps}"
 
 
+def training_entry(config_cls: type, trainer_cls: type, export_fn: Any) -> Any:
+    """A codec's ``run_training`` (what ``cdc train`` calls, the same for every codec) from
+    its config class, trainer class and exporter: train or resume, then export if asked."""
+
+    def run_training(config_path: str | Path, run_dir: str | Path, *, device: str = "cpu",
+                     bf16: bool = False, batch_size: int | None = None,
+                     max_steps: int | None = None, time_limit: float | None = None,
+                     export: str | None = None, half: bool = False) -> str:
+        cfg = config_cls.from_yaml(config_path)
+        trainer = trainer_cls(cfg, run_dir, device=device, bf16=bf16, batch_size=batch_size)
+        line = run_fit(trainer, max_steps, time_limit)
+        if export:
+            line += f"; exported {export} -> {export_fn(run_dir, export, half=half)}"
+        return line
+
+    run_training.__doc__ = f"The `cdc train` entry point for {config_cls.__name__} configs."
+    return run_training
+
+
 def save_relay(run_dir: str | Path, out_dir: str | Path, max_mib: float = 16.0) -> Path:
     """A run's small resumable artifact, to commit: fp16 EMA weights (the frozen space left
     out), step and config. A run with ``init_from: OUT_DIR`` resumes from it with a fresh
