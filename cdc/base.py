@@ -119,6 +119,8 @@ class BaseCodec:
     progressive: ClassVar[bool] = False
     #: Leading bytes a reader fetches to plan a prefix (progressive codecs).
     plan_read_bytes: ClassVar[int] = 0
+    #: Fewest decode steps: 0 where a stream carries a base layer that decodes alone.
+    min_steps: ClassVar[int] = 1
 
     def __init__(self, model_id: str, weights_sha256: str, device: str | torch.device = "cpu",
                  precision: str | None = None, meta: dict[str, Any] | None = None):

@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline.codec_adapter import codec_config, full_codec, weights_digest
 from pipeline.planning import DEFAULT_SHARD_SIZE
-from pipeline.tier_policy import tiers_for
+from pipeline.tier_policy import check_codec_tiers, tiers_for
 from pipeline.tiers import check_tiers
 from storage import Archive, ArchiveError, ArchiveNotFoundError
 
@@ -30,6 +30,8 @@ def open_or_create(url: str, codec: Any, *, shard_size: int = DEFAULT_SHARD_SIZE
     creation, and are merged into an existing archive's tiers.
     """
     codec = full_codec(codec)
+    if tiers:
+        check_codec_tiers(codec, tiers)
     try:
         arch = Archive.open(url, expected_digest=weights_digest(codec),
                             storage_options=storage_options)

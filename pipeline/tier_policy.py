@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.codec_adapter import full_codec
-from pipeline.tiers import DEFAULT_TIER, DEFAULT_TIERS
+from pipeline.tiers import DEFAULT_TIER, DEFAULT_TIERS, TierError
 
 #: A progressive codec's ``preview`` tier reads only this many bits per pixel of a record.
 PROGRESSIVE_PREVIEW_BPP = 0.5
@@ -51,6 +51,16 @@ def match_tiers(codec: Any, tiers: Mapping[str, Mapping[str, Any]]) -> None:
         codec = full_codec(codec)
         if list(codec.decode_paths()) != paths:
             codec.prepare_paths(paths)
+
+
+def check_codec_tiers(codec: Any, tiers: Mapping[str, Mapping[str, Any]]) -> None:
+    """TierError for a tier the codec cannot decode: steps 0 (the base layer alone) on a
+    codec whose streams carry none."""
+    low = getattr(full_codec(codec), "min_steps", 1)
+    for name, t in tiers.items():
+        if int(t.get("steps", low)) < low:
+            raise TierError(f"tier {name!r}: steps {t['steps']} decodes a base layer alone; "
+                            f"{full_codec(codec).codec_id} streams have none (steps >= {low})")
 
 
 def tiers_for(codec: Any, tiers: Mapping[str, Mapping[str, Any]] | None = None

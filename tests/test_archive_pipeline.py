@@ -195,7 +195,7 @@ def test_tiers_parse_merge_resolve():
     assert (s.seed, over) == (7, True)
     s, over = resolve(tiers, "standard", steps=4)
     assert not over  # same as stored
-    for bad in (lambda: resolve(tiers, "nope"), lambda: resolve(tiers, "high", steps=0),
+    for bad in (lambda: resolve(tiers, "nope"), lambda: resolve(tiers, "high", steps=-1),
                 lambda: resolve(tiers, "high", gamma=-1), lambda: merge_tiers({}, ["x:steps=2"]),
                 lambda: parse_tier_spec("bad name:steps=2"), lambda: parse_tier_spec("x:foo=1"),
                 lambda: check_tiers({"x": {"steps": 2.5, "gamma": 0}})):
@@ -429,6 +429,14 @@ def test_diffc_preview_tier_range_reads_only_a_prefix(tree: Path, tmp_path: Path
     monkeypatch.undo()
     std = Reader(arch, dc, cache=None, archive_cache=False).get("b.png", "standard")
     assert std.data != prev.data
+
+
+def test_steps_zero_only_for_codecs_with_a_base_layer(tmp_path: Path, codec: CDCCodec):
+    """steps 0 is the base layer alone (refine's preview); a CDC archive refuses it."""
+    with pytest.raises(TierError, match="base layer"):
+        open_or_create(str(tmp_path / "z.zarr"), codec,
+                       tiers={"preview": {"steps": 0, "gamma": 0.0, "seed": 0}})
+    assert not (tmp_path / "z.zarr").exists()
 
 
 def test_new_archives_start_from_the_models_recommended_tiers(tmp_path: Path, codec: CDCCodec,

@@ -27,7 +27,7 @@ from cdc.base import BaseCodec
 from cdc.bitstream import symbols_crc
 from cdc.diffusion import DDIMSampler
 from cdc.diffusion.schedules import NoiseSchedule
-from cdc.errors import CorruptStreamError, DecodeSettingsError, WeightsError
+from cdc.errors import DecodeSettingsError, WeightsError
 from cdc.image import array_to_tensor, tensor_to_image
 from cdc.interface import DecodeSettings, ImageLike
 from cdc.refine import base_layer, blend
@@ -52,6 +52,7 @@ class RefineCodec(BaseCodec):
     progressive = True  # a prefix holding the base layer decodes (the preview tier)
     plan_read_bytes = PLAN_READ_BYTES
     rate_controlled = True  # the encoder meets any target rate (``with_rate``)
+    min_steps = 0  # steps = 0: the base layer alone
 
     def __init__(self, net: RefineNet, model_id: str, weights_sha256: str,
                  device: str | torch.device = "cpu", precision: str | None = None,
