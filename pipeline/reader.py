@@ -22,6 +22,7 @@ from pipeline.cache import DiskLRU, decoded_key
 from pipeline.codec_adapter import full_codec, weights_digest
 from pipeline.files import encode_image
 from pipeline.outputs import transcode
+from pipeline.tier_policy import check_codec_tiers
 from pipeline.tiers import TierError, resolve
 from storage import Archive, ArchiveError, Record
 
@@ -101,7 +102,10 @@ class Reader:
         if bpp is not None and not self.codec.progressive:
             raise TierError(f"bpp {bpp:g}: {self.codec.codec_id} streams do not decode from a "
                             "prefix (only progressive codecs such as DiffC do)")
-        return resolve(self.archive.tiers, tier, steps=steps, gamma=gamma, seed=seed, bpp=bpp)
+        settings, overridden = resolve(self.archive.tiers, tier, steps=steps, gamma=gamma,
+                                       seed=seed, bpp=bpp)
+        check_codec_tiers(self.codec, {tier: {"steps": settings.steps}})
+        return settings, overridden
 
     def record(self, key: str) -> Record:
         rec = self.archive[key]

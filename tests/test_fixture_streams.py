@@ -15,6 +15,7 @@ from PIL import Image
 FIXTURES = Path(__file__).parent / "fixtures" / "streams"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
 SAMPLES = Path(__file__).parent.parent / "samples"
+AVX2 = FIXTURES / "avx2"
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +45,15 @@ def test_old_stream_decodes_to_the_same_pixels(codecs, case):
     img = codecs(case["model"]).decompress(data, steps=case["steps"], gamma=case["gamma"],
                                            seed=case["seed"])
     assert list(img.size) == case["size"]
-    assert hashlib.sha256(np.asarray(img.convert("RGB")).tobytes()).hexdigest() == case["sha256"]
+    pixels = np.asarray(img.convert("RGB"))
+    if hashlib.sha256(pixels.tobytes()).hexdigest() == case["sha256"]:
+        return  # the pixels of the machine the fixtures were made on (AVX-512)
+    # The networks' float kernels differ by CPU: on AVX2-only machines three of these decodes
+    # round differently. Their exact pixels there, decoded by the code as it was before the
+    # 2026-12-06 session (561329a, AVX2), are in avx2/: still an exact check, per machine kind.
+    ref = AVX2 / f"{case['stream'][:-4]}-s{case['steps']}-g{case['gamma']}.png"
+    assert ref.exists(), f"{case['stream']}: pixels differ from the fixture's and no AVX2 reference"
+    assert np.array_equal(pixels, np.asarray(Image.open(ref).convert("RGB")))
 
 
 @pytest.mark.parametrize("model", sorted({c["model"] for c in MANIFEST}))
