@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from cdc.diffc.model import DiffCConfig, DiffusionPrior, get_diffc_config, weights_bytes
-from pipeline.training import TrainConfigBase, TrainerBase, load_run, run_fit
+from pipeline.training import TrainConfigBase, TrainerBase, load_run, training_entry
 from zoo.components import load_space
 
 
@@ -113,17 +113,5 @@ def export(run_dir: str | Path, name: str | None = None, zoo_dir: str | Path | N
         **meta})
 
 
-def run_training(config_path: str | Path, run_dir: str | Path, *, device: str = "cpu",
-                 bf16: bool = False, batch_size: int | None = None, max_steps: int | None = None,
-                 time_limit: float | None = None, export: str | None = None,
-                 half: bool = False, zoo_dir: str | Path | None = None) -> str:
-    """The `cdc train` entry point for configs with ``codec: diffc``; returns a summary line."""
-    cfg = DiffCTrainConfig.from_yaml(config_path)
-    trainer = DiffCTrainer(cfg, run_dir, device=device, bf16=bf16, batch_size=batch_size)
-    line = run_fit(trainer, max_steps, time_limit)
-    if export:
-        line += f"; exported {export} -> {export_diffc(run_dir, export, zoo_dir=zoo_dir, half=half)}"
-    return line
-
-
 export_diffc = export  # the name bench/ and older notes use
+run_training = training_entry(DiffCTrainConfig, DiffCTrainer, export)

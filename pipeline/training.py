@@ -155,12 +155,14 @@ def training_entry(config_cls: type, trainer_cls: type, export_fn: Any) -> Any:
     def run_training(config_path: str | Path, run_dir: str | Path, *, device: str = "cpu",
                      bf16: bool = False, batch_size: int | None = None,
                      max_steps: int | None = None, time_limit: float | None = None,
-                     export: str | None = None, half: bool = False) -> str:
+                     export: str | None = None, half: bool = False,
+                     zoo_dir: str | Path | None = None) -> str:
         cfg = config_cls.from_yaml(config_path)
         trainer = trainer_cls(cfg, run_dir, device=device, bf16=bf16, batch_size=batch_size)
         line = run_fit(trainer, max_steps, time_limit)
         if export:
-            line += f"; exported {export} -> {export_fn(run_dir, export, half=half)}"
+            path = export_fn(run_dir, export, zoo_dir=zoo_dir, half=half)
+            line += f"; exported {export} -> {path}"
         return line
 
     run_training.__doc__ = f"The `cdc train` entry point for {config_cls.__name__} configs."
