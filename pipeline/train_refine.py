@@ -196,5 +196,15 @@ if __name__ == "__main__":  # python -m pipeline.train_refine CONFIG: build the 
 run_training = training_entry(RefineTrainConfig, RefineTrainer, export_model)
 
 
+
+if __name__ == "__main__":  # python -m pipeline.train_refine CONFIG: build the pair cache
+    import logging
+    import sys
+
+    logging.basicConfig(level=logging.INFO)
+    pair_cache_of(RefineTrainConfig.from_yaml(sys.argv[1]))
+run_training = training_entry(RefineTrainConfig, RefineTrainer, export_model)
+
+
 def config_dict(cfg: RefineTrainConfig) -> dict[str, Any]:
     return asdict(cfg)

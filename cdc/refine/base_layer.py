@@ -22,8 +22,6 @@ from torch import Tensor
 from cdc.errors import CorruptStreamError
 from cdc.refine.config import RefineConfig
 
-QUALITIES = range(0, 101)
-
 
 @dataclass(frozen=True)
 class BaseChoice:

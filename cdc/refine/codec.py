@@ -269,8 +269,8 @@ class RefineCodec(BaseCodec):
 
     def prefix_length(self, head: bytes, steps: int | None = None,
                       bpp: float | None = None) -> int:
-        """The base-layer prefix (enough for ``steps=0``), or the whole stream when it fits
-        ``bpp`` and ``steps`` is not 0 — the only two prefixes a refine stream has."""
+        """The base-layer prefix (header + section B): the one prefix a refine stream decodes
+        from (``steps=0``, the preview tier), whatever ``steps`` and ``bpp`` say."""
         end = _base_prefix_length(head[:PLAN_READ_BYTES])
         return end
 
