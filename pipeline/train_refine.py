@@ -11,7 +11,7 @@ sampler's start (n = N−1, x_N = γ·ε with γ from ``start_gammas``; γ = 0 i
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +185,7 @@ def export_model(run_dir: str | Path, name: str | None = None,
 
 
 export = export_model  # the registry's name for every codec's exporter
+run_training = training_entry(RefineTrainConfig, RefineTrainer, export_model)
 
 
 if __name__ == "__main__":  # python -m pipeline.train_refine CONFIG: build the pair cache
@@ -193,18 +194,3 @@ if __name__ == "__main__":  # python -m pipeline.train_refine CONFIG: build the 
 
     logging.basicConfig(level=logging.INFO)
     pair_cache_of(RefineTrainConfig.from_yaml(sys.argv[1]))
-run_training = training_entry(RefineTrainConfig, RefineTrainer, export_model)
-
-
-
-if __name__ == "__main__":  # python -m pipeline.train_refine CONFIG: build the pair cache
-    import logging
-    import sys
-
-    logging.basicConfig(level=logging.INFO)
-    pair_cache_of(RefineTrainConfig.from_yaml(sys.argv[1]))
-run_training = training_entry(RefineTrainConfig, RefineTrainer, export_model)
-
-
-def config_dict(cfg: RefineTrainConfig) -> dict[str, Any]:
-    return asdict(cfg)
