@@ -21,7 +21,8 @@ Forward (what ``cdc archive`` runs on every encoder, with or without Ray):
 Backward (what ``cdc get``, ``cdc export`` and ``cdc serve`` run): :class:`Reader` looks a
 key up, reads its record (one ranged read), and decodes it at a quality tier, through a
 local disk LRU and optionally the archive's own cache area (:mod:`pipeline.reader`,
-formats in :mod:`pipeline.outputs`).
+formats in :mod:`pipeline.outputs`); without a codec it loads the archive's own model
+(:func:`open_archive`, :func:`archive_codec`).
 
 A codec with only the core calls gets the rest of ``cdc.ImageCodec`` from
 :mod:`pipeline.codec_adapter` where it enters; the stages call methods.
@@ -45,7 +46,15 @@ from pipeline.planning import (
     plan_inputs,
     plan_shards,
 )
-from pipeline.reader import Decoded, DecodeError, FailedRecordError, Reader, resolve_model
+from pipeline.reader import (
+    Decoded,
+    DecodeError,
+    FailedRecordError,
+    Reader,
+    archive_codec,
+    open_archive,
+    resolve_model,
+)
 from pipeline.reading import (
     DEFAULT_READ_RETRIES,
     Loaded,
@@ -77,6 +86,7 @@ __all__ = [
     "Loaded",
     "Reader",
     "ShardPlan",
+    "archive_codec",
     "base_tiers",
     "claim_is_stale",
     "codec_config",
@@ -88,6 +98,7 @@ __all__ = [
     "load_item",
     "make_record",
     "match_tiers",
+    "open_archive",
     "open_or_create",
     "output_format",
     "output_name",

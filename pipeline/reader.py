@@ -3,7 +3,8 @@
 What ``cdc get``, ``cdc export`` and ``cdc serve`` run: :class:`Reader` looks a key up,
 reads its record (one ranged read; for a progressive codec's prefix tier only the
 prefix), and decodes it at a tier, through a local disk LRU and optionally the archive's
-own cache area. Nothing is decoded early.
+own cache area. Nothing is decoded early. A Python caller need not know which model
+wrote an archive: ``Reader(archive)`` (or :func:`open_archive`) loads it, as ``cdc get`` does.
 """
 
 from __future__ import annotations
@@ -54,8 +55,19 @@ def resolve_model(archive: Archive, model: str | None) -> str:
     raise ArchiveError(
         f"{archive.url}: written with model {archive.model_id!r} "
         f"({archive.weights_digest[:19]}…), which is not a shipped model (nor in the local "
-        f"model cache, {cache_dir()}); pass --model with its weights path or URL"
+        f"model cache, {cache_dir()}); pass --model with its weights path or URL "
+        "(Python: model= or codec=)"
     )
+
+
+def archive_codec(archive: Archive, model: str | None = None, *, device: str = "cpu",
+                  precision: str | None = None) -> Any:
+    """The codec that decodes ``archive``, loaded from the zoo: ``model`` when given, else
+    the archive's own (:func:`resolve_model`, the lookup ``cdc get`` makes), so a caller
+    need not know which model wrote it. :class:`Reader` checks the digest."""
+    from zoo import load_codec
+
+    return load_codec(resolve_model(archive, model), device=device, precision=precision)
 
 
 @dataclass
@@ -77,10 +89,13 @@ class Reader:
     archive's cache area (``Archive.cache_get``); ``write_archive_cache``: also write
     decoded PNGs there (the archive must be writable). The archive cache is only used for
     a tier exactly as stored (no per-request overrides), because it is keyed by tier.
+
+    ``codec`` None: the archive's own model, loaded on CPU (:func:`archive_codec`); a codec
+    given is checked against the archive (``ModelMismatchError`` if it is not its model).
     """
 
     archive: Archive
-    codec: Any
+    codec: Any = None
     cache: DiskLRU | None = None
     archive_cache: bool = True
     write_archive_cache: bool = False
@@ -88,6 +103,8 @@ class Reader:
                                                              "decoded": 0})
 
     def __post_init__(self) -> None:
+        if self.codec is None:
+            self.codec = archive_codec(self.archive)
         self.codec = full_codec(self.codec)
         self.archive.check_model(weights_digest(self.codec))
         self._digest = self.codec.weights_sha256
@@ -235,3 +252,16 @@ class Reader:
         if isinstance(res, Exception):
             raise res
         return res
+
+
+def open_archive(url: str, codec: Any = None, *, model: str | None = None,
+                 device: str = "cpu", read_only: bool = True,
+                 storage_options: dict[str, Any] | None = None,
+                 cache: DiskLRU | None = None) -> Reader:
+    """A :class:`Reader` on the archive at ``url`` (path or fsspec URL) with the model that
+    wrote it, found and loaded as ``cdc get`` does; ``codec`` or ``model`` (shipped name,
+    path or URL) to decode with another copy of it (checked against the archive)."""
+    archive = Archive.open(url, read_only=read_only, storage_options=storage_options)
+    if codec is None:
+        codec = archive_codec(archive, model, device=device)
+    return Reader(archive, codec, cache=cache)
