@@ -1,9 +1,11 @@
 """``Archive``: one compressed collection, addressed by URL.
 
 Readers see only *completed* shards (those with a manifest entry). Lookups go
-key -> (shard, row) through an in-memory index built from each shard's small ``key``
-chunk; a record's payload is then fetched with byte-range reads of that one shard object,
-so neither lookups nor reads touch other records' payloads.
+key -> (shard, row, offset, ...) through the key table (:mod:`storage.keytable`: one ranged
+GET, built by :meth:`Archive.build_index`) where it covers the key, else through an
+in-memory index built from each shard's small row chunks; a record's payload is then
+fetched with byte-range reads of that one shard object, so neither lookups nor reads touch
+other records' payloads.
 
 ``Archive`` is a facade: the work is done by the parts in :class:`storage.parts.ArchiveParts`
 (group creation and sniffing in :mod:`storage.group`, attributes in
@@ -14,6 +16,8 @@ in :mod:`storage.decoded_cache`, verification in :mod:`storage.verify`).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -23,12 +27,21 @@ import zarr
 from .backend import Location, run
 from .errors import (
     ArchiveError,
+    CorruptArchiveError,
     DuplicateKeyError,
     ReadOnlyArchiveError,
     RecordNotFoundError,
 )
-from .group import consolidate, create_group, open_group, write_attrs
-from .layout import CLAIMS_DIR, DEFAULT_CHUNK_BYTES, DEFAULT_MAX_SHARDS, DEFAULT_SHARD_SIZE
+from .group import consolidate, create_group, open_group, update_attrs
+from .index import entry_info, entry_record
+from .keytable import build_table
+from .layout import (
+    CLAIMS_DIR,
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_MAX_SHARDS,
+    DEFAULT_SHARD_SIZE,
+    INDEX_DIR,
+)
 from .parts import ArchiveParts
 from .records import Record, RecordInfo
 from .verify import verify_parts
@@ -186,9 +199,8 @@ class Archive:
         """
         self._writable("set tiers")
         attrs = self._attributes.with_tiers(tiers, replace=replace)
-        write_attrs(self._group, attrs)
-        self._attributes.doc = attrs
-        self.consolidate()
+        stored = update_attrs(self._loc, lambda d: {**d, "tiers": attrs["tiers"]})
+        self._attributes.doc = {**stored, "tiers": attrs["tiers"]}
 
     def consolidate(self) -> None:
         """Rewrite the consolidated metadata (one GET opens the archive).
@@ -279,6 +291,7 @@ class Archive:
         """Forget a completed shard (delete its manifest entry and claim) so it can be
         re-written: the repair path for a shard that ``verify`` reports as corrupt."""
         self._writable("discard a shard")
+        self.drop_index()  # its entries for this shard would be stale
         self._parts.ledger.discard(shard)
         self._parts.forget_shard(shard)
 
@@ -287,6 +300,90 @@ class Archive:
         return self._parts.ledger.next_shard()
 
     # -- the key index --------------------------------------------------------------------
+    def build_index(self) -> dict[str, Any]:
+        """(Re)build the key table over every completed shard and point the attributes at
+        it; returns the ``key_table`` attribute.
+
+        The table is derived data: shard writers never touch it, so it may be built at any
+        time (``cdc archive`` does at the end of every job); shards committed later are
+        found the old way until the next build. Cost: the index's refresh (entries of
+        shards the previous table covers come from its one entries section; newer shards'
+        metadata), one read of each newer shard's payload index, one PUT, one ``zarr.json``
+        rewrite. The previous table object is deleted after the switch (a reader still
+        holding it falls back). Meant for one process at a time, like :meth:`set_tiers`:
+        two concurrent builds leave the last one's table (both are correct).
+        """
+        self._writable("build the key index")
+        index = self._parts.index
+        shards, entries = index.all_entries()
+        entries = self._with_phys(entries)
+        path = f"{INDEX_DIR}/keys-{uuid.uuid4().hex}.bin"
+        blob, attr = build_table(entries, shards, path)
+        try:
+            run(self._loc.set(path, blob))
+            old = update_attrs(self._loc, lambda d: {**d, "key_table": attr})
+        except Exception as e:  # noqa: BLE001  (any store failure becomes one line)
+            raise self._loc.access_error(e, "write the key index", writing=True) from e
+        self._attributes.doc = {**self._attributes.doc, "key_table": attr}
+        index.drop_table_cache()
+        prev = old.get("key_table") or {}
+        if isinstance(prev.get("path"), str) and prev["path"].startswith(f"{INDEX_DIR}/keys-") \
+                and prev["path"] != path:
+            with contextlib.suppress(Exception):  # best effort; an orphan costs only space
+                run(self._loc.delete(prev["path"]))
+        return attr
+
+    def ensure_index(self) -> bool:
+        """Build the key table unless the current one covers exactly the completed shards
+        (what a job does at its end: a rerun with nothing new rewrites nothing); returns
+        whether it built one."""
+        info = self._parts.index.table()
+        if info is not None and info.shards == set(self.completed_shards()):
+            return False
+        self.build_index()
+        return True
+
+    def _with_phys(self, entries: list[Any]) -> list[Any]:
+        """Entries with their byte offsets in the payload objects (``phys``), reusing the
+        ones the entries already carry (from the previous table)."""
+        by: dict[int, list[Any]] = {}
+        for e in entries:
+            by.setdefault(e.shard, []).append(e)
+        todo = [s for s, es in by.items() if any(e.phys is None and e.nbytes for e in es)]
+        payload = self._parts.payload
+
+        async def offsets() -> list[list[int | None]]:
+            import asyncio
+
+            sem = asyncio.Semaphore(16)
+
+            async def one(s: int) -> list[int | None]:
+                async with sem:
+                    return await payload.physical_offsets(s, by[s])
+
+            return await asyncio.gather(*(one(s) for s in todo))
+
+        fresh = dict(zip(todo, run(offsets()))) if todo else {}
+        out = []
+        for s, es in by.items():
+            phys = fresh.get(s)
+            for i, e in enumerate(es):
+                p = e.phys if phys is None else phys[i]
+                out.append(dataclasses.replace(e, phys=p, from_table=False))
+        return out
+
+    def drop_index(self) -> None:
+        """Stop readers using the key table (delete it and its attribute): lookups go
+        through shard metadata until the next :meth:`build_index`."""
+        self._writable("drop the key index")
+        old = update_attrs(self._loc, lambda d: {k: v for k, v in d.items() if k != "key_table"})
+        self._attributes.doc = {k: v for k, v in self._attributes.doc.items() if k != "key_table"}
+        self._parts.index.drop_table_cache()
+        p = (old.get("key_table") or {}).get("path")
+        if isinstance(p, str) and p.startswith(f"{INDEX_DIR}/keys-"):
+            with contextlib.suppress(Exception):  # best effort; an orphan costs only space
+                run(self._loc.delete(p))
+
     def refresh(self) -> None:
         """Pick up shards completed (or discarded) since the index was built.
 
@@ -322,8 +419,7 @@ class Archive:
 
     def info(self, key: str) -> RecordInfo:
         """A record's metadata (size, status, error, byte count) without its payload."""
-        meta, row = self._parts.index.locate(key)
-        return meta.info(row)
+        return entry_info(self._parts.index.locate(key))
 
     def failed(self) -> list[RecordInfo]:
         """Records stored with status "failed", with their error messages."""
@@ -332,9 +428,9 @@ class Archive:
     def infos(self, shards: Iterable[int] | None = None) -> Iterator[RecordInfo]:
         """Metadata of every record, shard by shard (no payload reads)."""
         todo = self.completed_shards() if shards is None else list(shards)
-        for meta in self._parts.index.iter_metas(todo):
-            for row in range(len(meta.keys)):
-                yield meta.info(row)
+        for entries in self._parts.index.shard_entries(todo):
+            for e in entries:
+                yield entry_info(e)
 
     def summary(self) -> dict[str, Any]:
         """Counts for a job summary: shards, records, ok, failed, payload bytes, claims."""
@@ -343,15 +439,32 @@ class Archive:
     # -- payload reads --------------------------------------------------------------------
     def __getitem__(self, key: str) -> Record:
         """The record with ``key``; its payload is read and its checksum verified."""
-        meta, row = self._parts.index.locate(key)
-        return meta.record(row, self._parts.payload.read_row(meta, row), self.url)
+        e = self._parts.index.locate(key)
+        try:
+            return entry_record(e, self._parts.payload.read_row(e), self.url)
+        except CorruptArchiveError:
+            if not e.from_table:
+                raise
+        # The key table's answer did not hold (a stale or damaged table): the shard's
+        # own metadata decides, and raises if the record itself is corrupt.
+        e = self._parts.index.locate(key, slow=True)
+        return entry_record(e, self._parts.payload.read_row(e), self.url)
 
     def read_many(self, keys: Iterable[str], *, concurrency: int = 32) -> list[Record]:
         """Several records, fetched concurrently (what a decode job on S3 wants); each
         is checksum-verified like ``archive[key]``."""
+        keys = list(keys)
         where = [self._parts.index.locate(k) for k in keys]
         data = self._parts.payload.read_rows(where, concurrency=concurrency)
-        return [m.record(r, d, self.url) for (m, r), d in zip(where, data)]
+        out = []
+        for k, e, d in zip(keys, where, data):
+            try:
+                out.append(entry_record(e, d, self.url))
+            except CorruptArchiveError:
+                if not e.from_table:
+                    raise
+                out.append(self[k])
+        return out
 
     def get(self, key: str, default: Any = None) -> Record | Any:
         try:
@@ -367,8 +480,13 @@ class Archive:
         """
         if not isinstance(nbytes, int) or nbytes < 0:
             raise ValueError(f"nbytes must be a non-negative int, got {nbytes!r}")
-        meta, row = self._parts.index.locate(key)
-        return self._parts.payload.read_row(meta, row, limit=nbytes)
+        e = self._parts.index.locate(key)
+        try:
+            return self._parts.payload.read_row(e, limit=nbytes)
+        except CorruptArchiveError:
+            if not e.from_table:
+                raise
+        return self._parts.payload.read_row(self._parts.index.locate(key, slow=True), nbytes)
 
     def records(self, shards: Iterable[int] | None = None) -> Iterator[Record]:
         """Every record, shard by shard, reading one shard's payload at a time."""

@@ -129,6 +129,16 @@ class Location:
 
     # -- async byte operations -----------------------------------------------------------
     async def get(self, key: str) -> bytes | None:
+        """A whole object, or None if there is none. On S3 one GET: s3fs would send a HEAD
+        first (to split big objects into concurrent ranges), and on a missing key a HEAD
+        404 then a listing; our objects are small, and a miss is an answer."""
+        if self.local_root is None and hasattr(getattr(self.store, "fs", None), "_call_s3"):
+            assert isinstance(self.store, FsspecStore)
+            path = f"{self.store.path.rstrip('/')}/{key}"
+            try:
+                return await self.store.fs._cat_file(path, max_concurrency=1)
+            except FileNotFoundError:
+                return None
         buf = await self.store.get(key, default_buffer_prototype())
         return None if buf is None else buf.to_bytes()
 

@@ -13,7 +13,7 @@ import json
 import socket
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import zarr
@@ -107,6 +107,9 @@ def create_group(
         "codec": {"id": codec_id, "config": dict(codec_config or {})},
         "model": {"id": model_id, "weights_digest": weights_digest},
         "tiers": checked_tiers(url, tiers or {}),
+        # False until the first decoded image is cached (DecodedCache.put sets it), so a
+        # reader of an archive without a cache area does not probe it on every read.
+        "decoded_cache": False,
         "layout": {
             "shard_size": shard_size,
             "max_shards": max_shards,
@@ -195,8 +198,9 @@ def _copy_root_last(staging: MemoryStore, loc: Location) -> None:
         raise loc.access_error(e, "create an archive there", writing=True) from e
 
 
-def _sniff_attrs(loc: Location) -> dict[str, Any]:
-    """The ``cdc_archive`` attributes from ``zarr.json``, or the error saying what is there."""
+def _sniff_attrs(loc: Location) -> tuple[dict[str, Any], bytes]:
+    """The ``cdc_archive`` attributes from ``zarr.json`` (and its bytes, so that zarr need
+    not fetch it again), or the error saying what is there."""
     url = loc.url
     try:
         raw = run(loc.get("zarr.json"))
@@ -239,7 +243,7 @@ def _sniff_attrs(loc: Location) -> dict[str, Any]:
             f"{url}: archive format version {version} is newer than this cdc-toolkit "
             f"reads (<= {FORMAT_VERSION}); upgrade cdc-toolkit"
         )
-    return attrs
+    return attrs, raw
 
 
 def open_group(
@@ -249,10 +253,45 @@ def open_group(
     loc = Location(url, storage_options, read_only=read_only)
     if loc.root_missing():
         raise ArchiveNotFoundError(f"{url}: does not exist")
-    attrs = _sniff_attrs(loc)
+    attrs, raw = _sniff_attrs(loc)
     with quiet_zarr():
-        group = zarr.open_group(loc.store, mode="r" if read_only else "r+", zarr_format=3)
+        group = _group_from_bytes(loc, raw)
+        if group is None:
+            group = zarr.open_group(loc.store, mode="r" if read_only else "r+", zarr_format=3)
     return loc, group, attrs
+
+
+def _group_from_bytes(loc: Location, raw: bytes) -> zarr.Group | None:
+    """The group from the ``zarr.json`` bytes already fetched (one GET opens an archive,
+    not two: on S3 each costs a round trip). None if this zarr lacks the way to do it."""
+    try:
+        from zarr.core.group import AsyncGroup
+        from zarr.storage import StorePath
+
+        buf = default_buffer_prototype().buffer.from_bytes(raw)
+        return zarr.Group(AsyncGroup._from_bytes_v3(StorePath(loc.store, ""), buf, None))
+    except (ImportError, AttributeError, TypeError):
+        return None
+
+
+def update_attrs(loc: Location, change: Callable[[dict[str, Any]], dict[str, Any]]
+                 ) -> dict[str, Any]:
+    """Apply ``change`` to the ``cdc_archive`` attributes as stored *now* (re-read, so a
+    field another process set since this one opened is kept), store and consolidate;
+    returns the attributes as they were."""
+    raw = run(loc.get("zarr.json"))
+    if raw is None:
+        raise ArchiveNotFoundError(f"{loc.url}: zarr.json vanished")
+    try:
+        old = json.loads(raw)["attributes"][ATTRS_KEY]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptArchiveError(f"{loc.url}: zarr.json has no readable attributes") from e
+    with quiet_zarr():
+        group = _group_from_bytes(loc, raw) or zarr.open_group(loc.store, mode="r+",
+                                                              zarr_format=3)
+        group.update_attributes({ATTRS_KEY: change(dict(old))})
+        zarr.consolidate_metadata(loc.store)
+    return old
 
 
 def write_attrs(group: zarr.Group, attrs: dict[str, Any]) -> None:

@@ -1,14 +1,19 @@
-"""The key index: key -> (shard, row), built from completed shards' small metadata.
+"""The key index: key -> :class:`~storage.keytable.Entry` (shard, row, offset, ...).
 
-Each completed shard's row arrays (key, status, sizes, checksum, offset, nbytes, error:
-about 100 bytes per record) are read once, checked against the manifest digest and kept
-as a :class:`ShardMeta`; the index over them answers lookups without touching payloads.
+Two sources. With a key table (:mod:`storage.keytable`, named by the ``key_table``
+attribute) a lookup is one ranged GET of a few slots, no listing and no shard metadata;
+listings read the table's entries section once. Shards the table does not cover (committed
+after it was built), and archives without one, are read the original way: each completed
+shard's row arrays (key, status, sizes, checksum, offset, nbytes, error: about 100 bytes
+per record), checked against the manifest digest and kept as a :class:`ShardMeta`.
 A missing key triggers one re-list, so a long-lived reader sees new shards.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -17,9 +22,12 @@ from typing import Any
 import numpy as np
 
 from .arrays import ShardArrays
-from .backend import run
+from .attributes import ArchiveAttributes
+from .backend import Location, run
 from .errors import ArchiveError, CorruptArchiveError, DuplicateKeyError, RecordNotFoundError
 from .keys import check_key
+from .keytable import SLOT_SLOW, Entry, TableInfo, decode_entries
+from .layout import Layout
 from .manifests import ShardLedger
 from .records import STATUS_NAMES, Record, RecordInfo, checksum, rows_digest
 
@@ -77,58 +85,158 @@ class ShardMeta:
         """Bytes of the shard's payload in use (records are stored back to back)."""
         return int(self.offset[-1] + self.nbytes[-1]) if self.keys else 0
 
-    def info(self, row: int) -> RecordInfo:
-        return RecordInfo(
+    def entry(self, row: int, phys: int | None = None) -> Entry:
+        return Entry(
             key=self.keys[row],
-            height=int(self.height[row]),
-            width=int(self.width[row]),
-            status=STATUS_NAMES.get(int(self.status[row]), "unknown"),
-            error=self.errors[row],
-            nbytes=int(self.nbytes[row]),
-            checksum=int(self.checksum[row]),
             shard=self.shard,
             row=row,
+            offset=int(self.offset[row]),
+            nbytes=int(self.nbytes[row]),
+            checksum=int(self.checksum[row]),
+            status=int(self.status[row]),
+            height=int(self.height[row]),
+            width=int(self.width[row]),
+            error=self.errors[row],
+            phys=phys,
         )
+
+    def entries(self) -> list[Entry]:
+        return [self.entry(r) for r in range(len(self.keys))]
+
+    def info(self, row: int) -> RecordInfo:
+        return entry_info(self.entry(row))
 
     def record(self, row: int, data: bytes, url: str) -> Record:
         """The record at ``row`` with its bitstream ``data``, CRC-32 checked."""
-        key = self.keys[row]
-        if checksum(data) != int(self.checksum[row]):
-            raise CorruptArchiveError(
-                f"{url}: record {key!r} (shard {self.shard}, row {row}) fails its CRC-32 check"
-            )
-        status = STATUS_NAMES.get(int(self.status[row]))
-        if status is None:
-            raise CorruptArchiveError(f"{url}: record {key!r} has an unknown status code")
-        return Record(
-            key=key,
-            data=data,
-            height=int(self.height[row]),
-            width=int(self.width[row]),
-            status=status,
-            error=self.errors[row],
+        return entry_record(self.entry(row), data, url)
+
+
+def entry_info(e: Entry) -> RecordInfo:
+    return RecordInfo(
+        key=e.key,
+        height=e.height,
+        width=e.width,
+        status=STATUS_NAMES.get(e.status, "unknown"),
+        error=e.error or "",
+        nbytes=e.nbytes,
+        checksum=e.checksum,
+        shard=e.shard,
+        row=e.row,
+    )
+
+
+def entry_record(e: Entry, data: bytes, url: str) -> Record:
+    """The record of ``e`` with its bitstream ``data``, CRC-32 checked."""
+    if checksum(data) != e.checksum:
+        raise CorruptArchiveError(
+            f"{url}: record {e.key!r} (shard {e.shard}, row {e.row}) fails its CRC-32 check"
         )
+    status = STATUS_NAMES.get(e.status)
+    if status is None:
+        raise CorruptArchiveError(f"{url}: record {e.key!r} has an unknown status code")
+    return Record(key=e.key, data=data, height=e.height, width=e.width, status=status,
+                  error=e.error or "")
+
+
+
+class NeedsSlowPath(Exception):
+    """A key-table answer that cannot be used as is (internal: the caller falls back)."""
 
 
 class KeyIndex:
-    """Shard metadata (cached) and the key -> (shard, row) index over it; thread-safe.
+    """Shard metadata (cached), the key table, and the key -> entry index; thread-safe.
 
     A shard whose metadata is corrupt is left out of the index and remembered: lookups in
-    the other shards keep working, while listings and misses report it.
+    the other shards keep working, while listings and misses report it. A key table that
+    fails a check is set aside (``table_problem``): reads fall back, ``verify`` reports it.
     """
 
-    def __init__(self, ledger: ShardLedger, arrays: ShardArrays) -> None:
+    def __init__(self, ledger: ShardLedger, arrays: ShardArrays, loc: Location,
+                 layout: Layout, attributes: ArchiveAttributes) -> None:
         self.url = ledger.url
         self._ledger = ledger
         self._arrays = arrays
+        self._loc = loc
+        self._layout = layout
+        self._attributes = attributes
         self._lock = threading.RLock()
         self._metas: dict[int, ShardMeta] = {}
-        self._index: dict[str, tuple[int, int]] = {}
+        self._index: dict[str, Entry] = {}
+        self._by_shard: dict[int, list[Entry]] = {}
         self._dups: dict[str, list[tuple[int, int]]] = {}
         self._indexed: set[int] = set()
         self._ordered: list[str] | None = None
         self._bad: dict[int, str] = {}
         self._refreshed = False
+        self._table_entries: dict[int, list[Entry]] | None = None
+        self._table_seen: str | None = None  # the path whose entries are cached
+        self.table_problem: str | None = None
+
+    # -- the key table --------------------------------------------------------------------
+    def table(self) -> TableInfo | None:
+        """The archive's key table (None: none, or it failed a check: ``table_problem``)."""
+        doc = self._attributes.doc.get("key_table")
+        if doc is None or self.table_problem is not None:
+            return None
+        try:
+            return TableInfo.from_attr(doc, self._layout)
+        except ValueError as e:
+            self._set_aside(f"key_table attribute: {e}")
+            return None
+
+    def _set_aside(self, why: str) -> None:
+        self.table_problem = f"{self.url}: key table: {why}"
+
+    def table_entries(self, info: TableInfo) -> dict[int, list[Entry]]:
+        """The table's entries section, by shard (one GET, SHA-256 checked)."""
+        if self._table_entries is not None and self._table_seen == info.path:
+            return self._table_entries
+        raw = run(self._loc.get_range(info.path, info.entries_offset, info.nbytes))
+        if raw is None:
+            raise NeedsSlowPath(f"{info.path} is missing")
+        if len(raw) != info.entries_bytes:
+            raise ValueError(f"{info.path}: entries section is {len(raw)} bytes, expected "
+                             f"{info.entries_bytes}")
+        if "sha256:" + hashlib.sha256(raw).hexdigest() != info.entries_sha256:
+            raise ValueError(f"{info.path}: entries section fails its SHA-256")
+        by: dict[int, list[Entry]] = {}
+        for e in decode_entries(raw, info.keys, self._layout):
+            if e.shard not in info.shards:
+                raise ValueError(f"{info.path}: entry {e.key!r} is in uncovered shard {e.shard}")
+            by.setdefault(e.shard, []).append(e)
+        self._table_entries, self._table_seen = by, info.path
+        return by
+
+    def _table_lookup(self, key: str) -> Entry | None:
+        """``key``'s entry from one ranged GET of its table slots; None when the table
+        does not cover it (absent, or in a newer shard). NeedsSlowPath: use the metadata."""
+        info = self.table()
+        if info is None:
+            raise NeedsSlowPath("no key table")
+        fp, start, end = info.window_span(key)
+        raw = run(self._loc.get_range(info.path, start, end))
+        if raw is None:  # replaced by a newer build, or dropped by discard_shard
+            raise NeedsSlowPath(f"{info.path} is missing")
+        try:
+            e = info.find(key, fp, raw, self._layout)
+        except ValueError as err:
+            self._set_aside(f"{info.path}: {err}")
+            raise NeedsSlowPath(str(err)) from err
+        if e is None:
+            return None
+        if e.status == SLOT_SLOW:
+            raise NeedsSlowPath("several shards hold this key")
+        if e.error is None:  # a failed record: its message is in its shard's metadata
+            meta = self.meta(e.shard)
+            if e.row >= len(meta.keys) or meta.keys[e.row] != key:
+                raise NeedsSlowPath("the table disagrees with the shard's metadata")
+            return meta.entry(e.row)
+        return e
+
+    def drop_table_cache(self) -> None:
+        """Forget the cached entries section and any earlier table problem (a new build)."""
+        with self._lock:
+            self._table_entries, self._table_seen, self.table_problem = None, None, None
 
     # -- shard metadata -------------------------------------------------------------------
     async def load_meta(self, shard: int) -> ShardMeta:
@@ -173,20 +281,46 @@ class KeyIndex:
         for i in range(0, len(shards), LOAD_BATCH):
             yield from run(self.load_metas(shards[i : i + LOAD_BATCH]))
 
+    def shard_entries(self, shards: list[int]) -> Iterator[list[Entry]]:
+        """Every record of ``shards`` as entries, shard by shard: from the index where it
+        holds the shard (no reads), else from the shard's metadata."""
+        with self._lock:
+            have = {s: self._by_shard[s] for s in shards if s in self._by_shard}
+        todo = [s for s in shards if s not in have]
+        metas = self.iter_metas(todo)
+        for s in shards:
+            yield have[s] if s in have else next(metas).entries()
+
     def forget(self, shard: int) -> None:
         """Drop a shard's cached metadata (it was discarded, or found corrupt)."""
         with self._lock:
             self._metas.pop(shard, None)
 
     # -- the index ------------------------------------------------------------------------
+    def _add(self, shard: int, entries: list[Entry]) -> None:
+        for e in entries:
+            here = (shard, e.row)
+            if e.key in self._index:
+                first = self._index[e.key]
+                self._dups.setdefault(e.key, [(first.shard, first.row)]).append(here)
+            else:
+                self._index[e.key] = e
+        self._by_shard[shard] = entries
+        self._indexed.add(shard)
+
     def refresh(self) -> None:
         """Pick up shards completed (or discarded) since the index was built."""
         with self._lock:
             shards = self._ledger.completed_shards()
             if self._indexed - set(shards):  # a shard was discarded: rebuild
-                self._index, self._dups, self._indexed = {}, {}, set()
+                self._index, self._dups, self._indexed, self._by_shard = {}, {}, set(), {}
                 self._metas = {s: m for s, m in self._metas.items() if s in shards}
             todo = [s for s in shards if s not in self._indexed]
+            from_table = self._from_table(todo)
+            for s in todo:
+                if s in from_table:
+                    self._add(s, from_table[s])
+            todo = [s for s in todo if s not in from_table]
             self._bad = {}
             results = run(self.load_metas(todo, return_exceptions=True))
             for s, meta in zip(todo, results):
@@ -195,15 +329,23 @@ class KeyIndex:
                     continue
                 if isinstance(meta, BaseException):
                     raise meta
-                for row, key in enumerate(meta.keys):
-                    here = (meta.shard, row)
-                    if key in self._index:
-                        self._dups.setdefault(key, [self._index[key]]).append(here)
-                    else:
-                        self._index[key] = here
-                self._indexed.add(meta.shard)
+                self._add(meta.shard, meta.entries())
             self._ordered = None
             self._refreshed = True
+
+    def _from_table(self, todo: list[int]) -> dict[int, list[Entry]]:
+        """The table's entries of the shards in ``todo`` it covers ({} without a table)."""
+        info = self.table()
+        if info is None or not info.shards.intersection(todo):
+            return {}
+        try:
+            by = self.table_entries(info)
+        except NeedsSlowPath:
+            return {}
+        except ValueError as e:
+            self._set_aside(str(e))
+            return {}
+        return {s: by.get(s, []) for s in todo if s in info.shards}
 
     def _raise_if_bad(self) -> None:
         if self._bad:
@@ -216,10 +358,28 @@ class KeyIndex:
         if not self._refreshed:
             self.refresh()
 
-    def locate(self, key: str) -> tuple[ShardMeta, int]:
-        """``(metadata of its shard, row)`` of ``key``; raises if absent or stored twice."""
+    def locate(self, key: str, *, slow: bool = False) -> Entry:
+        """The entry of ``key``; raises if absent or stored twice.
+
+        Before a listing has loaded the whole index, the key table answers with one ranged
+        GET (no listing); a key it does not cover goes the metadata way. ``slow``: the
+        table's answer did not hold (a CRC mismatch): set the table aside and answer from
+        the shards' own metadata."""
         check_key(key, self.url)
         with self._lock:
+            if slow:
+                if self.table_problem is None and self._attributes.doc.get("key_table"):
+                    self._set_aside(f"its entry for {key!r} did not match the stored record")
+                if any(e.from_table for e in self._index.values()):
+                    self._index, self._dups, self._indexed, self._by_shard = {}, {}, set(), {}
+                    self._refreshed = False
+            elif not self._refreshed:
+                try:
+                    e = self._table_lookup(key)
+                except NeedsSlowPath:
+                    e = None
+                if e is not None:
+                    return e
             self._ensure()
             where = self._index.get(key)
             if where is None:
@@ -239,7 +399,7 @@ class KeyIndex:
                     f"{self.url}: key {key!r} is stored more than once, in shards "
                     f"{sorted({s for s, _ in self._dups[key]})}"
                 )
-            return self._metas[where[0]], where[1]
+            return where
 
     def check_new_keys(self, shard: int, keys: Iterable[str]) -> None:
         """Refuse keys that a completed shard other than ``shard`` already stores."""
@@ -247,11 +407,20 @@ class KeyIndex:
         with self._lock:
             for k in keys:
                 where = self._index.get(k)
-                if where is not None and where[0] != shard:
+                if where is not None and where.shard != shard:
                     raise DuplicateKeyError(
                         f"{self.url}: shard {shard}: key {k!r} is already stored in shard "
-                        f"{where[0]}"
+                        f"{where.shard}"
                     )
+
+    def all_entries(self) -> tuple[list[int], list[Entry]]:
+        """(completed shards indexed, every entry in (shard, row) order, duplicates
+        included): what a key table is built from."""
+        with self._lock:
+            self.refresh()
+            self._raise_if_bad()
+            shards = sorted(self._indexed)
+            return shards, [e for s in shards for e in self._by_shard[s]]
 
     def keys(self) -> list[str]:
         """Every key in completed shards, in (shard, row) order; duplicates listed once."""
@@ -259,7 +428,8 @@ class KeyIndex:
             self._ensure()
             self._raise_if_bad()
             if self._ordered is None:
-                self._ordered = sorted(self._index, key=self._index.__getitem__)
+                self._ordered = sorted(self._index,
+                                       key=lambda k: (self._index[k].shard, self._index[k].row))
             return list(self._ordered)
 
     def count(self) -> int:
@@ -275,3 +445,73 @@ class KeyIndex:
             self._ensure()
             self._raise_if_bad()
             return {k: sorted({s for s, _ in v}) for k, v in self._dups.items()}
+
+
+def check_table(index: KeyIndex, payload: Any, completed: list[int]) -> list[str]:
+    """Every problem of the key table against the shards' own metadata (for ``verify``):
+    its object and entries section intact, each covered shard still complete with the same
+    records, every key's slot answering with its entry, every ``phys`` where the payload
+    object really holds the record. An archive without a table has none."""
+    doc = index._attributes.doc.get("key_table")
+    if doc is None:
+        return []
+    where = f"{index.url}: key table"
+    try:
+        info = TableInfo.from_attr(doc, index._layout)
+    except ValueError as e:
+        return [f"{where}: key_table attribute: {e}"]
+    raw = run(index._loc.get(info.path))
+    if raw is None:
+        return [f"{where}: {info.path} is missing (readers fall back to shard metadata)"]
+    if len(raw) != info.nbytes:
+        return [f"{where}: {info.path} is {len(raw)} bytes, expected {info.nbytes}"]
+    body = raw[info.entries_offset :]
+    if "sha256:" + hashlib.sha256(body).hexdigest() != info.entries_sha256:
+        return [f"{where}: {info.path}: entries section fails its SHA-256"]
+    try:
+        entries = decode_entries(body, info.keys, index._layout)
+    except (ValueError, UnicodeDecodeError) as e:
+        return [f"{where}: {info.path}: {e}"]
+    problems: list[str] = []
+    done = set(completed)
+    by: dict[int, list[Entry]] = {}
+    for e in entries:
+        by.setdefault(e.shard, []).append(e)
+    for s in sorted(info.shards):
+        if s not in done:
+            problems.append(f"{where}: covers shard {s}, which is not complete")
+            continue
+        try:
+            truth = index.meta(s).entries()
+        except CorruptArchiveError:
+            continue  # reported by the shard checks
+        mine = [dataclasses.replace(e, phys=None, from_table=False) for e in by.get(s, [])]
+        if mine != truth:
+            problems.append(f"{where}: its entries for shard {s} differ from the shard's "
+                            "metadata")
+            continue
+        phys = run(payload.physical_offsets(s, truth))
+        if any(e.phys is not None and e.phys != p for e, p in zip(by.get(s, []), phys)):
+            problems.append(f"{where}: its payload offsets for shard {s} are wrong")
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[e.key] = counts.get(e.key, 0) + 1
+    for e in entries:
+        fp, a, b = info.window_span(e.key)
+        try:
+            got = info.find(e.key, fp, raw[a:b], index._layout)
+        except ValueError as err:
+            problems.append(f"{where}: {err}")
+            continue
+        if got is None:
+            problems.append(f"{where}: no slot answers for {e.key!r}")
+        elif counts[e.key] > 1:
+            if got.status != SLOT_SLOW:
+                problems.append(f"{where}: {e.key!r} is stored twice but its slot says once")
+        elif (got.shard, got.row, got.nbytes, got.checksum, got.status) != (
+                e.shard, e.row, e.nbytes, e.checksum, e.status):
+            problems.append(f"{where}: the slot of {e.key!r} disagrees with its entry")
+        if len(problems) > 20:
+            problems.append(f"{where}: (more problems not listed)")
+            break
+    return problems

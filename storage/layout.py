@@ -38,6 +38,7 @@ ROW_ARRAYS: dict[str, tuple[str, Any]] = {
 MANIFEST_DIR = "manifest"
 CLAIMS_DIR = "claims"
 CACHE_DIR = "cache"
+INDEX_DIR = "index"  # key tables (storage.keytable): derived, rebuildable
 
 DEFAULT_SHARD_SIZE = 256
 DEFAULT_MAX_SHARDS = 2**20

@@ -47,7 +47,7 @@ class ArchiveParts:
             attributes=attributes,
             ledger=ledger,
             arrays=arrays,
-            index=KeyIndex(ledger, arrays),
+            index=KeyIndex(ledger, arrays, loc, layout, attributes),
             payload=PayloadReader(loc, layout, arrays),
             cache=DecodedCache(loc, attributes),
         )

@@ -19,6 +19,7 @@ from .arrays import ShardArrays
 from .backend import Location, run
 from .errors import CorruptArchiveError
 from .index import ShardMeta
+from .keytable import Entry
 from .layout import Layout, index_nbytes, inner_chunk_missing, parse_shard_index
 from .records import Record
 
@@ -111,24 +112,69 @@ class PayloadReader:
             out.append(part)
         return b"".join(out)
 
-    def read_row(self, meta: ShardMeta, row: int, limit: int | None = None) -> bytes:
-        """A record's bitstream (its first ``limit`` bytes when given)."""
-        offset, n = meta.span(row)
-        return run(self.read(meta.shard, offset, n if limit is None else min(limit, n)))
+    async def read_entry(self, e: Entry, limit: int | None = None) -> bytes:
+        """A record's bitstream (its first ``limit`` bytes when given). An entry that knows
+        where its bytes lie in the payload object (``phys``, from the key table) is one
+        ranged GET, without the shard index."""
+        n = e.nbytes if limit is None else min(limit, e.nbytes)
+        if e.phys is not None and self.direct:
+            if n <= 0:
+                return b""
+            key = self._arrays.payload_key(e.shard)
+            data = await self._loc.get_range(key, e.phys, e.phys + n)
+            if data is None or len(data) != n:
+                raise CorruptArchiveError(
+                    f"{self.url}: shard {e.shard}: payload object {key!r} is truncated or missing"
+                )
+            return data
+        if e.offset < 0:
+            raise CorruptArchiveError(f"{self.url}: record {e.key!r}: no payload offset known")
+        return await self.read(e.shard, e.offset, n)
 
-    def read_rows(self, where: Sequence[tuple[ShardMeta, int]], *, concurrency: int) -> list[bytes]:
+    def read_row(self, e: Entry, limit: int | None = None) -> bytes:
+        """A record's bitstream (its first ``limit`` bytes when given)."""
+        return run(self.read_entry(e, limit))
+
+    def read_rows(self, where: Sequence[Entry], *, concurrency: int) -> list[bytes]:
         """Several records' bitstreams, at most ``concurrency`` reads in flight."""
 
         async def fetch() -> list[bytes]:
             sem = asyncio.Semaphore(max(1, concurrency))
 
-            async def one(meta: ShardMeta, row: int) -> bytes:
+            async def one(e: Entry) -> bytes:
                 async with sem:
-                    return await self.read(meta.shard, *meta.span(row))
+                    return await self.read_entry(e)
 
-            return await asyncio.gather(*(one(m, r) for m, r in where))
+            return await asyncio.gather(*(one(e) for e in where))
 
         return run(fetch())
+
+    async def physical_offsets(self, shard: int, entries: Sequence[Entry]) -> list[int | None]:
+        """Where each record's bytes start in the shard's payload *object*, when they are
+        one contiguous run there (None otherwise): what the key table stores so that a
+        read needs no shard index. One read of the shard index."""
+        if not self.direct or not entries:
+            return [None] * len(entries)
+        idx = await self._shard_index(shard)
+        c = self._layout.chunk_bytes
+        out: list[int | None] = []
+        for e in entries:
+            if e.nbytes == 0 or e.offset < 0:
+                out.append(None)
+                continue
+            first, last = e.offset // c, (e.offset + e.nbytes - 1) // c
+            base = idx[first]
+            if inner_chunk_missing(base) or int(base[1]) != c:
+                out.append(None)
+                continue
+            start = int(base[0])
+            ok = all(
+                not inner_chunk_missing(idx[j]) and int(idx[j][1]) == c
+                and int(idx[j][0]) == start + (j - first) * c
+                for j in range(first + 1, last + 1)
+            )
+            out.append(start + e.offset - first * c if ok else None)
+        return out
 
     def shard_records(self, meta: ShardMeta) -> Iterator[Record]:
         """Every record of one shard, from one read of the shard's whole payload."""

@@ -8,17 +8,19 @@ corrupt shards.
 from __future__ import annotations
 
 from .errors import CorruptArchiveError, DuplicateKeyError
+from .index import check_table
 from .keys import key_problems
 from .parts import ArchiveParts
 
 
 def verify_parts(parts: ArchiveParts, *, data: bool = True) -> None:
     """Raise one :class:`CorruptArchiveError` listing every corrupt shard (metadata digest
-    and, with ``data``, every record's CRC), then :class:`DuplicateKeyError` for keys stored
-    in more than one shard."""
+    and, with ``data``, every record's CRC) and every key-table problem, then
+    :class:`DuplicateKeyError` for keys stored in more than one shard."""
     url = parts.ledger.url
     problems: list[str] = []
-    for s in parts.ledger.completed_shards():
+    completed = parts.ledger.completed_shards()
+    for s in completed:
         try:
             meta = parts.index.meta(s)
             problems += key_problems(meta.keys, f"{url}: shard {s}")
@@ -28,6 +30,7 @@ def verify_parts(parts: ArchiveParts, *, data: bool = True) -> None:
         except CorruptArchiveError as e:
             problems.append(str(e))
             parts.index.forget(s)
+    problems += check_table(parts.index, parts.payload, completed)
     if problems:
         raise CorruptArchiveError(f"{url}: {len(problems)} problem(s):\n" + "\n".join(problems))
     parts.index.refresh()
