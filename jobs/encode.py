@@ -245,6 +245,16 @@ def _prepare(cfg: ArchiveJobConfig):
     return cfg, items, problems, codec, arch, created, done, plans, discarded
 
 
+def _update_key_index(arch: Any) -> str:
+    """Rebuild the archive's key table if shards were added or discarded (one lookup =
+    one ranged GET for readers); a failure here loses no record, so it is reported in the
+    summary, not raised."""
+    try:
+        return "built" if arch.ensure_index() else "up to date"
+    except (ArchiveError, OSError) as e:
+        return f"not built: {e}"
+
+
 def run_archive_job(cfg: ArchiveJobConfig, *, on_event: Callable[[dict[str, Any]], None] | None = None,
                     before_commit: Callable[[ShardPlan], None] | None = None) -> dict[str, Any]:
     """Run (or resume) an archive job; returns the summary (see ``docs/jobs.md``).
@@ -310,6 +320,7 @@ def run_archive_job(cfg: ArchiveJobConfig, *, on_event: Callable[[dict[str, Any]
     failed_records = [{"key": i.key, "error": i.error} for i in fresh.failed()
                       if i.key in set(keys)]
     missing = [k for k in keys if k not in in_archive]
+    key_index = _update_key_index(fresh)
     notes = sorted((n for r in results for n in r.get("notes", [])), key=lambda n: n["key"])
     failures = sorted(failed_records + [{"key": p["key"], "error": p["error"]} for p in problems]
                       + [{"key": k, "error": "not archived (its shard failed; rerun the job)"}
@@ -328,6 +339,7 @@ def run_archive_job(cfg: ArchiveJobConfig, *, on_event: Callable[[dict[str, Any]
         "inputs": len(items) + len(problems),
         "already_archived": len(done),
         "discarded_shards": discarded,
+        "key_index": key_index,
         "shards": {"planned": len(plans), "written": len(results),
                    "failed": failed_shards, "retries": retries},
         "images": {"encoded": counters.images, "ok": counters.ok, "failed": counters.failed},
