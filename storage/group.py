@@ -60,22 +60,10 @@ def _package_version() -> str:
         return "unknown"
 
 
-def create_group(
-    url: str,
-    *,
-    codec_id: str,
-    model_id: str,
-    weights_digest: str,
-    codec_config: Mapping[str, Any] | None,
-    tiers: Mapping[str, Mapping[str, Any]] | None,
-    shard_size: int,
-    max_shards: int,
-    chunk_bytes: int,
-    max_shard_bytes: int | None,
-    info: Mapping[str, Any] | None,
-    storage_options: dict[str, Any] | None,
-) -> None:
-    """Validate the arguments of ``Archive.create`` and write an empty archive at ``url``."""
+def _checked_layout(shard_size: int, max_shards: int, chunk_bytes: int,
+                    max_shard_bytes: int | None) -> int:
+    """``max_shard_bytes`` (None: the default for the others), once every layout number is
+    one the archive can use; else a ValueError naming the number."""
     for name, v in (
         ("shard_size", shard_size),
         ("max_shards", max_shards),
@@ -94,6 +82,26 @@ def create_group(
             f"max_shard_bytes/chunk_bytes = {max_shard_bytes // chunk_bytes} inner chunks per "
             f"shard is more than {MAX_INNER_CHUNKS}; raise chunk_bytes"
         )
+    return max_shard_bytes
+
+
+def create_group(
+    url: str,
+    *,
+    codec_id: str,
+    model_id: str,
+    weights_digest: str,
+    codec_config: Mapping[str, Any] | None,
+    tiers: Mapping[str, Mapping[str, Any]] | None,
+    shard_size: int,
+    max_shards: int,
+    chunk_bytes: int,
+    max_shard_bytes: int | None,
+    info: Mapping[str, Any] | None,
+    storage_options: dict[str, Any] | None,
+) -> None:
+    """Validate the arguments of ``Archive.create`` and write an empty archive at ``url``."""
+    max_shard_bytes = _checked_layout(shard_size, max_shards, chunk_bytes, max_shard_bytes)
     for name, v in (
         ("codec_id", codec_id),
         ("model_id", model_id),
