@@ -210,10 +210,18 @@ class CDCCodec(BaseCodec):
 def cdc_model(obj: dict[str, Any], source: str,
               components: dict[str, dict[str, torch.Tensor]] | None = None
               ) -> tuple[ConditionalDiffusionCompressor, str]:
-    """The CDC network of a weights dict, on the space it names (built from ``components``)."""
+    """The CDC network of a weights dict, on the space it names (built from ``components``).
+
+    Any codec whose class is a :class:`CDCCodec` (a subclass adds to CDC's stream, so its
+    file holds a CDC network) qualifies; a file of another codec is a ``WeightsError``.
+    """
     from cdc.errors import WeightsError
+    from cdc.registry import CODECS, codec_class, codec_of
     from cdc.weights import model_from_dict, space_of
 
+    name = codec_of(obj)
+    if name not in CODECS or not issubclass(codec_class(name), CDCCodec):
+        raise WeightsError(f"{source}: weights are for codec {obj.get('codec')!r}, not CDC")
     spec, _ = space_of(obj)
     try:
         space = None if spec.get("name", "pixel") == "pixel" else build_space(spec, components)

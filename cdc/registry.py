@@ -27,6 +27,11 @@ class CodecEntry:
     configs: str  # "module:DICT" of named model configs
     trainer: str  # "module" with run_training(config, run_dir, ...) and export(...)
     summary: str = ""
+    #: "module:function" ``(obj, source, fetch) -> obj`` for weights files that name other
+    #: weights files by digest instead of holding them (CorrDiff's base): it returns the
+    #: self-contained dict, getting each named file's dict from the zoo through ``fetch``
+    #: (:data:`cdc.weights.FetchWeights`). Empty: the codec's files are self-contained.
+    complete_weights: str = ""
 
 
 CODECS: dict[str, CodecEntry] = {e.name: e for e in (
@@ -39,13 +44,18 @@ CODECS: dict[str, CodecEntry] = {e.name: e for e in (
     CodecEntry("corrdiff", 2, "cdc.corrdiff.codec:CorrDiffCodec",
                "cdc.describe:describe_container",
                "cdc.configs:CONFIGS", "pipeline.train_corrdiff",
-               "CorrDiff: CDC + encoder-chosen end-to-end correction (Ma et al.)"),
+               "CorrDiff: CDC + encoder-chosen end-to-end correction (Ma et al.)",
+               complete_weights="cdc.corrdiff.codec:complete_weights"),
     CodecEntry("refine", 3, "cdc.refine.codec:RefineCodec", "cdc.refine.stream:describe",
                "cdc.refine.config:REFINE_CONFIGS", "pipeline.train_refine",
                "AVIF base layer + conditional diffusion refinement, per-tile fidelity bound"),
 )}
 
 BY_BYTE: dict[int, str] = {e.byte: e.name for e in CODECS.values()}
+
+#: The codec of weights files, registry entries and training configs that name none (they
+#: predate codec ids): the only place generic code gets a codec's name from.
+DEFAULT_CODEC = "cdc"
 
 
 def entry(name: str) -> CodecEntry:
@@ -64,6 +74,11 @@ def resolve(ref: str) -> Any:
 
 def codec_class(name: str) -> type:
     return resolve(entry(name).codec)
+
+
+def codec_of(obj: dict[str, Any]) -> str:
+    """The codec a weights dict, registry entry or training config names (old ones: CDC)."""
+    return str(obj.get("codec", DEFAULT_CODEC))
 
 
 def get_config(name: str, codec: str | None = None) -> Any:

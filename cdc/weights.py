@@ -12,6 +12,7 @@ streams carry its first 8 bytes, archives the whole digest.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,10 +21,16 @@ from cdc.config import CDCConfig
 from cdc.errors import WeightsError
 from cdc.spaces import Space
 
-if TYPE_CHECKING:  # CompressAI only where a CDC network is built (DiffC files need none)
+if TYPE_CHECKING:  # CompressAI only where a CDC network is built (other codecs' files need none)
     from cdc.models import ConditionalDiffusionCompressor
 
 FORMAT = "cdc-toolkit.weights/1"
+
+#: What a codec's ``complete_weights`` hook (:class:`cdc.registry.CodecEntry`) gets from the
+#: zoo: ``fetch(sha256, codec, model_id, source)`` is the validated dict of the weights file
+#: with that digest (shipped or in the local model cache), else a ``WeightsError``. cdc
+#: itself reads no files, so the codec asks and the zoo reads.
+FetchWeights = Callable[[str, str, str, str], dict[str, Any]]
 _ENTROPY_MODULES = {
     "entropy.hyper.entropy_bottleneck": ["_quantized_cdf", "_offset", "_cdf_length"],
     "entropy.y.gaussian_conditional": ["_quantized_cdf", "_offset", "_cdf_length", "scale_table"],
@@ -92,13 +99,15 @@ def weights_bytes(model: ConditionalDiffusionCompressor, model_id: str, half: bo
 
 def model_from_dict(obj: dict[str, Any], source: str, space: Space | None = None
                     ) -> tuple[ConditionalDiffusionCompressor, str]:
-    """The CDC network of a validated cdc/corrdiff weights dict, on ``space`` (pixels: None)."""
+    """The CDC network of a validated weights dict, on ``space`` (pixels: None).
+
+    Which codecs' files hold one is the caller's check (:func:`cdc.codec.cdc_model` asks the
+    registry whether the file's codec class is a CDC codec), so no codec is named here.
+    """
     from compressai.models.utils import update_registered_buffers
 
     from cdc.models import ConditionalDiffusionCompressor
 
-    if obj.get("codec", "cdc") not in ("cdc", "corrdiff"):
-        raise WeightsError(f"{source}: weights are for codec {obj.get('codec')!r}, not CDC")
     try:
         cfg = CDCConfig.from_dict(obj["config"])
         model = ConditionalDiffusionCompressor(cfg, space)

@@ -302,10 +302,10 @@ def train(
     """Train (or resume) a model (CDC, DiffC or CorrDiff: the config's `codec`); optionally export it."""
     import yaml
 
-    from cdc.registry import CODECS, entry, resolve
+    from cdc.registry import CODECS, codec_of, entry, resolve
 
     try:
-        codec = (yaml.safe_load(config.read_text()) or {}).get("codec", "cdc")
+        codec = codec_of(yaml.safe_load(config.read_text()) or {})
     except (OSError, yaml.YAMLError, AttributeError) as e:
         fail(f"{config}: {e}", EXIT_INPUT, config)
     if codec not in CODECS:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from cdc.registry import codec_of
+
 #: How far (as a ratio) the nearest model's measured rate may be from the target.
 TOLERANCE = 1.5
 
@@ -38,7 +40,7 @@ def measured_rates(codec_id: str, registry: dict[str, dict[str, Any]],
     """Shipped models of ``codec_id`` and ``family`` (None: those without one) that record
     a measured rate: name → bpp."""
     return {name: float(e["rate"]["bpp"]) for name, e in registry.items()
-            if e.get("codec", "cdc") == codec_id and isinstance(e.get("rate"), dict)
+            if codec_of(e) == codec_id and isinstance(e.get("rate"), dict)
             and e["rate"].get("bpp") and family_of(e) == family}
 
 
@@ -58,7 +60,7 @@ def choose_model(model: str, rate: float, registry: dict[str, dict[str, Any]]) -
     if entry is None:
         raise RateError(f"--rate {rate:g}: {model} is not a shipped model, so there is nothing "
                         "to choose from; its rate is fixed by its training (leave out --rate)")
-    codec_id = entry.get("codec", "cdc")
+    codec_id = codec_of(entry)
     family = family_of(entry)
     rates = measured_rates(codec_id, registry, family)
     where = f" in the {family} family" if family else ""

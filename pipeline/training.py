@@ -26,6 +26,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
+from cdc.registry import DEFAULT_CODEC, codec_of
 from pipeline.data import RandomCrops
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class TrainConfigBase:
     :mod:`cdc.registry`.
     """
 
-    codec: str = "cdc"
+    codec: str = DEFAULT_CODEC
     model_id: str = "model"
     sources: list[str] = field(default_factory=lambda: ["../shared/data/train"])
     crop: int = 128
@@ -115,7 +116,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
 def load_checkpoint_config(run_dir: str | Path) -> tuple[dict[str, Any], str]:
     """(the run's train_config, its codec) of a run folder or relay artifact."""
     cfg = dict(load_run(run_dir)["train_config"])
-    return cfg, str(cfg.get("codec", "cdc"))
+    return cfg, codec_of(cfg)
 
 
 @contextlib.contextmanager

@@ -74,6 +74,7 @@ def find_model(digest_prefix: str, codec: str | None = None) -> tuple[str, str] 
     """The model a stream names by its digest: ``(name or source, full sha256)`` of the
     shipped model with that digest (of codec ``codec`` when given), else of one in the
     local cache, else None."""
+    from cdc.registry import codec_of
     from zoo.store import registry
 
     prefix = digest_prefix.lower().removeprefix("sha256:")
@@ -81,7 +82,7 @@ def find_model(digest_prefix: str, codec: str | None = None) -> tuple[str, str] 
         return None
     for name, e in registry().items():
         sha = str(e.get("sha256", ""))
-        if sha.startswith(prefix) and (codec is None or e.get("codec", "cdc") == codec):
+        if sha.startswith(prefix) and (codec is None or codec_of(e) == codec):
             return name, sha
     return lookup(prefix)
 

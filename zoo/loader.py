@@ -1,6 +1,6 @@
 """One entry point that loads *any* codec of the toolkit from a weights file.
 
-A weights file names its codec (``"codec": "cdc" | "diffc" | "corrdiff"``) and, for models
+A weights file names its codec (an id of :data:`cdc.registry.CODECS`) and, for models
 on a pretrained space, the sha256 of each component; pipeline, storage and jobs call
 :func:`load_codec` / :func:`codec_from_bytes` and never need to know which codec an
 archive was written with. The codec class comes from :mod:`cdc.registry`; its
@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from cdc.errors import WeightsError
-from cdc.registry import CODECS, codec_class
-from cdc.weights import model_from_dict, read_weights_dict, space_of
+from cdc.registry import CODECS, codec_class, codec_of, resolve
+from cdc.weights import read_weights_dict, space_of
 from zoo.components import component_states
 from zoo.store import read_verified_bytes, sha256_hex
 
@@ -37,33 +37,36 @@ def components_for(obj: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
     return component_states(digests)
 
 
-def read_full_dict(data: bytes, source: str) -> dict[str, Any]:
-    """The validated weights dict, self-contained: a corrdiff file that names its base CDC
-    file by digest gets that file's network (shipped, or in the local model cache)."""
-    obj = read_weights_dict(data, source)
-    if obj.get("codec") != "corrdiff":
-        return obj
-    from cdc.corrdiff.codec import attach_base, base_reference
+def fetch_by_digest(sha: str, codec: str, model_id: str, source: str) -> dict[str, Any]:
+    """The validated weights dict of the ``codec`` file with sha256 ``sha`` that ``source``
+    names (shipped, or in the local model cache): what a codec's ``complete_weights`` hook
+    asks for (:data:`cdc.weights.FetchWeights`)."""
     from zoo.cache import cache_dir, find_model
 
-    ref = base_reference(obj, source)
-    if ref is None:
-        return obj
-    base_id, sha = ref
-    found = find_model(sha, "cdc")
+    found = find_model(sha, codec)
     if found is None or found[1] != sha:
-        raise WeightsError(f"{source}: corrects the CDC model {base_id!r} (sha256 {sha[:16]}…), "
+        raise WeightsError(f"{source}: needs the {codec} model {model_id!r} (sha256 {sha[:16]}…), "
                            f"which is neither shipped nor in the local model cache "
                            f"({cache_dir()}); load that file once with -m PATH")
-    base_data, base_source = read_verified_bytes(found[0], sha)
-    return attach_base(obj, read_weights_dict(base_data, base_source), source)
+    data, found_source = read_verified_bytes(found[0], sha)
+    return read_weights_dict(data, found_source)
+
+
+def read_full_dict(data: bytes, source: str) -> dict[str, Any]:
+    """The validated weights dict, self-contained: a file that names other weights files by
+    digest is completed by its codec's registered ``complete_weights`` hook."""
+    obj = read_weights_dict(data, source)
+    found = CODECS.get(codec_of(obj))
+    if found is None or not found.complete_weights:
+        return obj
+    return resolve(found.complete_weights)(obj, source, fetch_by_digest)
 
 
 def codec_from_bytes(data: bytes, source: str, device: str | torch.device = "cpu",
                      precision: str | None = None) -> Any:
     """Build the codec a weights file describes (any registered codec id)."""
     obj = read_full_dict(data, source)
-    name = str(obj.get("codec", "cdc"))
+    name = codec_of(obj)
     if name not in CODECS:
         raise WeightsError(f"unknown codec {name!r} in weights file; known: {', '.join(CODECS)}")
     return codec_class(name).from_weights(obj, sha256_hex(data), source, device=device,
@@ -95,16 +98,13 @@ def codec_for_stream(data: bytes, device: str | torch.device = "cpu",
 
 
 def load_weights(name_or_path: str, sha256: str | None = None) -> LoadedModel:
-    """The CDC network (of a cdc or corrdiff file) with its meta, read once (digest-checked)."""
+    """The CDC network (of any file whose codec holds one) with its meta, read once
+    (digest-checked)."""
     data, source = read_verified_bytes(name_or_path, sha256)
-    obj = read_full_dict(data, source)
-    spec, _ = space_of(obj)
-    space = None
-    if spec.get("name", "pixel") != "pixel":
-        from cdc.spaces import build_space
+    from cdc.codec import cdc_model
 
-        space = build_space(spec, components_for(obj))
-    model, model_id = model_from_dict(obj, source, space)
+    obj = read_full_dict(data, source)
+    model, model_id = cdc_model(obj, source, components_for(obj))
     return LoadedModel(model, model_id, sha256_hex(data), source, dict(obj.get("meta") or {}))
 
 
@@ -116,7 +116,7 @@ def describe_stream(data: bytes) -> dict[str, Any]:
 
 
 def model_from_bytes(data: bytes, source: str) -> tuple[Any, str]:
-    """The CDC network (and model id) of a cdc or corrdiff weights file's bytes."""
+    """The CDC network (and model id) of the bytes of a weights file that holds one."""
     from cdc.codec import cdc_model
 
     obj = read_full_dict(data, source)

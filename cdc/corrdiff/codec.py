@@ -43,7 +43,7 @@ from cdc.errors import DecodeSettingsError, WeightsError
 from cdc.image import tensor_to_image
 from cdc.interface import DecodeSettings, ImageLike
 from cdc.models import ConditionalDiffusionCompressor
-from cdc.weights import half_state, pack_weights
+from cdc.weights import FetchWeights, half_state, pack_weights
 
 log = logging.getLogger(__name__)
 #: Top-level key of a corrdiff weights file: {"decoder": ..., "correction": ...}; the file's
@@ -399,5 +399,16 @@ def attach_base(obj: dict[str, Any], base_obj: dict[str, Any], source: str) -> d
     return merged
 
 
+def complete_weights(obj: dict[str, Any], source: str, fetch: FetchWeights) -> dict[str, Any]:
+    """The registry's ``complete_weights`` hook: a corrdiff file that names its base CDC file
+    by digest gets that file's network (``fetch``: the zoo finds and reads it); a file that
+    embeds its base is returned as it is."""
+    ref = base_reference(obj, source)
+    if ref is None:
+        return obj
+    base_id, sha = ref
+    return attach_base(obj, fetch(sha, "cdc", base_id, source), source)
+
+
 __all__ = ["BASE_KEY", "CONFIG_KEY", "CorrDiffCodec", "attach_base", "base_config_dict",
-           "base_reference", "corrdiff_section", "corrdiff_weights_bytes"]
+           "base_reference", "complete_weights", "corrdiff_section", "corrdiff_weights_bytes"]
