@@ -338,7 +338,7 @@ def export_model_cmd(
     """Export a run's EMA weights (any codec: the run's own) with sha256 into the model zoo."""
     from cdc.registry import CODECS, entry, resolve
     from pipeline.tiers import DEFAULT_TIERS, TierError, merge_tiers
-    from pipeline.training import load_checkpoint_config
+    from pipeline.training import load_checkpoint_config, unsupported_options
 
     try:
         _, codec = load_checkpoint_config(run_dir)
@@ -355,6 +355,13 @@ def export_model_cmd(
     except TierError as e:
         fail(str(e), EXIT_USAGE)
     exporter = resolve(entry(codec).trainer).export
+    given = {"--zoo-dir": zoo_dir is not None, "--half": half, "--description": description,
+             "--default-steps": default_steps is not None, "--tier": tier,
+             "--default-gamma": default_gamma is not None}
+    refused = unsupported_options(exporter, [o for o, used in given.items() if used])
+    if refused:
+        fail(f"{refused[0]}: the {codec} exporter does not support it; leave it out",
+             EXIT_USAGE, run_dir)
     path = exporter(run_dir, name, zoo_dir=zoo_dir, half=half, description=description,
                     decode_defaults=defaults, tiers=tiers)
     if family:

@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 
+from cdc.config import CDCConfig
 from cdc.corrdiff.codec import corrdiff_weights_bytes
 from cdc.corrdiff.correction import CorrectionConfig
 from cdc.corrdiff.decoder import DecoderConfig, E2EDecoder
 from cdc.models import ConditionalDiffusionCompressor
 from pipeline.train import _perceptual
-from pipeline.training import TrainConfigBase, TrainerBase, run_fit
+from pipeline.training import TrainConfigBase, TrainerBase, run_fit, with_decode_defaults
 from zoo import load_weights
 from zoo.store import ship_weights
 
@@ -151,17 +152,27 @@ class CorrDiffTrainer(TrainerBase):
     def status(self, row: dict[str, Any]) -> str:
         return f"loss {row['loss']:.4f} psnr {row['psnr']:.2f} {row['it_s']:.2f} it/s"
 
-    def export(self, name: str, half: bool = False, description: str = "") -> Path:
-        """EMA decoder + frozen base → one corrdiff weights file in the zoo (size-checked)."""
+    def export(self, name: str, half: bool = False, description: str = "",
+               decode_defaults: dict[str, Any] | None = None,
+               tiers: dict[str, dict[str, Any]] | None = None) -> Path:
+        """EMA decoder + frozen base → one corrdiff weights file in the zoo (size-checked).
+
+        ``decode_defaults`` go into the file's config (the base's network is unchanged, so a
+        referenced base still fits); ``tiers`` replace the base's recommended tiers.
+        """
         cfg = self.cfg
         base = self.base.cpu()
+        if decode_defaults:  # the same network (a shallow copy), its measured operating point
+            base = copy.copy(base)
+            base.cfg = CDCConfig.from_dict(with_decode_defaults(base.cfg.to_dict(),
+                                                                decode_defaults))
         decoder = copy.deepcopy(self.ema).cpu().eval()
         correction = CorrectionConfig.from_dict(cfg.correction)
         meta = {"train_steps": self.step, "crop": cfg.crop, "batch_size": cfg.batch_size,
                 "lr": cfg.lr, "lpips_weight": cfg.lpips_weight, "sources": cfg.sources,
                 "base_model": self.base_id, "base_sha256": self.base_sha256}
-        tiers = self.base_meta.get("tiers")
-        if tiers:  # measured for the base; an archive encodes one corrected path per tier
+        tiers = tiers or self.base_meta.get("tiers")
+        if tiers:  # else measured for the base; an archive encodes one corrected path per tier
             meta["tiers"] = tiers
         data = b""
         if cfg.base_storage != "reference":
@@ -210,7 +221,9 @@ def run_training(config_path: str | Path, run_dir: str | Path, *, device: str = 
 
 
 def export(run_dir: str | Path, name: str | None = None, zoo_dir: str | Path | None = None,
-           half: bool = False, description: str = "", **_ignored: Any) -> Path:
+           half: bool = False, description: str = "",
+           decode_defaults: dict[str, Any] | None = None,
+           tiers: dict[str, dict[str, Any]] | None = None) -> Path:
     """``cdc export-model`` for a CorrDiff run: its EMA decoder + the frozen base it names."""
     from pipeline.training import load_checkpoint_config
 
@@ -221,7 +234,7 @@ def export(run_dir: str | Path, name: str | None = None, zoo_dir: str | Path | N
                                  **({"zoo_dir": str(zoo_dir)} if zoo_dir else {})})
     trainer = CorrDiffTrainer(cfg, run_dir)
     return trainer.export(name or cfg.model_id, half=half or cfg.export_half,
-                          description=description)
+                          description=description, decode_defaults=decode_defaults, tiers=tiers)
 
 
 __all__ = ["CorrDiffTrainConfig", "CorrDiffTrainer", "export", "run_training"]

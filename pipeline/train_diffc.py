@@ -17,7 +17,13 @@ from typing import Any
 import torch
 
 from cdc.diffc.model import DiffCConfig, DiffusionPrior, get_diffc_config, weights_bytes
-from pipeline.training import TrainConfigBase, TrainerBase, load_run, training_entry
+from pipeline.training import (
+    TrainConfigBase,
+    TrainerBase,
+    load_run,
+    training_entry,
+    with_decode_defaults,
+)
 from zoo.components import load_space
 
 
@@ -95,16 +101,25 @@ class DiffCTrainer(TrainerBase):
 
 def export(run_dir: str | Path, name: str | None = None, zoo_dir: str | Path | None = None,
            half: bool = False, description: str = "", extra_meta: dict | None = None,
-           **_ignored: Any) -> Path:
-    """EMA weights of a run → weights file + sha256 + registry entry (codec "diffc")."""
+           decode_defaults: dict[str, Any] | None = None,
+           tiers: dict[str, dict[str, Any]] | None = None) -> Path:
+    """EMA weights of a run → weights file + sha256 + registry entry (codec "diffc").
+
+    ``decode_defaults`` (``default_steps``/``default_gamma``) and ``tiers`` record the
+    operating points measured for this model, as for every codec's exporter.
+    """
     from zoo.store import ship_weights
 
     prior, ck, cfg = prior_from_run(run_dir, name)
     name = name or cfg.model_id
+    if decode_defaults:  # decode-time fields only: the network is the same
+        prior.cfg = DiffCConfig.from_dict(with_decode_defaults(prior.cfg.to_dict(),
+                                                               decode_defaults))
     latent = prior.cfg.space != "pixel"  # trained on cached latent crops: say their pixels
     meta = {"train_steps": int(ck["step"]),
             "crop": cfg.latent_crop * prior.space.stride if latent else cfg.crop,
-            "batch_size": cfg.batch_size, "sources": cfg.sources, **(extra_meta or {})}
+            "batch_size": cfg.batch_size, "sources": cfg.sources,
+            **({"tiers": tiers} if tiers else {}), **(extra_meta or {})}
     data = weights_bytes(prior.eval(), name, half=half, meta=meta)
     return ship_weights(data, name, codec="diffc", zoo_dir=zoo_dir, entry={
         "config": cfg.model_config,

@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import inspect
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -147,6 +149,39 @@ def run_fit(trainer: TrainerBase, max_steps: int | None, time_limit: float | Non
 
     step = trainer.fit(max_steps=max_steps, time_limit=time_limit, progress=sys.stderr.isatty())
     return f"{trainer.run_dir}: step {step}/{trainer.cfg.steps}"
+
+
+#: The decode defaults every codec's config has, so ``cdc export-model --default-steps`` /
+#: ``--default-gamma`` mean the same for all.
+DECODE_DEFAULTS = ("default_steps", "default_gamma")
+
+
+def with_decode_defaults(config: dict[str, Any], decode_defaults: dict[str, Any] | None,
+                         allowed: tuple[str, ...] = DECODE_DEFAULTS) -> dict[str, Any]:
+    """A model config dict with the operating point measured for this model (an exporter's
+    ``decode_defaults``); a key outside ``allowed`` is a ``ValueError``, never dropped."""
+    if not decode_defaults:
+        return config
+    unknown = set(decode_defaults) - set(allowed)
+    if unknown:
+        raise ValueError(f"unknown decode defaults {sorted(unknown)}")
+    return {**config, **decode_defaults}
+
+
+#: ``cdc export-model`` option → the exporter parameter that honours it.
+EXPORT_OPTIONS = {"--zoo-dir": "zoo_dir", "--half": "half", "--description": "description",
+                  "--default-steps": "decode_defaults", "--default-gamma": "decode_defaults",
+                  "--tier": "tiers"}
+
+
+def unsupported_options(exporter: Any, options: Sequence[str]) -> list[str]:
+    """The ``cdc export-model`` options (keys of :data:`EXPORT_OPTIONS`) that ``exporter``
+    does not name as a parameter, in order. An exporter declares what it honours by naming
+    it; ``**kwargs`` does not count, so no option is taken and then silently dropped."""
+    params = inspect.signature(exporter).parameters
+    named = {n for n, p in params.items()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return [opt for opt in options if EXPORT_OPTIONS[opt] not in named]
 
 
 def training_entry(config_cls: type, trainer_cls: type, export_fn: Any) -> Any:

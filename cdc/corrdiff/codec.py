@@ -361,6 +361,17 @@ def _check_sha(value: Any, what: str) -> str:
     return sha
 
 
+#: Config fields that only set how a decode runs by default: a corrdiff file may record its
+#: own (``cdc export-model --default-steps``) over a base it references.
+DECODE_TIME_FIELDS = ("default_steps", "default_gamma")
+
+
+def _network_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored CDC config without its decode-time defaults: what must match the base."""
+    d = base_config_dict(CDCConfig.from_dict(config))
+    return {k: v for k, v in d.items() if k not in DECODE_TIME_FIELDS}
+
+
 def base_reference(obj: dict[str, Any], source: str) -> tuple[str, str] | None:
     """``(model_id, sha256)`` of the base CDC file a corrdiff weights dict names, or None
     when the base is embedded."""
@@ -379,8 +390,7 @@ def attach_base(obj: dict[str, Any], base_obj: dict[str, Any], source: str) -> d
     if base_obj.get("codec", "cdc") != "cdc":
         raise WeightsError(f"{source}: its base is a {base_obj.get('codec')!r} file, not cdc")
     try:  # compared as configs, so fields added since the base was written do not count
-        same = (base_config_dict(CDCConfig.from_dict(obj["config"]))
-                == base_config_dict(CDCConfig.from_dict(base_obj["config"])))
+        same = (_network_config(obj["config"]) == _network_config(base_obj["config"]))
     except (KeyError, TypeError, ValueError) as e:
         raise WeightsError(f"{source}: bad model config ({e})") from e
     if not same:
