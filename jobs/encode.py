@@ -63,7 +63,7 @@ from pipeline.archive import (
     plan_shards,
     weights_digest,
 )
-from pipeline.files import DEFAULT_MAX_PIXELS, check_max_pixels, set_max_pixels, take_notes
+from pipeline.files import DEFAULT_MAX_PIXELS, check_max_pixels
 from pipeline.rate import RateError, check_rate, choose_model
 from pipeline.tiers import merge_tiers
 from storage import (
@@ -123,7 +123,6 @@ class ShardEncoder:
         import torch
 
         torch.set_num_threads(max(1, threads))
-        set_max_pixels(options.max_pixels)  # images are refused from their header, unread
         self.model, self.expected = model, expected_sha256
         self.url, self.storage_options = url, storage_options
         self.owner, self.options, self.precision = owner, options, precision
@@ -157,11 +156,8 @@ class ShardEncoder:
                                options=self.options, before_commit=hook,
                                compute_lock=self._compute):
             ev["node"] = self.node
-            if ev.get("type") == "shard":
+            if ev.get("type") == "shard":  # (its notes come from encode_shard's reads)
                 ev["device"], ev["gpu_ids"] = self.device, self.gpu_ids
-                notes = take_notes(it.url for it in plan.items)
-                ev["notes"] = [{"key": it.key, "note": notes[it.url]} for it in plan.items
-                               if it.url in notes]
             yield ev
 
 

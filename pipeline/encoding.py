@@ -101,7 +101,8 @@ def encode_shard(codec: Any, archive: Archive, plan: ShardPlan, *, owner: str | 
                  before_commit: Callable[[], None] | None = None,
                  compute_lock: threading.Lock | None = None) -> Iterator[dict[str, Any]]:
     """Encode and commit one shard; yields ``{"type": "progress", ...}`` events after each
-    window and finally ``{"type": "shard", ...}`` with the shard's totals and failures.
+    window and finally ``{"type": "shard", ...}`` with the shard's totals, failures and
+    notes (``[{"key", "note"}]``: what reading changed about an input).
 
     Records are written in key order whatever the batching, so a re-run of the same plan
     produces the same key list (``Archive.write_shard`` then accepts it as a no-op).
@@ -126,6 +127,7 @@ def _encode_shard(codec: Any, archive: Archive, plan: ShardPlan, owner: str | No
     pid = os.getpid()
     records: list[Record] = []
     failures: list[dict[str, str]] = []
+    notes: list[dict[str, str]] = []  # what reading changed, per key (first frame kept)
     totals = {"images": 0, "ok": 0, "failed": 0, "bytes_in": 0, "bytes_out": 0, "pixels": 0}
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max(1, opt.read_threads), thread_name_prefix="cdc-read") as pool:
@@ -149,6 +151,8 @@ def _encode_shard(codec: Any, archive: Archive, plan: ShardPlan, owner: str | No
             step = {"images": 0, "ok": 0, "failed": 0, "bytes_in": 0, "bytes_out": 0,
                     "pixels": 0}
             for ld, r in zip(loaded, results):
+                if ld.note:
+                    notes.append({"key": ld.key, "note": ld.note})
                 rec = make_record(ld, r)
                 records.append(rec)
                 step["images"] += 1
@@ -169,5 +173,5 @@ def _encode_shard(codec: Any, archive: Archive, plan: ShardPlan, owner: str | No
         before_commit()
     manifest = archive.write_shard(plan.shard, records, owner=owner, takeover=plan.takeover)
     yield {"type": "shard", "shard": plan.shard, "pid": pid, **totals,
-           "failures": failures, "seconds": time.perf_counter() - t0,
+           "failures": failures, "notes": notes, "seconds": time.perf_counter() - t0,
            "committed_at": manifest.get("committed_at"), "owner": manifest.get("owner")}

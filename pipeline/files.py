@@ -7,9 +7,11 @@ permissions any new file gets (``0666`` less the process umask), like ``cp`` or 
 redirection would give them.
 
 Reading: :func:`decode_image` refuses images over a pixel limit from the header, before
-decoding them (:data:`DEFAULT_MAX_PIXELS`, settable per call or per process), applies the
+decoding them (:data:`DEFAULT_MAX_PIXELS`, or the caller's ``max_pixels``), applies the
 EXIF orientation, and keeps the first frame of an animated image with a note saying so
-(:func:`input_note`).
+(:func:`input_note`, on the image itself). Nothing here is process-wide state: a job passes
+its limit with each call (``EncodeOptions.max_pixels``) and reads each note off the image
+it decoded, so two jobs in one worker process cannot see each other's settings or notes.
 """
 
 from __future__ import annotations
@@ -17,9 +19,7 @@ from __future__ import annotations
 import io
 import os
 import secrets
-import threading
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 
 import fsspec
@@ -29,7 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 #: square). Sized for a 24 GB, 2-core machine: CDC compression on CPU takes about
 #: 1.1 GB + 0.21 GB per megapixel (measured, cdc-small), so ~8 GB at the limit, leaving room
 #: for the rest of the machine; a 144 MP image would need ~31 GB. Override with
-#: ``--max-pixels`` (CLI), ``max_pixels=`` or :func:`set_max_pixels`.
+#: ``--max-pixels`` (CLI) or ``max_pixels=``.
 DEFAULT_MAX_PIXELS = 1 << 25
 #: The ceiling for any limit: Pillow's decompression-bomb limit (it refuses larger images).
 HARD_MAX_PIXELS = 1 << 28
@@ -37,11 +37,6 @@ Image.MAX_IMAGE_PIXELS = HARD_MAX_PIXELS
 # decode_image checks the size itself (below HARD_MAX_PIXELS) and refuses with one line;
 # Pillow's extra warning for images between 1x and 2x its limit would only be noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
-_max_pixels = DEFAULT_MAX_PIXELS
-_NOTES: OrderedDict[str, str] = OrderedDict()  # name -> note, for jobs to collect (bounded)
-_NOTES_KEPT = 4096
-_notes_lock = threading.Lock()
 
 
 class InputError(Exception):
@@ -53,20 +48,6 @@ def check_max_pixels(n: int) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= HARD_MAX_PIXELS:
         raise ValueError(f"max_pixels must be an int in 1..{HARD_MAX_PIXELS}, got {n!r}")
     return n
-
-
-def set_max_pixels(n: int | None) -> int:
-    """Set this process's default pixel limit (None: :data:`DEFAULT_MAX_PIXELS`); returns
-    the previous one. Jobs set it once per worker process from their options."""
-    global _max_pixels
-    old = _max_pixels
-    _max_pixels = DEFAULT_MAX_PIXELS if n is None else check_max_pixels(n)
-    return old
-
-
-def max_pixels() -> int:
-    """This process's default pixel limit."""
-    return _max_pixels
 
 
 def too_large(name: str, w: int, h: int, limit: int) -> str:
@@ -89,20 +70,6 @@ def read_bytes(url: str | os.PathLike) -> bytes:
         raise InputError(f"{url}: cannot read ({e})") from e
 
 
-def _remember(name: str, note: str) -> None:
-    with _notes_lock:
-        _NOTES[name] = note
-        _NOTES.move_to_end(name)
-        while len(_NOTES) > _NOTES_KEPT:
-            _NOTES.popitem(last=False)
-
-
-def take_notes(names) -> dict[str, str]:
-    """The notes :func:`decode_image` made about these inputs (removed once taken)."""
-    with _notes_lock:
-        return {n: _NOTES.pop(n) for n in names if n in _NOTES}
-
-
 def input_note(img: Image.Image) -> str:
     """What reading changed about the input beyond the codec's own conversion note (the
     frames of an animated image that were dropped), or ``""``."""
@@ -112,14 +79,14 @@ def input_note(img: Image.Image) -> str:
 def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
     """Fully decode image bytes (so truncated files fail here, not later).
 
-    Images over ``max_pixels`` (default: :func:`max_pixels`) are refused from their header,
-    before any pixel is decoded. The EXIF orientation is applied (a photo stored 96x64 with
-    "rotate 90" comes out 64x96, as viewers show it). An animated or multi-frame image keeps
-    its first frame; :func:`input_note` (and :func:`take_notes`) say so.
+    Images over ``max_pixels`` (default: :data:`DEFAULT_MAX_PIXELS`) are refused from their
+    header, before any pixel is decoded. The EXIF orientation is applied (a photo stored 96x64
+    with "rotate 90" comes out 64x96, as viewers show it). An animated or multi-frame image
+    keeps its first frame; :func:`input_note` of the result says so.
     """
     from cdc.image import FRAMES_INFO, SOURCE_BITS_INFO, high_bit_depth  # here: cdc imports torch
 
-    limit = _max_pixels if max_pixels is None else check_max_pixels(max_pixels)
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else check_max_pixels(max_pixels)
     try:
         img = Image.open(io.BytesIO(data))
         w, h = img.size
@@ -146,7 +113,6 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image
         note = f"{img.format or 'image'} with {frames} frames: only the first frame is coded"
         img.info["cdc_note"] = note
         img.info[FRAMES_INFO] = frames  # the stream records it (header flag bit 7)
-        _remember(name, note)
     return img
 
 

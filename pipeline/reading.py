@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from cdc.bitstream import MAX_SIDE  # torch-free (cdc.image re-exports it)
-from pipeline.files import InputError, decode_image, read_bytes
-from pipeline.files import max_pixels as process_max_pixels
+from pipeline.files import DEFAULT_MAX_PIXELS, InputError, decode_image, input_note, read_bytes
 from pipeline.planning import InputItem
 
 DEFAULT_READ_RETRIES = 2
@@ -29,13 +28,14 @@ class Loaded:
     width: int = 0
     height: int = 0
     error: str = ""
+    note: str = ""  # what reading changed (an animation's other frames dropped), for the job
 
 
 def validate_image(img: Image.Image, name: str, max_pixels: int | None = None) -> None:
     """Refuse images the codec cannot or should not code; the message names the file.
 
-    ``max_pixels`` None: this process's limit (:func:`pipeline.files.max_pixels`)."""
-    max_pixels = process_max_pixels() if max_pixels is None else max_pixels
+    ``max_pixels`` None: :data:`pipeline.files.DEFAULT_MAX_PIXELS` (jobs pass their own)."""
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     w, h = img.size
     if w < 1 or h < 1:
         raise InputError(f"{name}: empty image ({w}x{h})")
@@ -68,4 +68,5 @@ def load_item(item: InputItem, *, retries: int = DEFAULT_READ_RETRIES, backoff_s
         validate_image(img, item.url, max_pixels)
     except InputError as e:
         return Loaded(item.key, None, nbytes=len(data), error=str(e))
-    return Loaded(item.key, img, nbytes=len(data), width=img.width, height=img.height)
+    return Loaded(item.key, img, nbytes=len(data), width=img.width, height=img.height,
+                  note=input_note(img))

@@ -32,8 +32,6 @@ from pipeline.files import (
     InputError,
     read_image,
     save_image_atomic,
-    set_max_pixels,
-    take_notes,
     write_bytes_atomic,
 )
 from storage import Archive, BadKeyError, CorruptArchiveError, Record, check_key, key_problem
@@ -94,7 +92,7 @@ def test_large_image_refused_from_its_header(tmp_path: Path, weights_file: str):
 
 
 @pytest.mark.timeout(120)
-def test_max_pixels_option_and_process_limit(png: Path, tmp_path: Path, weights_file: str):
+def test_max_pixels_option_and_per_call_limit(png: Path, tmp_path: Path, weights_file: str):
     dst = tmp_path / "a.cdc"
     r = runner.invoke(app, ["compress", str(png), str(dst), "--model", weights_file,
                             "--max-pixels", "1000"])
@@ -104,12 +102,13 @@ def test_max_pixels_option_and_process_limit(png: Path, tmp_path: Path, weights_
     assert r.exit_code == 2 and not dst.exists()
     with pytest.raises(InputError, match="over the 2000 pixel limit"):
         read_image(png, max_pixels=2000)
-    old = set_max_pixels(2000)
-    try:
-        assert "over the 2000 pixel limit" in load_item(InputItem("in.png", str(png))).error
-    finally:
-        set_max_pixels(old)
+    # The limit is a parameter of each read (a job passes its own), not process state.
+    assert "over the 2000 pixel limit" in load_item(InputItem("in.png", str(png)),
+                                                    max_pixels=2000).error
     assert load_item(InputItem("in.png", str(png))).error == ""
+    import pipeline.files
+
+    assert not hasattr(pipeline.files, "set_max_pixels")
 
 
 @pytest.mark.timeout(120)
@@ -194,9 +193,18 @@ def test_animated_input_keeps_first_frame_and_says_so(tmp_path: Path, weights_fi
         p = _animated(tmp_path / f"anim.{ext}", fmt)
         ld = load_item(InputItem(f"anim.{ext}", str(p)))
         assert ld.error == "" and (ld.width, ld.height) == (56, 40)
-        assert take_notes([str(p)]) == {
-            str(p): f"{fmt} with 3 frames: only the first frame is coded"}
-        assert take_notes([str(p)]) == {}  # taken once
+        assert ld.note == f"{fmt} with 3 frames: only the first frame is coded"
+    # An encoded shard reports its notes by key (read off each image, no shared buffer).
+    from pipeline.archive import encode_shard, open_or_create, plan_inputs, plan_shards
+    from zoo import load_codec
+
+    codec = load_codec(weights_file)
+    arch, _ = open_or_create(str(tmp_path / "a.zarr"), codec, shard_size=8)
+    items, _ = plan_inputs(str(tmp_path / "anim.*"))
+    plan = plan_shards(items, set(), set(), 8)[0]
+    shard = [ev for ev in encode_shard(codec, arch, plan) if ev["type"] == "shard"][-1]
+    keys = sorted(n["key"] for n in shard["notes"])
+    assert keys == ["anim.gif", "anim.png", "anim.webp"], shard["notes"]
     png = tmp_path / "still.png"
     Image.fromarray(smooth_image(40, 56)).save(png)
     r = runner.invoke(app, ["compress", str(png), str(tmp_path / "s.cdc"), "--model",
