@@ -144,6 +144,22 @@ def test_low_rates_downscale_the_base():
     assert out.shape == (1, 3, 256, 256)
 
 
+def test_near_the_full_size_floor_the_closer_of_two_scales_wins():
+    """Just above quality 0's size at full size, a half-size base at a higher quality decodes
+    closer to this smooth image; the search must compare the two, not stop at full size."""
+    cfg = REFINE_CONFIGS["refine-test"]
+    arr = smooth_image(256, 256, seed=3)
+    target = len(base_layer.encode(arr, 0, 1, cfg).data) + 20
+    full, _ = base_layer._best_fitting(arr, target, 1, cfg)
+    half, _ = base_layer._best_fitting(arr, target, 2, cfg)
+    assert full is not None and half is not None and full.quality < 30
+    choice = base_layer.search(arr, target, cfg)
+    errors = {c.scale: base_layer._squared_error(c, arr) for c in (full, half)}
+    assert len(choice.data) <= target
+    assert base_layer._squared_error(choice, arr) == min(errors.values())
+    assert errors[2] < errors[1] and choice.scale == 2  # on this image the half size wins
+
+
 def test_crafted_weights_are_refused_before_any_network_call(codec, monkeypatch):
     data = codec.compress(smooth_image(40, 56, seed=1))
     calls = []
