@@ -97,6 +97,30 @@ class _Pool:
         return max(0.0, min(self.cool_until) - now)
 
 
+def _after_loss(att: _Attempt, e: BaseException, res: DriveResult, pool: _Pool,
+                requeue: Callable[..., None], attempts: int, now: float) -> None:
+    """What becomes of an attempt that ended in a Ray error (the policy :func:`drive`
+    describes): re-queued for free, re-queued as its next attempt, or failed."""
+    if isinstance(e, ray.exceptions.ActorUnavailableError):
+        pool.unavailable(att.actor, now)
+        since = att.waiting_since if att.waiting_since is not None else now
+        if now - since >= UNAVAILABLE_LIMIT_S:  # the pool is not coming back
+            res.failed.append((att.task, att.attempt, short_error(e)))
+            return
+        if not att.seen:
+            requeue(att, waiting_since=since)
+            return
+    elif (not att.seen and isinstance(e, ray.exceptions.RayActorError)
+          and att.bounces < MAX_BOUNCES):
+        requeue(att, bounces=att.bounces + 1)
+        return
+    if retryable(e) and att.attempt < attempts:
+        res.retries += 1
+        requeue(att, attempt=att.attempt + 1)
+    else:
+        res.failed.append((att.task, att.attempt, short_error(e)))
+
+
 def drive(actors: list[Any], tasks: list[Any], submit: Callable[[Any, Any], Any], *,
           counters: Counters, bar: ProgressBar, attempts: int = 3, inflight: int = 2,
           on_retry: Callable[[Any], Any] = lambda t: t,
@@ -136,25 +160,7 @@ def drive(actors: list[Any], tasks: list[Any], submit: Callable[[Any, Any], Any]
 
     def lost(att: _Attempt, e: BaseException) -> None:
         counters.subtract(att.seen)
-        now = clock()
-        if isinstance(e, ray.exceptions.ActorUnavailableError):
-            pool.unavailable(att.actor, now)
-            since = att.waiting_since if att.waiting_since is not None else now
-            if now - since >= UNAVAILABLE_LIMIT_S:  # the pool is not coming back
-                res.failed.append((att.task, att.attempt, short_error(e)))
-                return
-            if not att.seen:
-                requeue(att, waiting_since=since)
-                return
-        elif (not att.seen and isinstance(e, ray.exceptions.RayActorError)
-              and att.bounces < MAX_BOUNCES):
-            requeue(att, bounces=att.bounces + 1)
-            return
-        if retryable(e) and att.attempt < attempts:
-            res.retries += 1
-            requeue(att, attempt=att.attempt + 1)
-        else:
-            res.failed.append((att.task, att.attempt, short_error(e)))
+        _after_loss(att, e, res, pool, requeue, attempts, clock())
 
     dispatch()
     while running or queue:

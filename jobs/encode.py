@@ -251,6 +251,52 @@ def _update_key_index(arch: Any) -> str:
         return f"not built: {e}"
 
 
+def _encode_on_ray(cfg: ArchiveJobConfig, codec: Any, plans: list[ShardPlan], job_id: str,
+                   counters: Counters, before_commit: Callable[[ShardPlan], None] | None,
+                   on_event: Callable[[dict[str, Any]], None] | None
+                   ) -> tuple[list[dict[str, Any]], int, list[dict[str, Any]], dict[str, Any],
+                              float, float]:
+    """Encode ``plans`` with an actor pool on Ray: (finished shards' results, retries, failed
+    shards, what Ray was and did, when Ray was up, when the shards were done)."""
+    with ray_session(cfg.address, num_cpus=cfg.num_cpus) as sess:
+        t_ray = time.perf_counter()
+        n_act, cpus, gpus = actor_layout(sess, actors=cfg.actors,
+                                         cpus_per_actor=cfg.cpus_per_actor,
+                                         gpus_per_actor=cfg.gpus_per_actor)
+        check_fits(cpus, gpus)  # else the actors would wait for resources forever
+        n_act = max(1, min(n_act, len(plans)))
+        ray_info = {"mode": sess.mode, "actors": n_act, "cpus_per_actor": cpus,
+                    "gpus_per_actor": gpus, "cluster": {k: v for k, v in sess.resources.items()
+                                                        if k in ("CPU", "GPU")}}
+        wref = weights_ref(cfg.model)
+        actors = [
+            ShardEncoder.options(
+                num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
+                scheduling_strategy="SPREAD", max_concurrency=2,
+            ).remote(cfg.model, codec.weights_sha256, cfg.url, cfg.storage_options,
+                     f"{job_id}/encoder-{i}", cfg.options, cfg.precision,
+                     max(1, int(cpus)), before_commit)
+            for i in range(n_act)
+        ]
+        bar = ProgressBar(counters, "archive", cfg.progress)
+        counters.t0 = time.perf_counter()  # rates count actor start-up, not Ray start-up
+        try:
+            res = drive(actors, plans, lambda a, p: a.encode.remote(p, wref), counters=counters,
+                        bar=bar, attempts=cfg.shard_attempts, inflight=cfg.inflight,
+                        on_retry=lambda p: ShardPlan(p.shard, p.items, takeover=True),
+                        on_event=on_event)
+        finally:
+            bar.close()
+            for a in actors:
+                ray.kill(a)
+        results, retries = res.done, res.retries
+        failed_shards = [{"shard": p.shard, "keys": len(p.items), "first_key": p.items[0].key,
+                          "attempts": n, "error": err} for p, n, err in res.failed]
+        ray_info["nodes_used"] = len(res.nodes)
+        ray_info["placement"] = placement(res.done)
+        return results, retries, failed_shards, ray_info, t_ray, time.perf_counter()
+
+
 def run_archive_job(cfg: ArchiveJobConfig, *, on_event: Callable[[dict[str, Any]], None] | None = None,
                     before_commit: Callable[[ShardPlan], None] | None = None) -> dict[str, Any]:
     """Run (or resume) an archive job; returns the summary (see ``docs/jobs.md``).
@@ -267,47 +313,11 @@ def run_archive_job(cfg: ArchiveJobConfig, *, on_event: Callable[[dict[str, Any]
     failed_shards: list[dict[str, Any]] = []
     retries = 0
     ray_info: dict[str, Any] = {"mode": "not started (nothing to do)"}
-
     t_planned = time.perf_counter()
     t_ray = t_run = t_planned
     if plans:
-        with ray_session(cfg.address, num_cpus=cfg.num_cpus) as sess:
-            t_ray = time.perf_counter()
-            n_act, cpus, gpus = actor_layout(sess, actors=cfg.actors,
-                                             cpus_per_actor=cfg.cpus_per_actor,
-                                             gpus_per_actor=cfg.gpus_per_actor)
-            check_fits(cpus, gpus)  # else the actors would wait for resources forever
-            n_act = max(1, min(n_act, len(plans)))
-            ray_info = {"mode": sess.mode, "actors": n_act, "cpus_per_actor": cpus,
-                        "gpus_per_actor": gpus, "cluster": {k: v for k, v in sess.resources.items()
-                                                            if k in ("CPU", "GPU")}}
-            wref = weights_ref(cfg.model)
-            actors = [
-                ShardEncoder.options(
-                    num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
-                    scheduling_strategy="SPREAD", max_concurrency=2,
-                ).remote(cfg.model, codec.weights_sha256, cfg.url, cfg.storage_options,
-                         f"{job_id}/encoder-{i}", cfg.options, cfg.precision,
-                         max(1, int(cpus)), before_commit)
-                for i in range(n_act)
-            ]
-            bar = ProgressBar(counters, "archive", cfg.progress)
-            counters.t0 = time.perf_counter()  # rates count actor start-up, not Ray start-up
-            try:
-                res = drive(actors, plans, lambda a, p: a.encode.remote(p, wref), counters=counters,
-                            bar=bar, attempts=cfg.shard_attempts, inflight=cfg.inflight,
-                            on_retry=lambda p: ShardPlan(p.shard, p.items, takeover=True),
-                            on_event=on_event)
-            finally:
-                bar.close()
-                for a in actors:
-                    ray.kill(a)
-            results, retries = res.done, res.retries
-            failed_shards = [{"shard": p.shard, "keys": len(p.items), "first_key": p.items[0].key,
-                              "attempts": n, "error": err} for p, n, err in res.failed]
-            ray_info["nodes_used"] = len(res.nodes)
-            ray_info["placement"] = placement(res.done)
-            t_run = time.perf_counter()
+        results, retries, failed_shards, ray_info, t_ray, t_run = _encode_on_ray(
+            cfg, codec, plans, job_id, counters, before_commit, on_event)
 
     # Final state of this input in the archive (what a rerun would see).
     fresh = type(arch).open(cfg.url, storage_options=cfg.storage_options)

@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from jobs.text import error_line, one_line, printable
+from pipeline.files import DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS
 from zoo.store import default_model
 
 DEFAULT_MODEL = default_model()  # zoo/models.json flags it ("default": true)
@@ -81,243 +82,241 @@ def _budget_fields(text: str | None) -> dict[str, int] | None:
     return {k: v for k, v in budget.to_dict().items() if v != default[k]}
 
 
+def archive_cmd(
+    src: str = typer.Argument(..., help="Folder, glob, fsspec URL or .txt/.lst list of images."),
+    archive_url: str = typer.Argument(..., help="Archive path or fsspec URL (created if absent)."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
+                              help="Shipped model name, weights path or fsspec URL."),
+    rate: float | None = typer.Option(
+        None, help="Target bits per pixel: the refine encoder meets it per image; caps "
+                   "DiffC streams at that rate; for CDC/CorrDiff picks the shipped model "
+                   "of that codec measured nearest it."),
+    address: str | None = typer.Option(None, help=_ADDRESS_HELP),
+    num_cpus: int | None = typer.Option(None, help="CPUs of the local Ray (default: all)."),
+    actors: int | None = typer.Option(None, help="Encoder actors (default: one per GPU, "
+                                                    "else CPUs / --cpus-per-actor)."),
+    cpus_per_actor: float = typer.Option(1.0, help="CPUs (torch threads) per actor."),
+    gpus_per_actor: float | None = typer.Option(
+        None, help="GPUs per actor (default: 1 where Ray sees GPUs, else 0)."),
+    precision: str | None = typer.Option(None, help="bf16/fp16 autocast (GPU)."),
+    shard_size: int = typer.Option(64, min=1, help="Images per shard (new archives)."),
+    batch_size: int = typer.Option(8, min=1, help="Images per forward pass (same size)."),
+    read_retries: int = typer.Option(2, min=0, help="Retries of a failed input read."),
+    max_pixels: int = typer.Option(
+        DEFAULT_MAX_PIXELS, "--max-pixels", min=1, max=HARD_MAX_PIXELS,
+        help="Store images with more pixels than this (width x height) as failed records "
+             f"(default {DEFAULT_MAX_PIXELS}, sized for 24 GB of RAM)."),
+    shard_attempts: int = typer.Option(3, min=1, help="Attempts per shard (actor deaths)."),
+    tier: Annotated[list[str] | None, typer.Option(
+        "--tier", help="Set a tier: NAME:steps=N,gamma=G,seed=S (repeatable).")] = None,
+    retry_failed: bool = typer.Option(False, help="Re-encode shards holding failed images."),
+    takeover: bool = typer.Option(False, help="Take over shard claims that look alive."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress",
+                                            help="Progress bar (default: on a terminal)."),
+) -> None:
+    """Compress a collection into a chunked archive on Ray (resumable, idempotent)."""
+    from jobs.cluster import ClusterError
+    from jobs.encode import ArchiveJobConfig, JobError, run_archive_job, summary_rows
+    from pipeline.archive import EncodeOptions
+    from pipeline.tiers import TierError
+
+    cfg = ArchiveJobConfig(
+        src=src, url=archive_url, model=model, rate=rate, address=address, num_cpus=num_cpus,
+        actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
+        precision=precision, shard_size=shard_size,
+        options=EncodeOptions(batch_size=batch_size, read_retries=read_retries,
+                              max_pixels=max_pixels),
+        tiers=list(tier or []), shard_attempts=shard_attempts, retry_failed=retry_failed,
+        takeover=takeover, progress=progress)
+    try:
+        summary = run_archive_job(cfg)
+    except TierError as e:
+        _fail(f"{archive_url}: {e}", EXIT_USAGE, archive_url)
+    except JobError as e:
+        _fail(str(e), EXIT_INPUT, src, archive_url)
+    except ClusterError as e:
+        _fail(str(e), EXIT_INPUT)
+    _remember_model(model, summary)
+    _finish(summary, f"cdc archive {src} -> {archive_url}", summary_rows, as_json)
+
+def get_cmd(
+    archive_url: str = typer.Argument(..., help="Archive path or fsspec URL."),
+    key: str = typer.Argument(..., help="Record key (see `cdc export`/GET /images)."),
+    out_arg: str = typer.Argument(..., metavar="OUT",
+                                  help="Output image (.png, .webp, .jpg, ...)."),
+    tier: str = typer.Option("standard", help="Quality tier (archive attributes)."),
+    steps: int | None = typer.Option(None, help="Override the tier's DDIM steps."),
+    gamma: float | None = typer.Option(None, help="Override the tier's start noise."),
+    seed: int | None = typer.Option(None, help="Override the tier's seed."),
+    bpp: float | None = typer.Option(
+        None, help="Progressive codecs (DiffC): decode the longest prefix within this many "
+                   "bits per pixel (only that prefix is read)."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Weights (default: the archive's model, if shipped)."),
+    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Use the local disk cache."),
+    cache_dir: Annotated[Path | None, typer.Option(
+        help="Cache folder ($CDC_CACHE_DIR).")] = None,
+    write_cache: bool = typer.Option(False, help="Also store the image in the archive's cache."),
+    budget: str | None = typer.Option(None, "--decode-budget", metavar="LIMITS",
+                                      help=_BUDGET_HELP),
+) -> None:
+    """Decode one image of an archive at a quality tier (cached)."""
+    out = Path(out_arg)
+    limits = _budget_fields(budget)
+    from cdc import WeightsError
+    from jobs.models import budget_of, load_driver_codec
+    from pipeline.archive import DecodeError, FailedRecordError, Reader, resolve_model
+    from pipeline.cache import DiskLRU
+    from pipeline.files import InputError, image_format_for, write_bytes_atomic
+    from pipeline.tiers import TierError
+    from storage import Archive, ArchiveError
+
+    try:
+        fmt = image_format_for(out)
+    except InputError as e:
+        _fail(str(e), EXIT_INPUT, out)
+    try:
+        arch = Archive.open(archive_url, read_only=not write_cache)
+        codec = load_driver_codec(resolve_model(arch, model), device=device)
+        codec.with_budget(budget_of(limits))
+        reader = Reader(arch, codec, cache=DiskLRU(cache_dir) if cache else None,
+                        write_archive_cache=write_cache)
+        res = reader.get(key, tier, fmt=fmt, steps=steps, gamma=gamma, seed=seed, bpp=bpp)
+        write_bytes_atomic(out, res.data)
+    except TierError as e:
+        _fail(f"{archive_url}: {e}", EXIT_USAGE, archive_url)
+    except DecodeError as e:
+        _fail(str(e), EXIT_STREAM, archive_url, key)
+    except (ArchiveError, FailedRecordError, WeightsError, InputError, OSError) as e:
+        _fail(str(e), EXIT_INPUT, archive_url, key, out)
+    settings, _ = reader.settings(tier, steps=steps, gamma=gamma, seed=seed, bpp=bpp)
+    how = "from cache" if res.source != "decoded" else f"decoded in {res.seconds:.2f} s"
+    budget_note = (f", prefix within {settings.extra['bpp']:g} bpp"
+                   if "bpp" in settings.extra else "")
+    typer.echo(f"{printable(key)} -> {printable(out)}: {res.width}x{res.height}, tier {tier} "
+               f"(steps {settings.steps}, gamma {settings.gamma}, seed {settings.seed}"
+               f"{budget_note}), {how}")
+
+def export_cmd(
+    archive_url: str = typer.Argument(..., help="Archive path or fsspec URL."),
+    dest: str = typer.Argument(..., help="Output folder (or fsspec URL)."),
+    tier: str = typer.Option("standard", help="Quality tier."),
+    fmt: str = typer.Option("png", "--format", help="png, webp or jpeg."),
+    steps: int | None = typer.Option(None, help="Override the tier's DDIM steps."),
+    gamma: float | None = typer.Option(None, help="Override the tier's start noise."),
+    seed: int | None = typer.Option(None, help="Override the tier's seed."),
+    prefix: str | None = typer.Option(None, help="Only keys starting with this."),
+    keys: Annotated[Path | None, typer.Option(
+        help="File listing the keys to export.")] = None,
+    overwrite: bool = typer.Option(False, help="Re-decode outputs that already exist."),
+    model: str | None = typer.Option(None, "--model", "-m",
+                                        help="Weights (default: the archive's model)."),
+    address: str | None = typer.Option(None, help=_ADDRESS_HELP),
+    num_cpus: int | None = typer.Option(None, help="CPUs of the local Ray."),
+    actors: int | None = typer.Option(None, help="Decoder actors."),
+    cpus_per_actor: float = typer.Option(1.0, help="CPUs per actor."),
+    gpus_per_actor: float | None = typer.Option(None, help="GPUs per actor."),
+    batch_size: int = typer.Option(8, min=1, help="Streams decoded together."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Use the local disk cache."),
+    cache_dir: str | None = typer.Option(None, help="Cache folder ($CDC_CACHE_DIR)."),
+    write_cache: bool = typer.Option(False, help="Also store images in the archive's cache."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress"),
+    budget: str | None = typer.Option(None, "--decode-budget", metavar="LIMITS",
+                                      help=_BUDGET_HELP),
+) -> None:
+    """Decode many images of an archive at a tier on Ray (skips existing outputs)."""
+    from jobs.cluster import ClusterError
+    from jobs.encode import JobError
+    from jobs.export import ExportJobConfig, run_export_job, summary_rows
+
+    key_list = None
+    if keys is not None:
+        try:
+            key_list = [ln.strip() for ln in keys.read_text().splitlines()
+                        if ln.strip() and not ln.startswith("#")]
+        except OSError as e:
+            _fail(f"{keys}: cannot read ({e})", EXIT_INPUT, keys)
+    cfg = ExportJobConfig(
+        url=archive_url, dest=dest, tier=tier, fmt=fmt, steps=steps, gamma=gamma, seed=seed,
+        model=model, keys=key_list, prefix=prefix, overwrite=overwrite, address=address,
+        num_cpus=num_cpus, actors=actors, cpus_per_actor=cpus_per_actor,
+        gpus_per_actor=gpus_per_actor, batch_size=batch_size, cache=cache,
+        cache_dir=cache_dir, write_cache=write_cache, progress=progress,
+        decode_budget=_budget_fields(budget))
+    try:
+        summary = run_export_job(cfg)
+    except JobError as e:
+        code = EXIT_USAGE if "tier" in str(e) or "format" in str(e) else EXIT_INPUT
+        _fail(str(e) if str(e).startswith(archive_url) else f"{archive_url}: {e}", code,
+              archive_url)
+    except ClusterError as e:
+        _fail(str(e), EXIT_INPUT)
+    _finish(summary, f"cdc export {archive_url} -> {dest}", summary_rows, as_json)
+
+def serve_cmd(
+    archive_url: str = typer.Argument(..., help="Archive path or fsspec URL."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (default loopback only)."),
+    port: int = typer.Option(8000, help="HTTP port."),
+    model: str | None = typer.Option(None, "--model", "-m",
+                                        help="Weights (default: the archive's model)."),
+    tier: str = typer.Option("standard", help="Tier when a request names none."),
+    address: str | None = typer.Option(None, help=_ADDRESS_HELP),
+    num_cpus: int | None = typer.Option(None, help="CPUs of the local Ray."),
+    replicas: int = typer.Option(1, min=1, help="Decoder replicas."),
+    gpus_per_replica: float = typer.Option(0.0, help="GPUs per replica (1 if Ray sees GPUs)."),
+    max_batch_size: int = typer.Option(8, min=1, help="Decodes batched per GPU pass."),
+    batch_wait_ms: float = typer.Option(20.0, min=0, help="How long a batch collects."),
+    max_pending: int = typer.Option(32, min=1, help="Decodes waiting per replica, then 429."),
+    max_ongoing: int = typer.Option(64, min=1, help="Requests per replica."),
+    max_queued: int = typer.Option(128, min=1, help="Queued requests, then 503."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Use the local disk cache."),
+    cache_dir: str | None = typer.Option(None, help="Cache folder ($CDC_CACHE_DIR)."),
+    write_cache: bool = typer.Option(False, help="Also store images in the archive's cache."),
+    budget: str | None = typer.Option(None, "--decode-budget", metavar="LIMITS",
+                                      help=_BUDGET_HELP),
+) -> None:
+    """Serve an archive over HTTP (Ray Serve): a gallery page at /, and
+    GET /images/{key}?tier=&format=&width=."""
+    from cdc import WeightsError
+    from jobs.cluster import ClusterError
+    from pipeline.tiers import TierError
+    from storage import ArchiveError
+
+    _check_servable(archive_url, model, tier)  # before Ray and Serve start (seconds)
+    from jobs.serve import ServeOptions, run_server
+
+    opts = ServeOptions(default_tier=tier, max_batch_size=max_batch_size,
+                        batch_wait_s=batch_wait_ms / 1000, max_pending=max_pending,
+                        max_ongoing=max_ongoing, max_queued=max_queued, replicas=replicas,
+                        num_gpus=gpus_per_replica, cache=cache, cache_dir=cache_dir,
+                        write_cache=write_cache, decode_budget=_budget_fields(budget))
+
+    def ready(url: str) -> None:
+        typer.echo(f"serving {printable(archive_url)} on {url}: the gallery at {url}/, "
+                   "GET /images, /images/{key}?tier=, /info, /healthz; Ctrl-C stops", err=True)
+
+    try:
+        run_server(archive_url, model=model, opts=opts, host=host, port=port,
+                   address=address, num_cpus=num_cpus, on_ready=ready)
+    except TierError as e:
+        _fail(str(e), EXIT_USAGE, archive_url)
+    except (ArchiveError, WeightsError) as e:
+        _fail(str(e), EXIT_INPUT, archive_url)
+    except ClusterError as e:
+        _fail(str(e), EXIT_INPUT)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``archive``, ``get``, ``export`` and ``serve`` to ``app`` (once; idempotent)."""
     if getattr(app, "_cdc_ray_commands", False):
         return
     app._cdc_ray_commands = True  # type: ignore[attr-defined]
-
-    from pipeline.files import DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS
-
-    @app.command("archive")
-    def archive_cmd(
-        src: str = typer.Argument(..., help="Folder, glob, fsspec URL or .txt/.lst list of images."),
-        archive_url: str = typer.Argument(..., help="Archive path or fsspec URL (created if absent)."),
-        model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
-                                  help="Shipped model name, weights path or fsspec URL."),
-        rate: float | None = typer.Option(
-            None, help="Target bits per pixel: the refine encoder meets it per image; caps "
-                       "DiffC streams at that rate; for CDC/CorrDiff picks the shipped model "
-                       "of that codec measured nearest it."),
-        address: str | None = typer.Option(None, help=_ADDRESS_HELP),
-        num_cpus: int | None = typer.Option(None, help="CPUs of the local Ray (default: all)."),
-        actors: int | None = typer.Option(None, help="Encoder actors (default: one per GPU, "
-                                                        "else CPUs / --cpus-per-actor)."),
-        cpus_per_actor: float = typer.Option(1.0, help="CPUs (torch threads) per actor."),
-        gpus_per_actor: float | None = typer.Option(
-            None, help="GPUs per actor (default: 1 where Ray sees GPUs, else 0)."),
-        precision: str | None = typer.Option(None, help="bf16/fp16 autocast (GPU)."),
-        shard_size: int = typer.Option(64, min=1, help="Images per shard (new archives)."),
-        batch_size: int = typer.Option(8, min=1, help="Images per forward pass (same size)."),
-        read_retries: int = typer.Option(2, min=0, help="Retries of a failed input read."),
-        max_pixels: int = typer.Option(
-            DEFAULT_MAX_PIXELS, "--max-pixels", min=1, max=HARD_MAX_PIXELS,
-            help="Store images with more pixels than this (width x height) as failed records "
-                 f"(default {DEFAULT_MAX_PIXELS}, sized for 24 GB of RAM)."),
-        shard_attempts: int = typer.Option(3, min=1, help="Attempts per shard (actor deaths)."),
-        tier: Annotated[list[str] | None, typer.Option(
-            "--tier", help="Set a tier: NAME:steps=N,gamma=G,seed=S (repeatable).")] = None,
-        retry_failed: bool = typer.Option(False, help="Re-encode shards holding failed images."),
-        takeover: bool = typer.Option(False, help="Take over shard claims that look alive."),
-        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-        progress: bool | None = typer.Option(None, "--progress/--no-progress",
-                                                help="Progress bar (default: on a terminal)."),
-    ) -> None:
-        """Compress a collection into a chunked archive on Ray (resumable, idempotent)."""
-        from jobs.cluster import ClusterError
-        from jobs.encode import ArchiveJobConfig, JobError, run_archive_job, summary_rows
-        from pipeline.archive import EncodeOptions
-        from pipeline.tiers import TierError
-
-        cfg = ArchiveJobConfig(
-            src=src, url=archive_url, model=model, rate=rate, address=address, num_cpus=num_cpus,
-            actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
-            precision=precision, shard_size=shard_size,
-            options=EncodeOptions(batch_size=batch_size, read_retries=read_retries,
-                                  max_pixels=max_pixels),
-            tiers=list(tier or []), shard_attempts=shard_attempts, retry_failed=retry_failed,
-            takeover=takeover, progress=progress)
-        try:
-            summary = run_archive_job(cfg)
-        except TierError as e:
-            _fail(f"{archive_url}: {e}", EXIT_USAGE, archive_url)
-        except JobError as e:
-            _fail(str(e), EXIT_INPUT, src, archive_url)
-        except ClusterError as e:
-            _fail(str(e), EXIT_INPUT)
-        _remember_model(model, summary)
-        _finish(summary, f"cdc archive {src} -> {archive_url}", summary_rows, as_json)
-
-    @app.command("get")
-    def get_cmd(
-        archive_url: str = typer.Argument(..., help="Archive path or fsspec URL."),
-        key: str = typer.Argument(..., help="Record key (see `cdc export`/GET /images)."),
-        out_arg: str = typer.Argument(..., metavar="OUT",
-                                      help="Output image (.png, .webp, .jpg, ...)."),
-        tier: str = typer.Option("standard", help="Quality tier (archive attributes)."),
-        steps: int | None = typer.Option(None, help="Override the tier's DDIM steps."),
-        gamma: float | None = typer.Option(None, help="Override the tier's start noise."),
-        seed: int | None = typer.Option(None, help="Override the tier's seed."),
-        bpp: float | None = typer.Option(
-            None, help="Progressive codecs (DiffC): decode the longest prefix within this many "
-                       "bits per pixel (only that prefix is read)."),
-        model: str | None = typer.Option(
-            None, "--model", "-m", help="Weights (default: the archive's model, if shipped)."),
-        device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
-        cache: bool = typer.Option(True, "--cache/--no-cache", help="Use the local disk cache."),
-        cache_dir: Annotated[Path | None, typer.Option(
-            help="Cache folder ($CDC_CACHE_DIR).")] = None,
-        write_cache: bool = typer.Option(False, help="Also store the image in the archive's cache."),
-        budget: str | None = typer.Option(None, "--decode-budget", metavar="LIMITS",
-                                          help=_BUDGET_HELP),
-    ) -> None:
-        """Decode one image of an archive at a quality tier (cached)."""
-        out = Path(out_arg)
-        limits = _budget_fields(budget)
-        from cdc import WeightsError
-        from jobs.models import budget_of, load_driver_codec
-        from pipeline.archive import DecodeError, FailedRecordError, Reader, resolve_model
-        from pipeline.cache import DiskLRU
-        from pipeline.files import InputError, image_format_for, write_bytes_atomic
-        from pipeline.tiers import TierError
-        from storage import Archive, ArchiveError
-
-        try:
-            fmt = image_format_for(out)
-        except InputError as e:
-            _fail(str(e), EXIT_INPUT, out)
-        try:
-            arch = Archive.open(archive_url, read_only=not write_cache)
-            codec = load_driver_codec(resolve_model(arch, model), device=device)
-            codec.with_budget(budget_of(limits))
-            reader = Reader(arch, codec, cache=DiskLRU(cache_dir) if cache else None,
-                            write_archive_cache=write_cache)
-            res = reader.get(key, tier, fmt=fmt, steps=steps, gamma=gamma, seed=seed, bpp=bpp)
-            write_bytes_atomic(out, res.data)
-        except TierError as e:
-            _fail(f"{archive_url}: {e}", EXIT_USAGE, archive_url)
-        except DecodeError as e:
-            _fail(str(e), EXIT_STREAM, archive_url, key)
-        except (ArchiveError, FailedRecordError, WeightsError, InputError, OSError) as e:
-            _fail(str(e), EXIT_INPUT, archive_url, key, out)
-        settings, _ = reader.settings(tier, steps=steps, gamma=gamma, seed=seed, bpp=bpp)
-        how = "from cache" if res.source != "decoded" else f"decoded in {res.seconds:.2f} s"
-        budget_note = (f", prefix within {settings.extra['bpp']:g} bpp"
-                       if "bpp" in settings.extra else "")
-        typer.echo(f"{printable(key)} -> {printable(out)}: {res.width}x{res.height}, tier {tier} "
-                   f"(steps {settings.steps}, gamma {settings.gamma}, seed {settings.seed}"
-                   f"{budget_note}), {how}")
-
-    @app.command("export")
-    def export_cmd(
-        archive_url: str = typer.Argument(..., help="Archive path or fsspec URL."),
-        dest: str = typer.Argument(..., help="Output folder (or fsspec URL)."),
-        tier: str = typer.Option("standard", help="Quality tier."),
-        fmt: str = typer.Option("png", "--format", help="png, webp or jpeg."),
-        steps: int | None = typer.Option(None, help="Override the tier's DDIM steps."),
-        gamma: float | None = typer.Option(None, help="Override the tier's start noise."),
-        seed: int | None = typer.Option(None, help="Override the tier's seed."),
-        prefix: str | None = typer.Option(None, help="Only keys starting with this."),
-        keys: Annotated[Path | None, typer.Option(
-            help="File listing the keys to export.")] = None,
-        overwrite: bool = typer.Option(False, help="Re-decode outputs that already exist."),
-        model: str | None = typer.Option(None, "--model", "-m",
-                                            help="Weights (default: the archive's model)."),
-        address: str | None = typer.Option(None, help=_ADDRESS_HELP),
-        num_cpus: int | None = typer.Option(None, help="CPUs of the local Ray."),
-        actors: int | None = typer.Option(None, help="Decoder actors."),
-        cpus_per_actor: float = typer.Option(1.0, help="CPUs per actor."),
-        gpus_per_actor: float | None = typer.Option(None, help="GPUs per actor."),
-        batch_size: int = typer.Option(8, min=1, help="Streams decoded together."),
-        cache: bool = typer.Option(True, "--cache/--no-cache", help="Use the local disk cache."),
-        cache_dir: str | None = typer.Option(None, help="Cache folder ($CDC_CACHE_DIR)."),
-        write_cache: bool = typer.Option(False, help="Also store images in the archive's cache."),
-        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-        progress: bool | None = typer.Option(None, "--progress/--no-progress"),
-        budget: str | None = typer.Option(None, "--decode-budget", metavar="LIMITS",
-                                          help=_BUDGET_HELP),
-    ) -> None:
-        """Decode many images of an archive at a tier on Ray (skips existing outputs)."""
-        from jobs.cluster import ClusterError
-        from jobs.encode import JobError
-        from jobs.export import ExportJobConfig, run_export_job, summary_rows
-
-        key_list = None
-        if keys is not None:
-            try:
-                key_list = [ln.strip() for ln in keys.read_text().splitlines()
-                            if ln.strip() and not ln.startswith("#")]
-            except OSError as e:
-                _fail(f"{keys}: cannot read ({e})", EXIT_INPUT, keys)
-        cfg = ExportJobConfig(
-            url=archive_url, dest=dest, tier=tier, fmt=fmt, steps=steps, gamma=gamma, seed=seed,
-            model=model, keys=key_list, prefix=prefix, overwrite=overwrite, address=address,
-            num_cpus=num_cpus, actors=actors, cpus_per_actor=cpus_per_actor,
-            gpus_per_actor=gpus_per_actor, batch_size=batch_size, cache=cache,
-            cache_dir=cache_dir, write_cache=write_cache, progress=progress,
-            decode_budget=_budget_fields(budget))
-        try:
-            summary = run_export_job(cfg)
-        except JobError as e:
-            code = EXIT_USAGE if "tier" in str(e) or "format" in str(e) else EXIT_INPUT
-            _fail(str(e) if str(e).startswith(archive_url) else f"{archive_url}: {e}", code,
-                  archive_url)
-        except ClusterError as e:
-            _fail(str(e), EXIT_INPUT)
-        _finish(summary, f"cdc export {archive_url} -> {dest}", summary_rows, as_json)
-
-    @app.command("serve")
-    def serve_cmd(
-        archive_url: str = typer.Argument(..., help="Archive path or fsspec URL."),
-        host: str = typer.Option("127.0.0.1", help="Interface to bind (default loopback only)."),
-        port: int = typer.Option(8000, help="HTTP port."),
-        model: str | None = typer.Option(None, "--model", "-m",
-                                            help="Weights (default: the archive's model)."),
-        tier: str = typer.Option("standard", help="Tier when a request names none."),
-        address: str | None = typer.Option(None, help=_ADDRESS_HELP),
-        num_cpus: int | None = typer.Option(None, help="CPUs of the local Ray."),
-        replicas: int = typer.Option(1, min=1, help="Decoder replicas."),
-        gpus_per_replica: float = typer.Option(0.0, help="GPUs per replica (1 if Ray sees GPUs)."),
-        max_batch_size: int = typer.Option(8, min=1, help="Decodes batched per GPU pass."),
-        batch_wait_ms: float = typer.Option(20.0, min=0, help="How long a batch collects."),
-        max_pending: int = typer.Option(32, min=1, help="Decodes waiting per replica, then 429."),
-        max_ongoing: int = typer.Option(64, min=1, help="Requests per replica."),
-        max_queued: int = typer.Option(128, min=1, help="Queued requests, then 503."),
-        cache: bool = typer.Option(True, "--cache/--no-cache", help="Use the local disk cache."),
-        cache_dir: str | None = typer.Option(None, help="Cache folder ($CDC_CACHE_DIR)."),
-        write_cache: bool = typer.Option(False, help="Also store images in the archive's cache."),
-        budget: str | None = typer.Option(None, "--decode-budget", metavar="LIMITS",
-                                          help=_BUDGET_HELP),
-    ) -> None:
-        """Serve an archive over HTTP (Ray Serve): a gallery page at /, and
-        GET /images/{key}?tier=&format=&width=."""
-        from cdc import WeightsError
-        from jobs.cluster import ClusterError
-        from pipeline.tiers import TierError
-        from storage import ArchiveError
-
-        _check_servable(archive_url, model, tier)  # before Ray and Serve start (seconds)
-        from jobs.serve import ServeOptions, run_server
-
-        opts = ServeOptions(default_tier=tier, max_batch_size=max_batch_size,
-                            batch_wait_s=batch_wait_ms / 1000, max_pending=max_pending,
-                            max_ongoing=max_ongoing, max_queued=max_queued, replicas=replicas,
-                            num_gpus=gpus_per_replica, cache=cache, cache_dir=cache_dir,
-                            write_cache=write_cache, decode_budget=_budget_fields(budget))
-
-        def ready(url: str) -> None:
-            typer.echo(f"serving {printable(archive_url)} on {url}: the gallery at {url}/, "
-                       "GET /images, /images/{key}?tier=, /info, /healthz; Ctrl-C stops", err=True)
-
-        try:
-            run_server(archive_url, model=model, opts=opts, host=host, port=port,
-                       address=address, num_cpus=num_cpus, on_ready=ready)
-        except TierError as e:
-            _fail(str(e), EXIT_USAGE, archive_url)
-        except (ArchiveError, WeightsError) as e:
-            _fail(str(e), EXIT_INPUT, archive_url)
-        except ClusterError as e:
-            _fail(str(e), EXIT_INPUT)
+    for name, command in (("archive", archive_cmd), ("get", get_cmd), ("export", export_cmd),
+                          ("serve", serve_cmd)):
+        app.command(name)(command)
 
 
 def _remember_model(model: str, summary: dict) -> None:
@@ -348,4 +347,4 @@ def _check_servable(archive_url: str, model: str | None, tier: str) -> None:
               EXIT_USAGE, archive_url)
 
 
-__all__ = ["register"]
+__all__ = ["archive_cmd", "export_cmd", "get_cmd", "register", "serve_cmd"]

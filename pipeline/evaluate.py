@@ -284,17 +284,10 @@ def run_evaluation(images: Any, entries: Sequence[Any], out_dir: str | os.PathLi
     one evaluation. A shard that finds images still missing returns ``{"shard": ...,
     "missing": [...]}`` and writes no summary; whichever run finds every image done writes it.
     """
-    if shard is not None:
-        k, n = shard
-        if not (isinstance(k, int) and isinstance(n, int) and n >= 1 and 0 <= k < n):
-            raise ValueError(f"shard must be (k, n) with 0 <= k < n, got {shard!r}")
+    metrics = _checked_request(metrics, shard)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     entries = _ordered(entries)
-    metrics = list(dict.fromkeys(metrics))
-    unknown = set(metrics) - set(METRICS)
-    if unknown:
-        raise ValueError(f"unknown metrics {sorted(unknown)}; known: {', '.join(METRICS)}")
     imgs = load_images(images)
     n_patches = sum(patch_count(im.height, im.width, fid_patch) for _, im in imgs)
     want_fid = "fid" in metrics and n_patches >= max(min_fid_patches, 2)
@@ -302,14 +295,7 @@ def run_evaluation(images: Any, entries: Sequence[Any], out_dir: str | os.PathLi
     rows: list[dict[str, Any]] = []
     ref_feats: list[np.ndarray] = []
     rec_feats: dict[str, dict[int, np.ndarray]] = {e.name: {} for e in entries}
-    progress = _Progress(out / ".progress", {
-        "entries": [e.name for e in entries], "metrics": metrics, "fid": want_fid,
-        "fid_patch": fid_patch, "images": [n for n, _ in imgs],
-        "sizes": [list(im.size) for _, im in imgs]}, resume)
-    kept = sum((progress.folder / f"{i:04d}.json").is_file() for i in range(len(imgs)))
-    if kept:
-        log.warning("%s: going on from a stopped evaluation (%d of %d images kept; "
-                    "fresh start: resume=False / --fresh)", out, kept, len(imgs))
+    progress = _open_progress(out, entries, metrics, want_fid, fid_patch, imgs, resume)
     missing: list[str] = []
 
     def keep(i: int, done: tuple[list[dict[str, Any]], dict[str, np.ndarray]]) -> None:
@@ -330,50 +316,10 @@ def run_evaluation(images: Any, entries: Sequence[Any], out_dir: str | os.PathLi
             keep(i, done)
             log.info("%s: kept from the stopped run", iname)
             continue
-        first_row = len(rows)
-        x = to_tensor(img, device)
-        ref = meters.reference(x)
-        if want_fid:
-            ref_feats.append(meters.patches(x, fid_patch))
-        reached: dict[str, float] = {}
-        for e in entries:
-            row: dict[str, Any] = {"image": iname, "entry": e.name, "family": family_of(e),
-                                   "width": img.width, "height": img.height}
-            try:
-                if getattr(e, "match", None) is not None:
-                    if e.match not in reached:
-                        raise RuntimeError(f"reference entry {e.match!r} failed on this image")
-                    e.target_bpp = reached[e.match]
-                t0 = time.perf_counter()
-                data = e.encode(img)
-                t1 = time.perf_counter()
-                rec = e.decode(data).convert("RGB")
-                t2 = time.perf_counter()
-                if rec.size != img.size:
-                    raise ValueError(f"decoded size {rec.size} != original {img.size}")
-                row.update(bytes=len(data), bpp=8 * len(data) / (img.width * img.height),
-                           enc_s=t1 - t0, dec_s=t2 - t1)
-                reached[e.name] = row["bpp"]
-                y = to_tensor(rec, device)
-                row.update(meters.measure(x, ref, y))
-                if want_fid:
-                    rec_feats[e.name][i] = meters.patches(y, fid_patch)
-                if save_decoded:
-                    dest = out / "decoded" / safe_name(e.name) / f"{safe_name(iname)}.png"
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    rec.save(dest)
-            except Exception as exc:  # noqa: BLE001 - record, keep evaluating the others
-                log.warning("%s on %s failed: %s", e.name, iname, exc)
-                row["error"] = f"{type(exc).__name__}: {exc}"
-            if hasattr(e, "columns"):
-                row.update(e.columns())
-            rows.append(row)
-            log.info("%s %s: %s", iname, e.name,
-                     {k: row.get(k) for k in ("bpp", *metrics) if k in row})
-        feats = {}
-        if want_fid:
-            feats = {"__ref__": ref_feats[-1], **{n: f[i] for n, f in rec_feats.items() if i in f}}
-        progress.save(i, rows[first_row:], feats)
+        done = _evaluate_image(iname, img, entries, meters, device, want_fid, fid_patch,
+                               out / "decoded" if save_decoded else None, metrics)
+        progress.save(i, *done)
+        keep(i, done)
     if missing:
         # The other shards may have finished while this one ran (two shards ending together
         # would otherwise each leave the summary to the other): look again, and if every
@@ -393,12 +339,111 @@ def run_evaluation(images: Any, entries: Sequence[Any], out_dir: str | os.PathLi
         return {"shard": list(shard), "missing": missing, "images": len(imgs)}
     summary = _summarize(rows, entries, imgs, metrics, device, ref_feats, rec_feats,
                          min_fid_patches, fid_patch, n_patches)
+    _write_outputs(summary, rows, out, plots)
+    progress.clear()
+    return summary
+
+
+def _open_progress(out: Path, entries: Sequence[Any], metrics: list[str], want_fid: bool,
+                   fid_patch: int, imgs: list[tuple[str, Image.Image]], resume: bool
+                   ) -> _Progress:
+    """The progress folder of this evaluation (what it evaluates is its key); says when a
+    stopped run's images are kept."""
+    progress = _Progress(out / ".progress", {
+        "entries": [e.name for e in entries], "metrics": metrics, "fid": want_fid,
+        "fid_patch": fid_patch, "images": [n for n, _ in imgs],
+        "sizes": [list(im.size) for _, im in imgs]}, resume)
+    kept = sum((progress.folder / f"{i:04d}.json").is_file() for i in range(len(imgs)))
+    if kept:
+        log.warning("%s: going on from a stopped evaluation (%d of %d images kept; "
+                    "fresh start: resume=False / --fresh)", out, kept, len(imgs))
+    return progress
+
+
+def _write_outputs(summary: dict[str, Any], rows: list[dict[str, Any]], out: Path,
+                   plots: bool) -> None:
+    """``per_image.csv``, the plots and ``summary.json`` (last: its presence means done)."""
     write_csv(rows, out / "per_image.csv")
     summary["files"] = {"csv": "per_image.csv",
                         "plots": plot_summary(summary, out) if plots else []}
     write_bytes_atomic(out / "summary.json", json.dumps(_jsonable(summary), indent=2).encode())
-    progress.clear()
-    return summary
+
+
+def _checked_request(metrics: Sequence[str], shard: tuple[int, int] | None) -> list[str]:
+    """The metrics, each once, in order; a ValueError for an unknown one or a bad shard."""
+    if shard is not None:
+        k, n = shard
+        if not (isinstance(k, int) and isinstance(n, int) and n >= 1 and 0 <= k < n):
+            raise ValueError(f"shard must be (k, n) with 0 <= k < n, got {shard!r}")
+    metrics = list(dict.fromkeys(metrics))
+    unknown = set(metrics) - set(METRICS)
+    if unknown:
+        raise ValueError(f"unknown metrics {sorted(unknown)}; known: {', '.join(METRICS)}")
+    return metrics
+
+
+def _evaluate_image(iname: str, img: Image.Image, entries: Sequence[Any], meters: _Meters,
+                    device: str, want_fid: bool, fid_patch: int, save_to: Path | None,
+                    metrics: Sequence[str]
+                    ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Every entry on one image: (its rows, its FID features: ``__ref__`` and one per entry
+    that decoded), the same pair the progress folder keeps for a finished image."""
+    x = to_tensor(img, device)
+    ref = meters.reference(x)
+    feats: dict[str, np.ndarray] = {}
+    if want_fid:
+        feats["__ref__"] = meters.patches(x, fid_patch)
+    reached: dict[str, float] = {}
+    rows = []
+    for e in entries:
+
+        def fid_features(y: torch.Tensor, name: str = e.name) -> None:
+            if want_fid:
+                feats[name] = meters.patches(y, fid_patch)
+
+        rows.append(_entry_row(e, iname, img, x, ref, meters, device, reached, fid_features,
+                               save_to, metrics))
+    return rows, feats
+
+
+def _entry_row(e: Any, iname: str, img: Image.Image, x: torch.Tensor, ref: Any,
+               meters: _Meters, device: str, reached: dict[str, float],
+               on_decoded: Callable[[torch.Tensor], None], save_to: Path | None,
+               metrics: Sequence[str]) -> dict[str, Any]:
+    """One entry on one image: its CSV row. A failure sets ``error`` and the evaluation goes
+    on with the other entries; ``reached`` (entry → bpp on this image) lets a matched entry
+    aim at its reference's rate; ``on_decoded`` gets the decoded tensor (FID features)."""
+    row: dict[str, Any] = {"image": iname, "entry": e.name, "family": family_of(e),
+                           "width": img.width, "height": img.height}
+    try:
+        if getattr(e, "match", None) is not None:
+            if e.match not in reached:
+                raise RuntimeError(f"reference entry {e.match!r} failed on this image")
+            e.target_bpp = reached[e.match]
+        t0 = time.perf_counter()
+        data = e.encode(img)
+        t1 = time.perf_counter()
+        rec = e.decode(data).convert("RGB")
+        t2 = time.perf_counter()
+        if rec.size != img.size:
+            raise ValueError(f"decoded size {rec.size} != original {img.size}")
+        row.update(bytes=len(data), bpp=8 * len(data) / (img.width * img.height),
+                   enc_s=t1 - t0, dec_s=t2 - t1)
+        reached[e.name] = row["bpp"]
+        y = to_tensor(rec, device)
+        row.update(meters.measure(x, ref, y))
+        on_decoded(y)
+        if save_to is not None:
+            dest = save_to / safe_name(e.name) / f"{safe_name(iname)}.png"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            rec.save(dest)
+    except Exception as exc:  # noqa: BLE001 - record, keep evaluating the others
+        log.warning("%s on %s failed: %s", e.name, iname, exc)
+        row["error"] = f"{type(exc).__name__}: {exc}"
+    if hasattr(e, "columns"):
+        row.update(e.columns())
+    log.info("%s %s: %s", iname, e.name, {k: row.get(k) for k in ("bpp", *metrics) if k in row})
+    return row
 
 
 class _Progress:
