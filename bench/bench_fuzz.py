@@ -5,8 +5,11 @@ long-lived worker process with memory and time caps.
     python bench/bench_fuzz.py --streams 2000 --json fuzz.json --save-dir findings/
 
 Base streams: small generated photos (32–64 px for cdc-small and corrdiff-small, 16–24 px
-for diffc-small, whose decode replays 20 coded steps) encoded with the shipped models in
-``zoo/weights``. Each fuzzed stream is one base stream with one mutation kind:
+for diffc-small, whose decode replays 20 coded steps; 16–64 px for the latent models, whose
+networks run at 1/8) encoded with every model of ``zoo/models.json`` (``MODELS``: the pixel
+models, the ``lcdc-*`` ladder, ``lcorrdiff-q2``, ``ldiffc-small``) and with a tiny random
+refine codec (``refine-random``: an AVIF base layer in a container; no refine model is
+shipped yet). Each fuzzed stream is one base stream with one mutation kind:
 
 * ``bitflip``: 1–8 random bits flipped; ``overwrite``: 1–3 runs of random bytes;
   ``truncate``: cut at a random length; ``append``: random bytes added at the end;
@@ -15,13 +18,18 @@ for diffc-small, whose decode replays 20 coded steps) encoded with the shipped m
   bytes (codec id, version, model digest) edited, every checksum recomputed
   (:mod:`bench.streams`);
 * ``section``: CDC/CorrDiff: a section payload cut, extended, bit-flipped, replaced,
-  emptied or swapped; DiffC: the plan (levels, chunk counts, k, seed, coding) or the
+  emptied or swapped; refine: the AVIF inside section B (bits flipped in its coded data or
+  anywhere, runs overwritten, cut, extended, its size boxes edited, another base's AVIF,
+  random bytes) or its scale/quality bytes, or section W, with the header's base-layer CRC
+  and the trailer recomputed, so the bytes reach the native AVIF decoder; DiffC: the plan
+  (levels, chunk counts, k, seed, coding) or the
   step payloads replaced, with every CRC recomputed (including the per-step CRC-16s and
   the data CRC: such a DiffC stream is *valid*, it just decodes to another image);
 * ``splice``: a prefix of this stream and a suffix of another base stream (any codec),
   the trailer recomputed half the time.
 
-Each decode (``codec.decompress`` with ``--steps`` DDIM steps, and ``describe_stream``,
+Each decode (``codec.decompress`` with ``--steps`` DDIM steps (refine: every other case
+at steps 0, the base layer alone), and ``describe_stream``,
 ``cdc info``'s parser) runs in a worker with ``RLIMIT_AS`` = ``--mem-gb`` and a decode
 budget sized so the worst accepted decode takes a few seconds; the parent kills a worker
 that takes longer than ``--timeout`` (a *hang*) or finds it dead (a *crash*: its signal
@@ -60,10 +68,60 @@ OUTCOMES = ("typed_error", "valid_decode", "valid_diffc_prefix", "crash", "hang"
 BAD = ("crash", "hang", "untyped_error")
 KINDS = ("bitflip", "overwrite", "truncate", "append", "bitflip+crc", "header", "section",
          "splice")
-MODELS = ("cdc-small", "diffc-small", "corrdiff-small")
+PIXEL_MODELS = ("cdc-small", "diffc-small", "corrdiff-small")
+#: The tiny random refine codec built here (no refine model is shipped yet).
+REFINE_MODEL = "refine-random"
+
+
+def shipped_models() -> tuple[str, ...]:
+    """Every model of ``zoo/models.json``."""
+    return tuple(sorted(json.loads((ROOT / "zoo" / "models.json").read_text())))
+
+
+MODELS = (*shipped_models(), REFINE_MODEL)
 #: Base image sizes (h, w) per codec: small, so that a decode that gets through is fast.
 SIZES = {"cdc": ((32, 32), (40, 56), (64, 48)), "corrdiff": ((32, 32), (48, 40), (64, 64)),
-         "diffc": ((16, 16), (16, 24), (24, 20))}
+         "diffc": ((16, 16), (16, 24), (24, 20)), "refine": ((24, 24), (40, 56), (64, 48))}
+#: The same for the latent models (networks at 1/8; padded to 32 or 64 px).
+LATENT_SIZES = {"cdc": ((16, 16), (40, 56), (64, 48)),
+                "corrdiff": ((24, 24), (48, 40), (64, 64)),
+                "diffc": ((16, 16), (24, 40), (32, 32))}
+
+
+def refine_weights(seed: int = 0) -> bytes:
+    """A tiny random refine model (tests/test_refine.py's): its refinement changes the
+    image, so the blend weights the encoder writes are not all zero."""
+    import torch
+
+    from cdc.refine.config import REFINE_CONFIGS
+    from cdc.refine.model import RefineNet
+    from cdc.weights import pack_weights
+
+    cfg = REFINE_CONFIGS["refine-test"]
+    torch.manual_seed(seed)
+    net = RefineNet(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(0, 0.05)
+        net.head[-1].weight.normal_(0, 0.5)
+    return pack_weights("refine", cfg.name, cfg.to_dict(), net.state_dict(), {})
+
+
+def load_fuzz_codec(model: str):
+    """A shipped model (``zoo.load_codec``), or the tiny random refine codec."""
+    if model == REFINE_MODEL:
+        from zoo import codec_from_bytes
+
+        return codec_from_bytes(refine_weights(), REFINE_MODEL).with_rate(quality=30)
+    from zoo import load_codec
+
+    return load_codec(model)
+
+
+def sizes_for(codec) -> tuple[tuple[int, int], ...]:
+    latent = getattr(getattr(codec, "config", None), "space_stride", 1) > 1
+    return (LATENT_SIZES if latent else SIZES)[codec.codec_id]
 #: The workers' decode budget: what a service decoding untrusted streams on this machine
 #: could set (``--decode-budget`` / ``DecodeBudget.parse`` syntax); the worst decode it
 #: admits (64² diffc-small at 24 evaluations, 2²⁸ candidate draws) takes a few seconds.
@@ -76,14 +134,13 @@ def base_streams(models: Iterable[str] = MODELS) -> dict[str, list[bytes]]:
     from PIL import Image
 
     from bench.streams import smooth_image
-    from zoo import load_codec
 
     torch.set_num_threads(1)
     out: dict[str, list[bytes]] = {}
     for m in models:
-        codec = load_codec(m)
+        codec = load_fuzz_codec(m)
         out[m] = [codec.compress(Image.fromarray(smooth_image(h, w, i)))
-                  for i, (h, w) in enumerate(SIZES[codec.codec_id])]
+                  for i, (h, w) in enumerate(sizes_for(codec))]
     return out
 
 
@@ -187,6 +244,77 @@ def _section_diffc(rng: random.Random, data: bytes) -> bytes:
     return st.pack(p.digest, p.height, p.width, p.flags, plan, payloads)
 
 
+def _box(avif: bytes, name: bytes) -> tuple[int, int] | None:
+    """(start, end) of the payload of the first ISOBMFF box ``name`` (32-bit sizes)."""
+    i = avif.find(name)
+    if i < 4:
+        return None
+    size = int.from_bytes(avif[i - 4 : i], "big")
+    return i + 4, min(len(avif), i - 4 + size) if size >= 8 else len(avif)
+
+
+def _mutate_avif(rng: random.Random, avif: bytes, others: list[bytes]) -> bytes:
+    d = bytearray(avif)
+    op = rng.randrange(9)
+    if op in (0, 1):  # bits flipped in the AV1 data (the boxes intact: the decoder runs)
+        mdat = _box(avif, b"mdat")
+        lo, hi = mdat if mdat and mdat[1] > mdat[0] else (0, len(d))
+        for _ in range(rng.randint(1, 8 if op == 0 else 64)):
+            d[rng.randrange(lo, hi)] ^= 1 << rng.randrange(8)
+    elif op == 2:  # bits flipped anywhere (box sizes, item locations, av1C)
+        _flip(rng, d, rng.randint(1, 8))
+    elif op == 3:  # runs overwritten
+        for _ in range(rng.randint(1, 3)):
+            pos = rng.randrange(len(d))
+            d[pos : pos + rng.randint(1, 16)] = _bytes(rng, rng.randint(1, 16))
+    elif op == 4:  # cut
+        return avif[: rng.randrange(len(avif))]
+    elif op == 5:  # extended
+        return avif + _bytes(rng, rng.randint(1, 256))
+    elif op == 6:  # the image size (ispe) or the coded data's length edited
+        box = _box(avif, b"ispe") if rng.random() < 0.5 else None
+        if box:  # version/flags (4 bytes), then width and height, 32 bits each
+            pos = box[0] + 4 + 4 * rng.randrange(2)
+            d[pos : pos + 4] = rng.choice((0, 1, 65535, 1 << 20, 1 << 31, (1 << 32) - 1,
+                                           rng.randrange(1 << 32))).to_bytes(4, "big")
+        else:
+            i = avif.find(b"mdat")
+            if i >= 4:
+                d[i - 4 : i] = rng.randrange(1 << 32).to_bytes(4, "big")
+    elif op == 7:  # another base stream's AVIF (another size)
+        return rng.choice(others) if others else avif[::-1]
+    else:  # random bytes after a valid-looking ftyp
+        return avif[:32] + _bytes(rng, rng.randint(0, 2 * len(avif)))
+    return bytes(d)
+
+
+def _section_refine(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
+    """Section B's AVIF (mostly) or its scale/quality bytes, or section W, edited; the
+    header's base-layer CRC and the trailer recomputed: the container is valid."""
+    from cdc.bitstream import Container, symbols_crc
+
+    c = Container.unpack(data)
+    b, w = c.sections["B"], c.sections["W"]
+    r = rng.random()
+    if r < 0.7:
+        others = []
+        for s in pool:
+            try:
+                o = Container.unpack(s)
+            except Exception:  # noqa: BLE001 - another codec's stream
+                continue
+            if o.codec == "refine" and o.sections["B"][2:] != b[2:]:
+                others.append(o.sections["B"][2:])
+        b = b[:2] + _mutate_avif(rng, b[2:], others)
+    elif r < 0.8:  # scale and quality
+        b = bytes([rng.choice((0, 1, 2, 3, 4, 8, 16, 255)),
+                   rng.choice((0, 30, 100, 101, 255))]) + b[2:]
+    else:
+        w = _mutate_payload(rng, w, [b])
+    return Container(c.codec, c.model_digest, c.height, c.width, symbols_crc(b), c.flags,
+                     {"B": b, "W": w}).pack()
+
+
 def _header(rng: random.Random, data: bytes) -> bytes:
     from bench.streams import patch_header, recompute_trailer
     from cdc.bitstream import read_header
@@ -229,7 +357,12 @@ def mutate(rng: random.Random, kind: str, data: bytes, pool: list[bytes]) -> byt
     elif kind == "header":
         return _header(rng, data)
     elif kind == "section":
-        return (_section_diffc if data[4] == 1 else _section_cdc)(rng, data)
+        from cdc.bitstream import read_header
+
+        codec = read_header(data, validate=False).codec
+        if codec == "refine":
+            return _section_refine(rng, data, pool)
+        return (_section_diffc if codec == "diffc" else _section_cdc)(rng, data)
     elif kind == "splice":
         other = rng.choice(pool)
         out = data[: rng.randrange(len(data) + 1)] + other[rng.randrange(len(other)):]
@@ -296,11 +429,10 @@ def worker_main(conn, models: list[str], mem_bytes: int, budget: str, steps: int
     from cdc.diffc import stream as st
     from cdc.errors import BitstreamError, CodecError
     from cdc.limits import DecodeBudget
-    from zoo import load_codec
 
     codecs = {}
     for m in models:
-        codecs[m] = load_codec(m)
+        codecs[m] = load_fuzz_codec(m)
         codecs[m].budget = DecodeBudget.parse(budget) if budget else DecodeBudget()
     conn.send(("ready", os.getpid()))
     while True:
@@ -317,6 +449,8 @@ def worker_main(conn, models: list[str], mem_bytes: int, budget: str, steps: int
             if codec is None:
                 raise KeyError(model)
             kw = {"steps": steps} if steps > 0 else {}
+            if codec.codec_id == "refine" and idx % 2:
+                kw = {"steps": 0}  # the base layer alone (also from a prefix)
             codec.decompress(data, **kw)
             outcome = "valid_decode"
             if codec.codec_id == "diffc" and len(data) < st.parse(data).full_length:
@@ -350,6 +484,7 @@ class Result:
     counts: dict = field(default_factory=lambda: defaultdict(Counter))  # (model, kind) -> outcome
     errors: dict = field(default_factory=lambda: defaultdict(Counter))  # model -> error type
     findings: list = field(default_factory=list)  # (index, model, kind, outcome, detail, data)
+    model_seconds: dict = field(default_factory=lambda: defaultdict(float))  # decode time
     seconds: float = 0.0
     startup_seconds: float = 0.0
     workers_started: int = 0
@@ -403,13 +538,15 @@ class Pool:
         return new
 
     def run(self, cases: Iterable[tuple[int, str, str, bytes]], res: Result,
-            on_progress=None) -> Result:
+            on_progress=None, max_seconds: float | None = None) -> Result:
         it = iter(cases)
         t0 = time.perf_counter()
         pending = True
 
         def feed(w: _Worker) -> None:
             nonlocal pending
+            if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
+                self.stop = True
             if self.stop:
                 pending = False
                 return
@@ -446,6 +583,7 @@ class Pool:
                 w.task = None
                 res.counts[(model, kind)][outcome] += 1
                 res.slowest = max(res.slowest, sec)
+                res.model_seconds[model] += sec
                 if detail and outcome == "typed_error":
                     res.errors[model][detail] += 1
                 if outcome in BAD:
@@ -476,7 +614,7 @@ def run_fuzz(n: int, *, workers: int = 1, seed: int = 0, timeout: float = 60.0,
              mem_gb: float = 6.0, steps: int = 1, budget: str = FUZZ_BUDGET,
              models: Iterable[str] = MODELS, kinds: Iterable[str] = KINDS,
              bases: dict[str, list[bytes]] | None = None, on_progress=None,
-             stop_on_signal: bool = False) -> Result:
+             stop_on_signal: bool = False, max_seconds: float | None = None) -> Result:
     models = list(models)
     t = time.perf_counter()
     bases = bases or base_streams(models)
@@ -491,7 +629,7 @@ def run_fuzz(n: int, *, workers: int = 1, seed: int = 0, timeout: float = 60.0,
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
     try:
-        pool.run(fuzz_cases(bases, n, seed, kinds), res, on_progress)
+        pool.run(fuzz_cases(bases, n, seed, kinds), res, on_progress, max_seconds)
     finally:
         pool.close()
     return res
@@ -510,6 +648,7 @@ def report(res: Result) -> dict:
         "slowest_decode_s": res.slowest,
         "outcomes": {o: res.total(o) for o in OUTCOMES},
         "by_model": {m: dict(c) for m, c in sorted(by_model.items())},
+        "model_seconds": {m: round(v, 1) for m, v in sorted(res.model_seconds.items())},
         "by_kind": {k: dict(c) for k, c in sorted(by_kind.items())},
         "by_model_kind": {f"{m}/{k}": dict(c) for (m, k), c in sorted(res.counts.items())},
         "typed_errors": {m: dict(c.most_common()) for m, c in sorted(res.errors.items())},
@@ -538,6 +677,9 @@ def main() -> None:
     ap.add_argument("--decode-budget", default=FUZZ_BUDGET, help="'' for the default budget")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="stop feeding new streams after this long (start-up not counted); "
+                         "the report says how many ran")
     ap.add_argument("--json", default=None, help="write the report here")
     ap.add_argument("--save-dir", default="bench-fuzz-findings",
                     help="streams that crashed, hung or raised untyped errors")
@@ -556,7 +698,7 @@ def main() -> None:
     res = run_fuzz(args.streams, workers=args.workers, seed=args.seed, timeout=args.timeout,
                    mem_gb=args.mem_gb, steps=args.steps, budget=args.decode_budget,
                    models=args.models.split(","), kinds=args.kinds.split(","),
-                   on_progress=progress, stop_on_signal=True)
+                   on_progress=progress, stop_on_signal=True, max_seconds=args.max_seconds)
     rep = report(res)
     rep["stopped_early"] = rep["streams"] < args.streams
     rep.update(command=" ".join(sys.argv), date=time.strftime("%Y-%m-%d %H:%M"),
@@ -570,12 +712,15 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(rep, indent=2))
     if rep["stopped_early"]:
-        print(f"stopped early (signal) after {rep['streams']} of {args.streams} streams")
+        print(f"stopped early (signal or --max-seconds) after {rep['streams']} of "
+              f"{args.streams} streams")
     print(f"{rep['streams']} streams in {rep['seconds']:.0f} s: {rep['streams_per_s']:.1f} "
           f"streams/s on {args.workers} worker(s) ({rep['workers_started']} started; start-up "
           f"{rep['startup_seconds']:.0f} s not counted); slowest decode "
           f"{rep['slowest_decode_s']:.2f} s")
     print(_table(rep["by_model"], "model"))
+    print("decode seconds per model: " + ", ".join(f"{m} {v:.0f}"
+                                                   for m, v in rep["model_seconds"].items()))
     print(_table(rep["by_kind"], "kind"))
     print(_table(rep["by_model_kind"], "model/kind"))
     for m, errs in rep["typed_errors"].items():
