@@ -48,11 +48,11 @@ def random_weights(config: str, path: Path) -> str:
     import torch
 
     from cdc.models import ConditionalDiffusionCompressor
-    from cdc.configs import CONFIGS
+    from cdc.presets import PRESETS
     from cdc.weights import weights_bytes
 
     torch.manual_seed(0)
-    model = ConditionalDiffusionCompressor(CONFIGS[config]).eval()
+    model = ConditionalDiffusionCompressor(PRESETS[config]).eval()
     with torch.no_grad():
         model.g_a[-1].weight.mul_(40.0)  # spread the latent like a trained model's
     model.update()

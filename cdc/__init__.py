@@ -40,7 +40,7 @@ from cdc.limits import DecodeBudget
 _LAZY = {
     "BaseCodec": "cdc.base:BaseCodec",
     "CDCCodec": "cdc.codec:CDCCodec",
-    "CDCConfig": "cdc.config:CDCConfig",
+    "CDCConfig": "cdc.model_config:CDCConfig",
     "DecodeSettings": "cdc.interface:DecodeSettings",
     "ImageCodec": "cdc.interface:ImageCodec",
 }

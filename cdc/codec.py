@@ -19,7 +19,7 @@ from PIL import Image
 
 from cdc.base import BaseCodec
 from cdc.bitstream import Container, symbols_crc
-from cdc.config import CDCConfig
+from cdc.model_config import CDCConfig
 from cdc.describe import describe_container, latent_shapes
 from cdc.errors import CorruptStreamError, DecodeSettingsError, SymbolMismatchError
 from cdc.image import array_to_tensor, pad_to_multiple, tensor_to_image, to_rgb_array

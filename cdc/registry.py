@@ -1,7 +1,7 @@
 """One registration per codec: everything the toolkit needs to find a codec by its id.
 
 The bitstream reader (id byte ↔ name), the zoo (codec class for a weights file), ``cdc
-info`` (stream describer), the named configs, and ``cdc train`` / ``cdc export-model``
+info`` (stream describer), the named model presets, and ``cdc train`` / ``cdc export-model``
 (trainer and exporter) all read this table and nothing else. Entries name their parts as
 ``"module:attribute"`` strings, resolved on first use, so a codec's code (and the
 training stack, which lives in ``pipeline``) is imported only when it is needed.
@@ -24,7 +24,7 @@ class CodecEntry:
     byte: int  # the id byte in every stream's header (never reused)
     codec: str  # "module:Class" of the codec (a BaseCodec)
     describe: str  # "module:function" (stream bytes → dict) for ``cdc info``: no model, no torch
-    configs: str  # "module:DICT" of named model configs
+    presets: str  # "module:DICT" of named model configs (presets; not training YAMLs)
     trainer: str  # "module" with run_training(config, run_dir, ...) and export(...)
     summary: str = ""
     #: "module:function" ``(obj, source, fetch) -> obj`` for weights files that name other
@@ -36,14 +36,14 @@ class CodecEntry:
 
 CODECS: dict[str, CodecEntry] = {e.name: e for e in (
     CodecEntry("cdc", 0, "cdc.codec:CDCCodec", "cdc.describe:describe_container",
-               "cdc.configs:CONFIGS",
+               "cdc.presets:PRESETS",
                "pipeline.train", "Conditional Diffusion Compression (Yang & Mandt)"),
     CodecEntry("diffc", 1, "cdc.diffc.codec:DiffCCodec", "cdc.diffc.stream:describe",
                "cdc.diffc.model:DIFFC_CONFIGS", "pipeline.train_diffc",
                "DiffC: diffusion prior + reverse-channel coding (Theis et al.)"),
     CodecEntry("corrdiff", 2, "cdc.corrdiff.codec:CorrDiffCodec",
                "cdc.describe:describe_container",
-               "cdc.configs:CONFIGS", "pipeline.train_corrdiff",
+               "cdc.presets:PRESETS", "pipeline.train_corrdiff",
                "CorrDiff: CDC + encoder-chosen end-to-end correction (Ma et al.)",
                complete_weights="cdc.corrdiff.codec:complete_weights"),
     CodecEntry("refine", 3, "cdc.refine.codec:RefineCodec", "cdc.refine.stream:describe",
@@ -81,12 +81,12 @@ def codec_of(obj: dict[str, Any]) -> str:
     return str(obj.get("codec", DEFAULT_CODEC))
 
 
-def get_config(name: str, codec: str | None = None) -> Any:
-    """A named model config of ``codec`` (or of any codec when None)."""
+def model_preset(name: str, codec: str | None = None) -> Any:
+    """A named model config (preset) of ``codec`` (or of any codec when None)."""
     names = [codec] if codec else list(dict.fromkeys(CODECS))
     for c in names:
-        table = resolve(entry(c).configs)
+        table = resolve(entry(c).presets)
         if name in table:
             return table[name]
-    known = sorted({k for c in names for k in resolve(entry(c).configs)})
-    raise KeyError(f"unknown model config {name!r}; known: {', '.join(known)}")
+    known = sorted({k for c in names for k in resolve(entry(c).presets)})
+    raise KeyError(f"unknown model preset {name!r}; known: {', '.join(known)}")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cdc.config import CDCConfig
+from cdc.model_config import CDCConfig
 from cdc.errors import WeightsError
 from cdc.spaces import Space
 

@@ -242,10 +242,10 @@ def _describe_with_config(data: bytes, d: dict, config_name: str, codec: str) ->
     shapes and padding are its own (the bare describer assumes pixel-space CDC)."""
     from cdc import BitstreamError
     from cdc.describe import describe_stream
-    from cdc.registry import get_config
+    from cdc.registry import model_preset
 
     try:
-        cfg = get_config(config_name, codec)
+        cfg = model_preset(config_name, codec)
     except KeyError:
         return d
     try:
@@ -472,13 +472,13 @@ def verify(
 @app.command()
 def models() -> None:
     """List shipped models."""
-    from cdc.configs import CONFIGS
+    from cdc.presets import PRESETS
     from zoo import registry
 
     for name, e in registry().items():
         typer.echo(f"{name}: {e.get('description', '')} (sha256 {e['sha256'][:16]}…, "
                    f"{e.get('params', '?')} params, {e.get('train_steps', '?')} steps)")
-    typer.echo(f"configs: {', '.join(CONFIGS)}")
+    typer.echo(f"presets: {', '.join(PRESETS)}")
 
 
 def _register_subcommands() -> None:

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from cdc.config import CDCConfig
-from cdc.configs import get_config
+from cdc.model_config import CDCConfig
+from cdc.presets import cdc_preset
 from cdc.models import ConditionalDiffusionCompressor
 from cdc.objectives import cdc_loss
 from cdc.weights import weights_bytes
@@ -43,7 +43,7 @@ class TrainConfig(TrainConfigBase):
     perceptual_window: int = 8  # latent models: side (space positions) decoded for it
 
     def model_cfg(self) -> CDCConfig:
-        base = get_config(self.model_config).to_dict()
+        base = cdc_preset(self.model_config).to_dict()
         base.update(self.model_overrides)
         base["name"] = self.model_id
         return CDCConfig.from_dict(base)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from cdc.config import CDCConfig
+from cdc.model_config import CDCConfig
 from cdc.corrdiff.codec import corrdiff_weights_bytes
 from cdc.corrdiff.correction import CorrectionConfig
 from cdc.corrdiff.decoder import DecoderConfig, E2EDecoder

@@ -18,7 +18,7 @@ os.environ["CDC_MODEL_CACHE"] = tempfile.mkdtemp(prefix="cdc-model-cache-")
 from s3_fixture import s3_server, s3_url  # noqa: E402, F401  (real S3 for storage tests)
 
 from cdc import CDCCodec  # noqa: E402
-from cdc.configs import CONFIGS  # noqa: E402
+from cdc.presets import PRESETS  # noqa: E402
 from cdc.models import ConditionalDiffusionCompressor  # noqa: E402
 from cdc.weights import weights_bytes  # noqa: E402
 
@@ -26,9 +26,9 @@ from cdc.weights import weights_bytes  # noqa: E402
 def make_weights(seed: int = 0, config: str = "cdc-test", **overrides) -> bytes:
     """Bytes of a random-init (but update()d) weights file."""
     torch.manual_seed(seed)
-    cfg = CONFIGS[config]
+    cfg = PRESETS[config]
     if overrides:
-        from cdc.config import CDCConfig
+        from cdc.model_config import CDCConfig
 
         cfg = CDCConfig.from_dict({**cfg.to_dict(), **overrides})
     model = ConditionalDiffusionCompressor(cfg).eval()

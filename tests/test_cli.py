@@ -291,14 +291,14 @@ def test_info_uses_the_shipped_models_config_for_latent_shapes(tmp_path: Path, m
 
     import zoo
     import zoo.store
-    from cdc.configs import CONFIGS
+    from cdc.presets import PRESETS
     from cdc.describe import latent_shapes
     from cdc.models import ConditionalDiffusionCompressor
     from cdc.weights import weights_bytes
     from zoo import codec_from_bytes, load_space, sha256_hex
 
-    cfg = dataclasses.replace(CONFIGS["lcdc-test"], name="lcdc-test-s4", y_stride=4)
-    monkeypatch.setitem(CONFIGS, "lcdc-test-s4", cfg)
+    cfg = dataclasses.replace(PRESETS["lcdc-test"], name="lcdc-test-s4", y_stride=4)
+    monkeypatch.setitem(PRESETS, "lcdc-test-s4", cfg)
     torch.manual_seed(0)
     model = ConditionalDiffusionCompressor(cfg, load_space("taef2")).eval()
     model.update()

@@ -139,13 +139,13 @@ class TestLatentCDC(CodecContract):
 
     @classmethod
     def make_weights(cls, seed):
-        from cdc.configs import CONFIGS
+        from cdc.presets import PRESETS
         from cdc.models import ConditionalDiffusionCompressor
         from cdc.weights import weights_bytes
         from zoo import load_space
 
         torch.manual_seed(seed)
-        model = ConditionalDiffusionCompressor(CONFIGS["lcdc-test"], load_space("taef2")).eval()
+        model = ConditionalDiffusionCompressor(PRESETS["lcdc-test"], load_space("taef2")).eval()
         with torch.no_grad():
             for p in model.denoiser.parameters():
                 if not p.any():

@@ -128,13 +128,13 @@ def test_latent_corrdiff_decoder_trains_against_the_latent(image_dir: Path, tmp_
     shared cache (no LPIPS here), exports with its base, and the codec replays its paths."""
     import torch
 
-    from cdc.configs import CONFIGS
+    from cdc.presets import PRESETS
     from cdc.models import ConditionalDiffusionCompressor
     from cdc.weights import weights_bytes
     from pipeline.train_corrdiff import CorrDiffTrainConfig, CorrDiffTrainer
 
     torch.manual_seed(0)
-    base = ConditionalDiffusionCompressor(CONFIGS["lcdc-test"], load_space("taef2")).eval()
+    base = ConditionalDiffusionCompressor(PRESETS["lcdc-test"], load_space("taef2")).eval()
     base.update()
     base_path = tmp_path / "lcdc-base.pt"
     base_path.write_bytes(weights_bytes(base, "lcdc-base"))

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from cdc import CDCCodec
-from cdc.configs import CONFIGS
+from cdc.presets import PRESETS
 from cdc.models import ConditionalDiffusionCompressor
 from cdc.objectives import cdc_loss
 from pipeline.train import TrainConfig, Trainer, export_model
@@ -36,7 +36,7 @@ def _config(image_dir: Path, **kw) -> TrainConfig:
 
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
-    model = ConditionalDiffusionCompressor(CONFIGS["cdc-test"])
+    model = ConditionalDiffusionCompressor(PRESETS["cdc-test"])
     x = torch.from_numpy(smooth_image(64, 64)).permute(2, 0, 1)[None].float() / 127.5 - 1
     x = x.repeat(2, 1, 1, 1)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)

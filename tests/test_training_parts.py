@@ -13,8 +13,8 @@ import torch
 import yaml
 from PIL import Image
 
-from cdc.config import CDCConfig
-from cdc.configs import CONFIGS
+from cdc.model_config import CDCConfig
+from cdc.presets import PRESETS
 from cdc.models import ConditionalDiffusionCompressor
 from cdc.objectives import cdc_loss
 from cdc.registry import CODECS, entry, resolve
@@ -23,7 +23,7 @@ from tests.conftest import smooth_image
 
 def _model(config: str, space=None, **overrides) -> ConditionalDiffusionCompressor:
     torch.manual_seed(0)
-    cfg = CDCConfig.from_dict({**CONFIGS[config].to_dict(), **overrides})
+    cfg = CDCConfig.from_dict({**PRESETS[config].to_dict(), **overrides})
     return ConditionalDiffusionCompressor(cfg, space)
 
 

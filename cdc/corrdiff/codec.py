@@ -26,7 +26,7 @@ from torch import Tensor
 
 from cdc.bitstream import Container, symbols_crc
 from cdc.codec import CDCCodec, _symbols_bytes, cdc_model
-from cdc.config import CDCConfig
+from cdc.model_config import CDCConfig
 from cdc.corrdiff.correction import (
     W_TAG,
     CorrectionConfig,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cdc.config import CDCConfig, config_from_dict, config_to_dict
+from cdc.model_config import CDCConfig, config_from_dict, config_to_dict
 from cdc.models.transforms import ContextDecoder
 
 #: State-dict prefix of the decoder inside a corrdiff weights file (beside the CDC keys).

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdc.config import CDCConfig, OnSpace, config_from_dict, config_to_dict
-from cdc.configs import TAEF2_MEAN, TAEF2_STD
+from cdc.model_config import CDCConfig, OnSpace, config_from_dict, config_to_dict
+from cdc.presets import TAEF2_MEAN, TAEF2_STD
 from cdc.diffusion import DDIMSampler, NoiseSchedule
 from cdc.errors import WeightsError
 from cdc.models.unet import ConditionalUNet

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cdc.config import CDCConfig
+from cdc.model_config import CDCConfig
 from cdc.diffusion import DDIMSampler, NoiseSchedule
 from cdc.models.entropy import MeanScaleHyperprior
 from cdc.models.transforms import (

@@ -6,7 +6,7 @@ from compressai.layers import GDN
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
-from cdc.config import CDCConfig
+from cdc.model_config import CDCConfig
 
 
 def analysis_transform(cfg: CDCConfig) -> nn.Module:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdc.config import CDCConfig
+from cdc.model_config import CDCConfig
 from cdc.models.blocks import (
     Downsample,
     ResBlock,

@@ -27,7 +27,7 @@ class SpaceUnits:
 
     def init_units(self: nn.Module, space: Space | None, cfg: Any) -> None:
         """Attach ``space`` (None: pixels) to the model of ``cfg`` (a config with the
-        :class:`cdc.config.OnSpace` fields), checked against what the config names."""
+        :class:`cdc.model_config.OnSpace` fields), checked against what the config names."""
         if space is None:
             if cfg.space != "pixel":
                 raise ValueError(f"a {cfg.space!r}-space model needs its (pretrained) space")

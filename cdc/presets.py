@@ -1,8 +1,12 @@
-"""Named model configurations (untrained shapes); shipped weights name one of these."""
+"""CDC's named model presets (untrained shapes): a shipped model's registry entry names one.
+
+(Training configs, the YAML files in ``configs/``, are another thing: they name a preset
+in ``model_config``; :mod:`cdc.model_config` holds the dataclass.)
+"""
 
 from __future__ import annotations
 
-from cdc.config import CDCConfig
+from cdc.model_config import CDCConfig
 
 TAEF2_MEAN = (0.02, -0.05, -0.17, -0.05, 0.09, 0.17, 0.07, -0.14, 0.04, -0.04, 0.07, -0.04,
               0.14, 0.03, 0.13, 0.06, 0.13, 0.11, -0.01, -0.17, 0.01, 0.06, -0.16, -0.07, 0.18,
@@ -11,7 +15,7 @@ TAEF2_STD = (0.70, 0.95, 0.96, 0.90, 0.74, 0.91, 1.01, 0.81, 0.97, 0.61, 0.63, 1
              0.93, 0.97, 0.73, 0.68, 0.71, 1.03, 0.71, 0.68, 0.75, 0.68, 0.95, 0.72, 0.92, 0.84,
              0.76, 0.96, 0.76, 0.94)
 
-CONFIGS: dict[str, CDCConfig] = {
+PRESETS: dict[str, CDCConfig] = {
     # For format tests: builds in milliseconds, any weights are random.
     "cdc-test": CDCConfig(
         name="cdc-test", encoder_channels=16, latent_channels=16, hyper_channels=16,
@@ -47,8 +51,9 @@ CONFIGS: dict[str, CDCConfig] = {
 }
 
 
-def get_config(name: str) -> CDCConfig:
+def cdc_preset(name: str) -> CDCConfig:
+    """The CDC preset ``name``; a ``KeyError`` naming the known ones otherwise."""
     try:
-        return CONFIGS[name]
+        return PRESETS[name]
     except KeyError:
-        raise KeyError(f"unknown model config {name!r}; known: {', '.join(sorted(CONFIGS))}") from None
+        raise KeyError(f"unknown CDC preset {name!r}; known: {', '.join(sorted(PRESETS))}") from None
