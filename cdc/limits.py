@@ -11,7 +11,7 @@ The defaults are sized for a 24 GB, 2-core machine: every stream the toolkit's e
 write from an image within the default input limit of ``cdc compress`` (2**25 pixels)
 passes the pixel and symbol limits; the memory and work limits refuse what would not
 finish here (a CDC decode on the CPU materialises its attention matrices, so the memory
-limit caps cdc-small's near 1.2 megapixels). A caller that trusts its streams and has
+limit caps cdc-small's near 0.9 megapixels). A caller that trusts its streams and has
 the hardware raises them: ``codec.budget = DecodeBudget(max_alloc_bytes=64 << 30)``, the
 CLI's ``--decode-budget max_alloc_bytes=64GiB``, or ``DecodeBudget.unlimited()``.
 
@@ -156,7 +156,10 @@ def unet_bytes(h: int, w: int, *, channels: int, mults: Iterable[int],
     (batch, in_channels, h, w): the skip activations it keeps, plus the largest working set
     of one level (concatenated input and the residual block's intermediates), or of one
     self-attention (q, k, v and, where the kernel materialises them as PyTorch's CPU
-    kernel does, the score and softmax matrices: 2·heads·T² values for T tokens)."""
+    kernel does for the U-Net's strided q/k/v, the score and softmax matrices and a masked
+    copy: 3·heads·T² values for T tokens; measured 2.27·heads·T² at T = 6,000 with torch
+    2.14: counted as 2·, the U-Net term of a 4000×3000 lcdc-q1 decode, 4.43 GiB, was under
+    its measured 5.08 GiB)."""
     mults, ctx = list(mults), list(context_mults)
     chans = [channels * m for m in mults]
     ctxs = [channels * m for m in ctx] + [0] * (len(chans) - len(ctx))
@@ -172,7 +175,7 @@ def unet_bytes(h: int, w: int, *, channels: int, mults: Iterable[int],
         work = (max(cur + ctxs[i], up_in) + 3 * out) * t
         if i in attn:
             heads = max(1, out // head_channels)
-            work = max(work, 4 * out * t + (2 * heads * t * t if attention_matrices else 0))
+            work = max(work, 4 * out * t + (3 * heads * t * t if attention_matrices else 0))
         peak = max(peak, work)
         cur = out
     return int((skips + peak) * batch * elem + (in_channels * h * w * 4 * batch * elem))
