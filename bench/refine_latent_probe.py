@@ -58,6 +58,27 @@ class LatentRefiner(nn.Module):
         return zb + self.out(F.silu(self.body(self.inp(zb))))
 
 
+class PixelsToLatent(nn.Module):
+    """ẑ = f(base pixels): an 8× pixel-unshuffle stem instead of the TAEF2 encoder (which
+    costs as much as the decoder at decode time)."""
+
+    def __init__(self, ch: int = 96, blocks: int = 6):
+        super().__init__()
+        self.inp = nn.Sequential(nn.Conv2d(192, ch, 3, padding=1), nn.SiLU(),
+                                 nn.Conv2d(ch, ch, 3, padding=1))
+        self.body = nn.Sequential(*[ResBlock(ch) for _ in range(blocks)])
+        self.out = nn.Conv2d(ch, 32, 3, padding=1)
+
+    def forward(self, base: torch.Tensor) -> torch.Tensor:
+        return self.out(F.silu(self.body(self.inp(F.pixel_unshuffle(base, 8)))))
+
+
+def base_pixels(pairs: Path, shards: int) -> torch.Tensor:
+    """The base crops in the latent cache's order, uint8 (N, 3, 128, 128)."""
+    return torch.cat([torch.from_numpy(np.load(pairs / f"shard-{k:04d}.npz")["base"])
+                      .permute(0, 3, 1, 2) for k in range(shards)])
+
+
 def latents(space, cache: Path, pairs: Path, shards: int) -> tuple[torch.Tensor, torch.Tensor]:
     """TAEF2 latents of (original, base) for the first ``shards`` pair shards, cached."""
     if cache.exists():
@@ -86,6 +107,8 @@ def main() -> None:
     ap.add_argument("--split", default="configs/validation-split.txt")
     ap.add_argument("--root", default="../shared/data/train")
     ap.add_argument("--qualities", default="5,15,35")
+    ap.add_argument("--input", choices=("latent", "pixels"), default="latent",
+                    help="the refiner reads the base's TAEF2 latent, or the base pixels")
     a = ap.parse_args()
     from cdc.refine import base_layer, blend
     from cdc.refine.config import REFINE_CONFIGS
@@ -99,12 +122,18 @@ def main() -> None:
     z, zb = latents(space, Path(a.cache), Path(a.pairs), a.shards)
     print(f"pairs {len(z)}; latent rms {float(z.pow(2).mean().sqrt()):.3f}, "
           f"base-to-original rms {float((z - zb).pow(2).mean().sqrt()):.3f}", flush=True)
-    net = LatentRefiner()
+    pixels = a.input == "pixels"
+    if pixels:
+        zb = base_pixels(Path(a.pairs), a.shards)
+        assert len(zb) == len(z), "pair shards changed since the latent cache was made"
+    net = PixelsToLatent() if pixels else LatentRefiner()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     t0 = time.time()
     for it in range(a.steps):
         j = torch.randint(0, len(z), (32,))
         inp, target = zb[j], z[j]
+        if pixels:
+            inp = inp.float() / 127.5 - 1
         if it % 2:
             inp, target = inp.flip(-1), target.flip(-1)
         loss = (net(inp) - target).pow(2).mean()
@@ -130,7 +159,7 @@ def main() -> None:
             base = base_layer.decode(choice.data, s, s, 1)
             x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 127.5 - 1
             with torch.no_grad():
-                y = space.decode(net(space.encode(base)))
+                y = space.decode(net(base) if pixels else net(space.encode(base)))
                 outs = [base, y]
                 for bound in (0.3, 1.5):
                     idx = blend.choose(x, base, y, cfg.table, cfg.tile, bound)
