@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -32,8 +33,9 @@ NOT_CODE = {"text", "json"}
 MARKER = re.compile(r"^\s*<!--\s*(not run|illustrative):(.*?)-->\s*$")
 FENCE = re.compile(r"^\s*```(\S*)\s*$")
 BLOCK_TIMEOUT_S = 600
-
-pytestmark = pytest.mark.timeout(BLOCK_TIMEOUT_S + 60)
+# a block may first run the blocks before it in its doc (README: the archive, then Python);
+# per item, as conftest's 300 s default is closer than a module mark
+ITEM_TIMEOUT_S = 2 * BLOCK_TIMEOUT_S + 60
 
 
 @dataclass(frozen=True)
@@ -213,14 +215,21 @@ class Workspace:
         else:
             check = PYTHON_CHECKS.get(_key(block, PYTHON_CHECKS), "")  # type: ignore[arg-type]
             cmd = [sys.executable, "-c", block.code + "\n" + check]
+        # its own process group, killed whole on a timeout (a `cdc archive` and its Ray
+        # processes must not outlive the test)
+        proc = subprocess.Popen(cmd, cwd=self.root, env=self.env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                                start_new_session=True)
         try:
-            r = subprocess.run(cmd, cwd=self.root, env=self.env(), capture_output=True,
-                               text=True, timeout=BLOCK_TIMEOUT_S, stdin=subprocess.DEVNULL)
+            out, _ = proc.communicate(timeout=BLOCK_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             pytest.fail(f"{block.name}: still running after {BLOCK_TIMEOUT_S} s")
-        out = r.stdout + r.stderr
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         tail = "\n".join(out.splitlines()[-25:])
-        assert r.returncode == 0, f"{block.name}: exit {r.returncode}:\n{tail}"
+        assert proc.returncode == 0, f"{block.name}: exit {proc.returncode}:\n{tail}"
         self.done[block.line] = out
         return out
 
@@ -286,7 +295,8 @@ def _params() -> list:
     for b in BLOCKS:
         if b.lang not in RUNNABLE:
             continue
-        marks = [pytest.mark.slow] if _key(b, SLOW) else []
+        marks = [pytest.mark.timeout(ITEM_TIMEOUT_S)]
+        marks += [pytest.mark.slow] if _key(b, SLOW) else []
         out.append(pytest.param(b, id=b.name, marks=marks))
     return out
 

@@ -8,6 +8,7 @@ Skips, saying why, where chromium, chromedriver or selenium are missing
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,14 +23,12 @@ from tests.serve_helpers import REPO, generated_archive
 from zoo.cache import remember
 
 BROWSER = find_browser()
-pytestmark = [
-    pytest.mark.skipif(isinstance(BROWSER, str), reason=f"browser tests: {BROWSER}"),
-    pytest.mark.timeout(600),
-]
+pytestmark = pytest.mark.skipif(isinstance(BROWSER, str), reason=f"browser tests: {BROWSER}")
 N = 5
 WIDTH, HEIGHT = 700, 560
 
 
+@pytest.mark.timeout(600)  # on the test, as conftest's 300 s default is closer than a module mark
 def test_gallery_screenshot_script(tmp_path: Path, codec, weights_file: str, monkeypatch):
     for k in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
         monkeypatch.setenv(k, "60")  # Serve's 5 s/10 s kill its proxy on a loaded 2-core VM
@@ -39,13 +38,23 @@ def test_gallery_screenshot_script(tmp_path: Path, codec, weights_file: str, mon
     # `cdc serve` finds the test model as it finds any non-shipped one: the local model cache
     assert remember(codec.weights_sha256, weights_file) is not None
     out, keep = tmp_path / "shot" / "gallery.png", tmp_path / "keep"
-    r = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, str(REPO / "scripts" / "gallery-screenshot"), "--archive", url,
          "--key", "img002.png", "--out", str(out), "--keep", str(keep),
          "--size", f"{WIDTH}x{HEIGHT}"],
-        capture_output=True, text=True, timeout=540, stdin=subprocess.DEVNULL)
-    assert r.returncode == 0, f"exit {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    assert r.stdout.strip().startswith(f"{out}: ") and r.stdout.strip().endswith(" KB")
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        stdout, stderr = proc.communicate(timeout=540)
+    finally:  # Ctrl-C, so the script stops its `cdc serve` (its own session) on the way out
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{stdout[-3000:]}\n{stderr[-3000:]}"
+    assert stdout.strip().startswith(f"{out}: ") and stdout.strip().endswith(" KB")
 
     pic = Image.open(out)
     assert pic.format == "PNG" and pic.mode == "P", "a palette PNG, small enough for the README"
