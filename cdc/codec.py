@@ -113,13 +113,19 @@ class CDCCodec(BaseCodec):
         need: dict[str, float] = {"pixels": ph * pw, "latent_elements": n_y + n_z,
                                   "alloc_bytes": hyper_synthesis}
         if steps is not None:
-            s = cfg.space_stride
             need = {"pixels": ph * pw, "steps": steps, "pixel_steps": ph * pw * steps,
                     "latent_elements": n_y + n_z,
-                    "alloc_bytes": max(hyper_synthesis,
-                                       self.unet_alloc(ph // s, pw // s, batch) + self.extra_alloc(
-                                           ph, pw, batch))}
+                    "alloc_bytes": max(hyper_synthesis, self.render_alloc(ph, pw, batch))}
         self.budget.check(f"a {c.width}x{c.height} {c.codec} stream", **need)
+
+    def render_alloc(self, ph: int, pw: int, batch: int = 1) -> int:
+        """Estimated peak bytes of rendering ``batch`` padded ph×pw images: the larger of
+        one U-Net evaluation and the space's decoder (TAEF2's tiles), plus what a render
+        holds beside them (:meth:`extra_alloc`)."""
+        s = self.config.space_stride
+        return (max(self.unet_alloc(ph // s, pw // s, batch),
+                    self.model.space.decode_bytes(ph, pw, batch))
+                + self.extra_alloc(ph, pw, batch))
 
     def extra_alloc(self, ph: int, pw: int, batch: int = 1) -> int:
         """Memory beside the U-Net a render holds (the context features, the image)."""
@@ -130,9 +136,9 @@ class CDCCodec(BaseCodec):
 
     def render_batch_size(self, c: Container, steps: int, want: int) -> int:
         """How many equal-sized streams fit one render within the memory budget (>= 1)."""
-        m, s = self.config.pad_multiple, self.config.space_stride
+        m = self.config.pad_multiple
         ph, pw = c.height + (-c.height) % m, c.width + (-c.width) % m
-        one = self.unet_alloc(ph // s, pw // s, 1) + self.extra_alloc(ph, pw, 1)
+        one = self.render_alloc(ph, pw, 1)
         return max(1, min(want, self.budget.max_alloc_bytes // max(1, one)))
 
     def decode_latent(self, data: bytes | Container) -> tuple[Container, torch.Tensor]:

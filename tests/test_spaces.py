@@ -69,3 +69,27 @@ def test_pixel_space_is_the_identity_and_specs_round_trip(taef2):
     assert not any(p.requires_grad for p in taef2.parameters())
     taef2.train()
     assert not taef2.training  # frozen: never in training mode
+
+
+def test_latent_decode_budget_counts_the_taef2_tiles():
+    """At 1024x1024 a latent CDC decode's U-Net evaluation is small (1,024 attention
+    tokens); the TAEF2 decoder's 640-px tiles of 64 channels are not (~0.5 GB): the
+    decode budget's estimate holds the larger of the two, so a budget sized to the U-Net
+    alone refuses the stream."""
+    from cdc.bitstream import DIGEST_BYTES, Container
+    from cdc.errors import ResourceLimitError
+    from cdc.limits import DecodeBudget
+    from zoo import load_codec
+
+    codec = load_codec("lcdc-q1")
+    side, s = 1024, codec.config.space_stride
+    tiles = codec.model.space.decode_bytes(side, side)
+    unet = codec.unet_alloc(side // s, side // s)
+    assert tiles > 4 * unet and tiles > 400 << 20
+    assert codec.render_alloc(side, side) == tiles + codec.extra_alloc(side, side)
+    c = Container("cdc", bytes(DIGEST_BYTES), side, side, 0)
+    codec.budget = DecodeBudget(max_alloc_bytes=unet + codec.extra_alloc(side, side) + 1)
+    with pytest.raises(ResourceLimitError, match="max_alloc_bytes"):
+        codec.check_budget(c, steps=1)
+    codec.budget = DecodeBudget(max_alloc_bytes=codec.render_alloc(side, side))
+    codec.check_budget(c, steps=1)

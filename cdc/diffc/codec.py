@@ -224,7 +224,8 @@ class DiffCCodec(BaseCodec):
                 draws += n_dims
         evals = len(received) + (steps or 0)
         latent = 48 * cfg.space_channels * (ph // stride) * (pw // stride) if stride > 1 else 0
-        alloc = (max(self.unet_alloc(ph // stride, pw // stride, context=False), 2 * block)
+        alloc = (max(self.unet_alloc(ph // stride, pw // stride, context=False), 2 * block,
+                     self.prior.space.decode_bytes(ph, pw))
                  + 48 * 3 * ph * pw + latent)
         self.budget.check(
             f"a {p.width}x{p.height} diffc stream", pixels=ph * pw, steps=evals,

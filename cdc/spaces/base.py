@@ -25,6 +25,11 @@ class Space(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def decode_bytes(self, h: int, w: int, batch: int = 1) -> int:
+        """Estimated peak bytes of :meth:`decode` to (batch, 3, h, w) beyond the image
+        itself (which the codecs count): none for a space whose decode is a clamp."""
+        return 0
+
     def spec(self) -> dict[str, Any]:
         """What a weights file records to rebuild this space (name + component digests)."""
         return {"name": self.name}

@@ -163,6 +163,20 @@ class TAEF2Space(Space):
         img = tiled(tail, head(z), t, 8, 1, STRIDE)
         return (img * 2 - 1).clamp(-1, 1)
 
+    def decode_bytes(self, h: int, w: int, batch: int = 1) -> int:
+        """Estimated peak bytes of :meth:`decode` to (batch, 3, h, w), float32, beyond the
+        image: the stride-8 head runs on the whole map (its widest block holds the block
+        input and two 256-channel GroupNorm-branch maps, plus the norm's own: 832 channels),
+        then its 64-channel output stays while the tail runs tile by tile, a tile of
+        ``tile`` + 2·64 px a side holding about five 64-channel maps at full resolution
+        (a block's input, a convolution's input and output, oneDNN's reordered copies)."""
+        lh, lw = -(-h // STRIDE), -(-w // STRIDE)
+        side = self.tile + 2 * 8 * STRIDE  # the decoder tail's margin: 8 latent pixels
+        th, tw = min(h, side), min(w, side)
+        head = 832 * lh * lw
+        tail = 64 * lh * lw + 5 * 64 * th * tw
+        return 4 * batch * max(head, tail)
+
     def decode_differentiable(self, z: Tensor) -> Tensor:
         """Whole-map decode that keeps gradients (training losses after the decoder)."""
         return (self.decoder(z) * 2 - 1).clamp(-1, 1)
