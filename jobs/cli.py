@@ -286,91 +286,6 @@ def info(
         typer.echo(f"{k:>15}: {v}")
 
 
-
-@app.command()
-def train(
-    config: Path = typer.Argument(..., help="Training config (YAML), see configs/."),
-    run_dir: Path = typer.Option(..., "--run-dir", help="Checkpoint + metrics folder (resumes if present)."),
-    device: str = DeviceOpt,
-    bf16: bool = typer.Option(False, help="bf16 autocast (GPU)."),
-    batch_size: int | None = typer.Option(None, help="Override the config's batch size."),
-    max_steps: int | None = typer.Option(None, help="Stop after this many more steps."),
-    time_limit: float | None = typer.Option(None, help="Stop (and checkpoint) after this many seconds."),
-    export: str | None = typer.Option(None, help="After training, export under this model name."),
-    half: bool = typer.Option(False, help="Export network weights as fp16."),
-) -> None:
-    """Train (or resume) a model (CDC, DiffC or CorrDiff: the config's `codec`); optionally export it."""
-    import yaml
-
-    from cdc.registry import CODECS, codec_of, entry, resolve
-
-    try:
-        codec = codec_of(yaml.safe_load(config.read_text()) or {})
-    except (OSError, yaml.YAMLError, AttributeError) as e:
-        fail(f"{config}: {e}", EXIT_INPUT, config)
-    if codec not in CODECS:
-        fail(f"{config}: unknown codec {codec!r}; known: {', '.join(CODECS)}", EXIT_USAGE,
-             config)
-    module = resolve(entry(codec).trainer)  # every codec's trainer has the same entry point
-    try:
-        line = module.run_training(config, run_dir, device=device, bf16=bf16,
-                                   batch_size=batch_size, max_steps=max_steps,
-                                   time_limit=time_limit, export=export, half=half)
-    except (OSError, ValueError, TypeError) as e:
-        fail(f"{config}: {e}", EXIT_INPUT, config)
-    typer.echo(line)
-
-
-@app.command("export-model")
-def export_model_cmd(
-    run_dir: Path = typer.Argument(..., help="A training run folder."),
-    name: str = typer.Option(..., help="Model name in the zoo."),
-    zoo_dir: Path | None = typer.Option(None, help="Zoo folder (default: the installed cdc/zoo)."),
-    half: bool = typer.Option(False, help="Store network weights as fp16."),
-    description: str = typer.Option("", help="One line for the registry."),
-    default_steps: int | None = typer.Option(None, help="Decode steps when none are asked for."),
-    default_gamma: float | None = typer.Option(None, help="Start-noise scale when none is asked for."),
-    tier: list[str] = typer.Option([], "--tier",
-                                   help="Recommended tier for new archives, NAME:steps=N,gamma=G,seed=S."),
-    family: str | None = typer.Option(None, help="Rate family (ladder) in the registry: "
-                                      "`--rate` chooses among a family's models."),
-) -> None:
-    """Export a run's EMA weights (any codec: the run's own) with sha256 into the model zoo."""
-    from cdc.registry import CODECS, entry, resolve
-    from pipeline.tiers import DEFAULT_TIERS, TierError, merge_tiers
-    from pipeline.training import load_checkpoint_config, unsupported_options
-
-    try:
-        _, codec = load_checkpoint_config(run_dir)
-    except FileNotFoundError:
-        fail(f"{run_dir}: no checkpoint.pt", EXIT_INPUT, run_dir)
-    except (OSError, KeyError) as e:
-        fail(f"{run_dir}: unreadable checkpoint ({e})", EXIT_INPUT, run_dir)
-    if codec not in CODECS:
-        fail(f"{run_dir}: checkpoint of unknown codec {codec!r}", EXIT_USAGE, run_dir)
-    defaults = {k: v for k, v in (("default_steps", default_steps),
-                                  ("default_gamma", default_gamma)) if v is not None}
-    try:
-        tiers = merge_tiers(DEFAULT_TIERS, tier) if tier else None
-    except TierError as e:
-        fail(str(e), EXIT_USAGE)
-    exporter = resolve(entry(codec).trainer).export
-    given = {"--zoo-dir": zoo_dir is not None, "--half": half, "--description": description,
-             "--default-steps": default_steps is not None, "--tier": tier,
-             "--default-gamma": default_gamma is not None}
-    refused = unsupported_options(exporter, [o for o, used in given.items() if used])
-    if refused:
-        fail(f"{refused[0]}: the {codec} exporter does not support it; leave it out",
-             EXIT_USAGE, run_dir)
-    path = exporter(run_dir, name, zoo_dir=zoo_dir, half=half, description=description,
-                    decode_defaults=defaults, tiers=tiers)
-    if family:
-        from zoo.store import update_entry
-
-        update_entry(name, {"family": family}, zoo_dir)
-    typer.echo(f"exported {name} -> {path}")
-
-
 @app.command()
 def demo(
     src: Path = typer.Option(Path("samples"), help="Folder of images to code."),
@@ -482,11 +397,12 @@ def models() -> None:
 
 
 def _register_subcommands() -> None:
-    """Commands that live in their own modules (archive jobs on Ray, evaluation)."""
-    from jobs import eval_cli, ray_cli
+    """Commands that live in their own modules (archive jobs on Ray, evaluation, training)."""
+    from jobs import eval_cli, ray_cli, train_cli
 
     ray_cli.register(app)
     eval_cli.register(app)
+    train_cli.register(app)
 
 
 _register_subcommands()

@@ -1,32 +1,41 @@
 """`cdc train`: fit a CDC model from a YAML config, resumably, and export it to the zoo.
 
-Objective (Yang & Mandt): λ·bpp + (1−ρ)·diffusion loss + ρ·LPIPS(x̂0, x0), with a
-warm-up phase at a tiny λ first (without it the rate term collapses the latent
-and decodes come out grey), EMA weights, CompressAI's auxiliary quantile loss on
-its own optimizer, and gradient clipping.
+Objective (Yang & Mandt): λ·bpp + (1−ρ)·diffusion loss + ρ·LPIPS(x̂0, x0), with a λ
+warm-up first (``lam_warmup_steps`` at ``lam_warmup``: without it the rate term collapses
+the latent and decodes come out grey), EMA weights, CompressAI's auxiliary quantile loss
+on its own optimizer, and gradient clipping.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from cdc.model_config import CDCConfig
-from cdc.presets import cdc_preset
 from cdc.models import ConditionalDiffusionCompressor
 from cdc.objectives import cdc_loss
+from cdc.presets import cdc_preset
 from cdc.weights import weights_bytes
-from pipeline.training import TrainConfigBase, TrainerBase, load_run, training_entry
+from pipeline.training import (
+    TrainConfigBase,
+    TrainerBase,
+    load_run,
+    training_entry,
+    with_decode_defaults,
+)
 from zoo.components import load_space
 from zoo.store import ship_weights
 
 
 @dataclass
 class TrainConfig(TrainConfigBase):
-    """Everything a CDC run needs; one YAML file per model (see configs/)."""
+    """Everything a CDC run needs; one YAML file per model or family (see configs/)."""
+
+    #: ``warmup_steps`` meant the λ warm-up here but the LR warm-up in DiffC: renamed.
+    renamed_keys: ClassVar[dict[str, str]] = {"warmup_steps": "lam_warmup_steps"}
 
     codec: str = "cdc"
     model_config: str = "cdc-small"
@@ -35,12 +44,18 @@ class TrainConfig(TrainConfigBase):
     workers: int = 1
     aux_lr: float = 1e-3
     lam: float = 0.01
-    warmup_steps: int = 1000
+    # λ warm-up: the first ``lam_warmup_steps`` steps train at ``lam_warmup`` (a high rate, so
+    # the decoder learns to use the latent before the rate term can collapse it).
+    lam_warmup_steps: int = 1000
     lam_warmup: float = 1e-4
     rho: float = 0.0
     perceptual: str = "lpips-vgg"  # LPIPS-Alex is an evaluation metric (legacy configs name it)
     perceptual_mse: float = 1.0  # weight of pixel MSE beside LPIPS in the perceptual term
     perceptual_window: int = 8  # latent models: side (space positions) decoded for it
+
+    def __post_init__(self) -> None:
+        if self.ema_start is None:  # the EMA copies the weights during the λ warm-up
+            self.ema_start = self.lam_warmup_steps
 
     def model_cfg(self) -> CDCConfig:
         base = cdc_preset(self.model_config).to_dict()
@@ -108,7 +123,7 @@ class Trainer(TrainerBase):
         self.aux_opt.load_state_dict(ck["aux_opt"])
 
     def lam_at(self, step: int) -> float:
-        return self.cfg.lam_warmup if step < self.cfg.warmup_steps else self.cfg.lam
+        return self.cfg.lam_warmup if step < self.cfg.lam_warmup_steps else self.cfg.lam
 
     def train_step(self, batch: torch.Tensor | list[torch.Tensor]) -> dict[str, float]:
         self.model.train()
@@ -127,9 +142,7 @@ class Trainer(TrainerBase):
         self.aux_opt.zero_grad(set_to_none=True)
         aux.backward()
         self.aux_opt.step()
-        # The EMA follows the model exactly during the warm-up, then averages.
-        self.update_ema(self.cfg.ema_decay if self.step >= self.cfg.warmup_steps else 0.0,
-                        copy_buffers=True)
+        self.step_ema()  # ema_start defaults to the λ warm-up's end: the EMA copies until then
         self.step += 1
         return {"loss": float(out["loss"].detach()), "bpp": float(out["bpp"]),
                 "diffusion": float(out["diffusion"]), "perceptual": float(out["perceptual"]),
@@ -151,14 +164,12 @@ def export_model(run_dir: str | Path, name: str | None = None, zoo_dir: str | Pa
     """
     run_dir = Path(run_dir)
     ck = load_run(run_dir)  # a run's checkpoint.pt or a committed relay artifact
-    cfg = TrainConfig(**ck["train_config"])
-    name = name or cfg.model_id
+    cfg = TrainConfig.from_dict(ck["train_config"])
+    name = name or cfg.zoo_name or cfg.model_id
+    description = description or cfg.description
     mcfg = cfg.model_cfg()
     if decode_defaults:
-        unknown = set(decode_defaults) - {"default_steps", "default_gamma"}
-        if unknown:
-            raise ValueError(f"unknown decode defaults {sorted(unknown)}")
-        mcfg = CDCConfig.from_dict({**mcfg.to_dict(), **decode_defaults})
+        mcfg = CDCConfig.from_dict(with_decode_defaults(mcfg.to_dict(), decode_defaults))
     if tiers:
         extra_meta = {**(extra_meta or {}), "tiers": tiers}
     space = None if mcfg.space == "pixel" else load_space(mcfg.space)

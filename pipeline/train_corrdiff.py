@@ -22,13 +22,18 @@ from typing import Any
 
 import torch
 
-from cdc.model_config import CDCConfig
 from cdc.corrdiff.codec import corrdiff_weights_bytes
 from cdc.corrdiff.correction import CorrectionConfig
 from cdc.corrdiff.decoder import DecoderConfig, E2EDecoder
+from cdc.model_config import CDCConfig
 from cdc.models import ConditionalDiffusionCompressor
 from pipeline.train import _perceptual
-from pipeline.training import TrainConfigBase, TrainerBase, run_fit, with_decode_defaults
+from pipeline.training import (
+    TrainConfigBase,
+    TrainerBase,
+    training_entry,
+    with_decode_defaults,
+)
 from zoo import load_weights
 from zoo.store import ship_weights
 
@@ -62,8 +67,8 @@ class CorrDiffTrainConfig(TrainConfigBase):
     zoo_dir: str | None = None  # None: the package zoo (zoo/)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> CorrDiffTrainConfig:
-        cfg = super().from_yaml(path)
+    def from_yaml(cls, path: str | Path, rung: str | None = None) -> CorrDiffTrainConfig:
+        cfg = super().from_yaml(path, rung)
         DecoderConfig.from_dict(cfg.decoder)
         CorrectionConfig.from_dict(cfg.correction)
         if cfg.base_storage not in BASE_STORAGE:
@@ -141,7 +146,7 @@ class CorrDiffTrainer(TrainerBase):
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
-        self.update_ema(self.cfg.ema_decay, copy_buffers=True)
+        self.step_ema()
         self.step += 1
         m = float(mse.detach())
         # PSNR of x in [-1, 1] (range 2): 10·log10(4 / MSE); a latent's MSE has no PSNR.
@@ -206,20 +211,6 @@ class CorrDiffTrainer(TrainerBase):
                              "cache is not writable: use base_storage: embed")
 
 
-def run_training(config_path: str | Path, run_dir: str | Path, *, device: str = "cpu",
-                 bf16: bool = False, batch_size: int | None = None, max_steps: int | None = None,
-                 time_limit: float | None = None, export: str | None = None,
-                 half: bool = False) -> str:
-    """Entry point of ``cdc train`` for ``codec: corrdiff`` configs; returns a summary line."""
-    cfg = CorrDiffTrainConfig.from_yaml(config_path)
-    trainer = CorrDiffTrainer(cfg, run_dir, device=device, bf16=bf16, batch_size=batch_size)
-    line = run_fit(trainer, max_steps, time_limit) + f" (corrdiff decoder on base {trainer.base_id})"
-    if export:
-        path = trainer.export(export, half=half or cfg.export_half)
-        line += f"; exported {export} → {path}"
-    return line
-
-
 def export(run_dir: str | Path, name: str | None = None, zoo_dir: str | Path | None = None,
            half: bool = False, description: str = "",
            decode_defaults: dict[str, Any] | None = None,
@@ -230,11 +221,14 @@ def export(run_dir: str | Path, name: str | None = None, zoo_dir: str | Path | N
     raw, _ = load_checkpoint_config(run_dir)
     # init_from the folder itself: its checkpoint.pt, or a committed relay.pt (which the
     # trainer would not look for: without this a relay exported an untrained decoder).
-    cfg = CorrDiffTrainConfig(**{**raw, "init_from": str(run_dir),
-                                 **({"zoo_dir": str(zoo_dir)} if zoo_dir else {})})
+    cfg = CorrDiffTrainConfig.from_dict({**raw, "init_from": str(run_dir),
+                                         **({"zoo_dir": str(zoo_dir)} if zoo_dir else {})})
     trainer = CorrDiffTrainer(cfg, run_dir)
-    return trainer.export(name or cfg.model_id, half=half or cfg.export_half,
-                          description=description, decode_defaults=decode_defaults, tiers=tiers)
+    return trainer.export(name or cfg.zoo_name or cfg.model_id, half=half or cfg.export_half,
+                          description=description or cfg.description,
+                          decode_defaults=decode_defaults, tiers=tiers)
 
+
+run_training = training_entry(CorrDiffTrainConfig, CorrDiffTrainer, export)
 
 __all__ = ["CorrDiffTrainConfig", "CorrDiffTrainer", "export", "run_training"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -29,6 +29,9 @@ from zoo.components import load_space
 
 @dataclass
 class DiffCTrainConfig(TrainConfigBase):
+    #: ``warmup_steps`` was DiffC's LR warm-up (CDC's λ warm-up had the same name).
+    renamed_keys: ClassVar[dict[str, str]] = {"warmup_steps": "lr_warmup_steps"}
+
     codec: str = "diffc"
     model_config: str = "diffc-small"
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -37,8 +40,9 @@ class DiffCTrainConfig(TrainConfigBase):
     batch_size: int = 16
     steps: int = 100_000
     lr: float = 3e-4
-    warmup_steps: int = 200  # linear LR warm-up
+    lr_warmup_steps: int = 200
     ema_decay: float = 0.995
+    ema_ramp: bool = True
 
     def model_cfg(self) -> DiffCConfig:
         base = get_diffc_config(self.model_config).to_dict()
@@ -57,9 +61,9 @@ def prior_from_run(run_dir: str | Path, name: str | None = None
     """(EMA prior, checkpoint dict, train config) of a run's checkpoint.pt or committed
     relay artifact; the frozen space comes from the zoo, not the file."""
     ck = load_run(run_dir)
-    cfg = DiffCTrainConfig(**ck["train_config"])
+    cfg = DiffCTrainConfig.from_dict(ck["train_config"])
     prior = prior_for(DiffCConfig.from_dict({**cfg.model_cfg().to_dict(),
-                                             "name": name or cfg.model_id}))
+                                             "name": name or cfg.zoo_name or cfg.model_id}))
     frozen = {k: v for k, v in prior.state_dict().items() if k.startswith("space.")}
     prior.load_state_dict({**frozen, **{k: v.float() if v.is_floating_point() else v
                                         for k, v in ck["ema"].items()}})
@@ -84,17 +88,14 @@ class DiffCTrainer(TrainerBase):
     def train_step(self, x: torch.Tensor) -> dict[str, float]:
         self.model.train()
         x = self.model.to_model_units(x.to(self.device, non_blocking=True))
-        lr = self.cfg.lr * min(1.0, (self.step + 1) / max(1, self.cfg.warmup_steps))
-        for g in self.opt.param_groups:
-            g["lr"] = lr
+        lr = self.opt.param_groups[0]["lr"]  # set by the shared schedule (TrainerBase.set_lr)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             loss = self.model.loss(x)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.opt.step()
-        # Short runs: ramp the decay up so the EMA is not stuck near the init.
-        self.update_ema(min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step)))
+        self.step_ema()  # ema_ramp: short runs are not stuck near the init
         self.step += 1
         return {"loss": float(loss.detach()), "grad_norm": float(gnorm), "lr": lr}
 
@@ -111,7 +112,8 @@ def export(run_dir: str | Path, name: str | None = None, zoo_dir: str | Path | N
     from zoo.store import ship_weights
 
     prior, ck, cfg = prior_from_run(run_dir, name)
-    name = name or cfg.model_id
+    name = name or cfg.zoo_name or cfg.model_id
+    description = description or cfg.description
     if decode_defaults:  # decode-time fields only: the network is the same
         prior.cfg = DiffCConfig.from_dict(with_decode_defaults(prior.cfg.to_dict(),
                                                                decode_defaults))

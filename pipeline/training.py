@@ -19,21 +19,25 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cdc.registry import DEFAULT_CODEC, codec_of
+from cdc.registry import codec_of
 from pipeline.data import RandomCrops
+from pipeline.training_config import (  # noqa: F401  (TrainConfigBase: every trainer's import)
+    TrainConfigBase,
+    config_from_yaml,
+    trained_keys,
+)
 
 log = logging.getLogger(__name__)
 
-C = TypeVar("C")
 RELAY_FILE = "relay.pt"
 _EXACT = ("entropy.hyper.entropy_bottleneck.quantiles",)  # kept exact in relay artifacts
 
@@ -43,63 +47,6 @@ def atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-def config_from_yaml(cls: type[C], path: str | Path) -> C:
-    """A config dataclass from YAML; unknown keys are an error naming the allowed ones."""
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of config keys")
-    names = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
-    unknown = set(raw) - names
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(names)}")
-    return cls(**raw)
-
-
-@dataclass
-class TrainConfigBase:
-    """The fields every codec's training config shares; each codec adds its own.
-
-    One YAML file per model (``configs/``); its ``codec`` key picks the trainer through
-    :mod:`cdc.registry`.
-    """
-
-    codec: str = DEFAULT_CODEC
-    model_id: str = "model"
-    sources: list[str] = field(default_factory=lambda: ["../shared/data/train"])
-    crop: int = 128
-    max_side: int | None = 512
-    workers: int = 0
-    batch_size: int = 8
-    steps: int = 20_000
-    lr: float = 2e-4
-    grad_clip: float = 1.0
-    # Learning-rate schedule (every trainer): linear warm-up over ``lr_warmup_steps``, then
-    # constant or a cosine decay to ``lr_min_ratio``·lr at ``steps``.
-    lr_warmup_steps: int = 0
-    lr_decay: str = "constant"
-    lr_min_ratio: float = 0.1
-    ema_decay: float = 0.999
-    checkpoint_every: int = 250
-    log_every: int = 25
-    seed: int = 0
-    # Latent models (space != pixel) train on cached latents of the sources.
-    latent_cache: str = "runs/latent-cache"
-    latent_crop: int = 16  # crop side in space positions (16 → 128-pixel crops for TAEF2)
-    # A new run may start from another run's checkpoint.pt or a committed relay artifact
-    # (fp16 EMA weights + config, see save_relay): how a rate ladder's rungs fork from one
-    # base run, and how training goes on on a fresh machine.
-    init_from: str | None = None
-
-    @classmethod
-    def from_yaml(cls, path: str | Path):
-        """The config of ``path``, refused when its ``codec`` is not this trainer's."""
-        cfg = config_from_yaml(cls, path)
-        expected = cls.__dataclass_fields__["codec"].default  # type: ignore[attr-defined]
-        if cfg.codec != expected:
-            raise ValueError(f"{path}: codec is {cfg.codec!r}, not {expected!r}")
-        return cfg
 
 
 def run_file(run_dir: str | Path) -> Path:
@@ -225,11 +172,13 @@ def save_relay(run_dir: str | Path, out_dir: str | Path, max_mib: float = 16.0) 
 
 
 class TrainerBase:
-    """Subclasses set ``self.model`` and ``self.opt`` then call :meth:`_start`.
+    """Subclasses set ``self.model`` and ``self.opt`` then call :meth:`_start`; their
+    ``train_step`` calls :meth:`step_ema`.
 
     ``cfg`` needs: sources, crop, max_side, workers, batch_size, steps, checkpoint_every,
     log_every, seed (and model_config, unless :meth:`check_checkpoint` is overridden).
-    Checkpoints hold model, ema, opt, step and train_config, plus :meth:`extra_state`.
+    Checkpoints hold model, ema, opt, step, train_config and lineage (the configs this run
+    trained with before, each with the step it ran to), plus :meth:`extra_state`.
     """
 
     metric_fields: tuple[str, ...] = ("loss",)
@@ -247,6 +196,7 @@ class TrainerBase:
             cfg.batch_size = batch_size
         torch.manual_seed(cfg.seed)
         self.step = 0
+        self.lineage: list[dict[str, Any]] = []  # earlier configs of this run (see save)
         self.ckpt_path = self.run_dir / "checkpoint.pt"
         self.model: nn.Module
         self.ema: nn.Module
@@ -263,7 +213,10 @@ class TrainerBase:
             self._init_from(Path(self.cfg.init_from))
 
     def _init_from(self, path: Path) -> None:
-        """Weights (and, from a full checkpoint, optimizer and step) of another run."""
+        """Weights (and, from a full checkpoint, optimizer and step) of another run.
+
+        A relay artifact holds only the fp16 EMA: the optimizer starts fresh and the raw
+        weights start from the EMA, which one log line says."""
         src = path / "checkpoint.pt" if path.is_dir() and (path / "checkpoint.pt").exists() \
             else path / RELAY_FILE if path.is_dir() else path
         if not src.exists():
@@ -278,8 +231,22 @@ class TrainerBase:
         if "opt" in ck:
             self.opt.load_state_dict(ck["opt"])
             self.load_extra_state(ck)
+        else:
+            log.warning("init_from %s: an EMA-only relay artifact: lost are the optimizer "
+                        "moments (restarted at zero)%s", src, "" if "model" in ck else
+                        " and the raw weights (restarted from the EMA)")
         self.step = int(ck["step"])
+        self._inherit_lineage(ck, src)
 
+    def _inherit_lineage(self, ck: dict[str, Any], src: Path) -> None:
+        """The parent's lineage, plus the parent's config when it trained something else
+        (a fork, or a config edited between sessions): what retraining from scratch needs."""
+        lineage = list(ck.get("lineage", []))
+        cls = type(self.cfg)
+        if trained_keys(cls, ck["train_config"]) != trained_keys(cls, asdict(self.cfg)):
+            lineage.append({"until_step": int(ck["step"]), "from": str(src),
+                            "train_config": dict(ck["train_config"])})
+        self.lineage = lineage
 
     # -- checkpoints ------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
@@ -301,11 +268,29 @@ class TrainerBase:
         self.opt.load_state_dict(ck["opt"])
         self.step = int(ck["step"])
         self.load_extra_state(ck)
+        self._inherit_lineage(ck, path)
 
     def save(self) -> None:
         atomic_save({"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                      "opt": self.opt.state_dict(), "step": self.step,
-                     "train_config": asdict(self.cfg), **self.extra_state()}, self.ckpt_path)
+                     "train_config": asdict(self.cfg), "lineage": self.lineage,
+                     **self.extra_state()}, self.ckpt_path)
+
+    # -- EMA ----------------------------------------------------------------------------------
+    def ema_decay_at(self, step: int) -> float:
+        """The one EMA policy (codecs differ only by config values): 0 (copy) before
+        ``ema_start``, then ``ema_decay``, capped at (1+n)/(10+n) when ``ema_ramp``."""
+        cfg = self.cfg
+        if step < (getattr(cfg, "ema_start", None) or 0):
+            return 0.0
+        decay = cfg.ema_decay
+        if getattr(cfg, "ema_ramp", False):
+            decay = min(decay, (1 + step) / (10 + step))
+        return decay
+
+    def step_ema(self) -> None:
+        """Update the EMA for the step just taken (call before ``self.step += 1``)."""
+        self.update_ema(self.ema_decay_at(self.step), copy_buffers=True)
 
     @torch.no_grad()
     def update_ema(self, decay: float, copy_buffers: bool = False) -> None:

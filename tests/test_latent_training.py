@@ -27,7 +27,7 @@ def image_dir(tmp_path_factory) -> Path:
 
 def _config(image_dir: Path, cache: Path, **kw) -> TrainConfig:
     base = dict(model_config="lcdc-test", model_id="lcdc-test-trained", sources=[str(image_dir)],
-                max_side=None, workers=0, batch_size=2, steps=4, warmup_steps=1,
+                max_side=None, workers=0, batch_size=2, steps=4, lam_warmup_steps=1,
                 checkpoint_every=2, log_every=2, lr=1e-3, lam=0.1, latent_cache=str(cache),
                 latent_crop=8)
     base.update(kw)
@@ -100,7 +100,7 @@ def test_latent_diffc_trains_on_cached_latents_relays_and_exports(image_dir: Pat
     def cfg(**kw):
         base = dict(model_config="ldiffc-test", model_id="ldiffc-trained",
                     sources=[str(image_dir)], max_side=None, batch_size=2, steps=2,
-                    warmup_steps=1, checkpoint_every=2, log_every=1, lr=1e-3,
+                    lr_warmup_steps=1, checkpoint_every=2, log_every=1, lr=1e-3,
                     latent_cache=str(tmp_path / "cache"), latent_crop=8)
         base.update(kw)
         return DiffCTrainConfig(**base)

@@ -28,7 +28,7 @@ def image_dir(tmp_path_factory) -> Path:
 
 def _config(image_dir: Path, **kw) -> TrainConfig:
     base = dict(model_config="cdc-test", model_id="cdc-test-trained", sources=[str(image_dir)],
-                crop=64, max_side=None, workers=0, batch_size=2, steps=6, warmup_steps=2,
+                crop=64, max_side=None, workers=0, batch_size=2, steps=6, lam_warmup_steps=2,
                 checkpoint_every=3, log_every=2, lr=1e-3)
     base.update(kw)
     return TrainConfig(**base)

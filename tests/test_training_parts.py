@@ -136,7 +136,7 @@ def _trainer(image_dir: Path, run: Path, **kw):
     from pipeline.train import TrainConfig, Trainer
 
     base = dict(model_config="cdc-test", model_id="cdc-test-t", sources=[str(image_dir)],
-                crop=64, max_side=None, workers=0, batch_size=2, steps=4, warmup_steps=2,
+                crop=64, max_side=None, workers=0, batch_size=2, steps=4, lam_warmup_steps=2,
                 lam_warmup=1e-4, lam=0.5, ema_decay=0.9, checkpoint_every=100, log_every=1,
                 lr=1e-3)
     base.update(kw)
@@ -157,7 +157,7 @@ def test_lambda_switches_after_the_warm_up_and_the_ema_follows_then_averages(
 
     def checked_step(batch):
         before = {k: v.clone() for k, v in t.ema.state_dict().items()}
-        warm = t.step < t.cfg.warmup_steps
+        warm = t.step < t.cfg.lam_warmup_steps
         out = step(batch)
         model, ema = t.model.state_dict(), t.ema.state_dict()
         for name, _p in t.ema.named_parameters():
