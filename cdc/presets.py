@@ -56,4 +56,5 @@ def cdc_preset(name: str) -> CDCConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise KeyError(f"unknown CDC preset {name!r}; known: {', '.join(sorted(PRESETS))}") from None
+        known = ", ".join(sorted(PRESETS))
+        raise KeyError(f"unknown CDC preset {name!r}; known: {known}") from None

@@ -146,7 +146,8 @@ class Trainer(TrainerBase):
         self.step += 1
         return {"loss": float(out["loss"].detach()), "bpp": float(out["bpp"]),
                 "diffusion": float(out["diffusion"]), "perceptual": float(out["perceptual"]),
-                "aux": float(aux.detach()), "grad_norm": float(gnorm), "lam": self.lam_at(self.step - 1)}
+                "aux": float(aux.detach()), "grad_norm": float(gnorm),
+                "lam": self.lam_at(self.step - 1)}
 
     def status(self, row: dict[str, Any]) -> str:
         return f"loss {row['loss']:.4f} bpp {row['bpp']:.3f} {row['it_s']:.2f} it/s"

@@ -6,10 +6,11 @@ or URL (``base_model``), frozen, and used in eval mode so the decoder sees exact
 ŷ the codec codes (rounded around the hyperprior means). Loss: MSE(x̂, x) +
 ``lpips_weight``·LPIPS(x̂, x). On a latent base (TAEF2) x is the encoder's latent in
 model units, read from the shared latent cache, and the LPIPS term (when asked for) sees
-x̂ through the frozen decoder beside the aligned pixel crop. The trunk starts from the base context decoder's
-weights and trains at ``trunk_lr_scale``·lr. Resumable (``checkpoint.pt`` in the run
-folder); ``export`` writes base + decoder as one corrdiff weights file via
-:func:`zoo.store.ship_weights`.
+x̂ through the frozen decoder beside the aligned pixel crop. The trunk starts from the base
+context decoder's weights and trains at ``trunk_lr_scale``·lr. ``cdc train`` runs it
+through :func:`pipeline.training.training_entry` like every codec's trainer (resumable
+``checkpoint.pt``, relays, the shared EMA policy); ``export`` writes base + decoder as one
+corrdiff weights file via :func:`zoo.store.ship_weights`.
 """
 
 from __future__ import annotations
