@@ -138,7 +138,7 @@ class RefineTrainer(TrainerBase):
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.opt.step()
-        self.update_ema(cfg.ema_decay)
+        self.step_ema()
         self.step += 1
         with torch.no_grad():  # PSNR gain over the base on the γ=0 start items (pixel units)
             sel = start & (gam.view(-1) == 0)

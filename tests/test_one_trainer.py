@@ -55,9 +55,7 @@ def test_one_ema_policy_the_codecs_differ_only_by_config_values():
         _decays(DiffCTrainConfig(ema_decay=0.995))
 
 
-# The refine trainer (a run reads it now) still calls update_ema(cfg.ema_decay): the policy's
-# own values with its defaults (ema_start 0, no ramp), buffers aside.
-FROZEN = {"train_refine.py"}
+FROZEN: set[str] = set()  # trainers exempt from the one EMA policy: none
 
 
 def test_no_trainer_keeps_its_own_ema_policy():
