@@ -89,23 +89,11 @@ LATENT_SIZES = {"cdc": ((16, 16), (40, 56), (64, 48)),
 
 
 def refine_weights(seed: int = 0) -> bytes:
-    """A tiny random refine model (tests/test_refine.py's): its refinement changes the
-    image, so the blend weights the encoder writes are not all zero."""
-    import torch
+    """A tiny random refine model (the tests' own): its refinement changes the image, so the
+    blend weights the encoder writes are not all zero."""
+    from tests.tiny_refine import refine_bytes
 
-    from cdc.refine.config import REFINE_CONFIGS
-    from cdc.refine.model import RefineNet
-    from cdc.weights import pack_weights
-
-    cfg = REFINE_CONFIGS["refine-test"]
-    torch.manual_seed(seed)
-    net = RefineNet(cfg)
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.normal_(0, 0.05)
-        net.head[-1].weight.normal_(0, 0.5)
-    return pack_weights("refine", cfg.name, cfg.to_dict(), net.state_dict(), {})
+    return refine_bytes(seed)
 
 
 def load_fuzz_codec(model: str):

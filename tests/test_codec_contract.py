@@ -338,7 +338,7 @@ class TestRefine(CodecContract):
 
     @classmethod
     def make_weights(cls, seed):
-        from test_refine import refine_bytes
+        from tests.tiny_refine import refine_bytes
 
         return refine_bytes(seed)
 

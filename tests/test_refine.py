@@ -19,22 +19,8 @@ from cdc.limits import DecodeBudget
 from cdc.refine import base_layer, blend
 from cdc.refine.config import REFINE_CONFIGS, RefineConfig
 from cdc.refine.model import RefineNet
-from cdc.weights import pack_weights
+from tests.tiny_refine import refine_bytes
 from zoo import codec_from_bytes
-
-
-def refine_bytes(seed: int = 0, meta: dict | None = None, cfg: RefineConfig | None = None
-                 ) -> bytes:
-    """A tiny random refine model whose refinement visibly changes the image."""
-    cfg = cfg or REFINE_CONFIGS["refine-test"]
-    torch.manual_seed(seed)
-    net = RefineNet(cfg)
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.normal_(0, 0.05)
-        net.head[-1].weight.normal_(0, 0.5)  # residuals of a few grey levels, not 0.1
-    return pack_weights("refine", cfg.name, cfg.to_dict(), net.state_dict(), meta or {})
 
 
 @pytest.fixture(scope="module")
