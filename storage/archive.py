@@ -10,14 +10,13 @@ other records' payloads.
 ``Archive`` is a facade: the work is done by the parts in :class:`storage.parts.ArchiveParts`
 (group creation and sniffing in :mod:`storage.group`, attributes in
 :mod:`storage.attributes`, manifests and claims in :mod:`storage.manifests`, the key index
-in :mod:`storage.index`, payload reads in :mod:`storage.payload`, the decoded-image cache
-in :mod:`storage.decoded_cache`, verification in :mod:`storage.verify`).
+in :mod:`storage.index`, the key table's build in :mod:`storage.table_build`, payload reads
+in :mod:`storage.payload`, the decoded-image cache in :mod:`storage.decoded_cache`,
+verification in :mod:`storage.verify`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -33,17 +32,11 @@ from .errors import (
     RecordNotFoundError,
 )
 from .group import consolidate, create_group, open_group, update_attrs
-from .index import entry_info, entry_record
-from .keytable import build_table
-from .layout import (
-    CLAIMS_DIR,
-    DEFAULT_CHUNK_BYTES,
-    DEFAULT_MAX_SHARDS,
-    DEFAULT_SHARD_SIZE,
-    INDEX_DIR,
-)
+from .layout import CLAIMS_DIR, DEFAULT_CHUNK_BYTES, DEFAULT_MAX_SHARDS, DEFAULT_SHARD_SIZE
 from .parts import ArchiveParts
 from .records import Record, RecordInfo
+from .shard_meta import entry_info, entry_record
+from .table_build import build_key_table, drop_key_table
 from .verify import verify_parts
 from .writer import IfComplete, ShardWriter
 
@@ -314,24 +307,7 @@ class Archive:
         two concurrent builds leave the last one's table (both are correct).
         """
         self._writable("build the key index")
-        index = self._parts.index
-        shards, entries = index.all_entries()
-        entries = self._with_phys(entries)
-        path = f"{INDEX_DIR}/keys-{uuid.uuid4().hex}.bin"
-        blob, attr = build_table(entries, shards, path)
-        try:
-            run(self._loc.set(path, blob))
-            old = update_attrs(self._loc, lambda d: {**d, "key_table": attr})
-        except Exception as e:  # noqa: BLE001  (any store failure becomes one line)
-            raise self._loc.access_error(e, "write the key index", writing=True) from e
-        self._attributes.doc = {**self._attributes.doc, "key_table": attr}
-        index.drop_table_cache()
-        prev = old.get("key_table") or {}
-        if isinstance(prev.get("path"), str) and prev["path"].startswith(f"{INDEX_DIR}/keys-") \
-                and prev["path"] != path:
-            with contextlib.suppress(Exception):  # best effort; an orphan costs only space
-                run(self._loc.delete(prev["path"]))
-        return attr
+        return build_key_table(self._parts, self._loc)
 
     def ensure_index(self) -> bool:
         """Build the key table unless the current one covers exactly the completed shards
@@ -343,46 +319,11 @@ class Archive:
         self.build_index()
         return True
 
-    def _with_phys(self, entries: list[Any]) -> list[Any]:
-        """Entries with their byte offsets in the payload objects (``phys``), reusing the
-        ones the entries already carry (from the previous table)."""
-        by: dict[int, list[Any]] = {}
-        for e in entries:
-            by.setdefault(e.shard, []).append(e)
-        todo = [s for s, es in by.items() if any(e.phys is None and e.nbytes for e in es)]
-        payload = self._parts.payload
-
-        async def offsets() -> list[list[int | None]]:
-            import asyncio
-
-            sem = asyncio.Semaphore(16)
-
-            async def one(s: int) -> list[int | None]:
-                async with sem:
-                    return await payload.physical_offsets(s, by[s])
-
-            return await asyncio.gather(*(one(s) for s in todo))
-
-        fresh = dict(zip(todo, run(offsets()))) if todo else {}
-        out = []
-        for s, es in by.items():
-            phys = fresh.get(s)
-            for i, e in enumerate(es):
-                p = e.phys if phys is None else phys[i]
-                out.append(dataclasses.replace(e, phys=p, from_table=False))
-        return out
-
     def drop_index(self) -> None:
         """Stop readers using the key table (delete it and its attribute): lookups go
         through shard metadata until the next :meth:`build_index`."""
         self._writable("drop the key index")
-        old = update_attrs(self._loc, lambda d: {k: v for k, v in d.items() if k != "key_table"})
-        self._attributes.doc = {k: v for k, v in self._attributes.doc.items() if k != "key_table"}
-        self._parts.index.drop_table_cache()
-        p = (old.get("key_table") or {}).get("path")
-        if isinstance(p, str) and p.startswith(f"{INDEX_DIR}/keys-"):
-            with contextlib.suppress(Exception):  # best effort; an orphan costs only space
-                run(self._loc.delete(p))
+        drop_key_table(self._parts, self._loc)
 
     def refresh(self) -> None:
         """Pick up shards completed (or discarded) since the index was built.

@@ -5,21 +5,22 @@ attribute) a lookup is one ranged GET of a few slots, no listing and no shard me
 listings read the table's entries section once. Shards the table does not cover (committed
 after it was built), and archives without one, are read the original way: each completed
 shard's row arrays (key, status, sizes, checksum, offset, nbytes, error: about 100 bytes
-per record), checked against the manifest digest and kept as a :class:`ShardMeta`.
-A missing key triggers one re-list, so a long-lived reader sees new shards.
+per record), checked against the manifest digest and kept as a
+:class:`~storage.shard_meta.ShardMeta`. A missing key triggers one re-list, so a
+long-lived reader sees new shards.
+
+``ShardMeta``, ``entry_info`` and ``entry_record`` live in :mod:`storage.shard_meta` (and
+are importable from here too); ``verify``'s check of the key table against the shards is
+:func:`storage.table_check.check_table`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from .arrays import ShardArrays
 from .attributes import ArchiveAttributes
@@ -29,114 +30,9 @@ from .keys import check_key
 from .keytable import SLOT_SLOW, Entry, TableInfo, decode_entries
 from .layout import Layout
 from .manifests import ShardLedger
-from .records import STATUS_NAMES, Record, RecordInfo, checksum, rows_digest
+from .shard_meta import ShardMeta, entry_info, entry_record
 
 LOAD_BATCH = 64  # shards whose metadata is fetched concurrently
-
-
-@dataclass
-class ShardMeta:
-    """The (small) per-record metadata of one completed shard."""
-
-    shard: int
-    manifest: dict[str, Any]
-    keys: list[str]
-    status: np.ndarray
-    height: np.ndarray
-    width: np.ndarray
-    checksum: np.ndarray
-    offset: np.ndarray
-    nbytes: np.ndarray
-    errors: list[str]
-
-    @classmethod
-    def from_columns(cls, shard: int, manifest: dict[str, Any], cols: dict[str, Any]) -> ShardMeta:
-        return cls(
-            shard=shard,
-            manifest=manifest,
-            keys=[str(k) for k in cols["key"]],
-            status=np.asarray(cols["status"]),
-            height=np.asarray(cols["height"]),
-            width=np.asarray(cols["width"]),
-            checksum=np.asarray(cols["checksum"]),
-            offset=np.asarray(cols["offset"]),
-            nbytes=np.asarray(cols["nbytes"]),
-            errors=[str(e) for e in cols["error"]],
-        )
-
-    def digest(self) -> str:
-        """What the manifest's ``digest`` must be for these rows."""
-        return rows_digest(
-            self.keys,
-            self.status,
-            self.height,
-            self.width,
-            self.checksum,
-            self.offset,
-            self.nbytes,
-            self.errors,
-        )
-
-    def span(self, row: int) -> tuple[int, int]:
-        """``(offset, nbytes)`` of a record's bitstream in the shard's payload."""
-        return int(self.offset[row]), int(self.nbytes[row])
-
-    def payload_end(self) -> int:
-        """Bytes of the shard's payload in use (records are stored back to back)."""
-        return int(self.offset[-1] + self.nbytes[-1]) if self.keys else 0
-
-    def entry(self, row: int, phys: int | None = None) -> Entry:
-        return Entry(
-            key=self.keys[row],
-            shard=self.shard,
-            row=row,
-            offset=int(self.offset[row]),
-            nbytes=int(self.nbytes[row]),
-            checksum=int(self.checksum[row]),
-            status=int(self.status[row]),
-            height=int(self.height[row]),
-            width=int(self.width[row]),
-            error=self.errors[row],
-            phys=phys,
-        )
-
-    def entries(self) -> list[Entry]:
-        return [self.entry(r) for r in range(len(self.keys))]
-
-    def info(self, row: int) -> RecordInfo:
-        return entry_info(self.entry(row))
-
-    def record(self, row: int, data: bytes, url: str) -> Record:
-        """The record at ``row`` with its bitstream ``data``, CRC-32 checked."""
-        return entry_record(self.entry(row), data, url)
-
-
-def entry_info(e: Entry) -> RecordInfo:
-    return RecordInfo(
-        key=e.key,
-        height=e.height,
-        width=e.width,
-        status=STATUS_NAMES.get(e.status, "unknown"),
-        error=e.error or "",
-        nbytes=e.nbytes,
-        checksum=e.checksum,
-        shard=e.shard,
-        row=e.row,
-    )
-
-
-def entry_record(e: Entry, data: bytes, url: str) -> Record:
-    """The record of ``e`` with its bitstream ``data``, CRC-32 checked."""
-    if checksum(data) != e.checksum:
-        raise CorruptArchiveError(
-            f"{url}: record {e.key!r} (shard {e.shard}, row {e.row}) fails its CRC-32 check"
-        )
-    status = STATUS_NAMES.get(e.status)
-    if status is None:
-        raise CorruptArchiveError(f"{url}: record {e.key!r} has an unknown status code")
-    return Record(key=e.key, data=data, height=e.height, width=e.width, status=status,
-                  error=e.error or "")
-
 
 
 class NeedsSlowPath(Exception):
@@ -173,9 +69,22 @@ class KeyIndex:
         self.table_problem: str | None = None
 
     # -- the key table --------------------------------------------------------------------
+    @property
+    def layout(self) -> Layout:
+        return self._layout
+
+    @property
+    def table_attr(self) -> dict[str, Any] | None:
+        """The ``key_table`` attribute as stored (None: the archive has no key table)."""
+        return self._attributes.doc.get("key_table")
+
+    def read_object(self, path: str) -> bytes | None:
+        """One whole object of the archive, e.g. the key table's (None: missing)."""
+        return run(self._loc.get(path))
+
     def table(self) -> TableInfo | None:
         """The archive's key table (None: none, or it failed a check: ``table_problem``)."""
-        doc = self._attributes.doc.get("key_table")
+        doc = self.table_attr
         if doc is None or self.table_problem is not None:
             return None
         try:
@@ -447,71 +356,4 @@ class KeyIndex:
             return {k: sorted({s for s, _ in v}) for k, v in self._dups.items()}
 
 
-def check_table(index: KeyIndex, payload: Any, completed: list[int]) -> list[str]:
-    """Every problem of the key table against the shards' own metadata (for ``verify``):
-    its object and entries section intact, each covered shard still complete with the same
-    records, every key's slot answering with its entry, every ``phys`` where the payload
-    object really holds the record. An archive without a table has none."""
-    doc = index._attributes.doc.get("key_table")
-    if doc is None:
-        return []
-    where = f"{index.url}: key table"
-    try:
-        info = TableInfo.from_attr(doc, index._layout)
-    except ValueError as e:
-        return [f"{where}: key_table attribute: {e}"]
-    raw = run(index._loc.get(info.path))
-    if raw is None:
-        return [f"{where}: {info.path} is missing (readers fall back to shard metadata)"]
-    if len(raw) != info.nbytes:
-        return [f"{where}: {info.path} is {len(raw)} bytes, expected {info.nbytes}"]
-    body = raw[info.entries_offset :]
-    if "sha256:" + hashlib.sha256(body).hexdigest() != info.entries_sha256:
-        return [f"{where}: {info.path}: entries section fails its SHA-256"]
-    try:
-        entries = decode_entries(body, info.keys, index._layout)
-    except (ValueError, UnicodeDecodeError) as e:
-        return [f"{where}: {info.path}: {e}"]
-    problems: list[str] = []
-    done = set(completed)
-    by: dict[int, list[Entry]] = {}
-    for e in entries:
-        by.setdefault(e.shard, []).append(e)
-    for s in sorted(info.shards):
-        if s not in done:
-            problems.append(f"{where}: covers shard {s}, which is not complete")
-            continue
-        try:
-            truth = index.meta(s).entries()
-        except CorruptArchiveError:
-            continue  # reported by the shard checks
-        mine = [dataclasses.replace(e, phys=None, from_table=False) for e in by.get(s, [])]
-        if mine != truth:
-            problems.append(f"{where}: its entries for shard {s} differ from the shard's "
-                            "metadata")
-            continue
-        phys = run(payload.physical_offsets(s, truth))
-        if any(e.phys is not None and e.phys != p for e, p in zip(by.get(s, []), phys)):
-            problems.append(f"{where}: its payload offsets for shard {s} are wrong")
-    counts: dict[str, int] = {}
-    for e in entries:
-        counts[e.key] = counts.get(e.key, 0) + 1
-    for e in entries:
-        fp, a, b = info.window_span(e.key)
-        try:
-            got = info.find(e.key, fp, raw[a:b], index._layout)
-        except ValueError as err:
-            problems.append(f"{where}: {err}")
-            continue
-        if got is None:
-            problems.append(f"{where}: no slot answers for {e.key!r}")
-        elif counts[e.key] > 1:
-            if got.status != SLOT_SLOW:
-                problems.append(f"{where}: {e.key!r} is stored twice but its slot says once")
-        elif (got.shard, got.row, got.nbytes, got.checksum, got.status) != (
-                e.shard, e.row, e.nbytes, e.checksum, e.status):
-            problems.append(f"{where}: the slot of {e.key!r} disagrees with its entry")
-        if len(problems) > 20:
-            problems.append(f"{where}: (more problems not listed)")
-            break
-    return problems
+__all__ = ["LOAD_BATCH", "KeyIndex", "NeedsSlowPath", "ShardMeta", "entry_info", "entry_record"]

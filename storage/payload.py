@@ -18,10 +18,10 @@ import numpy as np
 from .arrays import ShardArrays
 from .backend import Location, run
 from .errors import CorruptArchiveError
-from .index import ShardMeta
 from .keytable import Entry
 from .layout import Layout, index_nbytes, inner_chunk_missing, parse_shard_index
 from .records import Record
+from .shard_meta import ShardMeta
 
 INDEX_CACHE = 256  # shard indexes kept in memory (16 B per inner chunk each)
 

@@ -8,9 +8,9 @@ corrupt shards.
 from __future__ import annotations
 
 from .errors import CorruptArchiveError, DuplicateKeyError
-from .index import check_table
 from .keys import key_problems
 from .parts import ArchiveParts
+from .table_check import check_table
 
 
 def verify_parts(parts: ArchiveParts, *, data: bool = True) -> None:
