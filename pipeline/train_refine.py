@@ -6,6 +6,10 @@ metrics (LPIPS-Alex, DISTS, FID) are never a loss here. Time n is drawn two ways
 sampler's start (n = N−1, x_N = γ·ε with γ from ``start_gammas``; γ = 0 is the 1-step
 `standard` tier) with probability ``p_start``, else uniformly with the forward process
 (what the multi-step `high` tier walks through).
+
+A model whose config says ``space: taef2`` trains the same objective on TAEF2 latents
+(:mod:`pipeline.refine_latents`: the pair shards encoded once): target z, condition zb,
+loss the latent MSE only (``rho`` must be 0: TAEF2's decoder brings the texture).
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import torch
 
 from cdc.diffusion.schedules import NoiseSchedule
 from cdc.refine.config import REFINE_CONFIGS, RefineConfig
-from cdc.refine.model import RefineNet
+from cdc.refine.nets import build_net as refine_net
 from cdc.weights import half_state, pack_weights
+from pipeline.refine_latents import LatentPairs, build_latents
 from pipeline.refine_pairs import PairCrops, build_cache, read_split
 from pipeline.training import TrainConfigBase, TrainerBase, load_run, training_entry
 from zoo.store import ship_weights
@@ -73,7 +78,10 @@ class RefineTrainer(TrainerBase):
         if cfg.perceptual in EVALUATION_ONLY:
             raise ValueError(f"{cfg.perceptual} is an evaluation metric, never a loss")
         self.mcfg = cfg.model_cfg()
-        self.model = RefineNet(self.mcfg).to(self.device)
+        self.latent = self.mcfg.space == "taef2"
+        if self.latent and cfg.rho > 0:
+            raise ValueError("a latent refine model trains on the latent MSE only: set rho: 0")
+        self.model = refine_net(self.mcfg).to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.schedule = NoiseSchedule(self.mcfg.schedule, self.mcfg.train_timesteps)
         self.perc = None
@@ -96,6 +104,10 @@ class RefineTrainer(TrainerBase):
         cfg = self.cfg
         if not any(Path(cfg.pair_cache).glob("shard-*.npz")):
             pair_cache_of(cfg)
+        if self.latent:
+            if not any(Path(cfg.pair_cache).glob("latent-*.pt")):
+                build_latents(cfg.pair_cache)
+            return LatentPairs(cfg.pair_cache, seed=seed)
         return PairCrops(cfg.pair_cache, cfg.crop, seed=seed)
 
     def perceptual_term(self, x0_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -140,7 +152,7 @@ class RefineTrainer(TrainerBase):
         self.opt.step()
         self.step_ema()
         self.step += 1
-        with torch.no_grad():  # PSNR gain over the base on the γ=0 start items (pixel units)
+        with torch.no_grad():  # gain over the base on the γ=0 start items (the net's units)
             sel = start & (gam.view(-1) == 0)
             gain = 0.0
             if sel.any():
@@ -171,14 +183,20 @@ def export_model(run_dir: str | Path, name: str | None = None,
         if unknown:
             raise ValueError(f"unknown decode defaults {sorted(unknown)}")
         mcfg = RefineConfig.from_dict({**mcfg.to_dict(), **decode_defaults})
-    net = RefineNet(mcfg)
+    net = refine_net(mcfg)
     net.load_state_dict({k: v.float() for k, v in ck["ema"].items()})
     sd = net.state_dict()
     meta = {"train_steps": int(ck["step"]), "crop": cfg.crop, "batch_size": cfg.batch_size,
             "mse_weight": cfg.mse_weight, "rho": cfg.rho, "perceptual": cfg.perceptual,
             "sources": cfg.sources, "validation_split": cfg.validation_split,
             **({"tiers": tiers} if tiers else {}), **(extra_meta or {})}
-    data = pack_weights("refine", name, mcfg.to_dict(), half_state(sd) if half else sd, meta)
+    space = None
+    if mcfg.space != "pixel":
+        from zoo.components import load_space
+
+        space = load_space(mcfg.space)
+    data = pack_weights("refine", name, mcfg.to_dict(), half_state(sd) if half else sd, meta,
+                        space=space)
     return ship_weights(data, name, codec="refine", zoo_dir=zoo_dir, entry={
         "config": cfg.model_config, "params": sum(p.numel() for p in net.parameters()),
         "description": description, **{k: v for k, v in meta.items() if k != "tiers"}})

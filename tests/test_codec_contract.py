@@ -343,6 +343,24 @@ class TestRefine(CodecContract):
         return refine_bytes(seed)
 
 
+class TestRefineLatent(TestRefine):
+    """The same codec with its refiner on TAEF2 latents (the shipped design)."""
+
+    @classmethod
+    def make_weights(cls, seed):
+        from tests.tiny_refine import latent_refine_bytes
+
+        return latent_refine_bytes(seed)
+
+    def test_weights_name_the_taef2_components(self, codec):
+        from cdc.weights import read_weights_dict
+
+        obj = read_weights_dict(self.make_weights(0), "tiny")
+        assert obj["space"]["name"] == "taef2"
+        assert set(obj["components"]) == {"taef2_encoder", "taef2_decoder"}
+        assert codec.space is not None and codec.config.space == "taef2"
+
+
 def test_every_registered_codec_has_a_contract():
     covered = {cls.codec_name for cls in CodecContract.__subclasses__()}
     assert covered >= set(CODECS)

@@ -19,13 +19,16 @@ from cdc.limits import DecodeBudget
 from cdc.refine import base_layer, blend
 from cdc.refine.config import REFINE_CONFIGS, RefineConfig
 from cdc.refine.model import RefineNet
-from tests.tiny_refine import refine_bytes
+from tests.tiny_refine import latent_refine_bytes, refine_bytes
 from zoo import codec_from_bytes
 
+WEIGHTS = {"pixel": refine_bytes, "taef2": latent_refine_bytes}
 
-@pytest.fixture(scope="module")
-def codec():
-    return codec_from_bytes(refine_bytes(0), "test").with_rate(quality=30)
+
+@pytest.fixture(scope="module", params=sorted(WEIGHTS))
+def codec(request):
+    """The codec with a tiny random refiner in each space (pixels, TAEF2 latents)."""
+    return codec_from_bytes(WEIGHTS[request.param](0), "test").with_rate(quality=30)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -62,7 +65,7 @@ def test_every_decode_path_is_within_its_bound_of_the_base(codec):
 def test_the_random_refiner_changes_the_image_and_the_weights_undo_harm(codec):
     img = smooth_image(64, 64, seed=5)
     data = codec.compress(img)
-    base = codec_from_bytes(refine_bytes(0), "t").with_rate(quality=30)
+    base = codec_from_bytes(WEIGHTS[codec.config.space](0), "t").with_rate(quality=30)
     p, paths = codec.parse(data)
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
     b = base_layer.decode(p.avif, p.height, p.width, p.scale)
@@ -185,7 +188,7 @@ def test_a_hostile_base_layer_is_a_typed_error(codec):
 
 def test_decode_budget_is_checked_from_the_header(codec):
     data = codec.compress(smooth_image(40, 56, seed=1))
-    small = codec_from_bytes(refine_bytes(0), "t").with_budget(DecodeBudget(max_pixels=1000))
+    small = codec_from_bytes(WEIGHTS[codec.config.space](0), "t").with_budget(DecodeBudget(max_pixels=1000))
     with pytest.raises(ResourceLimitError):
         small.decompress(data)
 
@@ -216,6 +219,32 @@ def test_tiled_network_equals_whole_without_seams():
     t = torch.tensor([0.5])
     whole, tiled = net.padded(x, b, t), net.tiled(x, b, t)
     assert (whole - tiled).abs().max() < 1e-4
+
+
+def test_latent_refiner_tiles_equal_the_whole_map():
+    from cdc.refine.latent_model import LatentRefineNet
+
+    cfg = REFINE_CONFIGS["refine-latent-test"]  # tiles of 8 latents, margin 4
+    torch.manual_seed(0)
+    net = LatentRefineNet(cfg)
+    with torch.no_grad():
+        net.out.weight.normal_(0, 0.2)
+    x, zb, t = torch.randn(1, 32, 21, 30), torch.randn(1, 32, 21, 30), torch.tensor([0.7])
+    whole, tiled = net(x, zb, t), net.tiled(x, zb, t)
+    assert whole.abs().mean() > 0.05  # the net does something
+    assert (whole - tiled).abs().max() < 1e-4
+
+
+def test_a_latent_refiner_without_its_space_is_refused():
+    from cdc.errors import WeightsError
+    from cdc.weights import read_weights_dict
+
+    obj = read_weights_dict(latent_refine_bytes(0), "t")
+    from cdc.refine.codec import RefineCodec
+
+    del obj["space"]
+    with pytest.raises(WeightsError, match="space"):
+        RefineCodec.from_weights(obj, "00" * 32, "t.pt")
 
 
 def test_weight_section_round_trips_both_codings():

@@ -30,9 +30,10 @@ from cdc.diffusion.schedules import NoiseSchedule
 from cdc.errors import DecodeSettingsError, WeightsError
 from cdc.image import array_to_tensor, tensor_to_image
 from cdc.interface import DecodeSettings, ImageLike
+from cdc.spaces import Space, build_space
 from cdc.refine import base_layer, blend
 from cdc.refine.config import RefineConfig
-from cdc.refine.model import RefineNet
+from cdc.refine.nets import RefineDenoiser, build_net
 from cdc.refine.stream import BASE_TAG, PLAN_READ_BYTES, WEIGHTS_TAG, Parsed, parse
 from cdc.refine.stream import base_prefix_length as _base_prefix_length
 
@@ -54,12 +55,17 @@ class RefineCodec(BaseCodec):
     rate_controlled = True  # the encoder meets any target rate (``with_rate``)
     min_steps = 0  # steps = 0: the base layer alone
 
-    def __init__(self, net: RefineNet, model_id: str, weights_sha256: str,
+    def __init__(self, net: RefineDenoiser, model_id: str, weights_sha256: str,
                  device: str | torch.device = "cpu", precision: str | None = None,
-                 meta: dict[str, Any] | None = None):
+                 meta: dict[str, Any] | None = None, space: Space | None = None):
         super().__init__(model_id, weights_sha256, device, precision, meta)
         self.net = net.to(self.device).eval()
         cfg = net.cfg
+        if (cfg.space != "pixel") != (space is not None) or (
+                space is not None and space.name != cfg.space):
+            raise WeightsError(f"{model_id}: a {cfg.space}-space refiner needs the "
+                               f"{cfg.space} space, got {getattr(space, 'name', 'none')}")
+        self.space = space.to(self.device) if space is not None else None
         self.sampler = DDIMSampler(NoiseSchedule(cfg.schedule, cfg.train_timesteps), "x0")
         self.rate: float | None = float(self.meta.get("default_rate", DEFAULT_RATE))
         self.quality: int | None = None
@@ -80,14 +86,21 @@ class RefineCodec(BaseCodec):
                                "not refine")
         try:
             cfg = RefineConfig.from_dict(obj["config"])
-            net = RefineNet(cfg)
+            net = build_net(cfg)
             sd = {k: v.float() if v.is_floating_point() else v
                   for k, v in obj["state_dict"].items()}
             net.load_state_dict(sd)
+            space = None
+            if cfg.space != "pixel":
+                spec = dict(obj.get("space") or {})
+                if spec.get("name") != cfg.space:
+                    raise ValueError(f"the file names space {spec.get('name')!r}, "
+                                     f"the config {cfg.space!r}")
+                space = build_space(spec, components)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise WeightsError(f"{source}: bad refine weights ({e})") from e
         return cls(net, str(obj.get("model_id", cfg.name)), sha256, device, precision,
-                   obj.get("meta"))
+                   obj.get("meta"), space)
 
     @property
     def config(self) -> RefineConfig:
@@ -142,26 +155,54 @@ class RefineCodec(BaseCodec):
 
     # -- shared by both ends ----------------------------------------------------------------
     @torch.no_grad()
-    def refine(self, base: Tensor, steps: int, gamma: float, seed: int) -> Tensor:
-        """The refiner's output for a (1, 3, H, W) base in [-1, 1] along one decode path."""
-        cfg = self.config
+    def condition(self, base: Tensor) -> Tensor:
+        """What the denoiser is conditioned on: the base itself (pixel space), or its TAEF2
+        latent (the base replicate-padded to a multiple of 8)."""
         base = base.to(self.device)
-        x_n = self.sampler.initial_noise(tuple(base.shape), gamma, seed, self.device)
+        if self.space is None:
+            return base
+        h, w = base.shape[-2:]
+        m = self.space.stride
+        padded = torch.nn.functional.pad(base, (0, -w % m, 0, -h % m), mode="replicate")
+        with self.autocast():
+            return self.space.encode(padded).float()
+
+    @torch.no_grad()
+    def refine(self, base: Tensor, steps: int, gamma: float, seed: int,
+               cond: Tensor | None = None) -> Tensor:
+        """The refiner's output for a (1, 3, H, W) base in [-1, 1] along one decode path
+        (``cond``: :meth:`condition` of ``base``, when the caller has it already)."""
+        cfg = self.config
+        cond = self.condition(base) if cond is None else cond
+        x_n = self.sampler.initial_noise(tuple(cond.shape), gamma, seed, self.device)
 
         def denoise(x_t: Tensor, t: Tensor) -> Tensor:
             with self.autocast():
-                return self.net.tiled(x_t, base, t).float()
+                return self.net.tiled(x_t, cond, t).float()
 
         r0 = self.sampler.sample(denoise, x_n, steps, clip=False)
-        return (base + cfg.residual_std * r0).clamp(-1, 1).cpu()
+        out = cond + cfg.residual_std * r0
+        if self.space is not None:
+            h, w = base.shape[-2:]
+            with self.autocast():
+                out = self.space.decode(out).float()[..., :h, :w]
+        return out.clamp(-1, 1).cpu()
 
     def _alloc_bytes(self, h: int, w: int) -> int:
-        """Estimated peak bytes of a decode: whole-image tensors plus one network tile."""
+        """Estimated peak bytes of a decode: whole-image tensors plus one network tile, and
+        in latent space the larger of TAEF2's encode (its full-resolution trunk runs in
+        tiles of ``tile`` + 2·128 px, about five 64-channel maps) and its decode."""
         cfg = self.config
+        whole = 4 * 10 * 3 * h * w
+        if self.space is not None:
+            side = self.space.tile + 2 * 128
+            encode = 4 * 5 * 64 * min(h, side) * min(w, side)
+            latent = 4 * 8 * (cfg.channels[0] + 32) * -(-h // 8) * -(-w // 8)
+            return whole + latent + max(encode, self.space.decode_bytes(h, w))
         side = min(max(h, w), cfg.net_tile + 2 * cfg.net_margin)
         tile = side * min(min(h, w), side)
         level = sum(c * (4 * cfg.blocks + 4) / 4 ** (i + 1) for i, c in enumerate(cfg.channels))
-        return int(4 * (10 * 3 * h * w + tile * (3 * cfg.head_channels + 12 + level)))
+        return int(whole + 4 * tile * (3 * cfg.head_channels + 12 + level))
 
     # -- encoding ---------------------------------------------------------------------------
     def _overhead(self, h: int, w: int) -> int:
@@ -190,8 +231,9 @@ class RefineCodec(BaseCodec):
             x = array_to_tensor(p.array)
             recons: dict[Path, Tensor] = {(0, 0.0, 0): base[0]}
             records = []
+            cond = self.condition(base)
             for steps, gamma, seed in self.paths:
-                refined = self.refine(base, steps, gamma, seed)
+                refined = self.refine(base, steps, gamma, seed, cond)
                 bound = cfg.bound_for(gamma)
                 idx = blend.choose(x, base, refined, cfg.table, cfg.tile, bound)
                 wmap = blend.weight_map(idx, cfg.table, cfg.tile, h, w)

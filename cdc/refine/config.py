@@ -16,6 +16,10 @@ class RefineConfig:
     """
 
     name: str = "refine-small"
+    # Where the refiner works: "pixel" (RefineNet, a residual U-Net on pixels) or "taef2"
+    # (LatentRefineNet on the TAEF2 latents of the base; ``channels[0]`` wide, ``blocks``
+    # deep, ``net_tile``/``net_margin`` still in pixels).
+    space: str = "pixel"
     channels: tuple[int, ...] = (32, 64, 128)  # per level, at H/2, H/4, H/8
     blocks: int = 2  # residual blocks per level (encoder side; the decoder has as many)
     head_channels: int = 16  # full-resolution head
@@ -44,6 +48,8 @@ class RefineConfig:
     net_margin: int = 64
 
     def __post_init__(self) -> None:
+        if self.space not in ("pixel", "taef2"):
+            raise ValueError(f"unknown refine space {self.space!r}; known: pixel, taef2")
         if not self.channels or any(c < 1 for c in self.channels):
             raise ValueError(f"channels must be positive, got {self.channels}")
         if self.base_codec != "avif":
@@ -58,8 +64,9 @@ class RefineConfig:
 
     @property
     def multiple(self) -> int:
-        """The network's input sides must be multiples of this (unshuffle × pooling)."""
-        return 2 ** len(self.channels)
+        """The network's input sides must be multiples of this (unshuffle × pooling, or
+        the latent's stride)."""
+        return 8 if self.space == "taef2" else 2 ** len(self.channels)
 
     @property
     def pad_multiple(self) -> int:
@@ -87,6 +94,14 @@ REFINE_CONFIGS: dict[str, RefineConfig] = {
     "refine-test": RefineConfig(name="refine-test", channels=(8, 16), blocks=1,
                                 head_channels=8, temb_channels=16, net_tile=64,
                                 net_margin=16, tile=16),
-    # The shipped model: ~1 M parameters, trained on one CPU core.
+    "refine-latent-test": RefineConfig(name="refine-latent-test", space="taef2",
+                                       channels=(8,), blocks=1, temb_channels=16,
+                                       net_tile=64, net_margin=32, tile=16),
+    # The pixel-space model of session 7-8 (abandoned by measurement; configs/legacy).
     "refine-small": RefineConfig(),
+    # The shipped design: ~1 M parameters on TAEF2 latents, trained on one CPU core.
+    # residual_std: the rms of z − zb over the training pairs (0.647).
+    "refine-latent": RefineConfig(name="refine-latent", space="taef2", channels=(96,),
+                                  blocks=6, temb_channels=128, residual_std=0.65,
+                                  net_tile=512, net_margin=128),
 }

@@ -1,0 +1,112 @@
+"""The latent refine model's training pairs: TAEF2 latents of (original, base decode) crops.
+
+Encoding a crop through TAEF2 costs far more than a training step of the latent refiner,
+so each pair shard of :mod:`pipeline.refine_pairs` (``shard-NNNN.npz``) is encoded once
+into ``latent-NNNN.pt`` beside it: ``z`` (original) and ``zb`` (base), fp16,
+(N, 32, crop/8, crop/8). Resumable shard by shard; a run takes in new shards as they
+appear (:meth:`LatentPairs.refresh`), like the pixel pairs.
+
+    OMP_NUM_THREADS=1 python -m pipeline.refine_latents runs/refine-pairs
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+log = logging.getLogger(__name__)
+BATCH = 50
+
+
+def _pair_shards(folder: Path) -> list[Path]:
+    return [s for s in sorted(folder.glob("shard-*.npz")) if ".tmp" not in s.name]
+
+
+def latent_path(shard: Path) -> Path:
+    return shard.with_name(shard.name.replace("shard-", "latent-").replace(".npz", ".pt"))
+
+
+def _encode(space: torch.nn.Module, a: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(a).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        return torch.cat([space.encode(x[i:i + BATCH].float() / 127.5 - 1).half()
+                          for i in range(0, len(x), BATCH)])
+
+
+def build_latents(folder: str | Path, space: torch.nn.Module | None = None) -> int:
+    """Encode every pair shard that has no latent file yet; returns how many it encoded."""
+    folder = Path(folder)
+    todo = [s for s in _pair_shards(folder) if not latent_path(s).exists()]
+    if todo and space is None:
+        from zoo.components import load_space
+
+        space = load_space("taef2")
+    t0 = time.time()
+    for shard in todo:
+        d = np.load(shard)
+        out = {"z": _encode(space, d["x"]), "zb": _encode(space, d["base"]),
+               "bpp": torch.from_numpy(d["bpp"].astype(np.float32))}
+        tmp = latent_path(shard).with_suffix(".tmp")
+        torch.save(out, tmp)
+        tmp.rename(latent_path(shard))
+        log.info("latent cache: %s (%d pairs, %.0f s)", latent_path(shard).name,
+                 len(out["z"]), time.time() - t0)
+    return len(todo)
+
+
+class LatentPairs(Dataset):
+    """(target z, condition zb) latent pairs, float32, random flips (left-right, up-down).
+
+    Like :class:`pipeline.refine_pairs.PairCrops`, an "epoch" is ``samples_per_epoch``
+    random draws (item i is a function of (seed, i): a resumed run draws anew)."""
+
+    def __init__(self, folder: str | Path, seed: int = 0, samples_per_epoch: int = 10**9):
+        self.folder = Path(folder)
+        self.z: list[torch.Tensor] = []
+        self.zb: list[torch.Tensor] = []
+        self.n_files = 0
+        self.seed, self.samples = seed, samples_per_epoch
+        self.refresh()
+        if not self.z:
+            raise FileNotFoundError(f"{folder}: no latent pair files (python -m "
+                                    "pipeline.refine_latents FOLDER builds them)")
+
+    def refresh(self) -> None:
+        files = sorted(self.folder.glob("latent-*.pt"))
+        for f in files[self.n_files:]:
+            d = torch.load(f, map_location="cpu", weights_only=True)
+            self.z.extend(d["z"])
+            self.zb.extend(d["zb"])
+        if len(files) > self.n_files:
+            log.info("latent pairs: %d files, %d pairs", len(files), len(self.z))
+        self.n_files = len(files)
+
+    @property
+    def pairs(self) -> int:
+        return len(self.z)
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = random.Random(hash((self.seed, i)))
+        j = rng.randrange(len(self.z))
+        z, zb = self.z[j].float(), self.zb[j].float()
+        flips = [d for d, p in ((-1, rng.random()), (-2, rng.random())) if p < 0.5]
+        if flips:
+            z, zb = z.flip(flips), zb.flip(flips)
+        return z, zb
+
+
+if __name__ == "__main__":
+    import sys
+
+    logging.basicConfig(level=logging.INFO)
+    torch.set_num_threads(1)
+    print(f"encoded {build_latents(sys.argv[1])} shards")

@@ -1,0 +1,88 @@
+"""The latent refine model's training data and trainer: pair shards → TAEF2 latents → a run
+→ an exported model the codec loads (tiny sizes; the shipped TAEF2 weights)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import smooth_image
+
+from pipeline.refine_latents import LatentPairs, build_latents, latent_path
+from pipeline.train_refine import RefineTrainConfig, RefineTrainer, export_model
+from zoo import load_codec, load_space
+
+
+def _shard(folder, k: int, n: int = 6, crop: int = 32) -> None:
+    rng = np.random.default_rng(k)
+    x = np.stack([smooth_image(crop, crop, seed=k * 10 + i) for i in range(n)])
+    base = np.clip(x.astype(int) + rng.integers(-12, 13, x.shape), 0, 255).astype(np.uint8)
+    np.savez(folder / f"shard-{k:04d}.npz", x=x, base=base, bpp=np.full(n, 0.2))
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pairs")
+    _shard(folder, 0)
+    assert build_latents(folder, load_space("taef2")) == 1
+    assert build_latents(folder) == 0  # resumable: finished shards are kept
+    return folder
+
+
+def test_latents_are_the_taef2_encodings_of_the_pairs(pairs):
+    d = torch.load(latent_path(pairs / "shard-0000.npz"), weights_only=True)
+    arr = np.load(pairs / "shard-0000.npz")
+    x = torch.from_numpy(arr["x"][:2]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    want = load_space("taef2").encode(x)
+    assert d["z"].shape == (6, 32, 4, 4) and d["z"].dtype == torch.float16
+    assert (d["z"][:2].float() - want).abs().max() < 0.01
+    assert (d["z"] - d["zb"]).float().abs().mean() > 0.01  # the base differs from the original
+
+
+def test_a_run_takes_in_new_shards_and_flips_pairs_together(pairs, tmp_path):
+    folder = tmp_path / "p"
+    folder.mkdir()
+    for f in pairs.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    data = LatentPairs(folder, seed=1)
+    assert data.pairs == 6 and len(data) > 10**6  # draws, not one pass over the pairs
+    _shard(folder, 1, n=4)
+    build_latents(folder)
+    data.refresh()
+    assert data.pairs == 10
+    z, zb = data.z[0].float(), data.zb[0].float()
+    seen = set()
+    for i in range(400):
+        a, b = data[i]
+        for name, f in (("none", lambda t: t), ("lr", lambda t: t.flip(-1)),
+                        ("ud", lambda t: t.flip(-2)), ("both", lambda t: t.flip(-1, -2))):
+            if torch.equal(a, f(z)):
+                assert torch.equal(b, f(zb))  # the condition flips with the target
+                seen.add(name)
+    assert seen == {"none", "lr", "ud", "both"}
+
+
+def test_a_latent_run_trains_exports_and_decodes(pairs, tmp_path):
+    cfg = RefineTrainConfig(model_config="refine-latent-test", model_id="tl",
+                            sources=[str(pairs)], pair_cache=str(pairs), rho=0.0,
+                            batch_size=4, steps=4, crop=32, checkpoint_every=2,
+                            log_every=1, mse_weight=1.0, lr=1e-2, workers=0)
+    trainer = RefineTrainer(cfg, tmp_path / "run")
+    trainer.fit(progress=False)
+    assert trainer.step == 4
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 5 and float(rows[-1].split(",")[2]) > 0
+    zoo = tmp_path / "zoo"
+    path = export_model(tmp_path / "run", "tl", zoo_dir=zoo, half=True)
+    codec = load_codec(str(path)).with_rate(quality=40)
+    assert codec.space is not None and codec.space.name == "taef2"
+    img = smooth_image(48, 64, seed=3)
+    data = codec.compress(img)
+    assert np.asarray(codec.decompress(data)).shape == (48, 64, 3)
+
+
+def test_a_latent_model_refuses_a_perceptual_loss(pairs, tmp_path):
+    cfg = RefineTrainConfig(model_config="refine-latent-test", model_id="tl",
+                            sources=[str(pairs)], pair_cache=str(pairs), rho=1.0)
+    with pytest.raises(ValueError, match="latent MSE"):
+        RefineTrainer(cfg, tmp_path / "run")
