@@ -139,8 +139,8 @@ class TestLatentCDC(CodecContract):
 
     @classmethod
     def make_weights(cls, seed):
-        from cdc.presets import PRESETS
         from cdc.models import ConditionalDiffusionCompressor
+        from cdc.presets import PRESETS
         from cdc.weights import weights_bytes
         from zoo import load_space
 

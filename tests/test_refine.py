@@ -188,7 +188,8 @@ def test_a_hostile_base_layer_is_a_typed_error(codec):
 
 def test_decode_budget_is_checked_from_the_header(codec):
     data = codec.compress(smooth_image(40, 56, seed=1))
-    small = codec_from_bytes(WEIGHTS[codec.config.space](0), "t").with_budget(DecodeBudget(max_pixels=1000))
+    small = codec_from_bytes(WEIGHTS[codec.config.space](0), "t")
+    small.with_budget(DecodeBudget(max_pixels=1000))
     with pytest.raises(ResourceLimitError):
         small.decompress(data)
 

@@ -30,12 +30,12 @@ from cdc.diffusion.schedules import NoiseSchedule
 from cdc.errors import DecodeSettingsError, WeightsError
 from cdc.image import array_to_tensor, tensor_to_image
 from cdc.interface import DecodeSettings, ImageLike
-from cdc.spaces import Space, build_space
 from cdc.refine import base_layer, blend
 from cdc.refine.config import RefineConfig
 from cdc.refine.nets import RefineDenoiser, build_net
 from cdc.refine.stream import BASE_TAG, PLAN_READ_BYTES, WEIGHTS_TAG, Parsed, parse
 from cdc.refine.stream import base_prefix_length as _base_prefix_length
+from cdc.spaces import Space, build_space
 
 log = logging.getLogger(__name__)
 Path = tuple[int, float, int]  # (steps, γ, seed)
