@@ -32,20 +32,12 @@ def load_codec_from(run_or_model: str):
     from zoo import codec_from_bytes, load_codec
 
     p = Path(run_or_model)
-    if p.is_dir():  # a training run (or relay): export into memory, nothing shipped
-        from cdc.refine.model import RefineNet
-        from cdc.weights import pack_weights
-        from pipeline.train_refine import RefineTrainConfig
-        from pipeline.training import load_run
+    if p.is_dir():  # a training run (or relay): packed in memory, nothing shipped
+        from pipeline.train_refine import pack_run
 
-        ck = load_run(p)
-        cfg = RefineTrainConfig(**ck["train_config"]).model_cfg()
-        net = RefineNet(cfg)
         which = os.environ.get("REFINE_WEIGHTS", "ema")  # "model": the raw weights, no EMA
-        net.load_state_dict({k: v.float() for k, v in ck[which].items()})
-        data = pack_weights("refine", cfg.name, cfg.to_dict(), net.state_dict(),
-                            {"train_steps": int(ck["step"])})
-        return codec_from_bytes(data, str(p)), int(ck["step"])
+        data, _, step = pack_run(p, which=which)
+        return codec_from_bytes(data, str(p)), step
     c = load_codec(run_or_model)
     return c, int(c.meta.get("train_steps", 0))
 
@@ -93,8 +85,9 @@ def main() -> None:
             row = {"image": name, "rate": rate, "bpp": 8 * total / (h * w),
                    **avif_at_bytes(avif, img, x, total, measure)}
             row["base_psnr"], row["base_lpips_vgg"] = measure(base, x)
+            cond = codec.condition(base)
             for steps, gamma, seed in PATHS:
-                refined = codec.refine(base, steps, gamma, seed)
+                refined = codec.refine(base, steps, gamma, seed, cond)
                 key = f"s{steps}g{gamma:g}"
                 row[f"{key}_raw_psnr"], row[f"{key}_raw_lpips_vgg"] = measure(refined, x)
                 for bound in BOUNDS:

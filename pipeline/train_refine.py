@@ -167,15 +167,13 @@ class RefineTrainer(TrainerBase):
         return f"loss {row['loss']:.4f} gain {row['psnr_gain']:+.2f} dB {row['it_s']:.2f} it/s"
 
 
-def export_model(run_dir: str | Path, name: str | None = None,
-                 zoo_dir: str | Path | None = None, half: bool = False, description: str = "",
-                 decode_defaults: dict[str, Any] | None = None,
-                 tiers: dict[str, dict[str, Any]] | None = None,
-                 extra_meta: dict | None = None) -> Path:
-    """A run's EMA weights → a refine weights file in the zoo (tiers and defaults recorded)."""
+def pack_run(run_dir: str | Path, name: str | None = None, half: bool = False,
+             decode_defaults: dict[str, Any] | None = None, meta: dict | None = None,
+             which: str = "ema") -> tuple[bytes, RefineTrainConfig, int]:
+    """A run's (or relay's) weights as refine weights-file bytes, nothing written; ``which``
+    is "ema" or "model" (the raw weights, where the checkpoint has them)."""
     ck = load_run(run_dir)
     cfg = RefineTrainConfig(**ck["train_config"])
-    name = name or cfg.zoo_name or cfg.model_id
     mcfg = cfg.model_cfg()
     if decode_defaults:  # default_steps/_gamma, and the bounds chosen on the validation split
         unknown = set(decode_defaults) - {"default_steps", "default_gamma", "bound_db",
@@ -184,22 +182,36 @@ def export_model(run_dir: str | Path, name: str | None = None,
             raise ValueError(f"unknown decode defaults {sorted(unknown)}")
         mcfg = RefineConfig.from_dict({**mcfg.to_dict(), **decode_defaults})
     net = refine_net(mcfg)
-    net.load_state_dict({k: v.float() for k, v in ck["ema"].items()})
+    net.load_state_dict({k: v.float() for k, v in ck[which].items()})
     sd = net.state_dict()
-    meta = {"train_steps": int(ck["step"]), "crop": cfg.crop, "batch_size": cfg.batch_size,
-            "mse_weight": cfg.mse_weight, "rho": cfg.rho, "perceptual": cfg.perceptual,
-            "sources": cfg.sources, "validation_split": cfg.validation_split,
-            **({"tiers": tiers} if tiers else {}), **(extra_meta or {})}
     space = None
     if mcfg.space != "pixel":
         from zoo.components import load_space
 
         space = load_space(mcfg.space)
-    data = pack_weights("refine", name, mcfg.to_dict(), half_state(sd) if half else sd, meta,
-                        space=space)
+    meta = {"train_steps": int(ck["step"]), **(meta or {})}
+    data = pack_weights("refine", name or cfg.zoo_name or cfg.model_id, mcfg.to_dict(),
+                        half_state(sd) if half else sd, meta, space=space)
+    return data, cfg, int(ck["step"])
+
+
+def export_model(run_dir: str | Path, name: str | None = None,
+                 zoo_dir: str | Path | None = None, half: bool = False, description: str = "",
+                 decode_defaults: dict[str, Any] | None = None,
+                 tiers: dict[str, dict[str, Any]] | None = None,
+                 extra_meta: dict | None = None) -> Path:
+    """A run's EMA weights → a refine weights file in the zoo (tiers and defaults recorded)."""
+    cfg = RefineTrainConfig(**load_run(run_dir)["train_config"])
+    name = name or cfg.zoo_name or cfg.model_id
+    meta = {"crop": cfg.crop, "batch_size": cfg.batch_size, "mse_weight": cfg.mse_weight,
+            "rho": cfg.rho, "perceptual": cfg.perceptual, "sources": cfg.sources,
+            "validation_split": cfg.validation_split, **({"tiers": tiers} if tiers else {}),
+            **(extra_meta or {})}
+    data, cfg, step = pack_run(run_dir, name, half, decode_defaults, meta)
+    params = sum(v.numel() for v in load_run(run_dir)["ema"].values())
     return ship_weights(data, name, codec="refine", zoo_dir=zoo_dir, entry={
-        "config": cfg.model_config, "params": sum(p.numel() for p in net.parameters()),
-        "description": description, **{k: v for k, v in meta.items() if k != "tiers"}})
+        "config": cfg.model_config, "params": params, "description": description,
+        "train_steps": step, **{k: v for k, v in meta.items() if k != "tiers"}})
 
 
 export = export_model  # the registry's name for every codec's exporter
