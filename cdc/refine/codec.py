@@ -176,6 +176,10 @@ class RefineCodec(BaseCodec):
         self._last_condition = (key, cond)
         return cond
 
+    def forget_condition(self) -> None:
+        """Drop the kept base latent (benchmarks time a cold decode)."""
+        self._last_condition = None
+
     @torch.no_grad()
     def refine(self, base: Tensor, steps: int, gamma: float, seed: int,
                cond: Tensor | None = None) -> Tensor:
