@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-PATHS = [(1, 0.0, 0), (2, 0.5, 0), (3, 0.8, 0)]
+PATHS = [(1, 0.0, 0), (1, 0.6, 0), (2, 0.6, 0), (3, 0.6, 0)]  # γ 0.6: the trained start
 BOUNDS = [0.1, 0.2, 0.3, 0.4, 0.5, 1.5]
 
 
