@@ -105,7 +105,7 @@ def _best_fitting(array: np.ndarray, target_bytes: int, scale: int,
 def _squared_error(choice: BaseChoice, array: np.ndarray) -> float:
     """Sum of squared errors of a choice's decode (upsampled as the decoder does) in [-1, 1]."""
     h, w = array.shape[:2]
-    x = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1)[None].float()
     y = decode(choice.data, h, w, choice.scale)
     return float(((y - x.div(127.5).sub(1.0)) ** 2).sum())
 
