@@ -9,17 +9,18 @@ Routes (FastAPI ingress):
 * ``GET /images/{key}?tier=standard&format=png|webp|jpeg[&width=&steps=&gamma=&seed=&bpp=]`` ->
   the image (``width``: resized on the server after decoding, never enlarged; cached like
   every decoded image; ``bpp``: a progressive codec's stream decoded from its longest
-  prefix within that rate, only the prefix read — 400 for other codecs). 404 unknown key, 400 bad tier/format/settings/key, 422 a key whose
-  image failed when it was archived (and FastAPI's parameter validation), 429 when this
-  replica already has ``max_pending`` decodes waiting, 503 from Serve itself when the
-  deployment's queue (``max_queued_requests``) is full. Response headers say where the
-  image came from (``X-CDC-Source``: cache, archive-cache, decoded), the decode batch it
-  rode in (``X-CDC-Batch-Size``), the settings, the stream bytes read and their bpp, and
-  the decode time (see :func:`image_headers`). A decoded image is a function of (model
-  digest, key, stored stream, settings, format, width), so it carries a strong ``ETag``
-  made of exactly those (the stream by its stored CRC and length, metadata only) and
-  ``Cache-Control: immutable``; ``If-None-Match`` is answered 304 before any payload read
-  or decode.
+  prefix within that rate, only the prefix read — 400 for other codecs). 404 unknown key,
+  400 bad tier/format/settings/key, 422 a key whose image failed when it was archived (and
+  FastAPI's parameter validation), 429 when this replica already has ``max_pending``
+  decodes waiting, 503 from Serve itself when the deployment's queue
+  (``max_queued_requests``) is full. Response headers say where the image came from
+  (``X-CDC-Source``: cache, archive-cache, decoded), the decode batch it rode in
+  (``X-CDC-Batch-Size``), the settings, the stream bytes read and their bpp, and the
+  decode time (see :func:`jobs.serve_responses.image_headers`). A decoded image is a
+  function of (model digest, key, stored stream, settings, format, width), so it carries a
+  strong ``ETag`` made of exactly those (the stream by its stored CRC and length, metadata
+  only) and ``Cache-Control: immutable``; ``If-None-Match`` is answered 304 before any
+  payload read or decode.
 * ``GET /images?prefix=&q=&offset=&limit=&details=`` -> ``{"keys": [...], "total": n, ...}``
   (``q``: case-insensitive substring; ``details``: also ``items`` with each key's status,
   size and, for a failed record, why).
@@ -28,7 +29,8 @@ Routes (FastAPI ingress):
 * ``GET /tiers`` -> the archive's tiers; ``GET /healthz`` -> 200 with counters.
 
 Error bodies are ``{"detail": "<one line>"}`` and never name server paths: the archive's URL
-becomes its name, other paths their last component (:func:`public_message`).
+becomes its name, other paths their last component
+(:func:`jobs.serve_responses.public_message`, with the other rules for what a response says).
 
 Decoding: a request first checks the local disk LRU (and the archive's cache area), and
 only a miss reaches ``_decode_batch``, a ``@serve.batch`` method: concurrent misses are
@@ -48,12 +50,8 @@ with ``Retry-After``). The HTTP proxy binds 127.0.0.1 unless told otherwise.
 import asyncio
 import hashlib
 import html
-import io
-import json
 import logging
-import re
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -62,10 +60,26 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from PIL import Image
 from ray import serve
 
 from jobs.models import budget_of, is_local_file
+from jobs.serve_responses import (
+    ETAG_VERSION as ETAG_VERSION,  # re-exported: part of every image ETag (docs/jobs.md)
+)
+from jobs.serve_responses import (
+    IMMUTABLE,
+    NO_STORE,
+    archive_name,
+    etag_matches,
+    failed_reason,
+    http_error,
+    image_etag,
+    image_headers,
+    public_message,
+    remember_archive_urls,
+    resize_image,
+    tier_order,
+)
 from pipeline.archive import (
     MEDIA_TYPES,
     DecodeError,
@@ -75,8 +89,7 @@ from pipeline.archive import (
     resolve_model,
 )
 from pipeline.cache import DEFAULT_MAX_BYTES, DiskLRU, decoded_key
-from pipeline.files import encode_image
-from pipeline.tiers import DEFAULT_TIER, TierError, settings_dict
+from pipeline.tiers import DEFAULT_TIER, TierError
 from storage import (
     Archive,
     ArchiveError,
@@ -88,12 +101,6 @@ from storage import (
 )
 
 DEFAULT_PORT = 8000
-#: Decoded images never change for one ETag, so clients may keep them for a year.
-IMMUTABLE = "public, max-age=31536000, immutable"
-NO_STORE = {"Cache-Control": "no-store"}
-#: Part of every image ETag: bump it when the same inputs start giving other bytes (a new
-#: resampling filter or image encoder settings).
-ETAG_VERSION = 1
 MIN_WIDTH, MAX_WIDTH = 16, 4096
 GALLERY_FILES = {"index.html": "text/html; charset=utf-8",
                  "app.js": "text/javascript; charset=utf-8",
@@ -121,107 +128,6 @@ class ServeOptions:
     decode_budget: dict[str, int] | None = None  # cdc.limits.DecodeBudget fields (None: defaults)
     storage_options: dict[str, Any] | None = None
     threads: int = 1
-
-
-# ----------------------------------------------------------------------------------------
-# What responses may say
-# ----------------------------------------------------------------------------------------
-# an absolute path or a URL (scheme://...), up to the next blank, quote or bracket
-_PATHLIKE = re.compile(r"(?:\b[A-Za-z][A-Za-z0-9+.\-]*://|(?<![\w.~-])/)[^\s'\"(),;<>]*")
-_ARCHIVE_URLS: set[str] = set()  # this process's archives, for the module-level handlers
-
-
-def archive_name(url: str) -> str:
-    """What responses call an archive: the last component of its URL, never its path."""
-    tail = url.split("://", 1)[-1].split("?", 1)[0].rstrip("/")
-    return tail.rsplit("/", 1)[-1] or "archive"
-
-
-def public_message(text: str, urls: set[str] | None = None) -> str:
-    """``text`` fit for an HTTP client: its first line, each archive URL in ``urls``
-    replaced by the archive's name, and any other absolute path or URL by its last
-    component (a client has no business knowing the server's folders)."""
-    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
-    line = (lines[0] + (" …" if len(lines) > 1 else "")) if lines else "error"
-    for url in sorted(urls if urls is not None else _ARCHIVE_URLS, key=len, reverse=True):
-        if url:
-            line = line.replace(url, archive_name(url))
-    return _PATHLIKE.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] or "…", line)
-
-
-def failed_reason(key: str, error: str, urls: set[str] | None = None) -> str:
-    """Why a record failed when it was archived, without the source file's path (the
-    stored error usually starts with it: ``/photos/2024/cat.png: not an image file``)."""
-    why = public_message(error or "unknown error", urls)
-    head, sep, rest = why.partition(": ")
-    if sep and rest and head in (key, key.rsplit("/", 1)[-1]):
-        why = rest
-    return why
-
-
-def _http(status: int, detail: str, headers: Mapping[str, str] | None = None) -> HTTPException:
-    return HTTPException(status, detail, headers={**NO_STORE, **(headers or {})})
-
-
-def image_etag(model_digest: str, info: RecordInfo, settings: Any, fmt: str,
-               width: int | None) -> str:
-    """A strong ETag for one decoded image, from metadata only (no payload read): the
-    model digest, the key, the stored stream (its CRC and length), the explicit decode
-    settings, the output format and width."""
-    blob = json.dumps(
-        {"v": ETAG_VERSION, "model": model_digest.lower().removeprefix("sha256:"),
-         "key": info.key, "crc": info.checksum, "nbytes": info.nbytes,
-         "settings": settings_dict(settings), "format": fmt, "width": width},
-        sort_keys=True, separators=(",", ":"))
-    return '"' + hashlib.sha256(blob.encode()).hexdigest()[:40] + '"'
-
-
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """RFC 9110 ``If-None-Match`` (weak comparison): ``*`` or any listed tag."""
-    if not if_none_match:
-        return False
-    if if_none_match.strip() == "*":
-        return True
-    return any(t.strip().removeprefix("W/") == etag for t in if_none_match.split(","))
-
-
-def tier_order(tiers: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Tier names from cheapest to best: a prefix budget before the whole stream (smaller
-    first), then fewer steps, then smaller γ."""
-    def cost(name: str) -> tuple:
-        t = tiers[name]
-        bpp = t.get("bpp")
-        return (bpp is None, bpp or 0.0, t.get("steps", 0), t.get("gamma", 0.0), name)
-
-    return sorted(tiers, key=cost)
-
-
-def resize_image(png: bytes, width: int, fmt: str) -> bytes:
-    """``png`` scaled to ``width`` px wide (aspect kept), encoded as ``fmt``."""
-    with Image.open(io.BytesIO(png)) as im:
-        im.load()
-        height = max(1, round(im.height * width / im.width))
-        small = im.resize((width, height), Image.Resampling.LANCZOS)
-    return encode_image(small, fmt)
-
-
-def image_headers(tier: str, settings: Any, info: RecordInfo, bytes_read: int, source: str,
-                  batch: int, decode_s: float, server_s: float) -> dict[str, str]:
-    """What an image response says about itself (the gallery's labels come from these)."""
-    s = settings_dict(settings)
-    pixels = max(1, info.width * info.height)
-    return {
-        "X-CDC-Source": source, "X-CDC-Batch-Size": str(batch), "X-CDC-Tier": tier,
-        "X-CDC-Settings": f"steps={s['steps']},gamma={s['gamma']},seed={s['seed']}",
-        "X-CDC-Steps": str(s["steps"]), "X-CDC-Gamma": str(s["gamma"]),
-        "X-CDC-Seed": str(s["seed"]),
-        "X-CDC-Bytes-Read": str(bytes_read),  # the stream bytes this image decodes from
-        "X-CDC-Record-Bytes": str(info.nbytes),  # the whole stored stream
-        "X-CDC-Bpp": f"{8 * bytes_read / pixels:.4f}",  # of the original size
-        "X-CDC-Image-Size": f"{info.width}x{info.height}",
-        "X-CDC-Decode-Ms": f"{decode_s * 1000:.1f}",  # 0 for a cache hit
-        "X-CDC-Server-Ms": f"{server_s * 1000:.1f}",
-    }
 
 
 api = FastAPI(title="cdc-toolkit archive", docs_url=None, redoc_url=None, openapi_url=None)
@@ -262,7 +168,7 @@ class ImageService:
         self.url = url
         self.name = archive_name(url)
         self.urls = {url, arch.url}
-        _ARCHIVE_URLS.update(self.urls)
+        remember_archive_urls(self.urls)
         self.digest = expected_sha256
         self.pending = 0
         self.served = {"cache": 0, "archive-cache": 0, "decoded": 0, "not-modified": 0,
@@ -289,7 +195,7 @@ class ImageService:
     @api.get("/gallery/{name}")
     async def gallery_file(self, name: str, request: Request) -> Response:
         if name not in GALLERY_FILES or name == "index.html":
-            raise _http(404, f"no gallery file {name!r}")
+            raise http_error(404, f"no gallery file {name!r}")
         data = self.files[name]
         headers = {"ETag": '"' + hashlib.sha256(data).hexdigest()[:32] + '"',
                    "Cache-Control": "no-cache"}  # revalidated: a new version shows at once
@@ -313,7 +219,7 @@ class ImageService:
         try:
             records, failed = await asyncio.to_thread(self._record_counts)
         except ArchiveError as e:
-            raise _http(500, self._public(str(e))) from None
+            raise http_error(500, self._public(str(e))) from None
         arch = self.reader.archive
         tiers = arch.tiers
         order = tier_order(tiers)
@@ -336,7 +242,7 @@ class ImageService:
         try:
             keys = await asyncio.to_thread(self.reader.archive.keys)
         except ArchiveError as e:
-            raise _http(500, self._public(str(e))) from None
+            raise http_error(500, self._public(str(e))) from None
         if prefix:
             keys = [k for k in keys if k.startswith(prefix)]
         if q:
@@ -372,7 +278,7 @@ class ImageService:
             raise
         except Exception as e:  # noqa: BLE001 - one line for the client, the rest in the log
             log.exception("GET /images/%s", key)
-            raise _http(500, f"{key}: internal error ({type(e).__name__})") from None
+            raise http_error(500, f"{key}: internal error ({type(e).__name__})") from None
 
     async def _image(self, key: str, request: Request, tier: str | None, format: str,
                      steps: int | None, gamma: float | None, seed: int | None,
@@ -384,9 +290,9 @@ class ImageService:
             settings, overridden = self.reader.settings(tier, steps=steps, gamma=gamma, seed=seed,
                                                         bpp=bpp)
         except (TierError, ValueError) as e:
-            raise _http(400, self._public(str(e))) from None
+            raise http_error(400, self._public(str(e))) from None
         if (why := key_problem(key)) is not None:
-            raise _http(400, f"bad key {key!r}: {why}")
+            raise http_error(400, f"bad key {key!r}: {why}")
         info = await asyncio.to_thread(self._info, key)  # metadata only
         if width is not None and width >= info.width:
             width = None  # never enlarged: the image itself
@@ -419,14 +325,14 @@ class ImageService:
         try:
             info = self.reader.archive.info(key)
         except RecordNotFoundError:
-            raise _http(404, f"no image {key!r} in this archive") from None
+            raise http_error(404, f"no image {key!r} in this archive") from None
         except DuplicateKeyError:
-            raise _http(409, f"{key}: stored more than once in this archive") from None
+            raise http_error(409, f"{key}: stored more than once in this archive") from None
         except ArchiveError as e:
-            raise _http(500, self._public(str(e))) from None
+            raise http_error(500, self._public(str(e))) from None
         if not info.ok:
-            raise _http(422, f"{key}: image failed when archived: "
-                             f"{failed_reason(key, info.error, self.urls)}")
+            raise http_error(422, f"{key}: image failed when archived: "
+                                  f"{failed_reason(key, info.error, self.urls)}")
         return info
 
     def _stream(self, key: str, settings: Any) -> Record:
@@ -438,11 +344,11 @@ class ImageService:
                 return self.reader.prefix_record(key, bpp)
             return self.reader.record(key)
         except FailedRecordError as e:
-            raise _http(422, self._public(str(e))) from None
+            raise http_error(422, self._public(str(e))) from None
         except RecordNotFoundError:
-            raise _http(404, f"no image {key!r} in this archive") from None
+            raise http_error(404, f"no image {key!r} in this archive") from None
         except (ArchiveError, DecodeError) as e:
-            raise _http(500, self._public(str(e))) from None
+            raise http_error(500, self._public(str(e))) from None
 
     async def _decoded(self, rec: Record, settings: Any, fmt: str, tier: str,
                        overridden: bool) -> tuple[bytes, str, int, float]:
@@ -455,17 +361,17 @@ class ImageService:
             return hit, source, 0, 0.0
         if self.pending >= self.opts.max_pending:
             self.served["rejected"] += 1
-            raise _http(429, "too many decodes waiting; retry shortly", {"Retry-After": "1"})
+            raise http_error(429, "too many decodes waiting; retry shortly", {"Retry-After": "1"})
         self.pending += 1
         try:
             res, batch = await self._decode_batch((rec, settings, fmt, tier, overridden))
         finally:
             self.pending -= 1
         if isinstance(res, DecodeError):
-            raise _http(500, self._public(str(res)))
+            raise http_error(500, self._public(str(res)))
         if isinstance(res, Exception):
             log.error("decoding %s: %s: %s", rec.key, type(res).__name__, res)
-            raise _http(500, f"{rec.key}: decoding failed ({type(res).__name__})")
+            raise http_error(500, f"{rec.key}: decoding failed ({type(res).__name__})")
         return res.data, res.source, batch, res.seconds
 
     # -- batched decoding -----------------------------------------------------------------

@@ -22,7 +22,6 @@ MAX_MODULE_LINES = 500
 FUNCTION_ALLOWANCE: dict[str, int] = {}
 #: path → lines today. (Splitting these is the pipeline/ and storage/ reorganisation.)
 MODULE_ALLOWANCE: dict[str, int] = {
-    "jobs/serve.py": 562,
     "pipeline/evaluate.py": 689,
 }
 
