@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.evaluate import _jsonable, plot_summary, write_csv
+from pipeline.eval_report import jsonable, plot_summary, write_csv
 from pipeline.files import write_bytes_atomic
 
 SAME = ("images", "metrics", "fid_protocol")  # what every merged folder must share
@@ -92,5 +92,5 @@ def merge_evaluations(sources: Sequence[str | os.PathLike], out_dir: str | os.Pa
               out / "per_image.csv")
     summary["files"] = {"csv": "per_image.csv",
                         "plots": plot_summary(summary, out) if plots else []}
-    write_bytes_atomic(out / "summary.json", json.dumps(_jsonable(summary), indent=2).encode())
+    write_bytes_atomic(out / "summary.json", json.dumps(jsonable(summary), indent=2).encode())
     return summary

@@ -10,37 +10,55 @@ bpp always comes from the real byte string: ``8 * len(data) / (H * W)``. Summary
 values are means over images of per-image values (PSNR in dB averaged, as in most
 papers); FID is computed over all 256×256 patches of the set and reported only when
 there are at least ``min_fid_patches`` of them.
+
+This module runs the evaluation (images, metrics, rows, summary); the entries are built in
+:mod:`pipeline.eval_entries`, the progress folder that lets a stopped run go on is
+:mod:`pipeline.eval_progress`, and the CSV, plots, BD-rates and table are
+:mod:`pipeline.eval_report`. Their public names are importable from here too.
 """
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
-import io
 import json
 import logging
 import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 import pipeline.metrics as quality_metrics
-from pipeline.classical import (
-    CODECS,
-    BppMatch,
-    ClassicalCodec,
-    CodecUnavailableError,
-    encode_at_bpp,
-    get_codec,
+from pipeline.eval_entries import (
+    CallableEntry,
+    ClassicalEntry,
+    Entry,
+    MatchedBppEntry,
+    classical_entries,
+    family_of,
+    matched_bpp_entries,
+    ordered_entries,
 )
+from pipeline.eval_progress import open_progress
+from pipeline.eval_report import (
+    CSV_COLUMNS,
+    LABELS,
+    METRICS,
+    PLOTS,
+    TRADEOFF_PLOT,
+    add_bd_rates,
+    plot_summary,
+    plot_tradeoff,
+    summary_table,
+    write_csv,
+)
+from pipeline.eval_report import jsonable as _jsonable
 from pipeline.files import read_image, write_bytes_atomic
 from pipeline.metrics import frechet_distance, patch_count
 from pipeline.metrics.fid import inception
@@ -48,148 +66,7 @@ from pipeline.sources import list_images
 
 log = logging.getLogger(__name__)
 
-METRICS = ("psnr", "ms_ssim", "lpips_alex", "lpips_vgg", "dists", "fid")
-LABELS = {"bpp": "bpp", "psnr": "PSNR (dB) ↑", "ms_ssim": "MS-SSIM ↑",
-          "lpips_alex": "LPIPS-Alex ↓", "lpips_vgg": "LPIPS-VGG ↓", "dists": "DISTS ↓",
-          "fid": "FID ↓"}
-PLOTS = {"psnr": "rd_psnr.png", "ms_ssim": "rd_ms_ssim.png", "lpips_alex": "rp_lpips_alex.png",
-         "lpips_vgg": "rp_lpips_vgg.png", "dists": "rp_dists.png", "fid": "rp_fid.png"}
 MIN_FID_PATCHES = 128  # Kodak gives 192; below this FID is too noisy to report
-
-
-@runtime_checkable
-class Entry(Protocol):
-    name: str
-
-    def encode(self, img: Image.Image) -> bytes: ...
-
-    def decode(self, data: bytes) -> Image.Image: ...
-
-
-# -- entries ---------------------------------------------------------------------------------
-
-
-@dataclass
-class CallableEntry:
-    """An entry from two functions (e.g. a CDC codec at one rate and decode setting)."""
-
-    name: str
-    encode_fn: Callable[[Image.Image], bytes]
-    decode_fn: Callable[[bytes], Image.Image]
-    family: str | None = None
-
-    def encode(self, img: Image.Image) -> bytes:
-        return self.encode_fn(img)
-
-    def decode(self, data: bytes) -> Image.Image:
-        return self.decode_fn(data)
-
-
-@dataclass
-class ClassicalEntry:
-    """A classical codec at one fixed quality."""
-
-    codec: ClassicalCodec
-    quality: int
-    name: str = ""
-    family: str = ""
-
-    def __post_init__(self) -> None:
-        self.name = self.name or f"{self.codec.name}-q{self.quality}"
-        self.family = self.family or self.codec.label
-
-    def encode(self, img: Image.Image) -> bytes:
-        return self.codec.encode(img, self.quality)
-
-    def decode(self, data: bytes) -> Image.Image:
-        return self.codec.decode(data)
-
-    def columns(self) -> dict[str, Any]:
-        return {"quality": self.quality}
-
-
-@dataclass
-class MatchedBppEntry:
-    """A classical codec at the quality that lands closest to the bpp that entry ``match``
-    reached on the same image (the runner sets ``target_bpp`` before each encode)."""
-
-    codec: ClassicalCodec
-    match: str
-    name: str = ""
-    family: str = ""
-    target_bpp: float | None = None
-    last: BppMatch | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        self.name = self.name or f"{self.codec.name}@{self.match}"
-        self.family = self.family or self.codec.label
-
-    def encode(self, img: Image.Image) -> bytes:
-        if self.target_bpp is None:
-            raise RuntimeError(f"{self.name}: no target bpp (is {self.match!r} evaluated first?)")
-        self.last = encode_at_bpp(self.codec, img, self.target_bpp)
-        return self.last.data
-
-    def decode(self, data: bytes) -> Image.Image:
-        return self.codec.decode(data)
-
-    def columns(self) -> dict[str, Any]:
-        return {"quality": self.last.quality if self.last else None, "target_bpp": self.target_bpp}
-
-
-def _usable(codecs: Iterable[str] | None) -> list[ClassicalCodec]:
-    out = []
-    for name in codecs or CODECS:
-        try:
-            out.append(get_codec(name))
-        except CodecUnavailableError as e:
-            log.warning("skipping %s", e)
-    return out
-
-
-def classical_entries(qualities: dict[str, Sequence[int]]) -> list[ClassicalEntry]:
-    """Fixed-quality sweeps, e.g. ``{"jpeg": [10, 30, 50], "webp": [20, 50]}``; codecs that
-    cannot run here are skipped with a warning."""
-    usable = {c.name: c for c in _usable(qualities)}
-    return [ClassicalEntry(usable[n], q) for n, qs in qualities.items() if n in usable for q in qs]
-
-
-def matched_bpp_entries(references: str | Sequence[str],
-                        codecs: Iterable[str] | None = None) -> list[MatchedBppEntry]:
-    """One entry per (reference entry, classical codec) matching the reference's bpp per image.
-
-    Each codec family then gets one RD point per reference rate. Unavailable codecs are
-    skipped with a warning (see :func:`pipeline.classical.available_codecs`).
-    """
-    refs = [references] if isinstance(references, str) else list(references)
-    return [MatchedBppEntry(c, r) for c in _usable(codecs) for r in refs]
-
-
-def family_of(entry: Any) -> str:
-    return getattr(entry, "family", None) or entry.name
-
-
-def _ordered(entries: Sequence[Any]) -> list[Any]:
-    """Entries in the given order, except that a bpp-matching entry comes after its reference."""
-    names = [e.name for e in entries]
-    if len(set(names)) != len(names):
-        raise ValueError(f"entry names must be unique: {names}")
-    for e in entries:
-        if not all(callable(getattr(e, m, None)) for m in ("encode", "decode")):
-            raise TypeError(f"{e!r} is not an entry (needs name, encode(img), decode(bytes))")
-        m = getattr(e, "match", None)
-        if m is not None and m not in names:
-            raise ValueError(f"{e.name}: matches unknown entry {m!r}")
-    done: list[Any] = []
-    pending = list(entries)
-    while pending:  # stable: keep the given order, deferring each entry until its reference
-        ready = [e for e in pending
-                 if getattr(e, "match", None) in (None, *(d.name for d in done))]
-        if not ready:
-            raise ValueError(f"circular bpp matching among {[e.name for e in pending]}")
-        done.append(ready[0])
-        pending.remove(ready[0])
-    return done
 
 
 # -- images and metrics ------------------------------------------------------------------------
@@ -287,7 +164,7 @@ def run_evaluation(images: Any, entries: Sequence[Any], out_dir: str | os.PathLi
     metrics = _checked_request(metrics, shard)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    entries = _ordered(entries)
+    entries = ordered_entries(entries)
     imgs = load_images(images)
     n_patches = sum(patch_count(im.height, im.width, fid_patch) for _, im in imgs)
     want_fid = "fid" in metrics and n_patches >= max(min_fid_patches, 2)
@@ -295,7 +172,7 @@ def run_evaluation(images: Any, entries: Sequence[Any], out_dir: str | os.PathLi
     rows: list[dict[str, Any]] = []
     ref_feats: list[np.ndarray] = []
     rec_feats: dict[str, dict[int, np.ndarray]] = {e.name: {} for e in entries}
-    progress = _open_progress(out, entries, metrics, want_fid, fid_patch, imgs, resume)
+    progress = open_progress(out, entries, metrics, want_fid, fid_patch, imgs, resume)
     missing: list[str] = []
 
     def keep(i: int, done: tuple[list[dict[str, Any]], dict[str, np.ndarray]]) -> None:
@@ -342,22 +219,6 @@ def run_evaluation(images: Any, entries: Sequence[Any], out_dir: str | os.PathLi
     _write_outputs(summary, rows, out, plots)
     progress.clear()
     return summary
-
-
-def _open_progress(out: Path, entries: Sequence[Any], metrics: list[str], want_fid: bool,
-                   fid_patch: int, imgs: list[tuple[str, Image.Image]], resume: bool
-                   ) -> _Progress:
-    """The progress folder of this evaluation (what it evaluates is its key); says when a
-    stopped run's images are kept."""
-    progress = _Progress(out / ".progress", {
-        "entries": [e.name for e in entries], "metrics": metrics, "fid": want_fid,
-        "fid_patch": fid_patch, "images": [n for n, _ in imgs],
-        "sizes": [list(im.size) for _, im in imgs]}, resume)
-    kept = sum((progress.folder / f"{i:04d}.json").is_file() for i in range(len(imgs)))
-    if kept:
-        log.warning("%s: going on from a stopped evaluation (%d of %d images kept; "
-                    "fresh start: resume=False / --fresh)", out, kept, len(imgs))
-    return progress
 
 
 def _write_outputs(summary: dict[str, Any], rows: list[dict[str, Any]], out: Path,
@@ -445,54 +306,6 @@ def _entry_row(e: Any, iname: str, img: Image.Image, x: torch.Tensor, ref: Any,
     log.info("%s %s: %s", iname, e.name, {k: row.get(k) for k in ("bpp", *metrics) if k in row})
     return row
 
-
-class _Progress:
-    """Finished images of an evaluation on disk: ``state.json`` (what is being evaluated),
-    ``NNNN.json`` (an image's rows) and ``NNNN.npz`` (its FID features), each written
-    atomically after the image, so a stopped run loses at most the image in flight."""
-
-    def __init__(self, folder: Path, state: dict[str, Any], resume: bool):
-        self.folder = folder
-        state_file = folder / "state.json"
-        same = False
-        if resume and state_file.is_file():
-            try:
-                same = json.loads(state_file.read_text()) == json.loads(json.dumps(state))
-            except (OSError, ValueError):
-                same = False
-        if not same:
-            self.clear()
-        folder.mkdir(parents=True, exist_ok=True)
-        if not same:
-            write_bytes_atomic(state_file, json.dumps(state).encode())
-
-    def load(self, i: int) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]] | None:
-        rows_file, feats_file = self.folder / f"{i:04d}.json", self.folder / f"{i:04d}.npz"
-        if not rows_file.is_file() or not feats_file.is_file():
-            return None
-        try:
-            rows = json.loads(rows_file.read_text())
-            with np.load(feats_file, allow_pickle=False) as z:
-                feats = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            log.warning("%s: unreadable progress for image %d (%s); evaluating it again",
-                        self.folder, i, e)
-            return None
-        return rows, feats
-
-    def save(self, i: int, rows: list[dict[str, Any]], feats: dict[str, np.ndarray]) -> None:
-        buf = io.BytesIO()
-        np.savez(buf, **feats)
-        write_bytes_atomic(self.folder / f"{i:04d}.npz", buf.getvalue())
-        write_bytes_atomic(self.folder / f"{i:04d}.json", json.dumps(_jsonable(rows)).encode())
-
-    def clear(self) -> None:
-        if self.folder.is_dir():
-            for f in self.folder.iterdir():
-                f.unlink(missing_ok=True)
-            self.folder.rmdir()
-
-
 def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._@=+-]+", "_", name)
 
@@ -542,148 +355,9 @@ def _summarize(rows, entries, imgs, metrics, device, ref_feats, rec_feats, min_p
     }
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
-CSV_COLUMNS = ["image", "entry", "family", "width", "height", "bytes", "bpp", "psnr", "ms_ssim",
-               "ms_ssim_scales", "lpips_alex", "lpips_vgg", "dists", "enc_s", "dec_s", "quality",
-               "target_bpp", "error"]
-
-
-def write_csv(rows: list[dict[str, Any]], path: str | os.PathLike) -> None:
-    """One row per (image, entry); columns that no row has are left out."""
-    extra = sorted({k for r in rows for k in r} - set(CSV_COLUMNS))
-    cols = [c for c in CSV_COLUMNS + extra if any(c in r for r in rows)]
-    path = Path(path)
-    tmp = path.with_suffix(".csv.part")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()
-                        if k in cols})
-    os.replace(tmp, path)
-
-
-# -- report ---------------------------------------------------------------------------------------
-
-
-def plot_summary(summary: dict[str, Any], out_dir: str | os.PathLike) -> list[str]:
-    """bpp vs each metric, one curve per family (points sorted by bpp); returns file names.
-
-    Uses matplotlib's Agg canvas directly, so no global backend is switched.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    entries = summary["entries"]
-    written = []
-    for metric, fname in PLOTS.items():
-        if metric not in summary["metrics"]:
-            continue
-        families: dict[str, list[tuple[float, float]]] = {}
-        for s in entries.values():
-            if s.get("bpp") is not None and s.get(metric) is not None:
-                families.setdefault(s["family"], []).append((s["bpp"], s[metric]))
-        if not families:
-            continue
-        fig = Figure(figsize=(5.5, 4), dpi=120)
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        for fam, pts in families.items():
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=fam)
-        ax.set_xlabel("bits per pixel")
-        ax.set_ylabel(LABELS[metric])
-        ax.set_title(f"{LABELS[metric].split(' ')[0]} vs rate ({len(summary['images'])} images)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(Path(out_dir) / fname)
-        written.append(fname)
-    for perc in ("lpips_alex", "dists"):
-        if plot_tradeoff(summary, perc, out_dir):
-            written.append(TRADEOFF_PLOT.format(perc))
-    return written
-
-
-TRADEOFF_PLOT = "pd_{}.png"
-
-
-def plot_tradeoff(summary: dict[str, Any], perception: str, out_dir: str | os.PathLike) -> bool:
-    """The perception–distortion plane (PSNR → right, ``perception`` ↓ better): one point per
-    entry, labelled with its bpp, so decoders of the *same* stream (CDC vs CorrDiff, steps,
-    γ) can be compared where a rate plot stacks them on one vertical line."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    if not {"psnr", perception} <= set(summary["metrics"]):
-        return False
-    families: dict[str, list[tuple[float, float, float, str]]] = {}
-    for name, s in summary["entries"].items():
-        if None not in (s.get("psnr"), s.get(perception), s.get("bpp")):
-            families.setdefault(s["family"], []).append(
-                (s["psnr"], s[perception], s["bpp"], name))
-    if not families:
-        return False
-    fig = Figure(figsize=(6, 4.5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for fam, pts in families.items():
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=fam, s=28)
-        for x, y, bpp, _ in pts:
-            ax.annotate(f"{bpp:.3f}", (x, y), fontsize=6, xytext=(3, 3),
-                        textcoords="offset points")
-    ax.set_xlabel(LABELS["psnr"])
-    ax.set_ylabel(LABELS[perception])
-    ax.set_title(f"perception vs distortion ({len(summary['images'])} images; labels: bpp)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(Path(out_dir) / TRADEOFF_PLOT.format(perception))
-    return True
-
-
-def add_bd_rates(summary: dict[str, Any], out_dir: str | os.PathLike, anchor: str = "AVIF",
-                 metrics: Sequence[str] = ("lpips_alex", "dists")) -> list[str]:
-    """BD-rate of every family against ``anchor`` on each metric, added to the summary
-    (and its ``summary.json``); returns the lines ``cdc eval`` prints."""
-    from pipeline.bdrate import bd_rates
-
-    got = bd_rates(summary, anchor, [m for m in metrics if m in summary["metrics"]])
-    if not got:
-        return []
-    summary["bd_rate"] = {"anchor": anchor, "families": got}
-    write_bytes_atomic(Path(out_dir) / "summary.json",
-                       json.dumps(_jsonable(summary), indent=2).encode())
-    lines = [f"BD-rate vs {anchor} (negative: less rate for the same quality):"]
-    for fam, res in got.items():
-        cells = [f"{LABELS[m].split(' ')[0]} " + ("–" if res[m] is None else f"{100 * res[m]:+.1f} %")
-                 for m in metrics if m in res]
-        lines.append(f"  {fam} ({res['points']} points): " + ", ".join(cells))
-    return lines
-
-
-def summary_table(summary: dict[str, Any], digits: dict[str, int] | None = None) -> str:
-    """The summary as a markdown table (entry, family, bpp and each computed metric)."""
-    fmt = {"bpp": 3, "psnr": 2, "ms_ssim": 4, "lpips_alex": 4, "lpips_vgg": 4, "dists": 4,
-           "fid": 1, **(digits or {})}
-    cols = ["bpp"] + [m for m in METRICS if m in summary["metrics"]]
-    lines = ["| entry | family | " + " | ".join(LABELS[c] for c in cols) + " |",
-             "|---|---|" + "---:|" * len(cols)]
-    for name, s in summary["entries"].items():
-        cells = []
-        for c in cols:
-            v = s.get(c)
-            cells.append("–" if v is None else f"{v:.{fmt[c]}f}")
-        lines.append(f"| {name} | {s['family']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+__all__ = [
+    "CSV_COLUMNS", "LABELS", "METRICS", "MIN_FID_PATCHES", "PLOTS", "TRADEOFF_PLOT",
+    "CallableEntry", "ClassicalEntry", "Entry", "MatchedBppEntry", "add_bd_rates",
+    "classical_entries", "family_of", "load_images", "matched_bpp_entries", "plot_summary",
+    "plot_tradeoff", "run_evaluation", "safe_name", "summary_table", "to_tensor", "write_csv",
+]

@@ -20,10 +20,8 @@ MAX_MODULE_LINES = 500
 #: "path:function" → lines today (def line to last line; nested functions count on their own
 #: and inside their parent). Shrink, then delete.
 FUNCTION_ALLOWANCE: dict[str, int] = {}
-#: path → lines today. (Splitting these is the pipeline/ and storage/ reorganisation.)
-MODULE_ALLOWANCE: dict[str, int] = {
-    "pipeline/evaluate.py": 689,
-}
+#: path → lines today. Empty: every module is within the limit.
+MODULE_ALLOWANCE: dict[str, int] = {}
 
 
 def measure() -> tuple[dict[str, int], dict[str, int]]:
