@@ -204,7 +204,8 @@ def export_model(run_dir: str | Path, name: str | None = None,
     cfg = RefineTrainConfig(**load_run(run_dir)["train_config"])
     name = name or cfg.zoo_name or cfg.model_id
     meta = {"crop": cfg.crop, "batch_size": cfg.batch_size, "mse_weight": cfg.mse_weight,
-            "rho": cfg.rho, "perceptual": cfg.perceptual, "sources": cfg.sources,
+            "rho": cfg.rho, **({"perceptual": cfg.perceptual} if cfg.rho > 0 else {}),
+            "sources": cfg.sources,
             "validation_split": cfg.validation_split, **({"tiers": tiers} if tiers else {}),
             **(extra_meta or {})}
     data, cfg, step = pack_run(run_dir, name, half, decode_defaults, meta)
