@@ -40,12 +40,12 @@ from cdc.errors import (
     ModelMismatchError,
     UnsupportedVersionError,
 )
-from cdc.registry import BY_BYTE, CODECS
+from cdc.registry import BY_BYTE, BYTES
 
 MAGIC = b"CDC"
 FORMAT_VERSION = 1
-CODEC_IDS = {e.name: e.byte for e in CODECS.values()}  # one table: cdc.registry
-CODEC_NAMES = dict(BY_BYTE)
+CODEC_IDS = BYTES  # name → id byte: cdc.registry's own dicts (register() updates them)
+CODEC_NAMES = BY_BYTE  # id byte → name
 DIGEST_BYTES = 8
 _MIN_SIZE = 3 + 1 + 1 + 1 + DIGEST_BYTES + 1 + 1 + 4 + 4
 #: Image sides must be below this (the documented limit; tile larger images upstream).

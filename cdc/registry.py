@@ -8,7 +8,10 @@ training stack, which lives in ``pipeline``) is imported only when it is needed.
 
 Adding a codec: write its config dataclass, model and codec class (subclass of
 :class:`cdc.base.BaseCodec`), a describer, a trainer module with ``run_training`` and
-``export``, then add one :class:`CodecEntry` below (docs/codec.md, "Adding a codec").
+``export`` if it has anything to train, then add one :class:`CodecEntry` below
+(docs/codec.md, "Adding a codec"). Code outside the toolkit (a plugin, a test's toy codec)
+adds its entry at run time with :func:`register` and removes it with :func:`unregister`;
+every reader of the table (bitstream, zoo, ``cdc info``, ``cdc train``) sees it at once.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ class CodecEntry:
     codec: str  # "module:Class" of the codec (a BaseCodec)
     describe: str  # "module:function" (stream bytes → dict) for ``cdc info``: no model, no torch
     presets: str  # "module:DICT" of named model configs (presets; not training YAMLs)
-    trainer: str  # "module" with run_training(config, run_dir, ...) and export(...)
+    #: "module" with run_training(config, run_dir, ...) and export(...); empty: nothing to
+    #: train (``cdc train`` and ``cdc export-model`` refuse the codec in one line)
+    trainer: str = ""
     summary: str = ""
     #: "module:function" ``(obj, source, fetch) -> obj`` for weights files that name other
     #: weights files by digest instead of holding them (CorrDiff's base): it returns the
@@ -52,6 +57,8 @@ CODECS: dict[str, CodecEntry] = {e.name: e for e in (
 )}
 
 BY_BYTE: dict[int, str] = {e.byte: e.name for e in CODECS.values()}
+#: name → id byte (``cdc.bitstream.CODEC_IDS`` is this dict, so it follows :func:`register`).
+BYTES: dict[str, int] = {e.name: e.byte for e in CODECS.values()}
 
 #: The codec of weights files, registry entries and training configs that name none (they
 #: predate codec ids): the only place generic code gets a codec's name from.
@@ -63,6 +70,31 @@ def entry(name: str) -> CodecEntry:
         return CODECS[name]
     except KeyError:
         raise KeyError(f"unknown codec {name!r}; known: {', '.join(CODECS)}") from None
+
+
+def register(new: CodecEntry) -> CodecEntry:
+    """Add a codec to the table at run time (what a line in ``CODECS`` does at import).
+
+    Refuses a name or id byte already taken (bytes are never reused) and a byte outside
+    0..255. Every reader of the table sees the codec at once: streams with its byte parse,
+    the zoo loads its weights files, ``cdc info`` describes its streams."""
+    if new.name in CODECS:
+        raise ValueError(f"codec {new.name!r} is already registered")
+    if not 0 <= new.byte <= 0xFF:
+        raise ValueError(f"codec id byte {new.byte} is not in 0..255")
+    if new.byte in BY_BYTE:
+        raise ValueError(f"codec id byte {new.byte} is taken by {BY_BYTE[new.byte]!r}")
+    CODECS[new.name] = new
+    BY_BYTE[new.byte] = new.name
+    BYTES[new.name] = new.byte
+    return new
+
+
+def unregister(name: str) -> CodecEntry:
+    """Remove a codec :func:`register` added (tests undo their registrations with it)."""
+    old = entry(name)
+    del CODECS[name], BY_BYTE[old.byte], BYTES[name]
+    return old
 
 
 def resolve(ref: str) -> Any:

@@ -57,6 +57,8 @@ def train(
     if codec not in CODECS:
         fail(f"{config}: unknown codec {codec!r}; known: {', '.join(CODECS)}", EXIT_USAGE,
              config)
+    if not entry(codec).trainer:
+        fail(f"{config}: codec {codec!r} has no trainer (nothing to train)", EXIT_USAGE, config)
     module = resolve(entry(codec).trainer)  # every codec's trainer has the same entry point
     try:
         line = module.run_training(config, run_dir, device=device, bf16=bf16,
@@ -95,6 +97,9 @@ def export_model_cmd(
         fail(f"{run_dir}: unreadable checkpoint ({e})", EXIT_INPUT, run_dir)
     if codec not in CODECS:
         fail(f"{run_dir}: checkpoint of unknown codec {codec!r}", EXIT_USAGE, run_dir)
+    if not entry(codec).trainer:
+        fail(f"{run_dir}: codec {codec!r} has no exporter (nothing to train)", EXIT_USAGE,
+             run_dir)
     defaults = {k: v for k, v in (("default_steps", default_steps),
                                   ("default_gamma", default_gamma)) if v is not None}
     try:

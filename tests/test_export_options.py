@@ -71,15 +71,17 @@ def _refine_run(run: Path, images: Path, tmp: Path) -> None:
                 "ema": RefineNet(cfg.model_cfg()).state_dict()}, run / "checkpoint.pt")
 
 
+#: Codecs with a trainer (an entry with none has nothing to export).
+TRAINABLE = sorted(c for c in CODECS if entry(c).trainer)
 RUNS = {"cdc": _cdc_run, "diffc": _diffc_run, "corrdiff": _corrdiff_run,
         "refine": _refine_run}
 
 
 def test_every_codec_has_a_tiny_run():
-    assert sorted(RUNS) == sorted(CODECS), "add a tiny run for the new codec here"
+    assert sorted(RUNS) == TRAINABLE, "add a tiny run for the new codec here"
 
 
-@pytest.fixture(scope="module", params=sorted(CODECS))
+@pytest.fixture(scope="module", params=TRAINABLE)
 def run(request, images, tmp_path_factory) -> tuple[str, Path]:
     tmp = tmp_path_factory.mktemp(f"run-{request.param}")
     RUNS[request.param](tmp / "run", images, tmp)
