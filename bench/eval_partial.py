@@ -7,7 +7,6 @@ BD-rates — for when the CPU time runs out before every image is done. Says whi
 
 from __future__ import annotations
 
-import csv
 import datetime
 import json
 import sys
@@ -29,11 +28,9 @@ def main(out: Path, originals: str | None) -> None:
             break  # a prefix of the sorted images: shards leave holes after it
         rows += json.loads(f.read_text())
         done.append(name)
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out / "per_image.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    from pipeline.eval_report import write_csv
+
+    write_csv(rows, out / "per_image.csv")  # the columns `cdc eval` writes
     by = defaultdict(list)
     for r in rows:
         by[r["entry"]].append(r)

@@ -62,8 +62,7 @@ class RefineCodec(BaseCodec):
         super().__init__(model_id, weights_sha256, device, precision, meta)
         self.net = net.to(self.device).eval()
         cfg = net.cfg
-        if (cfg.space != "pixel") != (space is not None) or (
-                space is not None and space.name != cfg.space):
+        if (space.name if space is not None else "pixel") != cfg.space:
             raise WeightsError(f"{model_id}: a {cfg.space}-space refiner needs the "
                                f"{cfg.space} space, got {getattr(space, 'name', 'none')}")
         self.space = space.to(self.device) if space is not None else None
