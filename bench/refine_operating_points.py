@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 PATHS = [(1, 0.0, 0), (1, 0.6, 0), (2, 0.6, 0), (3, 0.6, 0)]  # γ 0.6: the trained start
-BOUNDS = [0.1, 0.2, 0.3, 0.4, 0.5, 1.5]
+BOUNDS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.5]
 
 
 def load_codec_from(run_or_model: str):

@@ -133,6 +133,23 @@ def test_low_rates_downscale_the_base():
     assert out.shape == (1, 3, 256, 256)
 
 
+def test_base_tune_reaches_libaom_and_the_default_is_the_eval_baseline():
+    """tune="" writes exactly Pillow's AVIF (what `cdc eval` compares against); "psnr"
+    changes the encoding (libaom got the option) and still decodes at the same size."""
+    arr = smooth_image(96, 128, seed=5)
+    cfg = REFINE_CONFIGS["refine-test"]
+    plain = io.BytesIO()
+    Image.fromarray(arr).save(plain, format="AVIF", quality=40, speed=cfg.base_speed,
+                              subsampling=cfg.base_subsampling)
+    assert base_layer.encode(arr, 40, 1, cfg).data == plain.getvalue()
+    tuned = base_layer.encode(arr, 40, 1, RefineConfig(name="t", base_tune="psnr"))
+    assert tuned.data != plain.getvalue()
+    out = base_layer.decode(tuned.data, 96, 128, 1)
+    assert psnr(tensor_to_image(out[0]), arr) > 25  # the image, not noise (grey: ~10 dB)
+    with pytest.raises(ValueError, match="base_tune"):
+        RefineConfig(base_tune="fast")
+
+
 def test_near_the_full_size_floor_the_closer_of_two_scales_wins():
     """Just above quality 0's size at full size, a half-size base at a higher quality decodes
     closer to this smooth image; the search must compare the two, not stop at full size."""

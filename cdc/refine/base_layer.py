@@ -1,7 +1,8 @@
 """The classical base layer: AVIF through Pillow's libavif, downscaled where the rate asks.
 
-Encoder settings are fixed by the model config (speed, chroma subsampling) so the same
-quality gives the same bytes as the AVIF baseline of ``cdc eval``. The decoder checks the
+Encoder settings are fixed by the model config (speed, chroma subsampling, libaom's tune):
+with the default tune the same quality gives the same bytes as the AVIF baseline of
+``cdc eval``; ``tune=psnr`` spends the same bytes on fidelity instead. The decoder checks the
 AVIF's own size claim against the container header *before* decoding, and upsamples a
 downscaled base to the image size (bicubic; both ends run the same op).
 """
@@ -43,8 +44,9 @@ def encode(array: np.ndarray, quality: int, scale: int, cfg: RefineConfig) -> Ba
         h, w = scaled_size(array.shape[0], array.shape[1], scale)
         img = img.resize((w, h), Image.LANCZOS)
     buf = io.BytesIO()
+    extra = {"advanced": {"tune": cfg.base_tune}} if cfg.base_tune else {}
     img.save(buf, format="AVIF", quality=int(quality), speed=cfg.base_speed,
-             subsampling=cfg.base_subsampling)
+             subsampling=cfg.base_subsampling, **extra)
     return BaseChoice(buf.getvalue(), int(quality), int(scale))
 
 

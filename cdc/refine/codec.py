@@ -33,6 +33,7 @@ from cdc.image import array_to_tensor, tensor_to_image
 from cdc.interface import DecodeSettings, ImageLike
 from cdc.refine import base_layer, blend
 from cdc.refine.config import RefineConfig
+from cdc.refine.degrid import remove_grid
 from cdc.refine.nets import RefineDenoiser, build_net
 from cdc.refine.stream import BASE_TAG, PLAN_READ_BYTES, WEIGHTS_TAG, Parsed, parse
 from cdc.refine.stream import base_prefix_length as _base_prefix_length
@@ -198,6 +199,9 @@ class RefineCodec(BaseCodec):
             h, w = base.shape[-2:]
             with self.autocast():
                 out = self.space.decode(out).float()[..., :h, :w]
+            if cfg.degrid_window:
+                out = remove_grid(out, base.to(out.device), self.space.stride,
+                                  cfg.degrid_window)
         return out.clamp(-1, 1).cpu()
 
     def _alloc_bytes(self, h: int, w: int) -> int:
@@ -205,7 +209,7 @@ class RefineCodec(BaseCodec):
         in latent space the larger of TAEF2's encode (its full-resolution trunk runs in
         tiles of ``tile`` + 2·128 px, about five 64-channel maps) and its decode."""
         cfg = self.config
-        whole = 4 * 10 * 3 * h * w
+        whole = 4 * (12 if cfg.degrid_window else 10) * 3 * h * w  # degrid: 2 more
         if self.space is not None:
             side = self.space.tile + 2 * 128
             encode = 4 * 5 * 64 * min(h, side) * min(w, side)

@@ -34,6 +34,10 @@ class RefineConfig:
     base_codec: str = "avif"
     base_speed: int = 6
     base_subsampling: str = "4:2:0"
+    # libaom's tuning of the base: "" (libavif's default, as `cdc eval`'s AVIF baseline and
+    # the first shipped model use) or "psnr" (0.15-0.7 dB more PSNR at the same bytes on the
+    # validation split: fidelity the refiner may then spend; encoder-side only).
+    base_tune: str = ""
     scales: tuple[int, ...] = (1, 2, 4)
     # Fidelity bound: blend weights per ``tile``×``tile`` block, 2**bits table entries.
     tile: int = 64
@@ -46,6 +50,10 @@ class RefineConfig:
     # (no normalisation layers: a tile's output depends only on its receptive field).
     net_tile: int = 512
     net_margin: int = 64
+    # Latent space only: take the 8-pixel grid that TAEF2's decoder paints out of the
+    # refinement, estimated over this many latent cells around each cell (cdc/refine/
+    # degrid.py); 0: off (weights files written before it decode as they did).
+    degrid_window: int = 0
 
     def __post_init__(self) -> None:
         if self.space not in ("pixel", "taef2"):
@@ -54,10 +62,14 @@ class RefineConfig:
             raise ValueError(f"channels must be positive, got {self.channels}")
         if self.base_codec != "avif":
             raise ValueError(f"unknown base codec {self.base_codec!r}; known: avif")
+        if self.base_tune not in ("", "psnr", "ssim"):
+            raise ValueError(f"base_tune must be '', 'psnr' or 'ssim', got {self.base_tune!r}")
         if not self.scales or any(s not in (1, 2, 4, 8) for s in self.scales):
             raise ValueError(f"scales must be among 1, 2, 4, 8: {self.scales}")
         if not 1 <= self.weight_bits <= 8:
             raise ValueError(f"weight_bits must be in 1..8, got {self.weight_bits}")
+        if self.degrid_window < 0 or (self.degrid_window and self.space != "taef2"):
+            raise ValueError("degrid_window must be >= 0, and 0 outside latent space")
         if self.tile < 8 or self.net_tile % self.multiple or self.net_margin % self.multiple:
             raise ValueError("tile >= 8; net_tile and net_margin multiples of "
                              f"{self.multiple}")
@@ -96,12 +108,15 @@ REFINE_CONFIGS: dict[str, RefineConfig] = {
                                 net_margin=16, tile=16),
     "refine-latent-test": RefineConfig(name="refine-latent-test", space="taef2",
                                        channels=(8,), blocks=1, temb_channels=16,
-                                       net_tile=64, net_margin=32, tile=16),
+                                       net_tile=64, net_margin=32, tile=16,
+                                       degrid_window=8),
     # The pixel-space model of session 7-8 (abandoned by measurement; configs/legacy).
     "refine-small": RefineConfig(),
     # The shipped design: ~1 M parameters on TAEF2 latents, trained on one CPU core.
-    # residual_std: the rms of z − zb over the training pairs (0.647).
+    # residual_std: the rms of z − zb over the training pairs (0.647). degrid_window 8:
+    # chosen by eye on the validation split (docs/results/refine-validation/degrid.md).
     "refine-latent": RefineConfig(name="refine-latent", space="taef2", channels=(96,),
                                   blocks=6, temb_channels=128, residual_std=0.65,
-                                  net_tile=512, net_margin=128),
+                                  net_tile=512, net_margin=128, degrid_window=8,
+                                  base_tune="psnr"),
 }
