@@ -143,7 +143,7 @@ class Killer:
 def run_job(src: Path, url: str, model: str, *, actors: int, shard_size: int,
             batch_size: int, on_event=None) -> dict:
     from jobs.encode import ArchiveJobConfig, run_archive_job
-    from pipeline.encoding import EncodeOptions
+    from pipeline.archive.encoding import EncodeOptions
 
     cfg = ArchiveJobConfig(src=str(src), url=url, model=model, actors=actors,
                            cpus_per_actor=1.0, shard_size=shard_size, progress=False,

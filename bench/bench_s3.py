@@ -97,9 +97,9 @@ def fill_archive(url: str, so: dict[str, Any] | None, model: str, n: int, distin
                  shard_size: int = 256) -> dict[str, Any]:
     """``n`` records of real streams (``distinct`` images encoded once), see the docstring."""
     from bench.streams import smooth_image
-    from pipeline.codec_adapter import codec_config, full_codec, weights_digest
-    from pipeline.tier_policy import tiers_for
-    from pipeline.tiers import check_tiers
+    from pipeline.archive.codec_adapter import codec_config, full_codec, weights_digest
+    from pipeline.archive.codec_tiers import tiers_for
+    from pipeline.archive.tier_settings import check_tiers
     from storage import Archive, Record
     from zoo import load_codec
 

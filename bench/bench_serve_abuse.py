@@ -122,7 +122,7 @@ def build_archive(url: str, records: int, crafted: int) -> dict:
     from PIL import Image
 
     from bench.streams import smooth_image
-    from pipeline.opening import open_or_create
+    from pipeline.archive.opening import open_or_create
     from storage import Record
     from zoo import load_codec
 

@@ -83,9 +83,9 @@ def _load_codec(model: str, device: str, precision: str | None = None,
 def _load_for_rate(model: str, rate: float | None, device: str):
     """The codec a ``--rate`` asks for: the model itself when its encoder meets targets
     (rate-controlled) or its streams cut to any prefix (progressive), else the shipped rung
-    of its family measured nearest the target (see :mod:`pipeline.rate`)."""
+    of its family measured nearest the target (see :mod:`pipeline.archive.rate`)."""
     from cdc.interface import RateControlled
-    from pipeline.rate import RateError, check_rate, choose_model
+    from pipeline.archive.rate import RateError, check_rate, choose_model
     from zoo import registry
 
     codec = _load_codec(model, device)
@@ -106,7 +106,7 @@ def _load_for_rate(model: str, rate: float | None, device: str):
 def _compress_at(codec, img, rate: float | None) -> bytes:
     """One stream at ``rate``: the encoder's own target, or a progressive prefix cap."""
     from cdc.interface import RateControlled
-    from pipeline.rate import cap_stream
+    from pipeline.archive.rate import cap_stream
 
     if rate is not None and isinstance(codec, RateControlled):
         return codec.with_rate(rate).compress(img)

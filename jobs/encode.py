@@ -63,9 +63,9 @@ from pipeline.archive import (
     plan_shards,
     weights_digest,
 )
+from pipeline.archive.rate import RateError, check_rate, choose_model
+from pipeline.archive.tier_settings import merge_tiers
 from pipeline.files import DEFAULT_MAX_PIXELS, check_max_pixels
-from pipeline.rate import RateError, check_rate, choose_model
-from pipeline.tiers import merge_tiers
 from storage import (
     Archive,
     ArchiveError,
@@ -164,7 +164,7 @@ class ShardEncoder:
 def _apply_rate(cfg: ArchiveJobConfig, codec: Any) -> tuple[ArchiveJobConfig, Any]:
     """``--rate``: the target of a rate-controlled codec's encoder, a cap on a progressive
     codec's streams, or a switch to the shipped model of the same codec measured nearest
-    the target (see :mod:`pipeline.rate`)."""
+    the target (see :mod:`pipeline.archive.rate`)."""
     from cdc.interface import RateControlled
     from zoo import registry
 

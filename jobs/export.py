@@ -26,8 +26,8 @@ from jobs.encode import JobError
 from jobs.models import budget_of, load_codec, load_driver_codec, weights_ref
 from jobs.progress import Counters, ProgressBar
 from pipeline.archive import Reader, output_format, output_name, resolve_model, weights_digest
-from pipeline.cache import DEFAULT_MAX_BYTES, DiskLRU
-from pipeline.tiers import TierError, settings_dict
+from pipeline.archive.decoded_lru import DEFAULT_MAX_BYTES, DiskLRU
+from pipeline.archive.tier_settings import TierError, settings_dict
 from storage import Archive, ArchiveError
 
 

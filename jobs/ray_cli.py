@@ -119,7 +119,7 @@ def archive_cmd(
     from jobs.cluster import ClusterError
     from jobs.encode import ArchiveJobConfig, JobError, run_archive_job, summary_rows
     from pipeline.archive import EncodeOptions
-    from pipeline.tiers import TierError
+    from pipeline.archive.tier_settings import TierError
 
     cfg = ArchiveJobConfig(
         src=src, url=archive_url, model=model, rate=rate, address=address, num_cpus=num_cpus,
@@ -168,9 +168,9 @@ def get_cmd(
     from cdc import WeightsError
     from jobs.models import budget_of, load_driver_codec
     from pipeline.archive import DecodeError, FailedRecordError, Reader, resolve_model
-    from pipeline.cache import DiskLRU
+    from pipeline.archive.decoded_lru import DiskLRU
+    from pipeline.archive.tier_settings import TierError
     from pipeline.files import InputError, image_format_for, write_bytes_atomic
-    from pipeline.tiers import TierError
     from storage import Archive, ArchiveError
 
     try:
@@ -282,7 +282,7 @@ def serve_cmd(
     GET /images/{key}?tier=&format=&width=."""
     from cdc import WeightsError
     from jobs.cluster import ClusterError
-    from pipeline.tiers import TierError
+    from pipeline.archive.tier_settings import TierError
     from storage import ArchiveError
 
     _check_servable(archive_url, model, tier)  # before Ray and Serve start (seconds)

@@ -88,8 +88,8 @@ from pipeline.archive import (
     output_format,
     resolve_model,
 )
-from pipeline.cache import DEFAULT_MAX_BYTES, DiskLRU, decoded_key
-from pipeline.tiers import DEFAULT_TIER, TierError
+from pipeline.archive.decoded_lru import DEFAULT_MAX_BYTES, DiskLRU, decoded_key
+from pipeline.archive.tier_settings import DEFAULT_TIER, TierError
 from storage import (
     Archive,
     ArchiveError,

@@ -19,8 +19,8 @@ from typing import Any
 from fastapi import HTTPException
 from PIL import Image
 
+from pipeline.archive.tier_settings import settings_dict
 from pipeline.files import encode_image
-from pipeline.tiers import settings_dict
 from storage import RecordInfo
 
 #: Decoded images never change for one ETag, so clients may keep them for a year.

@@ -86,7 +86,7 @@ def export_model_cmd(
 ) -> None:
     """Export a run's EMA weights (any codec: the run's own) with sha256 into the model zoo."""
     from cdc.registry import CODECS, entry, resolve
-    from pipeline.tiers import DEFAULT_TIERS, TierError, merge_tiers
+    from pipeline.archive.tier_settings import DEFAULT_TIERS, TierError, merge_tiers
     from pipeline.training import load_checkpoint_config, unsupported_options
 
     try:

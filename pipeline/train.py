@@ -161,7 +161,7 @@ def export_model(run_dir: str | Path, name: str | None = None, zoo_dir: str | Pa
 
     ``decode_defaults`` (``default_steps``/``default_gamma``) and ``tiers`` record the
     operating points measured for *this* model: decoders use the former when a caller
-    gives no settings, new archives start from the latter (see ``pipeline.tier_policy``).
+    gives no settings, new archives start from the latter (see ``pipeline.archive.codec_tiers``).
     """
     run_dir = Path(run_dir)
     ck = load_run(run_dir)  # a run's checkpoint.pt or a committed relay artifact

@@ -31,8 +31,8 @@ from pipeline.archive import (
     plan_inputs,
     plan_shards,
 )
-from pipeline.cache import DiskLRU, decoded_key
-from pipeline.tiers import (
+from pipeline.archive.decoded_lru import DiskLRU, decoded_key
+from pipeline.archive.tier_settings import (
     DEFAULT_TIERS,
     TierError,
     check_tiers,
@@ -382,7 +382,7 @@ def test_stages_need_only_the_codec_protocol(tree: Path, tmp_path: Path, codec: 
 def test_a_core_only_codec_gets_the_rest_of_the_protocol_once(codec: CDCCodec):
     from cdc import CodecError
     from cdc.interface import ImageCodec
-    from pipeline.codec_adapter import CoreCodec, full_codec
+    from pipeline.archive.codec_adapter import CoreCodec, full_codec
 
     assert full_codec(codec) is codec  # toolkit codecs have it all: not wrapped
     proto = _ProtocolOnly(codec)
@@ -469,7 +469,7 @@ def test_get_decodes_a_chosen_prefix(tree: Path, tmp_path: Path, codec: CDCCodec
     from typer.testing import CliRunner
 
     from jobs.cli import app
-    from pipeline.tiers import TierError
+    from pipeline.archive.tier_settings import TierError
     from tests.test_diffc import make_diffc_weights
     from zoo import codec_from_bytes
 

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from pipeline.tiers import DEFAULT_TIERS
+from pipeline.archive.tier_settings import DEFAULT_TIERS
 from tests.browser import (
     find_browser,
     headless_chromium,

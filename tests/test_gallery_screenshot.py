@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.tiers import DEFAULT_TIERS
+from pipeline.archive.tier_settings import DEFAULT_TIERS
 from tests.browser import find_browser
 from tests.serve_helpers import REPO, generated_archive
 from zoo.cache import remember

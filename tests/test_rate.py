@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.rate import RateError, choose_model, measured_rates
+from pipeline.archive.rate import RateError, choose_model, measured_rates
 
 REGISTRY = {
     "cdc-low": {"codec": "cdc", "rate": {"bpp": 0.1}},

@@ -275,7 +275,7 @@ def test_weight_section_round_trips_both_codings():
 def test_archive_preview_reads_only_the_base_layer_and_tiers_follow_stored_paths(
         tmp_path, monkeypatch):
     from pipeline.archive import encode_shard, open_or_create, plan_inputs, plan_shards
-    from pipeline.reader import Reader
+    from pipeline.archive.record_reader import Reader
     from storage import Archive
 
     root = tmp_path / "imgs"

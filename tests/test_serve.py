@@ -16,7 +16,7 @@ from PIL import Image
 
 from cdc import CDCCodec
 from jobs.cluster import quiet_env, use_loopback
-from pipeline.tiers import DEFAULT_TIERS, merge_tiers
+from pipeline.archive.tier_settings import DEFAULT_TIERS, merge_tiers
 from storage import Archive
 from tests.serve_helpers import free_port, generated_archive
 from tests.serve_helpers import http_get as _get

@@ -121,7 +121,7 @@ def test_cli_compress_decompress_info_and_train(tmp_path):
 
 def test_archive_round_trip_through_the_pipeline(tmp_path):
     from pipeline.archive import encode_shard, open_or_create, plan_inputs, plan_shards
-    from pipeline.reader import Reader
+    from pipeline.archive.record_reader import Reader
     from storage import Archive
     from zoo import codec_from_bytes
 

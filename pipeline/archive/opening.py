@@ -2,7 +2,7 @@
 
 An existing archive must have been written with the same codec and weights (else its
 records would decode wrongly); a new one records the codec's decoding defaults and gets
-its tier table from :mod:`pipeline.tier_policy`.
+its tier table from :mod:`pipeline.archive.codec_tiers`.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.codec_adapter import codec_config, full_codec, weights_digest
-from pipeline.planning import DEFAULT_SHARD_SIZE
-from pipeline.tier_policy import check_codec_tiers, tiers_for
-from pipeline.tiers import check_tiers
+from pipeline.archive.codec_adapter import codec_config, full_codec, weights_digest
+from pipeline.archive.codec_tiers import check_codec_tiers, tiers_for
+from pipeline.archive.planning import DEFAULT_SHARD_SIZE
+from pipeline.archive.tier_settings import check_tiers
 from storage import Archive, ArchiveError, ArchiveNotFoundError
 
 

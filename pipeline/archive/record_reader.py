@@ -19,12 +19,12 @@ from PIL import Image
 
 from cdc import BitstreamError, CodecError
 from cdc.interface import DecodeSettings
-from pipeline.cache import DiskLRU, decoded_key
-from pipeline.codec_adapter import full_codec, weights_digest
+from pipeline.archive.codec_adapter import full_codec, weights_digest
+from pipeline.archive.codec_tiers import check_codec_tiers
+from pipeline.archive.decoded_lru import DiskLRU, decoded_key
+from pipeline.archive.outputs import transcode
+from pipeline.archive.tier_settings import TierError, resolve
 from pipeline.files import encode_image
-from pipeline.outputs import transcode
-from pipeline.tier_policy import check_codec_tiers
-from pipeline.tiers import TierError, resolve
 from storage import Archive, ArchiveError, Record
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from PIL import Image
 
 from cdc.bitstream import MAX_SIDE  # torch-free (cdc.image re-exports it)
+from pipeline.archive.planning import InputItem
 from pipeline.files import DEFAULT_MAX_PIXELS, InputError, decode_image, input_note, read_bytes
-from pipeline.planning import InputItem
 
 DEFAULT_READ_RETRIES = 2
 

@@ -1,9 +1,10 @@
 """Tier policy: which tiers a new archive gets, and how a codec is set up for them.
 
 The tier *tables* (defaults, validation, resolving a request) are in
-:mod:`pipeline.tiers`; this module decides per codec: a model's own recommended tiers
-win over the defaults, a progressive codec's ``preview`` reads only a prefix, and a codec
-whose streams depend on their decode path (CorrDiff) encodes for the archive's tiers.
+:mod:`pipeline.archive.tier_settings`; this module decides per codec: a model's own
+recommended tiers win over the defaults, a progressive codec's ``preview`` reads only a
+prefix, and a codec whose streams depend on their decode path (CorrDiff) encodes for the
+archive's tiers.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.codec_adapter import full_codec
-from pipeline.tiers import DEFAULT_TIER, DEFAULT_TIERS, TierError
+from pipeline.archive.codec_adapter import full_codec
+from pipeline.archive.tier_settings import DEFAULT_TIER, DEFAULT_TIERS, TierError
 
 #: A progressive codec's ``preview`` tier reads only this many bits per pixel of a record.
 PROGRESSIVE_PREVIEW_BPP = 0.5

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from cdc.interface import DecodeSettings
+from pipeline.archive.tier_settings import settings_dict
 from pipeline.files import write_bytes_atomic
-from pipeline.tiers import settings_dict
 
 DEFAULT_MAX_BYTES = 1 << 30
 ENV_DIR = "CDC_CACHE_DIR"

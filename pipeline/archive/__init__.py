@@ -1,44 +1,61 @@
 """Archive stages: image files -> records in a chunked archive, and records -> images.
 
-This module is the stages' public face: everything is re-exported from the module that
-does it, so ``from pipeline.archive import X`` keeps working.
+This package's ``__init__`` is the stages' public face: everything is re-exported from the
+module that does it, so ``from pipeline.archive import X`` works for any of them.
 
 Forward (what ``cdc archive`` runs on every encoder, with or without Ray):
 
 1. :func:`plan_inputs` lists the sources and gives every file a key, and
    :func:`plan_shards` cuts the keys not yet archived into shards
-   (:mod:`pipeline.planning`).
-2. :func:`encode_shard` runs one shard (:mod:`pipeline.encoding`): read + validate images
-   with retries (:mod:`pipeline.reading`), group them by padded size
-   (:func:`group_batches`, :mod:`pipeline.batching`) so ``compress_batch`` stacks equal
+   (:mod:`pipeline.archive.planning`).
+2. :func:`encode_shard` runs one shard (:mod:`pipeline.archive.encoding`): read + validate images
+   with retries (:mod:`pipeline.archive.input_loading`), group them by padded size
+   (:func:`group_batches`, :mod:`pipeline.archive.batching`) so ``compress_batch`` stacks equal
    shapes, encode, make one :class:`storage.Record` per image, and commit the shard in one
    piece, handing the compute lock to the next shard for the commit
-   (:mod:`pipeline.handoff`).
+   (:mod:`pipeline.archive.handoff`).
 3. :func:`open_or_create` opens the archive for the codec or creates it
-   (:mod:`pipeline.opening`) with the tiers of :mod:`pipeline.tier_policy`;
-   :func:`claim_is_stale` judges a dead writer's claim (:mod:`pipeline.claims`).
+   (:mod:`pipeline.archive.opening`) with the tiers of :mod:`pipeline.archive.codec_tiers`;
+   :func:`claim_is_stale` judges a dead writer's claim (:mod:`pipeline.archive.claims`).
 
 Backward (what ``cdc get``, ``cdc export`` and ``cdc serve`` run): :class:`Reader` looks a
 key up, reads its record (one ranged read), and decodes it at a quality tier, through a
-local disk LRU and optionally the archive's own cache area (:mod:`pipeline.reader`,
-formats in :mod:`pipeline.outputs`); without a codec it loads the archive's own model
+local disk LRU and optionally the archive's own cache area (:mod:`pipeline.archive.record_reader`,
+formats in :mod:`pipeline.archive.outputs`); without a codec it loads the archive's own model
 (:func:`open_archive`, :func:`archive_codec`).
 
 A codec with only the core calls gets the rest of ``cdc.ImageCodec`` from
-:mod:`pipeline.codec_adapter` where it enters; the stages call methods.
+:mod:`pipeline.archive.codec_adapter` where it enters; the stages call methods.
 Nothing here imports Ray: the jobs layer distributes these stages.
 """
 
 from __future__ import annotations
 
-from pipeline.batching import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_PIXELS, group_batches, padded
-from pipeline.claims import claim_is_stale
-from pipeline.codec_adapter import codec_config, full_codec, pad_multiple, weights_digest
-from pipeline.encoding import EncodeOptions, encode_images, encode_shard, make_record
-from pipeline.files import DEFAULT_MAX_PIXELS
-from pipeline.opening import open_or_create
-from pipeline.outputs import MEDIA_TYPES, OUTPUT_FORMATS, output_format, output_name
-from pipeline.planning import (
+from pipeline.archive.batching import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_BATCH_PIXELS,
+    group_batches,
+    padded,
+)
+from pipeline.archive.claims import claim_is_stale
+from pipeline.archive.codec_adapter import codec_config, full_codec, pad_multiple, weights_digest
+from pipeline.archive.codec_tiers import (
+    PROGRESSIVE_PREVIEW_BPP,
+    base_tiers,
+    match_tiers,
+    tier_paths,
+    tiers_for,
+)
+from pipeline.archive.encoding import EncodeOptions, encode_images, encode_shard, make_record
+from pipeline.archive.input_loading import (
+    DEFAULT_READ_RETRIES,
+    Loaded,
+    load_item,
+    validate_image,
+)
+from pipeline.archive.opening import open_or_create
+from pipeline.archive.outputs import MEDIA_TYPES, OUTPUT_FORMATS, output_format, output_name
+from pipeline.archive.planning import (
     DEFAULT_SHARD_SIZE,
     InputItem,
     ShardPlan,
@@ -46,7 +63,7 @@ from pipeline.planning import (
     plan_inputs,
     plan_shards,
 )
-from pipeline.reader import (
+from pipeline.archive.record_reader import (
     Decoded,
     DecodeError,
     FailedRecordError,
@@ -55,19 +72,7 @@ from pipeline.reader import (
     open_archive,
     resolve_model,
 )
-from pipeline.reading import (
-    DEFAULT_READ_RETRIES,
-    Loaded,
-    load_item,
-    validate_image,
-)
-from pipeline.tier_policy import (
-    PROGRESSIVE_PREVIEW_BPP,
-    base_tiers,
-    match_tiers,
-    tier_paths,
-    tiers_for,
-)
+from pipeline.files import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",

@@ -22,14 +22,14 @@ from PIL import Image
 
 from cdc import CodecError
 from cdc.interface import RateControlled
-from pipeline.batching import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_PIXELS, group_batches
-from pipeline.codec_adapter import full_codec
+from pipeline.archive.batching import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_PIXELS, group_batches
+from pipeline.archive.codec_adapter import full_codec
+from pipeline.archive.codec_tiers import match_tiers
+from pipeline.archive.handoff import HeldLock
+from pipeline.archive.input_loading import DEFAULT_READ_RETRIES, Loaded, load_item
+from pipeline.archive.planning import InputItem, ShardPlan
+from pipeline.archive.rate import cap_stream
 from pipeline.files import DEFAULT_MAX_PIXELS
-from pipeline.handoff import HeldLock
-from pipeline.planning import InputItem, ShardPlan
-from pipeline.rate import cap_stream
-from pipeline.reading import DEFAULT_READ_RETRIES, Loaded, load_item
-from pipeline.tier_policy import match_tiers
 from storage import Archive, Record
 
 
@@ -42,7 +42,7 @@ def encode_images(codec: Any, images: Sequence[Image.Image],
 
     A batch that fails (one unencodable image, out of memory) is retried image by image so
     one bad image costs only itself. ``max_bpp`` (progressive codecs only) keeps the longest
-    decodable prefix of each stream within that rate (:func:`pipeline.rate.cap_stream`);
+    decodable prefix of each stream within that rate (:func:`pipeline.archive.rate.cap_stream`);
     ``rate`` (rate-controlled codecs only) is the target their encoder meets per image.
     """
     codec = full_codec(codec)
