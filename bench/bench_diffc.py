@@ -48,7 +48,7 @@ def psnr(a, b) -> float:
 
 def load(args) -> DiffCCodec:
     if args.run_dir:
-        from pipeline.train_diffc import prior_from_run
+        from pipeline.training.train_diffc import prior_from_run
 
         prior, ck, _ = prior_from_run(args.run_dir)  # checkpoint.pt or a relay artifact
         print(f"run {args.run_dir}: step {ck['step']}")
@@ -59,7 +59,7 @@ def load(args) -> DiffCCodec:
 def untrained(cfg: DiffCConfig) -> DiffCCodec:
     """The trivial baseline: same codec, fresh prior (zero-initialised output: ε̂ ≡ 0)."""
     torch.manual_seed(0)
-    from pipeline.train_diffc import prior_for
+    from pipeline.training.train_diffc import prior_for
 
     return DiffCCodec(prior_for(cfg), "untrained", "11" * 32)
 

@@ -33,7 +33,7 @@ def load_codec_from(run_or_model: str):
 
     p = Path(run_or_model)
     if p.is_dir():  # a training run (or relay): packed in memory, nothing shipped
-        from pipeline.train_refine import pack_run
+        from pipeline.training.train_refine import pack_run
 
         which = os.environ.get("REFINE_WEIGHTS", "ema")  # "model": the raw weights, no EMA
         data, _, step = pack_run(p, which=which)
@@ -67,7 +67,7 @@ def main() -> None:
     from cdc.refine import base_layer, blend
     from pipeline.classical import CODECS as CLASSICAL
     from pipeline.metrics.lpips import LPIPS
-    from pipeline.refine_pairs import read_split
+    from pipeline.training.refine_pairs import read_split
 
     codec, step = load_codec_from(a.model)
     cfg = codec.config

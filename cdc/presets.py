@@ -30,7 +30,7 @@ PRESETS: dict[str, CDCConfig] = {
     ),
     # Latent CDC on the frozen TAEF2 autoencoder (stride 8, 32 channels): y at H/16, z at
     # H/64, a 3-level U-Net at H/8 .. H/32. Normalisation: per-channel mean/std of TAEF2
-    # latents of 137 BSDS500 training photos (pipeline.latents cache).
+    # latents of 137 BSDS500 training photos (pipeline.training.latent_cache cache).
     "lcdc-test": CDCConfig(
         name="lcdc-test", space="taef2", y_stride=2, encoder_channels=16, latent_channels=16,
         hyper_channels=16, unet_channels=8, channel_mults=(1, 2, 2), context_mults=(1, 1, 1),

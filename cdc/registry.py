@@ -42,17 +42,17 @@ class CodecEntry:
 CODECS: dict[str, CodecEntry] = {e.name: e for e in (
     CodecEntry("cdc", 0, "cdc.codec:CDCCodec", "cdc.describe:describe_container",
                "cdc.presets:PRESETS",
-               "pipeline.train", "Conditional Diffusion Compression (Yang & Mandt)"),
+               "pipeline.training.train_cdc", "Conditional Diffusion Compression (Yang & Mandt)"),
     CodecEntry("diffc", 1, "cdc.diffc.codec:DiffCCodec", "cdc.diffc.stream:describe",
-               "cdc.diffc.model:DIFFC_CONFIGS", "pipeline.train_diffc",
+               "cdc.diffc.model:DIFFC_CONFIGS", "pipeline.training.train_diffc",
                "DiffC: diffusion prior + reverse-channel coding (Theis et al.)"),
     CodecEntry("corrdiff", 2, "cdc.corrdiff.codec:CorrDiffCodec",
                "cdc.describe:describe_container",
-               "cdc.presets:PRESETS", "pipeline.train_corrdiff",
+               "cdc.presets:PRESETS", "pipeline.training.train_corrdiff",
                "CorrDiff: CDC + encoder-chosen end-to-end correction (Ma et al.)",
                complete_weights="cdc.corrdiff.codec:complete_weights"),
     CodecEntry("refine", 3, "cdc.refine.codec:RefineCodec", "cdc.refine.stream:describe",
-               "cdc.refine.config:REFINE_CONFIGS", "pipeline.train_refine",
+               "cdc.refine.config:REFINE_CONFIGS", "pipeline.training.train_refine",
                "AVIF base layer + conditional diffusion refinement, per-tile fidelity bound"),
 )}
 

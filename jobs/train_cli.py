@@ -1,7 +1,7 @@
 """`cdc train` and `cdc export-model`: the same two commands for every codec.
 
 ``train`` reads the config's ``codec`` (a family config's rung: ``FILE#RUNG`` or ``--rung``)
-and calls that codec's ``run_training`` (:func:`pipeline.training.training_entry`);
+and calls that codec's ``run_training`` (:func:`pipeline.training.trainer.training_entry`);
 ``export-model`` reads the run's codec and calls its exporter, refusing an option the
 exporter does not honour, and printing an exporter's ``ValueError`` (e.g. over a size
 limit) as one line, exit 1, as every ``cdc`` command does.
@@ -44,7 +44,7 @@ def train(
     import yaml
 
     from cdc.registry import CODECS, codec_of, entry, resolve
-    from pipeline.training_config import read_config, split_rung
+    from pipeline.training.training_config import read_config, split_rung
 
     if rung and split_rung(config)[1]:
         fail(f"{config}: give the rung once (FILE#RUNG or --rung)", EXIT_USAGE, config)
@@ -87,7 +87,7 @@ def export_model_cmd(
     """Export a run's EMA weights (any codec: the run's own) with sha256 into the model zoo."""
     from cdc.registry import CODECS, entry, resolve
     from pipeline.archive.tier_settings import DEFAULT_TIERS, TierError, merge_tiers
-    from pipeline.training import load_checkpoint_config, unsupported_options
+    from pipeline.training.trainer import load_checkpoint_config, unsupported_options
 
     try:
         _, codec = load_checkpoint_config(run_dir)

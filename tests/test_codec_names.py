@@ -26,7 +26,7 @@ def _own_modules() -> set[Path]:
     """Files that belong to one codec: its trainer module (named in the registry) and the
     refine pair-cache builder its trainer runs."""
     own = {ROOT / (entry(c).trainer.replace(".", "/") + ".py") for c in CODECS}
-    return own | {ROOT / "pipeline" / "refine_pairs.py"}
+    return own | {ROOT / "pipeline" / "training" / "refine_pairs.py"}
 
 
 def _generic_files() -> list[Path]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cdc.registry import CODECS, codec_of, entry, resolve
-from pipeline.training_config import read_config, rung_names, split_rung
+from pipeline.training.training_config import read_config, rung_names, split_rung
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO / "configs"
@@ -139,7 +139,7 @@ def test_the_loader_catches_a_missing_rung_and_a_rung_without_family(tmp_path):
 
 
 def test_the_refine_trainer_refuses_evaluation_metrics(tmp_path):
-    from pipeline.train_refine import RefineTrainConfig, RefineTrainer
+    from pipeline.training.train_refine import RefineTrainConfig, RefineTrainer
 
     cfg = RefineTrainConfig(perceptual="lpips-alex", model_config="refine-test")
     with pytest.raises(ValueError, match="evaluation metric"):

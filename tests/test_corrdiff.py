@@ -293,7 +293,7 @@ def test_cdc_weights_are_not_corrdiff_weights():
 def test_train_corrdiff_few_steps_and_export(tmp_path):
     import yaml
 
-    from pipeline.train_corrdiff import run_training
+    from pipeline.training.train_corrdiff import run_training
 
     data_dir = tmp_path / "images"
     data_dir.mkdir()

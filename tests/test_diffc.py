@@ -241,7 +241,7 @@ def test_weights_round_trip_through_the_zoo(tmp_path: Path, img):
 
 
 def test_train_resume_export(tmp_path: Path):
-    from pipeline.train_diffc import run_training
+    from pipeline.training.train_diffc import run_training
 
     imgs = tmp_path / "imgs"
     imgs.mkdir()

@@ -33,14 +33,14 @@ def images(tmp_path_factory) -> Path:
 
 
 def _cdc_run(run: Path, images: Path, tmp: Path) -> None:
-    from pipeline.train import TrainConfig, Trainer
+    from pipeline.training.train_cdc import TrainConfig, Trainer
 
     Trainer(TrainConfig(model_config="cdc-test", model_id="t", sources=[str(images)], crop=64,
                         max_side=None, workers=0, batch_size=1, steps=1), run).fit(progress=False)
 
 
 def _diffc_run(run: Path, images: Path, tmp: Path) -> None:
-    from pipeline.train_diffc import DiffCTrainConfig, DiffCTrainer
+    from pipeline.training.train_diffc import DiffCTrainConfig, DiffCTrainer
 
     DiffCTrainer(DiffCTrainConfig(model_config="diffc-test", model_id="t", sources=[str(images)],
                                   crop=16, max_side=None, batch_size=1, steps=1),
@@ -48,7 +48,7 @@ def _diffc_run(run: Path, images: Path, tmp: Path) -> None:
 
 
 def _corrdiff_run(run: Path, images: Path, tmp: Path) -> None:
-    from pipeline.train_corrdiff import CorrDiffTrainConfig, CorrDiffTrainer
+    from pipeline.training.train_corrdiff import CorrDiffTrainConfig, CorrDiffTrainer
 
     base = tmp / "base.pt"
     base.write_bytes(make_weights(0))
@@ -62,7 +62,7 @@ def _corrdiff_run(run: Path, images: Path, tmp: Path) -> None:
 def _refine_run(run: Path, images: Path, tmp: Path) -> None:
     """Its trainer needs an AVIF pair cache: the checkpoint layout, untrained weights."""
     from cdc.refine.model import RefineNet
-    from pipeline.train_refine import RefineTrainConfig
+    from pipeline.training.train_refine import RefineTrainConfig
 
     cfg = RefineTrainConfig(model_config="refine-test", model_id="t", sources=[str(images)])
     torch.manual_seed(0)

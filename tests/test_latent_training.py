@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from cdc.weights import read_weights_dict
-from pipeline.latents import LatentCrops, build_cache, cache_dir
-from pipeline.train import TrainConfig, Trainer, export_model
-from pipeline.training import RELAY_FILE, save_relay
+from pipeline.training.latent_cache import LatentCrops, build_cache, cache_dir
+from pipeline.training.train_cdc import TrainConfig, Trainer, export_model
+from pipeline.training.trainer import RELAY_FILE, save_relay
 from tests.conftest import smooth_image
 from zoo import load_codec, load_space
 
@@ -46,10 +46,11 @@ def test_cache_is_resumable_and_crops_align_with_pixels(image_dir: Path, tmp_pat
 
 
 def test_cache_builder_command(image_dir: Path, tmp_path: Path, monkeypatch, capsys):
-    """``python -m pipeline.latents`` (how a session rebuilds the cache) runs end to end."""
+    """``python -m pipeline.training.latent_cache`` (how a session rebuilds the cache) runs
+    end to end."""
     import sys
 
-    from pipeline import latents
+    from pipeline.training import latent_cache as latents
 
     monkeypatch.setattr(sys, "argv", ["latents", str(image_dir), "--root", str(tmp_path),
                                       "--max-side", "0", "--limit", "1"])
@@ -95,7 +96,7 @@ def test_train_perceptual_phase_relay_fork_export(image_dir: Path, tmp_path: Pat
 
 def test_latent_diffc_trains_on_cached_latents_relays_and_exports(image_dir: Path, tmp_path: Path):
     """DiffC on TAEF2 latents: the same cache, the same relay, a progressive stream."""
-    from pipeline.train_diffc import DiffCTrainConfig, DiffCTrainer, export
+    from pipeline.training.train_diffc import DiffCTrainConfig, DiffCTrainer, export
 
     def cfg(**kw):
         base = dict(model_config="ldiffc-test", model_id="ldiffc-trained",
@@ -131,7 +132,7 @@ def test_latent_corrdiff_decoder_trains_against_the_latent(image_dir: Path, tmp_
     from cdc.presets import PRESETS
     from cdc.models import ConditionalDiffusionCompressor
     from cdc.weights import weights_bytes
-    from pipeline.train_corrdiff import CorrDiffTrainConfig, CorrDiffTrainer
+    from pipeline.training.train_corrdiff import CorrDiffTrainConfig, CorrDiffTrainer
 
     torch.manual_seed(0)
     base = ConditionalDiffusionCompressor(PRESETS["lcdc-test"], load_space("taef2")).eval()
@@ -156,8 +157,8 @@ def test_latent_corrdiff_decoder_trains_against_the_latent(image_dir: Path, tmp_
     (data, recons), = codec.compress_with_reconstructions([img])
     assert codec.decompress(data).size == (48, 40)
     # A committed relay artifact (no checkpoint.pt) exports the same trained decoder.
-    from pipeline.train_corrdiff import export
-    from pipeline.training import save_relay
+    from pipeline.training.train_corrdiff import export
+    from pipeline.training.trainer import save_relay
 
     save_relay(tmp_path / "run", tmp_path / "relay")
     again = export(tmp_path / "relay", "lcorrdiff-relayed", zoo_dir=tmp_path / "zoo")

@@ -34,7 +34,7 @@ def test_every_trainer_is_training_entrys(codec):
 
 # -- the EMA policy ---------------------------------------------------------------------------
 def _decays(cfg, steps=5) -> list[float]:
-    from pipeline.training import TrainerBase
+    from pipeline.training.trainer import TrainerBase
 
     tb = TrainerBase.__new__(TrainerBase)
     tb.cfg = cfg
@@ -42,9 +42,9 @@ def _decays(cfg, steps=5) -> list[float]:
 
 
 def test_one_ema_policy_the_codecs_differ_only_by_config_values():
-    from pipeline.train import TrainConfig
-    from pipeline.train_corrdiff import CorrDiffTrainConfig
-    from pipeline.train_diffc import DiffCTrainConfig
+    from pipeline.training.train_cdc import TrainConfig
+    from pipeline.training.train_corrdiff import CorrDiffTrainConfig
+    from pipeline.training.train_diffc import DiffCTrainConfig
 
     # CDC: the EMA copies the weights during the λ warm-up, unless told otherwise
     assert _decays(TrainConfig(lam_warmup_steps=3, ema_decay=0.9)) == [0, 0, 0, 0.9, 0.9]
@@ -63,7 +63,7 @@ FROZEN: set[str] = set()  # trainers exempt from the one EMA policy: none
 
 
 def test_no_trainer_keeps_its_own_ema_policy():
-    for path in sorted((REPO / "pipeline").glob("train_*.py")) + [REPO / "pipeline/train.py"]:
+    for path in sorted((REPO / "pipeline" / "training").glob("train_*.py")):
         if path.name in FROZEN:
             continue
         calls = [n for n in ast.walk(ast.parse(path.read_text()))
@@ -73,12 +73,12 @@ def test_no_trainer_keeps_its_own_ema_policy():
 
 # -- warmup_steps ------------------------------------------------------------------------------
 def test_warmup_steps_is_read_as_what_it_meant_with_one_deprecation_line(caplog):
-    from pipeline.train import TrainConfig
-    from pipeline.train_diffc import DiffCTrainConfig
-    from pipeline.training_config import _WARNED
+    from pipeline.training.train_cdc import TrainConfig
+    from pipeline.training.train_diffc import DiffCTrainConfig
+    from pipeline.training.training_config import _WARNED
 
     _WARNED.clear()
-    with caplog.at_level(logging.WARNING, logger="pipeline.training_config"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.training.training_config"):
         cdc = TrainConfig.from_dict({"warmup_steps": 7}, "old.yaml")
         TrainConfig.from_dict({"warmup_steps": 7}, "old.yaml")  # said once per file
         diffc = DiffCTrainConfig.from_dict({"warmup_steps": 7}, "old-diffc.yaml")
@@ -105,7 +105,7 @@ def image_dir(tmp_path_factory) -> Path:
 
 
 def _trainer(image_dir: Path, run: Path, **kw):
-    from pipeline.train import TrainConfig, Trainer
+    from pipeline.training.train_cdc import TrainConfig, Trainer
 
     base = dict(model_config="cdc-test", model_id="cdc-test-t", sources=[str(image_dir)],
                 crop=64, max_side=None, workers=0, batch_size=2, steps=2, lam_warmup_steps=1,
@@ -118,13 +118,13 @@ def _lost_lines(caplog) -> list[str]:
 
 
 def test_resume_restores_the_optimizer_or_says_what_a_relay_loses(image_dir, tmp_path, caplog):
-    from pipeline.training import load_run, save_relay
+    from pipeline.training.trainer import load_run, save_relay
 
     parent = _trainer(image_dir, tmp_path / "run")
     assert parent.fit(progress=False) == 2
     moments = parent.opt.state_dict()["state"]
     relay = save_relay(tmp_path / "run", tmp_path / "relay").parent
-    with caplog.at_level(logging.WARNING, logger="pipeline.training"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.training.trainer"):
         full = _trainer(image_dir, tmp_path / "a", init_from=str(tmp_path / "run"))
     assert not _lost_lines(caplog)
     got = full.opt.state_dict()["state"]
@@ -134,7 +134,7 @@ def test_resume_restores_the_optimizer_or_says_what_a_relay_loses(image_dir, tmp
     assert full.lineage == []  # the same config: a continuation, not a fork
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pipeline.training"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.training.trainer"):
         fork = _trainer(image_dir, tmp_path / "b", steps=3, lam=2.0, init_from=str(relay))
     lost, = _lost_lines(caplog)
     assert "optimizer moments" in lost and "raw weights" in lost and str(relay) in lost

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import smooth_image
 
-from pipeline.refine_latents import LatentPairs, build_latents, latent_path
-from pipeline.train_refine import RefineTrainConfig, RefineTrainer, export_model
+from pipeline.training.refine_latents import LatentPairs, build_latents, latent_path
+from pipeline.training.train_refine import RefineTrainConfig, RefineTrainer, export_model
 from zoo import load_codec, load_space
 
 

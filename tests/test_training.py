@@ -13,7 +13,7 @@ from cdc import CDCCodec
 from cdc.presets import PRESETS
 from cdc.models import ConditionalDiffusionCompressor
 from cdc.objectives import cdc_loss
-from pipeline.train import TrainConfig, Trainer, export_model
+from pipeline.training.train_cdc import TrainConfig, Trainer, export_model
 from tests.conftest import smooth_image
 
 
@@ -117,7 +117,7 @@ def test_train_resume_and_export(image_dir: Path, tmp_path: Path):
 
 
 def test_unreadable_training_files_are_skipped(image_dir: Path):
-    from pipeline.data import RandomCrops
+    from pipeline.training.image_crops import RandomCrops
 
     ds = RandomCrops([str(image_dir)], crop=64, samples_per_epoch=3)
     assert len(ds.images) == 4 and ds.skipped and "broken.png" in ds.skipped[0][0]

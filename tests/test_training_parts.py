@@ -123,7 +123,7 @@ def test_latent_perceptual_term_sees_only_the_gamma_start_items_on_aligned_windo
     assert torch.equal(img, under), "the pixel crop is not the one under the latent window"
 
 
-# -- λ warm-up and EMA (pipeline/train.py on the shared TrainerBase) -------------------------
+# -- λ warm-up and EMA (pipeline/training/train_cdc.py on the shared TrainerBase) -------------
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("train-images")
@@ -133,7 +133,7 @@ def image_dir(tmp_path_factory) -> Path:
 
 
 def _trainer(image_dir: Path, run: Path, **kw):
-    from pipeline.train import TrainConfig, Trainer
+    from pipeline.training.train_cdc import TrainConfig, Trainer
 
     base = dict(model_config="cdc-test", model_id="cdc-test-t", sources=[str(image_dir)],
                 crop=64, max_side=None, workers=0, batch_size=2, steps=4, lam_warmup_steps=2,
@@ -145,7 +145,7 @@ def _trainer(image_dir: Path, run: Path, **kw):
 
 def test_lambda_switches_after_the_warm_up_and_the_ema_follows_then_averages(
         image_dir: Path, tmp_path: Path, monkeypatch):
-    import pipeline.train as pt
+    import pipeline.training.train_cdc as pt
 
     t = _trainer(image_dir, tmp_path / "run")
     lams: list[float] = []
@@ -177,7 +177,7 @@ def test_lambda_switches_after_the_warm_up_and_the_ema_follows_then_averages(
     assert [float(r.split(",")[col]) for r in rows[1:]] == lams
 
     # export ships the EMA, not the raw weights (they differ after the warm-up)
-    from pipeline.train import export_model
+    from pipeline.training.train_cdc import export_model
     from zoo import load_codec
 
     t.save()
@@ -190,7 +190,7 @@ def test_lambda_switches_after_the_warm_up_and_the_ema_follows_then_averages(
 
 
 def test_update_ema_is_a_lerp_and_copies_buffers_only_when_asked():
-    from pipeline.training import TrainerBase
+    from pipeline.training.trainer import TrainerBase
 
     tb = TrainerBase.__new__(TrainerBase)
     tb.model, tb.ema = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
@@ -214,7 +214,7 @@ EXPORT_KW = dict(zoo_dir=None, half=False, description="", decode_defaults={}, t
 
 @pytest.mark.parametrize("codec", sorted(CODECS))
 def test_trainer_entry_has_the_entry_points_the_cli_calls(codec):
-    from pipeline.training import TrainConfigBase
+    from pipeline.training.trainer import TrainConfigBase
 
     module = resolve(entry(codec).trainer)
     inspect.signature(module.run_training).bind("c.yaml", "run", **RUN_KW)

@@ -1,10 +1,11 @@
 """What every codec's trainer shares: run folder, resumable checkpoint, EMA, and the loop.
 
-A codec's trainer (``pipeline/train.py`` for CDC, ``train_diffc.py``, ``train_corrdiff.py``)
-subclasses :class:`TrainerBase` and supplies ``train_step(batch) -> metrics`` and the
-names of the metrics it logs; the loop — random crops, a CSV row every ``log_every``
-steps, a checkpoint every ``checkpoint_every`` steps and at the end, a time limit, a
-progress bar — is written once here so all codecs resume and log the same way.
+A codec's trainer (``train_cdc.py`` for CDC, ``train_diffc.py``, ``train_corrdiff.py``,
+``train_refine.py``, beside this module) subclasses :class:`TrainerBase` and supplies
+``train_step(batch) -> metrics`` and the names of the metrics it logs; the loop — random
+crops, a CSV row every ``log_every`` steps, a checkpoint every ``checkpoint_every`` steps
+and at the end, a time limit, a progress bar — is written once here so all codecs resume
+and log the same way.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cdc.registry import codec_of
-from pipeline.data import RandomCrops
-from pipeline.training_config import (  # noqa: F401  (TrainConfigBase: every trainer's import)
+from pipeline.training.image_crops import RandomCrops
+from pipeline.training.training_config import (  # noqa: F401  (TrainConfigBase: every trainer's import)
     TrainConfigBase,
     config_from_yaml,
     trained_keys,
@@ -312,7 +313,7 @@ class TrainerBase:
         """Random crops in the model's space (or ``space``): pixel crops for pixel models,
         else crops of the cached latents of the sources (encoded here first unless a
         builder runs), with the aligned pixel crops when ``pixels``."""
-        from pipeline.latents import LatentCrops, ensure_cache
+        from pipeline.training.latent_cache import LatentCrops, ensure_cache
 
         space = space if space is not None else getattr(self.model, "space", None)
         if space is None or space.name == "pixel":
@@ -421,7 +422,8 @@ class TrainerBase:
         return f"loss {row.get('loss', float('nan')):.4f} {row['it_s']:.2f} it/s"
 
 
-if __name__ == "__main__":  # python -m pipeline.training RUN_DIR OUT_DIR: save a relay artifact
+# python -m pipeline.training.trainer RUN_DIR OUT_DIR: save a relay artifact
+if __name__ == "__main__":
     import sys
 
     print(save_relay(sys.argv[1], sys.argv[2]))

@@ -8,7 +8,7 @@ or URL (``base_model``), frozen, and used in eval mode so the decoder sees exact
 model units, read from the shared latent cache, and the LPIPS term (when asked for) sees
 x̂ through the frozen decoder beside the aligned pixel crop. The trunk starts from the base
 context decoder's weights and trains at ``trunk_lr_scale``·lr. ``cdc train`` runs it
-through :func:`pipeline.training.training_entry` like every codec's trainer (resumable
+through :func:`pipeline.training.trainer.training_entry` like every codec's trainer (resumable
 ``checkpoint.pt``, relays, the shared EMA policy); ``export`` writes base + decoder as one
 corrdiff weights file via :func:`zoo.store.ship_weights`.
 """
@@ -28,8 +28,8 @@ from cdc.corrdiff.correction import CorrectionConfig
 from cdc.corrdiff.decoder import DecoderConfig, E2EDecoder
 from cdc.model_config import CDCConfig
 from cdc.models import ConditionalDiffusionCompressor
-from pipeline.train import _perceptual
-from pipeline.training import (
+from pipeline.training.train_cdc import _perceptual
+from pipeline.training.trainer import (
     TrainConfigBase,
     TrainerBase,
     training_entry,
@@ -217,7 +217,7 @@ def export(run_dir: str | Path, name: str | None = None, zoo_dir: str | Path | N
            decode_defaults: dict[str, Any] | None = None,
            tiers: dict[str, dict[str, Any]] | None = None) -> Path:
     """``cdc export-model`` for a CorrDiff run: its EMA decoder + the frozen base it names."""
-    from pipeline.training import load_checkpoint_config
+    from pipeline.training.trainer import load_checkpoint_config
 
     raw, _ = load_checkpoint_config(run_dir)
     # init_from the folder itself: its checkpoint.pt, or a committed relay.pt (which the

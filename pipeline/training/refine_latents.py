@@ -1,12 +1,12 @@
 """The latent refine model's training pairs: TAEF2 latents of (original, base decode) crops.
 
 Encoding a crop through TAEF2 costs far more than a training step of the latent refiner,
-so each pair shard of :mod:`pipeline.refine_pairs` (``shard-NNNN.npz``) is encoded once
+so each pair shard of :mod:`pipeline.training.refine_pairs` (``shard-NNNN.npz``) is encoded once
 into ``latent-NNNN.pt`` beside it: ``z`` (original) and ``zb`` (base), fp16,
 (N, 32, crop/8, crop/8). Resumable shard by shard; a run takes in new shards as they
 appear (:meth:`LatentPairs.refresh`), like the pixel pairs.
 
-    OMP_NUM_THREADS=1 python -m pipeline.refine_latents runs/refine-pairs
+    OMP_NUM_THREADS=1 python -m pipeline.training.refine_latents runs/refine-pairs
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def build_latents(folder: str | Path, space: torch.nn.Module | None = None) -> i
 class LatentPairs(Dataset):
     """(target z, condition zb) latent pairs, float32, random flips (left-right, up-down).
 
-    Like :class:`pipeline.refine_pairs.PairCrops`, an "epoch" is ``samples_per_epoch``
+    Like :class:`pipeline.training.refine_pairs.PairCrops`, an "epoch" is ``samples_per_epoch``
     random draws (item i is a function of (seed, i): a resumed run draws anew)."""
 
     def __init__(self, folder: str | Path, seed: int = 0, samples_per_epoch: int = 10**9):
@@ -75,7 +75,7 @@ class LatentPairs(Dataset):
         self.refresh()
         if not self.z:
             raise FileNotFoundError(f"{folder}: no latent pair files (python -m "
-                                    "pipeline.refine_latents FOLDER builds them)")
+                                    "pipeline.training.refine_latents FOLDER builds them)")
 
     def refresh(self) -> None:
         files = sorted(self.folder.glob("latent-*.pt"))

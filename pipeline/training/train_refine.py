@@ -8,7 +8,7 @@ sampler's start (n = N−1, x_N = γ·ε with γ from ``start_gammas``; γ = 0 i
 (what the multi-step `high` tier walks through).
 
 A model whose config says ``space: taef2`` trains the same objective on TAEF2 latents
-(:mod:`pipeline.refine_latents`: the pair shards encoded once): target z, condition zb,
+(:mod:`pipeline.training.refine_latents`: the pair shards encoded once): target z, condition zb,
 loss the latent MSE only (``rho`` must be 0: TAEF2's decoder brings the texture).
 """
 
@@ -25,9 +25,9 @@ from cdc.diffusion.schedules import NoiseSchedule
 from cdc.refine.config import REFINE_CONFIGS, RefineConfig
 from cdc.refine.nets import build_net as refine_net
 from cdc.weights import half_state, pack_weights
-from pipeline.refine_latents import LatentPairs, build_latents
-from pipeline.refine_pairs import PairCrops, build_cache, read_split
-from pipeline.training import TrainConfigBase, TrainerBase, load_run, training_entry
+from pipeline.training.refine_latents import LatentPairs, build_latents
+from pipeline.training.refine_pairs import PairCrops, build_cache, read_split
+from pipeline.training.trainer import TrainConfigBase, TrainerBase, load_run, training_entry
 from zoo.store import ship_weights
 
 
@@ -99,7 +99,7 @@ class RefineTrainer(TrainerBase):
 
     def dataset(self, seed: int) -> PairCrops:
         """The cached pairs; built here first unless a builder (``python -m
-        pipeline.train_refine CONFIG``) is filling the cache beside the run, whose new
+        pipeline.training.train_refine CONFIG``) is filling the cache beside the run, whose new
         shards the loop takes in as they appear."""
         cfg = self.cfg
         if not any(Path(cfg.pair_cache).glob("shard-*.npz")):
@@ -219,7 +219,7 @@ export = export_model  # the registry's name for every codec's exporter
 run_training = training_entry(RefineTrainConfig, RefineTrainer, export_model)
 
 
-if __name__ == "__main__":  # python -m pipeline.train_refine CONFIG: build the pair cache
+if __name__ == "__main__":  # python -m pipeline.training.train_refine CONFIG: build the pair cache
     import logging
     import sys
 

@@ -19,7 +19,7 @@ from cdc.models import ConditionalDiffusionCompressor
 from cdc.objectives import cdc_loss
 from cdc.presets import cdc_preset
 from cdc.weights import weights_bytes
-from pipeline.training import (
+from pipeline.training.trainer import (
     TrainConfigBase,
     TrainerBase,
     load_run,

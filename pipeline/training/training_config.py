@@ -180,7 +180,7 @@ def trained_keys(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _print_rungs(path: str) -> None:
-    """``python -m pipeline.training_config rungs FILE``: one tab-separated line per rung
+    """``python -m pipeline.training.training_config rungs FILE``: one tab-separated line per rung
     (rung, zoo_name, init_from, description) for shell scripts such as scripts/ship-ladder."""
     for rung in rung_names(path):
         cfg = read_config(path, rung)
@@ -193,5 +193,5 @@ if __name__ == "__main__":
     import sys
 
     if len(sys.argv) != 3 or sys.argv[1] != "rungs":
-        sys.exit("usage: python -m pipeline.training_config rungs CONFIG")
+        sys.exit("usage: python -m pipeline.training.training_config rungs CONFIG")
     _print_rungs(sys.argv[2])

@@ -5,7 +5,7 @@ per-step KLs DiffC pays is a weighted version of it). AdamW, gradient clipping,
 EMA weights (exported), a ``metrics.csv`` log and a ``checkpoint.pt`` that a
 second run with the same ``--run-dir`` resumes from (or a committed relay artifact,
 ``init_from``). A latent prior (``space: taef2``) trains on the cached latents of the
-sources (:mod:`pipeline.latents`), standardised to model units.
+sources (:mod:`pipeline.training.latent_cache`), standardised to model units.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from cdc.diffc.model import DiffCConfig, DiffusionPrior, get_diffc_config, weights_bytes
-from pipeline.training import (
+from pipeline.training.trainer import (
     TrainConfigBase,
     TrainerBase,
     load_run,

@@ -23,8 +23,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from cdc.spaces import Space
-from pipeline.data import read_image
 from pipeline.sources import list_images
+from pipeline.training.image_crops import read_image
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,9 @@ class LatentCrops(Dataset):
             self.latents.append(z)
             self.urls.append(url)
         if not self.latents:
-            raise FileNotFoundError(f"{self.folder}: no cached latents of at least {self.crop}² "
-                                    "(build the cache first: python -m pipeline.latents)")
+            raise FileNotFoundError(
+                f"{self.folder}: no cached latents of at least {self.crop}² "
+                "(build the cache first: python -m pipeline.training.latent_cache)")
         return len(self.latents)
 
     def __len__(self) -> int:
@@ -184,7 +185,8 @@ class LatentCrops(Dataset):
 
 
 def main() -> None:
-    """``python -m pipeline.latents [SOURCES..] --root runs/latent-cache``: build the cache."""
+    """``python -m pipeline.training.latent_cache [SOURCES..] --root runs/latent-cache``:
+    build the cache."""
     import argparse
 
     from zoo.components import load_space

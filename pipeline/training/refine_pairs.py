@@ -20,8 +20,8 @@ from torch.utils.data import Dataset
 
 from cdc.refine import base_layer
 from cdc.refine.config import RefineConfig
-from pipeline.data import read_image
 from pipeline.sources import list_images
+from pipeline.training.image_crops import read_image
 
 log = logging.getLogger(__name__)
 SHARD_IMAGES = 100
