@@ -3,7 +3,7 @@
 Both codecs code the *same* latent (CorrDiff's weights file holds the frozen base CDC
 weights), so their rates differ only by CorrDiff's section W (~10-15 bytes per image).
 Every entry is encoded and decoded for real (the CorrDiff decode replays the stored
-weights); results go through :func:`pipeline.evaluate.run_evaluation` (per-image CSV,
+weights); results go through :func:`pipeline.evaluation.runner.run_evaluation` (per-image CSV,
 summary JSON, RD plots).
 
     .venv/bin/python bench/bench_corrdiff.py --corrdiff corrdiff-small \
@@ -41,7 +41,7 @@ def parse_pairs(text: str, kinds: tuple[type, type]) -> list[tuple]:
 
 def prepare_images(source: str, scale: float, limit: int | None, crop: int | None,
                    offset: int = 0):
-    from pipeline.evaluate import load_images
+    from pipeline.evaluation.runner import load_images
 
     imgs = load_images(source)[offset:]
     imgs = imgs[:limit] if limit else imgs
@@ -76,7 +76,7 @@ def build_entries(corr, cdc, settings, policies, seed: int, e2e: bool = True,
                   chosen: dict[str, list[float]] | None = None,
                   criteria: list[str] | None = None) -> list:
     from cdc.corrdiff import CorrDiffCodec, CorrectionConfig
-    from pipeline.evaluate import CallableEntry
+    from pipeline.evaluation.runner import CallableEntry
 
     entries = []
     cache: dict[int, bytes] = {}  # the first CorrDiff stream of the current image
@@ -184,7 +184,7 @@ def read_rows(dirs: list[Path]) -> list[dict]:
 
 
 def summary_of(rows: list[dict], metrics: list[str]) -> dict:
-    """A :func:`pipeline.evaluate.run_evaluation`-shaped summary of per-image rows: entry
+    """A :func:`pipeline.evaluation.runner.run_evaluation`-shaped summary of per-image rows: entry
     means over the images every entry has (so the table and plots of one run apply)."""
     entries = sorted({r["entry"] for r in rows})
     common = sorted(set.intersection(*({r["image"] for r in rows if r["entry"] == e}
@@ -201,7 +201,7 @@ def summary_of(rows: list[dict], metrics: list[str]) -> dict:
 
 def merge(dirs: list[Path], out: Path, metrics: list[str], table: list[float] | None) -> str:
     """Join split runs (``--offset``/``--limit``) into one report in ``out``."""
-    from pipeline.evaluate import plot_tradeoff, summary_table, write_csv
+    from pipeline.evaluation.runner import plot_tradeoff, summary_table, write_csv
 
     rows = read_rows(dirs)
     out.mkdir(parents=True, exist_ok=True)
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         dirs = [Path(d.strip()) for d in args.merge.split(",") if d.strip()]
         print(merge(dirs, Path(args.out), metrics, None))
         return 0
-    from pipeline.evaluate import run_evaluation, summary_table
+    from pipeline.evaluation.runner import run_evaluation, summary_table
 
     imgs = prepare_images(args.images, args.scale, args.limit, args.crop, args.offset)
     corr, cdc = load_codecs(args.corrdiff, args.cdc)

@@ -28,7 +28,7 @@ def main(out: Path, originals: str | None) -> None:
             break  # a prefix of the sorted images: shards leave holes after it
         rows += json.loads(f.read_text())
         done.append(name)
-    from pipeline.eval_report import write_csv
+    from pipeline.evaluation.report import write_csv
 
     write_csv(rows, out / "per_image.csv")  # the columns `cdc eval` writes
     by = defaultdict(list)
@@ -48,14 +48,14 @@ def main(out: Path, originals: str | None) -> None:
                    timespec="seconds"),
                "device": "cpu", "partial": f"first {len(done)} of {len(state['images'])} "
                "images (the evaluation was stopped for CPU time)"}
-    from pipeline.bdrate import bd_rates
+    from pipeline.evaluation.bdrate import bd_rates
 
     summary["bd_rate"] = {"anchor": "AVIF", "families": bd_rates(
         summary, "AVIF", ["psnr", "dists", "lpips_alex", "lpips_vgg"])}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"{len(done)} images: {', '.join(done)}")
     if originals:
-        from pipeline.panels import write_panels
+        from pipeline.evaluation.panels import write_panels
 
         print(f"{len(write_panels(out, originals))} panels in {out}/panels")
 

@@ -65,7 +65,7 @@ def main() -> None:
         return
     from cdc.image import array_to_tensor
     from cdc.refine import base_layer, blend
-    from pipeline.classical import CODECS as CLASSICAL
+    from pipeline.evaluation.classical import CODECS as CLASSICAL
     from pipeline.metrics.lpips import LPIPS
     from pipeline.training.refine_pairs import read_split
 

@@ -69,7 +69,7 @@ def main(out: Path) -> None:
                       f"{hi['psnr'] - avif['psnr']:+.2f} dB")
             targets.append((float(rate), worst, ratio, std, avif, hi))
         print()
-    from pipeline.bdrate import bd_rates
+    from pipeline.evaluation.bdrate import bd_rates
 
     bd = bd_rates(s, "AVIF", [m for m in ("psnr", "dists", "lpips_alex") if m in s["metrics"]])
     if bd:

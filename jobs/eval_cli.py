@@ -1,6 +1,6 @@
 """``cdc eval``: our codecs at several models/decode settings vs classical codecs at matched bpp.
 
-The heavy lifting is :func:`pipeline.evaluate.run_evaluation`; this module only turns
+The heavy lifting is :func:`pipeline.evaluation.runner.run_evaluation`; this module only turns
 command-line choices into *entries*: one per (model, steps, gamma) of our codecs, plus,
 for each classical codec, one entry per model that hits that model's bpp image by image
 (so every family gets points at the same rates), and optional fixed-quality sweeps.
@@ -56,7 +56,7 @@ def codec_entries(codec, steps: list[int], gammas: list[float], seed: int = 0,
     "stream" is the prefix a reader with that budget would fetch, so bpp counts only the
     bytes read, and the decode sees nothing else.
     """
-    from pipeline.evaluate import CallableEntry
+    from pipeline.evaluation.runner import CallableEntry
 
     cache: dict[int, bytes] = {}
 
@@ -96,7 +96,7 @@ def codec_entries(codec, steps: list[int], gammas: list[float], seed: int = 0,
 def rate_entries(codec, rates: list[float], tiers: dict[str, dict], seed: int = 0) -> list:
     """A rate-controlled codec (refine) at each target rate × each tier: one stream per
     (image, rate), decoded at every tier; one curve (family) per tier across the rates."""
-    from pipeline.evaluate import CallableEntry
+    from pipeline.evaluation.runner import CallableEntry
 
     cache: dict[tuple[int, float], bytes] = {}
 
@@ -130,7 +130,7 @@ def _sweeps(sweep: str) -> dict[str, list[int]]:
 
 def _images(images: str, limit: int | None) -> list:
     """The (name, image) pairs to evaluate (the first ``limit``); one line and exit 1 if none."""
-    from pipeline.evaluate import load_images
+    from pipeline.evaluation.runner import load_images
 
     try:
         imgs = load_images(images)
@@ -148,7 +148,7 @@ def _model_entries(model: list[str], device: str, rates: str, classical: str,
     target rates), each followed by the classical codecs matched to its bytes."""
     from cdc.errors import WeightsError
     from pipeline.archive import match_tiers
-    from pipeline.evaluate import matched_bpp_entries
+    from pipeline.evaluation.runner import matched_bpp_entries
     from zoo import load_codec
 
     entries = []
@@ -222,7 +222,7 @@ def eval_cmd(
                                        "all images done writes the summary."),
 ) -> None:
     """Rate–distortion/perception evaluation vs classical codecs (CSV, JSON, plots)."""
-    from pipeline.evaluate import (
+    from pipeline.evaluation.runner import (
         METRICS,
         add_bd_rates,
         classical_entries,
@@ -262,7 +262,7 @@ def eval_cmd(
     for line in add_bd_rates(summary, out, anchor=bd_anchor):
         typer.echo(line)
     if panels:
-        from pipeline.panels import write_panels
+        from pipeline.evaluation.panels import write_panels
 
         typer.echo(f"{len(write_panels(out, images))} visual panels in {out}/panels/")
     typer.echo(f"per-image CSV, summary.json and plots in {out}/")
@@ -275,8 +275,8 @@ def eval_merge_cmd(
     bd_anchor: str = typer.Option("AVIF", help="Family the BD-rates are measured against."),
 ) -> None:
     """Join evaluations of the same images (re-measured rungs, kept others) into one."""
-    from pipeline.eval_merge import MergeError, merge_evaluations
-    from pipeline.evaluate import add_bd_rates, summary_table
+    from pipeline.evaluation.merge import MergeError, merge_evaluations
+    from pipeline.evaluation.runner import add_bd_rates, summary_table
 
     try:
         summary = merge_evaluations(sources, out)

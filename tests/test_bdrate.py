@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from pipeline.bdrate import bd_rate, bd_rates
-from pipeline.evaluate import add_bd_rates
+from pipeline.evaluation.bdrate import bd_rate, bd_rates
+from pipeline.evaluation.runner import add_bd_rates
 
 RATES = (0.05, 0.1, 0.2, 0.4)
 

@@ -1,4 +1,5 @@
-"""pipeline.classical (codecs, bpp matching) and pipeline.evaluate (runner, CSV/JSON/plots)."""
+"""pipeline.evaluation.classical (codecs, bpp matching) and pipeline.evaluation.runner
+(runner, CSV/JSON/plots)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import classical
-from pipeline.classical import (
+from pipeline.evaluation import classical
+from pipeline.evaluation.classical import (
     CODECS,
     ClassicalCodec,
     CodecUnavailableError,
@@ -21,7 +22,7 @@ from pipeline.classical import (
     encode_at_bpp,
     get_codec,
 )
-from pipeline.evaluate import (
+from pipeline.evaluation.runner import (
     CallableEntry,
     classical_entries,
     load_images,
@@ -263,7 +264,7 @@ def test_perceptual_metrics_in_the_runner(tmp_path):
 
 def test_perception_distortion_plot(tmp_path: Path):
     """Decoders of one stream (same bpp) are told apart on the PSNR–LPIPS plane."""
-    from pipeline.evaluate import plot_tradeoff
+    from pipeline.evaluation.runner import plot_tradeoff
 
     summary = {"metrics": ["psnr", "lpips_alex"], "images": ["a", "b"], "entries": {
         "CDC s2": {"family": "CDC", "bpp": 0.2, "psnr": 20.1, "lpips_alex": 0.75},
@@ -391,7 +392,7 @@ def test_merged_evaluations_replace_re_measured_entries_and_keep_the_rest(tmp_pa
     """A later folder's entry replaces the earlier one of the same name (its rows too), the
     others are kept as measured, rows stay image-major, and the summary says where each
     entry came from."""
-    from pipeline.eval_merge import merge_evaluations
+    from pipeline.evaluation.merge import merge_evaluations
 
     imgs = [("a", photo(48, 64, 0)), ("b", photo(48, 64, 1))]
     old = run_evaluation(imgs, [half_res_entry("keep", "Kept"), quarter_res_entry("redo")],
@@ -416,7 +417,7 @@ def test_merged_evaluations_replace_re_measured_entries_and_keep_the_rest(tmp_pa
 
 
 def test_merging_refuses_other_evaluations_and_writes_nothing(tmp_path):
-    from pipeline.eval_merge import MergeError, merge_evaluations
+    from pipeline.evaluation.merge import MergeError, merge_evaluations
 
     imgs = [("a", photo(48, 64, 0)), ("b", photo(48, 64, 1))]
     run_evaluation(imgs, [half_res_entry()], tmp_path / "x", metrics=["psnr"], plots=False)

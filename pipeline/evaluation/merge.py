@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.eval_report import jsonable, plot_summary, write_csv
+from pipeline.evaluation.report import jsonable, plot_summary, write_csv
 from pipeline.files import write_bytes_atomic
 
 SAME = ("images", "metrics", "fid_protocol")  # what every merged folder must share

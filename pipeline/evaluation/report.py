@@ -141,7 +141,7 @@ def add_bd_rates(summary: dict[str, Any], out_dir: str | os.PathLike, anchor: st
                  metrics: Sequence[str] = ("lpips_alex", "dists")) -> list[str]:
     """BD-rate of every family against ``anchor`` on each metric, added to the summary
     (and its ``summary.json``); returns the lines ``cdc eval`` prints."""
-    from pipeline.bdrate import bd_rates
+    from pipeline.evaluation.bdrate import bd_rates
 
     got = bd_rates(summary, anchor, [m for m in metrics if m in summary["metrics"]])
     if not got:

@@ -4,7 +4,7 @@ An entry is any object with ``name``, ``encode(img) -> bytes`` and ``decode(byte
 (optionally ``family`` to group curves). Here: entries from two functions (a model at one
 rate and decode setting), classical codecs at a fixed quality, and classical codecs that
 hit, image by image, the bpp another entry reached. Kept apart from the runner
-(:mod:`pipeline.evaluate`) because building entries needs no metrics, torch or images.
+(:mod:`pipeline.evaluation.runner`) because building entries needs no metrics, torch or images.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
-from pipeline.classical import (
+from pipeline.evaluation.classical import (
     CODECS,
     BppMatch,
     ClassicalCodec,
@@ -128,7 +128,7 @@ def matched_bpp_entries(references: str | Sequence[str],
     """One entry per (reference entry, classical codec) matching the reference's bpp per image.
 
     Each codec family then gets one RD point per reference rate. Unavailable codecs are
-    skipped with a warning (see :func:`pipeline.classical.available_codecs`).
+    skipped with a warning (see :func:`pipeline.evaluation.classical.available_codecs`).
     """
     refs = [references] if isinstance(references, str) else list(references)
     return [MatchedBppEntry(c, r) for c in _usable(codecs) for r in refs]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.eval_report import jsonable
+from pipeline.evaluation.report import jsonable
 from pipeline.files import write_bytes_atomic
 
 log = logging.getLogger(__name__)

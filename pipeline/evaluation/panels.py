@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from pipeline.evaluate import safe_name as _safe
+from pipeline.evaluation.runner import safe_name as _safe
 
 #: Crop centres (x, y) of faces and detail in the Kodak images the README shows; any other
 #: image gets its centre. (Display only: nothing is chosen or tuned on these.)

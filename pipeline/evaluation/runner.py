@@ -12,9 +12,9 @@ papers); FID is computed over all 256×256 patches of the set and reported only 
 there are at least ``min_fid_patches`` of them.
 
 This module runs the evaluation (images, metrics, rows, summary); the entries are built in
-:mod:`pipeline.eval_entries`, the progress folder that lets a stopped run go on is
-:mod:`pipeline.eval_progress`, and the CSV, plots, BD-rates and table are
-:mod:`pipeline.eval_report`. Their public names are importable from here too.
+:mod:`pipeline.evaluation.entries`, the progress folder that lets a stopped run go on is
+:mod:`pipeline.evaluation.progress`, and the CSV, plots, BD-rates and table are
+:mod:`pipeline.evaluation.report`. Their public names are importable from here too.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 import pipeline.metrics as quality_metrics
-from pipeline.eval_entries import (
+from pipeline.evaluation.entries import (
     CallableEntry,
     ClassicalEntry,
     Entry,
@@ -45,8 +45,8 @@ from pipeline.eval_entries import (
     matched_bpp_entries,
     ordered_entries,
 )
-from pipeline.eval_progress import open_progress
-from pipeline.eval_report import (
+from pipeline.evaluation.progress import open_progress
+from pipeline.evaluation.report import (
     CSV_COLUMNS,
     LABELS,
     METRICS,
@@ -58,7 +58,7 @@ from pipeline.eval_report import (
     summary_table,
     write_csv,
 )
-from pipeline.eval_report import jsonable as _jsonable
+from pipeline.evaluation.report import jsonable as _jsonable
 from pipeline.files import read_image, write_bytes_atomic
 from pipeline.metrics import frechet_distance, patch_count
 from pipeline.metrics.fid import inception
