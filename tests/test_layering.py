@@ -11,7 +11,9 @@ files) sits on ``cdc``; ``pipeline`` composes them; ``jobs`` (CLI, Ray) is the t
   module top level (run at import time) or deferred (inside a function, or under
   ``if TYPE_CHECKING:``). Upward imports are refused whatever their kind; a cycle of
   top-level imports is always a failure, and a cycle through deferred imports is one too
-  unless it is listed below. Failures name the module chain.
+  unless it is listed below. Failures name the module chain. Inside ``pipeline`` the same
+  holds one level up: its parts (``archive``, ``training``, ``evaluation``, ``metrics``
+  and the shared ``files``/``sources``) import one another without a cycle.
 """
 
 from __future__ import annotations
@@ -138,13 +140,19 @@ def _under(name: str, prefixes: set[str]) -> str | None:
 
 
 def _cycles(top_level_only: bool) -> dict[tuple[str, ...], str]:
-    """Import cycles among project modules: sorted members -> "a -> b -> a" (Tarjan)."""
+    """Import cycles among project modules: sorted members -> "a -> b -> a"."""
     mods = _sources()
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for imp in _imports():
         if imp.target in mods and not (top_level_only and imp.deferred) \
                 and not (imp.deferred and (imp.module, imp.target) in KNOWN_UPWARD):
             graph[imp.module].add(imp.target)
+    return _graph_cycles(graph)
+
+
+def _graph_cycles(graph: dict[str, set[str]]) -> dict[tuple[str, ...], str]:
+    """The cycles of a graph (node -> the nodes it points to; every node a key): each
+    strongly connected component's sorted members -> "a -> b -> a" (Tarjan)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -173,7 +181,7 @@ def _cycles(top_level_only: bool) -> dict[tuple[str, ...], str]:
                 sccs.append(sorted(scc))
 
     limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 10 * len(mods)))
+    sys.setrecursionlimit(max(limit, 10 * len(graph)))
     try:
         for m in sorted(graph):
             if m not in index:
@@ -302,6 +310,32 @@ def test_no_import_cycle() -> None:
     known ones inside cdc are tolerated."""
     found = {k: v for k, v in _cycles(top_level_only=False).items() if k not in KNOWN_CDC_CYCLES}
     assert not found, "import cycles (through deferred imports):\n" + "\n".join(found.values())
+
+
+def _pipeline_part(module: str) -> str | None:
+    """The part of pipeline a module belongs to: its subpackage (``pipeline.archive``,
+    ``pipeline.training``, ``pipeline.evaluation``, ``pipeline.metrics``) or, for a shared
+    top-level module, the module itself (``pipeline.files``); None outside pipeline."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "pipeline" and len(parts) > 1 else None
+
+
+def test_pipeline_parts_import_without_a_cycle() -> None:
+    """Inside pipeline, the subpackages and the shared modules import one another in one
+    direction only (deferred imports included), so each part can be read without the
+    others above it."""
+    assert _graph_cycles({"a": {"b"}, "b": {"a"}}) == {("a", "b"): "a -> b -> a"}
+    graph: dict[str, set[str]] = {}
+    for imp in _imports():
+        a, b = _pipeline_part(imp.module), _pipeline_part(imp.target)
+        if a and b:
+            graph.setdefault(a, set())
+            graph.setdefault(b, set())
+            if a != b:
+                graph[a].add(b)
+    assert {"pipeline.archive", "pipeline.training", "pipeline.evaluation"} <= set(graph)
+    found = _graph_cycles(graph)
+    assert not found, "pipeline's parts import in a cycle:\n" + "\n".join(found.values())
 
 
 def test_cdc_does_no_io() -> None:
