@@ -156,7 +156,7 @@ def main() -> None:
             im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
             arr = np.asarray(im).copy()
             choice = base_layer.encode(arr, q, 1, cfg)
-            base = base_layer.decode(choice.data, s, s, 1)
+            base = base_layer.decode_choice(choice, s, s)
             x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 127.5 - 1
             with torch.no_grad():
                 y = space.decode(net(base) if pixels else net(space.encode(base)))

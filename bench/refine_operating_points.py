@@ -92,7 +92,7 @@ def main() -> None:
             codec.set_paths(PATHS)
             target = max(1, int(rate * h * w / 8) - codec._overhead(h, w))
             choice = base_layer.search(arr, target, cfg)
-            base = base_layer.decode(choice.data, h, w, choice.scale)
+            base = base_layer.decode_choice(choice, h, w)
             total = len(choice.data) + codec._overhead(h, w)  # a bound on the stream's size
             row = {"image": name, "rate": rate, "bpp": 8 * total / (h * w),
                    **avif_at_bytes(avif, img, x, total, measure)}

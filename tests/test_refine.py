@@ -68,7 +68,7 @@ def test_the_random_refiner_changes_the_image_and_the_weights_undo_harm(codec):
     base = codec_from_bytes(WEIGHTS[codec.config.space](0), "t").with_rate(quality=30)
     p, paths = codec.parse(data)
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
-    b = base_layer.decode(p.avif, p.height, p.width, p.scale)
+    b = base_layer.decode(p.avif, p.height, p.width, p.scale, p.bare)
     refined = base.refine(b, 1, 0.0, 0)
     assert (refined - b).abs().max() > 0.02  # a network that does nothing would pass anything
     # Unblended, the random refiner is worse than the base; the weights bring it back.

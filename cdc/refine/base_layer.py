@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor
 
 from cdc.errors import CorruptStreamError
+from cdc.refine import bare_avif
 from cdc.refine.config import RefineConfig
 
 
@@ -31,6 +32,7 @@ class BaseChoice:
     data: bytes
     quality: int
     scale: int
+    bare: bool = False  # ``data`` is av1C[1:4] + the AV1 payload (cdc.refine.bare_avif)
 
 
 def scaled_size(height: int, width: int, scale: int) -> tuple[int, int]:
@@ -47,14 +49,22 @@ def encode(array: np.ndarray, quality: int, scale: int, cfg: RefineConfig) -> Ba
     extra = {"advanced": {"tune": cfg.base_tune}} if cfg.base_tune else {}
     img.save(buf, format="AVIF", quality=int(quality), speed=cfg.base_speed,
              subsampling=cfg.base_subsampling, **extra)
-    return BaseChoice(buf.getvalue(), int(quality), int(scale))
+    data = buf.getvalue()
+    if cfg.base_bare:
+        bare = bare_avif.strip(data, img.width, img.height)
+        if bare is not None:
+            return BaseChoice(bare, int(quality), int(scale), True)
+    return BaseChoice(data, int(quality), int(scale))
 
 
-def decode(data: bytes, height: int, width: int, scale: int) -> Tensor:
-    """AVIF bytes → (1, 3, height, width) float in [-1, 1] (upsampled when ``scale`` > 1).
+def decode(data: bytes, height: int, width: int, scale: int, bare: bool = False) -> Tensor:
+    """AVIF bytes (``bare``: av1C[1:4] + AV1 payload) → (1, 3, height, width) float in
+    [-1, 1] (upsampled when ``scale`` > 1).
 
     The AVIF must claim exactly the size the header implies (checked before decoding)."""
     want_h, want_w = scaled_size(height, width, scale)
+    if bare:
+        data = bare_avif.rebuild(data, want_w, want_h)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -71,6 +81,11 @@ def decode(data: bytes, height: int, width: int, scale: int) -> Tensor:
         raise CorruptStreamError(f"base layer is not a decodable AVIF ({e})") from e
     x = torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
     return upsample(x, height, width)
+
+
+def decode_choice(choice: BaseChoice, height: int, width: int) -> Tensor:
+    """The encoder's own decode of a base it just made (whole or bare), at the image size."""
+    return decode(choice.data, height, width, choice.scale, choice.bare)
 
 
 def upsample(x: Tensor, height: int, width: int) -> Tensor:
@@ -108,7 +123,7 @@ def _squared_error(choice: BaseChoice, array: np.ndarray) -> float:
     """Sum of squared errors of a choice's decode (upsampled as the decoder does) in [-1, 1]."""
     h, w = array.shape[:2]
     x = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1)[None].float()
-    y = decode(choice.data, h, w, choice.scale)
+    y = decode_choice(choice, h, w)
     return float(((y - x.div(127.5).sub(1.0)) ** 2).sum())
 
 

@@ -35,7 +35,7 @@ from cdc.refine import base_layer, blend
 from cdc.refine.config import RefineConfig
 from cdc.refine.degrid import remove_grid
 from cdc.refine.nets import RefineDenoiser, build_net
-from cdc.refine.stream import BASE_TAG, PLAN_READ_BYTES, WEIGHTS_TAG, Parsed, parse
+from cdc.refine.stream import BARE, BASE_TAG, PLAN_READ_BYTES, WEIGHTS_TAG, Parsed, parse
 from cdc.refine.stream import base_prefix_length as _base_prefix_length
 from cdc.spaces import Space, build_space
 
@@ -243,7 +243,7 @@ class RefineCodec(BaseCodec):
             else:
                 target = max(1, int(self.rate * h * w / 8) - self._overhead(h, w))
                 choice = base_layer.search(p.array, target, cfg)
-            base = base_layer.decode(choice.data, h, w, choice.scale)
+            base = base_layer.decode_choice(choice, h, w)
             x = array_to_tensor(p.array)
             recons: dict[Path, Tensor] = {(0, 0.0, 0): base[0]}
             records = []
@@ -256,7 +256,7 @@ class RefineCodec(BaseCodec):
                 recons[(steps, gamma, seed)] = blend.apply(base, refined, wmap)[0]
                 records.append(blend.BlendPath(steps, gamma, seed, bound,
                                                tuple(int(v) for v in idx.flatten())))
-            b = bytes([choice.scale, choice.quality]) + choice.data
+            b = bytes([choice.scale, choice.quality | (BARE if choice.bare else 0)]) + choice.data
             data = self.container(p, {BASE_TAG: b, WEIGHTS_TAG: blend.pack(records,
                                                                           cfg.weight_bits)},
                                   symbols_crc(b))
@@ -318,7 +318,7 @@ class RefineCodec(BaseCodec):
                     "this prefix holds only the base layer: decode it with steps=0 (preview)")
         out = []
         for (p, paths), seed in zip(parsed, seeds):
-            base = base_layer.decode(p.avif, p.height, p.width, p.scale)
+            base = base_layer.decode(p.avif, p.height, p.width, p.scale, p.bare)
             if steps:
                 refined = self.refine(base, steps, gamma, seed)
                 base = blend.apply(base, refined, self._weights_for(p, paths, steps, gamma, seed))

@@ -34,10 +34,15 @@ class RefineConfig:
     base_codec: str = "avif"
     base_speed: int = 6
     base_subsampling: str = "4:2:0"
-    # libaom's tuning of the base: "" (libavif's default, as `cdc eval`'s AVIF baseline and
-    # the first shipped model use) or "psnr" (0.15-0.7 dB more PSNR at the same bytes on the
-    # validation split: fidelity the refiner may then spend; encoder-side only).
+    # libaom's tuning of the base (encoder-side only): "" (libavif's default, as `cdc eval`'s
+    # AVIF baseline) or "psnr": 0.15-0.7 dB more PSNR at the same bytes on validation photos,
+    # but a blurrier base (LPIPS-VGG worse on 3 of 4 validation rows, and the refiner was
+    # trained on default-tuned bases): measured, not shipped (docs/results/refine-validation).
     base_tune: str = ""
+    # Keep only the AV1 payload and 3 bytes of its configuration, not AVIF's 275 bytes of
+    # HEIF boxes (rebuilt by the decoder, byte-identical: cdc/refine/bare_avif.py); off for
+    # weights written before it (their golden streams keep whole AVIF files).
+    base_bare: bool = False
     scales: tuple[int, ...] = (1, 2, 4)
     # Fidelity bound: blend weights per ``tile``×``tile`` block, 2**bits table entries.
     tile: int = 64
@@ -109,7 +114,7 @@ REFINE_CONFIGS: dict[str, RefineConfig] = {
     "refine-latent-test": RefineConfig(name="refine-latent-test", space="taef2",
                                        channels=(8,), blocks=1, temb_channels=16,
                                        net_tile=64, net_margin=32, tile=16,
-                                       degrid_window=8),
+                                       degrid_window=8, base_bare=True),
     # The pixel-space model of session 7-8 (abandoned by measurement; configs/legacy).
     "refine-small": RefineConfig(),
     # The shipped design: ~1 M parameters on TAEF2 latents, trained on one CPU core.
@@ -118,5 +123,5 @@ REFINE_CONFIGS: dict[str, RefineConfig] = {
     "refine-latent": RefineConfig(name="refine-latent", space="taef2", channels=(96,),
                                   blocks=6, temb_channels=128, residual_std=0.65,
                                   net_tile=512, net_margin=128, degrid_window=8,
-                                  base_tune="psnr"),
+                                  base_bare=True),
 }

@@ -2,8 +2,9 @@
 
 Sections, in this order::
 
-    B   1 byte downscale (1, 2, 4, 8) · 1 byte base quality (0..100, informative)
-        · the AVIF file of the (downscaled) image
+    B   1 byte downscale (1, 2, 4, 8) · 1 byte: bit 7 = bare, bits 0-6 = base quality
+        (0..100, informative) · the AVIF file of the (downscaled) image, or when bare its
+        av1C bytes 1..3 and AV1 payload (the boxes rebuilt by :mod:`cdc.refine.bare_avif`)
     W   blend weights per decode path (see :mod:`cdc.refine.blend`)
 
 The header's 4-byte symbols field holds the CRC32 of section B's payload, so a *prefix*
@@ -37,10 +38,11 @@ class Parsed:
     flags: int
     scale: int
     quality: int
-    avif: bytes
+    avif: bytes  # the AVIF file, or (bare) av1C[1:4] + the AV1 payload
     weights: bytes | None  # section W (None for a prefix)
     complete: bool
     base_end: int  # bytes of the prefix that ends with section B
+    bare: bool = False  # the base layer without its HEIF boxes
 
 
 def base_prefix_length(head: bytes) -> int:
@@ -54,15 +56,18 @@ def base_prefix_length(head: bytes) -> int:
     return pos + size
 
 
-def _check_base(payload: bytes, crc: int) -> tuple[int, int, bytes]:
+BARE = 0x80  # bit 7 of section B's quality byte
+
+
+def _check_base(payload: bytes, crc: int) -> tuple[int, int, bytes, bool]:
     if len(payload) < 3:
         raise CorruptStreamError("section 'B' truncated")
     if symbols_crc(payload) != crc:
         raise CorruptStreamError("section 'B' checksum mismatch (corrupted or truncated)")
-    scale, quality = payload[0], payload[1]
+    scale, quality, bare = payload[0], payload[1] & ~BARE, bool(payload[1] & BARE)
     if scale not in SCALES or quality > 100:
         raise CorruptStreamError(f"section 'B': scale {scale} / quality {quality} invalid")
-    return scale, quality, payload[2:]
+    return scale, quality, payload[2:], bare
 
 
 def parse(data: bytes) -> Parsed:
@@ -76,16 +81,17 @@ def parse(data: bytes) -> Parsed:
             raise
         h = read_header(data)
         size, pos = read_varint(data, h.end + 1, len(data))
-        scale, quality, avif = _check_base(data[pos:pos + size], h.symbols_crc)
+        scale, quality, avif, bare = _check_base(data[pos:pos + size], h.symbols_crc)
         return Parsed(h.model_digest, h.height, h.width, h.flags, scale, quality, avif, None,
-                      False, end)
+                      False, end, bare)
     if c.codec != "refine":
         raise CorruptStreamError(f"not a refine stream (codec {c.codec!r})")
     if list(c.sections) != [BASE_TAG, WEIGHTS_TAG]:
         raise CorruptStreamError(f"sections {list(c.sections)}, expected ['B', 'W']")
-    scale, quality, avif = _check_base(c.sections[BASE_TAG], c.symbols_crc)
+    scale, quality, avif, bare = _check_base(c.sections[BASE_TAG], c.symbols_crc)
     return Parsed(c.model_digest, c.height, c.width, c.flags, scale, quality, avif,
-                  c.sections[WEIGHTS_TAG], True, base_prefix_length(data[:PLAN_READ_BYTES]))
+                  c.sections[WEIGHTS_TAG], True, base_prefix_length(data[:PLAN_READ_BYTES]),
+                  bare)
 
 
 def describe(data: bytes, config: Any = None) -> dict[str, Any]:
@@ -101,7 +107,8 @@ def describe(data: bytes, config: Any = None) -> dict[str, Any]:
         "bytes": len(data),
         "bpp": 8 * len(data) / (p.width * p.height),
         "complete": p.complete,
-        "base_layer": f"AVIF, quality {p.quality}, downscale x{p.scale}, {len(p.avif)} bytes",
+        "base_layer": f"AVIF{' (bare: boxes rebuilt)' if p.bare else ''}, quality "
+                      f"{p.quality}, downscale x{p.scale}, {len(p.avif)} bytes",
         "base_prefix_bytes": p.base_end,
         "weights_bytes": len(p.weights) if p.weights is not None else 0,
     }

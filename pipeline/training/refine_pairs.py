@@ -62,7 +62,7 @@ def pairs_of(array: np.ndarray, name: str, cfg: RefineConfig, crop: int, variant
     for _ in range(variants):
         scale, q = _settings(rng)
         choice = base_layer.encode(array, q, scale, cfg)
-        base = base_layer.decode(choice.data, h, w, scale)
+        base = base_layer.decode_choice(choice, h, w)
         base = base[0].add(1).mul(127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
         for _ in range(crops):
             top, left = rng.randint(0, h - crop), rng.randint(0, w - crop)

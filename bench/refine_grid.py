@@ -1,0 +1,117 @@
+"""How much of the latent refiner's change is the 8-pixel grid, with and without the filter.
+
+On the validation split (never Kodak), for each photo and rate: the base layer the codec
+codes, the refiner's output along the standard path, and its refinement d = refined − base.
+Prints, per row, the share of d's energy in its 8-periodic part (``cdc.refine.degrid``'s
+local estimate) before and after the filter, and PSNR / LPIPS-VGG of the standard blend
+both ways; writes 2× crops (original | base | refined as trained | refined, grid removed)
+to --out for looking at.
+
+    python bench/refine_grid.py runs/refine-latent --images 6 --rates 0.06,0.12 \
+        --out docs/results/refine-validation/grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from refine_operating_points import load_codec_from
+from torch import Tensor
+
+
+def crop_panel(images: list[Tensor], box: tuple[int, int, int]) -> Image.Image:
+    y, x, s = box
+    tiles = []
+    for t in images:
+        arr = ((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        tiles.append(Image.fromarray(arr).crop((x, y, x + s, y + s)).resize((2 * s, 2 * s),
+                                                                          Image.NEAREST))
+    out = Image.new("RGB", (len(tiles) * (2 * s + 8) - 8, 2 * s), "white")
+    for i, t in enumerate(tiles):
+        out.paste(t, (i * (2 * s + 8), 0))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", help="run folder, relay folder or model name")
+    ap.add_argument("--split", default="configs/validation-split.txt")
+    ap.add_argument("--root", default="../shared/data/train")
+    ap.add_argument("--images", type=int, default=6)
+    ap.add_argument("--rates", default="0.06,0.12")
+    ap.add_argument("--window", type=int, default=8, help="the filter's window (cells)")
+    ap.add_argument("--bound", type=float, default=None,
+                    help="the standard tier's bound (dB; default: the model's)")
+    ap.add_argument("--out", default="")
+    a = ap.parse_args()
+
+    from cdc.image import array_to_tensor
+    from cdc.refine import base_layer, blend
+    from cdc.refine.degrid import periodic_part, remove_grid
+    from pipeline.metrics.lpips import LPIPS
+    from pipeline.training.refine_pairs import read_split
+
+    codec, step = load_codec_from(a.model)
+    cfg = codec.config
+    if cfg.space != "taef2":
+        raise SystemExit(f"{a.model}: not a latent-space refiner (no latent grid)")
+    codec.net.cfg = dataclasses.replace(cfg, degrid_window=0)  # the refiner as trained
+    bound = cfg.bound_db if a.bound is None else a.bound
+    lp = LPIPS("vgg")
+    out = Path(a.out) if a.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+
+    def share(d: torch.Tensor) -> float:
+        return float((periodic_part(d, 8, a.window) ** 2).sum() / (d ** 2).sum().clamp_min(1e-12))
+
+    def measure(y: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
+        y = ((y.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+        with torch.no_grad():
+            d = float(lp((y + 1) / 2, (x + 1) / 2))
+        return 10 * math.log10(4 / max(float(((y - x) ** 2).mean()), 1e-12)), d
+
+    rows = []
+    for name in sorted(read_split(a.split))[: a.images]:
+        arr = np.asarray(Image.open(Path(a.root) / name).convert("RGB"))
+        h, w = arr.shape[:2]
+        x = array_to_tensor(arr)
+        for rate in (float(r) for r in a.rates.split(",")):
+            target = max(1, int(rate * h * w / 8) - codec._overhead(h, w))
+            choice = base_layer.search(arr, target, cfg)
+            base = base_layer.decode_choice(choice, h, w)
+            raw = codec.refine(base, 1, 0.0, 0)
+            filt = remove_grid(raw, base, 8, a.window).clamp(-1, 1)
+            row = {"image": name, "rate": rate, "grid_share_raw": share(raw - base),
+                   "grid_share_filtered": share(filt - base)}
+            for tag, ref in (("raw", raw), ("filtered", filt)):
+                idx = blend.choose(x, base, ref, cfg.table, cfg.tile, bound)
+                y = blend.apply(base, ref, blend.weight_map(idx, cfg.table, cfg.tile, h, w))
+                row[f"{tag}_psnr"], row[f"{tag}_lpips_vgg"] = measure(y, x)
+            rows.append(row)
+            print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
+                  flush=True)
+            if out:
+                s = min(160, h, w)
+                box = ((h - s) // 2, (w - s) // 2, s)
+                crop_panel([x[0], base[0], raw[0], filt[0]], box).save(
+                    out / f"{Path(name).stem}_{rate:g}.png")
+    summary = {"model": a.model, "train_steps": step, "window": a.window, "bound_db": bound,
+               "rows": rows}
+    for key in ("grid_share_raw", "grid_share_filtered", "raw_psnr", "filtered_psnr",
+                "raw_lpips_vgg", "filtered_lpips_vgg"):
+        summary[f"mean_{key}"] = float(np.mean([r[key] for r in rows]))
+    print({k: round(v, 4) for k, v in summary.items() if k.startswith("mean_")})
+    if out:
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
