@@ -9,7 +9,7 @@ texture). Output = TAEF2-decode of the refined latent, blended per 64×64 tile i
 under a PSNR bound (the codec's own :mod:`cdc.refine.blend`).
 
 Data: the refine pair cache (``runs/refine-pairs``, training photos only, built by
-``python -m pipeline.train_refine configs/refine-small.yaml``); evaluation: 256-px centre
+``python -m pipeline.training.train_refine configs/refine-small.yaml``); evaluation: 256-px centre
 crops of validation-split photos (``configs/validation-split.txt``), never Kodak, with PSNR
 and LPIPS-VGG only (the training-side metric; LPIPS-Alex, DISTS and FID stay evaluation-only).
 
