@@ -14,6 +14,16 @@ from cdc.models.compressor import ConditionalDiffusionCompressor
 Perceptual = Callable[[Tensor, Tensor], Tensor]  # images in [-1,1] → per-sample distance
 
 
+def random_window(h: int, w: int, window: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a random ``window``-sided patch of an h×w map, each axis
+    on its own (a side shorter than ``window`` is taken whole): non-square crops get
+    offsets over their whole width, not only over their height."""
+    wh, ww = min(window, h), min(window, w)
+    top = int(torch.randint(0, h - wh + 1, ()))
+    left = int(torch.randint(0, w - ww + 1, ()))
+    return top, left, wh, ww
+
+
 def bits_per_pixel(likelihoods: dict[str, Tensor], num_pixels: int) -> Tensor:
     """The model's own −log2 p of the quantized latents, per image pixel."""
     return sum(-torch.log2(lik).sum() for lik in likelihoods.values()) / num_pixels
@@ -79,10 +89,10 @@ def cdc_loss(
                 raise ValueError("a latent model's perceptual term needs the pixel crops")
             sel = slice(0, k or b)
             u, img = x0_hat[sel], image[sel]
-            if window and window < h:
-                top, left = (int(v) for v in torch.randint(0, h - window + 1, (2,)))
-                u = u[..., top : top + window, left : left + window]
-                img = img[..., top * s : (top + window) * s, left * s : (left + window) * s]
+            if window and window < max(h, w):
+                top, left, wh, ww = random_window(h, w, window)
+                u = u[..., top : top + wh, left : left + ww]
+                img = img[..., top * s : (top + wh) * s, left * s : (left + ww) * s]
             decoded = model.space.decode_differentiable(model.from_model_units(u))
             perc = perceptual(decoded, img).mean()
     loss = lam * bpp + (1 - rho) * diffusion + rho * perc
