@@ -8,8 +8,8 @@ Base streams: small generated photos (32–64 px for cdc-small and corrdiff-smal
 for diffc-small, whose decode replays 20 coded steps; 16–64 px for the latent models, whose
 networks run at 1/8) encoded with every model of ``zoo/models.json`` (``MODELS``: the pixel
 models, the ``lcdc-*`` ladder, ``lcorrdiff-q2``, ``ldiffc-small``) and with a tiny random
-refine codec (``refine-random``: an AVIF base layer in a container; no refine model is
-shipped yet). Each fuzzed stream is one base stream with one mutation kind:
+refine codec (``refine-random``: a whole-AVIF base layer in a container; the shipped
+``refine-avif`` writes bare bases). Each fuzzed stream is one base stream with one mutation kind:
 
 * ``bitflip``: 1–8 random bits flipped; ``overwrite``: 1–3 runs of random bytes;
   ``truncate``: cut at a random length; ``append``: random bytes added at the end;
@@ -20,7 +20,8 @@ shipped yet). Each fuzzed stream is one base stream with one mutation kind:
 * ``section``: CDC/CorrDiff: a section payload cut, extended, bit-flipped, replaced,
   emptied or swapped; refine: the AVIF inside section B (bits flipped in its coded data or
   anywhere, runs overwritten, cut, extended, its size boxes edited, another base's AVIF,
-  random bytes) or its scale/quality bytes, or section W, with the header's base-layer CRC
+  random bytes; a bare base — av1C bytes + AV1 payload, no boxes — takes the same edits
+  anywhere) or its scale/quality bytes (the bare flag, bit 7, set or cleared), or section W, with the header's base-layer CRC
   and the trailer recomputed, so the bytes reach the native AVIF decoder; DiffC: the plan
   (levels, chunk counts, k, seed, coding) or the
   step payloads replaced, with every CRC recomputed (including the per-step CRC-16s and
@@ -69,7 +70,7 @@ BAD = ("crash", "hang", "untyped_error")
 KINDS = ("bitflip", "overwrite", "truncate", "append", "bitflip+crc", "header", "section",
          "splice")
 PIXEL_MODELS = ("cdc-small", "diffc-small", "corrdiff-small")
-#: The tiny random refine codec built here (no refine model is shipped yet).
+#: The tiny random refine codec built here (whole-AVIF bases; the shipped refine-avif is bare).
 REFINE_MODEL = "refine-random"
 
 
@@ -296,7 +297,7 @@ def _section_refine(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes
         b = b[:2] + _mutate_avif(rng, b[2:], others)
     elif r < 0.8:  # scale and quality
         b = bytes([rng.choice((0, 1, 2, 3, 4, 8, 16, 255)),
-                   rng.choice((0, 30, 100, 101, 255))]) + b[2:]
+                   rng.choice((0, 30, 100, 101, 255, 0x80, 0x80 | 30, b[1] ^ 0x80))]) + b[2:]
     else:
         w = _mutate_payload(rng, w, [b])
     return Container(c.codec, c.model_digest, c.height, c.width, symbols_crc(b), c.flags,
