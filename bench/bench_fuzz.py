@@ -21,7 +21,8 @@ refine codec (``refine-random``: a whole-AVIF base layer in a container; the shi
   emptied or swapped; refine: the AVIF inside section B (bits flipped in its coded data or
   anywhere, runs overwritten, cut, extended, its size boxes edited, another base's AVIF,
   random bytes; a bare base — av1C bytes + AV1 payload, no boxes — takes the same edits
-  anywhere) or its scale/quality bytes (the bare flag, bit 7, set or cleared), or section W, with the header's base-layer CRC
+  anywhere) or its scale/quality bytes (the bare flag, bit 7, set or cleared), or
+  section W, with the header's base-layer CRC
   and the trailer recomputed, so the bytes reach the native AVIF decoder; DiffC: the plan
   (levels, chunk counts, k, seed, coding) or the
   step payloads replaced, with every CRC recomputed (including the per-step CRC-16s and

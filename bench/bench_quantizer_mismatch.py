@@ -20,14 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from refine_operating_points import validation_args
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="lcdc-q3")
-    ap.add_argument("--split", default="configs/validation-split.txt")
-    ap.add_argument("--root", default="../shared/data/train")
-    ap.add_argument("--crops", type=int, default=8)
+    validation_args(ap, 8, "--crops")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--json", default="")
     a = ap.parse_args()

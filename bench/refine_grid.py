@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from refine_operating_points import load_codec_from
+from refine_operating_points import load_codec_from, validation_args
 from torch import Tensor
 
 
@@ -42,9 +42,7 @@ def crop_panel(images: list[Tensor], box: tuple[int, int, int]) -> Image.Image:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", help="run folder, relay folder or model name")
-    ap.add_argument("--split", default="configs/validation-split.txt")
-    ap.add_argument("--root", default="../shared/data/train")
-    ap.add_argument("--images", type=int, default=6)
+    validation_args(ap, 6)
     ap.add_argument("--rates", default="0.06,0.12")
     ap.add_argument("--window", type=int, default=8, help="the filter's window (cells)")
     ap.add_argument("--bound", type=float, default=None,

@@ -42,12 +42,19 @@ def load_codec_from(run_or_model: str):
     return c, int(c.meta.get("train_steps", 0))
 
 
+def validation_args(ap: argparse.ArgumentParser, images: int, name: str = "--images"
+                    ) -> argparse.ArgumentParser:
+    """The validation split's options every bench of the refine codec shares (never Kodak)."""
+    ap.add_argument("--split", default="configs/validation-split.txt")
+    ap.add_argument("--root", default="../shared/data/train")
+    ap.add_argument(name, type=int, default=images, help="the first N photos of the split")
+    return ap
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", help="run folder, relay folder or model name")
-    ap.add_argument("--split", default="configs/validation-split.txt")
-    ap.add_argument("--root", default="../shared/data/train")
-    ap.add_argument("--images", type=int, default=12)
+    validation_args(ap, 12)
     ap.add_argument("--rates", default="0.05,0.12,0.3")
     ap.add_argument("--out", default="")
     ap.add_argument("--rows", default="", help="re-summarise a rows.json of an earlier run")
