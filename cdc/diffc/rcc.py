@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cdc.diffc import philox
+from cdc.diffc import candidate_search, philox
 from cdc.diffc.stream import (
     CODING_FIXED,
     CODING_ZIPF,
@@ -141,20 +141,16 @@ def encode(delta: Tensor, n_chunks: int, k: int, seed: int,
     n_cand = 1 << k
     chosen = torch.empty(n_chunks, dtype=torch.long)
     eps = torch.zeros(n_dims + 1)
-    if layout == LAYOUT_PHILOX:
-        key, rows, dd = candidate_key(seed), _philox_rows(k, d), philox.padded_dims(d)
-        workers = max(1, torch.get_num_threads())
-        target = torch.nn.functional.pad(target, (0, dd - d)).to(dev)  # score on padded rows
-        buf = np.empty((min(rows, n_chunks), n_cand, dd), np.float32)
+    if layout == LAYOUT_PHILOX:  # the choice by the fused kernel; ε by the decoder's code
+        key, target_np = candidate_key(seed), target.double().numpy()
+        rows = max(1, _BLOCK_ELEMENTS // (1 << k))  # bounds the arrival times held at once
         for a in range(0, n_chunks, rows):
             b = min(n_chunks, a + rows)
-            philox.candidates(key, k, d, a, b - a, out=buf[: b - a], workers=workers)
-            cand = torch.from_numpy(buf[: b - a])
-            log_s = torch.from_numpy(_arrivals(seed, k, a, b - a)).float()
-            score = torch.bmm(cand.to(dev), target[a:b, :, None]).squeeze(2) - log_s.to(dev)
-            best = score.argmax(1).cpu()
-            chosen[a:b] = best
-            eps[idx[a:b].reshape(-1)] = cand[torch.arange(b - a), best, :d].reshape(-1)
+            chosen[a:b] = torch.from_numpy(candidate_search.best_indices(
+                key, k, a, target_np[a:b],
+                candidate_search.log_arrivals(arrival_key(seed), k, a, b - a)))
+        eps[idx.reshape(-1)] = torch.from_numpy(philox.chosen(key, k, d, chosen.numpy())
+                                                ).reshape(-1)
         return chosen, eps[:n_dims].clone()
     if layout != LAYOUT_STRIDED:
         raise ValueError(f"unknown candidate scheme {layout}")
