@@ -147,6 +147,14 @@ class BaseCodec:
         self.budget = budget if budget is not None else DEFAULT_BUDGET
         return self
 
+    def with_encode_defaults(self, **defaults: Any) -> BaseCodec:
+        """Change what the encoder writes by default without changing the weights (whose
+        digest every stream names): the registry's ``encode_defaults`` of a shipped model.
+        A codec without such settings refuses any."""
+        if defaults:
+            raise ValueError(f"{self.codec_id} codec has no encoder defaults {sorted(defaults)}")
+        return self
+
     # -- construction -----------------------------------------------------------------------
     @classmethod
     def from_weights(cls, obj: dict[str, Any], sha256: str, source: str,

@@ -162,3 +162,24 @@ def test_both_schemes_round_trip_through_the_codec():
     assert st.parse(codec.compress(img)).plan.layout == st.LAYOUT_PHILOX  # the config's
     with pytest.raises(ValueError, match="candidate scheme"):
         codec.encode(img, candidates="lcg")
+
+
+def test_shipped_diffc_models_write_scheme_1_by_the_registry():
+    """The weights files predate scheme 1 (their configs say mt19937, and their digest is
+    what streams name, so they stay as they are); the registry's encode_defaults switch
+    what their encoders write."""
+    from zoo import load_codec
+    from zoo.store import registry
+
+    for name in ("diffc-small", "ldiffc-small"):
+        assert registry()[name]["encode_defaults"] == {"candidates": "philox"}
+        codec = load_codec(name)
+        assert codec.config.candidates == "philox"
+    with pytest.raises(ValueError, match="no encoder defaults"):
+        codec.with_encode_defaults(unet_channels=8)
+    with pytest.raises(ValueError, match="candidate scheme"):
+        codec.with_encode_defaults(candidates="lcg")
+    refine = load_codec("refine-avif")
+    with pytest.raises(ValueError, match="no encoder defaults"):
+        refine.with_encode_defaults(candidates="philox")
+    assert refine.with_encode_defaults() is refine

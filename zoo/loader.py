@@ -19,7 +19,7 @@ from cdc.errors import WeightsError
 from cdc.registry import CODECS, codec_class, codec_of, resolve
 from cdc.weights import read_weights_dict, space_of
 from zoo.components import component_states
-from zoo.store import read_verified_bytes, sha256_hex
+from zoo.store import read_verified_bytes, registry, sha256_hex, shipped_by_digest
 
 
 @dataclass
@@ -69,8 +69,13 @@ def codec_from_bytes(data: bytes, source: str, device: str | torch.device = "cpu
     name = codec_of(obj)
     if name not in CODECS:
         raise WeightsError(f"unknown codec {name!r} in weights file; known: {', '.join(CODECS)}")
-    return codec_class(name).from_weights(obj, sha256_hex(data), source, device=device,
-                                          precision=precision, components=components_for(obj))
+    sha = sha256_hex(data)
+    codec = codec_class(name).from_weights(obj, sha, source, device=device,
+                                           precision=precision, components=components_for(obj))
+    shipped = registry().get(shipped_by_digest(sha) or "", {})
+    if shipped.get("sha256") == sha and shipped.get("encode_defaults"):
+        codec.with_encode_defaults(**shipped["encode_defaults"])  # the registry's, not the file's
+    return codec
 
 
 def load_codec(name_or_path: str, device: str | torch.device = "cpu",

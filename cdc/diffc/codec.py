@@ -17,6 +17,7 @@ are coded; the padding follows the model's mean (no bits).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -74,6 +75,17 @@ class DiffCCodec(BaseCodec):
     @property
     def config(self) -> DiffCConfig:
         return self.prior.cfg
+
+    def with_encode_defaults(self, **defaults: Any) -> DiffCCodec:
+        """Coding defaults (``candidates``, ``chunk_kl_bits``, …) the encoder uses from now
+        on; every stream's plan says what it used, so decoders are unaffected."""
+        coding = {"code_steps", "logsnr_first", "t_min", "chunk_kl_bits", "chunk_index_bits",
+                  "max_index_bits", "index_coding", "candidates"}
+        unknown = sorted(set(defaults) - coding)
+        if unknown:
+            raise ValueError(f"diffc codec has no encoder defaults {unknown}")
+        self.prior.cfg = dataclasses.replace(self.prior.cfg, **defaults)  # validated again
+        return self
 
     # -- shared by both directions ------------------------------------------------------
     def _x0_hat(self, x: torch.Tensor, t: int) -> torch.Tensor:
