@@ -147,7 +147,7 @@ def decode_cost(codec: DiffCCodec, names: list[str], images: list[np.ndarray],
                 budgets: list[float], schemes: list[str], cache: str | None = None,
                 **enc) -> list[dict]:
     """Per image and scheme: encode time (candidate search vs the rest) and, per prefix
-    budget (bpp; 0 = the whole stream), decode time and peak RSS of the decode. With
+    budget (bpp; 0 = the whole stream), decode time, peak RSS and PSNR of the decode. With
     ``cache``, streams are kept in (and taken from: no encode time then) that folder."""
     import os
 
@@ -193,12 +193,12 @@ def decode_cost(codec: DiffCCodec, names: list[str], images: list[np.ndarray],
                     _reset_peak_rss()
                     base = _peak_rss_mb()
                     t, cpu = time.perf_counter(), time.process_time()
-                    codec.decompress(data, max_bytes=n)
+                    out = codec.decompress(data, max_bytes=n)
                     dt, cpu = time.perf_counter() - t, time.process_time() - cpu
                     row["decodes"].append({"budget_bpp": b, "bpp_read": 8 * n / px,
                                            "decode_s": dt, "decode_cpu_s": cpu,
                                            "peak_rss_mb": _peak_rss_mb(),
-                                           "rss_before_mb": base})
+                                           "rss_before_mb": base, "psnr": psnr(out, img)})
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:
@@ -208,7 +208,7 @@ def decode_cost(codec: DiffCCodec, names: list[str], images: list[np.ndarray],
 
 def print_cost(rows: list[dict]) -> None:
     print(f"\n{'image':<12}{'scheme':<9}{'bpp':>7}{'encode s':>10}{'search s':>10}"
-          f"{'budget':>8}{'bpp read':>10}{'decode s':>10}{'peak MB':>9}")
+          f"{'budget':>8}{'bpp read':>10}{'decode s':>10}{'peak MB':>9}{'PSNR':>7}")
     for r in rows:
         for d in r["decodes"]:
             enc_s, search_s = r["encode_s"], r["encode_search_s"]
@@ -216,7 +216,8 @@ def print_cost(rows: list[dict]) -> None:
                   f"{'-' if enc_s is None else f'{enc_s:.1f}':>10}"
                   f"{'-' if search_s is None else f'{search_s:.1f}':>10}"
                   f"{d['budget_bpp'] or 'all':>8}"
-                  f"{d['bpp_read']:>10.3f}{d['decode_s']:>10.2f}{d['peak_rss_mb']:>9.0f}")
+                  f"{d['bpp_read']:>10.3f}{d['decode_s']:>10.2f}{d['peak_rss_mb']:>9.0f}"
+                  f"{d.get('psnr', float('nan')):>7.2f}")
 
 
 def print_curve(name: str, res: dict) -> None:
