@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdc.model_config import CDCConfig, OnSpace, config_from_dict, config_to_dict
-from cdc.presets import TAEF2_MEAN, TAEF2_STD
 from cdc.diffusion import DDIMSampler, NoiseSchedule
 from cdc.errors import WeightsError
+from cdc.model_config import CDCConfig, OnSpace, config_from_dict, config_to_dict
 from cdc.models.unet import ConditionalUNet
+from cdc.presets import TAEF2_MEAN, TAEF2_STD
 from cdc.spaces import Space, build_space
 from cdc.spaces.units import SpaceUnits
 from cdc.weights import pack_weights, space_of

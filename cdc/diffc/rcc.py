@@ -18,8 +18,9 @@ S_1 < S_2 < … the arrival times of a unit-rate Poisson process.
 Two candidate schemes (the plan's first byte, :mod:`cdc.diffc.stream`):
 
 * ``LAYOUT_PHILOX`` (1): candidate i of chunk c is addressable (:mod:`cdc.diffc.philox`):
-  the encoder draws all 2^k candidates of a block of chunks in one run, the decoder
-  computes only candidate i* of each chunk — O(d) per chunk instead of O(2^k·d).
+  the encoder scores all 2^k candidates of every chunk in one compiled pass that stores
+  none of them (:mod:`cdc.diffc.candidate_search`), the decoder computes only candidate i*
+  of each chunk — O(d) per chunk instead of O(2^k·d).
 * ``LAYOUT_STRIDED`` (0, streams of models whose config predates scheme 1): candidates from
   a seeded torch CPU generator in fixed blocks (a function of the layout only); the decoder
   regenerates every candidate of every chunk and keeps number i*.
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cdc.diffc import candidate_search, philox
+from cdc.diffc import philox
 from cdc.diffc.stream import (
     CODING_FIXED,
     CODING_ZIPF,
@@ -114,7 +115,8 @@ def _philox_rows(k: int, d: int) -> int:
 
 
 def _arrivals(seed: int, k: int, first: int, rows: int) -> np.ndarray:
-    """log S_i of chunks first..first+rows−1 (rows, 2^k): cumulative unit exponentials."""
+    """log S_i of chunks first..first+rows−1 (rows, 2^k): cumulative unit exponentials (the
+    NumPy definition; the encoder uses :func:`cdc.diffc.candidate_search.log_arrivals`)."""
     n = 1 << k
     w = philox.words(arrival_key(seed), first * n, rows * n)
     u = ((w >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
@@ -142,6 +144,8 @@ def encode(delta: Tensor, n_chunks: int, k: int, seed: int,
     chosen = torch.empty(n_chunks, dtype=torch.long)
     eps = torch.zeros(n_dims + 1)
     if layout == LAYOUT_PHILOX:  # the choice by the fused kernel; ε by the decoder's code
+        from cdc.diffc import candidate_search  # numba: the encoder's only (decoders skip it)
+
         key, target_np = candidate_key(seed), target.double().numpy()
         rows = max(1, _BLOCK_ELEMENTS // (1 << k))  # bounds the arrival times held at once
         for a in range(0, n_chunks, rows):
