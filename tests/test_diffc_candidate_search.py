@@ -56,3 +56,31 @@ def test_arrival_times_match_the_numpy_definition():
         assert got.shape == ref.shape == (n, 1 << k)
         assert np.allclose(got, ref, rtol=1e-13, atol=1e-13)
         assert np.all(np.diff(got, axis=1) > 0)  # increasing: cumulative sums
+
+
+def test_safe_after_fork_and_from_threads():
+    """A forked child (an archive worker forked after its parent encoded) and concurrent
+    threads may run the search: numba's OpenMP layer would kill such a child."""
+    import subprocess
+    import sys
+
+    code = """
+import os, threading, numpy as np
+from cdc.diffc import candidate_search as cs
+t, s = np.ones((300, 5)), np.zeros((300, 256))
+ref = cs.best_indices((1, 2), 8, 0, t, s)
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if np.array_equal(cs.best_indices((1, 2), 8, 0, t, s), ref) else 3)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+out = []
+ths = [threading.Thread(target=lambda: out.append(cs.best_indices((1, 2), 8, 0, t, s)))
+       for _ in range(4)]
+[th.start() for th in ths]; [th.join() for th in ths]
+assert len(out) == 4 and all(np.array_equal(o, ref) for o in out)
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -17,6 +17,9 @@ conditions on is, by construction, what every decoder computes.
 
 from __future__ import annotations
 
+import threading
+
+import numba
 import numba as nb
 import numpy as np
 from llvmlite import ir
@@ -24,6 +27,14 @@ from numba.core import types
 from numba.extending import intrinsic
 
 from cdc.diffc import philox
+
+# Numba's OpenMP layer kills a forked child that launches a kernel ("fork() called from a
+# process already using GNU OpenMP"): an archive worker forked after its parent encoded would
+# die. The workqueue layer is fork-safe but not thread-safe, so kernels launch under a lock.
+# (Process-wide, and only if nothing in the process has chosen a layer already.)
+if numba.config.THREADING_LAYER == "default":
+    numba.config.THREADING_LAYER = "workqueue"
+_LAUNCH = threading.Lock()
 
 _M0, _M1 = np.uint64(0xD2E7470EE14C6C93), np.uint64(0xCA5A826395121157)
 _W0, _W1 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBB67AE8584CAA73B)
@@ -141,7 +152,8 @@ def log_arrivals(key: tuple[int, int], k: int, first_chunk: int, n_chunks: int) 
     bits of ``log``: only the encoder's choice reads them)."""
     out = np.empty((n_chunks, 1 << k), np.float64)
     if n_chunks:
-        _log_arrivals(np.uint64(key[0]), np.uint64(key[1]), k, first_chunk, out)
+        with _LAUNCH:
+            _log_arrivals(np.uint64(key[0]), np.uint64(key[1]), k, first_chunk, out)
     return out
 
 
@@ -161,8 +173,9 @@ def best_indices(key: tuple[int, int], k: int, first_chunk: int, target: np.ndar
     if not n_chunks:
         return np.zeros(0, np.int64)
     scores = np.empty_like(log_s)
-    _scores(np.uint64(key[0]), np.uint64(key[1]), k, d, first_chunk, target, log_s,
-            *_tables(), scores)
+    with _LAUNCH:
+        _scores(np.uint64(key[0]), np.uint64(key[1]), k, d, first_chunk, target, log_s,
+                *_tables(), scores)
     return scores.argmax(1)  # the first of equal scores, as a sequential scan keeps
 
 
