@@ -479,6 +479,7 @@ def part_chaos(cfg: dict[str, str], args: argparse.Namespace, res: dict[str, Any
         arch = Archive.open(url)
         visible = arch.completed_shards()
         verified = arch.verify()
+        table_after_kill = (arch.attrs.get("key_table") or {}).get("shards")
         import s3fs
 
         fs = s3fs.S3FileSystem(**s3_options(cfg))
@@ -487,7 +488,10 @@ def part_chaos(cfg: dict[str, str], args: argparse.Namespace, res: dict[str, Any
         runs = [first]
         while not runs[-1]["complete"] and len(runs) <= 3:
             runs.append(run_job(src, url, args.model, **job))
-        cmp = compare(ref, digests(url), args.chaos_images)
+        cmp = compare(ref, digests(url), args.chaos_images)  # lookups through the key table
+        final = Archive.open(url, read_only=True)
+        table_final = (final.attrs.get("key_table") or {}).get("shards")
+        completed_final = final.completed_shards()
     finally:
         ray.shutdown()
     res["chaos"] = {
@@ -497,7 +501,9 @@ def part_chaos(cfg: dict[str, str], args: argparse.Namespace, res: dict[str, Any
         "seconds": sum(r["wall_s"] for r in runs), "clean_local_seconds": clean["wall_s"],
         "after_killed_run": {"visible_shards": len(visible), "verified_records":
                              verified.get("records") if isinstance(verified, dict) else None,
-                             "orphan_payload_objects_invisible": orphans},
+                             "orphan_payload_objects_invisible": orphans,
+                             "key_table_shards": table_after_kill},
+        "key_table_shards_final": table_final, "completed_shards_final": len(completed_final),
         **cmp}
     c = res["chaos"]
     print(f"chaos on S3: {c['images']} images, {c['kills']} encoder kills "
@@ -506,7 +512,10 @@ def part_chaos(cfg: dict[str, str], args: argparse.Namespace, res: dict[str, Any
           f"verified ({c['after_killed_run']['verified_records']} records), and none of the "
           f"{len(orphans)} payload objects of unfinished attempts; images lost: {c['lost']} "
           f"(missing {c['missing']}, differ {c['differ']}); {c['seconds']:.0f} s "
-          f"(clean local job {c['clean_local_seconds']:.0f} s)", flush=True)
+          f"(clean local job {c['clean_local_seconds']:.0f} s); key table after the killed "
+          f"run {c['after_killed_run']['key_table_shards']}, after the rerun "
+          f"{c['key_table_shards_final']} over {c['completed_shards_final']} shards",
+          flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
 
