@@ -61,15 +61,26 @@ def build_latents(folder: str | Path, space: torch.nn.Module | None = None) -> i
 
 
 class LatentPairs(Dataset):
-    """(target z, condition zb) latent pairs, float32, random flips (left-right, up-down).
+    """(target z, condition zb) latent pairs, float32, as cached: **no flips**; with
+    ``pixels``, also the original crop in [-1, 1] (3, crop, crop) for a loss on the TAEF2
+    decode of the prediction.
+
+    TAEF2 is not flip-equivariant: on 24 training crops the latent of a flipped crop differs
+    from the flipped latent by 0.54 mean |Δ| (mean |z| 0.67), and the flipped latent decodes
+    at 18–19 dB against the flipped crop (its own latent: 27.6 dB). Flipping cached latents
+    (what this class did until 2026-12-06, three pairs in four: the shipped refine-avif was
+    trained so) feeds the refiner targets no photo has.
 
     Like :class:`pipeline.training.refine_pairs.PairCrops`, an "epoch" is ``samples_per_epoch``
     random draws (item i is a function of (seed, i): a resumed run draws anew)."""
 
-    def __init__(self, folder: str | Path, seed: int = 0, samples_per_epoch: int = 10**9):
+    def __init__(self, folder: str | Path, seed: int = 0, samples_per_epoch: int = 10**9,
+                 pixels: bool = False):
         self.folder = Path(folder)
         self.z: list[torch.Tensor] = []
         self.zb: list[torch.Tensor] = []
+        self.x: list[torch.Tensor] = []  # uint8 (crop, crop, 3) originals, with ``pixels``
+        self.pixels = pixels
         self.n_files = 0
         self.seed, self.samples = seed, samples_per_epoch
         self.refresh()
@@ -81,6 +92,12 @@ class LatentPairs(Dataset):
         files = sorted(self.folder.glob("latent-*.pt"))
         for f in files[self.n_files:]:
             d = torch.load(f, map_location="cpu", weights_only=True)
+            if self.pixels:  # the pair shard this latent file encodes, in the same order
+                x = np.load(f.with_name(f.name.replace("latent-", "shard-")
+                                        .replace(".pt", ".npz")))["x"]
+                if len(x) != len(d["z"]):
+                    raise ValueError(f"{f}: {len(d['z'])} latents for {len(x)} pixel crops")
+                self.x.extend(torch.from_numpy(x))
             self.z.extend(d["z"])
             self.zb.extend(d["zb"])
         if len(files) > self.n_files:
@@ -94,14 +111,13 @@ class LatentPairs(Dataset):
     def __len__(self) -> int:
         return self.samples
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         rng = random.Random(hash((self.seed, i)))
         j = rng.randrange(len(self.z))
-        z, zb = self.z[j].float(), self.zb[j].float()
-        flips = [d for d, p in ((-1, rng.random()), (-2, rng.random())) if p < 0.5]
-        if flips:
-            z, zb = z.flip(flips), zb.flip(flips)
-        return z, zb
+        out = [self.z[j].float(), self.zb[j].float()]
+        if self.pixels:
+            out.append(self.x[j].permute(2, 0, 1).float() / 127.5 - 1)
+        return tuple(out)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ sampler's start (n = N−1, x_N = γ·ε with γ from ``start_gammas``; γ = 0 i
 
 A model whose config says ``space: taef2`` trains the same objective on TAEF2 latents
 (:mod:`pipeline.training.refine_latents`: the pair shards encoded once): target z, condition zb,
-loss the latent MSE only (``rho`` must be 0: TAEF2's decoder brings the texture).
+loss the latent MSE (``rho`` must be 0), optionally plus pixel MSE and LPIPS-VGG on the frozen
+TAEF2 decoder's output of the prediction (``pixel_weight``, ``pixel_rho``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ class RefineTrainConfig(TrainConfigBase):
     perceptual_window: int = 64
     perceptual_items: int = 4  # items of each batch that get the perceptual term
     perceptual_every: int = 1
+    # Latent models only: a loss on the TAEF2 decode of the predicted latent (frozen decoder,
+    # ``pixel_items`` items of a batch): pixel MSE (weight ``pixel_weight``, [-1, 1] units)
+    # and LPIPS-VGG (``pixel_rho``) against the original crop — what the user sees, grid
+    # and all, where the latent MSE cannot tell a decoder artefact from detail.
+    pixel_weight: float = 0.0
+    pixel_rho: float = 0.0
+    pixel_items: int = 4
     p_start: float = 0.5
     start_gammas: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.5, 1.0])
 
@@ -84,11 +92,21 @@ class RefineTrainer(TrainerBase):
         self.model = refine_net(self.mcfg).to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.schedule = NoiseSchedule(self.mcfg.schedule, self.mcfg.train_timesteps)
+        self.pixel_loss = cfg.pixel_weight > 0 or cfg.pixel_rho > 0
+        if self.pixel_loss and not self.latent:
+            raise ValueError("pixel_weight / pixel_rho are for latent refine models (a pixel "
+                             "model's loss is in pixels already: mse_weight, rho)")
         self.perc = None
-        if cfg.rho > 0:
+        if cfg.rho > 0 or cfg.pixel_rho > 0:
             from pipeline.metrics.lpips import LPIPS
 
             self.perc = LPIPS({"lpips-vgg": "vgg"}[cfg.perceptual]).to(self.device)
+        self.space = None
+        if self.pixel_loss:  # its own column (an older run's metrics.csv keeps its header)
+            self.metric_fields = (*type(self).metric_fields, "pixel_mse")
+            from zoo.components import load_space
+
+            self.space = load_space("taef2").to(self.device)  # frozen: no parameter trains
         self.rng = random.Random(cfg.seed)
         self._start()
 
@@ -107,7 +125,7 @@ class RefineTrainer(TrainerBase):
         if self.latent:
             if not any(Path(cfg.pair_cache).glob("latent-*.pt")):
                 build_latents(cfg.pair_cache)
-            return LatentPairs(cfg.pair_cache, seed=seed)
+            return LatentPairs(cfg.pair_cache, seed=seed, pixels=self.pixel_loss)
         return PairCrops(cfg.pair_cache, cfg.crop, seed=seed)
 
     def perceptual_term(self, x0_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -125,7 +143,7 @@ class RefineTrainer(TrainerBase):
     def train_step(self, batch: Any) -> dict[str, float]:
         cfg, mcfg = self.cfg, self.mcfg
         self.model.train()
-        x, base = (t.to(self.device) for t in batch)
+        x, base, *pix = (t.to(self.device) for t in batch)
         n_train = mcfg.train_timesteps
         bsz = x.shape[0]
         r0 = (x - base) / mcfg.residual_std
@@ -143,9 +161,18 @@ class RefineTrainer(TrainerBase):
         mse = (x0_hat - x).pow(2).mean()
         loss = cfg.mse_weight * mse
         perc = torch.zeros(())
-        if self.perc is not None and self.step % cfg.perceptual_every == 0:
+        if cfg.rho > 0 and self.step % cfg.perceptual_every == 0:
             perc = self.perceptual_term(x0_hat, x)
             loss = loss + cfg.rho * perc
+        pixel = torch.zeros(())
+        if self.pixel_loss:
+            k = min(cfg.pixel_items, bsz)
+            img = self.space.decode_differentiable(x0_hat[:k])
+            pixel = (img - pix[0][:k]).pow(2).mean()
+            loss = loss + cfg.pixel_weight * pixel
+            if cfg.pixel_rho > 0 and self.step % cfg.perceptual_every == 0:
+                perc = self.perceptual_term(img, pix[0][:k])
+                loss = loss + cfg.pixel_rho * perc
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -160,6 +187,7 @@ class RefineTrainer(TrainerBase):
                 e_base = (base[sel] - x[sel]).pow(2).mean()
                 gain = float(10 * torch.log10(e_base / e_hat.clamp(min=1e-12)))
         return {"loss": float(loss.detach()), "mse": float(mse.detach()),
+                "pixel_mse": float(pixel.detach()),
                 "perceptual": float(perc.detach()), "psnr_gain": gain,
                 "grad_norm": float(gnorm), "lr": self.opt.param_groups[0]["lr"]}
 
