@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import threading
 
-import numba
 import numba as nb
 import numpy as np
 from llvmlite import ir
@@ -32,8 +31,8 @@ from cdc.diffc import philox
 # process already using GNU OpenMP"): an archive worker forked after its parent encoded would
 # die. The workqueue layer is fork-safe but not thread-safe, so kernels launch under a lock.
 # (Process-wide, and only if nothing in the process has chosen a layer already.)
-if numba.config.THREADING_LAYER == "default":
-    numba.config.THREADING_LAYER = "workqueue"
+if nb.config.THREADING_LAYER == "default":
+    nb.config.THREADING_LAYER = "workqueue"
 _LAUNCH = threading.Lock()
 
 _M0, _M1 = np.uint64(0xD2E7470EE14C6C93), np.uint64(0xCA5A826395121157)

@@ -110,10 +110,6 @@ def choose_layout(kl_bits: float, n_dims: int, chunk_kl_bits: float, k: int,
     return n, k
 
 
-def _philox_rows(k: int, d: int) -> int:
-    return max(1, _BLOCK_ELEMENTS // ((1 << k) * philox.padded_dims(d)))
-
-
 def _arrivals(seed: int, k: int, first: int, rows: int) -> np.ndarray:
     """log S_i of chunks first..first+rows−1 (rows, 2^k): cumulative unit exponentials (the
     NumPy definition; the encoder uses :func:`cdc.diffc.candidate_search.log_arrivals`)."""

@@ -4,8 +4,9 @@ An AVIF file is an AV1 payload inside HEIF boxes (ftyp, meta: hdlr, pitm, iloc, 
 iprp with ispe/pixi/av1C/colr/ipma; mdat): 275 bytes on every image libavif writes for us,
 of which the stream keeps 3; the other 272 are 5–18 % of a Kodak stream at 0.12–0.03 bpp.
 Everything in those boxes but the av1C's three variable bytes follows from what the
-stream's header already says (the base's size) and from the base encoder's fixed settings (8-bit RGB → YUV 4:2:0, sRGB/BT.601 full-range nclx),
-so the encoder keeps only ``av1C[1:4] + payload`` and the decoder writes the boxes again.
+stream's header already says (the base's size) and from the base encoder's fixed settings
+(8-bit RGB → YUV 4:2:0, sRGB/BT.601 full-range nclx), so the encoder keeps only
+``av1C[1:4] + payload`` and the decoder writes the boxes again.
 
 The encoder checks that the rebuilt file equals libavif's byte for byte (:func:`strip`
 returns None otherwise, and the stream keeps the whole file): the decoder always hands
