@@ -22,6 +22,39 @@ from tests.conftest import smooth_image
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: checkpoints/lcdc-small-p/train_config.yaml as committed (written before
+#: ``warmup_steps`` became ``lam_warmup_steps``).
+OLD_RELAY_CONFIG = """\
+aux_lr: 0.001
+batch_size: 8
+checkpoint_every: 250
+codec: cdc
+crop: 128
+ema_decay: 0.999
+grad_clip: 1.0
+init_from: checkpoints/lcdc-small-p
+lam: 0.3
+lam_warmup: 0.02
+latent_cache: runs/latent-cache
+latent_crop: 16
+log_every: 25
+lr: 0.0002
+max_side: 512
+model_config: lcdc-small
+model_id: lcdc-small
+model_overrides: {}
+perceptual: lpips-alex
+perceptual_mse: 1.0
+perceptual_window: 8
+rho: 0.5
+seed: 2
+sources:
+- ../shared/data/train
+steps: 40000
+warmup_steps: 1500
+workers: 0
+"""
+
 #: Codecs with something to train (an entry with no ``trainer``: ``cdc train`` refuses it).
 TRAINABLE = sorted(c for c in CODECS if entry(c).trainer)
 
@@ -89,8 +122,9 @@ def test_warmup_steps_is_read_as_what_it_meant_with_one_deprecation_line(caplog)
     with pytest.raises(ValueError, match="keep 'lam_warmup_steps'"):
         TrainConfig.from_dict({"warmup_steps": 7, "lam_warmup_steps": 8})
     assert not hasattr(TrainConfig(), "warmup_steps")
-    # a committed relay's config (written before the rename) still loads
-    old = yaml.safe_load((REPO / "checkpoints/lcdc-small-p/train_config.yaml").read_text())
+    # a relay's config written before the rename (checkpoints/lcdc-small-p, in the history
+    # since its removal from the tree) still loads
+    old = yaml.safe_load(OLD_RELAY_CONFIG)
     assert "warmup_steps" in old
     assert TrainConfig.from_dict(old).lam_warmup_steps == old["warmup_steps"]
 
