@@ -4,7 +4,8 @@ Prints, in one run: AVIF encode of the image at the quality our base layer chose
 the same settings), our encode (rate search + one decoder pass per stored path), our
 decode per tier in-process, and ``cdc decompress`` end to end as a user runs it (a new
 process: interpreter start, imports, weights, decode, PNG write) for the preview and the
-standard tier; and whether CompressAI was imported on that path. Targets (issue 24):
+standard tier, with the ONNX decoder (``--engine onnx``) and with torch, alternating; and
+whether torch and CompressAI were imported on each path. Targets (issue 24):
 encode ≤ 1.5 × AVIF encode + one decoder pass per tier; end-to-end standard ≤ 3 s;
 preview ≤ 0.2 s after start-up.
 
@@ -69,27 +70,47 @@ def main() -> None:
           f"(ratio {t_enc / t_avif:.1f}; {len(codec.paths)} paths, {passes} decoder passes)")
     for n, t in t_dec.items():
         print(f"decode {n} ({tiers[n]['steps']} steps): {t:.3f} s in-process")
+    from zoo.onnx_graphs import load_onnx_decoder
+
+    fast = load_onnx_decoder(a.model, threads=a.threads)
+    if fast is not None:
+        for n in ("preview", "standard"):
+            k = tiers[n]["steps"]
+            t_fast = best(lambda k=k: timed(lambda: fast.decompress(data, steps=k)))
+            print(f"decode {n}, ONNX decoder: {t_fast:.3f} s in-process "
+                  f"(torch: {t_dec[n]:.3f} s, ratio {t_dec[n] / t_fast:.2f})")
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "x.cdc"
         src.write_bytes(data)
         env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
         probe = ("import sys, runpy; sys.argv = ['cdc', 'decompress', '{src}', '{dst}', "
-                 "'--steps', '{steps}']; "
+                 "'--steps', '{steps}', '--engine', '{engine}']; "
                  "import jobs.cli as c\ntry:\n    c.main()\nexcept SystemExit:\n    pass\n"
-                 "print('compressai imported:', 'compressai' in sys.modules)")
+                 "print('torch imported:', 'torch' in sys.modules, "
+                 "'compressai imported:', 'compressai' in sys.modules)")
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import jobs.cli"], env=env, check=True)
+        start = time.perf_counter() - t0
+        print(f"process start + `import jobs.cli` alone: {start:.2f} s")
+        engines = ("onnx", "torch") if fast is not None else ("torch",)
         for name in ("preview", "standard"):
             steps = tiers[name]["steps"]
-            t = time.perf_counter()
-            r = subprocess.run([sys.executable, "-c", probe.format(
-                src=src, dst=Path(d) / f"{name}.png", steps=steps)],
-                capture_output=True, text=True, env=env)
-            dt = time.perf_counter() - t
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-c", "import jobs.cli"], env=env, check=True)
-            start = time.perf_counter() - t0
-            print(f"cdc decompress end to end, {name}: {dt:.2f} s (process start + "
-                  f"`import jobs.cli` alone: {start:.2f} s) {r.stdout.strip().splitlines()[-1:]}")
-
+            times: dict[str, list[float]] = {e: [] for e in engines}
+            notes = {}
+            for _ in range(a.repeat):  # the engines alternate, so load drifts hit both
+                for engine in engines:
+                    t = time.perf_counter()
+                    r = subprocess.run([sys.executable, "-c", probe.format(
+                        src=src, dst=Path(d) / f"{name}.png", steps=steps, engine=engine)],
+                        capture_output=True, text=True, env=env)
+                    times[engine].append(time.perf_counter() - t)
+                    notes[engine] = (r.stdout.strip().splitlines() or [r.stderr.strip()])[-1]
+            for engine in engines:
+                print(f"cdc decompress end to end, {name}, --engine {engine}: best "
+                      f"{min(times[engine]):.2f} s of {a.repeat} ({notes[engine]})")
+            if len(engines) == 2:
+                print(f"  end to end, {name}: torch / onnx = "
+                      f"{min(times['torch']) / min(times['onnx']):.2f}")
 
 if __name__ == "__main__":
     main()

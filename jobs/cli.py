@@ -146,6 +146,45 @@ def stream_model(src: object, data: bytes, model: str | None) -> tuple[str, str 
     return found
 
 
+ENGINES = ("auto", "onnx", "torch")
+
+
+def _onnx_decoder(src: object, codec: str, name: str, device: str, engine: str,
+                  steps: int | None, gamma: float | None):
+    """The torch-free decoder of a shipped refine model for this path, or None (torch).
+    ``auto`` falls back to torch, saying why on stderr, when the graphs are missing or
+    broken; ``onnx`` fails instead."""
+    if engine not in ENGINES:
+        fail(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}", EXIT_USAGE)
+    if engine == "torch" or codec != "refine":
+        if engine == "onnx":
+            fail(f"{src}: --engine onnx decodes refine streams only (this is {codec})",
+                 EXIT_USAGE, src)
+        return None
+    from cdc import WeightsError
+    from zoo.onnx_graphs import load_onnx_decoder
+
+    why = None
+    if device != "cpu":
+        why = f"--device {device}"
+    else:
+        try:
+            dec = load_onnx_decoder(name)
+        except WeightsError as e:
+            dec, why = None, str(e)
+        if dec is None and why is None:
+            why = f"{name} has no ONNX graphs"
+        elif dec is not None and not dec.supports(steps, gamma):
+            why = "the ONNX graphs cover steps 0, or 1 at γ 0"
+        elif dec is not None:
+            return dec
+    if engine == "onnx":
+        fail(f"{src}: --engine onnx: {why}", EXIT_USAGE, src)
+    if why and "no ONNX graphs" not in why and "cover steps" not in why:
+        typer.echo(f"warning: decoding with torch: {why}", err=True)
+    return None
+
+
 def check_stream_model(src: object, data: bytes, codec, model: str) -> None:
     """One line, before any decoding, if ``model`` (given with -m) is not the stream's."""
     from cdc.bitstream import DIGEST_BYTES, read_header
@@ -200,11 +239,17 @@ def decompress(
     src: Path = typer.Argument(..., help="Input .cdc stream."),
     dst: Path = typer.Argument(..., help="Output image (.png, .webp, ...)."),
     steps: int | None = typer.Option(None, help="DDIM steps (default: the model's)."),
-    gamma: float | None = typer.Option(None, help="Start noise scale: 0 deterministic, ~0.8 perceptual."),
+    gamma: float | None = typer.Option(
+        None, help="Start noise scale: 0 deterministic, ~0.8 perceptual."
+    ),
     seed: int = typer.Option(0, help="Seed of the start noise (gamma > 0)."),
     model: str | None = StreamModelOpt,
     device: str = DeviceOpt,
     budget: str | None = BudgetOpt,
+    engine: str = typer.Option(
+        "auto", help="auto: a shipped refine model's ONNX graphs on the CPU where they cover "
+                     "the path (preview; standard: 1 step at γ 0), else torch; onnx: refuse "
+                     "otherwise; torch: always torch."),
 ) -> None:
     """Rebuild an image from a .cdc stream (with the model the stream names, unless -m)."""
     from cdc import BitstreamError, CodecError
@@ -220,11 +265,16 @@ def decompress(
         (limits or DEFAULT_BUDGET).check(f"a {h.width}x{h.height} {h.codec} stream",
                                          pixels=h.width * h.height)
         name, sha256 = stream_model(src, data, model)
-        codec = _load_codec(name, device, sha256=sha256)
-        if model:
-            check_stream_model(src, data, codec, model)
-        codec.with_budget(limits)
-        img = codec.decompress(data, steps=steps, gamma=gamma, seed=seed)
+        fast = None if model and engine == "auto" else \
+            _onnx_decoder(src, h.codec, name, device, engine, steps, gamma)
+        if fast is not None:
+            img = fast.with_budget(limits).decompress(data, steps=steps, gamma=gamma)
+        else:
+            codec = _load_codec(name, device, sha256=sha256)
+            if model:
+                check_stream_model(src, data, codec, model)
+            codec.with_budget(limits)
+            img = codec.decompress(data, steps=steps, gamma=gamma, seed=seed)
         save_image_atomic(img, dst)
     except BitstreamError as e:
         fail(f"{src}: {e}", EXIT_STREAM, src)

@@ -127,7 +127,25 @@ def export_model_cmd(
     typer.echo(f"exported {name} -> {path}")
 
 
+def export_onnx_cmd(
+    name: str = typer.Argument(..., help="A shipped TAEF2-latent refine model."),
+    zoo_dir: Path | None = typer.Option(None, help="Zoo folder (default: the installed zoo)."),
+) -> None:
+    """Write a shipped refine model's ONNX graphs (the torch-free decoder of `cdc decompress`)."""
+    from cdc import WeightsError
+    from zoo.onnx_graphs import write_onnx
+
+    try:
+        field = write_onnx(name, zoo_dir)
+    except ImportError as e:
+        fail(f"{name}: exporting ONNX graphs needs the onnx package ({e})", EXIT_USAGE, name)
+    except (WeightsError, KeyError, ValueError, OSError) as e:
+        fail(f"{name}: cannot export ONNX graphs: {e}", EXIT_INPUT, name)
+    typer.echo(f"{name}: ONNX graphs -> {field['file']} (sha256 {field['sha256'][:16]}…)")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``train`` and ``export-model`` to ``app``."""
+    """Add ``train``, ``export-model`` and ``export-onnx`` to ``app``."""
     app.command()(train)
     app.command("export-model")(export_model_cmd)
+    app.command("export-onnx")(export_onnx_cmd)

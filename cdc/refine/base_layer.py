@@ -10,8 +10,6 @@ downscaled base to the image size (bicubic; both ends run the same op).
 from __future__ import annotations
 
 import io
-import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,8 +18,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from cdc.errors import CorruptStreamError
 from cdc.refine import bare_avif
+from cdc.refine.base_decode import decode_rgb, scaled_size
 from cdc.refine.config import RefineConfig
 
 
@@ -33,10 +31,6 @@ class BaseChoice:
     quality: int
     scale: int
     bare: bool = False  # ``data`` is av1C[1:4] + the AV1 payload (cdc.refine.bare_avif)
-
-
-def scaled_size(height: int, width: int, scale: int) -> tuple[int, int]:
-    return max(1, math.ceil(height / scale)), max(1, math.ceil(width / scale))
 
 
 def encode(array: np.ndarray, quality: int, scale: int, cfg: RefineConfig) -> BaseChoice:
@@ -62,23 +56,7 @@ def decode(data: bytes, height: int, width: int, scale: int, bare: bool = False)
     [-1, 1] (upsampled when ``scale`` > 1).
 
     The AVIF must claim exactly the size the header implies (checked before decoding)."""
-    want_h, want_w = scaled_size(height, width, scale)
-    if bare:
-        data = bare_avif.rebuild(data, want_w, want_h)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data), formats=["AVIF"])
-            if img.size != (want_w, want_h):
-                raise CorruptStreamError(
-                    f"base layer claims {img.size[0]}×{img.size[1]}, the header implies "
-                    f"{want_w}×{want_h}")
-            img.load()
-            arr = np.asarray(img.convert("RGB"))
-    except CorruptStreamError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a native decoder's refusal is a corrupt stream
-        raise CorruptStreamError(f"base layer is not a decodable AVIF ({e})") from e
+    arr = decode_rgb(data, height, width, scale, bare)
     x = torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
     return upsample(x, height, width)
 

@@ -15,6 +15,7 @@ TAEF2 decoder's output of the prediction (``pixel_weight``, ``pixel_rho``).
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,8 @@ def pair_cache_of(cfg: RefineTrainConfig) -> Path:
     return build_cache(cfg.sources, cfg.pair_cache, cfg.model_cfg(), exclude=exclude,
                        crop=cfg.pair_crop, variants=cfg.pair_variants, crops=cfg.pair_crops)
 
+
+log = logging.getLogger(__name__)
 
 #: Metrics used only to evaluate, never to train (tests/test_configs.py checks configs).
 EVALUATION_ONLY = ("lpips-alex", "dists", "fid")
@@ -238,9 +241,18 @@ def export_model(run_dir: str | Path, name: str | None = None,
             **(extra_meta or {})}
     data, cfg, step = pack_run(run_dir, name, half, decode_defaults, meta)
     params = sum(v.numel() for v in load_run(run_dir)["ema"].values())
-    return ship_weights(data, name, codec="refine", zoo_dir=zoo_dir, entry={
+    path = ship_weights(data, name, codec="refine", zoo_dir=zoo_dir, entry={
         "config": cfg.model_config, "params": params, "description": description,
         "train_steps": step, **{k: v for k, v in meta.items() if k != "tiers"}})
+    if cfg.model_cfg().space == "taef2":  # the torch-free decoder's graphs, kept in step
+        try:
+            from zoo.onnx_graphs import write_onnx
+
+            write_onnx(name, zoo_dir)
+        except ImportError as e:  # the onnx package is a dev extra
+            log.warning("%s: no ONNX graphs written (%s); `cdc export-onnx %s` writes them",
+                        name, e, name)
+    return path
 
 
 export = export_model  # the registry's name for every codec's exporter

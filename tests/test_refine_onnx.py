@@ -1,0 +1,210 @@
+"""The torch-free refine decoder (ONNX graphs + numpy) against the torch codec it mirrors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cdc.errors import DecodeSettingsError, ModelMismatchError, ResourceLimitError, WeightsError
+from cdc.limits import DecodeBudget
+from cdc.refine import degrid
+from cdc.refine import onnx_decoder as od
+from tests.conftest import smooth_image
+from tests.tiny_refine import latent_refine_bytes
+
+pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -- the numpy twins ---------------------------------------------------------------------
+@pytest.mark.parametrize("size,out", [((5, 7), (10, 14)), ((17, 9), (67, 33)), ((1, 3), (4, 9)),
+                                      ((8, 8), (8, 8))])
+def test_bicubic_upsample_is_torchs(size, out):
+    x = torch.rand(1, 3, *size) * 2 - 1
+    want = F.interpolate(x, size=out, mode="bicubic", align_corners=False).clamp(-1, 1)
+    got = od.upsample_bicubic(x[0].numpy(), *out)
+    np.testing.assert_allclose(got, want[0].numpy(), atol=2e-6)
+
+
+@pytest.mark.parametrize("h,w", [(64, 64), (37, 53), (5, 9), (3, 3), (16, 200)])
+def test_grid_filter_is_the_torch_filter(h, w):
+    g = torch.Generator().manual_seed(h * w)
+    refined = torch.rand(1, 3, h, w, generator=g) * 2 - 1
+    base = torch.rand(1, 3, h, w, generator=g) * 2 - 1
+    grid = torch.zeros(1, 1, 8, 8).uniform_(-0.2, 0.2, generator=g).repeat(1, 1, 8, 30)
+    refined = refined + grid[..., :h, :w]  # something periodic to remove
+    want = degrid.remove_grid(refined, base, 8, 8)[0].numpy()
+    got = od.remove_grid(refined[0].numpy(), base[0].numpy(), 8, 8)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.abs(got - refined[0].numpy()).max() > 0.01  # it did remove something
+
+
+def test_tiles_equal_the_whole_map():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 2, 45, 70)).astype(np.float32)
+
+    def box3(t):  # a local op with a 1-pixel radius, zero outside the image
+        p = np.pad(t, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        return sum(p[..., i:i + t.shape[2], j:j + t.shape[3]] for i in range(3) for j in range(3))
+
+    np.testing.assert_allclose(od.tiled(box3, x, 16, 4, 1, 1), box3(x), atol=1e-5)
+
+
+# -- the whole decoder against the torch codec -------------------------------------------
+@pytest.fixture(scope="module")
+def pair():
+    """A tiny random latent refine codec with small TAEF2 tiles (so both tiled loops run),
+    and its ONNX decoder built from the exported graphs."""
+    from cdc.refine.onnx_export import export_refiner, export_space
+    from zoo import codec_from_bytes
+
+    codec = codec_from_bytes(latent_refine_bytes(3), "tiny")
+    codec.space.tile = 64
+    dec = od.OnnxRefineDecoder(export_refiner(codec), export_space(codec.space), threads=1)
+    return codec, dec
+
+
+@pytest.fixture(scope="module")
+def stream(pair):
+    codec, _ = pair
+    img = Image.fromarray(smooth_image(203, 339, seed=5))
+    return codec.with_rate(0.4).compress(img)
+
+
+def test_standard_and_preview_decode_as_the_torch_codec(pair, stream):
+    codec, dec = pair
+    assert dec.model_id == codec.model_id and dec.digest == codec.digest
+    for steps in (0, 1):
+        want = np.asarray(codec.decompress(stream, steps=steps)).astype(int)
+        got = np.asarray(dec.decompress(stream, steps=steps)).astype(int)
+        assert got.shape == want.shape == (203, 339, 3)
+        diff = np.abs(got - want)
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (steps, diff.max())
+    refined = np.asarray(dec.decompress(stream, steps=1)).astype(int)
+    preview = np.asarray(dec.decompress(stream, steps=0)).astype(int)
+    assert np.abs(refined - preview).mean() > 0.1  # the refiner did something
+
+
+def test_a_prefix_decodes_as_preview_only(pair, stream):
+    codec, dec = pair
+    prefix = stream[:codec.prefix_length(stream)]
+    np.testing.assert_array_equal(np.asarray(dec.decompress(prefix, steps=0)),
+                                  np.asarray(codec.decompress(prefix, steps=0)))
+    with pytest.raises(DecodeSettingsError, match="only the base layer"):
+        dec.decompress(prefix, steps=1)
+
+
+def test_paths_it_does_not_run_and_other_models_are_refused(pair, stream):
+    _, dec = pair
+    assert dec.supports(None, None) and dec.supports(0, 0.6) and not dec.supports(3, 0.6)
+    with pytest.raises(DecodeSettingsError, match="ONNX decoder runs"):
+        dec.decompress(stream, steps=3, gamma=0.6)
+    from zoo import codec_from_bytes
+
+    other = codec_from_bytes(latent_refine_bytes(4), "other").with_rate(0.5).compress(
+        Image.fromarray(smooth_image(40, 48, seed=1)))
+    with pytest.raises(ModelMismatchError, match="same weights"):
+        dec.decompress(other, steps=1)
+
+
+def test_the_budget_refuses_what_the_torch_codec_refuses(pair, stream):
+    codec, dec = pair
+    small = DecodeBudget(max_alloc_bytes=od.alloc_bytes(codec.config, 64, 203, 339) - 1)
+    assert od.alloc_bytes(codec.config, 64, 203, 339) == codec._alloc_bytes(203, 339)
+    with pytest.raises(ResourceLimitError, match="alloc_bytes"):
+        dec.with_budget(small).decompress(stream, steps=1)
+    dec.with_budget(None)
+
+
+def test_bad_graph_bytes_are_a_weights_error(pair):
+    _, dec = pair
+    with pytest.raises(WeightsError, match="refiner"):
+        od.OnnxRefineDecoder(b"not onnx", {})
+
+
+# -- the zoo: files, digests, staleness, and the shipped model ---------------------------
+@pytest.fixture()
+def zoo_dir(tmp_path):
+    from zoo.store import ship_weights
+
+    d = tmp_path / "zoo"
+    ship_weights(latent_refine_bytes(4), "tiny-refine", "refine", zoo_dir=d)
+    return d
+
+
+def test_written_graphs_load_back_digest_checked(zoo_dir):
+    from zoo.onnx_graphs import has_onnx, load_onnx_decoder, write_onnx
+
+    assert not has_onnx("tiny-refine", zoo_dir)
+    assert load_onnx_decoder("tiny-refine", zoo_dir) is None
+    field = write_onnx("tiny-refine", zoo_dir)
+    assert has_onnx("tiny-refine", zoo_dir) and (zoo_dir / field["file"]).is_file()
+    assert load_onnx_decoder("tiny-refine", zoo_dir).model_id == "refine-latent-test"
+    part = zoo_dir / "weights/onnx/taef2_decoder_tail.onnx"
+    part.write_bytes(part.read_bytes()[:-1] + b"\0")
+    with pytest.raises(WeightsError, match="sha256"):
+        load_onnx_decoder("tiny-refine", zoo_dir)
+
+
+def test_graphs_of_other_weights_are_refused(zoo_dir):
+    from zoo.onnx_graphs import load_onnx_decoder, write_onnx
+    from zoo.store import ship_weights
+
+    write_onnx("tiny-refine", zoo_dir)
+    reg = json.loads((zoo_dir / "models.json").read_text())
+    onnx_field = reg["tiny-refine"]["onnx"]
+    ship_weights(latent_refine_bytes(5), "tiny-refine", "refine", zoo_dir=zoo_dir,
+                 entry={"onnx": onnx_field})  # shipped again, graphs not re-exported
+    with pytest.raises(WeightsError, match="export-onnx tiny-refine"):
+        load_onnx_decoder("tiny-refine", zoo_dir)
+
+
+def test_the_shipped_default_decodes_its_golden_stream_without_torch(tmp_path):
+    """In a fresh process: no torch import, and the golden image within a grey level."""
+    golden = REPO / "tests/fixtures/golden"
+    code = (
+        "import sys, numpy as np\n"
+        "from PIL import Image\n"
+        "from zoo.onnx_graphs import load_onnx_decoder\n"
+        "dec = load_onnx_decoder('refine-avif', threads=1)\n"
+        f"data = open({str(golden / 'refine-avif.cdc')!r}, 'rb').read()\n"
+        "img = np.asarray(dec.decompress(data)).astype(int)\n"
+        f"ref = np.asarray(Image.open({str(golden / 'refine-avif.png')!r})).astype(int)\n"
+        "d = np.abs(img - ref)\n"
+        "print('torch' in sys.modules, img.shape == ref.shape, d.max(), (d > 0).mean())\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    loaded, same_shape, dmax, share = out.stdout.split()
+    assert loaded == "False" and same_shape == "True"
+    assert int(dmax) <= 1 and float(share) < 1e-2
+
+
+def test_cli_decompress_engines(tmp_path):
+    golden = REPO / "tests/fixtures/golden/refine-avif.cdc"
+    shutil.copy(golden, tmp_path / "g.cdc")
+    outs = {}
+    for engine in ("onnx", "torch"):
+        r = subprocess.run([sys.executable, "-m", "jobs.cli", "decompress", str(tmp_path / "g.cdc"),
+                            str(tmp_path / f"{engine}.png"), "--engine", engine],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        outs[engine] = np.asarray(Image.open(tmp_path / f"{engine}.png")).astype(int)
+    assert np.abs(outs["onnx"] - outs["torch"]).max() <= 1
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "decompress", str(tmp_path / "g.cdc"),
+                        str(tmp_path / "x.png"), "--engine", "onnx", "--steps", "3",
+                        "--gamma", "0.6"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "--engine onnx" in r.stderr
+    assert not (tmp_path / "x.png").exists()

@@ -1,0 +1,114 @@
+"""ONNX graphs of shipped refine models: written beside the weights, loaded without torch.
+
+:func:`write_onnx` (needs torch and onnx: a maintainer's step after shipping weights)
+exports a TAEF2-latent refine model's standard path (:mod:`cdc.refine.onnx_export`) into
+``zoo/weights/onnx/``: ``<model>.onnx`` (its sha256 in the model's registry entry under
+``onnx``) and TAEF2's four parts once (``taef2_*.onnx``, their sha256 and the ``.pth``
+digests they come from in ``taef2.json``). :func:`load_onnx_decoder` reads them back with
+every digest checked, importing no torch, and refuses graphs that do not belong to the
+weights the registry ships (a model shipped again without its graphs re-exported).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from cdc.errors import WeightsError
+from zoo.store import package_dir, registry, sha256_hex, update_entry
+
+ONNX_DIR = "weights/onnx"
+SPACE_MANIFEST = "taef2.json"
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return sha256_hex(data)
+
+
+def write_onnx(name: str, zoo_dir: str | Path | None = None) -> dict[str, Any]:
+    """Export shipped model ``name``'s graphs (and TAEF2's) into the zoo; returns its
+    registry entry's new ``onnx`` field."""
+    from cdc.refine.onnx_export import export_refiner, export_space
+    from zoo.loader import codec_from_bytes
+    from zoo.store import read_verified_bytes
+
+    zoo = Path(zoo_dir) if zoo_dir else package_dir()
+    data, source = read_verified_bytes(name) if zoo_dir is None else _read_in(zoo, name)
+    codec = codec_from_bytes(data, source)
+    if getattr(codec, "codec_id", None) != "refine" or codec.space is None:
+        raise WeightsError(f"{name}: only TAEF2-latent refine models have ONNX graphs")
+    folder = zoo / ONNX_DIR
+    manifest = {"from": codec.space.components(), "parts": {}}
+    for part, graph in export_space(codec.space).items():
+        file = f"taef2_{part}.onnx"
+        manifest["parts"][part] = {"file": file, "sha256": _write(folder / file, graph)}
+    _write(folder / SPACE_MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+           .encode())
+    field = {"file": f"{ONNX_DIR}/{name}.onnx",
+             "sha256": _write(folder / f"{name}.onnx", export_refiner(codec)),
+             "space": f"{ONNX_DIR}/{SPACE_MANIFEST}"}
+    update_entry(name, {"onnx": field}, zoo_dir=zoo)
+    return field
+
+
+def _read_in(zoo: Path, name: str) -> tuple[bytes, str]:
+    entry = json.loads((zoo / "models.json").read_text())[name]
+    data = (zoo / entry["file"]).read_bytes()
+    if sha256_hex(data) != entry["sha256"]:
+        raise WeightsError(f"{zoo / entry['file']}: sha256 does not match models.json")
+    return data, str(zoo / entry["file"])
+
+
+def _verified(path: Path, sha256: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read ({e.strerror or e})") from None
+    if sha256_hex(data) != sha256:
+        raise WeightsError(f"{path}: sha256 {sha256_hex(data)} does not match the expected "
+                           f"{sha256}")
+    return data
+
+
+def has_onnx(name: str, zoo_dir: str | Path | None = None) -> bool:
+    reg = (json.loads((Path(zoo_dir) / "models.json").read_text()) if zoo_dir
+           else registry())
+    return "onnx" in reg.get(name, {})
+
+
+def load_onnx_decoder(name: str, zoo_dir: str | Path | None = None,
+                      threads: int | None = None) -> Any:
+    """The :class:`~cdc.refine.onnx_decoder.OnnxRefineDecoder` of shipped model ``name``, or
+    ``None`` when it has no graphs. Raises :class:`WeightsError` when a file differs from
+    its digest or the graphs were exported from other weights than the registry's."""
+    zoo = Path(zoo_dir) if zoo_dir else package_dir()
+    reg = json.loads((zoo / "models.json").read_text()) if zoo_dir else registry()
+    entry = reg.get(name)
+    if not entry or "onnx" not in entry:
+        return None
+    from cdc.refine.onnx_decoder import SPACE_PARTS, OnnxRefineDecoder
+
+    field = entry["onnx"]
+    refiner = _verified(zoo / field["file"], field["sha256"])
+    manifest_path = zoo / field["space"]
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        parts = {p: _verified(manifest_path.parent / manifest["parts"][p]["file"],
+                              manifest["parts"][p]["sha256"]) for p in SPACE_PARTS}
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"{manifest_path}: bad ONNX space manifest ({e})") from None
+    dec = OnnxRefineDecoder(refiner, parts, threads)
+    if dec.weights_sha256 != entry["sha256"]:
+        raise WeightsError(f"{zoo / field['file']}: exported from weights "
+                           f"{dec.weights_sha256[:16]}…, but {name} ships "
+                           f"{entry['sha256'][:16]}…: run `cdc export-onnx {name}` again")
+    if dec.space_components != manifest.get("from"):
+        raise WeightsError(f"{manifest_path}: TAEF2 graphs from other weights than the "
+                           f"refiner's space ({dec.space_components})")
+    return dec
