@@ -35,7 +35,7 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
-from PIL import Image
+from PIL import Image  # noqa: E402  (after the warnings filter)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -187,7 +187,8 @@ def main() -> None:
            for k in range(2, n + 1)},
         **{f"job({k} actors) / job(1 actor), steady": jk[k]["steady_ips"] / jk[1]["steady_ips"]
            for k in range(2, n + 1)},
-        **{f"job({k} actors) / ({k} x bare codec), steady": jk[k]["steady_ips"] / (k * res["bare_1"])
+        **{f"job({k} actors) / ({k} x bare codec), steady":
+           jk[k]["steady_ips"] / (k * res["bare_1"])
            for k in range(2, n + 1)},
     }
     if args.threaded:

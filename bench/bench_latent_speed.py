@@ -1,7 +1,8 @@
-"""Latent CDC speed on one image: encode, decode at each tier, against cdc-small's decode
+r"""Latent CDC speed on one image: encode, decode at each tier, against cdc-small's decode
 in the same run (CPU here; ``--device cuda`` where a GPU is lent).
 
-    python bench/bench_latent_speed.py --model lcdc-q2 --steps 4 --image ../shared/data/kodak/kodim23.png
+    python bench/bench_latent_speed.py --model lcdc-q2 --steps 4 \
+        --image ../shared/data/kodak/kodim23.png
 
 Prints median seconds of encode and of each tier's decode (the model's recommended
 tiers, else steps 1/2/4), the TAEF2 share of each (encode/decode of the frozen space

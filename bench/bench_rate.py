@@ -25,7 +25,9 @@ from pipeline.sources import list_images  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", default="cdc-small")
     ap.add_argument("--images", nargs="+", default=["samples"])
     ap.add_argument("--limit", type=int, default=None)
@@ -59,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         tot_hdr += info["header_bytes"]
     n = max(len(files), 1)
     print(f"\naggregate payload/estimate ratio: {tot_payload / tot_est:.4f}")
-    print(f"aggregate (bytes - 32·n)/estimate: {(tot_bytes - 32 * n) / tot_est:.4f} (target <= 1.01)")
+    print(
+        f"aggregate (bytes - 32·n)/estimate: {(tot_bytes - 32 * n) / tot_est:.4f} (target <= 1.01)"
+    )
     print(f"worst image (bytes - 32)/estimate: {worst:.4f}")
     print(f"mean header+framing bytes: {tot_hdr / n:.1f} (target <= 32)")
     print(f"time: {time.time() - t0:.1f}s")
@@ -67,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.record:
         from zoo.store import update_entry
 
-        update_entry(args.model, {"rate": {"bpp": round(sum(bpps) / n, 4), "images": args.record,
-                                           "measured": time.strftime("%Y-%m-%d") + " (bench/bench_rate.py)"}})
+        update_entry(args.model, {"rate": {
+            "bpp": round(sum(bpps) / n, 4), "images": args.record,
+            "measured": time.strftime("%Y-%m-%d") + " (bench/bench_rate.py)",
+        }})
         print(f"recorded in the registry entry of {args.model}")
     return 0 if worst <= 1.01 else 1
 

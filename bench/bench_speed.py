@@ -72,7 +72,9 @@ def test_image(w: int, h: int) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", default="cdc-small")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--size", default="768x512", help="WxH of the test image (Kodak size)")
@@ -93,9 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     fast = CDCCodec.from_pretrained(args.model, device=device, precision=args.precision)
     fast.optimize(channels_last=args.channels_last, compile=args.compile)
     base = CDCCodec.from_pretrained(args.model, device=device)  # eager fp32 on the same device
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; model {ref.model_id} ({ref.weights_sha256[:12]}); torch {torch.__version__}")
-    print(f"options: precision={args.precision or 'fp32'} channels_last={args.channels_last} compile={args.compile}")
+    name = (torch.cuda.get_device_name() if device.type == "cuda"
+            else f"CPU ({torch.get_num_threads()} threads)")
+    print(f"device: {name}; model {ref.model_id} ({ref.weights_sha256[:12]}); "
+          f"torch {torch.__version__}")
+    print(f"options: precision={args.precision or 'fp32'} channels_last={args.channels_last} "
+          f"compile={args.compile}")
 
     # -- FLOP floor ---------------------------------------------------------------------------
     m = ref.model
@@ -109,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         enc_flops = count_flops(lambda: m.g_a(x)) + count_flops(lambda: m.entropy.hyper.h_a(y))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision or "", torch.float32)
     rate = matmul_rate(device, dtype)
-    print(f"\nFLOPs at {w}x{h} (padded {x.shape[-1]}x{x.shape[-2]}): U-Net step {unet_flops / 1e9:.2f} G, "
+    print(f"\nFLOPs at {w}x{h} (padded {x.shape[-1]}x{x.shape[-2]}): "
+          f"U-Net step {unet_flops / 1e9:.2f} G, "
           f"context decoder {ctx_flops / 1e9:.2f} G, encoder g_a+h_a {enc_flops / 1e9:.2f} G")
     print(f"measured dense matmul rate ({dtype}): {rate / 1e12:.2f} TFLOP/s")
 
@@ -121,11 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     a = np.asarray(base.decompress(data, steps=tiers[next(iter(tiers))]), np.int16)
     b = np.asarray(fast.decompress(data, steps=tiers[next(iter(tiers))]), np.int16)
     diff = np.abs(a - b)
-    print(f"correctness: symbols equal to CPU reference: yes; image vs fp32 eager: max |Δ| {diff.max()}, "
+    print("correctness: symbols equal to CPU reference: yes; "
+          f"image vs fp32 eager: max |Δ| {diff.max()}, "
           f"mean |Δ| {diff.mean():.3f} (8-bit levels)")
 
     # -- timings -------------------------------------------------------------------------------
-    print(f"\n{'tier':<10}{'steps':>6}{'floor ms':>10}{'eager ms':>10}{'opt ms':>10}{'opt/floor':>10}{'eager/opt':>10}")
+    print(f"\n{'tier':<10}{'steps':>6}{'floor ms':>10}{'eager ms':>10}{'opt ms':>10}"
+          f"{'opt/floor':>10}{'eager/opt':>10}")
     for tier, steps in tiers.items():
         floor = (enc_flops * 0 + ctx_flops + steps * unet_flops) / rate
         t_base = timed(lambda steps=steps: base.decompress(data, steps=steps), device, args.repeat)
@@ -140,9 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     t_enc = timed(lambda: fast.compress_batch(imgs), device, args.repeat)
     t_enc_base = timed(lambda: base.compress_batch(imgs), device, args.repeat)
     enc_floor = args.batch * enc_flops / rate
-    print(f"\nbatched decode ({args.batch} images, {steps} steps): {args.batch / t_dec:.2f} images/s")
+    print(f"\nbatched decode ({args.batch} images, {steps} steps): "
+          f"{args.batch / t_dec:.2f} images/s")
     print(f"batched encode ({args.batch} images): {args.batch / t_enc:.2f} images/s "
-          f"(eager fp32 {args.batch / t_enc_base:.2f}); encode time / FLOP floor {t_enc / enc_floor:.1f}")
+          f"(eager fp32 {args.batch / t_enc_base:.2f}); "
+          f"encode time / FLOP floor {t_enc / enc_floor:.1f}")
     if device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
     return 0

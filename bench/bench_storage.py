@@ -29,7 +29,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from storage import Archive, Record
+from storage import Archive, Record  # noqa: E402  (after the sys.path line)
+
+
+def _no_cleanup() -> None:
+    return None
 
 
 def make_shard(k: int, n: int, mean: int, seed: int) -> list[Record]:
@@ -150,7 +154,7 @@ def main() -> None:
         f"{args.reads} random reads; {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs"
     )
     for store in args.stores.split(","):
-        cleanup: Callable[[], None] = lambda: None
+        cleanup: Callable[[], None] = _no_cleanup
         if store == "local":
             base = tempfile.mkdtemp(prefix="cdc-bench-", dir=args.dir)
             url, so = os.path.join(base, "bench.zarr"), None

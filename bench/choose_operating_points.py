@@ -3,7 +3,8 @@
 Decodes centre crops of a few training photos at a grid of (steps, γ) and prints PSNR and
 LPIPS-Alex for each, so the export step can record measured operating points:
 
-    python bench/choose_operating_points.py --model cdc-small --images ../shared/data/train/bsds500 --n 6
+    python bench/choose_operating_points.py --model cdc-small
+        --images ../shared/data/train/bsds500 --n 6
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ warnings.filterwarnings("ignore")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from zoo import load_codec  # noqa: E402
 from pipeline.files import read_image  # noqa: E402
 from pipeline.sources import list_images  # noqa: E402
+from zoo import load_codec  # noqa: E402
 
 
 def main() -> None:

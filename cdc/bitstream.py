@@ -270,7 +270,8 @@ class Container:
         if self.model_digest != digest[:DIGEST_BYTES]:
             raise ModelMismatchError(
                 f"stream was encoded with weights {self.model_digest.hex()}, but the loaded model "
-                f"{model_name or ''} has {digest[:DIGEST_BYTES].hex()}: decode with the same weights"
+                f"{model_name or ''} has {digest[:DIGEST_BYTES].hex()}: "
+                "decode with the same weights"
             )
 
     def section(self, tag: str) -> bytes:

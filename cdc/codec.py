@@ -19,11 +19,11 @@ from PIL import Image
 
 from cdc.base import BaseCodec
 from cdc.bitstream import Container, symbols_crc
-from cdc.model_config import CDCConfig
 from cdc.describe import describe_container, latent_shapes
 from cdc.errors import CorruptStreamError, DecodeSettingsError, SymbolMismatchError
 from cdc.image import array_to_tensor, pad_to_multiple, tensor_to_image, to_rgb_array
 from cdc.interface import ImageLike
+from cdc.model_config import CDCConfig
 from cdc.models import ConditionalDiffusionCompressor
 from cdc.spaces import build_space
 
@@ -74,7 +74,9 @@ class CDCCodec(BaseCodec):
         return self
 
     # -- encoding -------------------------------------------------------------------------
-    def encode_latents(self, images: list[ImageLike]) -> list[tuple[Any, dict[str, Any], list[int]]]:
+    def encode_latents(
+        self, images: list[ImageLike]
+    ) -> list[tuple[Any, dict[str, Any], list[int]]]:
         """(prepared inputs, CompressAI result, their indices) per group of equal padded size."""
         prepared = self.prepare(images)
         out = []
@@ -173,7 +175,8 @@ class CDCCodec(BaseCodec):
         return steps, gamma
 
     def decompress_batch(self, datas: list[bytes], steps: int | None = None,
-                         gamma: float | None = None, seeds: list[int] | int = 0) -> list[Image.Image]:
+                         gamma: float | None = None,
+                         seeds: list[int] | int = 0) -> list[Image.Image]:
         """Decode many streams; equal latent shapes run through the U-Net together.
 
         Each item starts from its own seed's noise, so a batched decode equals the

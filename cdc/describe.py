@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from cdc.bitstream import Container, read_header
-from cdc.model_config import HYPER_FACTOR, LATENT_STRIDE
 from cdc.errors import BitstreamError, CorruptStreamError
+from cdc.model_config import HYPER_FACTOR, LATENT_STRIDE
 from cdc.registry import entry, resolve
 
 

@@ -40,9 +40,12 @@ def _from_array(arr: np.ndarray) -> tuple[np.ndarray, SourceMode]:
     elif arr.dtype != np.uint8:
         raise ImageError(f"unsupported array dtype {arr.dtype}: pass uint8 or uint16 samples")
     if arr.ndim == 2:
-        return np.repeat(arr[:, :, None], 3, axis=2), mode if mode != SourceMode.RGB else SourceMode.GRAY
+        return (np.repeat(arr[:, :, None], 3, axis=2),
+                mode if mode != SourceMode.RGB else SourceMode.GRAY)
     if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
-        raise ImageError(f"unsupported array shape {arr.shape}: expected (H, W), (H, W, 3) or (H, W, 4)")
+        raise ImageError(
+            f"unsupported array shape {arr.shape}: expected (H, W), (H, W, 3) or (H, W, 4)"
+        )
     c = arr.shape[2]
     if c in (2, 4):
         arr = arr[:, :, : c - 1]
@@ -87,10 +90,14 @@ def _from_pil(img: Image.Image) -> tuple[np.ndarray, SourceMode]:
     if m.startswith("I;16") or m in ("I", "F"):
         arr = np.asarray(img)
         if m == "F":
-            raise ImageError("floating-point images (mode F) are not supported: convert to 8 or 16 bit")
+            raise ImageError(
+                "floating-point images (mode F) are not supported: convert to 8 or 16 bit"
+            )
         if m == "I":  # 32-bit signed: Pillow uses it for 16-bit PNGs too
             if arr.min() < 0 or arr.max() > 65535:
-                raise ImageError("32-bit integer image with values outside 0..65535 is not supported")
+                raise ImageError(
+                    "32-bit integer image with values outside 0..65535 is not supported"
+                )
             arr = arr.astype(np.uint16)
         rgb, _ = _from_array(arr.astype(np.uint16))
         return rgb, SourceMode.REDUCED_16BIT
@@ -117,7 +124,8 @@ def to_rgb_array(image: Image.Image | np.ndarray) -> tuple[np.ndarray, SourceMod
 
 def array_to_tensor(arr: np.ndarray) -> Tensor:
     """(H, W, 3) uint8 → (1, 3, H, W) float32 in [-1, 1]."""
-    return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+    return (torch.from_numpy(np.array(arr, copy=True))
+            .permute(2, 0, 1)[None].float().div(127.5).sub(1.0))
 
 
 def tensor_to_image(x: Tensor) -> Image.Image:

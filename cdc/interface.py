@@ -30,7 +30,8 @@ class DecodeSettings:
     def key(self) -> str:
         """A stable string for cache keys."""
         extra = ",".join(f"{k}={self.extra[k]}" for k in sorted(self.extra))
-        return f"steps={self.steps},gamma={self.gamma},seed={self.seed}" + (f",{extra}" if extra else "")
+        return (f"steps={self.steps},gamma={self.gamma},seed={self.seed}"
+                + (f",{extra}" if extra else ""))
 
 
 @runtime_checkable

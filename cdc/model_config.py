@@ -44,7 +44,8 @@ class OnSpace:
         if self.space not in SPACE_GEOMETRY:
             raise ValueError(f"unknown space {self.space!r}; known: {sorted(SPACE_GEOMETRY)}")
         n = self.space_channels
-        if (self.space_mean or self.space_std) and not len(self.space_mean) == len(self.space_std) == n:
+        if ((self.space_mean or self.space_std)
+                and not len(self.space_mean) == len(self.space_std) == n):
             raise ValueError(f"space_mean/space_std need {n} values each")
 
     @property

@@ -97,5 +97,8 @@ def cdc_loss(
             perc = perceptual(decoded, img).mean()
     loss = lam * bpp + (1 - rho) * diffusion + rho * perc
     if not math.isfinite(float(loss.detach())):
-        raise FloatingPointError(f"non-finite loss (bpp={float(bpp):.4f}, diffusion={float(diffusion):.4f})")
-    return {"loss": loss, "bpp": bpp.detach(), "diffusion": diffusion.detach(), "perceptual": perc.detach()}
+        raise FloatingPointError(
+            f"non-finite loss (bpp={float(bpp):.4f}, diffusion={float(diffusion):.4f})"
+        )
+    return {"loss": loss, "bpp": bpp.detach(), "diffusion": diffusion.detach(),
+            "perceptual": perc.detach()}

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cdc.model_config import CDCConfig
 from cdc.errors import WeightsError
+from cdc.model_config import CDCConfig
 from cdc.spaces import Space
 
 if TYPE_CHECKING:  # CompressAI only where a CDC network is built (other codecs' files need none)

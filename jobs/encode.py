@@ -297,7 +297,8 @@ def _encode_on_ray(cfg: ArchiveJobConfig, codec: Any, plans: list[ShardPlan], jo
         return results, retries, failed_shards, ray_info, t_ray, time.perf_counter()
 
 
-def run_archive_job(cfg: ArchiveJobConfig, *, on_event: Callable[[dict[str, Any]], None] | None = None,
+def run_archive_job(cfg: ArchiveJobConfig, *,
+                    on_event: Callable[[dict[str, Any]], None] | None = None,
                     before_commit: Callable[[ShardPlan], None] | None = None) -> dict[str, Any]:
     """Run (or resume) an archive job; returns the summary (see ``docs/jobs.md``).
 
@@ -405,7 +406,8 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
                          f"{s['archive_summary']['failed']} failed")),
     ]
     if sh["failed"]:
-        rows.append(("shards failed", ", ".join(f"{f['shard']} ({f['error']})" for f in sh["failed"])))
+        rows.append(("shards failed",
+                     ", ".join(f"{f['shard']} ({f['error']})" for f in sh["failed"])))
     if s.get("notes"):
         rows.append(("notes (first frame kept, ...)", str(len(s["notes"]))))
     rows.append(("failures", str(len(s["failures"]))))

@@ -199,8 +199,10 @@ def eval_cmd(
     steps: str = typer.Option("", help="Decode steps, comma-separated (default: model's)."),
     gamma: str = typer.Option("0", help="Start-noise scales γ, comma-separated."),
     seed: int = typer.Option(0, help="Decode seed."),
-    classical: str = typer.Option("jpeg,webp,avif,heic,jxl",
-                                  help="Classical codecs matched to each model's bpp ('' for none)."),
+    classical: str = typer.Option(
+        "jpeg,webp,avif,heic,jxl",
+        help="Classical codecs matched to each model's bpp ('' for none).",
+    ),
     sweep: str = typer.Option("", help="Fixed-quality sweeps, e.g. 'jpeg:10,30,50;webp:20,50'."),
     metrics: str = typer.Option(DEFAULT_METRICS, help="Comma-separated metrics."),
     device: str = typer.Option("cpu", "--device"),

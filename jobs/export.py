@@ -90,7 +90,8 @@ class Exporter:
     """Loads the model once (on its first chunk); decodes chunks of keys, writes images."""
 
     def __init__(self, model: str, expected_sha256: str, url: str,
-                 storage_options: dict[str, Any] | None, cfg: ExportJobConfig, threads: int) -> None:
+                 storage_options: dict[str, Any] | None, cfg: ExportJobConfig,
+                 threads: int) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
@@ -153,7 +154,9 @@ class Exporter:
         yield {"type": "done", "images": n, "failures": failures, "node": self.node}
 
 
-def _select(cfg: ExportJobConfig, arch: Archive, fmt: str) -> tuple[list[list[tuple[str, str]]], list[dict[str, str]], int]:
+def _select(
+    cfg: ExportJobConfig, arch: Archive, fmt: str
+) -> tuple[list[list[tuple[str, str]]], list[dict[str, str]], int]:
     """Chunks of (key, output name) grouped by shard; failures; number skipped as existing."""
     failures: list[dict[str, str]] = []
     keys = arch.keys()
@@ -236,8 +239,9 @@ def run_export_job(cfg: ExportJobConfig, *,
                     on_event(ev)
 
             try:
-                res = drive(actors, chunks, lambda a, c: a.export.remote(c, wref), counters=counters,
-                            bar=bar, attempts=cfg.attempts, inflight=cfg.inflight, on_event=count)
+                res = drive(actors, chunks, lambda a, c: a.export.remote(c, wref),
+                            counters=counters, bar=bar, attempts=cfg.attempts,
+                            inflight=cfg.inflight, on_event=count)
             finally:
                 bar.close()
                 for a in actors:

@@ -52,6 +52,8 @@ def list_images(sources: str | Iterable[str]) -> list[str]:
         else:
             raise FileNotFoundError(f"{src}: no such file, folder or glob")
         if not matches:
-            raise FileNotFoundError(f"{src}: no images found (extensions {', '.join(IMAGE_EXTENSIONS)})")
+            raise FileNotFoundError(
+                f"{src}: no images found (extensions {', '.join(IMAGE_EXTENSIONS)})"
+            )
         found.extend(_with_protocol(fs, p, src) for p in matches)
     return sorted(dict.fromkeys(found))

@@ -18,8 +18,8 @@ os.environ["CDC_MODEL_CACHE"] = tempfile.mkdtemp(prefix="cdc-model-cache-")
 from s3_fixture import s3_server, s3_url  # noqa: E402, F401  (real S3 for storage tests)
 
 from cdc import CDCCodec  # noqa: E402
-from cdc.presets import PRESETS  # noqa: E402
 from cdc.models import ConditionalDiffusionCompressor  # noqa: E402
+from cdc.presets import PRESETS  # noqa: E402
 from cdc.weights import weights_bytes  # noqa: E402
 
 

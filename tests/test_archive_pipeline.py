@@ -95,7 +95,9 @@ def test_group_batches_by_padded_size():
     sizes = [(40, 56), (64, 64), (70, 40), (33, 60), (64, 64)]
     groups = group_batches(sizes, 64, batch_size=2)
     assert groups == [[0, 1], [3, 4], [2]]  # 64x64 padded: 0,1,3,4; 128x64: 2
-    assert group_batches(sizes, 64, batch_size=8, max_batch_pixels=64 * 64) == [[0], [1], [3], [4], [2]]
+    assert group_batches(sizes, 64, batch_size=8, max_batch_pixels=64 * 64) == [
+        [0], [1], [3], [4], [2]
+    ]
 
 
 @pytest.mark.timeout(60)
@@ -108,7 +110,8 @@ def test_claim_is_stale():
                           capture_output=True, text=True, check=True).stdout.strip()
     host = socket.gethostname()
     assert claim_is_stale({"host": host, "pid": int(dead), "claimed_at": at}, stale_after_s=600)
-    assert not claim_is_stale({"host": host, "pid": os.getpid(), "claimed_at": at}, stale_after_s=600)
+    assert not claim_is_stale({"host": host, "pid": os.getpid(), "claimed_at": at},
+                              stale_after_s=600)
     assert not claim_is_stale({"host": "elsewhere", "pid": 1, "claimed_at": at}, stale_after_s=600)
     assert claim_is_stale({"host": "elsewhere", "pid": 1, "claimed_at": at}, stale_after_s=600,
                           now=now + 601)
@@ -256,7 +259,8 @@ def test_reader_decodes_lazily_and_caches(small_archive: Archive, codec: CDCCode
     webp = r.get("a.png", "quick", fmt="WEBP")
     assert webp.source == "cache" and Image.open(io.BytesIO(webp.data)).format == "WEBP"
     # written back to the archive: a reader with an empty local cache finds it there
-    r2 = Reader(Archive.open(small_archive.url, read_only=True), codec, cache=DiskLRU(tmp_path / "c2"))
+    r2 = Reader(Archive.open(small_archive.url, read_only=True), codec,
+                cache=DiskLRU(tmp_path / "c2"))
     assert r2.get("a.png", "quick").source == "archive-cache"
     # an override is a different image, never served from the tier's archive cache
     over = r2.get("a.png", "quick", seed=5, gamma=0.5)

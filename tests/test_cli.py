@@ -50,7 +50,8 @@ def test_errors_name_the_file_and_write_nothing(tmp_path: Path, png: Path, weigh
     r = runner.invoke(app, ["compress", str(bad), str(dst), "--model", weights_file])
     assert r.exit_code == 1 and "bad.png" in r.output and not dst.exists()
 
-    r = runner.invoke(app, ["compress", str(tmp_path / "nope.png"), str(dst), "--model", weights_file])
+    r = runner.invoke(app, ["compress", str(tmp_path / "nope.png"), str(dst),
+                            "--model", weights_file])
     assert r.exit_code == 1 and "nope.png" in r.output and "no such file" in r.output
 
     garbage = tmp_path / "g.cdc"
@@ -71,7 +72,9 @@ def test_errors_name_the_file_and_write_nothing(tmp_path: Path, png: Path, weigh
 
 def test_truncated_stream_cli(tmp_path: Path, png: Path, weights_file: str):
     stream = tmp_path / "a.cdc"
-    assert runner.invoke(app, ["compress", str(png), str(stream), "--model", weights_file]).exit_code == 0
+    assert runner.invoke(
+        app, ["compress", str(png), str(stream), "--model", weights_file]
+    ).exit_code == 0
     stream.write_bytes(stream.read_bytes()[:-7])
     out = tmp_path / "o.png"
     r = runner.invoke(app, ["decompress", str(stream), str(out), "--model", weights_file])
@@ -291,9 +294,9 @@ def test_info_uses_the_shipped_models_config_for_latent_shapes(tmp_path: Path, m
 
     import zoo
     import zoo.store
-    from cdc.presets import PRESETS
     from cdc.describe import latent_shapes
     from cdc.models import ConditionalDiffusionCompressor
+    from cdc.presets import PRESETS
     from cdc.weights import weights_bytes
     from zoo import codec_from_bytes, load_space, sha256_hex
 

@@ -39,7 +39,8 @@ def codecs():
     return lambda name: cache.setdefault(name, load_codec(name))
 
 
-@pytest.mark.parametrize("case", MANIFEST, ids=lambda c: f"{c['stream']}-s{c['steps']}-g{c['gamma']}")
+@pytest.mark.parametrize("case", MANIFEST,
+                         ids=lambda c: f"{c['stream']}-s{c['steps']}-g{c['gamma']}")
 def test_old_stream_decodes_to_the_same_pixels(codecs, case):
     data = (FIXTURES / case["stream"]).read_bytes()
     img = codecs(case["model"]).decompress(data, steps=case["steps"], gamma=case["gamma"],
@@ -59,7 +60,8 @@ def test_old_stream_decodes_to_the_same_pixels(codecs, case):
 @pytest.mark.parametrize("model", sorted({c["model"] for c in MANIFEST}))
 def test_encoder_writes_the_same_bytes(codecs, model):
     img = Image.open(SAMPLES / "astronaut.png").convert("RGB")
-    crops = {"a": img.crop((64, 32, 64 + 72, 32 + 56)), "b": img.crop((120, 100, 120 + 40, 100 + 64))}
+    crops = {"a": img.crop((64, 32, 64 + 72, 32 + 56)),
+             "b": img.crop((120, 100, 120 + 40, 100 + 64))}
     # diffc-small's fixtures are scheme 0; since 2026-12-06 the registry has it write
     # scheme 1 by default (zoo/models.json encode_defaults), so ask for the fixtures' scheme
     kw = {"candidates": "mt19937"} if model == "diffc-small" else {}

@@ -129,8 +129,8 @@ def test_latent_corrdiff_decoder_trains_against_the_latent(image_dir: Path, tmp_
     shared cache (no LPIPS here), exports with its base, and the codec replays its paths."""
     import torch
 
-    from cdc.presets import PRESETS
     from cdc.models import ConditionalDiffusionCompressor
+    from cdc.presets import PRESETS
     from cdc.weights import weights_bytes
     from pipeline.training.train_corrdiff import CorrDiffTrainConfig, CorrDiffTrainer
 

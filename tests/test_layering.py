@@ -2,7 +2,8 @@
 
 Layers, bottom up: ``cdc`` (codecs, tensors <-> bytes, no I/O) and ``storage`` (bytes <->
 zarr archives, no torch) are independent leaves; ``zoo`` (reading and shipping weights
-files) sits on ``cdc``; ``pipeline`` composes them; ``jobs`` (CLI, Ray) is the top. Two kinds of check:
+files) sits on ``cdc``; ``pipeline`` composes them; ``jobs`` (CLI, Ray) is the top. Two kinds
+of check:
 
 * **Fresh interpreters**: each layer's modules are all imported in a new Python process,
   which then must not have loaded a forbidden package (this sees transitive imports, e.g.

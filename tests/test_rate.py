@@ -26,7 +26,8 @@ def test_nearest_measured_model_of_the_same_codec():
 
 
 def test_targets_that_cannot_be_met_name_what_there_is():
-    with pytest.raises(RateError, match=r"within ×1.5 .*cdc-low 0.1 bpp, cdc-mid 0.2 bpp, cdc-high 0.6 bpp"):
+    with pytest.raises(RateError,
+                       match=r"within ×1.5 .*cdc-low 0.1 bpp, cdc-mid 0.2 bpp, cdc-high 0.6 bpp"):
         choose_model("cdc-mid", 2.0, REGISTRY)
     with pytest.raises(RateError, match="not a shipped model"):
         choose_model("/some/weights.pt", 0.2, REGISTRY)

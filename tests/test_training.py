@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from cdc import CDCCodec
-from cdc.presets import PRESETS
 from cdc.models import ConditionalDiffusionCompressor
 from cdc.objectives import cdc_loss
+from cdc.presets import PRESETS
 from pipeline.training.train_cdc import TrainConfig, Trainer, export_model
 from tests.conftest import smooth_image
 
@@ -156,7 +156,9 @@ def test_weights_from_fsspec_url(weights_file: str):
         f.write(Path(weights_file).read_bytes())
     codec = CDCCodec.from_pretrained("memory://zoo/w.pt")
     assert codec.weights_sha256 == CDCCodec.from_pretrained(weights_file).weights_sha256
-    assert np.asarray(codec.decompress(codec.compress(smooth_image(16, 16)), steps=1)).shape == (16, 16, 3)
+    assert np.asarray(
+        codec.decompress(codec.compress(smooth_image(16, 16)), steps=1)
+    ).shape == (16, 16, 3)
 
 
 def test_a_signal_stops_the_run_with_a_checkpoint(image_dir: Path, tmp_path: Path):

@@ -14,9 +14,9 @@ import yaml
 from PIL import Image
 
 from cdc.model_config import CDCConfig
-from cdc.presets import PRESETS
 from cdc.models import ConditionalDiffusionCompressor
 from cdc.objectives import cdc_loss
+from cdc.presets import PRESETS
 from cdc.registry import CODECS, entry, resolve
 from tests.conftest import smooth_image
 

@@ -46,5 +46,6 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["LoadedModel", "codec_for_stream", "codec_from_bytes", "component_bytes",
-           "component_states", "default_model", "find_model", "load_codec", "load_space", "load_weights",
-           "read_verified_bytes", "registry", "sha256_hex", "ship_weights", "shipped_by_digest"]
+           "component_states", "default_model", "find_model", "load_codec", "load_space",
+           "load_weights", "read_verified_bytes", "registry", "sha256_hex", "ship_weights",
+           "shipped_by_digest"]

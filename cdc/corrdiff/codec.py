@@ -26,7 +26,6 @@ from torch import Tensor
 
 from cdc.bitstream import Container, symbols_crc
 from cdc.codec import CDCCodec, _symbols_bytes, cdc_model
-from cdc.model_config import CDCConfig
 from cdc.corrdiff.correction import (
     W_TAG,
     CorrectionConfig,
@@ -42,6 +41,7 @@ from cdc.corrdiff.decoder import DecoderConfig, E2EDecoder
 from cdc.errors import DecodeSettingsError, WeightsError
 from cdc.image import tensor_to_image
 from cdc.interface import DecodeSettings, ImageLike
+from cdc.model_config import CDCConfig
 from cdc.models import ConditionalDiffusionCompressor
 from cdc.weights import FetchWeights, half_state, pack_weights
 

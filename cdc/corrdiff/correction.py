@@ -43,9 +43,9 @@ import torch
 from torch import Tensor
 
 from cdc.bitstream import read_varint, write_varint
-from cdc.model_config import config_from_dict, config_to_dict
 from cdc.diffusion import DDIMSampler
 from cdc.errors import CorruptStreamError
+from cdc.model_config import config_from_dict, config_to_dict
 
 W_TAG = "W"
 W_VERSION = 1

@@ -90,7 +90,9 @@ class DDIMSampler:
         return (self.scalar and self.parameterization == "eps" and not clip
                 and a < self.min_snr * (1 - a))
 
-    def predict(self, out: Tensor, x: Tensor, a: Tensor | float, clip: bool) -> tuple[Tensor, Tensor]:
+    def predict(
+        self, out: Tensor, x: Tensor, a: Tensor | float, clip: bool
+    ) -> tuple[Tensor, Tensor]:
         """Network output at ᾱ = a → (x0, ε), x0 clipped to [-1, 1] (ε re-derived) if ``clip``."""
         if self.scalar:
             if self.parameterization == "x0":

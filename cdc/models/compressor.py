@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cdc.model_config import CDCConfig
 from cdc.diffusion import DDIMSampler, NoiseSchedule
+from cdc.model_config import CDCConfig
 from cdc.models.entropy import MeanScaleHyperprior
 from cdc.models.transforms import (
     ContextDecoder,
@@ -35,8 +35,8 @@ class ConditionalDiffusionCompressor(SpaceUnits, nn.Module):
         self.cfg = cfg
         self.init_units(space, cfg)
         self.g_a = analysis_transform(cfg)
-        self.entropy = MeanScaleHyperprior(hyper_analysis(cfg), hyper_synthesis(cfg), cfg.hyper_channels,
-                                           cfg.scale_max)
+        self.entropy = MeanScaleHyperprior(hyper_analysis(cfg), hyper_synthesis(cfg),
+                                           cfg.hyper_channels, cfg.scale_max)
         self.context = ContextDecoder(cfg)
         self.denoiser = ConditionalUNet(cfg, in_channels=cfg.space_channels)
         self.schedule = NoiseSchedule(cfg.schedule, cfg.train_timesteps)
@@ -70,7 +70,9 @@ class ConditionalDiffusionCompressor(SpaceUnits, nn.Module):
         return self.entropy.compress(y)
 
     @torch.no_grad()
-    def decompress_latent(self, strings: list[list[bytes]], shape: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    def decompress_latent(
+        self, strings: list[list[bytes]], shape: dict[str, tuple[int, int]]
+    ) -> dict[str, Any]:
         return self.entropy.decompress(strings, shape)
 
     @torch.no_grad()
@@ -98,7 +100,8 @@ class ConditionalDiffusionCompressor(SpaceUnits, nn.Module):
         x_n = self.sampler.initial_noise(shape, gamma, seed, dev)
 
         def denoise(x_t: Tensor, t: Tensor) -> Tensor:
-            with torch.autocast(dev.type, dtype=autocast_dtype or torch.bfloat16, enabled=use_autocast):
+            with torch.autocast(dev.type, dtype=autocast_dtype or torch.bfloat16,
+                                enabled=use_autocast):
                 return self.denoiser(x_t, t, context)
 
         return self.sampler.sample(denoise, x_n, steps, clip=self.clip, hook=hook)

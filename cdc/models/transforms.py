@@ -75,7 +75,8 @@ class ContextDecoder(nn.Module):
                     layers += [deconv(cur, ctx[i]), GDN(ctx[i], inverse=True)]
                     cur = ctx[i]
                 if i == levels - 1 and y_level == i:
-                    layers += [conv(cur, ctx[i], stride=1, kernel_size=3), GDN(ctx[i], inverse=True)]
+                    layers += [conv(cur, ctx[i], stride=1, kernel_size=3),
+                               GDN(ctx[i], inverse=True)]
                 cur = ctx[i]
                 self.stages.append(nn.Sequential(*layers))
             return

@@ -35,7 +35,8 @@ class ConditionalUNet(nn.Module):
         self.levels = len(chans)
         temb_ch = 4 * ch
         self.temb_dim = ch
-        self.time_mlp = nn.Sequential(nn.Linear(ch, temb_ch), nn.SiLU(), nn.Linear(temb_ch, temb_ch))
+        self.time_mlp = nn.Sequential(nn.Linear(ch, temb_ch), nn.SiLU(),
+                                      nn.Linear(temb_ch, temb_ch))
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
 
         self.down = nn.ModuleList()

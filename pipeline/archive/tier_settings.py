@@ -73,7 +73,9 @@ def check_tier(name: str, fields: Mapping[str, Any]) -> Tier:
     _check_name(name)
     unknown = set(fields) - set(FIELDS)
     if unknown:
-        raise TierError(f"tier {name!r}: unknown field(s) {sorted(unknown)}; use {', '.join(FIELDS)}")
+        raise TierError(
+            f"tier {name!r}: unknown field(s) {sorted(unknown)}; use {', '.join(FIELDS)}"
+        )
     try:
         steps = fields["steps"]
         gamma = fields["gamma"]
@@ -84,7 +86,8 @@ def check_tier(name: str, fields: Mapping[str, Any]) -> Tier:
     # other codecs refuse it when decoding.
     if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= MAX_STEPS:
         raise TierError(f"tier {name!r}: steps must be an int in 0..{MAX_STEPS}, got {steps!r}")
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma <= MAX_GAMMA:
+    if (isinstance(gamma, bool) or not isinstance(gamma, (int, float))
+            or not 0 <= gamma <= MAX_GAMMA):
         raise TierError(f"tier {name!r}: gamma must be a number in 0..{MAX_GAMMA}, got {gamma!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise TierError(f"tier {name!r}: seed must be a non-negative int, got {seed!r}")
@@ -127,7 +130,9 @@ def parse_tier_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, fields
 
 
-def merge_tiers(base: Mapping[str, Mapping[str, Any]], specs: list[str]) -> dict[str, dict[str, Any]]:
+def merge_tiers(
+    base: Mapping[str, Mapping[str, Any]], specs: list[str]
+) -> dict[str, dict[str, Any]]:
     """Apply ``--tier`` specs on top of a tier table; a new tier needs steps and gamma."""
     out = {k: dict(v) for k, v in base.items()}
     for spec in specs:

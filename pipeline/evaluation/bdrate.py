@@ -48,7 +48,8 @@ def bd_rate(anchor: Sequence[tuple[float, float]], test: Sequence[tuple[float, f
     if not hi > lo:
         return None
     grid = np.linspace(lo, hi, samples)
-    diff = float(np.mean(t[1](grid) - a[1](grid)))  # uniform grid: the mean is the integral / (hi - lo)
+    # uniform grid: the mean is the integral / (hi - lo)
+    diff = float(np.mean(t[1](grid) - a[1](grid)))
     return math.exp(diff) - 1
 
 

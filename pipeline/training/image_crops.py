@@ -57,8 +57,8 @@ class RandomCrops(Dataset):
                                  Image.BICUBIC)
             if min(img.size) < crop:
                 s = crop / min(img.size)
-                img = img.resize((max(crop, round(img.width * s)), max(crop, round(img.height * s))),
-                                 Image.BICUBIC)
+                img = img.resize((max(crop, round(img.width * s)),
+                                  max(crop, round(img.height * s))), Image.BICUBIC)
             self.images.append(np.asarray(img))
         if not self.images:
             raise FileNotFoundError(f"no readable training images in {sources}")

@@ -30,15 +30,17 @@ log = logging.getLogger(__name__)
 
 
 def prepare_image(img: Image.Image, max_side: int | None, min_side: int, stride: int) -> np.ndarray:
-    """RGB uint8 (H, W, 3): downscaled to ``max_side``, upscaled to ``min_side``, cut to ``stride``."""
+    """RGB uint8 (H, W, 3): downscaled to ``max_side``, upscaled to ``min_side``,
+    cut to ``stride``."""
     img = img.convert("RGB")
     if max_side and max(img.size) > max_side:
         s = max_side / max(img.size)
-        img = img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))), Image.BICUBIC)
+        img = img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))),
+                         Image.BICUBIC)
     if min(img.size) < min_side:
         s = min_side / min(img.size)
-        img = img.resize((max(min_side, round(img.width * s)), max(min_side, round(img.height * s))),
-                         Image.BICUBIC)
+        img = img.resize((max(min_side, round(img.width * s)),
+                          max(min_side, round(img.height * s))), Image.BICUBIC)
     arr = np.asarray(img)
     h, w = arr.shape[0] // stride * stride, arr.shape[1] // stride * stride
     return np.ascontiguousarray(arr[:h, :w])
@@ -56,8 +58,9 @@ def _entry_name(url: str) -> str:
 
 
 @torch.no_grad()
-def build_cache(sources: str | list[str], space: Space, root: str | Path, max_side: int | None = 512,
-                min_side: int = 128, limit: int | None = None, progress: bool = False) -> Path:
+def build_cache(sources: str | list[str], space: Space, root: str | Path,
+                max_side: int | None = 512, min_side: int = 128, limit: int | None = None,
+                progress: bool = False) -> Path:
     """Encode every training image not yet cached; returns the cache folder."""
     folder = cache_dir(root, space, max_side, min_side)
     folder.mkdir(parents=True, exist_ok=True)
