@@ -13,7 +13,7 @@ pixels), tested. Bytes in, pixels out: loading files is the zoo's job.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from cdc.refine.base_decode import decode_rgb
 from cdc.refine.config import RefineConfig
 from cdc.refine.stream import parse
 from cdc.refine.weights_section import BlendPath, grid, unpack
+from cdc.tiling import tiled
 
 SPACE_PARTS = ("encoder_trunk", "encoder_head", "decoder_head", "decoder_tail")
 META_KEY = "cdc.refine"  # = cdc.refine.onnx_export.META_KEY (that module needs torch)
@@ -108,29 +109,6 @@ def periodic_part(d: Array, period: int = 8, window: int = 8) -> Array:
 def remove_grid(refined: Array, base: Array, period: int = 8, window: int = 8) -> Array:
     """:func:`cdc.refine.degrid.remove_grid` on (3, H, W) arrays."""
     return np.stack([r - periodic_part(r - b, period, window) for r, b in zip(refined, base)])
-
-
-def tiled(fn: Callable[[Array], Array], x: Array, tile: int, margin: int, in_unit: int,
-          out_unit: int) -> Array:
-    """:func:`cdc.spaces.taef2.tiled` on (1, C, H, W) arrays: a local network in tiles."""
-    h, w = x.shape[-2:]
-    if h <= tile + 2 * margin and w <= tile + 2 * margin:
-        return fn(x)
-    out: Array | None = None
-    s = out_unit / in_unit
-    for y0 in range(0, h, tile):
-        for x0 in range(0, w, tile):
-            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-            a, b = max(0, y0 - margin), max(0, x0 - margin)
-            part = fn(np.ascontiguousarray(x[..., a:min(h, y1 + margin), b:min(w, x1 + margin)]))
-            if out is None:
-                out = np.empty((*part.shape[:2], int(h * s), int(w * s)), part.dtype)
-            oy, ox = int((y0 - a) * s), int((x0 - b) * s)
-            oh, ow = int((y1 - y0) * s), int((x1 - x0) * s)
-            out[..., int(y0 * s):int(y0 * s) + oh, int(x0 * s):int(x0 * s) + ow] = \
-                part[..., oy:oy + oh, ox:ox + ow]
-    assert out is not None
-    return out
 
 
 def weight_map(indices: tuple[int, ...], table: tuple[float, ...], tile: int, height: int,

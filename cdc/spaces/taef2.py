@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from cdc.spaces.base import Space
+from cdc.tiling import tiled
 
 STRIDE = 8
 CHANNELS = 32
@@ -80,34 +81,6 @@ def decoder_net() -> nn.Sequential:
 # Where each network splits into its full-resolution local part and its stride-8 part.
 _ENCODER_LOCAL = 11  # layers [0, 11) are local; 11.. hold the GroupNorm branches
 _DECODER_LOCAL = 6  # layers [6, ..) are local; [0, 6) hold the GroupNorm branches
-
-
-def tiled(fn: Any, x: Tensor, tile: int, margin: int, in_unit: int, out_unit: int) -> Tensor:
-    """Apply a *local* network ``fn`` tile by tile; equal to ``fn(x)`` up to float rounding.
-
-    ``in_unit`` input pixels map to ``out_unit`` output pixels (8→1 for the encoder's
-    trunk, 1→8 for the decoder's tail); ``tile`` and ``margin`` are in input pixels and
-    multiples of ``in_unit``; ``margin`` must exceed the receptive field's radius.
-    """
-    h, w = x.shape[-2:]
-    if h <= tile + 2 * margin and w <= tile + 2 * margin:
-        return fn(x)
-    out: Tensor | None = None
-    for y0 in range(0, h, tile):
-        for x0 in range(0, w, tile):
-            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-            a, b = max(0, y0 - margin), max(0, x0 - margin)
-            part = fn(x[..., a : min(h, y1 + margin), b : min(w, x1 + margin)])
-            if out is None:
-                out = part.new_empty((*part.shape[:2], h * out_unit // in_unit,
-                                      w * out_unit // in_unit))
-            s = out_unit / in_unit
-            oy, ox = int((y0 - a) * s), int((x0 - b) * s)
-            oh, ow = int((y1 - y0) * s), int((x1 - x0) * s)
-            out[..., int(y0 * s) : int(y0 * s) + oh, int(x0 * s) : int(x0 * s) + ow] = \
-                part[..., oy : oy + oh, ox : ox + ow]
-    assert out is not None
-    return out
 
 
 class TAEF2Space(Space):
