@@ -63,6 +63,29 @@ def load_codec(model: str, expected_sha256: str, weights: list[Any] | bytes | No
     return codec
 
 
+def load_decoding_codec(model: str, *, device: str = "cpu"):
+    """The codec to *decode* with: for a shipped refine model with ONNX graphs, on the CPU,
+    one that runs the preview and standard tiers without torch and loads torch only for the
+    rest (:class:`cdc.refine.onnx_codec.OnnxFirstRefineCodec`); else :func:`load_driver_codec`.
+    Graphs that fail their digest checks are skipped with a warning (torch decodes)."""
+    if device == "cpu":
+        import logging
+
+        from cdc import WeightsError
+        from zoo.onnx_graphs import load_onnx_decoder
+
+        try:
+            dec = load_onnx_decoder(model)
+        except WeightsError as e:
+            logging.getLogger(__name__).warning("decoding with torch: %s", e)
+            dec = None
+        if dec is not None:
+            from cdc.refine.onnx_codec import OnnxFirstRefineCodec
+
+            return OnnxFirstRefineCodec(dec, lambda: load_driver_codec(model, device=device))
+    return load_driver_codec(model, device=device)
+
+
 def budget_of(fields: dict[str, Any] | None):
     """A :class:`cdc.limits.DecodeBudget` from the fields a job config carries (None: the
     defaults). Configs carry a plain dict so they stay picklable and readable."""

@@ -166,7 +166,7 @@ def get_cmd(
     out = Path(out_arg)
     limits = _budget_fields(budget)
     from cdc import WeightsError
-    from jobs.models import budget_of, load_driver_codec
+    from jobs.models import budget_of, load_decoding_codec
     from pipeline.archive import DecodeError, FailedRecordError, Reader, resolve_model
     from pipeline.archive.decoded_lru import DiskLRU
     from pipeline.archive.tier_settings import TierError
@@ -179,7 +179,7 @@ def get_cmd(
         _fail(str(e), EXIT_INPUT, out)
     try:
         arch = Archive.open(archive_url, read_only=not write_cache)
-        codec = load_driver_codec(resolve_model(arch, model), device=device)
+        codec = load_decoding_codec(resolve_model(arch, model), device=device)
         codec.with_budget(budget_of(limits))
         reader = Reader(arch, codec, cache=DiskLRU(cache_dir) if cache else None,
                         write_archive_cache=write_cache)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -208,3 +209,82 @@ def test_cli_decompress_engines(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "--engine onnx" in r.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+# -- the ONNX-first codec the archive readers use ------------------------------------------
+def test_onnx_first_codec_speaks_the_protocol_without_torch_until_it_must(pair, stream):
+    from cdc.interface import ImageCodec
+    from cdc.refine.onnx_codec import OnnxFirstRefineCodec
+
+    codec, dec = pair
+    loads = []
+    fast = OnnxFirstRefineCodec(dec, lambda: loads.append(1) or codec)
+    assert isinstance(fast, ImageCodec) and not fast.torch_loaded
+    assert (fast.codec_id, fast.model_id, fast.weights_sha256, fast.progressive) == \
+        (codec.codec_id, codec.model_id, codec.weights_sha256, codec.progressive)
+    assert fast.decode_defaults() == codec.decode_defaults()
+    assert fast.recommended_tiers() == codec.recommended_tiers()
+    assert fast.pad_multiple == codec.pad_multiple and fast.info(stream) == codec.info(stream)
+    assert fast.prefix_length(stream[:fast.plan_read_bytes]) == codec.prefix_length(stream)
+    a = np.asarray(fast.decompress(stream, steps=1)).astype(int)
+    assert not fast.torch_loaded and not loads
+    assert np.abs(a - np.asarray(codec.decompress(stream, steps=1)).astype(int)).max() <= 1
+    high = fast.decompress_batch([stream], steps=3, gamma=0.6, seeds=2)[0]  # torch's path
+    assert fast.torch_loaded and loads == [1]
+    assert np.array_equal(np.asarray(high),
+                          np.asarray(codec.decompress(stream, steps=3, gamma=0.6, seed=2)))
+
+
+def test_archive_reader_decodes_tiers_through_the_onnx_first_codec(pair, tmp_path):
+    from cdc.refine.onnx_codec import OnnxFirstRefineCodec
+    from pipeline.archive import encode_shard, open_or_create, plan_inputs, plan_shards
+    from pipeline.archive.record_reader import Reader
+    from storage import Archive
+
+    codec, dec = pair
+    root = tmp_path / "imgs"
+    root.mkdir()
+    Image.fromarray(smooth_image(72, 96, seed=2)).save(root / "a.png")
+    arch, _ = open_or_create(str(tmp_path / "r.zarr"), codec.with_rate(0.5), shard_size=8)
+    items, _ = plan_inputs(str(root))
+    list(encode_shard(codec, arch, plan_shards(items, set(), set(), 8)[0]))
+    arch = Archive.open(arch.url)
+    fast = OnnxFirstRefineCodec(dec, lambda: codec)
+    r = Reader(arch, fast, cache=None, archive_cache=False)
+    for tier in ("preview", "standard"):
+        got = np.asarray(Image.open(io.BytesIO(r.get("a.png", tier).data))).astype(int)
+        t = arch.tiers[tier]
+        want = np.asarray(codec.decompress(arch["a.png"].data, steps=t["steps"])).astype(int)
+        assert np.abs(got - want).max() <= 1, tier
+    assert not fast.torch_loaded
+
+
+def test_cdc_get_of_a_refine_archive_imports_no_torch(tmp_path):
+    """`cdc get` of the shipped default's archive, preview and standard, in a fresh process:
+    no torch import, and the torch codec's pixels within a grey level."""
+    from pipeline.archive import encode_shard, open_or_create, plan_inputs, plan_shards
+    from storage import Archive
+    from zoo import load_codec
+
+    codec = load_codec("refine-avif").with_rate(0.3)
+    root = tmp_path / "imgs"
+    root.mkdir()
+    Image.fromarray(smooth_image(96, 128, seed=3)).save(root / "a.png")
+    arch, _ = open_or_create(str(tmp_path / "r.zarr"), codec, shard_size=8)
+    items, _ = plan_inputs(str(root))
+    list(encode_shard(codec, arch, plan_shards(items, set(), set(), 8)[0]))
+    data = Archive.open(arch.url)["a.png"].data
+    for tier, steps in (("preview", 0), ("standard", 1)):
+        out = tmp_path / f"{tier}.png"
+        code = ("import sys\nfrom jobs.cli import main\n"
+                f"sys.argv = ['cdc', 'get', {str(arch.url)!r}, 'a.png', {str(out)!r}, "
+                f"'--tier', {tier!r}, '--no-cache']\n"
+                "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+                "print('torch' in sys.modules)\n")
+        r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip().splitlines()[-1] == "False", tier
+        got = np.asarray(Image.open(out)).astype(int)
+        want = np.asarray(codec.decompress(data, steps=steps)).astype(int)
+        assert np.abs(got - want).max() <= 1, tier

@@ -158,6 +158,7 @@ class OnnxRefineDecoder:
             m = json.loads(meta)
             self.config = RefineConfig.from_dict(m["config"])
             self.model_id = str(m["model_id"])
+            self.meta: dict[str, Any] = dict(m.get("meta") or {})
             self.weights_sha256 = str(m["weights_sha256"])
             self.space_tile = int(m["space"]["tile"])
             self.space_components = dict(m["space"]["components"])

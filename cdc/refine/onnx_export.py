@@ -101,14 +101,15 @@ def export_space(space: TAEF2Space) -> dict[str, bytes]:
 
 
 def export_refiner(codec: Any) -> bytes:
-    """A latent :class:`~cdc.refine.codec.RefineCodec`'s standard step, its config, weights
-    digest and the space's component digests in the graph's metadata."""
+    """A latent :class:`~cdc.refine.codec.RefineCodec`'s standard step; in the graph's
+    metadata its config, weights digest, the weights file's ``meta`` (training facts,
+    recommended tiers) and the space's component digests."""
     cfg = codec.config
     if cfg.space != "taef2":
         raise ValueError(f"{codec.model_id}: only TAEF2-latent refine models export to ONNX "
                          f"(space {cfg.space!r})")
     step = _StandardStep(codec.net, cfg.residual_std, cfg.train_timesteps)
-    meta = {"config": cfg.to_dict(), "model_id": codec.model_id,
+    meta = {"config": cfg.to_dict(), "model_id": codec.model_id, "meta": dict(codec.meta),
             "weights_sha256": codec.weights_sha256, "path": [1, 0.0, 0],
             "space": {**codec.space.spec(), "components": codec.space.components()}}
     return _to_bytes(step, torch.randn(1, 32, 8, 8), "zb", "z",
