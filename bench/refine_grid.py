@@ -62,6 +62,11 @@ def main() -> None:
         raise SystemExit(f"{a.model}: not a latent-space refiner (no latent grid)")
     codec.net.cfg = dataclasses.replace(cfg, degrid_window=0)  # the refiner as trained
     bound = cfg.bound_db if a.bound is None else a.bound
+    # The bound decides most of a PSNR comparison: a run folder's config has the model
+    # config's bound (0.3 dB), a shipped model the one chosen for it (refine-avif: 0.4), so
+    # compare models at one --bound (2026-12-06: a 0.3-vs-0.4 comparison passed for +0.09 dB).
+    whose = "--bound" if a.bound is not None else "the model config's"
+    print(f"# {a.model} step {step}: standard path, bound {bound:g} dB ({whose})", flush=True)
     lp = LPIPS("vgg")
     out = Path(a.out) if a.out else None
     if out:
