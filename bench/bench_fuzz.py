@@ -9,7 +9,9 @@ for diffc-small, whose decode replays 20 coded steps; 16–64 px for the latent 
 networks run at 1/8) encoded with every model of ``zoo/models.json`` (``MODELS``: the pixel
 models, the ``lcdc-*`` ladder, ``lcorrdiff-q2``, ``ldiffc-small``) and with a tiny random
 refine codec (``refine-random``: a whole-AVIF base layer in a container; the shipped
-``refine-avif`` writes bare bases). Each fuzzed stream is one base stream with one mutation kind:
+``refine-avif`` writes bare bases), and ``refine-avif@onnx``: the shipped default's streams
+through its torch-free decoder (``OnnxFirstRefineCodec``; torch only encodes them). Each
+fuzzed stream is one base stream with one mutation kind:
 
 * ``bitflip``: 1–8 random bits flipped; ``overwrite``: 1–3 runs of random bytes;
   ``truncate``: cut at a random length; ``append``: random bytes added at the end;
@@ -80,7 +82,10 @@ def shipped_models() -> tuple[str, ...]:
     return tuple(sorted(json.loads((ROOT / "zoo" / "models.json").read_text())))
 
 
-MODELS = (*shipped_models(), REFINE_MODEL)
+#: The shipped default's torch-free decoder (cdc decompress / cdc get): its ONNX graphs and
+#: numpy steps behind the codec protocol (streams encoded by the torch codec).
+ONNX_MODEL = "refine-avif@onnx"
+MODELS = (*shipped_models(), REFINE_MODEL, ONNX_MODEL)
 #: Base image sizes (h, w) per codec: small, so that a decode that gets through is fast.
 SIZES = {"cdc": ((32, 32), (40, 56), (64, 48)), "corrdiff": ((32, 32), (48, 40), (64, 64)),
          "diffc": ((16, 16), (16, 24), (24, 20)), "refine": ((24, 24), (40, 56), (64, 48))}
@@ -105,6 +110,13 @@ def load_fuzz_codec(model: str):
 
         return codec_from_bytes(refine_weights(), REFINE_MODEL).with_rate(quality=30)
     from zoo import load_codec
+
+    if model == ONNX_MODEL:
+        from cdc.refine.onnx_codec import OnnxFirstRefineCodec
+        from zoo.onnx_graphs import load_onnx_decoder
+
+        name = model.split("@")[0]
+        return OnnxFirstRefineCodec(load_onnx_decoder(name, threads=1), lambda: load_codec(name))
 
     return load_codec(model)
 
@@ -423,7 +435,7 @@ def worker_main(conn, models: list[str], mem_bytes: int, budget: str, steps: int
     codecs = {}
     for m in models:
         codecs[m] = load_fuzz_codec(m)
-        codecs[m].budget = DecodeBudget.parse(budget) if budget else DecodeBudget()
+        codecs[m].with_budget(DecodeBudget.parse(budget) if budget else DecodeBudget())
     conn.send(("ready", os.getpid()))
     while True:
         msg = conn.recv()

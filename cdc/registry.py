@@ -37,6 +37,15 @@ class CodecEntry:
     #: self-contained dict, getting each named file's dict from the zoo through ``fetch``
     #: (:data:`cdc.weights.FetchWeights`). Empty: the codec's files are self-contained.
     complete_weights: str = ""
+    #: A torch-free decoder for some decode paths, from ONNX graphs the zoo ships beside the
+    #: weights (empty: none). ``onnx_export``: "module:function" ``(codec) -> (model graph,
+    #: {part: space graph}, space component digests)`` (needs torch and onnx);
+    #: ``onnx_decoder``: "module:Class" ``(model graph, {part: graph}, threads)`` with
+    #: ``supports(steps, gamma)`` and ``decompress``; ``onnx_codec``: "module:Class"
+    #: ``(decoder, load_torch_codec)``, the codec protocol over it for the archive readers.
+    onnx_export: str = ""
+    onnx_decoder: str = ""
+    onnx_codec: str = ""
 
 
 CODECS: dict[str, CodecEntry] = {e.name: e for e in (
@@ -53,7 +62,10 @@ CODECS: dict[str, CodecEntry] = {e.name: e for e in (
                complete_weights="cdc.corrdiff.codec:complete_weights"),
     CodecEntry("refine", 3, "cdc.refine.codec:RefineCodec", "cdc.refine.stream:describe",
                "cdc.refine.config:REFINE_CONFIGS", "pipeline.training.train_refine",
-               "AVIF base layer + conditional diffusion refinement, per-tile fidelity bound"),
+               "AVIF base layer + conditional diffusion refinement, per-tile fidelity bound",
+               onnx_export="cdc.refine.onnx_export:export_graphs",
+               onnx_decoder="cdc.refine.onnx_decoder:OnnxRefineDecoder",
+               onnx_codec="cdc.refine.onnx_codec:OnnxFirstRefineCodec"),
 )}
 
 BY_BYTE: dict[int, str] = {e.byte: e.name for e in CODECS.values()}

@@ -149,40 +149,36 @@ def stream_model(src: object, data: bytes, model: str | None) -> tuple[str, str 
 ENGINES = ("auto", "onnx", "torch")
 
 
-def _onnx_decoder(src: object, codec: str, name: str, device: str, engine: str,
-                  steps: int | None, gamma: float | None):
-    """The torch-free decoder of a shipped refine model for this path, or None (torch).
-    ``auto`` falls back to torch, saying why on stderr, when the graphs are missing or
-    broken; ``onnx`` fails instead."""
+def _onnx_decoder(src: object, name: str, device: str, engine: str, steps: int | None,
+                  gamma: float | None):
+    """The torch-free decoder of a shipped model (a codec that registers one) for this decode
+    path, or None: torch decodes. ``auto`` falls back to torch quietly when the model has no
+    graphs or they do not cover the path, with a warning when they fail their checks;
+    ``onnx`` fails instead."""
     if engine not in ENGINES:
         fail(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}", EXIT_USAGE)
-    if engine == "torch" or codec != "refine":
-        if engine == "onnx":
-            fail(f"{src}: --engine onnx decodes refine streams only (this is {codec})",
-                 EXIT_USAGE, src)
+    if engine == "torch":
         return None
     from cdc import WeightsError
     from zoo.onnx_graphs import load_onnx_decoder
 
-    why = None
+    dec, why, warn = None, None, False
     if device != "cpu":
-        why = f"--device {device}"
+        why = f"the ONNX decoder runs on the CPU, not --device {device}"
     else:
         try:
             dec = load_onnx_decoder(name)
         except WeightsError as e:
-            dec, why = None, str(e)
+            why, warn = str(e), True
         if dec is None and why is None:
             why = f"{name} has no ONNX graphs"
         elif dec is not None and not dec.supports(steps, gamma):
-            why = "the ONNX graphs cover steps 0, or 1 at γ 0"
-        elif dec is not None:
-            return dec
-    if engine == "onnx":
+            dec, why = None, f"its ONNX graphs do not run steps {steps} at γ {gamma}"
+    if dec is None and engine == "onnx":
         fail(f"{src}: --engine onnx: {why}", EXIT_USAGE, src)
-    if why and "no ONNX graphs" not in why and "cover steps" not in why:
+    if warn:
         typer.echo(f"warning: decoding with torch: {why}", err=True)
-    return None
+    return dec
 
 
 def check_stream_model(src: object, data: bytes, codec, model: str) -> None:
@@ -266,7 +262,7 @@ def decompress(
                                          pixels=h.width * h.height)
         name, sha256 = stream_model(src, data, model)
         fast = None if model and engine == "auto" else \
-            _onnx_decoder(src, h.codec, name, device, engine, steps, gamma)
+            _onnx_decoder(src, name, device, engine, steps, gamma)
         if fast is not None:
             img = fast.with_budget(limits).decompress(data, steps=steps, gamma=gamma)
         else:

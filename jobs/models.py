@@ -64,9 +64,10 @@ def load_codec(model: str, expected_sha256: str, weights: list[Any] | bytes | No
 
 
 def load_decoding_codec(model: str, *, device: str = "cpu"):
-    """The codec to *decode* with: for a shipped refine model with ONNX graphs, on the CPU,
-    one that runs the preview and standard tiers without torch and loads torch only for the
-    rest (:class:`cdc.refine.onnx_codec.OnnxFirstRefineCodec`); else :func:`load_driver_codec`.
+    """The codec to *decode* with: for a shipped model with ONNX graphs, on the CPU, its
+    codec's ``onnx_codec`` (refine: preview and standard without torch, torch loaded only for
+    the rest, :class:`cdc.refine.onnx_codec.OnnxFirstRefineCodec`); else
+    :func:`load_driver_codec`.
     Graphs that fail their digest checks are skipped with a warning (torch decodes)."""
     if device == "cpu":
         import logging
@@ -79,10 +80,12 @@ def load_decoding_codec(model: str, *, device: str = "cpu"):
         except WeightsError as e:
             logging.getLogger(__name__).warning("decoding with torch: %s", e)
             dec = None
-        if dec is not None:
-            from cdc.refine.onnx_codec import OnnxFirstRefineCodec
+        if dec is not None:  # the codec protocol over it, as the codec registers it
+            from cdc.registry import codec_of, entry, resolve
+            from zoo import registry
 
-            return OnnxFirstRefineCodec(dec, lambda: load_driver_codec(model, device=device))
+            wrap = resolve(entry(codec_of(registry()[model])).onnx_codec)
+            return wrap(dec, lambda: load_driver_codec(model, device=device))
     return load_driver_codec(model, device=device)
 
 

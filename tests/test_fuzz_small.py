@@ -19,6 +19,7 @@ from bench.bench_fuzz import (  # noqa: E402
     BAD,
     KINDS,
     MODELS,
+    ONNX_MODEL,
     PIXEL_MODELS,
     REFINE_MODEL,
     SELFTEST,
@@ -46,7 +47,7 @@ def bases() -> dict[str, list[bytes]]:
 
 
 def test_the_pool_covers_every_shipped_model_and_refine():
-    assert set(MODELS) == {*shipped_models(), REFINE_MODEL}
+    assert set(MODELS) == {*shipped_models(), REFINE_MODEL, ONNX_MODEL}
     assert {"lcdc-q1", "lcdc-q4", "lcorrdiff-q2", "ldiffc-small"} <= set(MODELS)
 
 
@@ -67,6 +68,18 @@ def test_small_fuzz_run_has_no_crash_hang_or_untyped_error(bases):
     assert rep["outcomes"]["typed_error"] > N // 2
     assert len(rep["by_model_kind"]) == len(TEST_MODELS) * len(KINDS)
     assert sum(rep["by_model"][LATENT].values()) == N // len(TEST_MODELS)
+
+
+@pytest.mark.timeout(600)
+def test_small_fuzz_of_the_torch_free_decoder():
+    """The shipped default's streams, mutated, through its ONNX decoder (cdc get / cdc
+    decompress): only typed errors or images."""
+    bases = {ONNX_MODEL: base_streams([ONNX_MODEL])[ONNX_MODEL]}
+    rep = report(run_fuzz(80, workers=1, seed=21, timeout=60, mem_gb=6, bases=bases,
+                          models=[ONNX_MODEL]))
+    assert rep["streams"] == 80 and not any(rep["outcomes"][o] for o in BAD), rep["findings"]
+    assert rep["outcomes"]["typed_error"] > 20
+    assert len(rep["by_model_kind"]) == len(KINDS)
 
 
 def test_malformed_avif_in_a_valid_container_is_a_typed_error():

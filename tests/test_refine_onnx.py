@@ -288,3 +288,13 @@ def test_cdc_get_of_a_refine_archive_imports_no_torch(tmp_path):
         got = np.asarray(Image.open(out)).astype(int)
         want = np.asarray(codec.decompress(data, steps=steps)).astype(int)
         assert np.abs(got - want).max() <= 1, tier
+
+
+def test_every_registered_onnx_hook_resolves():
+    from cdc.registry import CODECS, resolve
+
+    hooks = [(c, h) for c, e in CODECS.items()
+             for h in (e.onnx_export, e.onnx_decoder, e.onnx_codec) if h]
+    assert ("refine", "cdc.refine.onnx_decoder:OnnxRefineDecoder") in hooks
+    for _, h in hooks:
+        assert callable(resolve(h)), h

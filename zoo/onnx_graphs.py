@@ -1,7 +1,8 @@
-"""ONNX graphs of shipped refine models: written beside the weights, loaded without torch.
+"""ONNX graphs of shipped models: written beside the weights, loaded without torch.
 
-:func:`write_onnx` (needs torch and onnx: a maintainer's step after shipping weights)
-exports a TAEF2-latent refine model's standard path (:mod:`cdc.refine.onnx_export`) into
+For codecs that register ONNX hooks (:class:`cdc.registry.CodecEntry`; today the refine
+codec's TAEF2-latent models), :func:`write_onnx` (needs torch and onnx: a maintainer's
+step after shipping weights) exports a model's graphs (:mod:`cdc.refine.onnx_export`) into
 ``zoo/weights/onnx/``: ``<model>.onnx`` (its sha256 in the model's registry entry under
 ``onnx``) and TAEF2's four parts once (``taef2_*.onnx``, their sha256 and the ``.pth``
 digests they come from in ``taef2.json``). :func:`load_onnx_decoder` reads them back with
@@ -32,26 +33,31 @@ def _write(path: Path, data: bytes) -> str:
 
 
 def write_onnx(name: str, zoo_dir: str | Path | None = None) -> dict[str, Any]:
-    """Export shipped model ``name``'s graphs (and TAEF2's) into the zoo; returns its
+    """Export shipped model ``name``'s graphs (and its space's) into the zoo; returns its
     registry entry's new ``onnx`` field."""
-    from cdc.refine.onnx_export import export_refiner, export_space
+    from cdc.registry import entry, resolve
     from zoo.loader import codec_from_bytes
     from zoo.store import read_verified_bytes
 
     zoo = Path(zoo_dir) if zoo_dir else package_dir()
     data, source = read_verified_bytes(name) if zoo_dir is None else _read_in(zoo, name)
     codec = codec_from_bytes(data, source)
-    if getattr(codec, "codec_id", None) != "refine" or codec.space is None:
-        raise WeightsError(f"{name}: only TAEF2-latent refine models have ONNX graphs")
+    hook = entry(codec.codec_id).onnx_export
+    if not hook:
+        raise WeightsError(f"{name}: {codec.codec_id} models have no ONNX graphs")
+    try:
+        model_graph, space_graphs, components = resolve(hook)(codec)
+    except ValueError as e:
+        raise WeightsError(str(e)) from None
     folder = zoo / ONNX_DIR
-    manifest = {"from": codec.space.components(), "parts": {}}
-    for part, graph in export_space(codec.space).items():
+    manifest: dict[str, Any] = {"from": components, "parts": {}}
+    for part, graph in space_graphs.items():
         file = f"taef2_{part}.onnx"
         manifest["parts"][part] = {"file": file, "sha256": _write(folder / file, graph)}
     _write(folder / SPACE_MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n")
            .encode())
     field = {"file": f"{ONNX_DIR}/{name}.onnx",
-             "sha256": _write(folder / f"{name}.onnx", export_refiner(codec)),
+             "sha256": _write(folder / f"{name}.onnx", model_graph),
              "space": f"{ONNX_DIR}/{SPACE_MANIFEST}"}
     update_entry(name, {"onnx": field}, zoo_dir=zoo)
     return field
@@ -84,26 +90,31 @@ def has_onnx(name: str, zoo_dir: str | Path | None = None) -> bool:
 
 def load_onnx_decoder(name: str, zoo_dir: str | Path | None = None,
                       threads: int | None = None) -> Any:
-    """The :class:`~cdc.refine.onnx_decoder.OnnxRefineDecoder` of shipped model ``name``, or
-    ``None`` when it has no graphs. Raises :class:`WeightsError` when a file differs from
-    its digest or the graphs were exported from other weights than the registry's."""
+    """The torch-free decoder of shipped model ``name`` (its codec's registered
+    ``onnx_decoder``), or ``None`` when it has none. Raises :class:`WeightsError` when a file
+    differs from its digest or the graphs come from other weights than the registry's."""
     zoo = Path(zoo_dir) if zoo_dir else package_dir()
     reg = json.loads((zoo / "models.json").read_text()) if zoo_dir else registry()
     entry = reg.get(name)
     if not entry or "onnx" not in entry:
         return None
-    from cdc.refine.onnx_decoder import SPACE_PARTS, OnnxRefineDecoder
+    from cdc.registry import codec_of, resolve
+    from cdc.registry import entry as codec_entry
 
+    hook = codec_entry(codec_of(entry)).onnx_decoder
+    if not hook:
+        return None
+    decoder_class = resolve(hook)
     field = entry["onnx"]
     refiner = _verified(zoo / field["file"], field["sha256"])
     manifest_path = zoo / field["space"]
     try:
         manifest = json.loads(manifest_path.read_text())
-        parts = {p: _verified(manifest_path.parent / manifest["parts"][p]["file"],
-                              manifest["parts"][p]["sha256"]) for p in SPACE_PARTS}
+        parts = {p: _verified(manifest_path.parent / f["file"], f["sha256"])
+                 for p, f in manifest["parts"].items()}
     except (OSError, KeyError, TypeError, ValueError) as e:
         raise WeightsError(f"{manifest_path}: bad ONNX space manifest ({e})") from None
-    dec = OnnxRefineDecoder(refiner, parts, threads)
+    dec = decoder_class(refiner, parts, threads)
     if dec.weights_sha256 != entry["sha256"]:
         raise WeightsError(f"{zoo / field['file']}: exported from weights "
                            f"{dec.weights_sha256[:16]}…, but {name} ships "

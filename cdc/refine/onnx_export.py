@@ -114,3 +114,10 @@ def export_refiner(codec: Any) -> bytes:
             "space": {**codec.space.spec(), "components": codec.space.components()}}
     return _to_bytes(step, torch.randn(1, 32, 8, 8), "zb", "z",
                      {META_KEY: json.dumps(meta, sort_keys=True)})
+
+
+def export_graphs(codec: Any) -> tuple[bytes, dict[str, bytes], dict[str, str]]:
+    """The registry's ``onnx_export`` hook: the refiner graph, TAEF2's four graphs and the
+    digests of the TAEF2 files they come from."""
+    model = export_refiner(codec)  # refuses a pixel-space model first
+    return model, export_space(codec.space), codec.space.components()
