@@ -82,7 +82,7 @@ def main() -> None:
         return 10 * math.log10(4 / max(float(((y - x) ** 2).mean()), 1e-12)), d
 
     rows = []
-    for name in sorted(read_split(a.split))[: a.images]:
+    for name in sorted(read_split(a.split))[a.first: a.first + a.images]:
         arr = np.asarray(Image.open(Path(a.root) / name).convert("RGB"))
         h, w = arr.shape[:2]
         x = array_to_tensor(arr)

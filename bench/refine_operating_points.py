@@ -48,6 +48,9 @@ def validation_args(ap: argparse.ArgumentParser, images: int, name: str = "--ima
     ap.add_argument("--split", default="configs/validation-split.txt")
     ap.add_argument("--root", default="../shared/data/train")
     ap.add_argument(name, type=int, default=images, help="the first N photos of the split")
+    ap.add_argument("--first", type=int, default=0,
+                    help="start at this photo of the split (run shards on several cores, "
+                         "then join their rows.json with --rows)")
     return ap
 
 
@@ -57,13 +60,16 @@ def main() -> None:
     validation_args(ap, 12)
     ap.add_argument("--rates", default="0.05,0.12,0.3")
     ap.add_argument("--out", default="")
-    ap.add_argument("--rows", default="", help="re-summarise a rows.json of an earlier run")
+    ap.add_argument("--rows", default="",
+                    help="re-summarise the rows.json of an earlier run (comma-separated: shards)")
     a = ap.parse_args()
     if a.rows:
-        rows = json.loads(Path(a.rows).read_text())
+        files = [Path(f) for f in a.rows.split(",")]  # several: the shards of one run
+        rows = [r for f in files for r in json.loads(f.read_text())]
         summary = summarize(rows, sorted({r["rate"] for r in rows}))
-        old = json.loads((Path(a.rows).parent / "summary.json").read_text())
-        summary.update({k: old[k] for k in ("model", "train_steps", "images") if k in old})
+        olds = [json.loads((f.parent / "summary.json").read_text()) for f in files]
+        summary.update({k: olds[0][k] for k in ("model", "train_steps") if k in olds[0]})
+        summary["images"] = [n for o in olds for n in o.get("images", [])]
         print({k: v for k, v in summary.items() if k not in ("images", "paths")})
         if a.out:
             Path(a.out).mkdir(parents=True, exist_ok=True)
@@ -80,7 +86,7 @@ def main() -> None:
     cfg = codec.config
     lp = LPIPS("vgg")
     avif = CLASSICAL["avif"]
-    names = sorted(read_split(a.split))[: a.images]
+    names = sorted(read_split(a.split))[a.first: a.first + a.images]
     rates = [float(r) for r in a.rates.split(",")]
 
     def measure(y: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
