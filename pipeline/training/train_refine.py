@@ -236,6 +236,9 @@ def export_model(run_dir: str | Path, name: str | None = None,
     name = name or cfg.zoo_name or cfg.model_id
     meta = {"crop": cfg.crop, "batch_size": cfg.batch_size, "mse_weight": cfg.mse_weight,
             "rho": cfg.rho, **({"perceptual": cfg.perceptual} if cfg.rho > 0 else {}),
+            **({"pixel_weight": cfg.pixel_weight, "pixel_rho": cfg.pixel_rho,
+                "pixel_items": cfg.pixel_items, "pixel_perceptual": cfg.perceptual}
+               if cfg.pixel_weight > 0 or cfg.pixel_rho > 0 else {}),
             "sources": cfg.sources,
             "validation_split": cfg.validation_split, **({"tiers": tiers} if tiers else {}),
             **(extra_meta or {})}
