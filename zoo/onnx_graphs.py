@@ -64,7 +64,7 @@ def write_onnx(name: str, zoo_dir: str | Path | None = None) -> dict[str, Any]:
 
 
 def _read_in(zoo: Path, name: str) -> tuple[bytes, str]:
-    entry = json.loads((zoo / "models.json").read_text())[name]
+    entry = _registry(zoo)[name]
     data = (zoo / entry["file"]).read_bytes()
     if sha256_hex(data) != entry["sha256"]:
         raise WeightsError(f"{zoo / entry['file']}: sha256 does not match models.json")
@@ -82,10 +82,13 @@ def _verified(path: Path, sha256: str) -> bytes:
     return data
 
 
+def _registry(zoo_dir: str | Path | None) -> dict[str, Any]:
+    """The installed registry, or the one of another zoo folder."""
+    return json.loads((Path(zoo_dir) / "models.json").read_text()) if zoo_dir else registry()
+
+
 def has_onnx(name: str, zoo_dir: str | Path | None = None) -> bool:
-    reg = (json.loads((Path(zoo_dir) / "models.json").read_text()) if zoo_dir
-           else registry())
-    return "onnx" in reg.get(name, {})
+    return "onnx" in _registry(zoo_dir).get(name, {})
 
 
 def load_onnx_decoder(name: str, zoo_dir: str | Path | None = None,
@@ -94,8 +97,7 @@ def load_onnx_decoder(name: str, zoo_dir: str | Path | None = None,
     ``onnx_decoder``), or ``None`` when it has none. Raises :class:`WeightsError` when a file
     differs from its digest or the graphs come from other weights than the registry's."""
     zoo = Path(zoo_dir) if zoo_dir else package_dir()
-    reg = json.loads((zoo / "models.json").read_text()) if zoo_dir else registry()
-    entry = reg.get(name)
+    entry = _registry(zoo_dir).get(name)
     if not entry or "onnx" not in entry:
         return None
     from cdc.registry import codec_of, resolve

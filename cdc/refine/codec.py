@@ -32,7 +32,9 @@ from cdc.errors import DecodeSettingsError, WeightsError
 from cdc.image import array_to_tensor, tensor_to_image
 from cdc.interface import DecodeSettings, ImageLike
 from cdc.refine import base_layer, blend
-from cdc.refine.config import RefineConfig
+from cdc.refine.config import DEFAULT_PATHS, RefineConfig
+from cdc.refine.config import decode_defaults as _decode_defaults
+from cdc.refine.config import recommended_tiers as _recommended_tiers
 from cdc.refine.degrid import remove_grid
 from cdc.refine.nets import RefineDenoiser, build_net
 from cdc.refine.stream import BARE, BASE_TAG, PLAN_READ_BYTES, WEIGHTS_TAG, Parsed, parse
@@ -44,8 +46,6 @@ Path = tuple[int, float, int]  # (steps, γ, seed)
 
 #: Rate the encoder aims at when none is set (bits per pixel of the original).
 DEFAULT_RATE = 0.15
-#: Decode paths encoded when no archive tiers say otherwise: `standard` and `high`.
-DEFAULT_PATHS: tuple[Path, ...] = ((1, 0.0, 0), (3, 0.6, 0))
 
 
 class RefineCodec(BaseCodec):
@@ -109,14 +109,10 @@ class RefineCodec(BaseCodec):
         return self.net.cfg
 
     def decode_defaults(self) -> dict[str, Any]:
-        cfg = self.config
-        return {"default_steps": cfg.default_steps, "default_gamma": cfg.default_gamma}
+        return _decode_defaults(self.config)
 
     def recommended_tiers(self) -> dict[str, dict[str, Any]] | None:
-        return self.meta.get("tiers") or {
-            "preview": {"steps": 0, "gamma": 0.0, "seed": 0},
-            "standard": {"steps": 1, "gamma": 0.0, "seed": 0},
-            "high": {"steps": DEFAULT_PATHS[1][0], "gamma": DEFAULT_PATHS[1][1], "seed": 0}}
+        return _recommended_tiers(self.meta)
 
     # -- encoder settings -------------------------------------------------------------------
     def with_rate(self, bpp: float | None = None, quality: int | None = None) -> RefineCodec:
@@ -333,8 +329,6 @@ class RefineCodec(BaseCodec):
         return end
 
     def info(self, data: bytes) -> dict[str, Any]:
-        from cdc.refine.stream import describe
+        from cdc.refine.stream import info
 
-        d = describe(data)
-        d["model_matches"] = d["model_digest"] == self.digest.hex()
-        return d
+        return info(data, self.digest)

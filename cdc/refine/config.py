@@ -125,3 +125,19 @@ REFINE_CONFIGS: dict[str, RefineConfig] = {
                                   net_tile=512, net_margin=128, degrid_window=8,
                                   base_bare=True),
 }
+
+
+#: Decode paths (steps, γ, seed) encoded when no archive tiers say otherwise: `standard`, `high`.
+DEFAULT_PATHS: tuple[tuple[int, float, int], ...] = ((1, 0.0, 0), (3, 0.6, 0))
+
+
+def recommended_tiers(meta: dict) -> dict[str, dict]:
+    """A refine model's tiers: its weights file's ``meta["tiers"]``, else the defaults."""
+    return meta.get("tiers") or {
+        "preview": {"steps": 0, "gamma": 0.0, "seed": 0},
+        "standard": {"steps": 1, "gamma": 0.0, "seed": 0},
+        "high": {"steps": DEFAULT_PATHS[1][0], "gamma": DEFAULT_PATHS[1][1], "seed": 0}}
+
+
+def decode_defaults(cfg: RefineConfig) -> dict:
+    return {"default_steps": cfg.default_steps, "default_gamma": cfg.default_gamma}

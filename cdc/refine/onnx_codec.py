@@ -17,11 +17,9 @@ from typing import Any
 from PIL import Image
 
 from cdc.limits import DEFAULT_BUDGET, DecodeBudget
+from cdc.refine.config import decode_defaults, recommended_tiers
 from cdc.refine.onnx_decoder import OnnxRefineDecoder
-from cdc.refine.stream import PLAN_READ_BYTES, base_prefix_length
-
-#: Decode paths the encoder stores when the weights name no tiers (= codec.DEFAULT_PATHS).
-_HIGH_DEFAULT = {"steps": 3, "gamma": 0.6, "seed": 0}
+from cdc.refine.stream import PLAN_READ_BYTES, base_prefix_length, info
 
 
 class OnnxFirstRefineCodec:
@@ -69,13 +67,10 @@ class OnnxFirstRefineCodec:
         return int(self.decoder.config.pad_multiple)
 
     def decode_defaults(self) -> dict[str, Any]:
-        cfg = self.decoder.config
-        return {"default_steps": cfg.default_steps, "default_gamma": cfg.default_gamma}
+        return decode_defaults(self.decoder.config)
 
     def recommended_tiers(self) -> dict[str, dict[str, Any]] | None:
-        return self.meta.get("tiers") or {
-            "preview": {"steps": 0, "gamma": 0.0, "seed": 0},
-            "standard": {"steps": 1, "gamma": 0.0, "seed": 0}, "high": dict(_HIGH_DEFAULT)}
+        return recommended_tiers(self.meta)
 
     def prefix_length(self, head: bytes, steps: int | None = None,
                       bpp: float | None = None) -> int:
@@ -108,11 +103,7 @@ class OnnxFirstRefineCodec:
         return self.torch_codec.compress_batch(images)
 
     def info(self, data: bytes) -> dict[str, Any]:
-        from cdc.refine.stream import describe
-
-        d = describe(data)
-        d["model_matches"] = d["model_digest"] == self.digest.hex()
-        return d
+        return info(data, self.digest)
 
     def prepare_paths(self, settings: Sequence[Any]) -> None:
         self.torch_codec.prepare_paths(settings)

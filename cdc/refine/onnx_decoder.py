@@ -29,7 +29,8 @@ from cdc.refine.weights_section import BlendPath, grid, unpack
 from cdc.tiling import tiled
 
 SPACE_PARTS = ("encoder_trunk", "encoder_head", "decoder_head", "decoder_tail")
-META_KEY = "cdc.refine"  # = cdc.refine.onnx_export.META_KEY (that module needs torch)
+#: Metadata key of the refiner graph: its config, digest, weights meta and space.
+META_KEY = "cdc.refine"
 STRIDE = 8
 ENCODER_MARGIN, DECODER_MARGIN = 128, 8  # as TAEF2Space.encode / decode (px / latent px)
 

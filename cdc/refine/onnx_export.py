@@ -21,11 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cdc.refine.onnx_decoder import META_KEY
 from cdc.spaces.taef2 import _DECODER_LOCAL, _ENCODER_LOCAL, TAEF2Space
 
 OPSET = 17
-#: Metadata key of the refiner graph: its config, digest and the decode path it computes.
-META_KEY = "cdc.refine"
 
 
 class _StandardStep(nn.Module):

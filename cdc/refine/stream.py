@@ -116,3 +116,10 @@ def describe(data: bytes, config: Any = None) -> dict[str, Any]:
         n, _ = read_varint(p.weights, 1, len(p.weights))
         out["decode_paths"] = n
     return out
+
+
+def info(data: bytes, digest: bytes) -> dict[str, Any]:
+    """:func:`describe`, plus whether the stream names the weights with ``digest``."""
+    d = describe(data)
+    d["model_matches"] = d["model_digest"] == digest.hex()
+    return d
