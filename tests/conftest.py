@@ -87,3 +87,11 @@ def _own_model_cache(tmp_path_factory, monkeypatch):
 def pytest_collection_modifyitems(config, items):
     for item in items:
         item.add_marker(pytest.mark.timeout(300))
+
+
+def tile_by_side(h: int, w: int, tile: int, margin: int) -> bool:
+    """A stand-in for :func:`cdc.tiling.whole` that tiles whenever a side exceeds one tile
+    with its margins: small test images then run the tiled loops (the area rule would run
+    them whole), so a test sees seams a broken loop leaves."""
+    return h <= tile + 2 * margin and w <= tile + 2 * margin
+

@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cdc import tiling
 from cdc.errors import DecodeSettingsError, ModelMismatchError, ResourceLimitError, WeightsError
 from cdc.limits import DecodeBudget
 from cdc.refine import degrid
 from cdc.refine import onnx_decoder as od
-from tests.conftest import smooth_image
+from tests.conftest import smooth_image, tile_by_side
 from tests.tiny_refine import latent_refine_bytes
 
 pytest.importorskip("onnxruntime")
@@ -59,18 +60,15 @@ def test_grid_filter_is_the_torch_filter(h, w):
     assert np.abs(got - refined[0].numpy()).max() > 0.01  # it did remove something
 
 
-def test_tiles_equal_the_whole_map():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((1, 2, 45, 70)).astype(np.float32)
-
-    def box3(t):  # a local op with a 1-pixel radius, zero outside the image
-        p = np.pad(t, ((0, 0), (0, 0), (1, 1), (1, 1)))
-        return sum(p[..., i:i + t.shape[2], j:j + t.shape[3]] for i in range(3) for j in range(3))
-
-    np.testing.assert_allclose(od.tiled(box3, x, 16, 4, 1, 1), box3(x), atol=1e-5)
-
-
 # -- the whole decoder against the torch codec -------------------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def _small_images_tile():
+    """Every decode in this module runs the tiled loops (a 99x403 image would run whole)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tiling, "whole", tile_by_side)
+        yield
+
+
 @pytest.fixture(scope="module")
 def pair():
     """A tiny random latent refine codec with small TAEF2 tiles (so both tiled loops run),
@@ -129,8 +127,7 @@ def test_paths_it_does_not_run_and_other_models_are_refused(pair, stream):
 
 def test_the_budget_refuses_what_the_torch_codec_refuses(pair, stream):
     codec, dec = pair
-    small = DecodeBudget(max_alloc_bytes=od.alloc_bytes(codec.config, 128, 99, 403) - 1)
-    assert od.alloc_bytes(codec.config, 128, 99, 403) == codec._alloc_bytes(99, 403)
+    small = DecodeBudget(max_alloc_bytes=codec._alloc_bytes(99, 403) - 1)
     with pytest.raises(ResourceLimitError, match="alloc_bytes"):
         dec.with_budget(small).decompress(stream, steps=1)
     dec.with_budget(None)

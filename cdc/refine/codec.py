@@ -36,6 +36,7 @@ from cdc.refine.config import DEFAULT_PATHS, RefineConfig
 from cdc.refine.config import decode_defaults as _decode_defaults
 from cdc.refine.config import recommended_tiers as _recommended_tiers
 from cdc.refine.degrid import remove_grid
+from cdc.refine.memory import alloc_bytes
 from cdc.refine.nets import RefineDenoiser, build_net
 from cdc.refine.stream import BARE, BASE_TAG, PLAN_READ_BYTES, WEIGHTS_TAG, Parsed, parse
 from cdc.refine.stream import base_prefix_length as _base_prefix_length
@@ -201,20 +202,8 @@ class RefineCodec(BaseCodec):
         return out.clamp(-1, 1).cpu()
 
     def _alloc_bytes(self, h: int, w: int) -> int:
-        """Estimated peak bytes of a decode: whole-image tensors plus one network tile, and
-        in latent space the larger of TAEF2's encode (its full-resolution trunk runs in
-        tiles of ``tile`` + 2·128 px, about five 64-channel maps) and its decode."""
-        cfg = self.config
-        whole = 4 * (12 if cfg.degrid_window else 10) * 3 * h * w  # degrid: 2 more
-        if self.space is not None:
-            side = self.space.tile + 2 * 128
-            encode = 4 * 5 * 64 * min(h, side) * min(w, side)
-            latent = 4 * 8 * (cfg.channels[0] + 32) * -(-h // 8) * -(-w // 8)
-            return whole + latent + max(encode, self.space.decode_bytes(h, w))
-        side = min(max(h, w), cfg.net_tile + 2 * cfg.net_margin)
-        tile = side * min(min(h, w), side)
-        level = sum(c * (4 * cfg.blocks + 4) / 4 ** (i + 1) for i, c in enumerate(cfg.channels))
-        return int(whole + 4 * tile * (3 * cfg.head_channels + 12 + level))
+        """Estimated peak bytes of a decode (:func:`cdc.refine.memory.alloc_bytes`)."""
+        return alloc_bytes(self.config, h, w, None if self.space is None else self.space.tile)
 
     # -- encoding ---------------------------------------------------------------------------
     def _overhead(self, h: int, w: int) -> int:

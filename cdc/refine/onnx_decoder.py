@@ -24,15 +24,15 @@ from cdc.errors import DecodeSettingsError, ModelMismatchError, WeightsError
 from cdc.limits import DEFAULT_BUDGET, DecodeBudget
 from cdc.refine.base_decode import decode_rgb
 from cdc.refine.config import RefineConfig
+from cdc.refine.memory import alloc_bytes
 from cdc.refine.stream import parse
 from cdc.refine.weights_section import BlendPath, grid, unpack
+from cdc.taef2_memory import DECODER_MARGIN, ENCODER_MARGIN, STRIDE
 from cdc.tiling import tiled
 
 SPACE_PARTS = ("encoder_trunk", "encoder_head", "decoder_head", "decoder_tail")
 #: Metadata key of the refiner graph: its config, digest, weights meta and space.
 META_KEY = "cdc.refine"
-STRIDE = 8
-ENCODER_MARGIN, DECODER_MARGIN = 128, 8  # as TAEF2Space.encode / decode (px / latent px)
 
 Array = np.ndarray
 
@@ -117,19 +117,6 @@ def weight_map(indices: tuple[int, ...], table: tuple[float, ...], tile: int, he
     th, tw = grid(height, width, tile)
     w = np.asarray(table, np.float32)[np.asarray(indices).reshape(th, tw)]
     return np.repeat(np.repeat(w, tile, axis=0), tile, axis=1)[:height, :width]
-
-
-def alloc_bytes(cfg: RefineConfig, space_tile: int, h: int, w: int) -> int:
-    """:meth:`RefineCodec._alloc_bytes` of a TAEF2-latent model (the same estimate, so the
-    same budget refuses the same streams on both decoders)."""
-    whole = 4 * (12 if cfg.degrid_window else 10) * 3 * h * w
-    side = space_tile + 2 * 128
-    encode = 4 * 5 * 64 * min(h, side) * min(w, side)
-    latent = 4 * 8 * (cfg.channels[0] + 32) * -(-h // 8) * -(-w // 8)
-    lh, lw = -(-h // STRIDE), -(-w // STRIDE)
-    dside = space_tile + 2 * 8 * STRIDE
-    decode = 4 * max(832 * lh * lw, 64 * lh * lw + 5 * 64 * min(h, dside) * min(w, dside))
-    return whole + latent + max(encode, decode)
 
 
 # -- the decoder ----------------------------------------------------------------------------
@@ -225,7 +212,7 @@ class OnnxRefineDecoder:
             p.weights, cfg.weight_bits, th * tw, cfg.train_timesteps)
         self.budget.check(f"a {p.width}x{p.height} refine stream", pixels=p.width * p.height,
                           steps=steps, pixel_steps=p.width * p.height * steps,
-                          alloc_bytes=alloc_bytes(cfg, self.space_tile, p.height, p.width))
+                          alloc_bytes=alloc_bytes(cfg, p.height, p.width, self.space_tile))
         if steps and not paths:
             raise DecodeSettingsError(
                 "this prefix holds only the base layer: decode it with steps=0 (preview)")

@@ -20,10 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cdc import taef2_memory
 from cdc.spaces.base import Space
+from cdc.taef2_memory import DECODER_MARGIN, ENCODER_MARGIN, STRIDE
 from cdc.tiling import tiled
 
-STRIDE = 8
 CHANNELS = 32
 ENCODER_FILE = "taef2_encoder.pth"
 DECODER_FILE = "taef2_decoder.pth"
@@ -127,31 +128,22 @@ class TAEF2Space(Space):
     def components(self) -> dict[str, str]:
         return dict(self.digests)
 
-    # Receptive-field radii: encoder trunk ≈ 72 px, decoder tail ≈ 5 latent px.
     def encode(self, x: Tensor) -> Tensor:
         x01 = ((x.float() + 1) / 2).contiguous(memory_format=torch.channels_last)
         trunk, head = self.encoder[:_ENCODER_LOCAL], self.encoder[_ENCODER_LOCAL:]
-        return head(tiled(trunk, x01, self.tile, 128, STRIDE, 1)).contiguous()
+        return head(tiled(trunk, x01, self.tile, ENCODER_MARGIN, STRIDE, 1)).contiguous()
 
     def decode(self, z: Tensor) -> Tensor:
         head, tail = self.decoder[:_DECODER_LOCAL], self.decoder[_DECODER_LOCAL:]
         t = self.tile // STRIDE
-        img = tiled(tail, head(z.contiguous(memory_format=torch.channels_last)), t, 8, 1, STRIDE)
+        img = tiled(tail, head(z.contiguous(memory_format=torch.channels_last)), t, DECODER_MARGIN,
+                    1, STRIDE)
         return (img * 2 - 1).clamp(-1, 1).contiguous()
 
     def decode_bytes(self, h: int, w: int, batch: int = 1) -> int:
         """Estimated peak bytes of :meth:`decode` to (batch, 3, h, w), float32, beyond the
-        image: the stride-8 head runs on the whole map (its widest block holds the block
-        input and two 256-channel GroupNorm-branch maps, plus the norm's own: 832 channels),
-        then its 64-channel output stays while the tail runs tile by tile, a tile of
-        ``tile`` + 2·64 px a side holding about five 64-channel maps at full resolution
-        (a block's input, a convolution's input and output, oneDNN's reordered copies)."""
-        lh, lw = -(-h // STRIDE), -(-w // STRIDE)
-        side = self.tile + 2 * 8 * STRIDE  # the decoder tail's margin: 8 latent pixels
-        th, tw = min(h, side), min(w, side)
-        head = 832 * lh * lw
-        tail = 64 * lh * lw + 5 * 64 * th * tw
-        return 4 * batch * max(head, tail)
+        image (:func:`cdc.taef2_memory.decode_bytes`)."""
+        return taef2_memory.decode_bytes(self.tile, h, w, batch)
 
     def decode_differentiable(self, z: Tensor) -> Tensor:
         """Whole-map decode that keeps gradients (training losses after the decoder)."""
