@@ -79,6 +79,18 @@ def main() -> None:
             t_fast = best(lambda k=k: timed(lambda: fast.decompress(data, steps=k)))
             print(f"decode {n}, ONNX decoder: {t_fast:.3f} s in-process "
                   f"(torch: {t_dec[n]:.3f} s, ratio {t_dec[n] / t_fast:.2f})")
+        from cdc import tiling
+
+        k = tiers["standard"]["steps"]
+        area_rule = tiling.whole
+        tiling.whole = lambda h, w, tile, margin: h <= tile + 2 * margin and w <= tile + 2 * margin
+        try:  # the rule until 2026-12-06: tile whenever a side exceeds a tile + margins
+            t_side = best(lambda: timed(lambda: fast.decompress(data, steps=k)))
+        finally:
+            tiling.whole = area_rule
+        t_area = best(lambda: timed(lambda: fast.decompress(data, steps=k)))
+        print(f"decode standard, ONNX decoder, tiles by side: {t_side:.3f} s; by area (today): "
+              f"{t_area:.3f} s; ratio {t_side / t_area:.2f}")
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "x.cdc"
         src.write_bytes(data)
