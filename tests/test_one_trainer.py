@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,28 @@ def test_one_ema_policy_the_codecs_differ_only_by_config_values():
     # ... and the same config values give any codec the same policy
     assert _decays(CorrDiffTrainConfig(ema_decay=0.995, ema_ramp=True)) == \
         _decays(DiffCTrainConfig(ema_decay=0.995))
+
+
+def test_a_continued_run_gets_a_fresh_learning_rate_schedule():
+    """``lr_schedule_start: N``: warm-up and cosine decay counted from step N (a run continued
+    from a parent's step N), not the tail of a schedule counted from 0."""
+    from pipeline.training.train_refine import RefineTrainConfig
+    from pipeline.training.trainer import TrainerBase
+
+    def lrs(**kw) -> list[float]:
+        tb = TrainerBase.__new__(TrainerBase)
+        tb.cfg = RefineTrainConfig(lr=1.0, steps=12, lr_warmup_steps=2, lr_decay="cosine",
+                                   lr_min_ratio=0.1, **kw)
+        return [round(tb.lr_at(s), 4) for s in range(12)]
+
+    whole = lrs()
+    assert whole[:3] == [0.5, 1.0, 1.0] and whole[-1] < 0.15
+    fresh = lrs(lr_schedule_start=8)  # steps 8..11: warm-up 2, decay over 2
+    assert fresh[8:] == [0.5, 1.0, 1.0, round(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)), 4)]
+    assert whole[8] < 0.5  # without it, step 8 of 12 would sit low on the cosine
+    with pytest.raises(ValueError, match="lr_schedule_start"):
+        TrainerBase.lr_at(type("T", (), {"cfg": RefineTrainConfig(steps=5,
+                                                                  lr_schedule_start=5)})(), 6)
 
 
 FROZEN: set[str] = set()  # trainers exempt from the one EMA policy: none

@@ -332,12 +332,16 @@ class TrainerBase:
 
         cfg = self.cfg
         lr = cfg.lr
+        start = getattr(cfg, "lr_schedule_start", 0)
+        if start >= cfg.steps:
+            raise ValueError(f"lr_schedule_start ({start}) must be below steps ({cfg.steps})")
+        step, steps = step - start, cfg.steps - start
         warm = getattr(cfg, "lr_warmup_steps", 0)
         if warm and step < warm:
-            return lr * (step + 1) / warm
+            return lr * (max(0, step) + 1) / warm
         decay = getattr(cfg, "lr_decay", "constant")
         if decay == "cosine":
-            frac = min(1.0, max(0.0, (step - warm) / max(1, cfg.steps - warm)))
+            frac = min(1.0, max(0.0, (step - warm) / max(1, steps - warm)))
             lo = cfg.lr_min_ratio
             return lr * (lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * frac)))
         if decay != "constant":

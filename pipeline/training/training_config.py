@@ -127,10 +127,13 @@ class TrainConfigBase:
     lr: float = 2e-4
     grad_clip: float = 1.0
     # Learning-rate schedule (every trainer): linear warm-up over ``lr_warmup_steps``, then
-    # constant or a cosine decay to ``lr_min_ratio``·lr at ``steps``.
+    # constant or a cosine decay to ``lr_min_ratio``·lr at ``steps``; both counted from step
+    # ``lr_schedule_start`` (a run continued with ``init_from`` at step N and
+    # ``lr_schedule_start: N`` gets a fresh warm-up and decay instead of its parent's tail).
     lr_warmup_steps: int = 0
     lr_decay: str = "constant"
     lr_min_ratio: float = 0.1
+    lr_schedule_start: int = 0
     # EMA policy (every trainer, TrainerBase.ema_decay_at): before step ``ema_start`` the
     # EMA copies the weights, then it averages at ``ema_decay``; ``ema_ramp`` caps the decay
     # at (1+n)/(10+n) so a short run's EMA is not stuck near the init. None: the trainer's
