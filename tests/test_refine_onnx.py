@@ -137,6 +137,25 @@ def test_bad_graph_bytes_are_a_weights_error(pair):
     _, dec = pair
     with pytest.raises(WeightsError, match="refiner"):
         od.OnnxRefineDecoder(b"not onnx", {})
+    with pytest.raises(WeightsError, match="metadata"):
+        od.OnnxRefineDecoder(b"", {})
+    broken = od.OnnxRefineDecoder(dec._graphs["refiner"], {k: b"\x08\x07" for k in od.SPACE_PARTS})
+    with pytest.raises(WeightsError, match="encoder_trunk"):  # sessions are built on first use
+        broken.refine(np.zeros((3, 16, 16), np.float32))
+
+
+def test_metadata_read_without_onnxruntime_is_onnxruntimes(pair):
+    import onnxruntime as ort
+
+    from cdc.refine.onnx_meta import metadata
+
+    _, dec = pair
+    graph = dec._graphs["refiner"]
+    want = ort.InferenceSession(graph, providers=["CPUExecutionProvider"]).get_modelmeta()
+    assert metadata(graph) == want.custom_metadata_map and od.META_KEY in metadata(graph)
+    for bad in (b"\x08", b"\x72\x05ab", b"\x0f", graph[:len(graph) // 2]):
+        with pytest.raises(ValueError):
+            metadata(bad)
 
 
 # -- the zoo: files, digests, staleness, and the shipped model ---------------------------
@@ -282,8 +301,10 @@ def test_cdc_get_of_a_refine_archive_imports_no_torch(tmp_path):
                 f"sys.argv = ['cdc', 'get', {str(arch.url)!r}, 'a.png', {str(out)!r}, "
                 f"'--tier', {tier!r}, '--no-cache']\n"
                 "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-                "print('torch' in sys.modules)\n")
-        assert _fresh_python(code).strip().splitlines()[-1] == "False", tier
+                "print('torch' in sys.modules, 'onnxruntime' in sys.modules)\n")
+        torch_in, ort_in = _fresh_python(code).strip().splitlines()[-1].split()
+        assert torch_in == "False", tier
+        assert ort_in == str(tier != "preview"), tier  # a preview builds no session
         got = np.asarray(Image.open(out)).astype(int)
         want = np.asarray(codec.decompress(data, steps=steps)).astype(int)
         assert np.abs(got - want).max() <= 1, tier

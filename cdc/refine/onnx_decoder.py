@@ -22,6 +22,7 @@ from PIL import Image
 from cdc.bitstream import DIGEST_BYTES
 from cdc.errors import DecodeSettingsError, ModelMismatchError, WeightsError
 from cdc.limits import DEFAULT_BUDGET, DecodeBudget
+from cdc.refine import onnx_meta
 from cdc.refine.base_decode import decode_rgb
 from cdc.refine.config import RefineConfig
 from cdc.refine.memory import alloc_bytes
@@ -124,22 +125,10 @@ class OnnxRefineDecoder:
     """The preview and standard paths of one TAEF2-latent refine model, on onnxruntime."""
 
     def __init__(self, refiner: bytes, space: Mapping[str, bytes], threads: int | None = None):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-
-        def session(data: bytes, what: str) -> Any:
-            try:
-                return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-            except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
-                raise WeightsError(f"ONNX graph {what}: {e}") from e
-
-        self.refiner = session(refiner, "refiner")
-        meta = self.refiner.get_modelmeta().custom_metadata_map.get(META_KEY)
+        try:  # read from the bytes: a preview needs the config, not onnxruntime's sessions
+            meta = onnx_meta.metadata(refiner).get(META_KEY)
+        except ValueError as e:
+            raise WeightsError(f"ONNX refiner graph: not an ONNX model ({e})") from None
         if meta is None:
             raise WeightsError(f"ONNX refiner graph without its {META_KEY!r} metadata")
         try:
@@ -151,15 +140,37 @@ class OnnxRefineDecoder:
             self.space_tile = int(m["space"]["tile"])
             self.space_components = dict(m["space"]["components"])
         except (KeyError, TypeError, ValueError) as e:
-            raise WeightsError(f"ONNX refiner graph: bad metadata ({e})") from e
+            raise WeightsError(f"ONNX refiner graph: bad metadata ({e})") from None
         if self.config.space != "taef2":
             raise WeightsError(f"ONNX refiner graph for space {self.config.space!r}")
         missing = set(SPACE_PARTS) - set(space)
         if missing:
             raise WeightsError(f"ONNX space graphs missing: {sorted(missing)}")
-        self.parts = {k: session(space[k], k) for k in SPACE_PARTS}
+        self._graphs = {"refiner": refiner, **{k: space[k] for k in SPACE_PARTS}}
+        self._sessions: dict[str, Any] = {}
+        self.threads = threads
         self.digest = bytes.fromhex(self.weights_sha256)[:DIGEST_BYTES]
         self.budget: DecodeBudget = DEFAULT_BUDGET
+
+    def session(self, part: str) -> Any:
+        """onnxruntime's session of one graph ("refiner" or a TAEF2 part), built on first use
+        (the preview path never imports onnxruntime)."""
+        sess = self._sessions.get(part)
+        if sess is None:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if self.threads:
+                opts.intra_op_num_threads = self.threads
+            opts.inter_op_num_threads = 1
+            try:
+                sess = ort.InferenceSession(self._graphs[part], opts,
+                                            providers=["CPUExecutionProvider"])
+            except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
+                raise WeightsError(f"ONNX graph {part}: {e}") from e
+            self._sessions[part] = sess
+        return sess
 
     def with_budget(self, budget: DecodeBudget | None) -> OnnxRefineDecoder:
         self.budget = budget or DEFAULT_BUDGET
@@ -172,7 +183,7 @@ class OnnxRefineDecoder:
         return steps == 0 or (steps == 1 and gamma == 0)
 
     def _run(self, part: str, x: Array) -> Array:
-        sess = self.parts[part] if part in self.parts else self.refiner
+        sess = self.session(part)
         return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
     def refine(self, base: Array) -> Array:
