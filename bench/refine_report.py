@@ -5,6 +5,11 @@ LPIPS-Alex, LPIPS-VGG, DISTS, FID), ours/AVIF ratios, per-image worst case of PS
 images where the standard tier beats AVIF on DISTS; then the issue's targets, met or not.
 
     python bench/refine_report.py OUT > OUT/README.md
+    python bench/refine_report.py OUT --previous OLD_OUT > OUT/report.md
+
+``--previous``: an earlier version's evaluation of the same images and rates (say, the
+model shipped before): its tiers against this run's, rate by rate, with the images each
+metric improved on. The last section is the compact table the README shows.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,7 +24,8 @@ METRICS = ("psnr", "ms_ssim", "lpips_alex", "lpips_vgg", "dists")
 ENTRY = re.compile(r"^(?P<model>\S+) (?P<rate>[0-9.e-]+)bpp (?P<tier>\S+)$")
 
 
-def main(out: Path) -> None:
+def load(out: Path) -> tuple[dict, dict, dict[str, dict[str, str]]]:
+    """(summary, per-image rows by (image, entry), our entries by rate and tier)."""
     s = json.loads((out / "summary.json").read_text())
     with open(out / "per_image.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if not r.get("error")]
@@ -30,6 +35,11 @@ def main(out: Path) -> None:
         m = ENTRY.match(name)
         if m and "@" not in m["model"]:
             rates[m["rate"]][m["tier"]] = name
+    return s, per, rates
+
+
+def main(out: Path, previous: Path | None = None) -> None:
+    s, per, rates = load(out)
     print(f"# {next(iter(s['entries'])).split()[0]} on {len(s['images'])} images\n")
     print(f"Evaluated {s['created']} on {s['device']}; FID: {s.get('fid_protocol')}.\n")
     targets = []
@@ -105,5 +115,65 @@ def main(out: Path) -> None:
             print(f"- {rate:g} bpp: {what}: {'met' if ok else 'MISSED'} ({got})")
 
 
+    if previous is not None:
+        compare(s, per, rates, previous)
+    readme_table(s, rates)
+
+
+def compare(s: dict, per: dict, rates: dict[str, dict[str, str]], previous: Path) -> None:
+    """This run's tiers against an earlier version's, same images, rate by rate."""
+    ps, pper, prates = load(previous)
+    same = sorted(set(s["images"]) & set(ps["images"]))
+    print(f"\n## Against the previous version ({previous}, {len(same)} same images)\n")
+    print("| target | tier | " + " | ".join(f"{m} before → now (better on)" for m in
+                                            ("psnr", "lpips_alex", "lpips_vgg", "dists")) + " |")
+    print("|---|---|" + "---|" * 4)
+    for rate, tiers in sorted(rates.items(), key=lambda kv: float(kv[0])):
+        for tier, name in tiers.items():
+            old = prates.get(rate, {}).get(tier)
+            if old is None:
+                continue
+            cells = []
+            for m in ("psnr", "lpips_alex", "lpips_vgg", "dists"):
+                pairs = [(float(pper[(i, old)][m]), float(per[(i, name)][m])) for i in same
+                         if (i, old) in pper and (i, name) in per and pper[(i, old)].get(m)
+                         and per[(i, name)].get(m)]
+                if not pairs:
+                    cells.append("–")
+                    continue
+                a = sum(p[0] for p in pairs) / len(pairs)
+                b = sum(p[1] for p in pairs) / len(pairs)
+                better = sum((q > p) if m == "psnr" else (q < p) for p, q in pairs)
+                cells.append(f"{a:.3f} → {b:.3f} ({better}/{len(pairs)})")
+            print(f"| {rate} | {tier} | " + " | ".join(cells) + " |")
+
+
+def readme_table(s: dict, rates: dict[str, dict[str, str]]) -> None:
+    """The compact table of the README: ours per tier, then the classical codecs, per rate."""
+    print("\n## README table\n")
+    print("| target | entry | bpp | PSNR dB | MS-SSIM | LPIPS-Alex | LPIPS-VGG | DISTS | FID |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    labels = {"avif": "AVIF", "heic": "HEIC (x265)", "jpeg": "JPEG", "webp": "WebP",
+              "jxl": "JPEG XL"}
+    for rate, tiers in sorted(rates.items(), key=lambda kv: float(kv[0])):
+        first = next(iter(tiers.values()))
+        classical = {e.split("@")[0]: e for e in s["entries"] if e.endswith("@" + first)}
+        rows = [(f"`{t}`" if t != "standard" else "**`standard`**", n) for t, n in tiers.items()]
+        rows += [(labels.get(c, c), n) for c, n in classical.items()]
+        for k, (label, name) in enumerate(rows):
+            e = s["entries"][name]
+            cells = [f"{e['bpp']:.3f}", f"{e['psnr']:.2f}"] + [
+                f"{e[m]:.3f}" if e.get(m) is not None else "–"
+                for m in ("ms_ssim", "lpips_alex", "lpips_vgg", "dists")]
+            cells.append(f"{e['fid']:.0f}" if e.get("fid") is not None else "–")
+            print(f"| {rate if k == 0 else ''} | {label} | " + " | ".join(cells) + " |")
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--previous", type=Path, default=None)
+    a = ap.parse_args()
+    main(a.out, a.previous)
