@@ -10,6 +10,7 @@ downscaled base to the image size (bicubic; both ends run the same op).
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,22 +79,51 @@ def upsample(x: Tensor, height: int, width: int) -> Tensor:
 #: the original (MSE after upsampling) wins: near a scale's lowest rate a half-size image
 #: at a high quality can beat the full size at quality 0-20 (sharper, fewer blocks).
 TRY_NEXT_SCALE_BELOW = 30
+#: Typical growth of log(AVIF size) per quality step (speed 6, 4:2:0), for the first probe
+#: of the rate search; any value gives the same answer, a good one fewer encodes (chosen
+#: among 0.03–0.05 on 30 validation-split photos at 5 rates and 3 scales).
+_LOG_SIZE_PER_QUALITY = 0.04
 
 
 def _best_fitting(array: np.ndarray, target_bytes: int, scale: int,
                   cfg: RefineConfig) -> tuple[BaseChoice | None, BaseChoice]:
-    """(the highest quality at ``scale`` within ``target_bytes`` or None, quality 0)."""
+    """(the highest quality at ``scale`` within ``target_bytes`` or None, quality 0).
+
+    A bracket search for the largest quality whose size fits (size grows with quality): after
+    quality 0, probes extrapolate at a typical growth (twice as far each time) until one is
+    too large; then each probe interpolates log(size) across the bracket (AVIF's size grows
+    about exponentially with quality), the quality next to it on the far side of the target
+    is tried next, which usually closes the bracket, and where it does not and more than 8
+    qualities remain, a bisection follows. The answer is
+    bisection's wherever size is monotonic in quality (449 of 450 searches on 30 validation
+    photos at 5 rates and 3 scales; the other, a ×4-downscaled 94×125 base whose size is not
+    monotonic, found another quality that fits), for 0.64 of its encodes there (each a full
+    AVIF encode: most of the search's cost)."""
     low = encode(array, 0, scale, cfg)
     if len(low.data) > target_bytes:
         return None, low
-    lo, hi, best = 0, 100, low
-    while lo < hi:  # the largest quality whose size fits (size grows with quality)
-        mid = (lo + hi + 1) // 2
-        c = encode(array, mid, scale, cfg)
-        if len(c.data) <= target_bytes:
-            best, lo = c, mid
+    best, hi, hi_size = low, 101, 0  # hi: the lowest quality known not to fit
+    last, last_q, reach = "", -1, 1.0  # how the last probe was chosen; its quality
+    while hi - best.quality > 1:
+        lo = best.quality
+        if last == "interpolated":  # its neighbour on the far side of the target
+            q, step = (lo + 1 if lo == last_q else hi - 1), "neighbour"
+        elif last == "neighbour" and hi - lo > 8:  # it did not close: halve the bracket
+            q, step = (lo + hi) // 2, "bisected"
+        elif not hi_size:  # extrapolate at a typical growth, reaching further each time
+            grow = math.log(target_bytes / max(1, len(best.data))) / _LOG_SIZE_PER_QUALITY
+            q, step = min(100, max(lo + 1, lo + round(reach * grow))), "extrapolated"
+            reach *= 2
         else:
-            hi = mid - 1
+            a, b = math.log(max(1, len(best.data))), math.log(hi_size)
+            frac = (math.log(target_bytes) - a) / max(b - a, 1e-9)
+            q, step = min(hi - 1, max(lo + 1, lo + round(frac * (hi - lo)))), "interpolated"
+        c = encode(array, q, scale, cfg)
+        if len(c.data) <= target_bytes:
+            best = c
+        else:
+            hi, hi_size = q, len(c.data)
+        last, last_q = step, q
     return best, low
 
 
