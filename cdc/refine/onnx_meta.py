@@ -9,21 +9,19 @@ walks the top-level fields, skipping the rest (the graph) by its length.
 
 from __future__ import annotations
 
+from cdc.bitstream import read_varint
+from cdc.errors import CorruptStreamError
+
 METADATA_FIELD = 14
 _VARINT, _FIXED64, _BYTES, _FIXED32 = 0, 1, 2, 5
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("truncated or overlong varint")
-        b = data[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos
-        shift += 7
+    """The container's LEB128 varint reader (protobuf uses the same), as a ValueError."""
+    try:
+        return read_varint(data, pos, len(data))
+    except CorruptStreamError as e:
+        raise ValueError(str(e)) from None
 
 
 def _fields(data: bytes):
