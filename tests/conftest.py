@@ -94,4 +94,3 @@ def tile_by_side(h: int, w: int, tile: int, margin: int) -> bool:
     with its margins: small test images then run the tiled loops (the area rule would run
     them whole), so a test sees seams a broken loop leaves."""
     return h <= tile + 2 * margin and w <= tile + 2 * margin
-
