@@ -10,8 +10,7 @@ downscaled base to the image size (bicubic; both ends run the same op).
 from __future__ import annotations
 
 import io
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -22,6 +21,7 @@ from torch import Tensor
 from cdc.refine import bare_avif
 from cdc.refine.base_decode import decode_rgb, scaled_size
 from cdc.refine.config import RefineConfig
+from cdc.refine.rate_search import largest_fitting
 
 
 @dataclass(frozen=True)
@@ -79,52 +79,34 @@ def upsample(x: Tensor, height: int, width: int) -> Tensor:
 #: the original (MSE after upsampling) wins: near a scale's lowest rate a half-size image
 #: at a high quality can beat the full size at quality 0-20 (sharper, fewer blocks).
 TRY_NEXT_SCALE_BELOW = 30
-#: Typical growth of log(AVIF size) per quality step (speed 6, 4:2:0), for the first probe
-#: of the rate search; any value gives the same answer, a good one fewer encodes (chosen
-#: among 0.03–0.05 on 30 validation-split photos at 5 rates and 3 scales).
-_LOG_SIZE_PER_QUALITY = 0.04
+#: The fast encoder that predicts the real one's sizes in the rate search (libaom's fastest).
+FAST_SPEED = 10
+#: Typical real/fast size ratio at the default speed 6, the predictor's first scale (later
+#: ones are measured): the median at the answer over 30 validation-split photos at 5 rates and
+#: 3 scales, 0.946 (quartiles 0.91-0.97; bench/refine_rate_search.py, 2026-12-07).
+_TYPICAL_RATIO = {6: 0.95}
 
 
 def _best_fitting(array: np.ndarray, target_bytes: int, scale: int,
-                  cfg: RefineConfig) -> tuple[BaseChoice | None, BaseChoice]:
-    """(the highest quality at ``scale`` within ``target_bytes`` or None, quality 0).
+                  cfg: RefineConfig) -> tuple[BaseChoice | None, BaseChoice | None]:
+    """(the highest quality at ``scale`` within ``target_bytes``, None) or, when even quality
+    0 is too large, (None, quality 0's encoding). The search
+    (:func:`cdc.refine.rate_search.largest_fitting`) predicts with fast encodes and confirms
+    with real ones: the answer is bisection's wherever size grows with quality."""
+    if scale > 1:  # resize once, not per encode
+        h, w = scaled_size(array.shape[0], array.shape[1], scale)
+        array = np.asarray(Image.fromarray(array).resize((w, h), Image.LANCZOS))
+    fast_cfg = replace(cfg, base_speed=FAST_SPEED)
+    made: dict[int, BaseChoice] = {}
 
-    A bracket search for the largest quality whose size fits (size grows with quality): after
-    quality 0, probes extrapolate at a typical growth (twice as far each time) until one is
-    too large; then each probe interpolates log(size) across the bracket (AVIF's size grows
-    about exponentially with quality), the quality next to it on the far side of the target
-    is tried next, which usually closes the bracket, and where it does not and more than 8
-    qualities remain, a bisection follows. The answer is
-    bisection's wherever size is monotonic in quality (449 of 450 searches on 30 validation
-    photos at 5 rates and 3 scales; the other, a ×4-downscaled 94×125 base whose size is not
-    monotonic, found another quality that fits), for 0.64 of its encodes there (each a full
-    AVIF encode: most of the search's cost)."""
-    low = encode(array, 0, scale, cfg)
-    if len(low.data) > target_bytes:
-        return None, low
-    best, hi, hi_size = low, 101, 0  # hi: the lowest quality known not to fit
-    last, last_q, reach = "", -1, 1.0  # how the last probe was chosen; its quality
-    while hi - best.quality > 1:
-        lo = best.quality
-        if last == "interpolated":  # its neighbour on the far side of the target
-            q, step = (lo + 1 if lo == last_q else hi - 1), "neighbour"
-        elif last == "neighbour" and hi - lo > 8:  # it did not close: halve the bracket
-            q, step = (lo + hi) // 2, "bisected"
-        elif not hi_size:  # extrapolate at a typical growth, reaching further each time
-            grow = math.log(target_bytes / max(1, len(best.data))) / _LOG_SIZE_PER_QUALITY
-            q, step = min(100, max(lo + 1, lo + round(reach * grow))), "extrapolated"
-            reach *= 2
-        else:
-            a, b = math.log(max(1, len(best.data))), math.log(hi_size)
-            frac = (math.log(target_bytes) - a) / max(b - a, 1e-9)
-            q, step = min(hi - 1, max(lo + 1, lo + round(frac * (hi - lo)))), "interpolated"
-        c = encode(array, q, scale, cfg)
-        if len(c.data) <= target_bytes:
-            best = c
-        else:
-            hi, hi_size = q, len(c.data)
-        last, last_q = step, q
-    return best, low
+    def real(q: int) -> int:
+        made[q] = encode(array, q, 1, cfg)
+        return len(made[q].data)
+
+    q = largest_fitting(real, lambda q: len(encode(array, q, 1, fast_cfg).data), target_bytes,
+                        _TYPICAL_RATIO.get(cfg.base_speed, 1.0))
+    pick = lambda c: BaseChoice(c.data, c.quality, scale, c.bare)  # noqa: E731
+    return (pick(made[q]), None) if q is not None else (None, pick(made[0]))
 
 
 def _squared_error(choice: BaseChoice, array: np.ndarray) -> float:
@@ -145,7 +127,7 @@ def search(array: np.ndarray, target_bytes: int, cfg: RefineConfig) -> BaseChoic
     found: list[BaseChoice] = []
     for scale in sorted(cfg.scales):
         best, low = _best_fitting(array, target_bytes, scale, cfg)
-        if smallest is None or len(low.data) < len(smallest.data):
+        if low is not None and (smallest is None or len(low.data) < len(smallest.data)):
             smallest = low
         if best is not None:
             found.append(best)
