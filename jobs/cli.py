@@ -248,7 +248,7 @@ def decompress(
                      "otherwise; torch: always torch."),
 ) -> None:
     """Rebuild an image from a .cdc stream (with the model the stream names, unless -m)."""
-    from cdc import BitstreamError, CodecError
+    from cdc import BitstreamError, CodecError, WeightsError
     from cdc.bitstream import read_header
     from cdc.limits import DEFAULT_BUDGET
     from pipeline.files import InputError, image_format_for, read_bytes, save_image_atomic
@@ -263,9 +263,15 @@ def decompress(
         name, sha256 = stream_model(src, data, model)
         fast = None if model and engine == "auto" else \
             _onnx_decoder(src, name, device, engine, steps, gamma)
+        img = None
         if fast is not None:
-            img = fast.with_budget(limits).decompress(data, steps=steps, gamma=gamma)
-        else:
+            try:
+                img = fast.with_budget(limits).decompress(data, steps=steps, gamma=gamma)
+            except WeightsError as e:  # a graph session that cannot be built
+                if engine != "auto":
+                    raise
+                typer.echo(f"warning: decoding with torch: {e}", err=True)
+        if img is None:
             codec = _load_codec(name, device, sha256=sha256)
             if model:
                 check_stream_model(src, data, codec, model)

@@ -232,6 +232,35 @@ def test_cli_decompress_engines(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_cli_auto_engine_falls_back_to_torch_when_onnxruntime_breaks(tmp_path):
+    """With onnxruntime present but broken (here: an import that fails), `--engine auto`
+    decodes the standard tier with torch after one warning line; `--engine onnx` refuses in
+    one line and writes nothing. A preview never needs onnxruntime, so it still runs on ONNX."""
+    broken = tmp_path / "site" / "onnxruntime"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('simulated broken install')\n")
+    shutil.copy(REPO / "tests/fixtures/golden/refine-avif.cdc", tmp_path / "g.cdc")
+    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path / 'site'}:{REPO}"}
+
+    def run(engine: str, out: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "jobs.cli", "decompress",
+                               str(tmp_path / "g.cdc"), str(tmp_path / out), "--engine", engine,
+                               *extra], cwd=REPO, capture_output=True, text=True, timeout=300,
+                              env=env)
+
+    r = run("auto", "auto.png")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("warning: decoding with torch") == 1 and "simulated" in r.stderr
+    ref = np.asarray(Image.open(REPO / "tests/fixtures/golden/refine-avif.png")).astype(int)
+    assert np.abs(np.asarray(Image.open(tmp_path / "auto.png")).astype(int) - ref).max() <= 1
+    r = run("onnx", "onnx.png")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "simulated" in r.stderr
+    assert not (tmp_path / "onnx.png").exists()
+    r = run("onnx", "preview.png", "--steps", "0")
+    assert r.returncode == 0 and (tmp_path / "preview.png").exists(), r.stderr
+
+
 # -- the ONNX-first codec the archive readers use ------------------------------------------
 def test_onnx_first_codec_speaks_the_protocol_without_torch_until_it_must(pair, stream):
     from cdc.interface import ImageCodec
@@ -254,6 +283,23 @@ def test_onnx_first_codec_speaks_the_protocol_without_torch_until_it_must(pair, 
     assert fast.torch_loaded and loads == [1]
     assert np.array_equal(np.asarray(high),
                           np.asarray(codec.decompress(stream, steps=3, gamma=0.6, seed=2)))
+
+
+def test_onnx_first_codec_decodes_with_torch_when_a_session_cannot_be_built(pair, stream,
+                                                                             monkeypatch):
+    from cdc.refine.onnx_codec import OnnxFirstRefineCodec
+
+    codec, dec = pair
+    fast = OnnxFirstRefineCodec(dec, lambda: codec)
+
+    def broken(part: str):
+        raise WeightsError(f"ONNX graph {part}: simulated")
+
+    monkeypatch.setattr(dec, "session", broken)
+    got = fast.decompress(stream, steps=1)
+    assert fast.torch_loaded and "simulated" in fast.onnx_failure
+    assert np.array_equal(np.asarray(got), np.asarray(codec.decompress(stream, steps=1)))
+    fast.decompress(stream, steps=1)  # and it does not try the graphs again
 
 
 def test_archive_reader_decodes_tiers_through_the_onnx_first_codec(pair, tmp_path):

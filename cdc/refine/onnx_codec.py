@@ -11,15 +11,19 @@ by the callback on first need. Both decoders give the same pixels up to float ro
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from PIL import Image
 
+from cdc.errors import WeightsError
 from cdc.limits import DEFAULT_BUDGET, DecodeBudget
 from cdc.refine.config import decode_defaults, recommended_tiers
 from cdc.refine.onnx_decoder import OnnxRefineDecoder
 from cdc.refine.stream import PLAN_READ_BYTES, base_prefix_length, info
+
+log = logging.getLogger(__name__)
 
 
 class OnnxFirstRefineCodec:
@@ -40,6 +44,7 @@ class OnnxFirstRefineCodec:
         self.digest = decoder.digest
         self.meta: dict[str, Any] = dict(decoder.meta)
         self.budget: DecodeBudget = DEFAULT_BUDGET
+        self.onnx_failure: str | None = None  # why the ONNX graphs could not run, if they could not
 
     # -- the torch codec, on first need ---------------------------------------------------
     @property
@@ -91,8 +96,12 @@ class OnnxFirstRefineCodec:
     def decompress_batch(self, datas: list[bytes], steps: int | None = None,
                          gamma: float | None = None, seeds: list[int] | int = 0
                          ) -> list[Image.Image]:
-        if self.decoder.supports(steps, gamma):
-            return [self.decoder.decompress(d, steps, gamma) for d in datas]
+        if self.onnx_failure is None and self.decoder.supports(steps, gamma):
+            try:
+                return [self.decoder.decompress(d, steps, gamma) for d in datas]
+            except WeightsError as e:  # a session that cannot be built: torch decodes
+                self.onnx_failure = str(e)
+                log.warning("decoding %s with torch from now on: %s", self.model_id, e)
         return self.torch_codec.decompress_batch(datas, steps, gamma, seeds)
 
     # -- encoding and the rest: torch -----------------------------------------------------

@@ -154,11 +154,15 @@ class OnnxRefineDecoder:
 
     def session(self, part: str) -> Any:
         """onnxruntime's session of one graph ("refiner" or a TAEF2 part), built on first use
-        (the preview path never imports onnxruntime)."""
+        (the preview path never imports onnxruntime). :class:`WeightsError` when it cannot
+        be built: callers that may (``--engine auto``, the archive readers) decode with torch."""
         sess = self._sessions.get(part)
         if sess is None:
-            import onnxruntime as ort
-
+            try:
+                import onnxruntime as ort
+            except ImportError as e:  # a broken install: the callers fall back to torch
+                raise WeightsError(f"ONNX graph {part}: onnxruntime does not import ({e})") \
+                    from e
             opts = ort.SessionOptions()
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             if self.threads:
