@@ -23,7 +23,13 @@ import ray
 from jobs.cluster import actor_device, actor_layout, check_fits, ray_session
 from jobs.driver import drive
 from jobs.encode import JobError
-from jobs.models import budget_of, load_codec, load_driver_codec, weights_ref
+from jobs.models import (
+    budget_of,
+    load_codec,
+    load_decoding_codec,
+    load_driver_codec,
+    weights_ref,
+)
 from jobs.progress import Counters, ProgressBar
 from pipeline.archive import Reader, output_format, output_name, resolve_model, weights_digest
 from pipeline.archive.decoded_lru import DEFAULT_MAX_BYTES, DiskLRU
@@ -100,12 +106,17 @@ class Exporter:
         self.fmt = output_format(cfg.fmt)
         self.node = ray.get_runtime_context().get_node_id()
         self.reader: Reader | None = None
+        self.threads = max(1, threads)
 
     def _load(self, weights: list | None) -> None:
         cfg = self.cfg
         device, _ = actor_device()
-        codec = load_codec(self.model, self.expected, weights, device=device,
-                           precision=cfg.precision)
+        if weights is None and cfg.precision is None:  # a shipped model: ONNX where it has it
+            codec = load_decoding_codec(self.model, device=device, threads=self.threads,
+                                        expected_sha256=self.expected)
+        else:
+            codec = load_codec(self.model, self.expected, weights, device=device,
+                               precision=cfg.precision)
         codec.with_budget(budget_of(cfg.decode_budget))
         arch = Archive.open(self.url, expected_digest=weights_digest(codec),
                             read_only=not cfg.write_cache, storage_options=self.storage_options)

@@ -63,30 +63,41 @@ def load_codec(model: str, expected_sha256: str, weights: list[Any] | bytes | No
     return codec
 
 
-def load_decoding_codec(model: str, *, device: str = "cpu"):
+def load_decoding_codec(model: str, *, device: str = "cpu", threads: int | None = None,
+                        expected_sha256: str | None = None):
     """The codec to *decode* with: for a shipped model with ONNX graphs, on the CPU, its
     codec's ``onnx_codec`` (refine: preview and standard without torch, torch loaded only for
     the rest, :class:`cdc.refine.onnx_codec.OnnxFirstRefineCodec`); else
-    :func:`load_driver_codec`.
+    :func:`load_driver_codec` (or, given ``expected_sha256``, a worker's :func:`load_codec`).
+    ``threads``: onnxruntime's threads (None: its default, every core).
     Graphs that fail their digest checks are skipped with a warning (torch decodes)."""
-    if device == "cpu":
+    expected = expected_sha256.lower().removeprefix("sha256:") if expected_sha256 else None
+
+    def torch_codec():
+        if expected is None:
+            return load_driver_codec(model, device=device)
+        return load_codec(model, expected, device=device)
+
+    if device == "cpu" and not is_local_file(model):
         import logging
 
         from cdc import WeightsError
         from zoo.onnx_graphs import load_onnx_decoder
 
         try:
-            dec = load_onnx_decoder(model)
+            dec = load_onnx_decoder(model, threads=threads)
         except WeightsError as e:
             logging.getLogger(__name__).warning("decoding with torch: %s", e)
             dec = None
+        if dec is not None and expected is not None and dec.weights_sha256 != expected:
+            dec = None  # not the driver's weights: the torch path refuses them in one line
         if dec is not None:  # the codec protocol over it, as the codec registers it
             from cdc.registry import codec_of, entry, resolve
             from zoo import registry
 
             wrap = resolve(entry(codec_of(registry()[model])).onnx_codec)
-            return wrap(dec, lambda: load_driver_codec(model, device=device))
-    return load_driver_codec(model, device=device)
+            return wrap(dec, torch_codec)
+    return torch_codec()
 
 
 def budget_of(fields: dict[str, Any] | None):

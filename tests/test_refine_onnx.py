@@ -364,3 +364,19 @@ def test_every_registered_onnx_hook_resolves():
     assert ("refine", "cdc.refine.onnx_decoder:OnnxRefineDecoder") in hooks
     for _, h in hooks:
         assert callable(resolve(h)), h
+
+
+def test_workers_decode_shipped_refine_models_on_onnx_and_check_the_digest():
+    """`cdc export`'s actors load the codec through load_decoding_codec: the ONNX-first codec
+    with their own thread count for the driver's weights; other weights go to the torch
+    path, which refuses them in one line."""
+    from cdc.refine.onnx_codec import OnnxFirstRefineCodec
+    from jobs.models import load_decoding_codec
+    from zoo import registry
+
+    sha = registry()["refine-avif"]["sha256"]
+    codec = load_decoding_codec("refine-avif", threads=1, expected_sha256=f"sha256:{sha}")
+    assert isinstance(codec, OnnxFirstRefineCodec) and codec.decoder.threads == 1
+    assert codec.weights_sha256 == sha and not codec.torch_loaded
+    with pytest.raises(WeightsError, match="differ from the driver's"):
+        load_decoding_codec("refine-avif", threads=1, expected_sha256="0" * 64)
