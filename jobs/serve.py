@@ -152,13 +152,17 @@ class ImageService:
         import torch
 
         from jobs.cluster import actor_device
-        from jobs.models import load_codec
+        from jobs.models import load_codec, load_decoding_codec
 
         torch.set_num_threads(max(1, opts.threads))
         device, _ = actor_device()
         # weights: the bytes of a local weights file (None for shipped names and URLs)
-        codec = load_codec(model, expected_sha256.removeprefix("sha256:"), weights,
-                           device=device, precision=opts.precision)
+        if weights is None and opts.precision is None:  # shipped: ONNX graphs where it has them
+            codec = load_decoding_codec(model, device=device, threads=max(1, opts.threads),
+                                        expected_sha256=expected_sha256)
+        else:
+            codec = load_codec(model, expected_sha256.removeprefix("sha256:"), weights,
+                               device=device, precision=opts.precision)
         codec.with_budget(budget_of(opts.decode_budget))
         arch = Archive.open(url, expected_digest=expected_sha256, read_only=not opts.write_cache,
                             storage_options=opts.storage_options)
@@ -206,7 +210,12 @@ class ImageService:
     # -- routes ---------------------------------------------------------------------------
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
-        return {"status": "ok", "archive": self.name, "model": self.reader.codec.model_id,
+        codec = self.reader.codec
+        return {"status": "ok", "archive": self.name, "model": codec.model_id,
+                # "onnx": a shipped model's graphs decode what they cover (torch loads on
+                # first need for the rest: "onnx+torch"); "torch": the torch codec only
+                "engine": ("onnx+torch" if codec.torch_loaded else "onnx")
+                if hasattr(codec, "torch_loaded") else "torch",
                 "pending_decodes": self.pending, "served": self.served,
                 "batches": {"count": len(self.batches), "max": max(self.batches, default=0)}}
 

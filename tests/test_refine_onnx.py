@@ -380,3 +380,31 @@ def test_workers_decode_shipped_refine_models_on_onnx_and_check_the_digest():
     assert codec.weights_sha256 == sha and not codec.torch_loaded
     with pytest.raises(WeightsError, match="differ from the driver's"):
         load_decoding_codec("refine-avif", threads=1, expected_sha256="0" * 64)
+
+
+@pytest.mark.timeout(300)
+def test_cdc_serve_decodes_a_shipped_refine_archive_on_onnx(tmp_path):
+    """`cdc serve` of a refine-avif archive: the standard tier on the ONNX graphs (torch not
+    loaded), within a grey level of the torch decoder; the high tier then loads torch."""
+    from pipeline.archive import encode_shard, open_or_create, plan_inputs, plan_shards
+    from storage import Archive
+    from tests.serve_helpers import CdcServe, http_get
+    from zoo import load_codec
+
+    codec = load_codec("refine-avif").with_rate(0.3)
+    root = tmp_path / "imgs"
+    root.mkdir()
+    Image.fromarray(smooth_image(96, 128, seed=4)).save(root / "a.png")
+    arch, _ = open_or_create(str(tmp_path / "r.zarr"), codec, shard_size=8)
+    items, _ = plan_inputs(str(root))
+    list(encode_shard(codec, arch, plan_shards(items, set(), set(), 8)[0]))
+    data = Archive.open(arch.url)["a.png"].data
+    with CdcServe(arch.url, model="refine-avif", args=["--no-cache"]) as url:
+        status, _, body = http_get(f"{url}/images/a.png?tier=standard")
+        assert status == 200
+        got = np.asarray(Image.open(io.BytesIO(body))).astype(int)
+        want = np.asarray(codec.decompress(data, steps=1)).astype(int)
+        assert np.abs(got - want).max() <= 1
+        assert json.loads(http_get(f"{url}/healthz")[2])["engine"] == "onnx"
+        assert http_get(f"{url}/images/a.png?tier=high")[0] == 200
+        assert json.loads(http_get(f"{url}/healthz")[2])["engine"] == "onnx+torch"
