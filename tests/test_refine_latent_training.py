@@ -123,3 +123,31 @@ def test_a_latent_run_with_the_pixel_loss_lowers_it(pairs, tmp_path):
         RefineTrainer(RefineTrainConfig(model_config="refine-small", pixel_weight=1.0,
                                         sources=[str(pairs)], pair_cache=str(pairs)),
                       tmp_path / "run2")
+
+
+def test_a_deeper_model_grows_from_a_relay_and_starts_as_its_parent(pairs, tmp_path):
+    """`init_from` a relay of the same model config with more blocks (model_overrides): the
+    parent's weights load, the new residual blocks start as the identity, so the grown model
+    computes exactly what its parent did before it trains."""
+    from pipeline.training.trainer import save_relay
+
+    base = dict(model_config="refine-latent-test", sources=[str(pairs)], pair_cache=str(pairs),
+                rho=0.0, batch_size=4, crop=32, log_every=1, mse_weight=1.0, lr=1e-2,
+                workers=0)
+    parent = RefineTrainer(RefineTrainConfig(model_id="p", steps=3, checkpoint_every=3,
+                                             **base), tmp_path / "parent")
+    parent.fit(progress=False)
+    save_relay(tmp_path / "parent", tmp_path / "relay")
+    blocks = parent.mcfg.blocks
+    grown = RefineTrainer(RefineTrainConfig(
+        model_id="g", steps=4, init_from=str(tmp_path / "relay"),
+        model_overrides={"blocks": blocks + 2}, **base), tmp_path / "grown")
+    grown._start()
+    net_p, net_g = parent.ema, grown.ema
+    assert len(net_g.body) == len(net_p.body) + 2 and grown.step == 3
+    torch.manual_seed(0)
+    x, zb, t = torch.randn(2, 32, 6, 5), torch.randn(2, 32, 6, 5), torch.tensor([10, 500])
+    with torch.no_grad():
+        want = net_p.half().float()(x, zb, t)  # the relay keeps fp16 weights
+        got = net_g(x, zb, t)
+    assert torch.allclose(got, want, atol=1e-5) and want.abs().max() > 0
