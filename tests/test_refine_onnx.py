@@ -326,9 +326,9 @@ def test_archive_reader_decodes_tiers_through_the_onnx_first_codec(pair, tmp_pat
     assert not fast.torch_loaded
 
 
-def test_cdc_get_of_a_refine_archive_imports_no_torch(tmp_path):
-    """`cdc get` of the shipped default's archive, preview and standard, in a fresh process:
-    no torch import, and the torch codec's pixels within a grey level."""
+def _default_model_archive(tmp_path: Path, seed: int) -> tuple:
+    """(the shipped default codec at 0.3 bpp, the URL of an archive of one 96×128 image
+    "a.png" it wrote, that record's stream)."""
     from pipeline.archive import encode_shard, open_or_create, plan_inputs, plan_shards
     from storage import Archive
     from zoo import load_codec
@@ -336,15 +336,21 @@ def test_cdc_get_of_a_refine_archive_imports_no_torch(tmp_path):
     codec = load_codec("refine-avif").with_rate(0.3)
     root = tmp_path / "imgs"
     root.mkdir()
-    Image.fromarray(smooth_image(96, 128, seed=3)).save(root / "a.png")
+    Image.fromarray(smooth_image(96, 128, seed=seed)).save(root / "a.png")
     arch, _ = open_or_create(str(tmp_path / "r.zarr"), codec, shard_size=8)
     items, _ = plan_inputs(str(root))
     list(encode_shard(codec, arch, plan_shards(items, set(), set(), 8)[0]))
-    data = Archive.open(arch.url)["a.png"].data
+    return codec, arch.url, Archive.open(arch.url)["a.png"].data
+
+
+def test_cdc_get_of_a_refine_archive_imports_no_torch(tmp_path):
+    """`cdc get` of the shipped default's archive, preview and standard, in a fresh process:
+    no torch import, and the torch codec's pixels within a grey level."""
+    codec, url, data = _default_model_archive(tmp_path, seed=3)
     for tier, steps in (("preview", 0), ("standard", 1)):
         out = tmp_path / f"{tier}.png"
         code = ("import sys\nfrom jobs.cli import main\n"
-                f"sys.argv = ['cdc', 'get', {str(arch.url)!r}, 'a.png', {str(out)!r}, "
+                f"sys.argv = ['cdc', 'get', {str(url)!r}, 'a.png', {str(out)!r}, "
                 f"'--tier', {tier!r}, '--no-cache']\n"
                 "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
                 "print('torch' in sys.modules, 'onnxruntime' in sys.modules)\n")
@@ -386,20 +392,10 @@ def test_workers_decode_shipped_refine_models_on_onnx_and_check_the_digest():
 def test_cdc_serve_decodes_a_shipped_refine_archive_on_onnx(tmp_path):
     """`cdc serve` of a refine-avif archive: the standard tier on the ONNX graphs (torch not
     loaded), within a grey level of the torch decoder; the high tier then loads torch."""
-    from pipeline.archive import encode_shard, open_or_create, plan_inputs, plan_shards
-    from storage import Archive
     from tests.serve_helpers import CdcServe, http_get
-    from zoo import load_codec
 
-    codec = load_codec("refine-avif").with_rate(0.3)
-    root = tmp_path / "imgs"
-    root.mkdir()
-    Image.fromarray(smooth_image(96, 128, seed=4)).save(root / "a.png")
-    arch, _ = open_or_create(str(tmp_path / "r.zarr"), codec, shard_size=8)
-    items, _ = plan_inputs(str(root))
-    list(encode_shard(codec, arch, plan_shards(items, set(), set(), 8)[0]))
-    data = Archive.open(arch.url)["a.png"].data
-    with CdcServe(arch.url, model="refine-avif", args=["--no-cache"]) as url:
+    codec, archive, data = _default_model_archive(tmp_path, seed=4)
+    with CdcServe(archive, model="refine-avif", args=["--no-cache"]) as url:
         status, _, body = http_get(f"{url}/images/a.png?tier=standard")
         assert status == 200
         got = np.asarray(Image.open(io.BytesIO(body))).astype(int)
