@@ -25,7 +25,6 @@ from jobs.driver import drive
 from jobs.encode import JobError
 from jobs.models import (
     budget_of,
-    load_codec,
     load_decoding_codec,
     load_driver_codec,
     weights_ref,
@@ -111,12 +110,9 @@ class Exporter:
     def _load(self, weights: list | None) -> None:
         cfg = self.cfg
         device, _ = actor_device()
-        if weights is None and cfg.precision is None:  # a shipped model: ONNX where it has it
-            codec = load_decoding_codec(self.model, device=device, threads=self.threads,
-                                        expected_sha256=self.expected)
-        else:
-            codec = load_codec(self.model, self.expected, weights, device=device,
-                               precision=cfg.precision)
+        codec = load_decoding_codec(self.model, device=device, threads=self.threads,
+                                    expected_sha256=self.expected, weights=weights,
+                                    precision=cfg.precision)
         codec.with_budget(budget_of(cfg.decode_budget))
         arch = Archive.open(self.url, expected_digest=weights_digest(codec),
                             read_only=not cfg.write_cache, storage_options=self.storage_options)

@@ -64,21 +64,23 @@ def load_codec(model: str, expected_sha256: str, weights: list[Any] | bytes | No
 
 
 def load_decoding_codec(model: str, *, device: str = "cpu", threads: int | None = None,
-                        expected_sha256: str | None = None):
-    """The codec to *decode* with: for a shipped model with ONNX graphs, on the CPU, its
-    codec's ``onnx_codec`` (refine: preview and standard without torch, torch loaded only for
-    the rest, :class:`cdc.refine.onnx_codec.OnnxFirstRefineCodec`); else
-    :func:`load_driver_codec` (or, given ``expected_sha256``, a worker's :func:`load_codec`).
+                        expected_sha256: str | None = None,
+                        weights: list[Any] | bytes | None = None, precision: str | None = None):
+    """The codec to *decode* with: for a shipped model with ONNX graphs, on the CPU at the
+    default precision, its codec's ``onnx_codec`` (refine: preview and standard without torch,
+    torch loaded only for the rest, :class:`cdc.refine.onnx_codec.OnnxFirstRefineCodec`); else
+    the torch codec: :func:`load_driver_codec`, or, given ``expected_sha256`` (a worker: `cdc
+    export`'s actors, the HTTP service), :func:`load_codec` with the driver's ``weights``.
     ``threads``: onnxruntime's threads (None: its default, every core).
     Graphs that fail their digest checks are skipped with a warning (torch decodes)."""
     expected = expected_sha256.lower().removeprefix("sha256:") if expected_sha256 else None
 
     def torch_codec():
         if expected is None:
-            return load_driver_codec(model, device=device)
-        return load_codec(model, expected, device=device)
+            return load_driver_codec(model, device=device, precision=precision)
+        return load_codec(model, expected, weights, device=device, precision=precision)
 
-    if device == "cpu" and not is_local_file(model):
+    if device == "cpu" and weights is None and precision is None and not is_local_file(model):
         import logging
 
         from cdc import WeightsError

@@ -152,17 +152,14 @@ class ImageService:
         import torch
 
         from jobs.cluster import actor_device
-        from jobs.models import load_codec, load_decoding_codec
+        from jobs.models import load_decoding_codec
 
         torch.set_num_threads(max(1, opts.threads))
         device, _ = actor_device()
         # weights: the bytes of a local weights file (None for shipped names and URLs)
-        if weights is None and opts.precision is None:  # shipped: ONNX graphs where it has them
-            codec = load_decoding_codec(model, device=device, threads=max(1, opts.threads),
-                                        expected_sha256=expected_sha256)
-        else:
-            codec = load_codec(model, expected_sha256.removeprefix("sha256:"), weights,
-                               device=device, precision=opts.precision)
+        codec = load_decoding_codec(model, device=device, threads=max(1, opts.threads),
+                                    expected_sha256=expected_sha256, weights=weights,
+                                    precision=opts.precision)
         codec.with_budget(budget_of(opts.decode_budget))
         arch = Archive.open(url, expected_digest=expected_sha256, read_only=not opts.write_cache,
                             storage_options=opts.storage_options)
