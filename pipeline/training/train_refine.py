@@ -27,6 +27,11 @@ from cdc.diffusion.schedules import NoiseSchedule
 from cdc.refine.config import REFINE_CONFIGS, RefineConfig
 from cdc.refine.nets import build_net as refine_net
 from cdc.weights import half_state, pack_weights
+from pipeline.training.discriminator import (
+    PatchDiscriminator,
+    discriminator_hinge,
+    generator_hinge,
+)
 from pipeline.training.refine_latents import LatentPairs, build_latents
 from pipeline.training.refine_pairs import PairCrops, build_cache, read_split
 from pipeline.training.trainer import TrainConfigBase, TrainerBase, load_run, training_entry
@@ -58,6 +63,13 @@ class RefineTrainConfig(TrainConfigBase):
     pixel_weight: float = 0.0
     pixel_rho: float = 0.0
     pixel_items: int = 4
+    # Optional adversarial term (``adv_weight`` > 0): a patch discriminator judges the
+    # ``pixel_items`` decoded predictions against their original crops (hinge loss); the
+    # refiner gets it from step ``adv_start`` on, after the discriminator has warmed up.
+    adv_weight: float = 0.0
+    adv_start: int = 0
+    adv_lr: float = 2.0e-4
+    adv_channels: int = 32
     p_start: float = 0.5
     start_gammas: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.5, 1.0])
 
@@ -95,7 +107,9 @@ class RefineTrainer(TrainerBase):
         self.model = refine_net(self.mcfg).to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.schedule = NoiseSchedule(self.mcfg.schedule, self.mcfg.train_timesteps)
-        self.pixel_loss = cfg.pixel_weight > 0 or cfg.pixel_rho > 0
+        # A latent model's adversarial term judges the TAEF2 decode too.
+        self.pixel_loss = (cfg.pixel_weight > 0 or cfg.pixel_rho > 0
+                           or (cfg.adv_weight > 0 and self.latent))
         if self.pixel_loss and not self.latent:
             raise ValueError("pixel_weight / pixel_rho are for latent refine models (a pixel "
                              "model's loss is in pixels already: mse_weight, rho)")
@@ -110,8 +124,30 @@ class RefineTrainer(TrainerBase):
             from zoo.components import load_space
 
             self.space = load_space("taef2").to(self.device)  # frozen: no parameter trains
+        self.disc = None
+        if cfg.adv_weight > 0:
+            self.metric_fields = (*self.metric_fields, "adv_g", "adv_d")
+            self.disc = PatchDiscriminator(cfg.adv_channels).to(self.device)
+            self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg.adv_lr,
+                                             betas=(0.5, 0.999))
         self.rng = random.Random(cfg.seed)
         self._start()
+
+    def extra_state(self) -> dict[str, Any]:
+        if self.disc is None:
+            return {}
+        return {"disc": self.disc.state_dict(), "disc_opt": self.disc_opt.state_dict()}
+
+    def load_extra_state(self, ck: dict[str, Any]) -> None:
+        """The discriminator and its optimizer, when the checkpoint has them (a parent
+        trained without the adversarial term has not: the discriminator starts fresh)."""
+        if self.disc is not None and "disc" in ck:
+            self.disc.load_state_dict(ck["disc"])
+            if "disc_opt" in ck:
+                self.disc_opt.load_state_dict(ck["disc_opt"])
+
+    def load_relay_state(self, ck: dict[str, Any]) -> None:
+        self.load_extra_state(ck)  # a relay keeps the discriminator, not its optimizer
 
     def check_checkpoint(self, ck: dict[str, Any], path: Path) -> None:
         if ck["train_config"].get("model_config") != self.cfg.model_config:
@@ -168,14 +204,20 @@ class RefineTrainer(TrainerBase):
             perc = self.perceptual_term(x0_hat, x)
             loss = loss + cfg.rho * perc
         pixel = torch.zeros(())
+        k = min(cfg.pixel_items, bsz)
+        seen, real = x0_hat[:k], x[:k]  # what the user sees, and the original
         if self.pixel_loss:
-            k = min(cfg.pixel_items, bsz)
-            img = self.space.decode_differentiable(x0_hat[:k])
-            pixel = (img - pix[0][:k]).pow(2).mean()
+            seen, real = self.space.decode_differentiable(x0_hat[:k]), pix[0][:k]
+            pixel = (seen - real).pow(2).mean()
             loss = loss + cfg.pixel_weight * pixel
             if cfg.pixel_rho > 0 and self.step % cfg.perceptual_every == 0:
-                perc = self.perceptual_term(img, pix[0][:k])
+                perc = self.perceptual_term(seen, real)
                 loss = loss + cfg.pixel_rho * perc
+        adv = {}
+        if self.disc is not None:
+            adv = self.adversarial_step(seen, real)
+            if self.step >= cfg.adv_start:
+                loss = loss + cfg.adv_weight * adv.pop("g_loss")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -191,8 +233,23 @@ class RefineTrainer(TrainerBase):
                 gain = float(10 * torch.log10(e_base / e_hat.clamp(min=1e-12)))
         return {"loss": float(loss.detach()), "mse": float(mse.detach()),
                 "pixel_mse": float(pixel.detach()),
+                "adv_g": adv.get("g", 0.0), "adv_d": adv.get("d", 0.0),
                 "perceptual": float(perc.detach()), "psnr_gain": gain,
                 "grad_norm": float(gnorm), "lr": self.opt.param_groups[0]["lr"]}
+
+    def adversarial_step(self, seen: torch.Tensor, real: torch.Tensor) -> dict[str, Any]:
+        """One discriminator update on (real, detached generated) crops, then the
+        generator's hinge term through the updated discriminator, its weights frozen so the
+        refiner's backward pass leaves them alone."""
+        d_loss = discriminator_hinge(self.disc(real.clamp(-1, 1)),
+                                     self.disc(seen.detach().clamp(-1, 1)))
+        self.disc_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.disc_opt.step()
+        self.disc.requires_grad_(False)
+        g_loss = generator_hinge(self.disc(seen.clamp(-1, 1)))
+        self.disc.requires_grad_(True)
+        return {"g_loss": g_loss, "g": float(g_loss.detach()), "d": float(d_loss.detach())}
 
     def status(self, row: dict[str, Any]) -> str:
         return f"loss {row['loss']:.4f} gain {row['psnr_gain']:+.2f} dB {row['it_s']:.2f} it/s"
@@ -239,6 +296,8 @@ def export_model(run_dir: str | Path, name: str | None = None,
             **({"pixel_weight": cfg.pixel_weight, "pixel_rho": cfg.pixel_rho,
                 "pixel_items": cfg.pixel_items, "pixel_perceptual": cfg.perceptual}
                if cfg.pixel_weight > 0 or cfg.pixel_rho > 0 else {}),
+            **({"adv_weight": cfg.adv_weight, "adv_start": cfg.adv_start}
+               if cfg.adv_weight > 0 else {}),
             "sources": cfg.sources,
             "validation_split": cfg.validation_split, **({"tiers": tiers} if tiers else {}),
             **(extra_meta or {})}

@@ -236,6 +236,7 @@ class TrainerBase:
             log.warning("init_from %s: an EMA-only relay artifact: lost are the optimizer "
                         "moments (restarted at zero)%s", src, "" if "model" in ck else
                         " and the raw weights (restarted from the EMA)")
+            self.load_relay_state(ck)
         self.step = int(ck["step"])
         self._inherit_lineage(ck, src)
 
@@ -255,6 +256,9 @@ class TrainerBase:
 
     def load_extra_state(self, ck: dict[str, Any]) -> None:
         pass
+
+    def load_relay_state(self, ck: dict[str, Any]) -> None:
+        """What a trainer takes from an EMA-only relay beyond the weights (nothing here)."""
 
     def check_checkpoint(self, ck: dict[str, Any], path: Path) -> None:
         """Refuse to resume a run trained for something else."""
