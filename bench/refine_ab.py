@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from refine_grid import crop_panel
+from refine_grid import crop_panel, psnr_and_lpips, validation_bases
 from refine_operating_points import load_codec_from, validation_args
 
 
@@ -59,10 +57,8 @@ def main() -> None:
     ap.add_argument("--out", default="")
     a = ap.parse_args()
 
-    from cdc.image import array_to_tensor
-    from cdc.refine import base_layer, blend
+    from cdc.refine import blend
     from pipeline.metrics.lpips import LPIPS
-    from pipeline.training.refine_pairs import read_split
 
     codecs = [load_codec_from(m) for m in a.models]
     cfg = codecs[0][0].config
@@ -80,36 +76,27 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
 
     def measure(y: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
-        y = ((y.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
-        with torch.no_grad():
-            d = float(lp((y + 1) / 2, (x + 1) / 2))
-        return 10 * math.log10(4 / max(float(((y - x) ** 2).mean()), 1e-12)), d
+        return psnr_and_lpips(lp, y, x)
 
     rows = []
-    for name in sorted(read_split(a.split))[a.first: a.first + a.images]:
-        arr = np.asarray(Image.open(Path(a.root) / name).convert("RGB"))
-        h, w = arr.shape[:2]
-        x = array_to_tensor(arr)
-        for rate in (float(r) for r in a.rates.split(",")):
-            c0 = codecs[0][0]
-            target = max(1, int(rate * h * w / 8) - c0._overhead(h, w))
-            base = base_layer.decode_choice(base_layer.search(arr, target, cfg), h, w)
-            row = {"image": name, "rate": rate}
-            row["base_psnr"], row["base_lpips_vgg"] = measure(base, x)
-            shown = [x[0], base[0]]
-            for k, (codec, _) in enumerate(codecs):
-                for tier, steps, gamma, bound in tiers:
-                    ref = codec.refine(base, steps, gamma, 0)
-                    idx = blend.choose(x, base, ref, cfg.table, cfg.tile, bound)
-                    y = blend.apply(base, ref, blend.weight_map(idx, cfg.table, cfg.tile, h, w))
-                    row[f"m{k}_{tier}_psnr"], row[f"m{k}_{tier}_lpips_vgg"] = measure(y, x)
-                    shown.append(y[0])
-            rows.append(row)
-            print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
-                  flush=True)
-            if out:
-                crop_panel(shown, detailed_box(x[0], a.crop)).save(
-                    out / f"{Path(name).stem}_{rate:g}.png")
+    for name, rate, x, base in validation_bases(a, codecs[0][0]):
+        h, w = x.shape[-2:]
+        row = {"image": name, "rate": rate}
+        row["base_psnr"], row["base_lpips_vgg"] = measure(base, x)
+        shown = [x[0], base[0]]
+        for k, (codec, _) in enumerate(codecs):
+            for tier, steps, gamma, bound in tiers:
+                ref = codec.refine(base, steps, gamma, 0)
+                idx = blend.choose(x, base, ref, cfg.table, cfg.tile, bound)
+                y = blend.apply(base, ref, blend.weight_map(idx, cfg.table, cfg.tile, h, w))
+                row[f"m{k}_{tier}_psnr"], row[f"m{k}_{tier}_lpips_vgg"] = measure(y, x)
+                shown.append(y[0])
+        rows.append(row)
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
+              flush=True)
+        if out:
+            crop_panel(shown, detailed_box(x[0], a.crop)).save(
+                out / f"{Path(name).stem}_{rate:g}.png")
     summary: dict = {"models": a.models, "steps": [s for _, s in codecs], "tiers": a.tiers,
                      "rows": rows, "panel_order": ["original", "base"] + [
                          f"m{k}:{t[0]}" for k in range(len(codecs)) for t in tiers]}

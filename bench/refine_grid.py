@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,33 @@ def crop_panel(images: list[Tensor], box: tuple[int, int, int]) -> Image.Image:
     return out
 
 
+def psnr_and_lpips(lp, y: Tensor, x: Tensor) -> tuple[float, float]:
+    """PSNR (dB) and LPIPS of a [-1, 1] decode against the original, the decode rounded to
+    the 8-bit image a user gets."""
+    y = ((y.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+    with torch.no_grad():
+        d = float(lp((y + 1) / 2, (x + 1) / 2))
+    return 10 * math.log10(4 / max(float(((y - x) ** 2).mean()), 1e-12)), d
+
+
+def validation_bases(a: argparse.Namespace, codec) -> Iterator[tuple[str, float, Tensor,
+                                                                       Tensor]]:
+    """(photo, rate, original, base decode) for the chosen photos of the validation split at
+    each of ``a.rates``: the base layer as ``codec`` codes it at that total rate."""
+    from cdc.image import array_to_tensor
+    from cdc.refine import base_layer
+    from pipeline.training.refine_pairs import read_split
+
+    for name in sorted(read_split(a.split))[a.first: a.first + a.images]:
+        arr = np.asarray(Image.open(Path(a.root) / name).convert("RGB"))
+        h, w = arr.shape[:2]
+        x = array_to_tensor(arr)
+        for rate in (float(r) for r in a.rates.split(",")):
+            target = max(1, int(rate * h * w / 8) - codec._overhead(h, w))
+            yield name, rate, x, base_layer.decode_choice(
+                base_layer.search(arr, target, codec.config), h, w)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", help="run folder, relay folder or model name")
@@ -50,11 +78,9 @@ def main() -> None:
     ap.add_argument("--out", default="")
     a = ap.parse_args()
 
-    from cdc.image import array_to_tensor
-    from cdc.refine import base_layer, blend
+    from cdc.refine import blend
     from cdc.refine.degrid import periodic_part, remove_grid
     from pipeline.metrics.lpips import LPIPS
-    from pipeline.training.refine_pairs import read_split
 
     codec, step = load_codec_from(a.model)
     cfg = codec.config
@@ -76,36 +102,27 @@ def main() -> None:
         return float((periodic_part(d, 8, a.window) ** 2).sum() / (d ** 2).sum().clamp_min(1e-12))
 
     def measure(y: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
-        y = ((y.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
-        with torch.no_grad():
-            d = float(lp((y + 1) / 2, (x + 1) / 2))
-        return 10 * math.log10(4 / max(float(((y - x) ** 2).mean()), 1e-12)), d
+        return psnr_and_lpips(lp, y, x)
 
     rows = []
-    for name in sorted(read_split(a.split))[a.first: a.first + a.images]:
-        arr = np.asarray(Image.open(Path(a.root) / name).convert("RGB"))
-        h, w = arr.shape[:2]
-        x = array_to_tensor(arr)
-        for rate in (float(r) for r in a.rates.split(",")):
-            target = max(1, int(rate * h * w / 8) - codec._overhead(h, w))
-            choice = base_layer.search(arr, target, cfg)
-            base = base_layer.decode_choice(choice, h, w)
-            raw = codec.refine(base, 1, 0.0, 0)
-            filt = remove_grid(raw, base, 8, a.window).clamp(-1, 1)
-            row = {"image": name, "rate": rate, "grid_share_raw": share(raw - base),
-                   "grid_share_filtered": share(filt - base)}
-            for tag, ref in (("raw", raw), ("filtered", filt)):
-                idx = blend.choose(x, base, ref, cfg.table, cfg.tile, bound)
-                y = blend.apply(base, ref, blend.weight_map(idx, cfg.table, cfg.tile, h, w))
-                row[f"{tag}_psnr"], row[f"{tag}_lpips_vgg"] = measure(y, x)
-            rows.append(row)
-            print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
-                  flush=True)
-            if out:
-                s = min(160, h, w)
-                box = ((h - s) // 2, (w - s) // 2, s)
-                crop_panel([x[0], base[0], raw[0], filt[0]], box).save(
-                    out / f"{Path(name).stem}_{rate:g}.png")
+    for name, rate, x, base in validation_bases(a, codec):
+        h, w = x.shape[-2:]
+        raw = codec.refine(base, 1, 0.0, 0)
+        filt = remove_grid(raw, base, 8, a.window).clamp(-1, 1)
+        row = {"image": name, "rate": rate, "grid_share_raw": share(raw - base),
+               "grid_share_filtered": share(filt - base)}
+        for tag, ref in (("raw", raw), ("filtered", filt)):
+            idx = blend.choose(x, base, ref, cfg.table, cfg.tile, bound)
+            y = blend.apply(base, ref, blend.weight_map(idx, cfg.table, cfg.tile, h, w))
+            row[f"{tag}_psnr"], row[f"{tag}_lpips_vgg"] = measure(y, x)
+        rows.append(row)
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
+              flush=True)
+        if out:
+            s = min(160, h, w)
+            box = ((h - s) // 2, (w - s) // 2, s)
+            crop_panel([x[0], base[0], raw[0], filt[0]], box).save(
+                out / f"{Path(name).stem}_{rate:g}.png")
     summary = {"model": a.model, "train_steps": step, "window": a.window, "bound_db": bound,
                "rows": rows}
     for key in ("grid_share_raw", "grid_share_filtered", "raw_psnr", "filtered_psnr",
