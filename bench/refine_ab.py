@@ -2,9 +2,10 @@
 split (never Kodak), as the user gets them: the same base layer, each model's refinement along
 a tier's decode path, blended under the tier's PSNR bound.
 
-Measured with PSNR and LPIPS-VGG only (LPIPS-Alex, DISTS and FID are for evaluation), and
-written as 2× crops to look at (original | base | each model's tiers), where the original
-has the most detail. The first model is the reference of the per-row comparison.
+Measured with PSNR and LPIPS-VGG only (LPIPS-Alex, DISTS and FID are for evaluation),
+with the mean blend weight the bound let through (1: all of the refinement), and written as
+2× crops to look at (original | base | each model's tiers), where the original has the most
+detail. The first model is the reference of the per-row comparison.
 
     python bench/refine_ab.py refine-avif runs/refine-adv-1 --images 12 --rates 0.06,0.12 \
         --tiers standard:1:0:0.5,high:1:0.6:1.5 --out /tmp/ab
@@ -90,6 +91,8 @@ def main() -> None:
                 idx = blend.choose(x, base, ref, cfg.table, cfg.tile, bound)
                 y = blend.apply(base, ref, blend.weight_map(idx, cfg.table, cfg.tile, h, w))
                 row[f"m{k}_{tier}_psnr"], row[f"m{k}_{tier}_lpips_vgg"] = measure(y, x)
+                # how much of the refinement the bound let through (1: all of it)
+                row[f"m{k}_{tier}_weight"] = float(torch.tensor(cfg.table)[idx].mean())
                 shown.append(y[0])
         rows.append(row)
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
@@ -104,7 +107,8 @@ def main() -> None:
         for tier, *_ in tiers:
             p = [r[f"m{k}_{tier}_psnr"] for r in rows]
             d = [r[f"m{k}_{tier}_lpips_vgg"] for r in rows]
-            line = {"psnr": float(np.mean(p)), "lpips_vgg": float(np.mean(d))}
+            line = {"psnr": float(np.mean(p)), "lpips_vgg": float(np.mean(d)),
+                    "weight": float(np.mean([r[f"m{k}_{tier}_weight"] for r in rows]))}
             if k:
                 p0 = [r[f"m0_{tier}_psnr"] for r in rows]
                 d0 = [r[f"m0_{tier}_lpips_vgg"] for r in rows]
