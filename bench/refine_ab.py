@@ -14,6 +14,7 @@ detail. The first model is the reference of the per-row comparison.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -76,8 +77,7 @@ def main() -> None:
     if out:
         out.mkdir(parents=True, exist_ok=True)
 
-    def measure(y: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
-        return psnr_and_lpips(lp, y, x)
+    measure = functools.partial(psnr_and_lpips, lp)
 
     rows = []
     for name, rate, x, base in validation_bases(a, codecs[0][0]):

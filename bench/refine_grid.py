@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Iterator
@@ -101,8 +102,7 @@ def main() -> None:
     def share(d: torch.Tensor) -> float:
         return float((periodic_part(d, 8, a.window) ** 2).sum() / (d ** 2).sum().clamp_min(1e-12))
 
-    def measure(y: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
-        return psnr_and_lpips(lp, y, x)
+    measure = functools.partial(psnr_and_lpips, lp)
 
     rows = []
     for name, rate, x, base in validation_bases(a, codec):
