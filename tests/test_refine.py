@@ -219,7 +219,7 @@ def test_near_the_full_size_floor_the_closer_of_two_scales_wins():
     full, _ = base_layer._best_fitting(arr, target, 1, cfg)
     half, _ = base_layer._best_fitting(arr, target, 2, cfg)
     assert full is not None and half is not None and full.quality < 30
-    choice = base_layer.search(arr, target, cfg)
+    choice = base_layer.search(arr, target, cfg, ladder=(1, 2))
     errors = {c.scale: base_layer._squared_error(c, arr) for c in (full, half)}
     assert len(choice.data) <= target
     assert base_layer._squared_error(choice, arr) == min(errors.values())

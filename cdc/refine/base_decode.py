@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 import warnings
 
 import numpy as np
@@ -14,16 +13,15 @@ from PIL import AvifImagePlugin, Image  # noqa: F401
 
 from cdc.errors import CorruptStreamError
 from cdc.refine import bare_avif
+from cdc.refine.downscale import scaled_size
 
-
-def scaled_size(height: int, width: int, scale: int) -> tuple[int, int]:
-    return max(1, math.ceil(height / scale)), max(1, math.ceil(width / scale))
+__all__ = ["decode_rgb", "scaled_size"]
 
 
 def decode_rgb(data: bytes, height: int, width: int, scale: int, bare: bool = False
                ) -> np.ndarray:
     """AVIF bytes (``bare``: av1C[1:4] + AV1 payload) → (h, w, 3) uint8 at the base's own
-    size (the image size divided by ``scale``, rounded up).
+    size (the image size divided by the factor of the downscale code ``scale``, rounded up).
 
     The AVIF must claim exactly that size (checked before decoding)."""
     want_h, want_w = scaled_size(height, width, scale)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cdc.config import config_from_dict, config_to_dict
+from cdc.refine import downscale
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,9 @@ class RefineConfig:
     # HEIF boxes (rebuilt by the decoder, byte-identical: cdc/refine/bare_avif.py); off for
     # weights written before it (their golden streams keep whole AVIF files).
     base_bare: bool = False
-    scales: tuple[int, ...] = (1, 2, 4)
+    # The largest downscale the encoder may use (and any factor it must try): it walks
+    # :data:`cdc.refine.downscale.FINE_LADDER` (1, 4/3, 3/2, 2, 8/3, 3, 4 …) up to the largest.
+    scales: tuple[float, ...] = (1, 2, 4)
     # Fidelity bound: blend weights per ``tile``×``tile`` block, 2**bits table entries.
     tile: int = 64
     weight_bits: int = 3
@@ -69,8 +72,10 @@ class RefineConfig:
             raise ValueError(f"unknown base codec {self.base_codec!r}; known: avif")
         if self.base_tune not in ("", "psnr", "ssim"):
             raise ValueError(f"base_tune must be '', 'psnr' or 'ssim', got {self.base_tune!r}")
-        if not self.scales or any(s not in (1, 2, 4, 8) for s in self.scales):
-            raise ValueError(f"scales must be among 1, 2, 4, 8: {self.scales}")
+        if not self.scales:
+            raise ValueError("scales must list at least one downscale")
+        for s in self.scales:
+            downscale.code(s)  # ValueError names the factor
         if not 1 <= self.weight_bits <= 8:
             raise ValueError(f"weight_bits must be in 1..8, got {self.weight_bits}")
         if self.degrid_window < 0 or (self.degrid_window and self.space != "taef2"):

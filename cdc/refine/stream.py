@@ -2,9 +2,10 @@
 
 Sections, in this order::
 
-    B   1 byte downscale (1, 2, 4, 8) · 1 byte: bit 7 = bare, bits 0-6 = base quality
-        (0..100, informative) · the AVIF file of the (downscaled) image, or when bare its
-        av1C bytes 1..3 and AV1 payload (the boxes rebuilt by :mod:`cdc.refine.bare_avif`)
+    B   1 byte downscale (1, 2, 4, 8, or 0x80 | n for n/12: :mod:`cdc.refine.downscale`)
+        · 1 byte: bit 7 = bare, bits 0-6 = base quality (0..100, informative) · the AVIF
+        file of the (downscaled) image, or when bare its av1C bytes 1..3 and AV1 payload
+        (the boxes rebuilt by :mod:`cdc.refine.bare_avif`)
     W   blend weights per decode path (see :mod:`cdc.refine.blend`)
 
 The header's 4-byte symbols field holds the CRC32 of section B's payload, so a *prefix*
@@ -20,9 +21,9 @@ from typing import Any
 
 from cdc.bitstream import Container, read_header, read_varint, symbols_crc
 from cdc.errors import CorruptStreamError
+from cdc.refine import downscale
 
 BASE_TAG, WEIGHTS_TAG = "B", "W"
-SCALES = (1, 2, 4, 8)
 #: Bytes a reader fetches first to find where section B ends (header ≤ 24 bytes + tag +
 #: length varint): see :func:`base_prefix_length`.
 PLAN_READ_BYTES = 32
@@ -65,8 +66,13 @@ def _check_base(payload: bytes, crc: int) -> tuple[int, int, bytes, bool]:
     if symbols_crc(payload) != crc:
         raise CorruptStreamError("section 'B' checksum mismatch (corrupted or truncated)")
     scale, quality, bare = payload[0], payload[1] & ~BARE, bool(payload[1] & BARE)
-    if scale not in SCALES or quality > 100:
-        raise CorruptStreamError(f"section 'B': scale {scale} / quality {quality} invalid")
+    try:
+        downscale.factor(scale)
+    except ValueError:
+        raise CorruptStreamError(f"section 'B': downscale code {scale} invalid (a stream "
+                                 "written by a newer cdc-toolkit, or corrupted)") from None
+    if quality > 100:
+        raise CorruptStreamError(f"section 'B': base quality {quality} invalid")
     return scale, quality, payload[2:], bare
 
 
@@ -108,7 +114,7 @@ def describe(data: bytes, config: Any = None) -> dict[str, Any]:
         "bpp": 8 * len(data) / (p.width * p.height),
         "complete": p.complete,
         "base_layer": f"AVIF{' (bare: boxes rebuilt)' if p.bare else ''}, quality "
-                      f"{p.quality}, downscale x{p.scale}, {len(p.avif)} bytes",
+                      f"{p.quality}, downscale {downscale.label(p.scale)}, {len(p.avif)} bytes",
         "base_prefix_bytes": p.base_end,
         "weights_bytes": len(p.weights) if p.weights is not None else 0,
     }

@@ -1,0 +1,136 @@
+"""AVIF against HEIC (x265, through pillow-heif) as the refine codec's base layer, at the same
+*payload* bytes, on the validation split (never Kodak): should the base change codec?
+
+Payload: what a bare base would keep — AVIF's av1C bytes and AV1 payload (as the shipped
+`base_bare` stores it), HEIC's hvcC box (its parameter sets) and mdat payload (a bare HEIC
+would have to rebuild the other boxes as `cdc.refine.bare_avif` does for AVIF). Each codec's
+PSNR and LPIPS-VGG are interpolated (linear in log bytes) between the two qualities that
+bracket the budget; encode times are Pillow's/pillow-heif's own (x265 may use more threads).
+
+    OMP_NUM_THREADS=1 python bench/base_codecs.py --images 16 --rates 0.06,0.12,0.25,0.5 \
+        --out /tmp/base_codecs.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from refine_operating_points import validation_args
+
+Encoded = tuple[int, Callable[[], np.ndarray], float]  # payload bytes, decoder, encode s
+
+
+def avif(img: Image.Image, q: int) -> Encoded:
+    from cdc.refine import bare_avif
+
+    t = time.perf_counter()
+    buf = io.BytesIO()
+    img.save(buf, format="AVIF", quality=q, speed=6, subsampling="4:2:0")
+    dt, data = time.perf_counter() - t, buf.getvalue()
+    bare = bare_avif.strip(data, img.width, img.height)
+    return (len(bare) if bare is not None else len(data),
+            lambda: np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), dt)
+
+
+def _box_payload(data: bytes, tag: bytes) -> int:
+    i = data.find(tag)
+    if i < 4:
+        raise ValueError(f"no {tag!r} box")
+    return int.from_bytes(data[i - 4:i], "big") - 8
+
+
+def heic(img: Image.Image, q: int) -> Encoded:
+    import pillow_heif
+
+    t = time.perf_counter()
+    buf = io.BytesIO()
+    pillow_heif.from_pillow(img).save(buf, quality=q, chroma=420)
+    dt, data = time.perf_counter() - t, buf.getvalue()
+    return (_box_payload(data, b"mdat") + _box_payload(data, b"hvcC"),
+            lambda: np.asarray(pillow_heif.open_heif(io.BytesIO(data)).to_pillow()
+                               .convert("RGB")), dt)
+
+
+CODECS = {"avif": avif, "heic": heic}
+
+
+def at_bytes(enc, img: Image.Image, arr: np.ndarray, budget: float, lp
+             ) -> dict | None:
+    """PSNR / LPIPS-VGG at ``budget`` payload bytes, between the bracketing qualities."""
+    lo, hi, below, above = 0, 100, None, None
+    while lo <= hi:
+        q = (lo + hi) // 2
+        e = enc(img, q)
+        if e[0] <= budget:
+            below, lo = (q, e), q + 1
+        else:
+            above, hi = (q, e), q - 1
+    if below is None or above is None:
+        return None
+    x = torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float() / 255
+
+    def metrics(e: Encoded) -> tuple[float, float]:
+        y = torch.from_numpy(e[1]().copy()).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            d = float(lp(y, x))
+        return 10 * math.log10(1 / max(float(((y - x) ** 2).mean()), 1e-12)), d
+
+    (qa, a), (qb, b) = below, above
+    ma, mb = metrics(a), metrics(b)
+    t = (math.log(budget) - math.log(a[0])) / (math.log(b[0]) - math.log(a[0]))
+    return {"psnr": ma[0] + t * (mb[0] - ma[0]), "lpips_vgg": ma[1] + t * (mb[1] - ma[1]),
+            "encode_s": a[2], "qualities": [qa, qb]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    validation_args(ap, 16)
+    ap.add_argument("--rates", default="0.06,0.12,0.25,0.5")
+    ap.add_argument("--out", default="")
+    a = ap.parse_args()
+
+    from pipeline.metrics.lpips import LPIPS
+    from pipeline.training.refine_pairs import read_split
+
+    torch.set_num_threads(1)
+    lp = LPIPS("vgg").eval()
+    rows = []
+    for name in sorted(read_split(a.split))[a.first: a.first + a.images]:
+        img = Image.open(Path(a.root) / name).convert("RGB")
+        arr = np.asarray(img)
+        for rate in (float(r) for r in a.rates.split(",")):
+            budget = rate * arr.shape[0] * arr.shape[1] / 8
+            got = {k: at_bytes(enc, img, arr, budget, lp) for k, enc in CODECS.items()}
+            if all(got.values()):
+                rows.append({"image": name, "rate": rate, **got})
+                print(name, rate, {k: {m: round(v, 4) for m, v in g.items() if m != "qualities"}
+                                   for k, g in got.items()}, flush=True)
+    summary = {}
+    for rate in sorted({r["rate"] for r in rows}):
+        rs = [r for r in rows if r["rate"] == rate]
+        dp = [r["heic"]["psnr"] - r["avif"]["psnr"] for r in rs]
+        dl = [r["heic"]["lpips_vgg"] / r["avif"]["lpips_vgg"] for r in rs]
+        summary[f"{rate:g}"] = {
+            "rows": len(rs), "heic_minus_avif_psnr": float(np.mean(dp)),
+            "worst_psnr": float(min(dp)), "best_psnr": float(max(dp)),
+            "lpips_vgg_ratio": float(np.mean([r["heic"]["lpips_vgg"] for r in rs])
+                                     / np.mean([r["avif"]["lpips_vgg"] for r in rs])),
+            "lpips_vgg_better": int(sum(v < 1 for v in dl)),
+            "encode_time_ratio": float(np.mean([r["heic"]["encode_s"] / r["avif"]["encode_s"]
+                                                for r in rs]))}
+        print(f"{rate:g}: {json.dumps(summary[f'{rate:g}'])}", flush=True)
+    if a.out:
+        Path(a.out).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
