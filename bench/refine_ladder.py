@@ -32,12 +32,34 @@ from refine_operating_points import load_codec_from, validation_args
 LADDERS = {"octave": (1, 2, 4), "fine": None}  # None: the codec's own (the fine ladder)
 
 
+def search_before(array: np.ndarray, target: int, cfg):
+    """The search as shipped until 2026-12-07: octaves only, real searches, stop at quality
+    30 or after two candidates, the closer of them (``--octave before``)."""
+    from cdc.refine import base_layer
+
+    found, smallest = [], None
+    for scale in (1, 2, 4):
+        best, low = base_layer._best_fitting(array, target, scale, cfg)
+        if low is not None and (smallest is None or len(low.data) < len(smallest.data)):
+            smallest = low
+        if best is not None:
+            found.append(best)
+            if best.quality >= 30 or len(found) == 2:
+                break
+    if not found:
+        return smallest
+    return min(found, key=lambda c: base_layer._squared_error(c, array))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", help="run folder, relay folder or model name")
     validation_args(ap, 16)
     ap.add_argument("--rates", default="0.03,0.06,0.09,0.12,0.2")
     ap.add_argument("--tier", default="standard:1:0:0.5", help="name:steps:gamma:bound_db")
+    ap.add_argument("--octave", choices=("walk", "before"), default="before",
+                    help="the octave side: today's search over 1, 2, 4 (walk) or the search "
+                         "as shipped before the fine ladder (before)")
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--out", default="")
     a = ap.parse_args()
@@ -69,7 +91,10 @@ def main() -> None:
             shown: dict[str, list] = {"base": [], "tier": []}
             for lad, ladder in LADDERS.items():
                 t0 = time.perf_counter()
-                choice = base_layer.search(arr, target, cfg, ladder)
+                if lad == "octave" and a.octave == "before":
+                    choice = search_before(arr, target, cfg)
+                else:
+                    choice = base_layer.search(arr, target, cfg, ladder)
                 row[f"{lad}_search_s"] = time.perf_counter() - t0
                 base = base_layer.decode_choice(choice, h, w)
                 ref = codec.refine(base, steps, gamma, 0)
@@ -91,6 +116,7 @@ def main() -> None:
                     out / "crops" / f"{Path(name).stem}_{rate:g}.png")
 
     summary: dict = {"model": a.model, "step": step, "tier": a.tier, "rates": a.rates,
+                     "octave": a.octave,
                      "images": a.images, "first": a.first,
                      "panel_order": ["original", "octave base", "fine base",
                                      f"octave {tier}", f"fine {tier}"]}

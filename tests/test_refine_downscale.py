@@ -62,31 +62,49 @@ def test_the_ladder_fills_in_between_the_models_octaves():
         RefineConfig(scales=(1, 2.2))
 
 
-def test_the_search_keeps_the_closest_base_of_its_walk_and_fractions_win_some():
-    """The search walks 1, 4/3, 3/2, 2, 8/3, 3, 4 until a downscale's quality reaches
-    TRY_NEXT_SCALE_BELOW and keeps whichever candidate decodes closest to the original; on
-    some budget here a factor octaves cannot take wins, strictly closer than octaves' pick."""
+def test_the_search_keeps_the_closest_real_candidate_and_fractions_win_some():
+    """The search takes the first downscale that fits, ranks the next ones with fast encodes
+    and gives the best-ranked the real search: what it returns fits, is the closest of the
+    real candidates it made, is never farther than the first fit alone, and on some budget
+    here is a factor octaves cannot take, strictly closer than octaves' pick."""
     cfg = replace(REFINE_CONFIGS["refine-test"], base_bare=True)
     arr = smooth_image(192, 256, seed=11)
     full0 = len(base_layer.encode(arr, 0, 1, cfg).data)
+    made: list = []
+    real = base_layer._best_fitting
+
+    def spy(*args, **kw):
+        got = real(*args, **kw)
+        if got[0] is not None:
+            made.append(got[0])
+        return got
+
     wins = []
     for budget in (int(full0 * 0.6), full0, int(full0 * 1.5), full0 * 3):
-        walked = []
-        for c in downscale.ladder(cfg.scales):
-            best, _ = base_layer._best_fitting(arr, budget, c, cfg)
-            if best is not None:
-                walked.append(best)
-                if best.quality >= base_layer.TRY_NEXT_SCALE_BELOW:
-                    break
-        choice = base_layer.search(arr, budget, cfg)
-        assert len(choice.data) <= budget
-        errors = [base_layer._squared_error(c, arr) for c in walked]
-        assert base_layer._squared_error(choice, arr) == min(errors)
-        assert choice.scale == walked[int(np.argmin(errors))].scale
+        made.clear()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(base_layer, "_best_fitting", spy)
+            choice = base_layer.search(arr, budget, cfg)
+        assert len(choice.data) <= budget and made
+        errors = [base_layer._squared_error(c, arr) for c in made]
+        assert base_layer._squared_error(choice, arr) == min(errors) <= errors[0]
         octave = base_layer.search(arr, budget, cfg, ladder=(1, 2, 4))
         if base_layer._squared_error(choice, arr) < base_layer._squared_error(octave, arr):
             wins.append(downscale.factor(choice.scale))
     assert any(f not in (1, 2, 4) for f in wins), wins
+
+
+def test_a_first_fit_at_a_high_quality_ends_the_search_at_once(monkeypatch):
+    """Where the full size fits at TRY_NEXT_SCALE_BELOW or more, no other downscale is tried
+    (the mid and high rates cost what they cost before the fine ladder)."""
+    cfg = replace(REFINE_CONFIGS["refine-test"], base_bare=True)
+    arr = smooth_image(96, 128, seed=4)
+    budget = len(base_layer.encode(arr, 80, 1, cfg).data)
+    calls = []
+    monkeypatch.setattr(base_layer, "_screen", lambda *a, **k: calls.append(a) or None)
+    choice = base_layer.search(arr, budget, cfg)
+    assert choice.scale == 1 and choice.quality >= base_layer.TRY_NEXT_SCALE_BELOW
+    assert not calls
 
 
 @pytest.fixture(scope="module")

@@ -76,13 +76,21 @@ def upsample(x: Tensor, height: int, width: int) -> Tensor:
                          align_corners=False).clamp(-1, 1)
 
 
-#: Below this quality at one downscale, the next is tried too and the one closest to the
-#: original (MSE after upsampling) wins: a smaller image at a higher quality can beat it
-#: (sharper, fewer blocks). On 16 validation photos at 0.03-0.25 bpp (144 searches) the
-#: winner sat at quality 9-49; stopping at 45 kept all the gain of walking the whole ladder
-#: (0.03-0.12 dB of base PSNR over octaves) and was never worse than octaves, where 30 and
-#: 35 were worse on 1-2 photos a rate.
+#: Below this quality at the first downscale that fits, the smaller ones are tried too and
+#: the candidate closest to the original (MSE after upsampling) wins: a smaller image at a
+#: higher quality can beat it (sharper, fewer blocks). On 16 validation photos at 0.03-0.25
+#: bpp (144 searches, bench/base_downscales.py) the winner sat at quality 9-49; a walk that
+#: stops at 45 kept all the gain of walking the whole ladder (0.03-0.12 dB of base PSNR over
+#: octaves) and was never worse than octaves, where 30 and 35 were worse on 1-2 photos a rate.
 TRY_NEXT_SCALE_BELOW = 45
+#: Real searches of every step cost twice the old search's time, so the smaller downscales
+#: are ranked by fast encodes (libaom speed 10) first, and only the best-ranked get the real
+#: search: at most this many, and only those within SCREEN_MARGIN of the best fast error.
+#: On 80 validation searches at 0.03-0.2 bpp (3 and 5 %) this kept 0.05-0.09 of the
+#: 0.06-0.10 dB the full walk gains over the old search; 2 candidates kept 0.05-0.09 with
+#: 4 photos worse than before at 0.12 bpp, a 2 % margin 0.04-0.08.
+SCREENED_CANDIDATES = 3
+SCREEN_MARGIN = 0.05
 #: The fast encoder that predicts the real one's sizes in the rate search (libaom's fastest).
 FAST_SPEED = 10
 #: Typical real/fast size ratio at the default speed 6, the predictor's first scale (later
@@ -97,9 +105,7 @@ def _best_fitting(array: np.ndarray, target_bytes: int, scale: int,
     0 is too large, (None, quality 0's encoding). The search
     (:func:`cdc.refine.rate_search.largest_fitting`) predicts with fast encodes and confirms
     with real ones: the answer is bisection's wherever size grows with quality."""
-    if scale != 1:  # resize once, not per encode
-        h, w = scaled_size(array.shape[0], array.shape[1], scale)
-        array = np.asarray(Image.fromarray(array).resize((w, h), Image.LANCZOS))
+    array = _resized(array, scale)  # resize once, not per encode
     fast_cfg = replace(cfg, base_speed=FAST_SPEED)
     made: dict[int, BaseChoice] = {}
 
@@ -121,27 +127,77 @@ def _squared_error(choice: BaseChoice, array: np.ndarray) -> float:
     return float(((y - x.div(127.5).sub(1.0)) ** 2).sum())
 
 
+def _screen(array: np.ndarray, target_bytes: int, scale: int, cfg: RefineConfig,
+            ratio: float, lowest: int = 0) -> tuple[float, int] | None:
+    """(squared error, quality) of the fast encoder's (libaom speed 10) highest quality at
+    ``scale`` whose size × ``ratio`` (the real/fast size ratio) fits, searched from
+    ``lowest`` up; None when none fits. A cheap stand-in for the real search, to rank
+    downscales: its errors are all a little larger than real encodes' at the same bytes."""
+    small = _resized(array, scale)
+    fast_cfg = replace(cfg, base_speed=FAST_SPEED)
+    lo, hi, best = lowest, 100, None
+    while lo <= hi:
+        q = (lo + hi) // 2
+        c = encode(small, q, 1, fast_cfg)
+        if len(c.data) * ratio <= target_bytes:
+            best, lo = c, q + 1
+        else:
+            hi = q - 1
+    if best is None:
+        return None
+    return _squared_error(BaseChoice(best.data, best.quality, scale, best.bare), array), \
+        best.quality
+
+
 def search(array: np.ndarray, target_bytes: int, cfg: RefineConfig,
            ladder: tuple[int, ...] | None = None) -> BaseChoice:
     """The best base within ``target_bytes``. Walks the downscales of ``ladder`` (default:
     :func:`cdc.refine.downscale.ladder` of the model's scales: 1, 4/3, 3/2, 2, 8/3, 3, 4),
-    smallest first, taking at each the highest quality that fits, and stops after the first
-    whose quality reaches :data:`TRY_NEXT_SCALE_BELOW`; of those found, the one that decodes
-    closest to the original wins (the encoder sees it; MSE, a fidelity measure, not an
-    evaluation metric). If nothing fits, the smallest encoding found (over budget)."""
+    smallest first: the real search (:func:`_best_fitting`) until one fits; if its quality
+    is under :data:`TRY_NEXT_SCALE_BELOW`, the next downscales are ranked with fast encodes
+    (:func:`_screen`, until one reaches that quality), the best-ranked gets the real search
+    too, and whichever of the two decodes closer to the original wins (the encoder sees it;
+    MSE, a fidelity measure, not an evaluation metric). If nothing fits, the smallest
+    encoding found (over budget)."""
     smallest: BaseChoice | None = None
-    found: list[BaseChoice] = []
-    for scale in ladder if ladder is not None else downscale.ladder(cfg.scales):
-        best, low = _best_fitting(array, target_bytes, scale, cfg)
+    scales = list(ladder if ladder is not None else downscale.ladder(cfg.scales))
+    first: BaseChoice | None = None
+    while scales and first is None:
+        scale = scales.pop(0)
+        first, low = _best_fitting(array, target_bytes, scale, cfg)
         if low is not None and (smallest is None or len(low.data) < len(smallest.data)):
             smallest = low
-        if best is not None:
-            found.append(best)
-            if best.quality >= TRY_NEXT_SCALE_BELOW:
-                break
-    if not found:
+    if first is None:
         assert smallest is not None
         return smallest
-    if len(found) == 1:
-        return found[0]
+    if first.quality >= TRY_NEXT_SCALE_BELOW or not scales:
+        return first
+    # Rank the first fit and the smaller downscales alike, by fast encodes at their budget.
+    ratio = len(first.data) / max(1, len(encode(_resized(array, first.scale), first.quality,
+                                                1, replace(cfg, base_speed=FAST_SPEED)).data))
+    ranked = _screen(array, target_bytes, first.scale, cfg, ratio)
+    screened = [(ranked[0], first.scale)] if ranked else []
+    lowest = ranked[1] if ranked else 0
+    for scale in scales:
+        got = _screen(array, target_bytes, scale, cfg, ratio, lowest)
+        if got is None:
+            continue
+        screened.append((got[0], scale))
+        lowest = got[1]
+        if got[1] >= TRY_NEXT_SCALE_BELOW:
+            break
+    found = [first]
+    ranked_best = min(screened)[0] if screened else 0.0
+    for error, scale in sorted(screened)[:SCREENED_CANDIDATES]:
+        if scale != first.scale and error <= ranked_best * (1 + SCREEN_MARGIN):
+            other, _ = _best_fitting(array, target_bytes, scale, cfg)
+            if other is not None:
+                found.append(other)
     return min(found, key=lambda c: _squared_error(c, array))
+
+
+def _resized(array: np.ndarray, scale: int) -> np.ndarray:
+    if scale == 1:
+        return array
+    h, w = scaled_size(array.shape[0], array.shape[1], scale)
+    return np.asarray(Image.fromarray(array).resize((w, h), Image.LANCZOS))
