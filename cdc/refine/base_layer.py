@@ -86,9 +86,10 @@ TRY_NEXT_SCALE_BELOW = 45
 #: Real searches of every step cost twice the old search's time, so the smaller downscales
 #: are ranked by fast encodes (libaom speed 10) first, and only the best-ranked get the real
 #: search: at most this many, and only those within SCREEN_MARGIN of the best fast error.
-#: On 80 validation searches at 0.03-0.2 bpp (3 and 5 %) this kept 0.05-0.09 of the
-#: 0.06-0.10 dB the full walk gains over the old search; 2 candidates kept 0.05-0.09 with
-#: 4 photos worse than before at 0.12 bpp, a 2 % margin 0.04-0.08.
+#: On 80 validation searches at 0.03-0.2 bpp, 3 candidates within 5 % kept 0.05-0.09 dB of
+#: base PSNR of the 0.06-0.10 dB the full walk gains over the old search; 2 candidates (no
+#: margin) 0.05-0.09 with 4 photos worse than the old search at 0.12 bpp, a 2 % margin
+#: 0.04-0.08.
 SCREENED_CANDIDATES = 3
 SCREEN_MARGIN = 0.05
 #: The fast encoder that predicts the real one's sizes in the rate search (libaom's fastest).
@@ -155,9 +156,10 @@ def search(array: np.ndarray, target_bytes: int, cfg: RefineConfig,
     :func:`cdc.refine.downscale.ladder` of the model's scales: 1, 4/3, 3/2, 2, 8/3, 3, 4),
     smallest first: the real search (:func:`_best_fitting`) until one fits; if its quality
     is under :data:`TRY_NEXT_SCALE_BELOW`, the next downscales are ranked with fast encodes
-    (:func:`_screen`, until one reaches that quality), the best-ranked gets the real search
-    too, and whichever of the two decodes closer to the original wins (the encoder sees it;
-    MSE, a fidelity measure, not an evaluation metric). If nothing fits, the smallest
+    (:func:`_screen`, until one reaches that quality), the best-ranked (see
+    :data:`SCREENED_CANDIDATES`) get the real search too, and the real candidate that decodes
+    closest to the original wins (the encoder sees it; MSE, a fidelity measure, not an
+    evaluation metric). If nothing fits, the smallest
     encoding found (over budget)."""
     smallest: BaseChoice | None = None
     scales = list(ladder if ladder is not None else downscale.ladder(cfg.scales))
