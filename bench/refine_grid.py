@@ -50,12 +50,11 @@ def psnr_and_lpips(lp, y: Tensor, x: Tensor) -> tuple[float, float]:
     return 10 * math.log10(4 / max(float(((y - x) ** 2).mean()), 1e-12)), d
 
 
-def validation_bases(a: argparse.Namespace, codec) -> Iterator[tuple[str, float, Tensor,
-                                                                       Tensor]]:
-    """(photo, rate, original, base decode) for the chosen photos of the validation split at
-    each of ``a.rates``: the base layer as ``codec`` codes it at that total rate."""
+def validation_targets(a: argparse.Namespace, codec) -> Iterator[tuple[str, float, np.ndarray,
+                                                                         Tensor, int]]:
+    """(photo, rate, pixels, original, base-layer byte budget) for the chosen photos of the
+    validation split at each of ``a.rates`` (the stream's total rate, as ``codec`` counts)."""
     from cdc.image import array_to_tensor
-    from cdc.refine import base_layer
     from pipeline.training.refine_pairs import read_split
 
     for name in sorted(read_split(a.split))[a.first: a.first + a.images]:
@@ -63,9 +62,19 @@ def validation_bases(a: argparse.Namespace, codec) -> Iterator[tuple[str, float,
         h, w = arr.shape[:2]
         x = array_to_tensor(arr)
         for rate in (float(r) for r in a.rates.split(",")):
-            target = max(1, int(rate * h * w / 8) - codec._overhead(h, w))
-            yield name, rate, x, base_layer.decode_choice(
-                base_layer.search(arr, target, codec.config), h, w)
+            yield name, rate, arr, x, max(1, int(rate * h * w / 8) - codec._overhead(h, w))
+
+
+def validation_bases(a: argparse.Namespace, codec) -> Iterator[tuple[str, float, Tensor,
+                                                                       Tensor]]:
+    """(photo, rate, original, base decode) for the chosen photos of the validation split at
+    each of ``a.rates``: the base layer as ``codec`` codes it at that total rate."""
+    from cdc.refine import base_layer
+
+    for name, rate, arr, x, target in validation_targets(a, codec):
+        h, w = arr.shape[:2]
+        yield name, rate, x, base_layer.decode_choice(
+            base_layer.search(arr, target, codec.config), h, w)
 
 
 def main() -> None:

@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from refine_ab import detailed_box
-from refine_grid import crop_panel, psnr_and_lpips
+from refine_grid import crop_panel, psnr_and_lpips, validation_targets
 from refine_operating_points import load_codec_from, validation_args
 
 LADDERS = {"octave": (1, 2, 4), "fine": None}  # None: the codec's own (the fine ladder)
@@ -64,10 +63,8 @@ def main() -> None:
     ap.add_argument("--out", default="")
     a = ap.parse_args()
 
-    from cdc.image import array_to_tensor
     from cdc.refine import base_layer, blend, downscale
     from pipeline.metrics.lpips import LPIPS
-    from pipeline.training.refine_pairs import read_split
 
     codec, step = load_codec_from(a.model)
     cfg = codec.config
@@ -81,39 +78,35 @@ def main() -> None:
           + " ".join(downscale.label(c) for c in downscale.ladder(cfg.scales)), flush=True)
 
     rows = []
-    for name in sorted(read_split(a.split))[a.first: a.first + a.images]:
-        arr = np.asarray(Image.open(Path(a.root) / name).convert("RGB"))
+    for name, rate, arr, x, target in validation_targets(a, codec):
         h, w = arr.shape[:2]
-        x = array_to_tensor(arr)
-        for rate in (float(r) for r in a.rates.split(",")):
-            target = max(1, int(rate * h * w / 8) - codec._overhead(h, w))
-            row: dict = {"image": name, "rate": rate}
-            shown: dict[str, list] = {"base": [], "tier": []}
-            for lad, ladder in LADDERS.items():
-                t0 = time.perf_counter()
-                if lad == "octave" and a.octave == "before":
-                    choice = search_before(arr, target, cfg)
-                else:
-                    choice = base_layer.search(arr, target, cfg, ladder)
-                row[f"{lad}_search_s"] = time.perf_counter() - t0
-                base = base_layer.decode_choice(choice, h, w)
-                ref = codec.refine(base, steps, gamma, 0)
-                idx = blend.choose(x, base, ref, cfg.table, cfg.tile, bound)
-                y = blend.apply(base, ref, blend.weight_map(idx, cfg.table, cfg.tile, h, w))
-                row[f"{lad}_bpp"] = 8 * (len(choice.data) + codec._overhead(h, w)) / (h * w)
-                row[f"{lad}_scale"] = downscale.label(choice.scale)
-                row[f"{lad}_quality"] = choice.quality
-                row[f"{lad}_base_psnr"], row[f"{lad}_base_lpips_vgg"] = measure(base, x)
-                row[f"{lad}_{tier}_psnr"], row[f"{lad}_{tier}_lpips_vgg"] = measure(y, x)
-                shown["base"].append(base[0])
-                shown["tier"].append(y[0])
-            rows.append(row)
-            print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
-                  flush=True)
-            if out and row["octave_scale"] != row["fine_scale"]:
-                crop_panel([x[0], *shown["base"], *shown["tier"]],
-                           detailed_box(x[0], a.crop)).save(
-                    out / "crops" / f"{Path(name).stem}_{rate:g}.png")
+        row: dict = {"image": name, "rate": rate}
+        shown: dict[str, list] = {"base": [], "tier": []}
+        for lad, ladder in LADDERS.items():
+            t0 = time.perf_counter()
+            if lad == "octave" and a.octave == "before":
+                choice = search_before(arr, target, cfg)
+            else:
+                choice = base_layer.search(arr, target, cfg, ladder)
+            row[f"{lad}_search_s"] = time.perf_counter() - t0
+            base = base_layer.decode_choice(choice, h, w)
+            ref = codec.refine(base, steps, gamma, 0)
+            idx = blend.choose(x, base, ref, cfg.table, cfg.tile, bound)
+            y = blend.apply(base, ref, blend.weight_map(idx, cfg.table, cfg.tile, h, w))
+            row[f"{lad}_bpp"] = 8 * (len(choice.data) + codec._overhead(h, w)) / (h * w)
+            row[f"{lad}_scale"] = downscale.label(choice.scale)
+            row[f"{lad}_quality"] = choice.quality
+            row[f"{lad}_base_psnr"], row[f"{lad}_base_lpips_vgg"] = measure(base, x)
+            row[f"{lad}_{tier}_psnr"], row[f"{lad}_{tier}_lpips_vgg"] = measure(y, x)
+            shown["base"].append(base[0])
+            shown["tier"].append(y[0])
+        rows.append(row)
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
+              flush=True)
+        if out and row["octave_scale"] != row["fine_scale"]:
+            crop_panel([x[0], *shown["base"], *shown["tier"]],
+                       detailed_box(x[0], a.crop)).save(
+                out / "crops" / f"{Path(name).stem}_{rate:g}.png")
 
     summary: dict = {"model": a.model, "step": step, "tier": a.tier, "rates": a.rates,
                      "octave": a.octave,
