@@ -4,8 +4,8 @@ tier decoded from each (validation split, never Kodak; PSNR and LPIPS-VGG only).
 
 Why: MSE can prefer AVIF quality 2 at a larger size, whose flat blocks survive refinement
 (docs/results/refine-validation/ladder). Measured 2026-12-07 with --floor 10 on 16 photos at
-0.03/0.06/0.09 bpp: 5/1/1 searches changed, each worse on PSNR (−0.06 … −0.26 dB at 0.03)
-and all but one worse on LPIPS-VGG — not adopted.
+0.03/0.06/0.09 bpp: 5/1/1 searches changed, 6 of the 7 worse on PSNR (−0.06 … −0.26 dB)
+and 6 of 7 worse on LPIPS-VGG — not adopted.
 
     OMP_NUM_THREADS=1 python bench/refine_quality_floor.py --floor 10 --images 16 \
         --rates 0.03,0.06,0.09
