@@ -37,10 +37,7 @@ class BaseChoice:
 def encode(array: np.ndarray, quality: int, scale: int, cfg: RefineConfig) -> BaseChoice:
     """(H, W, 3) uint8 → AVIF bytes of the image downscaled by the factor of the code
     ``scale`` (Lanczos)."""
-    img = Image.fromarray(array)
-    if scale != 1:
-        h, w = scaled_size(array.shape[0], array.shape[1], scale)
-        img = img.resize((w, h), Image.LANCZOS)
+    img = Image.fromarray(_resized(array, scale))
     buf = io.BytesIO()
     extra = {"advanced": {"tune": cfg.base_tune}} if cfg.base_tune else {}
     img.save(buf, format="AVIF", quality=int(quality), speed=cfg.base_speed,
@@ -159,8 +156,7 @@ def search(array: np.ndarray, target_bytes: int, cfg: RefineConfig,
     (:func:`_screen`, until one reaches that quality), the best-ranked (see
     :data:`SCREENED_CANDIDATES`) get the real search too, and the real candidate that decodes
     closest to the original wins (the encoder sees it; MSE, a fidelity measure, not an
-    evaluation metric). If nothing fits, the smallest
-    encoding found (over budget)."""
+    evaluation metric). If nothing fits, the smallest encoding found (over budget)."""
     smallest: BaseChoice | None = None
     scales = list(ladder if ladder is not None else downscale.ladder(cfg.scales))
     first: BaseChoice | None = None
@@ -175,8 +171,8 @@ def search(array: np.ndarray, target_bytes: int, cfg: RefineConfig,
     if first.quality >= TRY_NEXT_SCALE_BELOW or not scales:
         return first
     # Rank the first fit and the smaller downscales alike, by fast encodes at their budget.
-    ratio = len(first.data) / max(1, len(encode(_resized(array, first.scale), first.quality,
-                                                1, replace(cfg, base_speed=FAST_SPEED)).data))
+    fast_first = encode(array, first.quality, first.scale, replace(cfg, base_speed=FAST_SPEED))
+    ratio = len(first.data) / max(1, len(fast_first.data))
     ranked = _screen(array, target_bytes, first.scale, cfg, ratio)
     screened = [(ranked[0], first.scale)] if ranked else []
     lowest = ranked[1] if ranked else 0

@@ -61,7 +61,6 @@ def label(scale_code: int) -> str:
 def ladder(scales: tuple[float, ...]) -> tuple[int, ...]:
     """The codes the encoder tries for a model whose config lists ``scales``: every step of
     :data:`FINE_LADDER` up to the largest listed, plus any listed factor not on it."""
-    top = max(Fraction(s).limit_denominator(12) for s in scales)
-    steps = {f for f in FINE_LADDER if f <= top} | {Fraction(s).limit_denominator(12)
-                                                    for s in scales}
+    listed = {factor(code(s)) for s in scales}
+    steps = {f for f in FINE_LADDER if f <= max(listed)} | listed
     return tuple(code(f) for f in sorted(steps))
