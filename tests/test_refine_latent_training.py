@@ -202,3 +202,18 @@ def test_an_adversarial_run_keeps_its_discriminator_across_checkpoints_and_relay
                           tmp_path / "child")
     assert child.step == 4 and all(torch.equal(ck["disc"][k], v)
                                    for k, v in child.disc.state_dict().items())
+
+
+def test_several_latent_caches_read_as_one(pairs, tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for f in pairs.iterdir():
+            (tmp_path / name / f.name).write_bytes(f.read_bytes())
+    data = LatentPairs([tmp_path / "a", tmp_path / "b", tmp_path / "a"], seed=0)
+    assert data.pairs == 12  # "a" listed twice is read once
+    _shard(tmp_path / "b", 1, n=4)
+    build_latents(tmp_path / "b")
+    data.refresh()
+    assert data.pairs == 16
+    assert torch.equal(data.z[12], torch.load(tmp_path / "b" / "latent-0001.pt",
+                                              weights_only=True)["z"][0])

@@ -74,14 +74,16 @@ class LatentPairs(Dataset):
     Like :class:`pipeline.training.refine_pairs.PairCrops`, an "epoch" is ``samples_per_epoch``
     random draws (item i is a function of (seed, i): a resumed run draws anew)."""
 
-    def __init__(self, folder: str | Path, seed: int = 0, samples_per_epoch: int = 10**9,
-                 pixels: bool = False):
-        self.folder = Path(folder)
+    def __init__(self, folder: str | Path | list[str | Path], seed: int = 0,
+                 samples_per_epoch: int = 10**9, pixels: bool = False):
+        """``folder``: one pair cache, or several read as one (in their order; each once)."""
+        folders = folder if isinstance(folder, list) else [folder]
+        self.folders = list(dict.fromkeys(Path(f) for f in folders))  # each read once
         self.z: list[torch.Tensor] = []
         self.zb: list[torch.Tensor] = []
         self.x: list[torch.Tensor] = []  # uint8 (crop, crop, 3) originals, with ``pixels``
         self.pixels = pixels
-        self.n_files = 0
+        self.n_files = {f: 0 for f in self.folders}
         self.seed, self.samples = seed, samples_per_epoch
         self.refresh()
         if not self.z:
@@ -89,8 +91,13 @@ class LatentPairs(Dataset):
                                     "pipeline.training.refine_latents FOLDER builds them)")
 
     def refresh(self) -> None:
-        files = sorted(self.folder.glob("latent-*.pt"))
-        for f in files[self.n_files:]:
+        """Take in the latent files written since (a builder may be filling a cache)."""
+        for folder in self.folders:
+            self._refresh(folder)
+
+    def _refresh(self, folder: Path) -> None:
+        files = sorted(folder.glob("latent-*.pt"))
+        for f in files[self.n_files[folder]:]:
             d = torch.load(f, map_location="cpu", weights_only=True)
             if self.pixels:  # the pair shard this latent file encodes, in the same order
                 x = np.load(f.with_name(f.name.replace("latent-", "shard-")
@@ -100,9 +107,10 @@ class LatentPairs(Dataset):
                 self.x.extend(torch.from_numpy(x))
             self.z.extend(d["z"])
             self.zb.extend(d["zb"])
-        if len(files) > self.n_files:
-            log.info("latent pairs: %d files, %d pairs", len(files), len(self.z))
-        self.n_files = len(files)
+        if len(files) > self.n_files[folder]:
+            log.info("latent pairs: %s: %d files; %d pairs in all", folder, len(files),
+                     len(self.z))
+        self.n_files[folder] = len(files)
 
     @property
     def pairs(self) -> int:

@@ -1,17 +1,20 @@
 """Training pairs for the refine codec: (original crop, base-layer decode of the same crop).
 
 Each training photo is base-encoded whole (as the codec encodes an image) at a few random
-(quality, downscale) settings, decoded, upsampled, and cut into random crops; the pairs
-are cached once as uint8 shards (``shard-NNNN.npz``), so a run resumes, and a new machine
-rebuilds the cache the same way (seeded by the photo's name). Photos listed in the
-validation split are never used.
+(quality, downscale) settings — or, with ``rates``, by the codec's own rate search at random
+target rates, so the bases are the ones the encoder makes (fine-ladder downscales included) —
+decoded, upsampled, and cut into random crops; the pairs are cached once as uint8 shards
+(``shard-NNNN.npz``), so a run resumes, and a new machine rebuilds the cache the same way
+(seeded by the photo's name). Photos listed in the validation split are never used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +54,22 @@ def _settings(rng: random.Random) -> tuple[int, int]:
     return scale, rng.randint(qlo, qhi)
 
 
+def _base(array: np.ndarray, cfg: RefineConfig, rng: random.Random,
+          rates: tuple[float, float] | None) -> base_layer.BaseChoice:
+    """One base of a photo: random settings, or the rate search at a log-uniform target rate
+    in ``rates`` (bpp) — what ``cdc compress --rate`` would store."""
+    if rates is None:
+        scale, q = _settings(rng)
+        return base_layer.encode(array, q, scale, cfg)
+    lo, hi = rates
+    bpp = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    h, w = array.shape[:2]
+    return base_layer.search(array, max(1, int(bpp * h * w / 8)), cfg)
+
+
 def pairs_of(array: np.ndarray, name: str, cfg: RefineConfig, crop: int, variants: int,
-             crops: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             crops: int, rates: tuple[float, float] | None = None,
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(originals, bases, bpp): ``variants`` × ``crops`` uint8 crop pairs of one photo."""
     rng = random.Random(int(hashlib.sha1(name.encode()).hexdigest(), 16))
     h, w = array.shape[:2]
@@ -60,8 +77,7 @@ def pairs_of(array: np.ndarray, name: str, cfg: RefineConfig, crop: int, variant
         raise ValueError(f"{name}: {w}×{h} is smaller than the {crop}-px crop")
     xs, bs, bpps = [], [], []
     for _ in range(variants):
-        scale, q = _settings(rng)
-        choice = base_layer.encode(array, q, scale, cfg)
+        choice = _base(array, cfg, rng, rates)
         base = base_layer.decode_choice(choice, h, w)
         base = base[0].add(1).mul(127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
         for _ in range(crops):
@@ -74,8 +90,14 @@ def pairs_of(array: np.ndarray, name: str, cfg: RefineConfig, crop: int, variant
 
 def build_cache(sources: list[str] | str, folder: str | Path, cfg: RefineConfig, *,
                 exclude: set[str] = frozenset(), crop: int = 128, variants: int = 2,
-                crops: int = 3) -> Path:
-    """Fill ``folder`` with pair shards (resumable: finished shards are kept)."""
+                crops: int = 3, rates: tuple[float, float] | None = None,
+                after_shard: Callable[[Path], object] | None = None) -> Path:
+    """Fill ``folder`` with pair shards (resumable: finished shards are kept); ``rates``:
+    bases by the rate search at target rates in that range (see :func:`pairs_of`);
+    ``after_shard`` runs on each new shard (a latent model's builder encodes its latents, so
+    a run beside it takes them in as they come)."""
+    if rates is not None and not 0 < rates[0] <= rates[1]:
+        raise ValueError(f"pair rates {rates}: need 0 < low <= high (bpp)")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     urls = [u for u in list_images(sources) if split_name(u) not in exclude]
@@ -87,7 +109,7 @@ def build_cache(sources: list[str] | str, folder: str | Path, cfg: RefineConfig,
         for url in urls[s:s + SHARD_IMAGES]:
             try:
                 arr = np.asarray(read_image(url).convert("RGB"))
-                x, b, r = pairs_of(arr, split_name(url), cfg, crop, variants, crops)
+                x, b, r = pairs_of(arr, split_name(url), cfg, crop, variants, crops, rates)
             except Exception as e:  # noqa: BLE001 - one bad photo must not stop the cache
                 log.warning("skipping training photo %s: %s", url, e)
                 continue
@@ -98,6 +120,8 @@ def build_cache(sources: list[str] | str, folder: str | Path, cfg: RefineConfig,
         np.savez(tmp, x=np.concatenate(xs), base=np.concatenate(bs), bpp=np.concatenate(bpps))
         tmp.replace(path)
         log.info("pair cache: %s (%d pairs)", path, sum(len(x) for x in xs))
+        if after_shard is not None:
+            after_shard(path)
     (folder / "DONE").write_text(f"{len(urls)} photos\n")
     return folder
 
@@ -105,27 +129,33 @@ def build_cache(sources: list[str] | str, folder: str | Path, cfg: RefineConfig,
 class PairCrops(Dataset):
     """Random (horizontally flipped) sub-crops of the cached pairs: (x, base) in [-1, 1]."""
 
-    def __init__(self, folder: str | Path, crop: int, seed: int = 0,
+    def __init__(self, folder: str | Path | list[str | Path], crop: int, seed: int = 0,
                  samples_per_epoch: int = 10**9):
-        shards = sorted(Path(folder).glob("shard-*.npz"))
-        shards = [s for s in shards if ".tmp" not in s.name]
-        if not shards:
-            raise FileNotFoundError(f"{folder}: no pair shards (build the cache first)")
-        data = [np.load(s) for s in shards]
-        self.x = np.concatenate([d["x"] for d in data])
-        self.base = np.concatenate([d["base"] for d in data])
-        self.folder, self.n_shards = Path(folder), len(shards)
+        """``folder``: one pair cache, or several read as one (in their order; each once)."""
+        folders = folder if isinstance(folder, list) else [folder]
+        self.folders = list(dict.fromkeys(Path(f) for f in folders))  # each read once
+        self.n_shards = {f: 0 for f in self.folders}
+        self.x = np.zeros((0, 0, 0, 3), np.uint8)
+        self.base = self.x
+        self.refresh()
+        if not len(self.x):
+            raise FileNotFoundError(f"{', '.join(map(str, self.folders))}: no pair shards "
+                                    "(build the cache first)")
         self.crop, self.seed, self.samples = crop, seed, samples_per_epoch
 
     def refresh(self) -> None:
         """Take in shards a cache builder running beside the run has finished since."""
-        shards = [s for s in sorted(self.folder.glob("shard-*.npz")) if ".tmp" not in s.name]
-        if len(shards) > self.n_shards:
-            data = [np.load(s) for s in shards[self.n_shards:]]
-            self.x = np.concatenate([self.x, *[d["x"] for d in data]])
-            self.base = np.concatenate([self.base, *[d["base"] for d in data]])
-            self.n_shards = len(shards)
-            log.info("pair cache: %d shards, %d pairs", self.n_shards, len(self.x))
+        for folder in self.folders:
+            shards = [s for s in sorted(folder.glob("shard-*.npz")) if ".tmp" not in s.name]
+            if len(shards) > self.n_shards[folder]:
+                data = [np.load(s) for s in shards[self.n_shards[folder]:]]
+                old = [self.x] if len(self.x) else []
+                self.x = np.concatenate([*old, *[d["x"] for d in data]])
+                old = [self.base] if len(self.base) else []
+                self.base = np.concatenate([*old, *[d["base"] for d in data]])
+                self.n_shards[folder] = len(shards)
+                log.info("pair cache: %s: %d shards; %d pairs in all", folder, len(shards),
+                         len(self.x))
 
     def __len__(self) -> int:
         return self.samples

@@ -50,6 +50,12 @@ class RefineTrainConfig(TrainConfigBase):
     pair_crop: int = 128  # crops cut from each base-coded photo (cached)
     pair_variants: int = 2  # (quality, scale) settings per photo
     pair_crops: int = 3  # crops per setting
+    # [low, high] bpp: each base is the codec's own rate search at a log-uniform target rate
+    # in that range (the bases the encoder makes, fine-ladder downscales included) instead of
+    # random (quality, downscale) settings.
+    pair_rates: list[float] | None = None
+    # More pair caches the run reads beside ``pair_cache`` (each built by its own config).
+    extra_pair_caches: list[str] = field(default_factory=list)
     mse_weight: float = 50.0  # on [-1, 1] pixels: 50·MSE ≈ LPIPS-VGG at ~30 dB
     rho: float = 1.0
     perceptual: str = "lpips-vgg"
@@ -79,11 +85,17 @@ class RefineTrainConfig(TrainConfigBase):
         return RefineConfig.from_dict(d)
 
 
-def pair_cache_of(cfg: RefineTrainConfig) -> Path:
-    """Build (or finish) a config's pair cache, the validation split left out."""
+def pair_cache_of(cfg: RefineTrainConfig, with_latents: bool = False) -> Path:
+    """Build (or finish) a config's pair cache, the validation split left out;
+    ``with_latents``: encode each new shard's TAEF2 latents right after it."""
     exclude = read_split(cfg.validation_split) if cfg.validation_split else set()
+    rates = tuple(cfg.pair_rates) if cfg.pair_rates else None
+    if rates is not None and len(rates) != 2:
+        raise ValueError(f"pair_rates {cfg.pair_rates}: need [low, high] in bpp")
     return build_cache(cfg.sources, cfg.pair_cache, cfg.model_cfg(), exclude=exclude,
-                       crop=cfg.pair_crop, variants=cfg.pair_variants, crops=cfg.pair_crops)
+                       crop=cfg.pair_crop, variants=cfg.pair_variants, crops=cfg.pair_crops,
+                       rates=rates,
+                       after_shard=(lambda p: build_latents(p.parent)) if with_latents else None)
 
 
 log = logging.getLogger(__name__)
@@ -161,11 +173,18 @@ class RefineTrainer(TrainerBase):
         cfg = self.cfg
         if not any(Path(cfg.pair_cache).glob("shard-*.npz")):
             pair_cache_of(cfg)
+        folders = [cfg.pair_cache, *cfg.extra_pair_caches]
+        for extra in cfg.extra_pair_caches:
+            if not any(Path(extra).glob("shard-*.npz")):
+                raise FileNotFoundError(f"extra pair cache {extra}: no pair shards (its own "
+                                        "config builds it: python -m "
+                                        "pipeline.training.train_refine CONFIG)")
         if self.latent:
-            if not any(Path(cfg.pair_cache).glob("latent-*.pt")):
-                build_latents(cfg.pair_cache)
-            return LatentPairs(cfg.pair_cache, seed=seed, pixels=self.pixel_loss)
-        return PairCrops(cfg.pair_cache, cfg.crop, seed=seed)
+            for folder in folders:
+                if not any(Path(folder).glob("latent-*.pt")):
+                    build_latents(folder)
+            return LatentPairs(folders, seed=seed, pixels=self.pixel_loss)
+        return PairCrops(folders, cfg.crop, seed=seed)
 
     def perceptual_term(self, x0_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
@@ -326,4 +345,8 @@ if __name__ == "__main__":  # python -m pipeline.training.train_refine CONFIG: b
     import sys
 
     logging.basicConfig(level=logging.INFO)
-    pair_cache_of(RefineTrainConfig.from_yaml(sys.argv[1]))
+    torch.set_num_threads(1)
+    train_cfg = RefineTrainConfig.from_yaml(sys.argv[1])
+    built = pair_cache_of(train_cfg, with_latents=train_cfg.model_cfg().space == "taef2")
+    if train_cfg.model_cfg().space == "taef2":
+        build_latents(built)  # shards an earlier builder left without latents
