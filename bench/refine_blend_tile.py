@@ -18,7 +18,7 @@ import functools
 import json
 
 import numpy as np
-from refine_grid import psnr_and_lpips, validation_bases
+from refine_grid import bound_arg, psnr_and_lpips, validation_bases
 from refine_operating_points import load_codec_from, validation_args
 
 
@@ -28,9 +28,8 @@ def main() -> None:
     validation_args(ap, 12)
     ap.add_argument("--rates", default="0.03,0.06,0.12,0.25")
     ap.add_argument("--tiles", default="64,32,16")
-    ap.add_argument("--bound", type=float, default=None,
-                    help="the standard tier's bound (dB; default: the model's)")
-    ap.add_argument("--out", default="")
+    bound_arg(ap)
+    ap.add_argument("--out", default="", help="a JSON file for the rows and summary")
     a = ap.parse_args()
 
     from cdc.refine import blend

@@ -77,14 +77,19 @@ def validation_bases(a: argparse.Namespace, codec) -> Iterator[tuple[str, float,
             base_layer.search(arr, target, codec.config), h, w)
 
 
+def bound_arg(ap: argparse.ArgumentParser) -> None:
+    """``--bound``: the standard tier's bound to measure at (default: the model's own)."""
+    ap.add_argument("--bound", type=float, default=None,
+                    help="the standard tier's bound (dB; default: the model's)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", help="run folder, relay folder or model name")
     validation_args(ap, 6)
     ap.add_argument("--rates", default="0.06,0.12")
     ap.add_argument("--window", type=int, default=8, help="the filter's window (cells)")
-    ap.add_argument("--bound", type=float, default=None,
-                    help="the standard tier's bound (dB; default: the model's)")
+    bound_arg(ap)
     ap.add_argument("--out", default="")
     a = ap.parse_args()
 
