@@ -347,6 +347,7 @@ if __name__ == "__main__":  # python -m pipeline.training.train_refine CONFIG: b
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(1)
     train_cfg = RefineTrainConfig.from_yaml(sys.argv[1])
-    built = pair_cache_of(train_cfg, with_latents=train_cfg.model_cfg().space == "taef2")
-    if train_cfg.model_cfg().space == "taef2":
+    latent = train_cfg.model_cfg().space == "taef2"
+    built = pair_cache_of(train_cfg, with_latents=latent)
+    if latent:
         build_latents(built)  # shards an earlier builder left without latents
