@@ -88,8 +88,7 @@ def main() -> None:
         for k, (codec, _) in enumerate(codecs):
             for tier, steps, gamma, bound in tiers:
                 ref = codec.refine(base, steps, gamma, 0)
-                idx = blend.choose(x, base, ref, cfg.table, cfg.tile, bound)
-                y = blend.apply(base, ref, blend.weight_map(idx, cfg.table, cfg.tile, h, w))
+                idx, y = blend.bounded(x, base, ref, cfg.table, cfg.tile, bound)
                 row[f"m{k}_{tier}_psnr"], row[f"m{k}_{tier}_lpips_vgg"] = measure(y, x)
                 # how much of the refinement the bound let through (1: all of it)
                 row[f"m{k}_{tier}_weight"] = float(torch.tensor(cfg.table)[idx].mean())

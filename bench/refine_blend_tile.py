@@ -49,8 +49,7 @@ def main() -> None:
         ref = codec.refine(base, 1, 0.0, 0)
         row = {"image": name, "rate": rate, "stream_bytes": rate * h * w / 8}
         for t in tiles:
-            idx = blend.choose(x, base, ref, cfg.table, t, bound)
-            y = blend.apply(base, ref, blend.weight_map(idx, cfg.table, t, h, w))
+            idx, y = blend.bounded(x, base, ref, cfg.table, t, bound)
             row[f"psnr_{t}"], row[f"lpips_vgg_{t}"] = measure(y, x)
             row[f"index_bytes_{t}"] = len(_pack_indices(tuple(int(i) for i in idx.flatten()),
                                                        bits)[1])

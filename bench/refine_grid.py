@@ -126,8 +126,7 @@ def main() -> None:
         row = {"image": name, "rate": rate, "grid_share_raw": share(raw - base),
                "grid_share_filtered": share(filt - base)}
         for tag, ref in (("raw", raw), ("filtered", filt)):
-            idx = blend.choose(x, base, ref, cfg.table, cfg.tile, bound)
-            y = blend.apply(base, ref, blend.weight_map(idx, cfg.table, cfg.tile, h, w))
+            _, y = blend.bounded(x, base, ref, cfg.table, cfg.tile, bound)
             row[f"{tag}_psnr"], row[f"{tag}_lpips_vgg"] = measure(y, x)
         rows.append(row)
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},

@@ -91,8 +91,7 @@ def main() -> None:
             row[f"{lad}_search_s"] = time.perf_counter() - t0
             base = base_layer.decode_choice(choice, h, w)
             ref = codec.refine(base, steps, gamma, 0)
-            idx = blend.choose(x, base, ref, cfg.table, cfg.tile, bound)
-            y = blend.apply(base, ref, blend.weight_map(idx, cfg.table, cfg.tile, h, w))
+            _, y = blend.bounded(x, base, ref, cfg.table, cfg.tile, bound)
             row[f"{lad}_bpp"] = 8 * (len(choice.data) + codec._overhead(h, w)) / (h * w)
             row[f"{lad}_scale"] = downscale.label(choice.scale)
             row[f"{lad}_quality"] = choice.quality

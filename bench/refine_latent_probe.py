@@ -162,9 +162,7 @@ def main() -> None:
                 y = space.decode(net(base) if pixels else net(space.encode(base)))
                 outs = [base, y]
                 for bound in (0.3, 1.5):
-                    idx = blend.choose(x, base, y, cfg.table, cfg.tile, bound)
-                    outs.append(blend.apply(base, y, blend.weight_map(idx, cfg.table, cfg.tile,
-                                                                      s, s)))
+                    outs.append(blend.bounded(x, base, y, cfg.table, cfg.tile, bound)[1])
                 rows.append([float(10 * torch.log10(4 / (u - x).pow(2).mean())) for u in outs]
                             + [float(lp((u + 1) / 2, (x + 1) / 2).mean()) for u in outs]
                             + [8 * len(choice.data) / (s * s)])

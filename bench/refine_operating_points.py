@@ -116,9 +116,7 @@ def main() -> None:
                 key = f"s{steps}g{gamma:g}"
                 row[f"{key}_raw_psnr"], row[f"{key}_raw_lpips_vgg"] = measure(refined, x)
                 for bound in BOUNDS:
-                    idx = blend.choose(x, base, refined, cfg.table, cfg.tile, bound)
-                    out = blend.apply(base, refined, blend.weight_map(idx, cfg.table, cfg.tile,
-                                                                      h, w))
+                    _, out = blend.bounded(x, base, refined, cfg.table, cfg.tile, bound)
                     out = ((out + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
                     p, d = measure(out, x)
                     row[f"{key}_b{bound:g}_psnr"], row[f"{key}_b{bound:g}_lpips_vgg"] = p, d

@@ -48,8 +48,7 @@ def main() -> None:
             base_layer._squared_error = plain
             base = base_layer.decode_choice(c, h, w)
             ref = codec.refine(base, 1, 0.0, 0)
-            idx = blend.choose(x, base, ref, cfg.table, cfg.tile, cfg.bound_db)
-            y = blend.apply(base, ref, blend.weight_map(idx, cfg.table, cfg.tile, h, w))
+            _, y = blend.bounded(x, base, ref, cfg.table, cfg.tile, cfg.bound_db)
             row[side] = (downscale.label(c.scale), c.quality, len(c.data)) + measure(y, x)
         rows.append(row)
         print(row, flush=True)

@@ -93,6 +93,12 @@ def test_choose_picks_the_largest_weight_within_the_bound():
             errs = [float(((base + w * (refined - base) - x)[sl] ** 2).mean()) for w in table]
             ok = [k for k, e in enumerate(errs) if e <= e0 * 10 ** 0.1 * (1 + 1e-9)]
             assert int(idx[0, i, j]) == max(ok)
+    # bounded(): the same indices, and the blend a decoder of them shows, tile by tile
+    same, shown = blend.bounded(x, base, refined, table, 16, 1.0)
+    assert torch.equal(same, idx) and shown.shape == x.shape
+    w = table[int(idx[0, 2, 3])]
+    sl = (..., slice(32, 40), slice(48, 50))  # the partial corner tile
+    assert torch.allclose(shown[sl], (base + w * (refined - base))[sl])
 
 
 def test_preview_decodes_from_the_base_layer_prefix(codec):

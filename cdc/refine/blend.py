@@ -61,3 +61,12 @@ def weight_map(indices: Tensor, table: tuple[float, ...], tile: int, height: int
 
 def apply(base: Tensor, refined: Tensor, weights: Tensor) -> Tensor:
     return base + weights.to(base.device) * (refined - base)
+
+
+def bounded(x: Tensor, base: Tensor, refined: Tensor, table: tuple[float, ...], tile: int,
+            bound_db: float) -> tuple[Tensor, Tensor]:
+    """What the encoder does for one decode path: the (B, th, tw) weight indices within
+    ``bound_db`` (:func:`choose`) and the blend a decoder of those indices shows."""
+    h, w = x.shape[-2:]
+    idx = choose(x, base, refined, table, tile, bound_db)
+    return idx, apply(base, refined, weight_map(idx, table, tile, h, w))

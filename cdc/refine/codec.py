@@ -183,15 +183,7 @@ class RefineCodec(BaseCodec):
         """The refiner's output for a (1, 3, H, W) base in [-1, 1] along one decode path
         (``cond``: :meth:`condition` of ``base``, when the caller has it already)."""
         cfg = self.config
-        cond = self.condition(base) if cond is None else cond
-        x_n = self.sampler.initial_noise(tuple(cond.shape), gamma, seed, self.device)
-
-        def denoise(x_t: Tensor, t: Tensor) -> Tensor:
-            with self.autocast():
-                return self.net.tiled(x_t, cond, t).float()
-
-        r0 = self.sampler.sample(denoise, x_n, steps, clip=False)
-        out = cond + cfg.residual_std * r0
+        out = self.refined_latent(base, steps, gamma, seed, cond)
         if self.space is not None:
             h, w = base.shape[-2:]
             with self.autocast():
@@ -200,6 +192,22 @@ class RefineCodec(BaseCodec):
                 out = remove_grid(out, base.to(out.device), self.space.stride,
                                   cfg.degrid_window)
         return out.clamp(-1, 1).cpu()
+
+    @torch.no_grad()
+    def refined_latent(self, base: Tensor, steps: int, gamma: float, seed: int,
+                       cond: Tensor | None = None) -> Tensor:
+        """The denoiser's estimate of the original in its own space (the TAEF2 latent, or
+        pixels), before any decode, grid filter or clamp: :meth:`refine` decodes it, and a
+        bench can code against it."""
+        cond = self.condition(base) if cond is None else cond
+        x_n = self.sampler.initial_noise(tuple(cond.shape), gamma, seed, self.device)
+
+        def denoise(x_t: Tensor, t: Tensor) -> Tensor:
+            with self.autocast():
+                return self.net.tiled(x_t, cond, t).float()
+
+        r0 = self.sampler.sample(denoise, x_n, steps, clip=False)
+        return cond + self.config.residual_std * r0
 
     def _alloc_bytes(self, h: int, w: int) -> int:
         """Estimated peak bytes of a decode (:func:`cdc.refine.memory.alloc_bytes`)."""
@@ -236,9 +244,8 @@ class RefineCodec(BaseCodec):
             for steps, gamma, seed in self.paths:
                 refined = self.refine(base, steps, gamma, seed, cond)
                 bound = cfg.bound_for(gamma)
-                idx = blend.choose(x, base, refined, cfg.table, cfg.tile, bound)
-                wmap = blend.weight_map(idx, cfg.table, cfg.tile, h, w)
-                recons[(steps, gamma, seed)] = blend.apply(base, refined, wmap)[0]
+                idx, shown = blend.bounded(x, base, refined, cfg.table, cfg.tile, bound)
+                recons[(steps, gamma, seed)] = shown[0]
                 records.append(blend.BlendPath(steps, gamma, seed, bound,
                                                tuple(int(v) for v in idx.flatten())))
             b = bytes([choice.scale, choice.quality | (BARE if choice.bare else 0)]) + choice.data
