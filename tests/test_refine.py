@@ -396,3 +396,14 @@ def test_cli_compress_meets_the_rate_and_decompresses(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "o.png").size == (128, 96)
+
+
+def test_eta_adds_reproducible_step_noise_and_zero_keeps_the_stored_paths(codec):
+    x = torch.from_numpy(smooth_image(40, 48, seed=9)).permute(2, 0, 1)[None].float()
+    base = x / 127.5 - 1
+    det = codec.refine(base, 3, 0.6, 5)
+    assert torch.equal(det, codec.refine(base, 3, 0.6, 5, eta=0.0))  # the default is η 0
+    noisy = codec.refine(base, 3, 0.6, 5, eta=1.0)
+    assert torch.equal(noisy, codec.refine(base, 3, 0.6, 5, eta=1.0))  # seeded: repeatable
+    assert (noisy - det).abs().max() > 1e-3  # and the step noise reaches the output
+    assert (noisy - codec.refine(base, 3, 0.6, 6, eta=1.0)).abs().max() > 1e-3

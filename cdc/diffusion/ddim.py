@@ -125,9 +125,13 @@ class DDIMSampler:
             if sigma > 0:
                 x = x + sigma * torch.randn(x.shape, generator=generator).to(x.device)
             return x
-        if eta:
-            raise ValueError("η > 0 is only supported in scalar mode")
-        return a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps
+        if not eta:  # the deterministic path keeps its exact operations (golden streams)
+            return a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps
+        sigma = torch.minimum(eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)).sqrt(),
+                              (1 - a_s).sqrt())
+        x = a_s.sqrt() * x0 + (1 - a_s - sigma ** 2).clamp(min=0).sqrt() * eps
+        # noise drawn on the CPU, as the start's: every device takes the same path
+        return x + sigma * torch.randn(x.shape, generator=generator).to(x.device)
 
     # -- the loop ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -47,6 +47,7 @@ Path = tuple[int, float, int]  # (steps, γ, seed)
 
 #: Rate the encoder aims at when none is set (bits per pixel of the original).
 DEFAULT_RATE = 0.15
+ETA_SEED = 1_000_003  # η > 0: the step noise's generator is seeded apart from the start's
 
 
 class RefineCodec(BaseCodec):
@@ -179,11 +180,12 @@ class RefineCodec(BaseCodec):
 
     @torch.no_grad()
     def refine(self, base: Tensor, steps: int, gamma: float, seed: int,
-               cond: Tensor | None = None) -> Tensor:
+               cond: Tensor | None = None, eta: float = 0.0) -> Tensor:
         """The refiner's output for a (1, 3, H, W) base in [-1, 1] along one decode path
-        (``cond``: :meth:`condition` of ``base``, when the caller has it already)."""
+        (``cond``: :meth:`condition` of ``base``, when the caller has it already; ``eta``:
+        DDIM's η, 0 on every path a stream stores — η > 0 is measured by benches only)."""
         cfg = self.config
-        out = self.refined_latent(base, steps, gamma, seed, cond)
+        out = self.refined_latent(base, steps, gamma, seed, cond, eta)
         if self.space is not None:
             h, w = base.shape[-2:]
             with self.autocast():
@@ -195,10 +197,11 @@ class RefineCodec(BaseCodec):
 
     @torch.no_grad()
     def refined_latent(self, base: Tensor, steps: int, gamma: float, seed: int,
-                       cond: Tensor | None = None) -> Tensor:
+                       cond: Tensor | None = None, eta: float = 0.0) -> Tensor:
         """The denoiser's estimate of the original in its own space (the TAEF2 latent, or
         pixels), before any decode, grid filter or clamp: :meth:`refine` decodes it, and a
-        bench can code against it."""
+        bench can code against it. η > 0 draws its step noise from ``seed`` + ETA_SEED, a
+        generator apart from the start's."""
         cond = self.condition(base) if cond is None else cond
         x_n = self.sampler.initial_noise(tuple(cond.shape), gamma, seed, self.device)
 
@@ -206,7 +209,8 @@ class RefineCodec(BaseCodec):
             with self.autocast():
                 return self.net.tiled(x_t, cond, t).float()
 
-        r0 = self.sampler.sample(denoise, x_n, steps, clip=False)
+        generator = torch.Generator().manual_seed(int(seed) + ETA_SEED) if eta else None
+        r0 = self.sampler.sample(denoise, x_n, steps, clip=False, eta=eta, generator=generator)
         return cond + self.config.residual_std * r0
 
     def _alloc_bytes(self, h: int, w: int) -> int:
