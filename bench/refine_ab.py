@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from refine_grid import crop_panel, psnr_and_lpips, validation_bases
+from refine_grid import crop_panel, print_row, psnr_and_lpips, validation_bases
 from refine_operating_points import load_codec_from, validation_args
 
 
@@ -94,8 +94,7 @@ def main() -> None:
                 row[f"m{k}_{tier}_weight"] = float(torch.tensor(cfg.table)[idx].mean())
                 shown.append(y[0])
         rows.append(row)
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
-              flush=True)
+        print_row(row)
         if out:
             crop_panel(shown, detailed_box(x[0], a.crop)).save(
                 out / f"{Path(name).stem}_{rate:g}.png")

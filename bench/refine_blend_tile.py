@@ -18,7 +18,7 @@ import functools
 import json
 
 import numpy as np
-from refine_grid import bound_arg, psnr_and_lpips, validation_bases
+from refine_grid import bound_arg, print_row, psnr_and_lpips, validation_bases
 from refine_operating_points import load_codec_from, validation_args
 
 
@@ -54,8 +54,7 @@ def main() -> None:
             row[f"index_bytes_{t}"] = len(_pack_indices(tuple(int(i) for i in idx.flatten()),
                                                        bits)[1])
         rows.append(row)
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
-              flush=True)
+        print_row(row)
     summary = {"model": a.model, "step": step, "bound_db": bound, "rows": rows}
     for rate in sorted({r["rate"] for r in rows}):
         rs = [r for r in rows if r["rate"] == rate]

@@ -20,10 +20,9 @@ import functools
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from refine_grid import crop_panel, psnr_and_lpips, validation_bases
+from refine_grid import column_means, crop_panel, print_row, psnr_and_lpips, validation_bases
 from refine_operating_points import load_codec_from, validation_args
 from torch import Tensor
 
@@ -92,8 +91,7 @@ def main() -> None:
             row[f"grain{s:g}_psnr"], row[f"grain{s:g}_lpips_vgg"] = measure(z, x)
             shown.append(z)
         rows.append(row)
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
-              flush=True)
+        print_row(row)
         if out:
             i = int(torch.argmax(deficit.flatten()))
             tw = deficit.shape[-1]
@@ -104,7 +102,7 @@ def main() -> None:
                 out / f"{Path(name).stem}-{rate:g}bpp.png")
     for rate in sorted({r["rate"] for r in rows}):
         rs = [r for r in rows if r["rate"] == rate]
-        m = {k: float(np.mean([r[k] for r in rs])) for k in rs[0] if k not in ("image", "rate")}
+        m = column_means(rs)
         grains = ", ".join(f"grain ×{s:g} {m[f'grain{s:g}_psnr']:.3f} dB "
                            f"{m[f'grain{s:g}_lpips_vgg']:.4f}" for s in scales)
         print(f"rate {rate:g}: base {m['base_psnr']:.3f} dB {m['base_lpips_vgg']:.4f}; standard "

@@ -77,6 +77,17 @@ def validation_bases(a: argparse.Namespace, codec) -> Iterator[tuple[str, float,
             base_layer.search(arr, target, codec.config), h, w)
 
 
+def print_row(row: dict) -> None:
+    """One bench row on one line, floats to 4 places."""
+    print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+
+
+def column_means(rows: list[dict]) -> dict[str, float]:
+    """The mean of every numeric column of ``rows`` (not the photo's name or the rate)."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]
+            if k not in ("image", "rate") and isinstance(rows[0][k], (int, float))}
+
+
 def bound_arg(ap: argparse.ArgumentParser) -> None:
     """``--bound``: the standard tier's bound to measure at (default: the model's own)."""
     ap.add_argument("--bound", type=float, default=None,
@@ -129,8 +140,7 @@ def main() -> None:
             _, y = blend.bounded(x, base, ref, cfg.table, cfg.tile, bound)
             row[f"{tag}_psnr"], row[f"{tag}_lpips_vgg"] = measure(y, x)
         rows.append(row)
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
-              flush=True)
+        print_row(row)
         if out:
             s = min(160, h, w)
             box = ((h - s) // 2, (w - s) // 2, s)

@@ -21,8 +21,7 @@ import functools
 import json
 from pathlib import Path
 
-import numpy as np
-from refine_grid import crop_panel, psnr_and_lpips, validation_bases
+from refine_grid import column_means, crop_panel, print_row, psnr_and_lpips, validation_bases
 from refine_operating_points import load_codec_from, validation_args
 
 #: (steps, γ, η): the shipped high path first
@@ -74,15 +73,14 @@ def main() -> None:
             row[f"{key}_psnr"], row[f"{key}_lpips_vgg"] = measure(y, x)
             shown.append(y)
         rows.append(row)
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
-              flush=True)
+        print_row(row)
         if out:
             crop_panel([t[0] for t in shown], detailed_window(x, 128)).save(
                 out / f"{Path(name).stem}-{rate:g}bpp.png")
     means = {}
     for rate in [None, *sorted({r["rate"] for r in rows})]:
         rs = [r for r in rows if rate is None or r["rate"] == rate]
-        m = {k: float(np.mean([r[k] for r in rs])) for k in rs[0] if k not in ("image", "rate")}
+        m = column_means(rs)
         label = "all rows" if rate is None else f"rate {rate:g}"
         print(f"{label}: standard {m['standard_psnr']:.3f} dB {m['standard_lpips_vgg']:.4f}; "
               + "; ".join(f"{k} {m[f'{k}_psnr']:.3f} dB {m[f'{k}_lpips_vgg']:.4f}"

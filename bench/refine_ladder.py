@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from refine_ab import detailed_box
-from refine_grid import crop_panel, psnr_and_lpips, validation_targets
+from refine_grid import crop_panel, print_row, psnr_and_lpips, validation_targets
 from refine_operating_points import load_codec_from, validation_args
 
 LADDERS = {"octave": (1, 2, 4), "fine": None}  # None: the codec's own (the fine ladder)
@@ -100,8 +100,7 @@ def main() -> None:
             shown["base"].append(base[0])
             shown["tier"].append(y[0])
         rows.append(row)
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
-              flush=True)
+        print_row(row)
         if out and row["octave_scale"] != row["fine_scale"]:
             crop_panel([x[0], *shown["base"], *shown["tier"]],
                        detailed_box(x[0], a.crop)).save(

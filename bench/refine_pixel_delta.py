@@ -18,9 +18,8 @@ import argparse
 import functools
 import json
 
-import numpy as np
 import torch
-from refine_grid import bound_arg, psnr_and_lpips, validation_bases
+from refine_grid import bound_arg, column_means, print_row, psnr_and_lpips, validation_bases
 from refine_operating_points import load_codec_from, validation_args
 
 
@@ -64,11 +63,10 @@ def main() -> None:
             row[f"{form}_psnr"], row[f"{form}_lpips_vgg"] = measure(y, x)
             row[f"{form}_weight"] = float(table[idx].mean())
         rows.append(row)
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
-              flush=True)
+        print_row(row)
     for rate in sorted({r["rate"] for r in rows}):
         rs = [r for r in rows if r["rate"] == rate]
-        m = {k: float(np.mean([r[k] for r in rs])) for k in rs[0] if k not in ("image", "rate")}
+        m = column_means(rs)
         print(f"rate {rate:g}: base {m['base_psnr']:.3f} dB, TAEF2 round trip "
               f"{m['round_trip_psnr']:.3f} dB; bounded shipped {m['shipped_psnr']:.3f} dB "
               f"LPIPS-VGG {m['shipped_lpips_vgg']:.4f} weight {m['shipped_weight']:.3f} | delta "
