@@ -122,7 +122,10 @@ class ShardEncoder:
                  before_commit: Callable[[ShardPlan], None] | None = None) -> None:
         import torch
 
+        from cdc.avif_threads import set_avif_threads
+
         torch.set_num_threads(max(1, threads))
+        set_avif_threads(threads)  # its CPU share, not the node's (never under 2: same bytes)
         self.model, self.expected = model, expected_sha256
         self.url, self.storage_options = url, storage_options
         self.owner, self.options, self.precision = owner, options, precision

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from cdc.avif_threads import avif_threads
 from cdc.refine import bare_avif, downscale
 from cdc.refine.base_decode import decode_rgb, scaled_size
 from cdc.refine.config import RefineConfig
@@ -41,7 +42,7 @@ def encode(array: np.ndarray, quality: int, scale: int, cfg: RefineConfig) -> Ba
     buf = io.BytesIO()
     extra = {"advanced": {"tune": cfg.base_tune}} if cfg.base_tune else {}
     img.save(buf, format="AVIF", quality=int(quality), speed=cfg.base_speed,
-             subsampling=cfg.base_subsampling, **extra)
+             subsampling=cfg.base_subsampling, max_threads=avif_threads(), **extra)
     data = buf.getvalue()
     if cfg.base_bare:
         bare = bare_avif.strip(data, img.width, img.height)
