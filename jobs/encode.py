@@ -124,7 +124,8 @@ class ShardEncoder:
 
         from cdc.avif_threads import set_avif_threads
 
-        torch.set_num_threads(max(1, threads))
+        threads = max(1, threads)
+        torch.set_num_threads(threads)
         set_avif_threads(threads)  # its CPU share, not the node's (never under 2: same bytes)
         self.model, self.expected = model, expected_sha256
         self.url, self.storage_options = url, storage_options
