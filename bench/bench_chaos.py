@@ -111,6 +111,10 @@ class Killer:
                     self._first.setdefault(pid, time.perf_counter())
             elif ev.get("type") == "shard":
                 self._open.get(pid, set()).discard(ev.get("shard"))
+        if self.every <= 0 and ev.get("type") == "progress":
+            # "at the first progress event": now, while its shard is open, not at the next
+            # 0.1-s tick (a fast encoder may have committed the shard by then)
+            self._kill_due()
 
     def start(self) -> Killer:
         self.t0 = time.perf_counter()
@@ -123,21 +127,28 @@ class Killer:
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):
-            if self.max_kills is not None and len(self.kills) >= self.max_kills:
+            if not self._kill_due():
                 return
-            now = time.perf_counter()
-            with self._lock:
-                due = [p for p, t in self._first.items() if now - t >= self.every]
-                for p in due:
-                    self._first.pop(p)
-                    self._dead.add(p)
-                    self.mid_shard += bool(self._open.get(p))
-            for pid in due:
+
+    def _kill_due(self) -> bool:
+        """Kill every process due; False once ``max_kills`` is reached."""
+        now = time.perf_counter()
+        with self._lock:
+            if self.max_kills is not None and len(self.kills) >= self.max_kills:
+                return False
+            due = [p for p, t in self._first.items() if now - t >= self.every]
+            if self.max_kills is not None:
+                due = due[:self.max_kills - len(self.kills)]
+            for p in due:
+                self._first.pop(p)
+                self._dead.add(p)
+                self.mid_shard += bool(self._open.get(p))
                 try:
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(p, signal.SIGKILL)
                 except ProcessLookupError:
                     continue
-                self.kills.append((now - self.t0, pid))
+                self.kills.append((now - self.t0, p))
+        return True
 
 
 def run_job(src: Path, url: str, model: str, *, actors: int, shard_size: int,
