@@ -22,7 +22,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from refine_grid import column_means, crop_panel, print_row, psnr_and_lpips, validation_bases
+from refine_grid import (
+    column_means,
+    crop_panel,
+    out_folder,
+    print_row,
+    psnr_and_lpips,
+    validation_bases,
+)
 from refine_operating_points import load_codec_from, validation_args
 from torch import Tensor
 
@@ -64,9 +71,7 @@ def main() -> None:
     cfg = codec.config
     measure = functools.partial(psnr_and_lpips, LPIPS("vgg"))
     scales = [float(s) for s in a.scales.split(",")]
-    out = Path(a.out) if a.out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
+    out = out_folder(a.out)
     print(f"# {a.model} (step {step}): grain on {a.tile}-px tiles, scales {scales}", flush=True)
     rows = []
     for name, rate, x, base in validation_bases(a, codec):

@@ -77,6 +77,22 @@ def validation_bases(a: argparse.Namespace, codec) -> Iterator[tuple[str, float,
             base_layer.search(arr, target, codec.config), h, w)
 
 
+def out_folder(path: str) -> Path | None:
+    """The bench's ``--out`` folder, made; None when not asked for."""
+    if not path:
+        return None
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return Path(path)
+
+
+def load_latent_codec(model: str, why: str):
+    """(codec, training step) of a latent-space refine model; any other exits with ``why``."""
+    codec, step = load_codec_from(model)
+    if getattr(codec, "space", None) is None:
+        raise SystemExit(f"{model}: not a latent-space refine model, so it has {why}")
+    return codec, step
+
+
 def print_row(row: dict) -> None:
     """One bench row on one line, floats to 4 places."""
     print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)

@@ -21,7 +21,14 @@ import functools
 import json
 from pathlib import Path
 
-from refine_grid import column_means, crop_panel, print_row, psnr_and_lpips, validation_bases
+from refine_grid import (
+    column_means,
+    crop_panel,
+    out_folder,
+    print_row,
+    psnr_and_lpips,
+    validation_bases,
+)
 from refine_operating_points import load_codec_from, validation_args
 
 #: (steps, γ, η): the shipped high path first
@@ -55,9 +62,7 @@ def main() -> None:
     cfg = codec.config
     measure = functools.partial(psnr_and_lpips, LPIPS("vgg"))
     keys = [f"s{s}g{g:g}e{e:g}" for s, g, e in CANDIDATES]
-    out = Path(a.out) if a.out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
+    out = out_folder(a.out)
     print(f"# {a.model} (step {step}): high bound {cfg.bound_db_noisy} dB, {keys}", flush=True)
     rows = []
     for name, rate, x, base in validation_bases(a, codec):

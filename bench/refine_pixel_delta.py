@@ -19,8 +19,15 @@ import functools
 import json
 
 import torch
-from refine_grid import bound_arg, column_means, print_row, psnr_and_lpips, validation_bases
-from refine_operating_points import load_codec_from, validation_args
+from refine_grid import (
+    bound_arg,
+    column_means,
+    load_latent_codec,
+    print_row,
+    psnr_and_lpips,
+    validation_bases,
+)
+from refine_operating_points import validation_args
 
 
 def main() -> None:
@@ -36,10 +43,8 @@ def main() -> None:
     from cdc.refine.degrid import remove_grid
     from pipeline.metrics.lpips import LPIPS
 
-    codec, step = load_codec_from(a.model)
+    codec, step = load_latent_codec(a.model, "no latent decode to difference")
     cfg, space = codec.config, codec.space
-    if space is None:
-        raise SystemExit(f"{a.model}: a pixel-space model has no latent decode to difference")
     bound = cfg.bound_db if a.bound is None else a.bound
     measure = functools.partial(psnr_and_lpips, LPIPS("vgg"))
     table = torch.tensor(cfg.table)

@@ -24,8 +24,8 @@ import json
 
 import numpy as np
 import torch
-from refine_grid import psnr_and_lpips, validation_targets
-from refine_operating_points import load_codec_from, validation_args
+from refine_grid import load_latent_codec, psnr_and_lpips, validation_targets
+from refine_operating_points import validation_args
 from torch import Tensor
 
 
@@ -55,10 +55,8 @@ def main() -> None:
     from cdc.refine.degrid import remove_grid
     from pipeline.metrics.lpips import LPIPS
 
-    codec, step = load_codec_from(a.model)
+    codec, step = load_latent_codec(a.model, "no latent to code")
     cfg, space = codec.config, codec.space
-    if space is None:
-        raise SystemExit(f"{a.model}: a pixel-space model has no latent to code")
     measure = functools.partial(psnr_and_lpips, LPIPS("vgg"))
     m = space.stride
 
