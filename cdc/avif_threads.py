@@ -2,7 +2,7 @@
 the machine that wrote it.
 
 libaom codes differently with one thread than with several — libavif turns on row-based
-multithreading from two threads, which changes the encoder's decisions (0.3–1.6 % in size at
+multithreading from two threads, which changes the encoder's decisions (up to 1.2 % in size at
 the same quality on Kodak and training photos) — and identically at every count from two up
 (measured 2 … 64). Pillow's default is every CPU the process may use, so a 1-CPU container
 and a 16-core node wrote different streams of the same image at the same rate. Torch-free:
