@@ -1,9 +1,9 @@
 """How many threads libavif's encoder gets: never one, so a stream's bytes do not depend on
 the machine that wrote it.
 
-libaom codes differently with one thread than with several — libavif turns on row-based
-multithreading from two threads, which changes the encoder's decisions (up to 1.2 % in size at
-the same quality on Kodak and training photos) — and identically at every count from two up
+libaom (through Pillow's libavif, speed 6) codes differently with one thread than with
+several — up to 1.2 % in size at the same quality on Kodak and training photos, presumably
+its multithreaded path taking other decisions — and identically at every count from two up
 (measured 2 … 64). Pillow's default is every CPU the process may use, so a 1-CPU container
 and a 16-core node wrote different streams of the same image at the same rate. Torch-free:
 the classical baselines of ``cdc eval`` use it too.
