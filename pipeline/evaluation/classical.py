@@ -49,8 +49,7 @@ class ClassicalCodec:
 def _pil_encode(fmt: str, **opts) -> Callable[[Image.Image, int], bytes]:
     def enc(img: Image.Image, q: int) -> bytes:
         buf = io.BytesIO()
-        threads = {"max_threads": avif_threads()} if fmt == "AVIF" else {}  # same bytes anywhere
-        img.save(buf, format=fmt, quality=q, **opts, **threads)
+        img.save(buf, format=fmt, quality=q, **opts)
         return buf.getvalue()
     return enc
 
@@ -59,6 +58,15 @@ def _pil_decode(data: bytes) -> Image.Image:
     img = Image.open(io.BytesIO(data))
     img.load()
     return img
+
+
+def _avif_encode(img: Image.Image, q: int) -> bytes:
+    """The refine codec's base-layer settings; never on one thread (``cdc.avif_threads``:
+    the same bytes on any machine), the count read per call as an actor may set it."""
+    buf = io.BytesIO()
+    img.save(buf, format="AVIF", quality=q, speed=6, subsampling="4:2:0",
+             max_threads=avif_threads())
+    return buf.getvalue()
 
 
 def _heic_encode(img: Image.Image, q: int) -> bytes:
@@ -91,8 +99,7 @@ CODECS: dict[str, ClassicalCodec] = {c.name: c for c in [
     ClassicalCodec("jpeg", "JPEG", 1, 95, _pil_encode("JPEG", optimize=True, subsampling="4:2:0"),
                    _pil_decode),
     ClassicalCodec("webp", "WebP", 0, 100, _pil_encode("WEBP", method=6), _pil_decode),
-    ClassicalCodec("avif", "AVIF", 0, 100, _pil_encode("AVIF", speed=6, subsampling="4:2:0"),
-                   _pil_decode),
+    ClassicalCodec("avif", "AVIF", 0, 100, _avif_encode, _pil_decode),
     ClassicalCodec("heic", "HEIC (x265)", 0, 100, _heic_encode, _heic_decode),
     ClassicalCodec("jxl", "JPEG XL", 0, 99, _jxl_encode, _jxl_decode),
 ]}
