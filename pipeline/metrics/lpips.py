@@ -26,14 +26,17 @@ def _unit(x: Tensor, eps: float = 1e-10) -> Tensor:
 
 
 class LPIPS(nn.Module):
-    """``LPIPS(net="alex"|"vgg")(x, y)`` → (N,) distances for RGB in [0, 1]; 0 for x == y."""
+    """``LPIPS(net="alex"|"vgg")(x, y)`` → (N,) distances for RGB in [0, 1]; 0 for x == y.
 
-    def __init__(self, net: str = "alex", pretrained: bool = True):
+    ``trunk="int8"``: the compact trunk copy, for a training loss only (see
+    :mod:`pipeline.metrics.trunk_int8`)."""
+
+    def __init__(self, net: str = "alex", pretrained: bool = True, trunk: str = "exact"):
         super().__init__()
         if net not in _SLICES:
             raise ValueError(f"unknown LPIPS net {net!r}; use 'alex' or 'vgg'")
         self.net_name = net
-        feats = tv_features(_TRUNK[net], pretrained)
+        feats = tv_features(_TRUNK[net], pretrained, trunk)
         self.slices = nn.ModuleList(nn.Sequential(*[feats[i] for i in range(a, b)])
                                     for a, b in _SLICES[net])
         self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in _CHANNELS[net])

@@ -16,11 +16,15 @@ from torchvision import models
 from pipeline.metrics.fetch import load_trunk
 
 
-def tv_features(net: str, pretrained: bool = True) -> nn.Sequential:
+def tv_features(net: str, pretrained: bool = True, trunk: str = "exact") -> nn.Sequential:
     """torchvision ``alexnet().features`` or ``vgg16().features``, frozen, in eval mode.
 
-    ``pretrained=False`` keeps the random init (tests of wiring only).
+    ``pretrained=False`` keeps the random init (tests of wiring only); ``trunk="int8"`` loads
+    the compact copy made for training losses on a lent GPU
+    (:mod:`pipeline.metrics.trunk_int8`), never for an evaluation figure.
     """
+    if trunk not in ("exact", "int8"):
+        raise ValueError(f"trunk must be 'exact' or 'int8', got {trunk!r}")
     if net == "alexnet":
         feats = models.alexnet(weights=None).features
     elif net == "vgg16":
@@ -28,7 +32,12 @@ def tv_features(net: str, pretrained: bool = True) -> nn.Sequential:
     else:
         raise ValueError(f"unknown trunk {net!r}")
     if pretrained:
-        sd = load_trunk(net)
+        if trunk == "int8":
+            from pipeline.metrics.trunk_int8 import load_int8
+
+            sd = load_int8(net)
+        else:
+            sd = load_trunk(net)
         feats.load_state_dict({k.removeprefix("features."): v for k, v in sd.items()})
     for p in feats.parameters():
         p.requires_grad_(False)
