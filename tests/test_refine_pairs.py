@@ -94,3 +94,22 @@ def test_a_run_refuses_an_extra_cache_with_no_shards_naming_it(tmp_path):
     _shard(tmp_path / "b", 0, 2, 200)
     cfg.extra_pair_caches = [str(tmp_path / "b"), str(tmp_path / "a")]  # "a" is read once
     assert len(RefineTrainer(cfg, tmp_path / "run2").dataset(0).x) == 5
+
+
+def test_shards_built_in_worker_processes_are_the_ones_one_process_builds(tmp_path,
+                                                                         monkeypatch):
+    import pipeline.training.refine_pairs as rp
+
+    monkeypatch.setattr(rp, "SHARD_IMAGES", 2)  # 5 photos: 3 shards
+    photos = _photos(tmp_path / "photos", n=5)
+    seen = []
+    one = build_cache([str(photos)], tmp_path / "one", CFG, crop=32, variants=2, crops=2)
+    two = build_cache([str(photos)], tmp_path / "two", CFG, crop=32, variants=2, crops=2,
+                      workers=2, after_shard=seen.append)
+    assert sorted(p.name for p in seen) == ["shard-0000.npz", "shard-0001.npz",
+                                           "shard-0002.npz"]
+    for name in ("shard-0000.npz", "shard-0001.npz", "shard-0002.npz"):
+        a, b = np.load(one / name), np.load(two / name)
+        for key in ("x", "base", "bpp"):
+            assert np.array_equal(a[key], b[key])
+    assert len(np.load(two / "shard-0002.npz")["x"]) == 4  # the last shard: one photo

@@ -32,25 +32,28 @@ def latent_path(shard: Path) -> Path:
     return shard.with_name(shard.name.replace("shard-", "latent-").replace(".npz", ".pt"))
 
 
-def _encode(space: torch.nn.Module, a: np.ndarray) -> torch.Tensor:
+def _encode(space: torch.nn.Module, a: np.ndarray, device: torch.device) -> torch.Tensor:
     x = torch.from_numpy(a).permute(0, 3, 1, 2)
     with torch.no_grad():
-        return torch.cat([space.encode(x[i:i + BATCH].float() / 127.5 - 1).half()
-                          for i in range(0, len(x), BATCH)])
+        return torch.cat([space.encode(x[i:i + BATCH].to(device).float() / 127.5 - 1)
+                          .half().cpu() for i in range(0, len(x), BATCH)])
 
 
-def build_latents(folder: str | Path, space: torch.nn.Module | None = None) -> int:
-    """Encode every pair shard that has no latent file yet; returns how many it encoded."""
+def build_latents(folder: str | Path, space: torch.nn.Module | None = None,
+                  device: str = "cpu") -> int:
+    """Encode every pair shard that has no latent file yet (TAEF2 on ``device``: a lent
+    GPU's builder passes "cuda"); returns how many it encoded."""
     folder = Path(folder)
     todo = [s for s in _pair_shards(folder) if not latent_path(s).exists()]
     if todo and space is None:
         from zoo.components import load_space
 
-        space = load_space("taef2")
+        space = load_space("taef2").to(device)
+    dev = torch.device(device)
     t0 = time.time()
     for shard in todo:
         d = np.load(shard)
-        out = {"z": _encode(space, d["x"]), "zb": _encode(space, d["base"]),
+        out = {"z": _encode(space, d["x"], dev), "zb": _encode(space, d["base"], dev),
                "bpp": torch.from_numpy(d["bpp"].astype(np.float32))}
         tmp = latent_path(shard).with_suffix(".tmp")
         torch.save(out, tmp)

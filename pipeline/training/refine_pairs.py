@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cdc.avif_threads import set_avif_threads
 from cdc.refine import base_layer
 from cdc.refine.config import RefineConfig
 from pipeline.sources import list_images
@@ -91,39 +92,59 @@ def pairs_of(array: np.ndarray, name: str, cfg: RefineConfig, crop: int, variant
 def build_cache(sources: list[str] | str, folder: str | Path, cfg: RefineConfig, *,
                 exclude: set[str] = frozenset(), crop: int = 128, variants: int = 2,
                 crops: int = 3, rates: tuple[float, float] | None = None,
-                after_shard: Callable[[Path], object] | None = None) -> Path:
+                after_shard: Callable[[Path], object] | None = None,
+                workers: int = 1) -> Path:
     """Fill ``folder`` with pair shards (resumable: finished shards are kept); ``rates``:
     bases by the rate search at target rates in that range (see :func:`pairs_of`);
-    ``after_shard`` runs on each new shard (a latent model's builder encodes its latents, so
-    a run beside it takes them in as they come)."""
+    ``after_shard`` runs here on each new shard (a latent model's builder encodes its
+    latents, so a run beside it takes them in as they come); ``workers`` > 1 builds shards
+    in that many processes (each AVIF encode on 2 threads; a lent GPU machine's 16 cores),
+    with the same shards as one process builds."""
     if rates is not None and not 0 < rates[0] <= rates[1]:
         raise ValueError(f"pair rates {rates}: need 0 < low <= high (bpp)")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     urls = [u for u in list_images(sources) if split_name(u) not in exclude]
-    for s in range(0, len(urls), SHARD_IMAGES):
-        path = folder / f"shard-{s // SHARD_IMAGES:04d}.npz"
-        if path.exists():
-            continue
-        xs, bs, bpps = [], [], []
-        for url in urls[s:s + SHARD_IMAGES]:
-            try:
-                arr = np.asarray(read_image(url).convert("RGB"))
-                x, b, r = pairs_of(arr, split_name(url), cfg, crop, variants, crops, rates)
-            except Exception as e:  # noqa: BLE001 - one bad photo must not stop the cache
-                log.warning("skipping training photo %s: %s", url, e)
-                continue
-            xs.append(x)
-            bs.append(b)
-            bpps.append(r)
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, x=np.concatenate(xs), base=np.concatenate(bs), bpp=np.concatenate(bpps))
-        tmp.replace(path)
-        log.info("pair cache: %s (%d pairs)", path, sum(len(x) for x in xs))
-        if after_shard is not None:
-            after_shard(path)
+    jobs = [(folder / f"shard-{s // SHARD_IMAGES:04d}.npz", urls[s:s + SHARD_IMAGES])
+            for s in range(0, len(urls), SHARD_IMAGES)]
+    jobs = [(path, part, cfg, crop, variants, crops, rates) for path, part in jobs
+            if not path.exists()]
+    if workers > 1 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, len(jobs)), initializer=set_avif_threads,
+                                 initargs=(2,)) as pool:
+            for path in pool.map(_build_shard, jobs):
+                if after_shard is not None:
+                    after_shard(path)
+    else:
+        for job in jobs:
+            path = _build_shard(job)
+            if after_shard is not None:
+                after_shard(path)
     (folder / "DONE").write_text(f"{len(urls)} photos\n")
     return folder
+
+
+def _build_shard(job: tuple) -> Path:
+    """One shard: the pairs of its photos, written atomically (a bad photo is skipped)."""
+    path, urls, cfg, crop, variants, crops, rates = job
+    xs, bs, bpps = [], [], []
+    for url in urls:
+        try:
+            arr = np.asarray(read_image(url).convert("RGB"))
+            x, b, r = pairs_of(arr, split_name(url), cfg, crop, variants, crops, rates)
+        except Exception as e:  # noqa: BLE001 - one bad photo must not stop the cache
+            log.warning("skipping training photo %s: %s", url, e)
+            continue
+        xs.append(x)
+        bs.append(b)
+        bpps.append(r)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, x=np.concatenate(xs), base=np.concatenate(bs), bpp=np.concatenate(bpps))
+    tmp.replace(path)
+    log.info("pair cache: %s (%d pairs)", path, sum(len(x) for x in xs))
+    return path
 
 
 class PairCrops(Dataset):

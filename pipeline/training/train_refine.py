@@ -61,6 +61,9 @@ class RefineTrainConfig(TrainConfigBase):
     perceptual: str = "lpips-vgg"
     perceptual_window: int = 64
     perceptual_items: int = 4  # items of each batch that get the perceptual term
+    # "int8": the loss's VGG16 trunk from the compact copy a lent GPU machine gets
+    # (pipeline/metrics/trunk_int8.py); "exact" everywhere else.
+    perceptual_trunk: str = "exact"
     perceptual_every: int = 1
     # Latent models only: a loss on the TAEF2 decode of the predicted latent (frozen decoder,
     # ``pixel_items`` items of a batch): pixel MSE (weight ``pixel_weight``, [-1, 1] units)
@@ -85,17 +88,20 @@ class RefineTrainConfig(TrainConfigBase):
         return RefineConfig.from_dict(d)
 
 
-def pair_cache_of(cfg: RefineTrainConfig, with_latents: bool = False) -> Path:
+def pair_cache_of(cfg: RefineTrainConfig, with_latents: bool = False, workers: int = 1,
+                  device: str = "cpu") -> Path:
     """Build (or finish) a config's pair cache, the validation split left out;
-    ``with_latents``: encode each new shard's TAEF2 latents right after it."""
+    ``with_latents``: encode each new shard's TAEF2 latents right after it (on ``device``);
+    ``workers``: processes that make the pairs."""
     exclude = read_split(cfg.validation_split) if cfg.validation_split else set()
     rates = tuple(cfg.pair_rates) if cfg.pair_rates else None
     if rates is not None and len(rates) != 2:
         raise ValueError(f"pair_rates {cfg.pair_rates}: need [low, high] in bpp")
     return build_cache(cfg.sources, cfg.pair_cache, cfg.model_cfg(), exclude=exclude,
                        crop=cfg.pair_crop, variants=cfg.pair_variants, crops=cfg.pair_crops,
-                       rates=rates,
-                       after_shard=(lambda p: build_latents(p.parent)) if with_latents else None)
+                       rates=rates, workers=workers,
+                       after_shard=((lambda p: build_latents(p.parent, device=device))
+                                    if with_latents else None))
 
 
 log = logging.getLogger(__name__)
@@ -129,7 +135,8 @@ class RefineTrainer(TrainerBase):
         if cfg.rho > 0 or cfg.pixel_rho > 0:
             from pipeline.metrics.lpips import LPIPS
 
-            self.perc = LPIPS({"lpips-vgg": "vgg"}[cfg.perceptual]).to(self.device)
+            self.perc = LPIPS({"lpips-vgg": "vgg"}[cfg.perceptual],
+                              trunk=cfg.perceptual_trunk).to(self.device)
         self.space = None
         if self.pixel_loss:  # its own column (an older run's metrics.csv keeps its header)
             self.metric_fields = (*type(self).metric_fields, "pixel_mse")
