@@ -29,7 +29,7 @@ def specs(folder: Path) -> list[str]:
             for r in (rung_names(p) or [None])]
 
 
-CURRENT = specs(ROOT)
+CURRENT = specs(ROOT) + specs(ROOT / "gpu")  # gpu/: for a lent GPU machine
 LEGACY = specs(ROOT / "legacy")
 #: Every config path there has been: each must still load (tests/test_configs.py).
 OLD_PATHS = ["cdc-small.yaml", "corrdiff-small.yaml", "diffc-small.yaml", "ldiffc-small.yaml",
