@@ -221,6 +221,14 @@ def test_preflight_names_what_would_fail_later(tmp_path, capsys):
     assert not (tmp_path / "p").exists()  # nothing built
 
 
+def test_outside_a_checkout_the_kit_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert gpu_kit.main(["size"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not inside a git checkout" in err
+    assert err.count("\n") == 1
+
+
 def test_the_device_command_trains_every_gpu_config_and_fits_the_tool():
     repo = Path(__file__).resolve().parents[1]
     cmd = gpu_kit.device_command(repo)

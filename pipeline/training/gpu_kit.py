@@ -260,7 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("size", help="what a device call would send now, without carry")
     sub.add_parser("command", help="print the device call's command")
     args = ap.parse_args(argv)
-    repo = Path(_git(Path.cwd(), "rev-parse", "--show-toplevel").strip())
+    try:
+        repo = Path(_git(Path.cwd(), "rev-parse", "--show-toplevel").strip())
+    except (OSError, subprocess.CalledProcessError):
+        print(f"error: {Path.cwd()}: not inside a git checkout (run from the repository)",
+              file=sys.stderr)
+        return 1
     try:
         if args.cmd == "pack":
             m = pack(repo, args.sources, args.split, limit=int(args.limit_mib * (1 << 20)))
