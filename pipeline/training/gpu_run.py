@@ -41,7 +41,8 @@ PAIR_KEYS = ("sources", "pair_cache", "pair_crop", "pair_variants", "pair_crops"
              "validation_split")
 MAX_FILES = 8  # what a device call brings back from $OUT
 SAVE_MARGIN = 25.0  # seconds kept for the relays and the copy back
-PROBE_SHARE = 0.4  # a probe slower than this share of the time left is stopped there
+PROBE_SHARE = 0.4  # a probe slower than this share of the time left is stopped there,
+PROBE_FLOOR = 60.0  # but never sooner (a loaded machine's start-up is slow)
 
 
 def _configs(paths: list[str]):
@@ -165,10 +166,10 @@ def run(args) -> dict:
     t1 = time.time()
     fails = _run_all([_train_cmd(Path(c), d, args, args.probe_steps, None)
                       for c, d in zip(args.configs, dirs)], logs,
-                     PROBE_SHARE * (deadline - time.time() - args.save_margin))
+                     max(PROBE_FLOOR, PROBE_SHARE * (deadline - time.time() - args.save_margin)))
     if all(fails):
         raise RuntimeError(f"every probe failed; first: {fails[0]}")
-    cmds, keep, summary = [], [], {}
+    cmds, keep, limits, summary = [], [], [], {}
     left = deadline - time.time() - args.save_margin
     for c, d, fail in zip(args.configs, dirs, fails):
         stem = Path(c).stem
@@ -185,11 +186,14 @@ def run(args) -> dict:
         cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
         cmds.append(_train_cmd(cfg_path, d, args, None, limit))
         keep.append((c, d))
+        limits.append(limit)
         summary[stem] = {"it_s": rate, "start_up_s": round(overhead, 1), "probe_step": step,
                          "planned_steps": raw["steps"]}
         log.info("probe %s: %.2f it/s beside the others, %.0f s start-up, step %d; %d steps "
                  "planned in %.0f s", stem, rate, overhead, step, raw["steps"], limit)
-    fails = _run_all(cmds, [d / "train.log" for _, d in keep], deadline - time.time())
+    backstop = max(s["start_up_s"] for s in summary.values() if "start_up_s" in s) + 30
+    fails = _run_all(cmds, [d / "train.log" for _, d in keep],
+                     max(deadline - time.time(), max(limits) + backstop))
     log.info("probe and training: %.0f s", time.time() - t1)
     for (c, d), fail in zip(keep, fails):
         stem = Path(c).stem

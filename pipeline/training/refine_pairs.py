@@ -110,10 +110,13 @@ def build_cache(sources: list[str] | str, folder: str | Path, cfg: RefineConfig,
     jobs = [(path, part, cfg, crop, variants, crops, rates) for path, part in jobs
             if not path.exists()]
     if workers > 1 and len(jobs) > 1:
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        # spawned, not forked: the parent may hold a CUDA context or OpenMP threads
         with ProcessPoolExecutor(min(workers, len(jobs)), initializer=set_avif_threads,
-                                 initargs=(2,)) as pool:
+                                 initargs=(2,),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
             for path in pool.map(_build_shard, jobs):
                 if after_shard is not None:
                     after_shard(path)
