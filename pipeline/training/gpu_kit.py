@@ -42,7 +42,8 @@ from pathlib import Path
 LIMIT = 64 << 20
 KIT = Path(".gpu-kit")
 #: Tracked paths a refine training run never reads (``trim`` untracks them).
-TRIM = ("docs", "checkpoints", "samples", "zoo/weights/onnx", "zoo/weights/lcdc-q1.pt",
+TRIM = ("docs", "checkpoints", "samples", "tests", "bench", "zoo/weights/onnx",
+        "zoo/weights/refine-avif.pt", "zoo/weights/lcdc-q1.pt",
         "zoo/weights/lcdc-q2.pt", "zoo/weights/lcdc-q3.pt", "zoo/weights/lcdc-q4.pt",
         "zoo/weights/cdc-small.pt", "zoo/weights/corrdiff-small.pt",
         "zoo/weights/diffc-small.pt", "zoo/weights/ldiffc-small.pt",
