@@ -174,7 +174,7 @@ def test_the_driver_builds_pairs_probes_plans_and_brings_relays_back(tmp_path):
         [sys.executable, "-m", "pipeline.training.gpu_run", str(a), str(b), str(c), "--out",
          str(out), "--seconds", "45", "--save-margin", "4", "--device", "cpu", "--kit",
          str(tmp_path / "kit"), "--runs", str(tmp_path / "runs"), "--workers", "2",
-         "--threads", "1", "--probe-steps", "6"],
+         "--threads", "1", "--probe-steps", "6", "--bench-seconds", "2"],
         env=env, cwd=tmp_path, capture_output=True, text=True)
     # c fails (its init_from does not exist): a and b are still brought back, exit 1
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -196,6 +196,7 @@ def test_the_driver_builds_pairs_probes_plans_and_brings_relays_back(tmp_path):
     assert len(list(cache.glob("shard-*.npz"))) == len(list(cache.glob("latent-*.pt"))) == 1
     log = (out / "gpu_run.log").read_text()
     assert "probe a:" in log and "steps planned" in log
+    assert "decode bench: {'photo': 'p" in log and "'standard_s': " in log  # a's model
 
 
 def test_the_driver_refuses_configs_that_do_not_share_their_pairs(tmp_path, capsys):

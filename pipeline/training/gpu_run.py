@@ -16,7 +16,10 @@ second try. In that call:
 3. each config's ``steps`` is set to what its measured speed reaches in the time left (so its
    cosine schedule ends where the run does), and all go on to that, with a time limit too;
 4. each run's relay (fp16 EMA + config, the committed form, ≤ 16 MiB) and metrics.csv are
-   written to ``--out``; this run's log too (8 files at most come back).
+   written to ``--out``; this run's log too (8 files at most come back);
+5. then, the relays safe, a short decode benchmark on the device (``--bench-seconds``): the
+   first config's model codes the largest kit photo and decodes it at two tiers; the
+   figures go to the log.
 
 ``--device cpu`` runs the same steps on a CPU (the test runs it on tiny models).
 """
@@ -150,7 +153,7 @@ def _speed(run_dir: Path) -> tuple[float, float, int]:
 
 def run(args) -> dict:
     t0 = time.time()
-    deadline = t0 + args.seconds
+    deadline = t0 + args.seconds - (args.bench_seconds + 15 if args.bench_seconds > 0 else 0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ["CDC_CACHE_DIR"] = str(Path(args.kit, "cache").resolve())
@@ -203,6 +206,13 @@ def run(args) -> dict:
         if (d / "checkpoint.pt").exists():
             summary[stem].update(_bring_back(d, out / stem))
         log.info("%s: %s", stem, summary[stem])
+    ok = [d for (c, d) in keep if "error" not in summary[Path(c).stem]]
+    if args.bench_seconds > 0 and ok:
+        try:  # after the relays are safe: a failure here costs nothing else
+            log.info("decode bench: %s", decode_bench(ok[0], cfgs[0].sources, args.device,
+                                                      args.bench_seconds))
+        except Exception as e:  # noqa: BLE001 - a benchmark must not fail the call
+            log.error("decode bench failed: %s: %s", type(e).__name__, e)
     if any("error" in v for v in summary.values()):
         raise RuntimeError("; ".join(f"{k}: {v['error']}" for k, v in summary.items()
                                      if "error" in v))
@@ -225,6 +235,43 @@ def _bring_back(run_dir: Path, dest: Path) -> dict:
     last = rows[-1] if rows else {}
     return {"step": int(last.get("step", 0)), "loss": last.get("loss"),
             "psnr_gain": last.get("psnr_gain"), "relay_bytes": (dest / relay.name).stat().st_size}
+
+
+def decode_bench(run_dir: Path, photos: list[str], device: str, seconds: float,
+                 rate: float = 0.15) -> dict:
+    """The lent machine's decode speed, once the relays are safe: the run's model (v3's
+    relay is the shipped `refine-avif` network) codes the largest kit photo at ``rate`` and
+    decodes it at the `standard` and `high` tiers on ``device`` for about ``seconds``."""
+    import torch
+    from PIL import Image
+
+    from pipeline.sources import list_images
+    from pipeline.training.image_crops import read_image
+    from pipeline.training.train_refine import pack_run
+    from zoo import codec_from_bytes
+
+    urls = list_images(photos)
+    sizes = {u: Image.open(u).size for u in urls}
+    url = max(urls, key=lambda u: sizes[u][0] * sizes[u][1])
+    img = read_image(url).convert("RGB")
+    data, _, step = pack_run(run_dir)
+    codec = codec_from_bytes(data, str(run_dir), device=device)
+    stream = codec.with_rate(rate).compress(img)
+    out = {"photo": Path(url).name, "size": list(img.size), "bytes": len(stream),
+           "model_step": step, "device": device}
+    tiers = {"standard": {"steps": 1, "gamma": 0.0}, "high": {"steps": 1, "gamma": 0.6}}
+    for tier, kw in tiers.items():
+        codec.decompress(stream, **kw)  # warm-up: kernels chosen, memory allocated
+        times, t_end = [], time.time() + seconds / len(tiers)
+        while time.time() < t_end or len(times) < 3:
+            t = time.perf_counter()
+            codec.decompress(stream, **kw)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        out[f"{tier}_s"] = round(statistics.median(times), 4)
+        out[f"{tier}_runs"] = len(times)
+    return out
 
 
 def _train(args) -> None:
@@ -270,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     ap.add_argument("--threads", type=int, default=4, help="torch threads per training")
     ap.add_argument("--probe-steps", type=int, default=60)
+    ap.add_argument("--bench-seconds", type=float, default=20,
+                    help="decode benchmark at the end (0: none); its time is kept aside")
     ap.add_argument("--save-margin", type=float, default=SAVE_MARGIN,
                     help="seconds kept at the end for the relays")
     ap.add_argument("--batch-size", type=int, help="override the configs' (a CPU dry run)")
