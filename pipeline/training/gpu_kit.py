@@ -6,8 +6,8 @@ reaches no package index. Our tracked tree is ≈ 160 MB (the legacy models' wei
 pictures, relays), the training photos 145 MB, the LPIPS-VGG trunk 59 MB. So a GPU session
 runs, in this checkout:
 
-    python -m pipeline.training.gpu_kit pack    # .gpu-kit/: photos, wheels, int8 VGG, relay
     python -m pipeline.training.gpu_kit trim    # untrack what training does not read
+    python -m pipeline.training.gpu_kit pack    # .gpu-kit/: photos, wheels, int8 VGG, relay
     (device run: carry [".gpu-kit"], command in docs/gpu-training.md)
     python -m pipeline.training.gpu_kit restore # the index as it was; no file was touched
 
