@@ -11,8 +11,8 @@ It is for losses only (``perceptual_trunk: int8`` in a training config, recorded
 run): **never for an evaluation figure**, which always uses the exact trunk
 (:func:`pipeline.metrics.fetch.load_trunk`). Measured on 64 centre crops (128 px) of
 training photos against their AVIF decodes at qualities 0–60: LPIPS-VGG through the int8
-trunk differs from the exact one by 0.19 % on average, 0.72 % at most (correlation
-0.99999).
+trunk differs from the exact one by 0.19 % on average, 0.71 % at most (correlation
+0.99999; `bench/lpips_int8.py`).
 """
 
 from __future__ import annotations

@@ -122,14 +122,6 @@ def restore(repo: Path) -> None:
         _git(repo, "reset", "-q", "--", *in_head)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _photo_order(name: str) -> str:
     return hashlib.sha1(name.encode()).hexdigest()
 
@@ -199,6 +191,7 @@ def pack(repo: Path, sources: list[str], split: str, kit: Path = KIT,
     """Write the kit: everything but the photos first, then photos up to what is left of
     ``limit`` after the checkout as it travels now (trim first to leave them room); a photo
     smaller than ``min_side`` (the training crop) or unreadable is left out."""
+    from pipeline.metrics.fetch import sha256_file
     from pipeline.metrics.trunk_int8 import write_int8
 
     kit = repo / kit
@@ -226,7 +219,7 @@ def pack(repo: Path, sources: list[str], split: str, kit: Path = KIT,
     if photos == 0:
         raise RuntimeError(f"no room for photos: the checkout sends {sum(tree.values())} "
                            "bytes (run trim first)")
-    files = {str(p.relative_to(kit)): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+    files = {str(p.relative_to(kit)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
              for p in sorted(kit.rglob("*")) if p.is_file() and "photos" not in p.parts}
     manifest = {"limit": limit, "tree": tree, "kit_bytes": _folder_bytes(kit),
                 "photos": photos, "photo_bytes": taken, "files": files}

@@ -154,8 +154,7 @@ def _speed(run_dir: Path) -> tuple[float, float, int]:
 def run(args) -> dict:
     t0 = time.time()
     deadline = t0 + args.seconds - (args.bench_seconds + 15 if args.bench_seconds > 0 else 0)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)  # main() made it (the log is there)
     os.environ["CDC_CACHE_DIR"] = str(Path(args.kit, "cache").resolve())
     cfgs = _configs(args.configs)
     preflight(cfgs, args.configs, args.device)
