@@ -1,8 +1,8 @@
 """Image ↔ tensor conversion: any PIL mode or numpy array to 8-bit RGB, with a note.
 
-The codec codes 8-bit RGB. Other inputs are converted in a documented way and the
+The codec codes 8-bit sRGB. Other inputs are converted in a documented way and the
 conversion is recorded in the stream (``SourceMode``) so ``cdc info`` can say what
-happened to the original.
+happened to the original; an embedded colour profile is applied first (:mod:`cdc.colour`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from PIL import Image
 from torch import Tensor
 
 from cdc.bitstream import MAX_SIDE, SourceMode
+from cdc.colour import CONVERTED_INFO, to_srgb
 from cdc.errors import ImageError
 
 #: ``Image.info`` key a reader sets to the file's bits per sample when Pillow already reduced
@@ -74,10 +75,15 @@ def high_bit_depth(img: Image.Image) -> bool:
 
 
 def _from_pil(img: Image.Image) -> tuple[np.ndarray, SourceMode]:
+    reduced = high_bit_depth(img)  # before asarray() or a profile: both drop the raw mode
+    img, _ = to_srgb(img)  # a no-op on what pipeline.files.decode_image already converted
     m = img.mode
     if m == "RGB":
-        reduced = high_bit_depth(img)  # before asarray(): loading drops the raw mode
         mode = SourceMode.REDUCED_16BIT if reduced else SourceMode.RGB
+        if img.info.get(CONVERTED_INFO) == "CMYK":
+            mode = SourceMode.CONVERTED
+        elif img.info.get(CONVERTED_INFO) == "P":
+            mode = SourceMode.PALETTE
         return np.asarray(img, dtype=np.uint8), mode
     if m in ("L", "1"):
         return np.asarray(img.convert("RGB")), SourceMode.GRAY
@@ -85,7 +91,7 @@ def _from_pil(img: Image.Image) -> tuple[np.ndarray, SourceMode]:
         has_alpha = "transparency" in img.info
         rgb = img.convert("RGBA" if has_alpha else "RGB").convert("RGB")
         return np.asarray(rgb), SourceMode.ALPHA_DROPPED if has_alpha else SourceMode.PALETTE
-    if m in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if m in ("RGBA", "LA", "PA", "RGBa", "La"):  # (a profile-converted RGBA palette too)
         return np.asarray(img.convert("RGBA").convert("RGB")), SourceMode.ALPHA_DROPPED
     if m.startswith("I;16") or m in ("I", "F"):
         arr = np.asarray(img)

@@ -413,7 +413,7 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("shards failed",
                      ", ".join(f"{f['shard']} ({f['error']})" for f in sh["failed"])))
     if s.get("notes"):
-        rows.append(("notes (first frame kept, ...)", str(len(s["notes"]))))
+        rows.append(("notes (profile to sRGB, first frame, ...)", str(len(s["notes"]))))
     rows.append(("failures", str(len(s["failures"]))))
     return rows
 

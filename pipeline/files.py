@@ -8,10 +8,11 @@ redirection would give them.
 
 Reading: :func:`decode_image` refuses images over a pixel limit from the header, before
 decoding them (:data:`DEFAULT_MAX_PIXELS`, or the caller's ``max_pixels``), applies the
-EXIF orientation, and keeps the first frame of an animated image with a note saying so
-(:func:`input_note`, on the image itself). Nothing here is process-wide state: a job passes
-its limit with each call (``EncodeOptions.max_pixels``) and reads each note off the image
-it decoded, so two jobs in one worker process cannot see each other's settings or notes.
+EXIF orientation and an embedded colour profile (to sRGB), and keeps the first frame of an
+animated image, with a note saying what it changed (:func:`input_note`, on the image
+itself). Nothing here is process-wide state: a job passes its limit with each call
+(``EncodeOptions.max_pixels``) and reads each note off the image it decoded, so two jobs in
+one worker process cannot see each other's settings or notes.
 """
 
 from __future__ import annotations
@@ -81,9 +82,12 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image
 
     Images over ``max_pixels`` (default: :data:`DEFAULT_MAX_PIXELS`) are refused from their
     header, before any pixel is decoded. The EXIF orientation is applied (a photo stored 96x64
-    with "rotate 90" comes out 64x96, as viewers show it). An animated or multi-frame image
-    keeps its first frame; :func:`input_note` of the result says so.
+    with "rotate 90" comes out 64x96, as viewers show it), and an embedded colour profile
+    other than sRGB converts the pixels to sRGB (:mod:`cdc.colour`: decodes carry no profile,
+    so a viewer shows them as sRGB). An animated or multi-frame image keeps its first frame.
+    :func:`input_note` of the result says what of this happened.
     """
+    from cdc.colour import to_srgb
     from cdc.image import FRAMES_INFO, SOURCE_BITS_INFO, high_bit_depth  # here: cdc imports torch
 
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else check_max_pixels(max_pixels)
@@ -107,12 +111,16 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image
         ImageOps.exif_transpose(img, in_place=True)
     except Exception:  # noqa: BLE001 - unreadable EXIF: the pixels are still good, keep them as stored
         pass
+    fmt = img.format
+    img, colour_note = to_srgb(img)
+    notes = [colour_note] if colour_note else []
     if bits16:
         img.info[SOURCE_BITS_INFO] = 16
     if frames > 1:
-        note = f"{img.format or 'image'} with {frames} frames: only the first frame is coded"
-        img.info["cdc_note"] = note
+        notes.insert(0, f"{fmt or 'image'} with {frames} frames: only the first frame is coded")
         img.info[FRAMES_INFO] = frames  # the stream records it (header flag bit 7)
+    if notes:
+        img.info["cdc_note"] = "; ".join(notes)
     return img
 
 

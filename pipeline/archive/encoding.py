@@ -127,7 +127,7 @@ def _encode_shard(codec: Any, archive: Archive, plan: ShardPlan, owner: str | No
     pid = os.getpid()
     records: list[Record] = []
     failures: list[dict[str, str]] = []
-    notes: list[dict[str, str]] = []  # what reading changed, per key (first frame kept)
+    notes: list[dict[str, str]] = []  # what reading changed, per key (profile, frames)
     totals = {"images": 0, "ok": 0, "failed": 0, "bytes_in": 0, "bytes_out": 0, "pixels": 0}
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max(1, opt.read_threads), thread_name_prefix="cdc-read") as pool:

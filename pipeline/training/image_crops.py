@@ -16,18 +16,22 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from cdc.colour import to_srgb
 from pipeline.sources import list_images
 
 log = logging.getLogger(__name__)
 
 
 def read_image(url: str) -> Image.Image:
-    """Read and fully decode an image file (raises on unreadable data)."""
+    """Read and fully decode an image file (raises on unreadable data), in sRGB: an embedded
+    colour profile is applied as the codec's reader applies it (:mod:`cdc.colour`), so
+    training sees the colours the codec will be given (6 % of ``data/train`` carry Adobe RGB
+    or camera profiles; caches made before 2026-12-07 kept their raw samples)."""
     with fsspec.open(url, "rb") as f:
         data = f.read()
     img = Image.open(io.BytesIO(data))
     img.load()
-    return img
+    return to_srgb(img)[0]
 
 
 class RandomCrops(Dataset):
