@@ -117,7 +117,10 @@ def to_srgb(img: Image.Image) -> tuple[Image.Image, str]:
         return source, ""
     from PIL import ImageCms
 
-    out = ImageCms.applyTransform(img, transform)
+    try:
+        out = ImageCms.applyTransform(img, transform)
+    except (ImageCms.PyCMSError, OSError, ValueError) as e:
+        return source, f"colour profile {desc} could not be applied ({e}): coded as stored"
     out.info = {k: v for k, v in source.info.items() if k != "icc_profile"}
     if source.mode != img.mode or img.mode == "CMYK":
         out.info[CONVERTED_INFO] = source.mode

@@ -184,6 +184,19 @@ def test_unusable_profiles_are_ignored_with_a_note(tmp_path: Path):
     assert to_srgb(gray) == (gray, "")  # grey keeps its samples
 
 
+def test_a_transform_that_fails_keeps_the_pixels_and_says_so(monkeypatch):
+    img = Image.fromarray(_patches())
+    img.info["icc_profile"] = matrix_profile(DISPLAY_P3, desc="Display P3")
+
+    def broken(*args, **kwargs):
+        raise ImageCms.PyCMSError("cannot transform")
+
+    monkeypatch.setattr(ImageCms, "applyTransform", broken)
+    out, note = to_srgb(img)
+    assert out is img and note == ("colour profile 'Display P3' could not be applied "
+                                   "(cannot transform): coded as stored")
+
+
 def test_alpha_and_palette_keep_their_source_mode(tmp_path: Path):
     prof = matrix_profile(ADOBE_RGB, desc="Adobe RGB (1998)")
     arr = _patches()
