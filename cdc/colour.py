@@ -69,19 +69,22 @@ def _build(data: bytes, mode: str):
     try:
         t = ImageCms.buildTransform(profile, srgb, mode, out_mode,
                                     renderingIntent=ImageCms.Intent.PERCEPTUAL)
-        probe_t = t if mode == "RGB" else (
+        is_srgb = need == "RGB" and _maps_to_itself(
             ImageCms.buildTransform(profile, srgb, "RGB", "RGB",
-                                    renderingIntent=ImageCms.Intent.PERCEPTUAL)
-            if need == "RGB" else None)
+                                    renderingIntent=ImageCms.Intent.PERCEPTUAL))
     except (ImageCms.PyCMSError, OSError, ValueError) as e:
         return f"colour profile {_describe(profile)} ignored: no transform to sRGB ({e})"
-    is_srgb = False
-    if probe_t is not None:
-        g = np.stack(np.meshgrid(_PROBE_LEVELS, _PROBE_LEVELS, _PROBE_LEVELS, indexing="ij"), -1)
-        probe = Image.fromarray(np.ascontiguousarray(g.reshape(1, -1, 3)), "RGB")
-        out = np.asarray(ImageCms.applyTransform(probe, probe_t), dtype=np.int16)
-        is_srgb = int(np.abs(out - np.asarray(probe, dtype=np.int16)).max()) <= 1
     return t, _describe(profile), is_srgb
+
+
+def _maps_to_itself(rgb_transform) -> bool:
+    """Whether an RGB → sRGB transform moves no colour of a 16³ grid by more than a level."""
+    from PIL import ImageCms
+
+    g = np.stack(np.meshgrid(_PROBE_LEVELS, _PROBE_LEVELS, _PROBE_LEVELS, indexing="ij"), -1)
+    probe = Image.fromarray(np.ascontiguousarray(g.reshape(1, -1, 3)), "RGB")
+    out = np.asarray(ImageCms.applyTransform(probe, rgb_transform), dtype=np.int16)
+    return int(np.abs(out - np.asarray(probe, dtype=np.int16)).max()) <= 1
 
 
 def to_srgb(img: Image.Image) -> tuple[Image.Image, str]:
