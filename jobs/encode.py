@@ -66,6 +66,7 @@ from pipeline.archive import (
 from pipeline.archive.rate import RateError, check_rate, choose_model
 from pipeline.archive.tier_settings import merge_tiers
 from pipeline.files import DEFAULT_MAX_PIXELS, check_max_pixels
+from pipeline.photo_metadata import apply_policy
 from storage import (
     Archive,
     ArchiveError,
@@ -192,6 +193,7 @@ def _prepare(cfg: ArchiveJobConfig):
 
     try:
         check_max_pixels(cfg.options.max_pixels)  # here, not in every actor's constructor
+        apply_policy({}, cfg.options.metadata)
     except ValueError as e:
         raise JobError(str(e)) from None
     try:  # the store's problems (no bucket, credentials, endpoint) before loading a model
@@ -363,6 +365,9 @@ def run_archive_job(cfg: ArchiveJobConfig, *,
         "images_per_s": counters.images / seconds if seconds > 0 else 0.0,
         "failures": failures,
         "notes": notes,
+        "metadata": {"policy": cfg.options.metadata,
+                     "images": sum(r.get("metadata", {}).get("images", 0) for r in results),
+                     "bytes": sum(r.get("metadata", {}).get("bytes", 0) for r in results)},
         "complete": not failures,
         "archive_summary": {k: v for k, v in fresh.summary().items() if k != "url"},
         "shard_results": [{k: r[k] for k in ("shard", "images", "ok", "failed", "seconds",
@@ -404,6 +409,9 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
          f"{s['images']['encoded']} ({s['images']['ok']} / {s['images']['failed']})"),
         ("MB in / out", f"{mb(s['bytes_in'])} / {mb(s['bytes_out'])}"),
         ("bpp", f"{s['bpp']:.4f}"),
+        *([("capture metadata (EXIF) kept", f"{s['metadata']['images']} images, "
+            f"{s['metadata']['bytes']} bytes ({s['metadata']['policy']})")]
+          if s.get("metadata") else []),
         ("time", f"{s['seconds']:.1f} s ({s['images_per_s']:.2f} images/s)"),
         ("archive now", (f"{s['archive_summary']['records']} records in "
                          f"{s['archive_summary']['completed_shards']} shards, "

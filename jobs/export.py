@@ -32,7 +32,9 @@ from jobs.models import (
 from jobs.progress import Counters, ProgressBar
 from pipeline.archive import Reader, output_format, output_name, resolve_model, weights_digest
 from pipeline.archive.decoded_lru import DEFAULT_MAX_BYTES, DiskLRU
+from pipeline.archive.outputs import with_capture_metadata
 from pipeline.archive.tier_settings import TierError, settings_dict
+from pipeline.photo_metadata import MetadataError, apply_policy
 from storage import Archive, ArchiveError
 
 
@@ -66,6 +68,7 @@ class ExportJobConfig:
     decode_budget: dict[str, int] | None = None  # cdc.limits.DecodeBudget fields (None: defaults)
     storage_options: dict[str, Any] | None = None
     progress: bool | None = None
+    metadata: str = "keep"  # capture metadata written into outputs: keep, no-gps, none
 
 
 def write_output(dest: str, name: str, data: bytes) -> None:
@@ -145,13 +148,21 @@ class Exporter:
                     failures.append({"key": key, "error": str(r)})
                     continue
                 try:
-                    write_output(self.cfg.dest, name, r.data)
+                    data = with_capture_metadata(self.reader.archive, key, r.data, self.fmt,
+                                                 self.cfg.metadata)
+                except (ArchiveError, MetadataError) as e:
+                    ev["failed"] += 1
+                    failures.append({"key": key, "error": f"{e} (--metadata none exports "
+                                                          "the image without it)"})
+                    continue
+                try:
+                    write_output(self.cfg.dest, name, data)
                 except OSError as e:
                     ev["failed"] += 1
                     failures.append({"key": key, "error": f"{self.cfg.dest}/{name}: {e}"})
                     continue
                 ev["ok"] += 1
-                ev["bytes_out"] += len(r.data)
+                ev["bytes_out"] += len(data)
                 ev["pixels"] += r.width * r.height
                 ev["cache_hits"] += r.source != "decoded"
             if records is not None:
@@ -208,6 +219,7 @@ def run_export_job(cfg: ExportJobConfig, *,
     t0 = time.perf_counter()
     try:
         fmt = output_format(cfg.fmt)
+        apply_policy({}, cfg.metadata)  # ValueError naming the choices
         arch = Archive.open(cfg.url, read_only=not cfg.write_cache,
                             storage_options=cfg.storage_options)
         model = resolve_model(arch, cfg.model)
@@ -266,6 +278,7 @@ def run_export_job(cfg: ExportJobConfig, *,
         "settings": settings_dict(settings),
         "overridden": overridden,
         "format": fmt.lower(),
+        "metadata": cfg.metadata,
         "ray": ray_info,
         "selected": counters.total + skipped + not_decoded,
         "skipped_existing": skipped,
@@ -294,6 +307,7 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("skipped (already exported)", str(s["skipped_existing"])),
         ("exported (from cache)", f"{s['exported']} ({s['from_cache']})"),
         ("MB in / out", f"{mb(s['bytes_in'])} / {mb(s['bytes_out'])}"),
+        ("capture metadata", s.get("metadata", "keep")),
         ("time", f"{s['seconds']:.1f} s ({s['images_per_s']:.2f} images/s)"),
         ("failures", str(len(s["failures"]))),
     ]

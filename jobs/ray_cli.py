@@ -68,6 +68,19 @@ _BUDGET_HELP = ("Change decode limits, e.g. 'pixels=1e8,alloc_bytes=32GiB' (fiel
                 "cdc.limits.DecodeBudget; defaults sized for 24 GB). Only for archives you trust.")
 
 
+_METADATA_HELP = ("Capture metadata (EXIF date, camera, exposure, GPS) written into PNG, JPEG "
+                  "and WebP outputs: keep, no-gps (drop the location), none.")
+
+
+def _policy(text: str):
+    """``--metadata`` checked (usage error naming the choices)."""
+    from pipeline.photo_metadata import POLICIES
+
+    if text not in POLICIES:
+        _fail(f"--metadata: {text!r} is not one of {', '.join(POLICIES)}", EXIT_USAGE)
+    return text
+
+
 def _budget_fields(text: str | None) -> dict[str, int] | None:
     """``--decode-budget`` as the changed DecodeBudget fields (usage error if malformed)."""
     if not text:
@@ -111,6 +124,9 @@ def archive_cmd(
         "--tier", help="Set a tier: NAME:steps=N,gamma=G,seed=S (repeatable).")] = None,
     retry_failed: bool = typer.Option(False, help="Re-encode shards holding failed images."),
     takeover: bool = typer.Option(False, help="Take over shard claims that look alive."),
+    metadata: str = typer.Option(
+        "keep", help="Capture metadata (EXIF date, camera, exposure, GPS) stored with each "
+                     "image: keep, no-gps (drop the location), none."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress",
                                             help="Progress bar (default: on a terminal)."),
@@ -126,7 +142,7 @@ def archive_cmd(
         actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
         precision=precision, shard_size=shard_size,
         options=EncodeOptions(batch_size=batch_size, read_retries=read_retries,
-                              max_pixels=max_pixels),
+                              max_pixels=max_pixels, metadata=_policy(metadata)),
         tiers=list(tier or []), shard_attempts=shard_attempts, retry_failed=retry_failed,
         takeover=takeover, progress=progress)
     try:
@@ -161,16 +177,20 @@ def get_cmd(
     write_cache: bool = typer.Option(False, help="Also store the image in the archive's cache."),
     budget: str | None = typer.Option(None, "--decode-budget", metavar="LIMITS",
                                       help=_BUDGET_HELP),
+    metadata: str = typer.Option("keep", help=_METADATA_HELP),
 ) -> None:
     """Decode one image of an archive at a quality tier (cached)."""
     out = Path(out_arg)
     limits = _budget_fields(budget)
+    policy = _policy(metadata)
     from cdc import WeightsError
     from jobs.models import budget_of, load_decoding_codec
     from pipeline.archive import DecodeError, FailedRecordError, Reader, resolve_model
     from pipeline.archive.decoded_lru import DiskLRU
+    from pipeline.archive.outputs import with_capture_metadata
     from pipeline.archive.tier_settings import TierError
     from pipeline.files import InputError, image_format_for, write_bytes_atomic
+    from pipeline.photo_metadata import MetadataError
     from storage import Archive, ArchiveError
 
     try:
@@ -184,7 +204,12 @@ def get_cmd(
         reader = Reader(arch, codec, cache=DiskLRU(cache_dir) if cache else None,
                         write_archive_cache=write_cache)
         res = reader.get(key, tier, fmt=fmt, steps=steps, gamma=gamma, seed=seed, bpp=bpp)
-        write_bytes_atomic(out, res.data)
+        try:
+            data = with_capture_metadata(arch, key, res.data, fmt, policy)
+        except (ArchiveError, MetadataError) as e:
+            _fail(f"{e} (--metadata none writes the image without it)", EXIT_INPUT,
+                  archive_url, key)
+        write_bytes_atomic(out, data)
     except TierError as e:
         _fail(f"{archive_url}: {e}", EXIT_USAGE, archive_url)
     except DecodeError as e:
@@ -226,6 +251,7 @@ def export_cmd(
     progress: bool | None = typer.Option(None, "--progress/--no-progress"),
     budget: str | None = typer.Option(None, "--decode-budget", metavar="LIMITS",
                                       help=_BUDGET_HELP),
+    metadata: str = typer.Option("keep", help=_METADATA_HELP),
 ) -> None:
     """Decode many images of an archive at a tier on Ray (skips existing outputs)."""
     from jobs.cluster import ClusterError
@@ -245,7 +271,7 @@ def export_cmd(
         num_cpus=num_cpus, actors=actors, cpus_per_actor=cpus_per_actor,
         gpus_per_actor=gpus_per_actor, batch_size=batch_size, cache=cache,
         cache_dir=cache_dir, write_cache=write_cache, progress=progress,
-        decode_budget=_budget_fields(budget))
+        decode_budget=_budget_fields(budget), metadata=_policy(metadata))
     try:
         summary = run_export_job(cfg)
     except JobError as e:

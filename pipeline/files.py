@@ -26,6 +26,12 @@ from pathlib import Path
 import fsspec
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.photo_metadata import read_metadata
+
+#: ``img.info`` key of the capture metadata :func:`decode_image` read (see
+#: :func:`input_metadata`).
+META_INFO = "cdc_photo_metadata"
+
 #: Largest image (width x height) read by default: 32 Mi pixels (e.g. 8192x4096, ~5800 px
 #: square). Sized for a 24 GB, 2-core machine: CDC compression on CPU takes about
 #: 1.1 GB + 0.21 GB per megapixel (measured, cdc-small), so ~8 GB at the limit, leaving room
@@ -38,6 +44,10 @@ Image.MAX_IMAGE_PIXELS = HARD_MAX_PIXELS
 # decode_image checks the size itself (below HARD_MAX_PIXELS) and refuses with one line;
 # Pillow's extra warning for images between 1x and 2x its limit would only be noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# A photo with a damaged EXIF block decodes fine; its metadata is dropped
+# (pipeline.photo_metadata). Pillow's warnings about it would only be noise on stderr.
+warnings.filterwarnings("ignore", message="(Corrupt EXIF data|Metadata Warning)",
+                        category=UserWarning)
 
 
 class InputError(Exception):
@@ -85,7 +95,9 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image
     with "rotate 90" comes out 64x96, as viewers show it), and an embedded colour profile
     other than sRGB converts the pixels to sRGB (:mod:`cdc.colour`: decodes carry no profile,
     so a viewer shows them as sRGB). An animated or multi-frame image keeps its first frame.
-    :func:`input_note` of the result says what of this happened.
+    :func:`input_note` of the result says what of this happened. The photo's capture
+    metadata (:mod:`pipeline.photo_metadata`) is read before the orientation is applied and
+    left in ``img.info[META_INFO]``.
     """
     from cdc.colour import to_srgb
     from cdc.image import FRAMES_INFO, SOURCE_BITS_INFO, high_bit_depth  # here: cdc imports torch
@@ -107,6 +119,7 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image
         raise InputError(f"{name}: image is over the {limit} pixel limit ({e})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise InputError(f"{name}: corrupt or truncated image ({e})") from None
+    meta = read_metadata(img)
     try:
         ImageOps.exif_transpose(img, in_place=True)
     except Exception:  # noqa: BLE001 - unreadable EXIF: the pixels are still good, keep them as stored
@@ -121,7 +134,14 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image
         img.info[FRAMES_INFO] = frames  # the stream records it (header flag bit 7)
     if notes:
         img.info["cdc_note"] = "; ".join(notes)
+    if meta:
+        img.info[META_INFO] = meta
     return img
+
+
+def input_metadata(img: Image.Image) -> dict:
+    """The capture metadata :func:`decode_image` read from the file (``{}`` if none)."""
+    return dict(img.info.get(META_INFO) or {})
 
 
 def read_image(url: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:

@@ -286,6 +286,7 @@ class Archive:
         self._writable("discard a shard")
         self.drop_index()  # its entries for this shard would be stale
         self._parts.ledger.discard(shard)
+        self._parts.meta.delete(shard)
         self._parts.forget_shard(shard)
 
     def next_shard(self) -> int:
@@ -433,6 +434,15 @@ class Archive:
         """Every record, shard by shard, reading one shard's payload at a time."""
         for s in self.completed_shards() if shards is None else list(shards):
             yield from self._parts.payload.shard_records(self._parts.index.meta(s))
+
+    def metadata(self, key: str) -> dict[str, Any]:
+        """The metadata stored with a record (a photo's capture date, camera, position: see
+        :mod:`pipeline.photo_metadata`), ``{}`` where it has none. One small read per shard
+        that has any, cached; shards without metadata cost no read."""
+        e = self._parts.index.locate(key)
+        held = self._parts.meta.shard(
+            e.shard, lambda: self._parts.ledger.require_manifest(e.shard))
+        return dict(held.get(key, {}))
 
     def verify(self, *, data: bool = True) -> dict[str, Any]:
         """Check every completed shard (metadata digests, duplicates, and with ``data``

@@ -39,6 +39,7 @@ MANIFEST_DIR = "manifest"
 CLAIMS_DIR = "claims"
 CACHE_DIR = "cache"
 INDEX_DIR = "index"  # key tables (storage.keytable): derived, rebuildable
+META_DIR = "meta"  # per-shard record metadata (storage.record_meta), where a shard has any
 
 DEFAULT_SHARD_SIZE = 256
 DEFAULT_MAX_SHARDS = 2**20
@@ -88,6 +89,10 @@ class Layout:
 
 def manifest_key(shard: int) -> str:
     return f"{MANIFEST_DIR}/{shard:08d}.json"
+
+
+def meta_key(shard: int) -> str:
+    return f"{META_DIR}/{shard:08d}.json"
 
 
 def claim_key(shard: int) -> str:

@@ -20,11 +20,13 @@ from .index import KeyIndex
 from .layout import Layout
 from .manifests import ShardLedger
 from .payload import PayloadReader
+from .record_meta import RecordMeta
 
 
 @dataclass(frozen=True)
 class ArchiveParts:
-    """One archive's geometry, attributes, shard ledger, arrays, index, reads and cache."""
+    """One archive's geometry, attributes, shard ledger, arrays, index, reads, cache and
+    record metadata."""
 
     layout: Layout
     attributes: ArchiveAttributes
@@ -33,6 +35,7 @@ class ArchiveParts:
     index: KeyIndex
     payload: PayloadReader
     cache: DecodedCache
+    meta: RecordMeta
 
     @classmethod
     def build(cls, loc: Location, group: zarr.Group, attrs: dict[str, Any]) -> ArchiveParts:
@@ -50,9 +53,11 @@ class ArchiveParts:
             index=KeyIndex(ledger, arrays, loc, layout, attributes),
             payload=PayloadReader(loc, layout, arrays),
             cache=DecodedCache(loc, attributes),
+            meta=RecordMeta(loc, layout.shard_size),
         )
 
     def forget_shard(self, shard: int) -> None:
         """Drop everything cached about a shard (it was discarded)."""
         self.index.forget(shard)
         self.payload.forget(shard)
+        self.meta.forget(shard)

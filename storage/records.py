@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -14,6 +16,25 @@ STATUS_FAILED = "failed"
 STATUS_CODES: dict[str, int] = {STATUS_OK: 1, STATUS_FAILED: 2}
 STATUS_NAMES: dict[int, str] = {v: k for k, v in STATUS_CODES.items()}
 MAX_SIDE = 2**31 - 1
+#: Bound on one record's metadata as compact JSON (checked when written and when read).
+MAX_RECORD_META = 16 * 1024
+
+
+def meta_json(meta: Mapping[str, Any]) -> str:
+    """A record's metadata as the compact JSON whose size :data:`MAX_RECORD_META` bounds."""
+    return json.dumps(dict(meta), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def check_record_meta(meta: Any, what: str) -> None:
+    """Raise TypeError/ValueError unless ``meta`` is a JSON object within the bound."""
+    if not isinstance(meta, Mapping):
+        raise TypeError(f"{what} must be a mapping, got {type(meta).__name__}")
+    try:
+        size = len(meta_json(meta).encode())
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} must be JSON-serialisable ({e})") from e
+    if size > MAX_RECORD_META:
+        raise ValueError(f"{what} is {size} bytes of JSON, over {MAX_RECORD_META}")
 
 
 @dataclass(frozen=True)
@@ -21,7 +42,10 @@ class Record:
     """One image: its key, compressed bitstream and original size.
 
     A failed image is still recorded (``status="failed"``, ``error`` set, usually no data)
-    so that the job summary and the archive listing show it.
+    so that the job summary and the archive listing show it. ``meta`` is what the writer
+    stores beside the record (a photo's capture metadata; a JSON object, see
+    :mod:`storage.record_meta`); reads of the bitstream leave it empty, and
+    ``Archive.metadata`` returns it.
     """
 
     key: str
@@ -30,6 +54,7 @@ class Record:
     width: int = 0
     status: str = STATUS_OK
     error: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.data, (bytearray, memoryview)):
@@ -48,11 +73,14 @@ class Record:
             raise TypeError(f"Record.error must be str, got {type(self.error).__name__}")
         if self.status == STATUS_OK and not self.data:
             raise ValueError(f"Record {self.key!r} has status 'ok' but no data")
+        check_record_meta(self.meta, f"Record {self.key!r}'s meta")
 
     @classmethod
-    def failed(cls, key: str, error: str, *, height: int = 0, width: int = 0) -> Record:
+    def failed(cls, key: str, error: str, *, height: int = 0, width: int = 0,
+               meta: Mapping[str, Any] | None = None) -> Record:
         """A record for an image the codec could not compress."""
-        return cls(key=key, height=height, width=width, status=STATUS_FAILED, error=error)
+        return cls(key=key, height=height, width=width, status=STATUS_FAILED, error=error,
+                   meta=meta or {})
 
     @property
     def ok(self) -> bool:

@@ -1,4 +1,5 @@
-"""Whole-archive verification: every shard's digests, keys and record CRCs, duplicates.
+"""Whole-archive verification: every shard's digests, keys, record metadata and record CRCs,
+duplicates.
 
 Behind ``Archive.verify``, the repair path's first step: it reads everything, reports every
 problem at once instead of stopping at the first, and forgets what it cached about the
@@ -24,6 +25,8 @@ def verify_parts(parts: ArchiveParts, *, data: bool = True) -> None:
         try:
             meta = parts.index.meta(s)
             problems += key_problems(meta.keys, f"{url}: shard {s}")
+            parts.meta.forget(s)
+            parts.meta.shard(s, lambda m=meta.manifest: m, meta.keys)
             if data:
                 for _ in parts.payload.shard_records(meta):
                     pass

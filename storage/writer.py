@@ -9,8 +9,9 @@ Protocol (why each step exists):
 2. **Buffer** records in memory. zarr writes a shard in one piece (anything else is a
    read-modify-write), and buffering means a writer that dies mid-shard leaves no data.
 3. **Commit**: re-check the claim is still ours, write every array's chunk for the shard,
-   re-check the claim, then create ``manifest/<k>.json`` (exclusive) carrying the record
-   count and digests. Readers only see shards with a manifest entry, so a crash at any
+   and the shard's record metadata (``meta/<k>.json``, where any record has some), re-check
+   the claim, then create ``manifest/<k>.json`` (exclusive) carrying the record count and
+   digests. Readers only see shards with a manifest entry, so a crash at any
    point leaves the shard invisible and re-writable. Finally drop the claim.
 
 Writing a shard that is already complete changes nothing: the new records are compared
@@ -39,6 +40,7 @@ from .errors import (
 from .keys import check_key
 from .layout import FORMAT_VERSION, ROW_ARRAYS
 from .parts import ArchiveParts
+from .record_meta import encode_shard_meta, meta_digest
 from .records import STATUS_CODES, Record, checksum, keys_digest, rows_digest
 
 if TYPE_CHECKING:
@@ -260,8 +262,13 @@ class ShardWriter:
             "error": [r.error for r in self._records],
         }
 
-    def _entry(self, rows: dict[str, list[Any]]) -> dict[str, Any]:
+    def _meta_blob(self) -> bytes | None:
+        return encode_shard_meta(self.shard, [r.key for r in self._records],
+                                 [r.meta for r in self._records])
+
+    def _entry(self, rows: dict[str, list[Any]], meta: bytes | None) -> dict[str, Any]:
         n_failed = sum(1 for r in self._records if r.status != "ok")
+        extra = {"meta_digest": meta_digest(meta)} if meta else {}
         return {
             "format_version": FORMAT_VERSION,
             "shard": self.shard,
@@ -275,6 +282,7 @@ class ShardWriter:
             "last_key": rows["key"][-1] if rows["key"] else None,
             "owner": self.owner,
             "committed_at": _now(),
+            **extra,
         }
 
     def _compare(self, stored: dict[str, Any], mine: dict[str, Any]) -> None:
@@ -282,7 +290,9 @@ class ShardWriter:
         if self.if_complete == "error":
             raise ShardCompleteError(f"{self.where} is already complete; it was not re-written")
         field = "keys_digest" if self.if_complete == "keys" else "digest"
-        if stored.get(field) != mine[field]:
+        same_meta = (self.if_complete == "keys"
+                     or stored.get("meta_digest") == mine.get("meta_digest"))
+        if stored.get(field) != mine[field] or not same_meta:
             what = "keys" if field == "keys_digest" else "content"
             raise ShardCompleteError(
                 f"{self.where} is already complete with different {what} "
@@ -304,7 +314,8 @@ class ShardWriter:
         if self._state not in ("open", "verify"):
             raise ShardTakenError(f"{self.where}: writer is {self._state}; cannot commit")
         rows = self._rows()
-        entry = self._entry(rows)
+        meta = self._meta_blob()
+        entry = self._entry(rows, meta)
         try:
             if self._state == "verify":
                 self._compare(self._ledger.require_manifest(self.shard), entry)
@@ -315,6 +326,7 @@ class ShardWriter:
             self._check_claim("before writing")
             payload = b"".join(r.data for r in self._records)
             run(self._parts.arrays.write_shard(self.shard, rows, payload))
+            self._parts.meta.write(self.shard, meta)
             self._check_claim("while writing")
             if self._ledger.create_manifest(self.shard, entry):
                 self.manifest = entry

@@ -320,3 +320,32 @@ def test_cli_archive_errors(cluster, images: Path, weights_file: str, tmp_path: 
         assert r.exit_code == code and len(lines) == 1, (argv, r.output)
         assert lines[0].startswith("error: ") and text in lines[0], (argv, lines)
         assert not url.exists()
+
+
+@pytest.mark.timeout(150)
+def test_capture_metadata_through_archive_and_export(cluster, tmp_path: Path, weights_file: str):
+    """`cdc archive` keeps a photo's EXIF on the cluster; `cdc export` writes it into JPEG
+    outputs, and `--metadata no-gps` drops the position."""
+    from pipeline.photo_metadata import apply_policy, read_metadata
+    from tests.test_photo_metadata import CAMERA, _camera_exif, _jpeg
+
+    src, url = tmp_path / "photos", str(tmp_path / "m.zarr")
+    _jpeg(src / "camera.jpg", exif=_camera_exif().tobytes())
+    _jpeg(src / "plain.jpg", seed=1)
+    runner, app = CliRunner(), _cli_app()
+    r = runner.invoke(app, ["archive", str(src), url, "--model", weights_file, "--json"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert s["metadata"] == {"policy": "keep", "images": 1, "bytes": len(
+        json.dumps(CAMERA, sort_keys=True, separators=(",", ":")))}
+    for fmt, policy, want in (("jpeg", "keep", CAMERA),
+                              ("png", "no-gps", apply_policy(CAMERA, "no-gps"))):
+        dest = tmp_path / f"out-{fmt}"
+        r = runner.invoke(app, ["export", url, str(dest), "--tier", "preview", "--format", fmt,
+                                "--model", weights_file, "--metadata", policy, "--json",
+                                "--no-cache"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["metadata"] == policy
+        ext = "jpg" if fmt == "jpeg" else fmt
+        assert read_metadata(Image.open(dest / f"camera.{ext}")) == want
+        assert read_metadata(Image.open(dest / f"plain.{ext}")) == {}

@@ -30,7 +30,9 @@ from pipeline.archive.input_loading import DEFAULT_READ_RETRIES, Loaded, load_it
 from pipeline.archive.planning import InputItem, ShardPlan
 from pipeline.archive.rate import cap_stream
 from pipeline.files import DEFAULT_MAX_PIXELS
+from pipeline.photo_metadata import Policy, apply_policy
 from storage import Archive, Record
+from storage.records import meta_json
 
 
 def encode_images(codec: Any, images: Sequence[Image.Image],
@@ -71,13 +73,18 @@ def encode_images(codec: Any, images: Sequence[Image.Image],
     return out
 
 
-def make_record(loaded: Loaded, result: bytes | str | None) -> Record:
+def make_record(loaded: Loaded, result: bytes | str | None, metadata: Policy = "keep"
+                ) -> Record:
+    """The record of one input: its stream, or the error; with the capture metadata that
+    ``metadata`` keeps (a failed record keeps it too: the photo is still the user's)."""
+    meta = apply_policy(loaded.meta, metadata)
     if loaded.error:
         return Record.failed(loaded.key, loaded.error, height=loaded.height, width=loaded.width)
     if isinstance(result, bytes) and result:
-        return Record(key=loaded.key, data=result, height=loaded.height, width=loaded.width)
+        return Record(key=loaded.key, data=result, height=loaded.height, width=loaded.width,
+                      meta=meta)
     return Record.failed(loaded.key, str(result or "encoding failed"), height=loaded.height,
-                         width=loaded.width)
+                         width=loaded.width, meta=meta)
 
 
 @dataclass
@@ -90,6 +97,7 @@ class EncodeOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bpp: float | None = None  # progressive codecs: keep the prefix within this rate
     rate: float | None = None  # rate-controlled codecs: the encoder's target bpp
+    metadata: Policy = "keep"  # capture metadata kept: keep, no-gps, none
 
 
 def _windows(items: Sequence[InputItem], size: int) -> list[Sequence[InputItem]]:
@@ -153,7 +161,7 @@ def _encode_shard(codec: Any, archive: Archive, plan: ShardPlan, owner: str | No
             for ld, r in zip(loaded, results):
                 if ld.note:
                     notes.append({"key": ld.key, "note": ld.note})
-                rec = make_record(ld, r)
+                rec = make_record(ld, r, opt.metadata)
                 records.append(rec)
                 step["images"] += 1
                 step["bytes_in"] += ld.nbytes
@@ -172,6 +180,9 @@ def _encode_shard(codec: Any, archive: Archive, plan: ShardPlan, owner: str | No
     if before_commit is not None:
         before_commit()
     manifest = archive.write_shard(plan.shard, records, owner=owner, takeover=plan.takeover)
+    with_meta = [r for r in records if r.meta]
     yield {"type": "shard", "shard": plan.shard, "pid": pid, **totals,
+           "metadata": {"images": len(with_meta),
+                        "bytes": sum(len(meta_json(r.meta).encode()) for r in with_meta)},
            "failures": failures, "notes": notes, "seconds": time.perf_counter() - t0,
            "committed_at": manifest.get("committed_at"), "owner": manifest.get("owner")}

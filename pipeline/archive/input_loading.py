@@ -9,13 +9,20 @@ costs only itself.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 
 from cdc.bitstream import MAX_SIDE  # torch-free (cdc.image re-exports it)
 from pipeline.archive.planning import InputItem
-from pipeline.files import DEFAULT_MAX_PIXELS, InputError, decode_image, input_note, read_bytes
+from pipeline.files import (
+    DEFAULT_MAX_PIXELS,
+    InputError,
+    decode_image,
+    input_metadata,
+    input_note,
+    read_bytes,
+)
 
 DEFAULT_READ_RETRIES = 2
 
@@ -29,6 +36,7 @@ class Loaded:
     height: int = 0
     error: str = ""
     note: str = ""  # what reading changed (an animation's other frames dropped), for the job
+    meta: dict = field(default_factory=dict)  # capture metadata (pipeline.photo_metadata)
 
 
 def validate_image(img: Image.Image, name: str, max_pixels: int | None = None) -> None:
@@ -69,4 +77,4 @@ def load_item(item: InputItem, *, retries: int = DEFAULT_READ_RETRIES, backoff_s
     except InputError as e:
         return Loaded(item.key, None, nbytes=len(data), error=str(e))
     return Loaded(item.key, img, nbytes=len(data), width=img.width, height=img.height,
-                  note=input_note(img))
+                  note=input_note(img), meta=input_metadata(img))

@@ -1,0 +1,279 @@
+"""A photo's capture metadata (when, with what, where), kept beside its bitstream.
+
+Why: a codec codes pixels only, so before this every rebuilt photo came back without its
+capture date, camera and location, and an archive of a photo collection lost what people
+sort and search it by. What is kept is a fixed, small set of EXIF tags (at most
+:data:`MAX_JSON_BYTES`, typically 200-600 bytes of JSON): the dates and their time
+offsets, camera and lens, exposure, author and copyright, and the GPS position. Left out
+on purpose: the orientation (the pixels are stored upright already), maker notes and the
+embedded thumbnail (often more bytes than a whole coded photo), serial numbers and
+anything else.
+
+The form stored is JSON (tag name -> a string, an integer, a rational ``[num, den]`` or a
+list of rationals), so any reader of the archive can read it without this package; the
+form written back is EXIF, in PNG (``eXIf`` chunk), JPEG (``APP1``) and WebP (``EXIF``)
+outputs. Nothing
+here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import warnings
+import zlib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from PIL import Image
+from PIL.TiffImagePlugin import IFDRational
+
+#: Bound on one photo's metadata as canonical JSON: an archive can be hostile, and a
+#: real photo's kept tags take well under a tenth of this.
+MAX_JSON_BYTES = 4096
+MAX_TEXT = 512  # characters of one text tag (longer ones are left out, not cut)
+
+IFD0, EXIF_IFD, GPS_IFD = 0, 0x8769, 0x8825
+Kind = Literal["text", "int", "rational", "srational", "rational3"]
+
+#: name -> (IFD, tag id, kind): the tags kept, and the only names a stored record may hold.
+TAGS: dict[str, tuple[int, int, Kind]] = {
+    "ImageDescription": (IFD0, 0x010E, "text"),
+    "Make": (IFD0, 0x010F, "text"),
+    "Model": (IFD0, 0x0110, "text"),
+    "Software": (IFD0, 0x0131, "text"),
+    "DateTime": (IFD0, 0x0132, "text"),
+    "Artist": (IFD0, 0x013B, "text"),
+    "Copyright": (IFD0, 0x8298, "text"),
+    "ExposureTime": (EXIF_IFD, 0x829A, "rational"),
+    "FNumber": (EXIF_IFD, 0x829D, "rational"),
+    "ExposureProgram": (EXIF_IFD, 0x8822, "int"),
+    "ISOSpeedRatings": (EXIF_IFD, 0x8827, "int"),
+    "DateTimeOriginal": (EXIF_IFD, 0x9003, "text"),
+    "DateTimeDigitized": (EXIF_IFD, 0x9004, "text"),
+    "OffsetTime": (EXIF_IFD, 0x9010, "text"),
+    "OffsetTimeOriginal": (EXIF_IFD, 0x9011, "text"),
+    "OffsetTimeDigitized": (EXIF_IFD, 0x9012, "text"),
+    "ExposureBiasValue": (EXIF_IFD, 0x9204, "srational"),
+    "MeteringMode": (EXIF_IFD, 0x9207, "int"),
+    "Flash": (EXIF_IFD, 0x9209, "int"),
+    "FocalLength": (EXIF_IFD, 0x920A, "rational"),
+    "SubsecTime": (EXIF_IFD, 0x9290, "text"),
+    "SubsecTimeOriginal": (EXIF_IFD, 0x9291, "text"),
+    "SubsecTimeDigitized": (EXIF_IFD, 0x9292, "text"),
+    "WhiteBalance": (EXIF_IFD, 0xA403, "int"),
+    "FocalLengthIn35mmFilm": (EXIF_IFD, 0xA405, "int"),
+    "LensMake": (EXIF_IFD, 0xA433, "text"),
+    "LensModel": (EXIF_IFD, 0xA434, "text"),
+    "GPSLatitudeRef": (GPS_IFD, 0x0001, "text"),
+    "GPSLatitude": (GPS_IFD, 0x0002, "rational3"),
+    "GPSLongitudeRef": (GPS_IFD, 0x0003, "text"),
+    "GPSLongitude": (GPS_IFD, 0x0004, "rational3"),
+    "GPSAltitudeRef": (GPS_IFD, 0x0005, "int"),
+    "GPSAltitude": (GPS_IFD, 0x0006, "rational"),
+    "GPSTimeStamp": (GPS_IFD, 0x0007, "rational3"),
+    "GPSDateStamp": (GPS_IFD, 0x001D, "text"),
+}
+_U32, _S32 = (0, 2**32 - 1), (-(2**31), 2**31 - 1)
+_INT_RANGE = (0, 65535)
+
+#: What a job keeps: everything in :data:`TAGS`, everything but the GPS tags, or nothing.
+Policy = Literal["keep", "no-gps", "none"]
+POLICIES: tuple[Policy, ...] = ("keep", "no-gps", "none")
+
+
+class MetadataError(ValueError):
+    """Stored metadata that is not what this module writes (one line, no traceback)."""
+
+
+def _ratio(v: Any, signed: bool) -> list[int] | None:
+    """A source value as an exact ``[num, den]`` in the tag's range, or None."""
+    if isinstance(v, IFDRational):
+        num, den = v.numerator, v.denominator
+    elif isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, int) for x in v):
+        num, den = v
+    elif isinstance(v, int) and not isinstance(v, bool):
+        num, den = v, 1
+    else:
+        return None
+    lo, hi = _S32 if signed else _U32
+    if not isinstance(num, int) or not isinstance(den, int) or den <= 0:
+        return None
+    return [num, den] if lo <= num <= hi and den <= _U32[1] else None
+
+
+def _from_source(kind: Kind, v: Any) -> Any:
+    """A value as Pillow read it -> its JSON form, or None where it does not fit the tag."""
+    if kind == "text":
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        if not isinstance(v, str):
+            return None
+        v = v.replace("\x00", "").strip()
+        return v if 0 < len(v) <= MAX_TEXT and v.isprintable() else None
+    if kind == "int":
+        if isinstance(v, (tuple, bytes)) and len(v) == 1 or isinstance(v, tuple) and v:
+            v = v[0]  # ISOSpeedRatings may hold several values (the first is the ISO); a
+            # BYTE tag (GPSAltitudeRef) reads as one byte
+        ok = isinstance(v, int) and not isinstance(v, bool)
+        return v if ok and _INT_RANGE[0] <= v <= _INT_RANGE[1] else None
+    if kind == "rational3":
+        if not isinstance(v, tuple) or len(v) != 3:
+            return None
+        parts = [_ratio(x, False) for x in v]
+        return None if None in parts else parts
+    return _ratio(v, kind == "srational")
+
+
+def _ifd(exif: Image.Exif, ifd: int) -> Mapping[int, Any]:
+    return exif if ifd == IFD0 else exif.get_ifd(ifd)
+
+
+def read_metadata(img: Image.Image) -> dict[str, Any]:
+    """The kept tags of ``img``'s EXIF (call before the orientation is applied); ``{}``
+    where it has none or its EXIF cannot be read: metadata never fails a photo."""
+    try:
+        with warnings.catch_warnings():  # Pillow warns on corrupt EXIF: expected input here
+            warnings.simplefilter("ignore")
+            exif = img.getexif()
+            ifds = {ifd: _ifd(exif, ifd) for ifd in (IFD0, EXIF_IFD, GPS_IFD)}
+        out: dict[str, Any] = {}
+        for name, (ifd, tag, kind) in TAGS.items():
+            raw = ifds[ifd].get(tag)
+            value = None if raw is None else _from_source(kind, raw)
+            if value is not None:
+                out[name] = value
+    except Exception:  # noqa: BLE001 - broken EXIF: keep the photo, drop its metadata
+        return {}
+    return out if len(dumps(out)) <= MAX_JSON_BYTES else {}
+
+
+def apply_policy(meta: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
+    """What of ``meta`` a job with ``policy`` keeps."""
+    if policy not in POLICIES:
+        raise ValueError(f"metadata policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if policy == "none":
+        return {}
+    return {k: v for k, v in meta.items() if policy == "keep" or not k.startswith("GPS")}
+
+
+def dumps(meta: Mapping[str, Any]) -> str:
+    """Canonical JSON (sorted keys, no spaces): equal metadata gives equal bytes."""
+    return json.dumps(dict(meta), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _valid(kind: Kind, v: Any) -> bool:
+    def ratio(x: Any, signed: bool) -> bool:
+        lo, hi = _S32 if signed else _U32
+        return (isinstance(x, list) and len(x) == 2
+                and all(isinstance(i, int) and not isinstance(i, bool) for i in x)
+                and lo <= x[0] <= hi and 0 < x[1] <= _U32[1])
+
+    if kind == "text":
+        return isinstance(v, str) and 0 < len(v) <= MAX_TEXT and v.isprintable()
+    if kind == "int":
+        lo, hi = _INT_RANGE
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+    if kind == "rational3":
+        return isinstance(v, list) and len(v) == 3 and all(ratio(x, False) for x in v)
+    return ratio(v, kind == "srational")
+
+
+def check_metadata(meta: Any, where: str) -> dict[str, Any]:
+    """``meta`` if it is metadata this module writes, else :class:`MetadataError` naming
+    ``where`` and the first problem (a stored archive can be hostile)."""
+    if not isinstance(meta, dict):
+        raise MetadataError(f"{where}: metadata is not a JSON object")
+    if len(dumps(meta).encode()) > MAX_JSON_BYTES:
+        raise MetadataError(f"{where}: metadata is over {MAX_JSON_BYTES} bytes")
+    for name, value in meta.items():
+        if name not in TAGS:
+            raise MetadataError(f"{where}: metadata has an unknown tag {name!r}")
+        if not _valid(TAGS[name][2], value):
+            raise MetadataError(f"{where}: metadata tag {name!r} has a bad value")
+    return meta
+
+
+def exif_bytes(meta: Mapping[str, Any]) -> bytes:
+    """``meta`` as a TIFF-structured EXIF block (no ``Exif\\0\\0`` prefix), or ``b""``."""
+    if not meta:
+        return b""
+    exif = Image.Exif()
+    for name, value in meta.items():
+        ifd, tag, kind = TAGS[name]
+        target = exif if ifd == IFD0 else exif.get_ifd(ifd)
+        if kind in ("rational", "srational"):
+            value = IFDRational(*value)
+        elif kind == "rational3":
+            value = tuple(IFDRational(*x) for x in value)
+        target[tag] = value
+    data = exif.tobytes()
+    return data[6:] if data.startswith(b"Exif\x00\x00") else data
+
+
+def _png_chunk(tag: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+
+def _riff_chunk(tag: bytes, body: bytes) -> bytes:
+    return tag + struct.pack("<I", len(body)) + body + b"\x00" * (len(body) & 1)
+
+
+def _webp_with_exif(data: bytes, block: bytes) -> bytes:
+    """A simple (``VP8L``/``VP8 ``) or extended (``VP8X``) WebP with an ``EXIF`` chunk;
+    ``data`` unchanged where its layout is not one of those."""
+    chunks, pos = [], 12
+    while pos + 8 <= len(data):
+        tag, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        chunks.append((tag, data[pos + 8:pos + 8 + size]))
+        pos += 8 + size + (size & 1)
+    tags = [t for t, _ in chunks]
+    if b"EXIF" in tags:
+        return data
+    if tags and tags[0] == b"VP8X" and len(chunks[0][1]) == 10:
+        head = bytes([chunks[0][1][0] | 0x08]) + chunks[0][1][1:]
+        chunks = [(b"VP8X", head), *chunks[1:]]
+    elif tags == [b"VP8L"] and len(chunks[0][1]) >= 5 and chunks[0][1][0] == 0x2F:
+        bits = struct.unpack("<I", chunks[0][1][1:5])[0]
+        w, h, alpha = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, (bits >> 28) & 1
+        head = bytes([0x08 | (0x10 if alpha else 0), 0, 0, 0])
+        chunks = [(b"VP8X", head + (w - 1).to_bytes(3, "little") + (h - 1).to_bytes(3, "little")),
+                  *chunks]
+    elif tags == [b"VP8 "] and len(chunks[0][1]) >= 10 and chunks[0][1][3:6] == b"\x9d\x01\x2a":
+        w, h = (struct.unpack("<H", chunks[0][1][6:8])[0] & 0x3FFF,
+                struct.unpack("<H", chunks[0][1][8:10])[0] & 0x3FFF)
+        head = bytes([0x08, 0, 0, 0])
+        chunks = [(b"VP8X", head + (w - 1).to_bytes(3, "little") + (h - 1).to_bytes(3, "little")),
+                  *chunks]
+    else:
+        return data
+    at = next((i for i, (t, _) in enumerate(chunks) if t == b"XMP "), len(chunks))
+    chunks.insert(at, (b"EXIF", block))
+    body = b"WEBP" + b"".join(_riff_chunk(t, c) for t, c in chunks)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def embed(data: bytes, fmt: str, meta: Mapping[str, Any]) -> bytes:
+    """Encoded image bytes with ``meta`` written in, for PNG, JPEG and WebP; other formats
+    (and empty metadata) come back unchanged. No pixel is decoded or re-encoded."""
+    block = exif_bytes(meta)
+    if not block:
+        return data
+    if fmt == "PNG" and data.startswith(b"\x89PNG\r\n\x1a\n"):
+        end_ihdr = 8 + 8 + struct.unpack(">I", data[8:12])[0] + 4  # the eXIf chunk goes after IHDR
+        return data[:end_ihdr] + _png_chunk(b"eXIf", block) + data[end_ihdr:]
+    if fmt == "JPEG" and data.startswith(b"\xff\xd8"):
+        body = b"Exif\x00\x00" + block
+        if len(body) + 2 > 0xFFFF:
+            return data
+        at = 2  # after SOI, and after a JFIF APP0 segment, which must come first
+        if data[2:4] == b"\xff\xe0":
+            at = 4 + struct.unpack(">H", data[4:6])[0]
+        return data[:at] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + data[at:]
+    if fmt == "WEBP" and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp_with_exif(data, block)
+    return data
+
+
+#: Output formats :func:`embed` writes metadata into.
+EMBEDS = ("PNG", "JPEG", "WEBP")

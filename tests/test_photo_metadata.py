@@ -1,0 +1,282 @@
+"""A photo's capture metadata: read from the file, kept (or not, by policy) in the archive
+beside its record, checked when read back, and written into `cdc get`'s outputs.
+
+The photos are made here (Pillow writes their EXIF): a camera JPEG with the orientation,
+a maker note and a serial number that must not be kept, a GPS position that `no-gps` must
+drop, and a file whose EXIF is garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cdc import CDCCodec
+from pipeline.archive import EncodeOptions, encode_shard, open_or_create, plan_inputs, plan_shards
+from pipeline.archive.outputs import with_capture_metadata
+from pipeline.files import decode_image, input_metadata
+from pipeline.photo_metadata import (
+    MAX_JSON_BYTES,
+    MetadataError,
+    apply_policy,
+    check_metadata,
+    dumps,
+    embed,
+    exif_bytes,
+    read_metadata,
+)
+from storage import Archive, CorruptArchiveError, Record, ShardCompleteError
+from tests.conftest import smooth_image
+
+CAMERA = {
+    "Make": "Canon", "Model": "Canon EOS R6", "DateTime": "2021:07:04 18:22:10",
+    "DateTimeOriginal": "2021:07:04 18:22:10", "OffsetTimeOriginal": "+02:00",
+    "SubsecTimeOriginal": "25", "ExposureTime": [1, 250], "FNumber": [14, 5],
+    "ISOSpeedRatings": 400, "FocalLength": [50, 1], "ExposureBiasValue": [-1, 3],
+    "LensModel": "RF50mm F1.8 STM", "Artist": "A. Photographer",
+    "GPSLatitudeRef": "N", "GPSLatitude": [[48, 1], [51, 1], [2409, 100]],
+    "GPSLongitudeRef": "E", "GPSLongitude": [[2, 1], [17, 1], [403, 10]],
+    "GPSAltitudeRef": 0, "GPSAltitude": [35, 1],
+}  # rationals in lowest terms, as Pillow reads and writes them
+
+
+def _camera_exif() -> Image.Exif:
+    """CAMERA as a camera writes it, plus what must not be kept: the orientation (the
+    pixels are stored upright), a maker note and the body's serial number."""
+    exif = Image.Exif()
+    exif.load(b"Exif\x00\x00" + exif_bytes(CAMERA))
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to view
+    ex = exif.get_ifd(0x8769)
+    ex[0x927C] = b"MAKERNOTE" * 300  # MakerNote: several KiB of vendor data
+    ex[0xA431] = "0123456789"  # BodySerialNumber
+    return exif
+
+
+def _jpeg(path: Path, h: int = 48, w: int = 64, seed: int = 0, exif: bytes = b"") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(smooth_image(h, w, seed)).save(path, "JPEG", quality=95, exif=exif)
+    return path
+
+
+def test_reading_keeps_the_listed_tags_and_nothing_else(tmp_path: Path):
+    raw = _camera_exif().tobytes()
+    img = decode_image(_jpeg(tmp_path / "c.jpg", exif=raw).read_bytes(), "c.jpg")
+    assert img.size == (48, 64)  # stored 64x48 with "rotate 90": upright now
+    meta = input_metadata(img)
+    assert meta == CAMERA  # no Orientation, MakerNote or serial number
+    assert len(dumps(meta)) < 700 < len(raw)  # the maker note alone is 2.7 KB
+    plain = decode_image(_jpeg(tmp_path / "p.jpg").read_bytes(), "p.jpg")
+    assert input_metadata(plain) == {}
+
+
+def test_garbage_or_oversized_exif_is_dropped_and_the_photo_kept(tmp_path: Path):
+    bad = _jpeg(tmp_path / "bad.jpg", exif=b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\xff\xff")
+    img = decode_image(bad.read_bytes(), "bad.jpg")
+    assert img.size == (64, 48) and input_metadata(img) == {}
+    long = Image.Exif()
+    long[0x010E] = "x" * 600  # a description over MAX_TEXT is left out, the rest kept
+    long[0x010F] = "Nikon"
+    assert read_metadata(Image.open(_jpeg(tmp_path / "l.jpg", exif=long.tobytes()))) == {
+        "Make": "Nikon"}
+
+
+def test_policies():
+    assert apply_policy(CAMERA, "keep") == CAMERA
+    kept = apply_policy(CAMERA, "no-gps")
+    assert kept["DateTimeOriginal"] == "2021:07:04 18:22:10"
+    assert not [k for k in kept if k.startswith("GPS")] and len(kept) == len(CAMERA) - 6
+    assert apply_policy(CAMERA, "none") == {}
+    with pytest.raises(ValueError, match="keep, no-gps, none"):
+        apply_policy(CAMERA, "strip")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fmt,kw", [("PNG", {}), ("JPEG", {"quality": 90}),
+                                    ("WEBP", {"lossless": True}), ("WEBP", {"quality": 80})])
+def test_embedding_writes_exif_and_leaves_the_pixels(fmt: str, kw: dict):
+    src = Image.fromarray(smooth_image(30, 41, 3))
+    buf = io.BytesIO()
+    src.save(buf, fmt, **kw)
+    out = embed(buf.getvalue(), fmt, CAMERA)
+    assert len(out) > len(buf.getvalue()) + 200
+    back, plain = Image.open(io.BytesIO(out)), Image.open(io.BytesIO(buf.getvalue()))
+    assert back.size == (41, 30) and read_metadata(back) == CAMERA
+    assert np.array_equal(np.asarray(back.convert("RGB")), np.asarray(plain.convert("RGB")))
+    assert embed(buf.getvalue(), fmt, {}) == buf.getvalue()
+
+
+def test_formats_without_exif_come_back_unchanged():
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, "BMP")
+    assert embed(buf.getvalue(), "BMP", CAMERA) == buf.getvalue()
+
+
+@pytest.mark.parametrize("meta,problem", [
+    ([1, 2], "not a JSON object"),
+    ({"Orientation": 6}, "unknown tag 'Orientation'"),
+    ({"Make": 7}, "'Make' has a bad value"),
+    ({"Make": "a\nb"}, "'Make' has a bad value"),
+    ({"ISOSpeedRatings": True}, "'ISOSpeedRatings' has a bad value"),
+    ({"ISOSpeedRatings": 70000}, "'ISOSpeedRatings' has a bad value"),
+    ({"ExposureTime": [1, 0]}, "'ExposureTime' has a bad value"),
+    ({"ExposureTime": [-1, 250]}, "'ExposureTime' has a bad value"),
+    ({"GPSLatitude": [[48, 1], [51, 1]]}, "'GPSLatitude' has a bad value"),
+    ({"Make": "x" * 400, "Model": "y" * 400, "Artist": "z" * 400, "Software": "w" * 400,
+      "Copyright": "v" * 400, "LensModel": "u" * 400, "LensMake": "t" * 400,
+      "ImageDescription": "s" * 400, "DateTime": "r" * 400, "OffsetTime": "q" * 400,
+      "SubsecTime": "p" * 400}, f"over {MAX_JSON_BYTES} bytes"),
+])
+def test_stored_metadata_is_checked(meta, problem: str):
+    with pytest.raises(MetadataError, match=problem) as e:
+        check_metadata(meta, "arch.zarr: a.jpg")
+    assert str(e.value).startswith("arch.zarr: a.jpg: ")
+    assert check_metadata(dict(CAMERA), "x") == CAMERA
+
+
+# -- storage: the per-shard metadata object -------------------------------------------------
+def _archive(tmp_path: Path) -> Archive:
+    return Archive.create(str(tmp_path / "m.zarr"), codec_id="toy", model_id="m",
+                          weights_digest="sha256:00")
+
+
+def test_archive_keeps_metadata_beside_records(tmp_path: Path):
+    arch = _archive(tmp_path)
+    arch.write_shard(0, [Record("a", b"xx", 2, 2, meta=CAMERA), Record("b", b"yy", 2, 2)])
+    arch.write_shard(1, [Record("c", b"zz", 2, 2)])
+    again = Archive.open(arch.url, read_only=True)
+    assert again.metadata("a") == CAMERA and again.metadata("b") == {}
+    assert again.metadata("c") == {}  # a shard without metadata: no object, no read
+    assert "meta_digest" in again.manifest(0) and "meta_digest" not in again.manifest(1)
+    meta_dir = tmp_path / "m.zarr" / "meta"
+    assert sorted(p.name for p in meta_dir.iterdir()) == ["00000000.json"]
+    assert json.loads((meta_dir / "00000000.json").read_text())["records"] == {"a": CAMERA}
+    assert again.verify()["records"] == 3
+    assert again["a"].data == b"xx"  # the bitstream reads as before
+    # the same records again: a no-op; other metadata under "exact" is refused
+    arch.write_shard(0, [Record("a", b"xx", 2, 2, meta=CAMERA), Record("b", b"yy", 2, 2)],
+                     if_complete="exact")
+    with pytest.raises(ShardCompleteError):
+        arch.write_shard(0, [Record("a", b"xx", 2, 2, meta={"Make": "Nikon"}),
+                             Record("b", b"yy", 2, 2)], if_complete="exact")
+    arch.discard_shard(0)
+    assert not (meta_dir / "00000000.json").exists()
+
+
+def test_record_metadata_is_bounded():
+    with pytest.raises(ValueError, match="over 16384"):
+        Record("a", b"x", 1, 1, meta={"Make": "x" * 17000})
+    with pytest.raises(TypeError):
+        Record("a", b"x", 1, 1, meta=["Make"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("damage,problem", [
+    (lambda p: p.write_text('{"shard":0,"records":{"a":{"Make":"Nikon"}}}'),
+     "does not match its manifest digest"),
+    (lambda p: p.unlink(), "is missing"),
+    (lambda p: p.write_bytes(b"{" * 20_000_000), "over"),
+])
+def test_damaged_metadata_is_refused_in_one_line(tmp_path: Path, damage, problem: str):
+    arch = _archive(tmp_path)
+    arch.write_shard(0, [Record("a", b"xx", 2, 2, meta=CAMERA)])
+    damage(tmp_path / "m.zarr" / "meta" / "00000000.json")
+    again = Archive.open(arch.url, read_only=True)
+    with pytest.raises(CorruptArchiveError, match=problem) as e:
+        again.metadata("a")
+    assert "shard 0: metadata object" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(CorruptArchiveError, match=problem):
+        again.verify()
+    assert again["a"].data == b"xx"  # the pixels are still there
+
+
+# -- the pipeline and `cdc get` -------------------------------------------------------------
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    root = tmp_path / "photos"
+    _jpeg(root / "camera.jpg", exif=_camera_exif().tobytes())
+    _jpeg(root / "plain.jpg", seed=1)
+    return root
+
+
+def _archived(photos: Path, url: str, codec: CDCCodec, policy: str = "keep"
+              ) -> tuple[Archive, dict]:
+    items, _ = plan_inputs(str(photos))
+    arch, _ = open_or_create(url, codec, shard_size=8)
+    events = list(encode_shard(codec, arch, plan_shards(items, set(), set(), 8)[0],
+                               options=EncodeOptions(metadata=policy)))  # type: ignore[arg-type]
+    return Archive.open(arch.url), events[-1]
+
+
+@pytest.mark.timeout(90)
+def test_archive_job_stores_metadata_by_policy(photos: Path, tmp_path: Path, codec: CDCCodec):
+    arch, shard = _archived(photos, str(tmp_path / "k.zarr"), codec)
+    assert arch.metadata("camera.jpg") == CAMERA and arch.metadata("plain.jpg") == {}
+    assert shard["metadata"] == {"images": 1, "bytes": len(dumps(CAMERA).encode())}
+    assert (arch.info("camera.jpg").width, arch.info("camera.jpg").height) == (48, 64)
+    arch, shard = _archived(photos, str(tmp_path / "n.zarr"), codec, "no-gps")
+    assert arch.metadata("camera.jpg") == apply_policy(CAMERA, "no-gps")
+    arch, shard = _archived(photos, str(tmp_path / "0.zarr"), codec, "none")
+    assert arch.metadata("camera.jpg") == {} and shard["metadata"]["images"] == 0
+    assert not (tmp_path / "0.zarr" / "meta").exists()
+
+
+def _app():
+    from jobs.cli import app
+    from jobs.ray_cli import register
+
+    register(app)
+    return app
+
+
+@pytest.mark.timeout(120)
+def test_cli_get_writes_the_metadata(photos: Path, tmp_path: Path, codec: CDCCodec,
+                                     weights_file: str):
+    arch, _ = _archived(photos, str(tmp_path / "g.zarr"), codec)
+    runner, app = CliRunner(), _app()
+    base = ["--tier", "preview", "--model", weights_file, "--no-cache"]
+    for name, fmt in (("o.png", "PNG"), ("o.jpg", "JPEG"), ("o.webp", "WEBP")):
+        r = runner.invoke(app, ["get", arch.url, "camera.jpg", str(tmp_path / name), *base])
+        assert r.exit_code == 0, r.output
+        out = Image.open(tmp_path / name)
+        assert out.format == fmt and read_metadata(out) == CAMERA and out.size == (48, 64)
+    r = runner.invoke(app, ["get", arch.url, "camera.jpg", str(tmp_path / "g.png"), *base,
+                            "--metadata", "no-gps"])
+    assert r.exit_code == 0 and read_metadata(Image.open(tmp_path / "g.png")) == apply_policy(
+        CAMERA, "no-gps")
+    r = runner.invoke(app, ["get", arch.url, "camera.jpg", str(tmp_path / "n.png"), *base,
+                            "--metadata", "none"])
+    assert r.exit_code == 0 and read_metadata(Image.open(tmp_path / "n.png")) == {}
+    r = runner.invoke(app, ["get", arch.url, "camera.jpg", str(tmp_path / "x.png"), *base,
+                            "--metadata", "strip"])
+    assert r.exit_code == 2 and r.stderr.strip().splitlines() == [
+        "error: --metadata: 'strip' is not one of keep, no-gps, none"]
+    # a hostile archive: metadata a writer never writes, under a matching digest
+    meta_file = tmp_path / "g.zarr" / "meta" / "00000000.json"
+    blob = json.dumps({"shard": 0, "records": {"camera.jpg": {"Orientation": 8}}}).encode()
+    meta_file.write_bytes(blob)
+    manifest = tmp_path / "g.zarr" / "manifest" / "00000000.json"
+    m = json.loads(manifest.read_text())
+    m["meta_digest"] = "sha256:" + hashlib.sha256(blob).hexdigest()
+    manifest.write_text(json.dumps(m))
+    r = runner.invoke(app, ["get", arch.url, "camera.jpg", str(tmp_path / "h.png"), *base])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1 and "unknown tag 'Orientation'" in lines[0]
+    assert "--metadata none" in lines[0] and not (tmp_path / "h.png").exists()
+    r = runner.invoke(app, ["get", arch.url, "camera.jpg", str(tmp_path / "h.png"), *base,
+                            "--metadata", "none"])
+    assert r.exit_code == 0 and (tmp_path / "h.png").exists()
+
+
+def test_with_capture_metadata_skips_formats_without_exif(tmp_path: Path):
+    arch = _archive(tmp_path)
+    arch.write_shard(0, [Record("a", b"xx", 2, 2, meta=CAMERA)])
+    assert with_capture_metadata(arch, "a", b"BMdata", "BMP") == b"BMdata"
+    png = io.BytesIO()
+    Image.new("RGB", (3, 3)).save(png, "PNG")
+    out = with_capture_metadata(arch, "a", png.getvalue(), "PNG", "no-gps")
+    assert read_metadata(Image.open(io.BytesIO(out))) == apply_policy(CAMERA, "no-gps")
