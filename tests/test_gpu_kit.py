@@ -16,7 +16,17 @@ import yaml
 from conftest import smooth_image
 from PIL import Image
 
+from pipeline.metrics.fetch import cache_dir
 from pipeline.training import gpu_kit, gpu_run
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir_restored(monkeypatch):
+    """``gpu_run.run`` points ``CDC_CACHE_DIR`` at the kit (its own process, on the device).
+    Called in-process here it leaked into every later test of the session, which then
+    converted the metric trunks into ``./.gpu-kit/cache`` of the checkout (69 MB, not
+    ignored on a fresh clone): the same directory, restored after each test."""
+    monkeypatch.setenv("CDC_CACHE_DIR", str(cache_dir()))
 
 
 def _git(repo, *args):
