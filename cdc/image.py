@@ -66,6 +66,8 @@ def high_bit_depth(img: Image.Image) -> bool:
     """
     if int(img.info.get(SOURCE_BITS_INFO, 8) or 8) > 8:
         return True
+    if int(img.info.get("bit_depth", 8) or 8) > 8:  # pillow-heif: a 10/12-bit HEIC read as 8
+        return True
     for tile in getattr(img, "tile", None) or ():
         args = tile[3] if len(tile) > 3 else None
         raw = args[0] if isinstance(args, tuple) and args else args

@@ -90,8 +90,9 @@ def input_note(img: Image.Image) -> str:
 def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
     """Fully decode image bytes (so truncated files fail here, not later).
 
-    Images over ``max_pixels`` (default: :data:`DEFAULT_MAX_PIXELS`) are refused from their
-    header, before any pixel is decoded. The EXIF orientation is applied (a photo stored 96x64
+    Pillow's formats, HEIC/HEIF and JPEG XL (:mod:`pipeline.image_inputs`). Images over
+    ``max_pixels`` (default: :data:`DEFAULT_MAX_PIXELS`) are refused from their header,
+    before any pixel is decoded. The EXIF orientation is applied (a photo stored 96x64
     with "rotate 90" comes out 64x96, as viewers show it), and an embedded colour profile
     other than sRGB converts the pixels to sRGB (:mod:`cdc.colour`: decodes carry no profile,
     so a viewer shows them as sRGB). An animated or multi-frame image keeps its first frame.
@@ -101,23 +102,30 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image
     """
     from cdc.colour import to_srgb
     from cdc.image import FRAMES_INFO, SOURCE_BITS_INFO, high_bit_depth  # here: cdc imports torch
+    from pipeline.image_inputs import is_jxl, jxl_size, open_jxl, register_heif
 
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else check_max_pixels(max_pixels)
+    register_heif()
     try:
-        img = Image.open(io.BytesIO(data))
-        w, h = img.size
+        jxl = is_jxl(data)
+        img = None if jxl else Image.open(io.BytesIO(data))
+        w, h = jxl_size(data) if jxl else img.size
         if w * h > limit:
             raise InputError(too_large(name, w, h, limit))
-        frames = getattr(img, "n_frames", 1)
-        if frames > 1:
-            img.seek(0)
+        if jxl:
+            img, frames = open_jxl(data, name), 1
+        else:
+            frames = getattr(img, "n_frames", 1)
+            if frames > 1:
+                img.seek(0)
         bits16 = high_bit_depth(img)  # from the raw mode, which load() forgets
         img.load()
     except UnidentifiedImageError:
         raise InputError(f"{name}: not an image file (unrecognised format)") from None
     except Image.DecompressionBombError as e:
         raise InputError(f"{name}: image is over the {limit} pixel limit ({e})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as e:
+        # RuntimeError: libjxl's and libheif's errors (imagecodecs, pillow-heif)
         raise InputError(f"{name}: corrupt or truncated image ({e})") from None
     meta = read_metadata(img)
     try:

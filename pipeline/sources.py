@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import fsspec
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm",
-                    ".gif", ".avif", ".heic", ".jxl")
+                    ".gif", ".avif", ".heic", ".heif", ".hif", ".jxl")
 
 
 def _is_image(path: str) -> bool:
