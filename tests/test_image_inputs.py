@@ -159,3 +159,13 @@ def test_phone_folder_archives_and_compresses(tmp_path: Path, codec: CDCCodec,
                                  "--model", weights_file])
     assert r.exit_code == 0, r.output
     assert describe(out.read_bytes())["height"] == 48
+
+
+def test_training_reader_reads_them_too(tmp_path: Path):
+    from pipeline.training.image_crops import read_image
+
+    src = smooth_image(30, 44, 10)
+    (tmp_path / "a.jxl").write_bytes(imagecodecs.jpegxl_encode(src, lossless=True))
+    (tmp_path / "b.heic").write_bytes(_heic(src))
+    assert np.array_equal(np.asarray(read_image(str(tmp_path / "a.jxl"))), src)
+    assert _psnr(np.asarray(read_image(str(tmp_path / "b.heic")).convert("RGB")), src) > 30

@@ -27,9 +27,12 @@ def read_image(url: str) -> Image.Image:
     colour profile is applied as the codec's reader applies it (:mod:`cdc.colour`), so
     training sees the colours the codec will be given (6 % of ``data/train`` carry Adobe RGB
     or camera profiles; caches made before 2026-12-07 kept their raw samples)."""
+    from pipeline.image_inputs import is_jxl, open_jxl, register_heif
+
     with fsspec.open(url, "rb") as f:
         data = f.read()
-    img = Image.open(io.BytesIO(data))
+    register_heif()  # HEIC/HEIF and JPEG XL photos train like any other
+    img = open_jxl(data, url) if is_jxl(data) else Image.open(io.BytesIO(data))
     img.load()
     return to_srgb(img)[0]
 
