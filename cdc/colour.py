@@ -21,6 +21,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from cdc.colour_nclx import nclx_to_srgb
+
 #: ``Image.info`` key set to the source mode ("CMYK", "P") on an image that a profile turned
 #: into RGB(A), so the stream can still say how the source was stored (``SourceMode``).
 CONVERTED_INFO = "cdc_colour_converted"
@@ -95,11 +97,12 @@ def to_srgb(img: Image.Image) -> tuple[Image.Image, str]:
     RGB with :data:`CONVERTED_INFO` set (a palette image RGB(A), likewise). Where nothing is
     converted ``img`` itself comes back, profile and all (a second call finds the same answer
     in the cache). Grayscale images keep their samples: gray profiles differ from sRGB's
-    tone curve by a level or two.
+    tone curve by a level or two. A HEIF without an ICC profile may describe its colour with
+    ``nclx`` code points instead: :mod:`cdc.colour_nclx`.
     """
     data = img.info.get("icc_profile")
     if not data or not isinstance(data, bytes):
-        return img, ""
+        return nclx_to_srgb(img)  # a HEIF's code points, where it has no ICC profile
     source = img
     if img.mode == "P":  # the palette's colours are in the profile's space too
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")

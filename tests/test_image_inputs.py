@@ -169,3 +169,46 @@ def test_training_reader_reads_them_too(tmp_path: Path):
     (tmp_path / "b.heic").write_bytes(_heic(src))
     assert np.array_equal(np.asarray(read_image(str(tmp_path / "a.jxl"))), src)
     assert _psnr(np.asarray(read_image(str(tmp_path / "b.heic")).convert("RGB")), src) > 30
+
+
+# -- HEIF nclx colour (code points instead of an ICC profile) --------------------------------
+#: Display P3 → sRGB in linear light, as published (e.g. the CSS Color 4 conversions).
+P3_TO_SRGB = np.array([[1.2249401, -0.2249404, 0.0],
+                       [-0.0420569, 1.0420571, 0.0],
+                       [-0.0196376, -0.0786361, 1.0982735]])
+
+
+def _srgb_decode(v):
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+def _srgb_encode(v):
+    return np.where(v <= 0.0031308, v * 12.92, 1.055 * v ** (1 / 2.4) - 0.055)
+
+
+def _heic_nclx(colour: tuple[int, int, int], primaries: int, transfer: int = 13) -> bytes:
+    h = pillow_heif.from_pillow(Image.new("RGB", (32, 32), colour))
+    h.info["nclx_profile"] = {"color_primaries": primaries, "transfer_characteristics": transfer,
+                              "matrix_coefficients": 6, "full_range_flag": 1}
+    buf = io.BytesIO()
+    h.save(buf, quality=100, chroma=444)
+    return buf.getvalue()
+
+
+def test_display_p3_nclx_is_converted_to_srgb():
+    colour = (200, 120, 60)
+    raw = np.asarray(Image.open(io.BytesIO(_heic_nclx(colour, 12)))).reshape(-1, 3).mean(0)
+    img = decode_image(_heic_nclx(colour, 12), "p3.heic")
+    got = np.asarray(img).reshape(-1, 3).mean(0)
+    want = _srgb_encode(np.clip(P3_TO_SRGB @ _srgb_decode(raw / 255), 0, 1)) * 255
+    assert np.abs(got - want).max() <= 1.0, (got, want)
+    assert np.abs(got - raw).max() >= 10  # the colours did move
+    assert "Display P3 (HEIF nclx) converted to sRGB" in img.info["cdc_note"]
+    srgb = decode_image(_heic_nclx(colour, 1), "srgb.heic")  # BT.709 primaries: untouched
+    assert "cdc_note" not in srgb.info
+    assert np.abs(np.asarray(srgb).reshape(-1, 3).mean(0) - colour).max() <= 2
+
+
+def test_hdr_nclx_is_coded_as_stored_with_a_note():
+    img = decode_image(_heic_nclx((200, 120, 60), 9, transfer=16), "hdr.heic")
+    assert "HDR colour (PQ transfer, BT.2020 primaries) coded as stored" in img.info["cdc_note"]
