@@ -41,6 +41,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -204,8 +205,9 @@ def _prepare(cfg: ArchiveJobConfig):
         raise JobError(str(e)) from None
     except ArchiveError:
         pass  # the rest (a newer format, ...) is reported with the model in hand
+    not_images: Counter = Counter()
     try:
-        items, problems = plan_inputs(cfg.src)
+        items, problems = plan_inputs(cfg.src, not_images)
     except FileNotFoundError as e:
         raise JobError(str(e)) from None
     try:
@@ -244,7 +246,7 @@ def _prepare(cfg: ArchiveJobConfig):
                 f"{claim.get('host')}, pid {claim.get('pid')}, since {claim.get('claimed_at')}); "
                 "one job per archive at a time. If that job is dead, rerun with --takeover")
     plans = plan_shards(items, done, completed, arch.shard_size, stale)
-    return cfg, items, problems, codec, arch, created, done, plans, discarded
+    return cfg, items, problems, codec, arch, created, done, plans, discarded, not_images
 
 
 def _update_key_index(arch: Any) -> str:
@@ -313,7 +315,8 @@ def run_archive_job(cfg: ArchiveJobConfig, *,
     """
     t_start = time.perf_counter()
     preflight(cfg.address)  # a cluster that cannot be joined: one line, no archive created
-    cfg, items, problems, codec, arch, created, done, plans, discarded = _prepare(cfg)
+    (cfg, items, problems, codec, arch, created, done, plans, discarded,
+     not_images) = _prepare(cfg)
     job_id = f"archive-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     counters = Counters(sum(len(p.items) for p in plans))
     results: list[dict[str, Any]] = []
@@ -350,6 +353,8 @@ def run_archive_job(cfg: ArchiveJobConfig, *,
                    "prefix cap" if cfg.options.max_bpp is not None else "model choice"},
         "ray": ray_info,
         "inputs": len(items) + len(problems),
+        "not_images": {"files": sum(not_images.values()),
+                       "by_extension": dict(not_images.most_common())},
         "already_archived": len(done),
         "discarded_shards": discarded,
         "key_index": key_index,
@@ -389,6 +394,13 @@ def placement_text(ray_info: dict[str, Any]) -> str:
                      for p in ray_info.get("placement", []))
 
 
+def not_images_text(n: dict[str, Any], shown: int = 6) -> str:
+    """``312 (.cr2 300, .mov 12)``: the files of the source that are not images."""
+    ext = list(n["by_extension"].items())
+    more = f", {len(ext) - shown} more kinds" if len(ext) > shown else ""
+    return f"{n['files']} (" + ", ".join(f"{e} {c}" for e, c in ext[:shown]) + more + ")"
+
+
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     from jobs.progress import mb
 
@@ -402,6 +414,8 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
                           if k not in ("cluster", "placement"))),
         *([("devices (node)", placement_text(s["ray"]))] if s["ray"].get("placement") else []),
         ("inputs", str(s["inputs"])),
+        *([("not images (not archived)", not_images_text(s["not_images"]))]
+          if s.get("not_images", {}).get("files") else []),
         ("already archived (skipped)", str(s["already_archived"])),
         ("shards written / planned", f"{sh['written']} / {sh['planned']}"
          + (f" ({sh['retries']} retried)" if sh["retries"] else "")),

@@ -154,6 +154,11 @@ def archive_cmd(
     except ClusterError as e:
         _fail(str(e), EXIT_INPUT)
     _remember_model(model, summary)
+    if summary.get("not_images", {}).get("files") and not as_json:
+        from jobs.encode import not_images_text
+
+        typer.echo(f"warning: {printable(src)}: files that are not images were not archived: "
+                   f"{not_images_text(summary['not_images'])}", err=True)
     _finish(summary, f"cdc archive {src} -> {archive_url}", summary_rows, as_json)
 
 def get_cmd(

@@ -332,10 +332,17 @@ def test_capture_metadata_through_archive_and_export(cluster, tmp_path: Path, we
     src, url = tmp_path / "photos", str(tmp_path / "m.zarr")
     _jpeg(src / "camera.jpg", exif=_camera_exif().tobytes())
     _jpeg(src / "plain.jpg", seed=1)
+    for other in ("IMG_0003.CR2", "IMG_0004.CR2", "clip.MOV", ".DS_Store", "Thumbs.db"):
+        (src / other).write_bytes(b"not a photo Pillow reads")
     runner, app = CliRunner(), _cli_app()
     r = runner.invoke(app, ["archive", str(src), url, "--model", weights_file, "--json"])
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout)
+    assert s["not_images"] == {"files": 3, "by_extension": {".cr2": 2, ".mov": 1}}
+    r = runner.invoke(app, ["archive", str(src), url, "--model", weights_file])  # a no-op
+    assert r.exit_code == 0 and r.stderr.strip().splitlines() == [
+        f"warning: {src}: files that are not images were not archived: 3 (.cr2 2, .mov 1)"]
+    assert "not images (not archived)" in r.stdout
     assert s["metadata"] == {"policy": "keep", "images": 1, "bytes": len(
         json.dumps(CAMERA, sort_keys=True, separators=(",", ":")))}
     for fmt, policy, want in (("jpeg", "keep", CAMERA),

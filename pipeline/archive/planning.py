@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,15 +57,16 @@ def _source_root(src: str, files: Sequence[str]) -> str:
         return ""
 
 
-def plan_inputs(src: str) -> tuple[list[InputItem], list[dict[str, str]]]:
+def plan_inputs(src: str, others: Counter | None = None
+                ) -> tuple[list[InputItem], list[dict[str, str]]]:
     """List ``src`` (folder, glob, fsspec URL or .txt/.lst list file) into keyed items.
 
     Returns ``(items sorted by key, problems)``; a problem is ``{"url", "error"}`` for a
     file whose key would be malformed or clashes with another file's key (such files
     cannot be stored, so they are reported instead). Raises FileNotFoundError when the
-    source matches nothing.
+    source matches nothing. ``others`` counts the files that are not images (by extension).
     """
-    files = list_images(src)
+    files = list_images(src, others)
     root = _source_root(src, files)
     items: dict[str, InputItem] = {}
     problems: list[dict[str, str]] = []
