@@ -35,12 +35,17 @@ class JxlHeaderError(ValueError):
 
 
 @functools.cache
-def register_heif() -> None:
+def register_heif() -> bool:
     """Let ``Image.open`` read HEIC/HEIF (once per process; pillow-heif's thumbnails, depth
-    and auxiliary images are not decoded: only the primary image is coded)."""
-    import pillow_heif
-
+    and auxiliary images are not decoded: only the primary image is coded). False where
+    pillow-heif is not installed (a lent GPU machine's training Python): HEIC files are then
+    unrecognised, as before."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
     pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+    return True
 
 
 def is_jxl(data: bytes) -> bool:

@@ -26,7 +26,6 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from PIL import Image
-from PIL.TiffImagePlugin import IFDRational
 
 #: Bound on one photo's metadata as canonical JSON: an archive can be hostile, and a
 #: real photo's kept tags take well under a tenth of this.
@@ -88,6 +87,8 @@ class MetadataError(ValueError):
 
 def _ratio(v: Any, signed: bool) -> list[int] | None:
     """A source value as an exact ``[num, den]`` in the tag's range, or None."""
+    from PIL.TiffImagePlugin import IFDRational  # here: the decode paths never load it
+
     if isinstance(v, IFDRational):
         num, den = v.numerator, v.denominator
     elif isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, int) for x in v):
@@ -198,6 +199,8 @@ def exif_bytes(meta: Mapping[str, Any]) -> bytes:
     """``meta`` as a TIFF-structured EXIF block (no ``Exif\\0\\0`` prefix), or ``b""``."""
     if not meta:
         return b""
+    from PIL.TiffImagePlugin import IFDRational
+
     exif = Image.Exif()
     for name, value in meta.items():
         ifd, tag, kind = TAGS[name]
