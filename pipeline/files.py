@@ -125,11 +125,14 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image
     except Image.DecompressionBombError as e:
         raise InputError(f"{name}: image is over the {limit} pixel limit ({e})") from None
     except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as e:
-        # RuntimeError: libjxl's and libheif's errors (imagecodecs, pillow-heif)
-        raise InputError(f"{name}: corrupt or truncated image ({e})") from None
+        # RuntimeError: libjxl's and libheif's errors (imagecodecs, pillow-heif); libheif's
+        # messages end in a newline: one line, whatever the library wrote
+        raise InputError(f"{name}: corrupt or truncated image ({' '.join(str(e).split())})"
+                         ) from None
     meta = read_metadata(img)
     try:
-        ImageOps.exif_transpose(img, in_place=True)
+        if not jxl:  # libjxl applied the codestream's orientation, which prevails
+            ImageOps.exif_transpose(img, in_place=True)
     except Exception:  # noqa: BLE001 - unreadable EXIF: the pixels are still good, keep them as stored
         pass
     fmt = img.format

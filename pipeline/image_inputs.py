@@ -135,21 +135,12 @@ def jxl_exif(data: bytes) -> bytes:
     return b""
 
 
-def _without_orientation(exif: bytes) -> bytes:
-    """EXIF with its orientation set to 1: libjxl has applied the codestream's (which the
-    format says prevails), so a second rotation by the EXIF tag would be wrong."""
-    e = Image.Exif()
-    e.load(exif)
-    if e.get(0x0112, 1) == 1:
-        return exif
-    e[0x0112] = 1
-    return e.tobytes()
-
-
 def open_jxl(data: bytes, name: str) -> Image.Image:
     """Decode a JPEG XL file (call :func:`jxl_size` first to bound it) to a Pillow image:
     8-bit L/LA/RGB/RGBA, with ``info[SOURCE_BITS_INFO]`` where it had more bits and
-    ``info["exif"]`` from its container."""
+    ``info["exif"]`` from its container. libjxl has applied the codestream's orientation
+    (which the format says prevails over the EXIF copy), so the caller must not apply the
+    EXIF orientation again."""
     import imagecodecs
 
     arr = imagecodecs.jpegxl_decode(data, 0, numthreads=1)  # an animation's first frame
@@ -166,6 +157,6 @@ def open_jxl(data: bytes, name: str) -> Image.Image:
     if bits > 8:
         img.info[SOURCE_BITS_INFO] = bits
     if exif := jxl_exif(data):
-        img.info["exif"] = _without_orientation(exif)
+        img.info["exif"] = exif  # its orientation is not applied again: see decode_image
     img.format = "JXL"
     return img
