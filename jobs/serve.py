@@ -23,7 +23,8 @@ Routes (FastAPI ingress):
   payload read or decode.
 * ``GET /images?prefix=&q=&offset=&limit=&details=`` -> ``{"keys": [...], "total": n, ...}``
   (``q``: case-insensitive substring; ``details``: also ``items`` with each key's status,
-  size and, for a failed record, why).
+  size, ``taken`` (the capture date, where stored; never the position) and, for a failed
+  record, why).
 * ``GET /info`` -> what the gallery's header shows: archive name (the last component of its
   URL), codec, model, record and failed counts, tiers from cheapest to best.
 * ``GET /tiers`` -> the archive's tiers; ``GET /healthz`` -> 200 with counters.
@@ -90,6 +91,7 @@ from pipeline.archive import (
 )
 from pipeline.archive.decoded_lru import DEFAULT_MAX_BYTES, DiskLRU, decoded_key
 from pipeline.archive.tier_settings import DEFAULT_TIER, TierError
+from pipeline.photo_metadata import taken
 from storage import (
     Archive,
     ArchiveError,
@@ -270,6 +272,12 @@ class ImageService:
                                 "height": info.height, "bytes": info.nbytes}
         if not info.ok:
             item["error"] = failed_reason(key, info.error, self.urls)
+        try:  # the capture date only: the service never gives away where a photo was taken
+            when = taken(self.reader.archive.metadata(key))
+        except ArchiveError:
+            when = None  # damaged metadata: the listing goes on without it (verify reports it)
+        if when:
+            item["taken"] = when
         return item
 
     @api.get("/images/{key:path}")

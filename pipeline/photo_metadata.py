@@ -163,6 +163,22 @@ def dumps(meta: Mapping[str, Any]) -> str:
     return json.dumps(dict(meta), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def taken(meta: Mapping[str, Any]) -> str | None:
+    """When the photo was taken, ISO 8601 (``2021-07-04T18:22:10+02:00``; no offset where the
+    file has none), from ``DateTimeOriginal`` else ``DateTime``; None if neither reads."""
+    for when, offset in (("DateTimeOriginal", "OffsetTimeOriginal"), ("DateTime", "OffsetTime")):
+        text = meta.get(when)
+        if not isinstance(text, str) or len(text) < 19 or text[4] != ":" or text[7] != ":":
+            continue
+        iso = f"{text[:4]}-{text[5:7]}-{text[8:10]}T{text[11:19]}"
+        if not (iso[:4] + iso[5:7] + iso[8:10] + iso[11:13] + iso[14:16] + iso[17:19]).isdigit():
+            continue
+        off = meta.get(offset)
+        ok = isinstance(off, str) and len(off) == 6 and off[0] in "+-" and off[3] == ":"
+        return iso + (off if ok else "")
+    return None
+
+
 def _valid(kind: Kind, v: Any) -> bool:
     def ratio(x: Any, signed: bool) -> bool:
         lo, hi = _S32 if signed else _U32

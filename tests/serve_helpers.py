@@ -38,6 +38,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+TAKEN = {"DateTimeOriginal": "2021:07:04 18:22:10", "OffsetTimeOriginal": "+02:00",
+         "GPSLatitudeRef": "N", "GPSLatitude": [[48, 1], [51, 1], [2409, 100]]}
+
+
 def generated_archive(src: Path, url: str, codec: Any, n: int, *, height: int = 48,
                       width: int = 64, tiers: Mapping[str, Mapping[str, Any]] | None = None,
                       shard_size: int = 16, broken: bool = True) -> str:
@@ -46,11 +50,13 @@ def generated_archive(src: Path, url: str, codec: Any, n: int, *, height: int = 
     from PIL import Image
 
     from pipeline.archive import encode_shard, open_or_create, plan_inputs, plan_shards
+    from pipeline.photo_metadata import exif_bytes
     from tests.conftest import smooth_image
 
     src.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.fromarray(smooth_image(height, width, i)).save(src / f"img{i:03d}.png")
+    for i in range(n):  # img001 carries a capture date and position (the listing's "taken")
+        exif = b"Exif\x00\x00" + exif_bytes(TAKEN) if i == 1 else b""
+        Image.fromarray(smooth_image(height, width, i)).save(src / f"img{i:03d}.png", exif=exif)
     if broken:
         (src / "zz-broken.png").write_bytes(b"not a png")
     items, _ = plan_inputs(str(src))

@@ -31,6 +31,7 @@ from pipeline.photo_metadata import (
     embed,
     exif_bytes,
     read_metadata,
+    taken,
 )
 from storage import Archive, CorruptArchiveError, Record, ShardCompleteError
 from tests.conftest import smooth_image
@@ -85,6 +86,14 @@ def test_garbage_or_oversized_exif_is_dropped_and_the_photo_kept(tmp_path: Path)
     long[0x010F] = "Nikon"
     assert read_metadata(Image.open(_jpeg(tmp_path / "l.jpg", exif=long.tobytes()))) == {
         "Make": "Nikon"}
+
+
+def test_taken():
+    assert taken(CAMERA) == "2021-07-04T18:22:10+02:00"
+    assert taken({"DateTime": "2020:01:02 03:04:05"}) == "2020-01-02T03:04:05"
+    assert taken({"DateTimeOriginal": "    :  :     :  :  ", "DateTime": "2020:01:02 03:04:05",
+                  "OffsetTime": "bogus"}) == "2020-01-02T03:04:05"
+    assert taken({"Make": "Canon"}) is None
 
 
 def test_policies():

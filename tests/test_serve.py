@@ -171,6 +171,9 @@ def test_listing_filter_details_and_info(server: str):
     assert listing["keys"] == ["img010.png", "img011.png"] and listing["total"] == 2
     assert listing["items"][0] == {"key": "img010.png", "ok": True, "width": 64, "height": 48,
                                    "bytes": listing["items"][0]["bytes"]}
+    dated = json.loads(_get(f"{server}/images?q=img001&details=true")[2])["items"]
+    assert dated == [{"key": "img001.png", "ok": True, "width": 64, "height": 48,
+                      "bytes": dated[0]["bytes"], "taken": "2021-07-04T18:22:10+02:00"}]
     broken = json.loads(_get(f"{server}/images?q=broken&details=true")[2])["items"]
     assert broken == [{"key": "zz-broken.png", "ok": False, "width": 0, "height": 0,
                        "bytes": 0, "error": "not an image file (unrecognised format)"}]

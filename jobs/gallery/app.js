@@ -105,7 +105,8 @@ function tile(item, index) {
   const li = el("li", { className: "tile" });
   li.dataset.key = item.key;
   li.dataset.index = String(index);
-  const button = el("button", { type: "button", title: item.key });
+  const button = el("button", { type: "button",
+    title: item.taken ? `${item.key} · taken ${item.taken.replace("T", " ")}` : item.key });
   button.addEventListener("click", () => openViewer(index));
   const caption = el("span", { className: "cap", textContent: item.key });
   if (item.ok) {
