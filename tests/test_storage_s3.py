@@ -84,3 +84,24 @@ def test_missing_object_and_taken_shard_on_s3(
         Archive.open(url, storage_options=so).writer(7).open()
     holder.abort()
     assert back.claims() == {}
+
+
+def test_record_metadata_on_s3(s3_server: Any, s3_url: tuple[str, dict[str, Any]]) -> None:
+    """The per-shard metadata object on a real object store: written before the manifest,
+    read once, deleted with a discarded shard; a replaced object is caught by its digest."""
+    from storage import Record
+
+    url, so = s3_url
+    arch = create(url, so)
+    meta = {"DateTimeOriginal": "2021:07:04 18:22:10", "Make": "Canon"}
+    arch.write_shard(0, [Record("a.jpg", b"xx", 2, 2, meta=meta), Record("b.jpg", b"yy", 2, 2)])
+    arch.write_shard(1, [Record("c.jpg", b"zz", 2, 2)])
+    back = Archive.open(url, storage_options=so)
+    assert back.metadata("a.jpg") == meta and back.metadata("b.jpg") == back.metadata("c.jpg") == {}
+    fs, path = s3_server.filesystem(), url[len("s3://"):]
+    assert fs.ls(path + "/meta") == [path + "/meta/00000000.json"]
+    fs.pipe(path + "/meta/00000000.json", b'{"shard":0,"records":{"a.jpg":{"Make":"Nikon"}}}')
+    with pytest.raises(CorruptArchiveError, match="does not match its manifest digest"):
+        Archive.open(url, storage_options=so).metadata("a.jpg")
+    arch.discard_shard(0)
+    assert not fs.exists(path + "/meta/00000000.json")
