@@ -110,7 +110,7 @@ def _from_source(kind: Kind, v: Any) -> Any:
             v = v.decode("utf-8", "replace")
         if not isinstance(v, str):
             return None
-        v = v.replace("\x00", "").strip()
+        v = " ".join(v.replace("\x00", "").split())  # a multi-line description: one line
         return v if 0 < len(v) <= MAX_TEXT and v.isprintable() else None
     if kind == "int":
         if isinstance(v, (tuple, bytes)) and len(v) == 1 or isinstance(v, tuple) and v:

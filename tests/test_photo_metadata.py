@@ -84,8 +84,9 @@ def test_garbage_or_oversized_exif_is_dropped_and_the_photo_kept(tmp_path: Path)
     long = Image.Exif()
     long[0x010E] = "x" * 600  # a description over MAX_TEXT is left out, the rest kept
     long[0x010F] = "Nikon"
+    long[0x013B] = "Ann\r\nand\tBob "  # Artist over lines: kept as one line
     assert read_metadata(Image.open(_jpeg(tmp_path / "l.jpg", exif=long.tobytes()))) == {
-        "Make": "Nikon"}
+        "Make": "Nikon", "Artist": "Ann and Bob"}
 
 
 def test_taken():
