@@ -116,7 +116,8 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image
             img, frames = open_jxl(data, name), 1
         else:
             frames = getattr(img, "n_frames", 1)
-            if frames > 1:
+            # a HEIF opens on its primary image, which need not be the first: keep it
+            if frames > 1 and img.format != "HEIF":
                 img.seek(0)
         bits16 = high_bit_depth(img)  # from the raw mode, which load() forgets
         img.load()
@@ -141,7 +142,9 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image
     if bits16:
         img.info[SOURCE_BITS_INFO] = 16
     if frames > 1:
-        notes.insert(0, f"{fmt or 'image'} with {frames} frames: only the first frame is coded")
+        notes.insert(0, f"HEIF with {frames} images: only the primary image is coded"
+                     if fmt == "HEIF" else
+                     f"{fmt or 'image'} with {frames} frames: only the first frame is coded")
         img.info[FRAMES_INFO] = frames  # the stream records it (header flag bit 7)
     if notes:
         img.info["cdc_note"] = "; ".join(notes)

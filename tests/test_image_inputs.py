@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from cdc import CDCCodec, describe
 from cdc.image import SOURCE_BITS_INFO
 from pipeline.archive import encode_shard, open_or_create, plan_inputs, plan_shards
-from pipeline.files import InputError, decode_image, input_metadata
+from pipeline.files import InputError, decode_image, input_metadata, input_note
 from pipeline.image_inputs import JXL_CONTAINER, jxl_size
 from pipeline.photo_metadata import check_metadata, exif_bytes
 from tests.conftest import smooth_image
@@ -65,6 +65,19 @@ def test_heic_rotation_is_applied_once():
     assert img.size == ref.size == (48, 64)
     assert _psnr(np.asarray(img), np.asarray(ref)) > 30  # the same way up
     assert _psnr(np.asarray(img), np.asarray(ref)[::-1, ::-1]) < 20
+
+
+def test_a_multi_image_heic_codes_its_primary_image():
+    """A HEIF holds several images and names one primary (what viewers show); it need not be
+    the first (it used to code the first)."""
+    first, primary = smooth_image(24, 32, 12), smooth_image(30, 40, 13)
+    hf = pillow_heif.from_pillow(Image.fromarray(first))
+    hf.add_from_pillow(Image.fromarray(primary))
+    buf = io.BytesIO()
+    hf.save(buf, quality=95, primary_index=1)
+    img = decode_image(buf.getvalue(), "burst.heic")
+    assert img.size == (40, 30) and _psnr(np.asarray(img), primary) > 30
+    assert input_note(img) == "HEIF with 2 images: only the primary image is coded"
 
 
 def test_ten_bit_heic_is_flagged_as_reduced():
