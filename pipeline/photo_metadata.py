@@ -9,10 +9,13 @@ on purpose: the orientation (the pixels are stored upright already), maker notes
 embedded thumbnail (often more bytes than a whole coded photo), serial numbers and
 anything else.
 
-The form stored is JSON (tag name -> a string, an integer, a rational ``[num, den]`` or a
-list of rationals), so any reader of the archive can read it without this package; the
-form written back is EXIF, in PNG (``eXIf`` chunk), JPEG (``APP1``) and WebP (``EXIF``)
-outputs. Nothing
+Beside EXIF, the curation a photographer adds in XMP — rating, colour label, title, caption,
+keywords — is kept too (:mod:`pipeline.photo_xmp`; names ``Xmp*``).
+
+The form stored is JSON (tag name -> a string, an integer, a rational ``[num, den]``, a
+list of rationals or, for keywords, of strings), so any reader of the archive can read it
+without this package; the form written back is EXIF and a minimal XMP packet, in PNG
+(``eXIf``, ``iTXt``), JPEG (two ``APP1``) and WebP (``EXIF``, ``XMP ``) outputs. Nothing
 here imports torch.
 """
 
@@ -26,6 +29,10 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from PIL import Image
+
+from pipeline.photo_xmp import FIELDS as XMP_FIELDS
+from pipeline.photo_xmp import JPEG_XMP_ID, PNG_XMP_KEY, packet_of, read_xmp, xmp_packet
+from pipeline.photo_xmp import valid as xmp_valid
 
 #: Bound on one photo's metadata as canonical JSON: an archive can be hostile, and a
 #: real photo's kept tags take well under a tenth of this.
@@ -130,9 +137,29 @@ def _ifd(exif: Image.Exif, ifd: int) -> Mapping[int, Any]:
     return exif if ifd == IFD0 else exif.get_ifd(ifd)
 
 
+def _size(meta: Mapping[str, Any]) -> int:
+    return len(dumps(meta).encode())
+
+
 def read_metadata(img: Image.Image) -> dict[str, Any]:
-    """The kept tags of ``img``'s EXIF (call before the orientation is applied); ``{}``
-    where it has none or its EXIF cannot be read: metadata never fails a photo."""
+    """The kept tags of ``img``'s EXIF (call before the orientation is applied) and of its
+    XMP packet (:mod:`pipeline.photo_xmp`); ``{}`` where it has none or they cannot be
+    read: metadata never fails a photo. XMP properties that would take the whole over
+    :data:`MAX_JSON_BYTES` are left out (keywords last)."""
+    out = _read_exif(img)
+    if _size(out) > MAX_JSON_BYTES:
+        out = {}
+    try:
+        xmp = read_xmp(packet_of(img), MAX_TEXT)
+    except Exception:  # noqa: BLE001 - a packet that breaks the parser: keep the photo
+        xmp = {}
+    for name in ("XmpRating", "XmpLabel", "XmpTitle", "XmpDescription", "XmpKeywords"):
+        if name in xmp and _size({**out, name: xmp[name]}) <= MAX_JSON_BYTES:
+            out[name] = xmp[name]
+    return out
+
+
+def _read_exif(img: Image.Image) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():  # Pillow warns on corrupt EXIF: expected input here
             warnings.simplefilter("ignore")
@@ -146,7 +173,7 @@ def read_metadata(img: Image.Image) -> dict[str, Any]:
                 out[name] = value
     except Exception:  # noqa: BLE001 - broken EXIF: keep the photo, drop its metadata
         return {}
-    return out if len(dumps(out)) <= MAX_JSON_BYTES else {}
+    return out
 
 
 def apply_policy(meta: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
@@ -201,24 +228,26 @@ def check_metadata(meta: Any, where: str) -> dict[str, Any]:
     ``where`` and the first problem (a stored archive can be hostile)."""
     if not isinstance(meta, dict):
         raise MetadataError(f"{where}: metadata is not a JSON object")
-    if len(dumps(meta).encode()) > MAX_JSON_BYTES:
+    if _size(meta) > MAX_JSON_BYTES:
         raise MetadataError(f"{where}: metadata is over {MAX_JSON_BYTES} bytes")
     for name, value in meta.items():
-        if name not in TAGS:
+        if name not in TAGS and name not in XMP_FIELDS:
             raise MetadataError(f"{where}: metadata has an unknown tag {name!r}")
-        if not _valid(TAGS[name][2], value):
+        if not (xmp_valid(name, value, MAX_TEXT) if name in XMP_FIELDS
+                else _valid(TAGS[name][2], value)):
             raise MetadataError(f"{where}: metadata tag {name!r} has a bad value")
     return meta
 
 
 def exif_bytes(meta: Mapping[str, Any]) -> bytes:
     """``meta`` as a TIFF-structured EXIF block (no ``Exif\\0\\0`` prefix), or ``b""``."""
-    if not meta:
+    exif_tags = {k: v for k, v in meta.items() if k in TAGS}
+    if not exif_tags:
         return b""
     from PIL.TiffImagePlugin import IFDRational
 
     exif = Image.Exif()
-    for name, value in meta.items():
+    for name, value in exif_tags.items():
         ifd, tag, kind = TAGS[name]
         target = exif if ifd == IFD0 else exif.get_ifd(ifd)
         if kind in ("rational", "srational"):
@@ -238,59 +267,68 @@ def _riff_chunk(tag: bytes, body: bytes) -> bytes:
     return tag + struct.pack("<I", len(body)) + body + b"\x00" * (len(body) & 1)
 
 
-def _webp_with_exif(data: bytes, block: bytes) -> bytes:
-    """A simple (``VP8L``/``VP8 ``) or extended (``VP8X``) WebP with an ``EXIF`` chunk;
-    ``data`` unchanged where its layout is not one of those."""
+def _canvas(w: int, h: int) -> bytes:
+    return (w - 1).to_bytes(3, "little") + (h - 1).to_bytes(3, "little")
+
+
+def _webp_with(data: bytes, exif: bytes, xmp: bytes) -> bytes:
+    """A simple (``VP8L``/``VP8 ``) or extended (``VP8X``) WebP with ``EXIF`` and ``XMP ``
+    chunks; ``data`` unchanged where its layout is not one of those or it has either."""
     chunks, pos = [], 12
     while pos + 8 <= len(data):
         tag, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
         chunks.append((tag, data[pos + 8:pos + 8 + size]))
         pos += 8 + size + (size & 1)
     tags = [t for t, _ in chunks]
-    if b"EXIF" in tags:
+    flags = (0x08 if exif else 0) | (0x04 if xmp else 0)  # VP8X: EXIF, XMP present
+    if b"EXIF" in tags or b"XMP " in tags:
         return data
     if tags and tags[0] == b"VP8X" and len(chunks[0][1]) == 10:
-        head = bytes([chunks[0][1][0] | 0x08]) + chunks[0][1][1:]
-        chunks = [(b"VP8X", head), *chunks[1:]]
+        chunks = [(b"VP8X", bytes([chunks[0][1][0] | flags]) + chunks[0][1][1:]), *chunks[1:]]
     elif tags == [b"VP8L"] and len(chunks[0][1]) >= 5 and chunks[0][1][0] == 0x2F:
         bits = struct.unpack("<I", chunks[0][1][1:5])[0]
         w, h, alpha = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, (bits >> 28) & 1
-        head = bytes([0x08 | (0x10 if alpha else 0), 0, 0, 0])
-        chunks = [(b"VP8X", head + (w - 1).to_bytes(3, "little") + (h - 1).to_bytes(3, "little")),
+        chunks = [(b"VP8X", bytes([flags | (0x10 if alpha else 0), 0, 0, 0]) + _canvas(w, h)),
                   *chunks]
     elif tags == [b"VP8 "] and len(chunks[0][1]) >= 10 and chunks[0][1][3:6] == b"\x9d\x01\x2a":
         w, h = (struct.unpack("<H", chunks[0][1][6:8])[0] & 0x3FFF,
                 struct.unpack("<H", chunks[0][1][8:10])[0] & 0x3FFF)
-        head = bytes([0x08, 0, 0, 0])
-        chunks = [(b"VP8X", head + (w - 1).to_bytes(3, "little") + (h - 1).to_bytes(3, "little")),
-                  *chunks]
+        chunks = [(b"VP8X", bytes([flags, 0, 0, 0]) + _canvas(w, h)), *chunks]
     else:
         return data
-    at = next((i for i, (t, _) in enumerate(chunks) if t == b"XMP "), len(chunks))
-    chunks.insert(at, (b"EXIF", block))
+    chunks += [(t, c) for t, c in ((b"EXIF", exif), (b"XMP ", xmp)) if c]  # after the image
     body = b"WEBP" + b"".join(_riff_chunk(t, c) for t, c in chunks)
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
+def _jpeg_app1(body: bytes) -> bytes:
+    return b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body
+
+
 def embed(data: bytes, fmt: str, meta: Mapping[str, Any]) -> bytes:
-    """Encoded image bytes with ``meta`` written in, for PNG, JPEG and WebP; other formats
-    (and empty metadata) come back unchanged. No pixel is decoded or re-encoded."""
-    block = exif_bytes(meta)
-    if not block:
+    """Encoded image bytes with ``meta`` written in — EXIF tags as an EXIF block, the XMP
+    properties as an XMP packet — for PNG, JPEG and WebP; other formats (and empty
+    metadata) come back unchanged. No pixel is decoded or re-encoded."""
+    block, xmp = exif_bytes(meta), xmp_packet(meta)
+    if not block and not xmp:
         return data
     if fmt == "PNG" and data.startswith(b"\x89PNG\r\n\x1a\n"):
-        end_ihdr = 8 + 8 + struct.unpack(">I", data[8:12])[0] + 4  # the eXIf chunk goes after IHDR
-        return data[:end_ihdr] + _png_chunk(b"eXIf", block) + data[end_ihdr:]
+        end_ihdr = 8 + 8 + struct.unpack(">I", data[8:12])[0] + 4  # chunks go after IHDR
+        extra = (_png_chunk(b"eXIf", block) if block else b"") + (
+            _png_chunk(b"iTXt", PNG_XMP_KEY.encode() + b"\x00\x00\x00\x00\x00" + xmp)
+            if xmp else b"")
+        return data[:end_ihdr] + extra + data[end_ihdr:]
     if fmt == "JPEG" and data.startswith(b"\xff\xd8"):
-        body = b"Exif\x00\x00" + block
-        if len(body) + 2 > 0xFFFF:
+        segments = [b"Exif\x00\x00" + block] if block else []
+        segments += [JPEG_XMP_ID + xmp] if xmp else []
+        if any(len(seg) + 2 > 0xFFFF for seg in segments):
             return data
         at = 2  # after SOI, and after a JFIF APP0 segment, which must come first
         if data[2:4] == b"\xff\xe0":
             at = 4 + struct.unpack(">H", data[4:6])[0]
-        return data[:at] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + data[at:]
+        return data[:at] + b"".join(map(_jpeg_app1, segments)) + data[at:]
     if fmt == "WEBP" and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return _webp_with_exif(data, block)
+        return _webp_with(data, block, xmp)
     return data
 
 

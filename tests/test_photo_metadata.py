@@ -290,3 +290,80 @@ def test_with_capture_metadata_skips_formats_without_exif(tmp_path: Path):
     Image.new("RGB", (3, 3)).save(png, "PNG")
     out = with_capture_metadata(arch, "a", png.getvalue(), "PNG", "no-gps")
     assert read_metadata(Image.open(io.BytesIO(out))) == apply_policy(CAMERA, "no-gps")
+
+
+# -- XMP: the photographer's curation ---------------------------------------------------------
+def _xmp(description_attrs: str = "", body: str = "", head: str = "") -> bytes:
+    return (f'{head}<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+            '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+            'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+            'rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" '
+            'xmlns:dc="http://purl.org/dc/elements/1.1/" '
+            'xmlns:crs="http://ns.adobe.com/camera-raw-settings/1.0/" '
+            f'{description_attrs}>{body}</rdf:Description></rdf:RDF></x:xmpmeta>'
+            '<?xpacket end="w"?>').encode()
+
+
+LIGHTROOM = _xmp('xmp:Rating="4" xmp:Label="Red" crs:Exposure2012="+0.35"',
+                 '<dc:title><rdf:Alt><rdf:li xml:lang="de">See</rdf:li>'
+                 '<rdf:li xml:lang="x-default">Lake &amp; hills</rdf:li></rdf:Alt></dc:title>'
+                 '<dc:description><rdf:Alt><rdf:li xml:lang="x-default">Evening,\n west shore'
+                 '</rdf:li></rdf:Alt></dc:description>'
+                 '<dc:subject><rdf:Bag><rdf:li>holiday</rdf:li><rdf:li>Norway</rdf:li>'
+                 '<rdf:li>holiday</rdf:li></rdf:Bag></dc:subject>')
+CURATION = {"XmpRating": 4, "XmpLabel": "Red", "XmpTitle": "Lake & hills",
+            "XmpDescription": "Evening, west shore", "XmpKeywords": ["holiday", "Norway"]}
+
+
+def _jpeg_bytes(exif: bytes = b"", xmp: bytes = b"") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(smooth_image(24, 32, 0)).save(buf, "JPEG", exif=exif, xmp=xmp)
+    return buf.getvalue()
+
+
+def test_xmp_curation_is_read_beside_exif():
+    img = decode_image(_jpeg_bytes(_camera_exif().tobytes(), LIGHTROOM), "lr.jpg")
+    assert input_metadata(img) == {**CAMERA, **CURATION}  # not the raw-development settings
+    check_metadata(input_metadata(img), "x")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_xmp_curation_is_written_back(fmt: str):
+    buf = io.BytesIO()
+    Image.fromarray(smooth_image(20, 28, 1)).save(buf, fmt)
+    out = embed(buf.getvalue(), fmt, {**CAMERA, **CURATION})
+    assert read_metadata(Image.open(io.BytesIO(out))) == {**CAMERA, **CURATION}
+    only = embed(buf.getvalue(), fmt, {"XmpRating": 5})  # XMP alone, no EXIF block
+    assert read_metadata(Image.open(io.BytesIO(only))) == {"XmpRating": 5}
+
+
+@pytest.mark.parametrize("packet", [
+    _xmp('xmp:Rating="4"', head='<!DOCTYPE x [<!ENTITY a "aaaaaaaaaa">]>'),  # entities
+    _xmp('xmp:Rating="4"', "<dc:title>" + "x" * 300_000 + "</dc:title>"),  # over 256 KiB
+    _xmp('xmp:Rating="4"', "<dc:title>"),  # not well-formed
+    _xmp('xmp:Rating="9"'),  # out of range
+])
+def test_hostile_or_broken_xmp_is_ignored(packet: bytes):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()  # a PNG's iTXt carries any size (a JPEG segment stops at 64 KiB)
+    info.add_itxt("XML:com.adobe.xmp", packet.decode())
+    buf = io.BytesIO()
+    Image.fromarray(smooth_image(24, 32, 0)).save(buf, "PNG", pnginfo=info)
+    img = decode_image(buf.getvalue(), "x.png")
+    assert input_metadata(img) == {} and img.size == (32, 24)
+
+
+def test_xmp_within_the_bound():
+    many = "".join(f"<rdf:li>keyword number {i:03d}</rdf:li>" for i in range(300))
+    big = _xmp('xmp:Rating="3"', f"<dc:subject><rdf:Bag>{many}</rdf:Bag></dc:subject>")
+    meta = input_metadata(decode_image(_jpeg_bytes(xmp=big), "k.jpg"))
+    assert meta["XmpRating"] == 3 and len(meta["XmpKeywords"]) == 64  # the first 64
+    huge = "".join(f"<rdf:li>{'k' * 120}{i:03d}</rdf:li>" for i in range(64))
+    meta = input_metadata(decode_image(_jpeg_bytes(_camera_exif().tobytes(), _xmp(
+        'xmp:Rating="3"', f"<dc:subject><rdf:Bag>{huge}</rdf:Bag></dc:subject>")), "h.jpg"))
+    assert meta == {**CAMERA, "XmpRating": 3}  # keywords past 4 KiB left out, the rest kept
+    for bad in ({"XmpRating": 6}, {"XmpKeywords": []}, {"XmpKeywords": ["a\nb"]},
+                {"XmpTitle": 3}, {"XmpKeywords": ["k"] * 65}):
+        with pytest.raises(MetadataError, match="bad value"):
+            check_metadata(bad, "x")
