@@ -242,9 +242,9 @@ def test_damaged_files_fail_in_one_line_or_read(kind: str):
         seed = _heic(src, orientation=6)
     else:
         buf = io.BytesIO()
-        xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/'
-               '02/22-rdf-syntax-ns#"><rdf:Description xmlns:xmp="http://ns.adobe.com/xap/1.0/"'
-               ' xmp:Rating="4"/></rdf:RDF></x:xmpmeta>').encode()
+        xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/'
+               b'02/22-rdf-syntax-ns#"><rdf:Description xmlns:xmp="http://ns.adobe.com/xap/1.0/"'
+               b' xmp:Rating="4"/></rdf:RDF></x:xmpmeta>')
         Image.fromarray(src).save(buf, "JPEG", quality=80, exif=_exif(6), xmp=xmp)
         seed = buf.getvalue()
     read = 0
