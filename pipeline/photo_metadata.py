@@ -120,9 +120,10 @@ def _from_source(kind: Kind, v: Any) -> Any:
         v = " ".join(v.replace("\x00", "").split())  # a multi-line description: one line
         return v if 0 < len(v) <= MAX_TEXT and v.isprintable() else None
     if kind == "int":
-        if isinstance(v, (tuple, bytes)) and len(v) == 1 or isinstance(v, tuple) and v:
-            v = v[0]  # ISOSpeedRatings may hold several values (the first is the ISO); a
-            # BYTE tag (GPSAltitudeRef) reads as one byte
+        if isinstance(v, bytes) and len(v) == 1:
+            v = v[0]  # a BYTE tag (GPSAltitudeRef) reads as one byte
+        elif isinstance(v, tuple) and v:
+            v = v[0]  # ISOSpeedRatings may hold several values; the first is the ISO
         ok = isinstance(v, int) and not isinstance(v, bool)
         return v if ok and _INT_RANGE[0] <= v <= _INT_RANGE[1] else None
     if kind == "rational3":
@@ -153,7 +154,7 @@ def read_metadata(img: Image.Image) -> dict[str, Any]:
         xmp = read_xmp(packet_of(img), MAX_TEXT)
     except Exception:  # noqa: BLE001 - a packet that breaks the parser: keep the photo
         xmp = {}
-    for name in ("XmpRating", "XmpLabel", "XmpTitle", "XmpDescription", "XmpKeywords"):
+    for name in XMP_FIELDS:  # in their order of importance: keywords last
         if name in xmp and _size({**out, name: xmp[name]}) <= MAX_JSON_BYTES:
             out[name] = xmp[name]
     return out
