@@ -32,9 +32,9 @@ from jobs.models import (
 from jobs.progress import Counters, ProgressBar
 from pipeline.archive import Reader, output_format, output_name, resolve_model, weights_digest
 from pipeline.archive.decoded_lru import DEFAULT_MAX_BYTES, DiskLRU
-from pipeline.archive.outputs import with_capture_metadata
+from pipeline.archive.outputs import restore_file_time, stored_metadata
 from pipeline.archive.tier_settings import TierError, settings_dict
-from pipeline.photo_metadata import MetadataError, apply_policy
+from pipeline.photo_metadata import MetadataError, apply_policy, embed
 from storage import Archive, ArchiveError
 
 
@@ -71,8 +71,9 @@ class ExportJobConfig:
     metadata: str = "keep"  # capture metadata written into outputs: keep, no-gps, none
 
 
-def write_output(dest: str, name: str, data: bytes) -> None:
-    """Write ``dest/name`` atomically (local) or in one PUT (fsspec URL)."""
+def write_output(dest: str, name: str, data: bytes, meta: dict | None = None) -> None:
+    """Write ``dest/name`` atomically (local: dated as its source was, where ``meta`` knows
+    it) or in one PUT (fsspec URL)."""
     if "://" in dest and not dest.startswith("file://"):
         import fsspec
 
@@ -81,7 +82,9 @@ def write_output(dest: str, name: str, data: bytes) -> None:
         return
     from pipeline.files import write_bytes_atomic
 
-    write_bytes_atomic(Path(dest.removeprefix("file://")) / name, data)
+    path = Path(dest.removeprefix("file://")) / name
+    write_bytes_atomic(path, data)
+    restore_file_time(path, meta or {})
 
 
 def output_exists(dest: str, name: str) -> bool:
@@ -148,15 +151,15 @@ class Exporter:
                     failures.append({"key": key, "error": str(r)})
                     continue
                 try:
-                    data = with_capture_metadata(self.reader.archive, key, r.data, self.fmt,
-                                                 self.cfg.metadata)
+                    meta = stored_metadata(self.reader.archive, key, self.cfg.metadata)
+                    data = embed(r.data, self.fmt, meta)
                 except (ArchiveError, MetadataError) as e:
                     ev["failed"] += 1
                     failures.append({"key": key, "error": f"{e} (--metadata none exports "
                                                           "the image without it)"})
                     continue
                 try:
-                    write_output(self.cfg.dest, name, data)
+                    write_output(self.cfg.dest, name, data, meta)
                 except OSError as e:
                     ev["failed"] += 1
                     failures.append({"key": key, "error": f"{self.cfg.dest}/{name}: {e}"})

@@ -192,10 +192,10 @@ def get_cmd(
     from jobs.models import budget_of, load_decoding_codec
     from pipeline.archive import DecodeError, FailedRecordError, Reader, resolve_model
     from pipeline.archive.decoded_lru import DiskLRU
-    from pipeline.archive.outputs import with_capture_metadata
+    from pipeline.archive.outputs import restore_file_time, stored_metadata
     from pipeline.archive.tier_settings import TierError
     from pipeline.files import InputError, image_format_for, write_bytes_atomic
-    from pipeline.photo_metadata import MetadataError
+    from pipeline.photo_metadata import MetadataError, embed
     from storage import Archive, ArchiveError
 
     try:
@@ -210,11 +210,12 @@ def get_cmd(
                         write_archive_cache=write_cache)
         res = reader.get(key, tier, fmt=fmt, steps=steps, gamma=gamma, seed=seed, bpp=bpp)
         try:
-            data = with_capture_metadata(arch, key, res.data, fmt, policy)
+            meta = stored_metadata(arch, key, policy)
         except (ArchiveError, MetadataError) as e:
             _fail(f"{e} (--metadata none writes the image without it)", EXIT_INPUT,
                   archive_url, key)
-        write_bytes_atomic(out, data)
+        write_bytes_atomic(out, embed(res.data, fmt, meta))
+        restore_file_time(out, meta)
     except TierError as e:
         _fail(f"{archive_url}: {e}", EXIT_USAGE, archive_url)
     except DecodeError as e:

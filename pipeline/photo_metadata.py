@@ -21,7 +21,10 @@ here imports torch.
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
+import re
 import struct
 import warnings
 import zlib
@@ -191,6 +194,37 @@ def dumps(meta: Mapping[str, Any]) -> str:
     return json.dumps(dict(meta), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+#: The source file's modification time (UTC, ISO 8601 to the second), kept like tar keeps
+#: it, so that an export can date its files as the originals were (local sources only:
+#: on an object store it would cost a request per file).
+FILE_MODIFIED = "FileModified"
+_FILE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+
+
+def file_modified(path: str) -> dict[str, str]:
+    """``{FILE_MODIFIED: ...}`` for a local file (a path or ``file://`` URL), else ``{}``."""
+    if "://" in path and not path.startswith("file://"):
+        return {}
+    try:
+        t = os.stat(path.removeprefix("file://")).st_mtime
+        when = datetime.datetime.fromtimestamp(int(t), datetime.timezone.utc)
+    except (OSError, OverflowError, ValueError):
+        return {}
+    return {FILE_MODIFIED: when.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def file_time(meta: Mapping[str, Any]) -> float | None:
+    """The POSIX time of ``meta``'s :data:`FILE_MODIFIED`, or None."""
+    v = meta.get(FILE_MODIFIED)
+    if not isinstance(v, str) or not _FILE_TIME.fullmatch(v):
+        return None
+    try:
+        return datetime.datetime.strptime(v, "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
 def taken(meta: Mapping[str, Any]) -> str | None:
     """When the photo was taken, ISO 8601 (``2021-07-04T18:22:10+02:00``; no offset where the
     file has none), from ``DateTimeOriginal`` else ``DateTime``; None if neither reads."""
@@ -232,10 +266,15 @@ def check_metadata(meta: Any, where: str) -> dict[str, Any]:
     if _size(meta) > MAX_JSON_BYTES:
         raise MetadataError(f"{where}: metadata is over {MAX_JSON_BYTES} bytes")
     for name, value in meta.items():
-        if name not in TAGS and name not in XMP_FIELDS:
+        if name not in TAGS and name not in XMP_FIELDS and name != FILE_MODIFIED:
             raise MetadataError(f"{where}: metadata has an unknown tag {name!r}")
-        if not (xmp_valid(name, value, MAX_TEXT) if name in XMP_FIELDS
-                else _valid(TAGS[name][2], value)):
+        if name == FILE_MODIFIED:
+            good = file_time(meta) is not None
+        elif name in XMP_FIELDS:
+            good = xmp_valid(name, value, MAX_TEXT)
+        else:
+            good = _valid(TAGS[name][2], value)
+        if not good:
             raise MetadataError(f"{where}: metadata tag {name!r} has a bad value")
     return meta
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,10 @@ def test_stored_metadata_is_checked(meta, problem: str):
         check_metadata(meta, "arch.zarr: a.jpg")
     assert str(e.value).startswith("arch.zarr: a.jpg: ")
     assert check_metadata(dict(CAMERA), "x") == CAMERA
+    dated = {**CAMERA, "FileModified": "2020-09-13T12:26:40Z"}
+    assert check_metadata(dated, "x") == dated
+    with pytest.raises(MetadataError, match="'FileModified' has a bad value"):
+        check_metadata({"FileModified": "2020-09-13 12:26:40"}, "x")
 
 
 # -- storage: the per-shard metadata object -------------------------------------------------
@@ -224,12 +229,16 @@ def _archived(photos: Path, url: str, codec: CDCCodec, policy: str = "keep"
 
 @pytest.mark.timeout(90)
 def test_archive_job_stores_metadata_by_policy(photos: Path, tmp_path: Path, codec: CDCCodec):
+    os.utime(photos / "camera.jpg", (1_600_000_000, 1_600_000_000))
     arch, shard = _archived(photos, str(tmp_path / "k.zarr"), codec)
-    assert arch.metadata("camera.jpg") == CAMERA and arch.metadata("plain.jpg") == {}
-    assert shard["metadata"] == {"images": 1, "bytes": len(dumps(CAMERA).encode())}
+    dated = {"FileModified": "2020-09-13T12:26:40Z"}  # the source file's time, kept like tar
+    assert arch.metadata("camera.jpg") == {**CAMERA, **dated}
+    assert set(arch.metadata("plain.jpg")) == {"FileModified"}
+    assert shard["metadata"] == {"images": 1, "bytes": sum(
+        len(dumps(arch.metadata(k)).encode()) for k in ("camera.jpg", "plain.jpg"))}
     assert (arch.info("camera.jpg").width, arch.info("camera.jpg").height) == (48, 64)
     arch, shard = _archived(photos, str(tmp_path / "n.zarr"), codec, "no-gps")
-    assert arch.metadata("camera.jpg") == apply_policy(CAMERA, "no-gps")
+    assert arch.metadata("camera.jpg") == {**apply_policy(CAMERA, "no-gps"), **dated}
     arch, shard = _archived(photos, str(tmp_path / "0.zarr"), codec, "none")
     assert arch.metadata("camera.jpg") == {} and shard["metadata"]["images"] == 0
     assert not (tmp_path / "0.zarr" / "meta").exists()
@@ -246,6 +255,7 @@ def _app():
 @pytest.mark.timeout(120)
 def test_cli_get_writes_the_metadata(photos: Path, tmp_path: Path, codec: CDCCodec,
                                      weights_file: str):
+    os.utime(photos / "camera.jpg", (1_600_000_000, 1_600_000_000))
     arch, _ = _archived(photos, str(tmp_path / "g.zarr"), codec)
     runner, app = CliRunner(), _app()
     base = ["--tier", "preview", "--model", weights_file, "--no-cache"]
@@ -254,6 +264,7 @@ def test_cli_get_writes_the_metadata(photos: Path, tmp_path: Path, codec: CDCCod
         assert r.exit_code == 0, r.output
         out = Image.open(tmp_path / name)
         assert out.format == fmt and read_metadata(out) == CAMERA and out.size == (48, 64)
+        assert (tmp_path / name).stat().st_mtime == 1_600_000_000  # dated as its source
     r = runner.invoke(app, ["get", arch.url, "camera.jpg", str(tmp_path / "g.png"), *base,
                             "--metadata", "no-gps"])
     assert r.exit_code == 0 and read_metadata(Image.open(tmp_path / "g.png")) == apply_policy(

@@ -332,6 +332,7 @@ def test_capture_metadata_through_archive_and_export(cluster, tmp_path: Path, we
     src, url = tmp_path / "photos", str(tmp_path / "m.zarr")
     _jpeg(src / "camera.jpg", exif=_camera_exif().tobytes())
     _jpeg(src / "plain.jpg", seed=1)
+    os.utime(src / "camera.jpg", (1_500_000_000, 1_500_000_000))
     for other in ("IMG_0003.CR2", "IMG_0004.CR2", "clip.MOV", ".DS_Store", "Thumbs.db"):
         (src / other).write_bytes(b"not a photo Pillow reads")
     runner, app = CliRunner(), _cli_app()
@@ -343,8 +344,10 @@ def test_capture_metadata_through_archive_and_export(cluster, tmp_path: Path, we
     assert r.exit_code == 0 and r.stderr.strip().splitlines() == [
         f"warning: {src}: files that are not images were not archived: 3 (.cr2 2, .mov 1)"]
     assert "not images (not archived)" in r.stdout
-    assert s["metadata"] == {"policy": "keep", "images": 1, "bytes": len(
-        json.dumps(CAMERA, sort_keys=True, separators=(",", ":")))}
+    arch = Archive.open(url)
+    assert s["metadata"] == {"policy": "keep", "images": 1, "bytes": sum(
+        len(json.dumps(arch.metadata(k), sort_keys=True, separators=(",", ":")))
+        for k in ("camera.jpg", "plain.jpg"))}
     for fmt, policy, want in (("jpeg", "keep", CAMERA),
                               ("png", "no-gps", apply_policy(CAMERA, "no-gps"))):
         dest = tmp_path / f"out-{fmt}"
@@ -356,3 +359,4 @@ def test_capture_metadata_through_archive_and_export(cluster, tmp_path: Path, we
         ext = "jpg" if fmt == "jpeg" else fmt
         assert read_metadata(Image.open(dest / f"camera.{ext}")) == want
         assert read_metadata(Image.open(dest / f"plain.{ext}")) == {}
+        assert (dest / f"camera.{ext}").stat().st_mtime == 1_500_000_000  # as its source

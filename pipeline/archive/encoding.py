@@ -30,7 +30,7 @@ from pipeline.archive.input_loading import DEFAULT_READ_RETRIES, Loaded, load_it
 from pipeline.archive.planning import InputItem, ShardPlan
 from pipeline.archive.rate import cap_stream
 from pipeline.files import DEFAULT_MAX_PIXELS
-from pipeline.photo_metadata import Policy, apply_policy
+from pipeline.photo_metadata import FILE_MODIFIED, Policy, apply_policy
 from storage import Archive, Record
 from storage.records import meta_json
 
@@ -180,9 +180,9 @@ def _encode_shard(codec: Any, archive: Archive, plan: ShardPlan, owner: str | No
     if before_commit is not None:
         before_commit()
     manifest = archive.write_shard(plan.shard, records, owner=owner, takeover=plan.takeover)
-    with_meta = [r for r in records if r.meta]
+    captured = [r for r in records if set(r.meta) - {FILE_MODIFIED}]  # more than a file time
     yield {"type": "shard", "shard": plan.shard, "pid": pid, **totals,
-           "metadata": {"images": len(with_meta),
-                        "bytes": sum(len(meta_json(r.meta).encode()) for r in with_meta)},
+           "metadata": {"images": len(captured),
+                        "bytes": sum(len(meta_json(r.meta).encode()) for r in records)},
            "failures": failures, "notes": notes, "seconds": time.perf_counter() - t0,
            "committed_at": manifest.get("committed_at"), "owner": manifest.get("owner")}

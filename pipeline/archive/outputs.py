@@ -3,19 +3,29 @@ capture metadata written into an output.
 
 Decoded images are cached as PNG (lossless); a request for another format is re-encoded
 from that PNG rather than decoded again. Caches hold pixels only: a record's capture
-metadata is written into the output bytes last (:func:`with_capture_metadata`).
+metadata is written into the output bytes last (:func:`with_capture_metadata`), and a local
+output file is dated as its source was (:func:`restore_file_time`).
 """
 
 from __future__ import annotations
 
 import io
+import os
 import posixpath
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from pipeline.files import encode_image
-from pipeline.photo_metadata import EMBEDS, Policy, apply_policy, check_metadata, embed
+from pipeline.photo_metadata import (
+    EMBEDS,
+    Policy,
+    apply_policy,
+    check_metadata,
+    embed,
+    file_time,
+)
 
 if TYPE_CHECKING:
     from storage import Archive
@@ -45,13 +55,27 @@ def output_name(key: str, fmt: str) -> str:
     return (root if old else key) + ext
 
 
+def stored_metadata(archive: Archive, key: str, policy: Policy = "keep") -> dict:
+    """The record's stored capture metadata, as much of it as ``policy`` keeps. Raises
+    CorruptArchiveError or :class:`pipeline.photo_metadata.MetadataError` (one line, naming
+    the archive and key) where it is damaged or is not what a writer writes."""
+    if policy == "none":
+        return {}
+    meta = check_metadata(archive.metadata(key), f"{archive.url}: {key}")
+    return apply_policy(meta, policy)
+
+
 def with_capture_metadata(archive: Archive, key: str, data: bytes, fmt: str,
                           policy: Policy = "keep") -> bytes:
     """``data`` (an encoded ``fmt`` image of record ``key``) with the record's stored capture
-    metadata written in, as much of it as ``policy`` keeps. Raises CorruptArchiveError or
-    :class:`pipeline.photo_metadata.MetadataError` (one line, naming the archive and key)
-    where the stored metadata is damaged or is not what a writer writes."""
+    metadata written in (:func:`stored_metadata`; the same errors)."""
     if policy == "none" or fmt not in EMBEDS:
         return data
-    meta = check_metadata(archive.metadata(key), f"{archive.url}: {key}")
-    return embed(data, fmt, apply_policy(meta, policy))
+    return embed(data, fmt, stored_metadata(archive, key, policy))
+
+
+def restore_file_time(path: str | os.PathLike, meta: Mapping[str, Any]) -> None:
+    """Date a written local file as its source was (``FileModified``), where known."""
+    t = file_time(meta)
+    if t is not None:
+        os.utime(path, (t, t))
