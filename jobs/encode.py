@@ -67,7 +67,7 @@ from pipeline.archive import (
 from pipeline.archive.rate import RateError, check_rate, choose_model
 from pipeline.archive.tier_settings import merge_tiers
 from pipeline.files import DEFAULT_MAX_PIXELS, check_max_pixels
-from pipeline.photo_metadata import apply_policy
+from pipeline.photo_metadata import check_policy
 from storage import (
     Archive,
     ArchiveError,
@@ -194,7 +194,7 @@ def _prepare(cfg: ArchiveJobConfig):
 
     try:
         check_max_pixels(cfg.options.max_pixels)  # here, not in every actor's constructor
-        apply_policy({}, cfg.options.metadata)
+        check_policy(cfg.options.metadata)
     except ValueError as e:
         raise JobError(str(e)) from None
     try:  # the store's problems (no bucket, credentials, endpoint) before loading a model
@@ -423,7 +423,7 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
          f"{s['images']['encoded']} ({s['images']['ok']} / {s['images']['failed']})"),
         ("MB in / out", f"{mb(s['bytes_in'])} / {mb(s['bytes_out'])}"),
         ("bpp", f"{s['bpp']:.4f}"),
-        *([("capture metadata (EXIF) kept", f"{s['metadata']['images']} images, "
+        *([("capture metadata kept", f"{s['metadata']['images']} images, "
             f"{s['metadata']['bytes']} bytes ({s['metadata']['policy']})")]
           if s.get("metadata") else []),
         ("time", f"{s['seconds']:.1f} s ({s['images_per_s']:.2f} images/s)"),

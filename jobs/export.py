@@ -34,7 +34,7 @@ from pipeline.archive import Reader, output_format, output_name, resolve_model, 
 from pipeline.archive.decoded_lru import DEFAULT_MAX_BYTES, DiskLRU
 from pipeline.archive.outputs import restore_file_time, stored_metadata
 from pipeline.archive.tier_settings import TierError, settings_dict
-from pipeline.photo_metadata import MetadataError, apply_policy, embed
+from pipeline.photo_metadata import MetadataError, check_policy, embed
 from storage import Archive, ArchiveError
 
 
@@ -222,7 +222,7 @@ def run_export_job(cfg: ExportJobConfig, *,
     t0 = time.perf_counter()
     try:
         fmt = output_format(cfg.fmt)
-        apply_policy({}, cfg.metadata)  # ValueError naming the choices
+        check_policy(cfg.metadata)
         arch = Archive.open(cfg.url, read_only=not cfg.write_cache,
                             storage_options=cfg.storage_options)
         model = resolve_model(arch, cfg.model)

@@ -11,7 +11,8 @@ JPEG XL baselines).
 
 A JPEG XL file's size is read from its own header (:func:`jxl_size`) so that the pixel
 limit refuses a hostile file before libjxl allocates anything, as Pillow's header read
-does for the other formats. Nothing here imports torch.
+does for the other formats. (``cdc.image``, for its info key, loads torch: the readers
+that call this module load it anyway.)
 """
 
 from __future__ import annotations

@@ -180,17 +180,24 @@ def _read_exif(img: Image.Image) -> dict[str, Any]:
     return out
 
 
-def apply_policy(meta: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
-    """What of ``meta`` a job with ``policy`` keeps."""
+def check_policy(policy: str) -> Policy:
+    """``policy`` if it is one of :data:`POLICIES`, else ValueError naming them."""
     if policy not in POLICIES:
         raise ValueError(f"metadata policy must be one of {', '.join(POLICIES)}, got {policy!r}")
-    if policy == "none":
+    return policy  # type: ignore[return-value]
+
+
+def apply_policy(meta: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
+    """What of ``meta`` a job with ``policy`` keeps."""
+    if check_policy(policy) == "none":
         return {}
     return {k: v for k, v in meta.items() if policy == "keep" or not k.startswith("GPS")}
 
 
 def dumps(meta: Mapping[str, Any]) -> str:
-    """Canonical JSON (sorted keys, no spaces): equal metadata gives equal bytes."""
+    """Canonical JSON (sorted keys, no spaces): equal metadata gives equal bytes. The form
+    of ``storage.records.meta_json``, written again here because importing ``storage`` loads
+    zarr, which the decode paths that read photos must not pay for."""
     return json.dumps(dict(meta), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -371,6 +378,3 @@ def embed(data: bytes, fmt: str, meta: Mapping[str, Any]) -> bytes:
         return _webp_with(data, block, xmp)
     return data
 
-
-#: Output formats :func:`embed` writes metadata into.
-EMBEDS = ("PNG", "JPEG", "WEBP")

@@ -59,8 +59,9 @@ def list_images(sources: str | Iterable[str], others: Counter | None = None) -> 
             found.extend(list_images(lines, others))
             continue
         fs, path = fsspec.core.url_to_fs(src)
-        if any(c in src for c in "*?[") or fs.isdir(path):
-            listed = fs.glob(path) if any(c in src for c in "*?[") else fs.find(path)
+        glob = any(c in src for c in "*?[")
+        if glob or fs.isdir(path):
+            listed = fs.glob(path) if glob else fs.find(path)
             matches = [p for p in listed if _is_image(p)]
             for p in listed:
                 if not _is_image(p):

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from cdc import CDCCodec
 from pipeline.archive import EncodeOptions, encode_shard, open_or_create, plan_inputs, plan_shards
-from pipeline.archive.outputs import with_capture_metadata
+from pipeline.archive.outputs import stored_metadata
 from pipeline.files import decode_image, input_metadata
 from pipeline.photo_metadata import (
     MAX_JSON_BYTES,
@@ -293,13 +293,13 @@ def test_cli_get_writes_the_metadata(photos: Path, tmp_path: Path, codec: CDCCod
     assert r.exit_code == 0 and (tmp_path / "h.png").exists()
 
 
-def test_with_capture_metadata_skips_formats_without_exif(tmp_path: Path):
+def test_stored_metadata_skips_formats_without_exif(tmp_path: Path):
     arch = _archive(tmp_path)
     arch.write_shard(0, [Record("a", b"xx", 2, 2, meta=CAMERA)])
-    assert with_capture_metadata(arch, "a", b"BMdata", "BMP") == b"BMdata"
+    assert embed(b"BMdata", "BMP", stored_metadata(arch, "a")) == b"BMdata"
     png = io.BytesIO()
     Image.new("RGB", (3, 3)).save(png, "PNG")
-    out = with_capture_metadata(arch, "a", png.getvalue(), "PNG", "no-gps")
+    out = embed(png.getvalue(), "PNG", stored_metadata(arch, "a", "no-gps"))
     assert read_metadata(Image.open(io.BytesIO(out))) == apply_policy(CAMERA, "no-gps")
 
 

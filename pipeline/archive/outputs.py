@@ -3,8 +3,9 @@ capture metadata written into an output.
 
 Decoded images are cached as PNG (lossless); a request for another format is re-encoded
 from that PNG rather than decoded again. Caches hold pixels only: a record's capture
-metadata is written into the output bytes last (:func:`with_capture_metadata`), and a local
-output file is dated as its source was (:func:`restore_file_time`).
+metadata (:func:`stored_metadata`) is written into the output bytes last
+(:func:`pipeline.photo_metadata.embed`), and a local output file is dated as its source was
+(:func:`restore_file_time`).
 """
 
 from __future__ import annotations
@@ -18,14 +19,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from pipeline.files import encode_image
-from pipeline.photo_metadata import (
-    EMBEDS,
-    Policy,
-    apply_policy,
-    check_metadata,
-    embed,
-    file_time,
-)
+from pipeline.photo_metadata import Policy, apply_policy, check_metadata, file_time
 
 if TYPE_CHECKING:
     from storage import Archive
@@ -63,15 +57,6 @@ def stored_metadata(archive: Archive, key: str, policy: Policy = "keep") -> dict
         return {}
     meta = check_metadata(archive.metadata(key), f"{archive.url}: {key}")
     return apply_policy(meta, policy)
-
-
-def with_capture_metadata(archive: Archive, key: str, data: bytes, fmt: str,
-                          policy: Policy = "keep") -> bytes:
-    """``data`` (an encoded ``fmt`` image of record ``key``) with the record's stored capture
-    metadata written in (:func:`stored_metadata`; the same errors)."""
-    if policy == "none" or fmt not in EMBEDS:
-        return data
-    return embed(data, fmt, stored_metadata(archive, key, policy))
 
 
 def restore_file_time(path: str | os.PathLike, meta: Mapping[str, Any]) -> None:
