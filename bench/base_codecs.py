@@ -29,12 +29,13 @@ from refine_operating_points import validation_args
 Encoded = tuple[int, Callable[[], np.ndarray], float]  # payload bytes, decoder, encode s
 
 
-def avif(img: Image.Image, q: int) -> Encoded:
+def avif(img: Image.Image, q: int, tune: str = "") -> Encoded:
     from cdc.refine import bare_avif
 
     t = time.perf_counter()
     buf = io.BytesIO()
-    img.save(buf, format="AVIF", quality=q, speed=6, subsampling="4:2:0")
+    extra = {"advanced": {"tune": tune}} if tune else {}
+    img.save(buf, format="AVIF", quality=q, speed=6, subsampling="4:2:0", **extra)
     dt, data = time.perf_counter() - t, buf.getvalue()
     bare = bare_avif.strip(data, img.width, img.height)
     return (len(bare) if bare is not None else len(data),
@@ -60,7 +61,17 @@ def heic(img: Image.Image, q: int) -> Encoded:
                                .convert("RGB")), dt)
 
 
-CODECS = {"avif": avif, "heic": heic}
+def avif_ssimulacra2(img: Image.Image, q: int) -> Encoded:
+    """libaom's SSIMULACRA2 tuning (libaom >= 3.13; libavif's default is ``iq`` since 1.3)."""
+    return avif(img, q, "ssimulacra2")
+
+
+def avif_psnr(img: Image.Image, q: int) -> Encoded:
+    return avif(img, q, "psnr")
+
+
+CODECS = {"avif": avif, "heic": heic, "avif-ssimulacra2": avif_ssimulacra2,
+          "avif-psnr": avif_psnr}
 
 
 def at_bytes(enc, img: Image.Image, arr: np.ndarray, budget: float, lp
@@ -96,7 +107,10 @@ def main() -> None:
     validation_args(ap, 16)
     ap.add_argument("--rates", default="0.06,0.12,0.25,0.5")
     ap.add_argument("--out", default="")
+    ap.add_argument("--candidate", default="heic", choices=sorted(set(CODECS) - {"avif"}),
+                    help="the base compared with AVIF at libavif's default settings")
     a = ap.parse_args()
+    codecs = {"avif": avif, a.candidate: CODECS[a.candidate]}
 
     from pipeline.metrics.lpips import LPIPS
     from pipeline.training.refine_pairs import read_split
@@ -109,7 +123,7 @@ def main() -> None:
         arr = np.asarray(img)
         for rate in (float(r) for r in a.rates.split(",")):
             budget = rate * arr.shape[0] * arr.shape[1] / 8
-            got = {k: at_bytes(enc, img, arr, budget, lp) for k, enc in CODECS.items()}
+            got = {k: at_bytes(enc, img, arr, budget, lp) for k, enc in codecs.items()}
             if all(got.values()):
                 rows.append({"image": name, "rate": rate, **got})
                 print(name, rate, {k: {m: round(v, 4) for m, v in g.items() if m != "qualities"}
@@ -117,15 +131,16 @@ def main() -> None:
     summary = {}
     for rate in sorted({r["rate"] for r in rows}):
         rs = [r for r in rows if r["rate"] == rate]
-        dp = [r["heic"]["psnr"] - r["avif"]["psnr"] for r in rs]
-        dl = [r["heic"]["lpips_vgg"] / r["avif"]["lpips_vgg"] for r in rs]
+        c = a.candidate
+        dp = [r[c]["psnr"] - r["avif"]["psnr"] for r in rs]
+        dl = [r[c]["lpips_vgg"] / r["avif"]["lpips_vgg"] for r in rs]
         summary[f"{rate:g}"] = {
-            "rows": len(rs), "heic_minus_avif_psnr": float(np.mean(dp)),
+            "rows": len(rs), "candidate_minus_avif_psnr": float(np.mean(dp)),
             "worst_psnr": float(min(dp)), "best_psnr": float(max(dp)),
-            "lpips_vgg_ratio": float(np.mean([r["heic"]["lpips_vgg"] for r in rs])
+            "lpips_vgg_ratio": float(np.mean([r[c]["lpips_vgg"] for r in rs])
                                      / np.mean([r["avif"]["lpips_vgg"] for r in rs])),
             "lpips_vgg_better": int(sum(v < 1 for v in dl)),
-            "encode_time_ratio": float(np.mean([r["heic"]["encode_s"] / r["avif"]["encode_s"]
+            "encode_time_ratio": float(np.mean([r[c]["encode_s"] / r["avif"]["encode_s"]
                                                 for r in rs]))}
         print(f"{rate:g}: {json.dumps(summary[f'{rate:g}'])}", flush=True)
     if a.out:

@@ -163,7 +163,7 @@ def archive_cmd(
 
 def get_cmd(
     archive_url: str = typer.Argument(..., help="Archive path or fsspec URL."),
-    key: str = typer.Argument(..., help="Record key (see `cdc export`/GET /images)."),
+    key: str = typer.Argument(..., help="Record key (`cdc ls` lists them)."),
     out_arg: str = typer.Argument(..., metavar="OUT",
                                   help="Output image (.png, .webp, .jpg, ...)."),
     tier: str = typer.Option("standard", help="Quality tier (archive attributes)."),

@@ -1,0 +1,103 @@
+"""`cdc ls`: an archive's keys, failures, sizes and capture dates, read without payloads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from jobs.cli import app
+from storage import Archive, Record
+
+TAKEN = {"DateTimeOriginal": "2021:07:04 18:22:10", "OffsetTimeOriginal": "+02:00",
+         "GPSLatitude": [[48, 1], [51, 1], [2, 1]], "GPSLatitudeRef": "N"}
+
+
+def _archive(tmp_path: Path) -> str:
+    arch = Archive.create(str(tmp_path / "a.zarr"), codec_id="toy", model_id="m",
+                          weights_digest="sha256:00")
+    arch.set_tiers({"standard": {"steps": 1}, "preview": {"steps": 0}})
+    arch.write_shard(0, [Record("trip/b.jpg", b"x" * 300, 40, 60, meta=TAKEN),
+                         Record.failed("scans/bad.png", "scans/bad.png: not an image\x1b[31m\nX")])
+    arch.write_shard(1, [Record("trip/a b.jpg", b"y" * 100, 20, 20),
+                         Record("Home/c.png", b"z" * 50, 10, 10)])
+    return arch.url
+
+
+def _ls(*args: str):
+    return CliRunner().invoke(app, ["ls", *args])
+
+
+def test_keys_sorted_one_per_line(tmp_path: Path):
+    url = _archive(tmp_path)
+    r = _ls(url)
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines() == ["Home/c.png", "scans/bad.png", "trip/a b.jpg", "trip/b.jpg"]
+    assert _ls(url, "--prefix", "trip/").output.splitlines() == ["trip/a b.jpg", "trip/b.jpg"]
+    assert _ls(url, "--match", "HOME").output.splitlines() == ["Home/c.png"]
+    assert _ls(url, "--prefix", "none/").output == ""
+
+
+def test_failed_lists_the_reason_escaped(tmp_path: Path):
+    r = _ls(_archive(tmp_path), "--failed")
+    assert r.exit_code == 0
+    lines = r.output.splitlines()
+    assert lines == ["scans/bad.png  (scans/bad.png: not an image\\x1b[31m\\nX)"]
+    assert "\x1b" not in r.output
+
+
+def test_long_rows_and_total(tmp_path: Path):
+    r = _ls(_archive(tmp_path), "-l")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    b = next(ln for ln in lines if ln.endswith("trip/b.jpg"))
+    # 300 bytes over 40x60 pixels: 1.0 bpp; the capture date with its offset, no position
+    assert b.split()[:5] == ["ok", "60x40", "300", "1.000", "2021-07-04T18:22:10+02:00"]
+    ab = next(ln for ln in lines if ln.endswith("trip/a b.jpg"))
+    assert ab.split()[:5] == ["ok", "20x20", "100", "2.000", "-"]
+    i = lines.index(next(ln for ln in lines if ln.endswith("scans/bad.png")))
+    assert lines[i].split()[0] == "failed" and "not an image" in lines[i + 1]
+    # 450 bytes over 2,900 pixels of the ok images
+    assert lines[-1] == "4 images (1 failed), 450 bytes, 1.241 bpp"
+    assert "48" not in r.output  # the GPS position is never listed
+
+
+def test_json_has_header_totals_and_items(tmp_path: Path):
+    url = _archive(tmp_path)
+    r = _ls(url, "--json", "--prefix", "trip/")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert (d["codec"], d["model"], d["tiers"]) == ("toy", "m", ["preview", "standard"])
+    assert (d["images"], d["failed"], d["bytes"]) == (2, 0, 400)
+    assert d["bpp"] == round(8 * 400 / (2400 + 400), 4)
+    assert [it["key"] for it in d["items"]] == ["trip/a b.jpg", "trip/b.jpg"]
+    assert d["items"][1]["taken"] == "2021-07-04T18:22:10+02:00"
+    assert "taken" not in d["items"][0] and "GPSLatitude" not in r.output
+
+
+def test_missing_archive_is_one_line_error(tmp_path: Path):
+    r = _ls(str(tmp_path / "nope.zarr"))
+    assert r.exit_code == 1
+    assert r.output.count("\n") == 1 and r.output.startswith("error: ")
+    assert "nope.zarr" in r.output and "Traceback" not in r.output
+
+
+def test_damaged_metadata_still_lists(tmp_path: Path):
+    url = _archive(tmp_path)
+    (tmp_path / "a.zarr" / "meta" / "00000000.json").write_text('{"shard": 0, "records": {}}')
+    r = _ls(url, "-l")
+    assert r.exit_code == 0, r.output
+    assert next(ln for ln in r.output.splitlines() if ln.endswith("trip/b.jpg")).split()[4] == "-"
+
+
+def test_ls_imports_neither_torch_nor_ray(tmp_path: Path):
+    url = _archive(tmp_path)
+    code = ("import sys; from jobs.cli import app; from typer.testing import CliRunner; "
+            f"r = CliRunner().invoke(app, ['ls', '-l', {url!r}]); assert r.exit_code == 0; "
+            "print(sorted(m for m in ('torch', 'ray', 'compressai') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
