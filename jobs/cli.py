@@ -450,10 +450,10 @@ def models() -> None:
 
 def _register_subcommands() -> None:
     """Commands that live in their own modules (archive jobs on Ray, evaluation, training)."""
-    from jobs import eval_cli, list_cli, ray_cli, train_cli
+    from jobs import contents_cli, eval_cli, ray_cli, train_cli
 
     ray_cli.register(app)
-    list_cli.register(app)
+    contents_cli.register(app)
     eval_cli.register(app)
     train_cli.register(app)
 

@@ -33,7 +33,8 @@ shard at once. Images that cannot be read or encoded never fail a shard: they ar
 (reads ``read_retries`` times, a failed batch image by image) and then stored as *failed*
 records carrying their error, listed in the summary. A rerun plans only the keys not yet in
 the archive, so it skips finished shards and completes the rest; ``retry_failed``
-discards shards holding failed records of this input so they are encoded again.
+removes the failed records of this input (``Archive.remove``: their shards are rewritten
+without them, the ok records kept) so they are encoded again.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from pipeline.archive import (
     weights_digest,
 )
 from pipeline.archive.rate import RateError, check_rate, choose_model
+from pipeline.archive.source_changes import changed_sources
 from pipeline.archive.tier_settings import merge_tiers
 from pipeline.files import DEFAULT_MAX_PIXELS, check_max_pixels
 from pipeline.photo_metadata import check_policy
@@ -102,6 +104,9 @@ class ArchiveJobConfig:
     shard_attempts: int = 3
     inflight: int = 2  # shards queued per actor
     retry_failed: bool = False
+    # Re-encode archived photos whose local source file changed since (its modification
+    # time differs from the stored one); without it they are only reported.
+    update: bool = False
     takeover: bool = False  # take over claims that look alive
     stale_claim_s: float = 600.0
     storage_options: dict[str, Any] | None = None
@@ -188,7 +193,45 @@ def _apply_rate(cfg: ArchiveJobConfig, codec: Any) -> tuple[ArchiveJobConfig, An
     return replace(cfg, model=model), load_driver_codec(model)
 
 
-def _prepare(cfg: ArchiveJobConfig):
+@dataclass
+class Prepared:
+    """What the driver knows before any encoding (no Ray needed): the job's settings (its
+    rate applied), inputs, model, archive and plan."""
+
+    cfg: ArchiveJobConfig
+    items: list[Any]  # pipeline.archive.InputItem
+    problems: list[dict[str, str]]  # inputs that cannot be archived, with why
+    codec: Any
+    arch: Any
+    created: bool
+    done: set[str]  # keys of this input already in the archive
+    plans: list[ShardPlan]
+    retried: dict[str, int]  # failed records removed to be encoded again (--retry-failed)
+    not_images: Counter  # files skipped by extension
+    changed: list[str]  # archived keys whose source file changed since (see source_changes)
+    updated: int  # of those, removed to be encoded again (--update)
+
+
+def _readable_now(items: list[Any], keys: list[str], max_pixels: int
+                  ) -> tuple[list[str], list[dict[str, str]]]:
+    """Of the changed sources, those that read and decode as images now, and a failure for
+    each other one: an edit that broke a file must not cost the archived version."""
+    from pipeline.archive.input_loading import load_item
+
+    by_key = {it.key: it for it in items}
+    ok, bad = [], []
+    for k in keys:
+        got = load_item(by_key[k], max_pixels=max_pixels)
+        if got.error:
+            bad.append({"key": k, "url": by_key[k].url,
+                        "error": f"{got.error} (changed since archived; the archived "
+                                 "version is kept)"})
+        else:
+            ok.append(k)
+    return ok, bad
+
+
+def _prepare(cfg: ArchiveJobConfig) -> Prepared:
     """Driver-side planning: inputs, model identity, archive, shards (no Ray needed)."""
     from cdc import WeightsError
 
@@ -225,13 +268,30 @@ def _prepare(cfg: ArchiveJobConfig):
     except ArchiveError as e:
         raise JobError(str(e)) from None
     keys = {it.key for it in items}
-    discarded = []
-    if cfg.retry_failed:
-        for s in sorted({i.shard for i in arch.failed() if i.key in keys}):
-            arch.discard_shard(s)
-            discarded.append(s)
-        if discarded:
-            arch = type(arch).open(cfg.url, storage_options=cfg.storage_options)
+    retried = {"images": 0, "shards_replaced": 0}
+    try:
+        if arch.pending_removals():  # a removal (`cdc rm`, --retry-failed) a crash cut short
+            arch.finish_removals()
+        if cfg.retry_failed:
+            # Only the failed records leave (their shards are rewritten without them, the ok
+            # records copied): re-encoding whole shards would lose every record whose
+            # source file is gone since.
+            again = sorted(i.key for i in arch.failed() if i.key in keys)
+            if again:
+                got = arch.remove(again, owner="cdc archive --retry-failed")
+                retried = {"images": got["removed"], "shards_replaced": got["shards_replaced"]}
+                arch = type(arch).open(cfg.url, storage_options=cfg.storage_options)
+        done = set(arch.keys()) & keys
+        changed = changed_sources(arch, items, done)
+        updated = 0
+        if changed and cfg.update:
+            readable, unreadable = _readable_now(items, changed, cfg.options.max_pixels)
+            problems = problems + unreadable
+            if readable:
+                updated = arch.remove(readable, owner="cdc archive --update")["removed"]
+                arch = type(arch).open(cfg.url, storage_options=cfg.storage_options)
+    except ArchiveError as e:
+        raise JobError(str(e)) from None
     completed = set(arch.completed_shards())
     done = set(arch.keys()) & keys
     stale: set[int] = set()
@@ -246,7 +306,8 @@ def _prepare(cfg: ArchiveJobConfig):
                 f"{claim.get('host')}, pid {claim.get('pid')}, since {claim.get('claimed_at')}); "
                 "one job per archive at a time. If that job is dead, rerun with --takeover")
     plans = plan_shards(items, done, completed, arch.shard_size, stale)
-    return cfg, items, problems, codec, arch, created, done, plans, discarded, not_images
+    return Prepared(cfg, items, problems, codec, arch, created, done, plans, retried,
+                    not_images, changed, updated)
 
 
 def _update_key_index(arch: Any) -> str:
@@ -315,8 +376,8 @@ def run_archive_job(cfg: ArchiveJobConfig, *,
     """
     t_start = time.perf_counter()
     preflight(cfg.address)  # a cluster that cannot be joined: one line, no archive created
-    (cfg, items, problems, codec, arch, created, done, plans, discarded,
-     not_images) = _prepare(cfg)
+    prep = _prepare(cfg)
+    cfg, items, problems, codec, plans = prep.cfg, prep.items, prep.problems, prep.codec, prep.plans
     job_id = f"archive-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     counters = Counters(sum(len(p.items) for p in plans))
     results: list[dict[str, Any]] = []
@@ -330,7 +391,7 @@ def run_archive_job(cfg: ArchiveJobConfig, *,
             cfg, codec, plans, job_id, counters, before_commit, on_event)
 
     # Final state of this input in the archive (what a rerun would see).
-    fresh = type(arch).open(cfg.url, storage_options=cfg.storage_options)
+    fresh = type(prep.arch).open(cfg.url, storage_options=cfg.storage_options)
     keys = [it.key for it in items]
     in_archive = set(fresh.keys())
     failed_records = [{"key": i.key, "error": i.error} for i in fresh.failed()
@@ -345,7 +406,7 @@ def run_archive_job(cfg: ArchiveJobConfig, *,
     return {
         "job_id": job_id,
         "archive": cfg.url,
-        "created": created,
+        "created": prep.created,
         "model": {"id": codec.model_id, "weights_digest": weights_digest(codec)},
         "rate": None if cfg.rate is None else {
             "target_bpp": cfg.rate,
@@ -353,10 +414,11 @@ def run_archive_job(cfg: ArchiveJobConfig, *,
                    "prefix cap" if cfg.options.max_bpp is not None else "model choice"},
         "ray": ray_info,
         "inputs": len(items) + len(problems),
-        "not_images": {"files": sum(not_images.values()),
-                       "by_extension": dict(not_images.most_common())},
-        "already_archived": len(done),
-        "discarded_shards": discarded,
+        "not_images": {"files": sum(prep.not_images.values()),
+                       "by_extension": dict(prep.not_images.most_common())},
+        "already_archived": len(prep.done),
+        "retry_failed": prep.retried,
+        "changed_sources": {"keys": prep.changed, "updated": prep.updated},
         "key_index": key_index,
         "shards": {"planned": len(plans), "written": len(results),
                    "failed": failed_shards, "retries": retries},
@@ -401,6 +463,12 @@ def not_images_text(n: dict[str, Any], shown: int = 6) -> str:
     return f"{n['files']} (" + ", ".join(f"{e} {c}" for e, c in ext[:shown]) + more + ")"
 
 
+def changed_text(c: dict[str, Any]) -> str:
+    n = len(c["keys"])
+    return (f"{n} (re-encoded: --update)" if c["updated"] else
+            f"{n} (kept as archived; --update re-encodes them)")
+
+
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     from jobs.progress import mb
 
@@ -417,6 +485,11 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         *([("not images (not archived)", not_images_text(s["not_images"]))]
           if s.get("not_images", {}).get("files") else []),
         ("already archived (skipped)", str(s["already_archived"])),
+        *([("sources changed since archived", changed_text(s["changed_sources"]))]
+          if s.get("changed_sources", {}).get("keys") else []),
+        *([("failed images retried", f"{s['retry_failed']['images']} (removed from "
+            f"{s['retry_failed']['shards_replaced']} shard(s), the rest kept)")]
+          if s.get("retry_failed", {}).get("images") else []),
         ("shards written / planned", f"{sh['written']} / {sh['planned']}"
          + (f" ({sh['retries']} retried)" if sh["retries"] else "")),
         ("images encoded (ok / failed)",

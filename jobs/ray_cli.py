@@ -122,7 +122,11 @@ def archive_cmd(
     shard_attempts: int = typer.Option(3, min=1, help="Attempts per shard (actor deaths)."),
     tier: Annotated[list[str] | None, typer.Option(
         "--tier", help="Set a tier: NAME:steps=N,gamma=G,seed=S (repeatable).")] = None,
-    retry_failed: bool = typer.Option(False, help="Re-encode shards holding failed images."),
+    retry_failed: bool = typer.Option(
+        False, help="Re-encode the failed images (the other records are kept)."),
+    update: bool = typer.Option(
+        False, help="Re-encode archived photos whose source file changed since (by its "
+                    "modification time); without it they are only reported."),
     takeover: bool = typer.Option(False, help="Take over shard claims that look alive."),
     metadata: str = typer.Option(
         "keep", help="Capture metadata (EXIF date, camera, exposure, GPS) stored with each "
@@ -144,7 +148,7 @@ def archive_cmd(
         options=EncodeOptions(batch_size=batch_size, read_retries=read_retries,
                               max_pixels=max_pixels, metadata=_policy(metadata)),
         tiers=list(tier or []), shard_attempts=shard_attempts, retry_failed=retry_failed,
-        takeover=takeover, progress=progress)
+        update=update, takeover=takeover, progress=progress)
     try:
         summary = run_archive_job(cfg)
     except TierError as e:
@@ -159,6 +163,12 @@ def archive_cmd(
 
         typer.echo(f"warning: {printable(src)}: files that are not images were not archived: "
                    f"{not_images_text(summary['not_images'])}", err=True)
+    changed = summary.get("changed_sources", {})
+    if changed.get("keys") and not changed.get("updated") and not as_json:
+        n = len(changed["keys"])
+        typer.echo(f"warning: {printable(src)}: {n} archived photo(s) changed at the source "
+                   f"since, kept as archived (--update re-encodes them), e.g. "
+                   f"{printable(changed['keys'][0])}", err=True)
     _finish(summary, f"cdc archive {src} -> {archive_url}", summary_rows, as_json)
 
 def get_cmd(
@@ -261,16 +271,11 @@ def export_cmd(
 ) -> None:
     """Decode many images of an archive at a tier on Ray (skips existing outputs)."""
     from jobs.cluster import ClusterError
+    from jobs.contents_cli import read_key_list
     from jobs.encode import JobError
     from jobs.export import ExportJobConfig, run_export_job, summary_rows
 
-    key_list = None
-    if keys is not None:
-        try:
-            key_list = [ln.strip() for ln in keys.read_text().splitlines()
-                        if ln.strip() and not ln.startswith("#")]
-        except OSError as e:
-            _fail(f"{keys}: cannot read ({e})", EXIT_INPUT, keys)
+    key_list = None if keys is None else read_key_list(keys)
     cfg = ExportJobConfig(
         url=archive_url, dest=dest, tier=tier, fmt=fmt, steps=steps, gamma=gamma, seed=seed,
         model=model, keys=key_list, prefix=prefix, overwrite=overwrite, address=address,

@@ -35,6 +35,7 @@ from .group import consolidate, create_group, open_group, update_attrs
 from .layout import CLAIMS_DIR, DEFAULT_CHUNK_BYTES, DEFAULT_MAX_SHARDS, DEFAULT_SHARD_SIZE
 from .parts import ArchiveParts
 from .records import Record, RecordInfo
+from .removal import finish_removals, pending_removals, remove_keys
 from .shard_meta import entry_info, entry_record
 from .table_build import build_key_table, drop_key_table
 from .verify import verify_parts
@@ -230,6 +231,7 @@ class Archive:
         takeover: bool = False,
         if_complete: IfComplete = "keys",
         check_duplicates: bool = False,
+        replaces: int | None = None,
     ) -> ShardWriter:
         """A writer for shard ``shard`` (use as a context manager).
 
@@ -238,7 +240,8 @@ class Archive:
         shard does ("keys": no-op if the key list matches, else ShardCompleteError;
         "exact": same but compares all fields and checksums; "error": always refuse);
         ``check_duplicates``: refuse keys already stored in other shards (reads every
-        completed shard's key chunk, so off by default).
+        completed shard's key chunk, so off by default); ``replaces``: the shard whose
+        records a removal copies into this one (:meth:`remove`).
         """
         return ShardWriter(
             self,
@@ -247,6 +250,7 @@ class Archive:
             takeover=takeover,
             if_complete=if_complete,
             check_duplicates=check_duplicates,
+            replaces=replaces,
         )
 
     def write_shard(self, shard: int, records: Iterable[Record], **kwargs: Any) -> dict[str, Any]:
@@ -288,6 +292,23 @@ class Archive:
         self._parts.ledger.discard(shard)
         self._parts.meta.delete(shard)
         self._parts.forget_shard(shard)
+
+    def remove(self, keys: Iterable[str], *, owner: str | None = None) -> dict[str, Any]:
+        """Remove records for good (:mod:`storage.removal`): each shard holding one is
+        replaced by a copy without it, then deleted; the key table is rebuilt and the
+        decoded images cached for those keys are deleted. Every key must be stored, else
+        RecordNotFoundError and nothing changes. Interrupted removals are finished first."""
+        self._writable("remove records")
+        return remove_keys(self, self._loc, keys, owner=owner)
+
+    def finish_removals(self) -> list[int]:
+        """Complete (or drop) removals a crash interrupted; the shards finished."""
+        self._writable("finish interrupted removals")
+        return finish_removals(self, self._loc)
+
+    def pending_removals(self) -> list[dict[str, Any]]:
+        """Removals a crash interrupted (normally none); see :mod:`storage.removal`."""
+        return pending_removals(self, self._loc)
 
     def next_shard(self) -> int:
         """The first shard number after every completed or claimed shard (for appends)."""

@@ -58,6 +58,13 @@ class ShardArrays:
         arr = await self.payload.async_array.getitem((shard, slice(start, start + n)))
         return np.asarray(arr, dtype=np.uint8).tobytes()
 
+    async def delete_shard(self, shard: int) -> None:
+        """Delete shard ``shard``'s objects (its chunk of every row array and its payload):
+        a removed record's bytes and key do not stay behind in the store."""
+        keys = [f"{name}/{arr.metadata.encode_chunk_key((shard,))}"
+                for name, arr in self.rows.items()]
+        await asyncio.gather(*(self._loc.delete(k) for k in [*keys, self.payload_key(shard)]))
+
     async def write_shard(self, shard: int, rows: dict[str, list[Any]], payload: bytes) -> None:
         """Write one whole shard: a full chunk of every row array and the payload object.
 

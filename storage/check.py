@@ -66,7 +66,15 @@ def check_archive(arch: Archive, *, data: bool = True) -> dict[str, Any]:
                                     "duplicate_keys"))
     if problems and not found:
         report["other"] = problems
-    report["clean"] = not found and not problems
+    try:
+        pending = arch.pending_removals()
+    except CorruptArchiveError as e:
+        pending, report["other"] = [], [*report["other"], str(e)]
+    report["other"] += [
+        f"{arch.url}: the removal of records from shard {p['shard']} was interrupted (kept "
+        "records may be stored twice); `cdc rm` or `cdc archive` on this archive finishes it"
+        for p in pending]
+    report["clean"] = not found and not report["other"] and not problems
     return report
 
 

@@ -89,6 +89,7 @@ class ShardWriter:
         takeover: bool = False,
         if_complete: IfComplete = "keys",
         check_duplicates: bool = False,
+        replaces: int | None = None,
     ) -> None:
         if isinstance(shard, bool):
             raise TypeError("shard must be an int, got bool")
@@ -115,6 +116,9 @@ class ShardWriter:
         self.takeover = takeover
         self.if_complete = if_complete
         self.check_duplicates = check_duplicates
+        # The shard this one's records were copied from by a removal (storage.removal):
+        # recorded in the manifest so that an interrupted removal can be finished.
+        self.replaces = replaces
         self._token = uuid.uuid4().hex
         self._records: list[Record] = []
         self._keys: set[str] = set()
@@ -268,7 +272,9 @@ class ShardWriter:
 
     def _entry(self, rows: dict[str, list[Any]], meta: bytes | None) -> dict[str, Any]:
         n_failed = sum(1 for r in self._records if r.status != "ok")
-        extra = {"meta_digest": meta_digest(meta)} if meta else {}
+        extra: dict[str, Any] = {"meta_digest": meta_digest(meta)} if meta else {}
+        if self.replaces is not None:
+            extra["replaces"] = self.replaces
         return {
             "format_version": FORMAT_VERSION,
             "shard": self.shard,

@@ -360,3 +360,66 @@ def test_capture_metadata_through_archive_and_export(cluster, tmp_path: Path, we
         assert read_metadata(Image.open(dest / f"camera.{ext}")) == want
         assert read_metadata(Image.open(dest / f"plain.{ext}")) == {}
         assert (dest / f"camera.{ext}").stat().st_mtime == 1_500_000_000  # as its source
+
+
+def test_retry_failed_keeps_records_whose_source_is_gone(cluster, tmp_path: Path,
+                                                         weights_file: str):
+    """--retry-failed re-encodes the failed images only: an ok record of the same shard
+    whose source file was deleted after archiving stays (before 2026-12-07 its whole shard
+    was discarded and re-encoded from the source, so such a record was lost)."""
+    from jobs.encode import run_archive_job
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        Image.fromarray(smooth_image(48, 64, 100 + i)).save(src / f"p{i}.png")
+    (src / "q-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    url = str(tmp_path / "retry.zarr")
+    first = run_archive_job(_job(src, url, weights_file))
+    assert [f["key"] for f in first["failures"]] == ["q-broken.png"]
+    kept = _payloads(url)
+    (src / "p1.png").unlink()  # archived, then deleted from the source
+    Image.fromarray(smooth_image(48, 64, 7)).save(src / "q-broken.png")  # fixed
+    again = run_archive_job(_job(src, url, weights_file, retry_failed=True))
+    assert again["retry_failed"] == {"images": 1, "shards_replaced": 1}
+    assert again["failures"] == [] and again["images"]["encoded"] == 1
+    now = _payloads(url)
+    assert sorted(now) == ["p0.png", "p1.png", "p2.png", "p3.png", "q-broken.png"]
+    assert all(now[k] == kept[k] for k in kept if k != "q-broken.png")
+    arch = Archive.open(url)
+    arch.verify()
+    assert not arch.failed() and arch.pending_removals() == []
+
+
+def test_update_re_encodes_photos_edited_at_the_source(cluster, tmp_path: Path,
+                                                      weights_file: str):
+    """A photo edited after archiving is reported on the next run and re-encoded with
+    --update; an edit that broke the file keeps the archived version and fails the job."""
+    from jobs.encode import run_archive_job
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(smooth_image(48, 64, 200 + i)).save(src / f"p{i}.png")
+    url = str(tmp_path / "update.zarr")
+    run_archive_job(_job(src, url, weights_file))
+    before = _payloads(url)
+    Image.fromarray(smooth_image(64, 48, 9)).save(src / "p1.png")  # cropped and retouched
+    (src / "p2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # an edit gone wrong
+    for name, t in (("p1.png", 1_700_000_000), ("p2.png", 1_700_000_100)):
+        os.utime(src / name, (t, t))
+    seen = run_archive_job(_job(src, url, weights_file))
+    assert seen["changed_sources"] == {"keys": ["p1.png", "p2.png"], "updated": 0}
+    assert seen["shards"]["planned"] == 0 and _payloads(url) == before
+    done = run_archive_job(_job(src, url, weights_file, update=True))
+    assert done["changed_sources"]["updated"] == 1
+    assert [f["key"] for f in done["failures"]] == ["p2.png"]
+    assert "the archived version is kept" in done["failures"][0]["error"]
+    after = _payloads(url)
+    assert after["p0.png"] == before["p0.png"] and after["p2.png"] == before["p2.png"]
+    assert after["p1.png"] != before["p1.png"]
+    arch = Archive.open(url)
+    assert (arch.info("p1.png").width, arch.info("p1.png").height) == (48, 64)
+    assert arch.metadata("p1.png")["FileModified"] == "2023-11-14T22:13:20Z"
+    again = run_archive_job(_job(src, url, weights_file))
+    assert again["changed_sources"]["keys"] == ["p2.png"]  # still broken, still reported

@@ -105,3 +105,27 @@ def test_record_metadata_on_s3(s3_server: Any, s3_url: tuple[str, dict[str, Any]
         Archive.open(url, storage_options=so).metadata("a.jpg")
     arch.discard_shard(0)
     assert not fs.exists(path + "/meta/00000000.json")
+
+
+def test_remove_records_on_s3(s3_server: Any, s3_url: tuple[str, dict[str, Any]]) -> None:
+    """A removal on a real object store: the kept records readable, the removed record's
+    objects (payload, row chunks, metadata, cached decodes, old key table) deleted."""
+    from storage import Record
+
+    url, so = s3_url
+    arch = create(url, so)
+    arch.set_tiers({"standard": {"steps": 1}})
+    meta = {"Make": "Canon"}
+    arch.write_shard(0, [Record("a.jpg", b"A" * 50, 2, 2, meta=meta),
+                         Record("secret.jpg", b"SECRET" * 10, 2, 2, meta=meta)])
+    arch.build_index()
+    arch.cache_put("secret.jpg", "standard", b"PNG-OF-SECRET")
+    got = arch.remove(["secret.jpg"])
+    assert got["shards_replaced"] == 1 and got["cached_deleted"] == 1
+    back = Archive.open(url, storage_options=so)
+    assert back.keys() == ["a.jpg"] and back["a.jpg"].data == b"A" * 50
+    assert back.metadata("a.jpg") == meta and back.pending_removals() == []
+    back.verify()
+    fs, path = s3_server.filesystem(), url[len("s3://"):]
+    blobs = b"".join(fs.cat(p) for p in fs.find(path))
+    assert b"SECRET" not in blobs and b"secret.jpg" not in blobs

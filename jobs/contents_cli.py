@@ -1,26 +1,52 @@
-"""``cdc ls``: what an archive holds, without decoding anything.
+"""``cdc ls`` and ``cdc rm``: what an archive holds, and removing photos from it, without
+decoding anything (no torch, no Ray).
 
-A collection of thousands of photos was archived; before ``cdc get`` or ``cdc export`` the
+``ls``: a collection of thousands of photos was archived; before ``cdc get`` or ``cdc export`` the
 owner needs its keys, and to know which photos failed (and why), how many bytes each took
 and when it was taken. This reads the manifests, the key table and the per-shard capture
-metadata only: no payload, no torch, no Ray. Keys and archive-supplied text are printed
-escaped (:func:`jobs.text.printable`): an archive can be hostile.
+metadata only. ``rm``: a photo archived by mistake, or one its owner wants gone, leaves the
+archive for good (:mod:`storage.removal`: its shard is replaced by a copy without it, its
+bytes, key and cached decodes deleted). Keys and archive-supplied text are printed escaped
+(:func:`jobs.text.printable`): an archive can be hostile.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from jobs.text import error_line, printable
 
-EXIT_INPUT = 1
+EXIT_INPUT, EXIT_USAGE = 1, 2
 
 
 def register(app: typer.Typer) -> None:
     app.command("ls")(ls)
+    app.command("rm")(rm)
+
+
+def _fail(message: str, code: int, *names: object) -> None:
+    typer.echo(f"error: {error_line(message, *names)}", err=True)
+    raise typer.Exit(code)
+
+
+def _archive_error(archive_url: str, e: Exception) -> None:
+    text = str(e) if str(e).startswith(archive_url) else f"{archive_url}: {e}"
+    _fail(text, EXIT_INPUT, archive_url)
+
+
+def read_key_list(path: Path) -> list[str]:
+    """Keys from a file, one a line (blank lines and ``#`` comments skipped); an unreadable
+    file is one ``error:`` line naming it, exit 1."""
+    try:
+        return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()
+                if ln.strip() and not ln.startswith("#")]
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8 text
+        _fail(f"{path}: cannot read ({e})", EXIT_INPUT, path)
+        raise  # unreachable: _fail exits
 
 
 def ls(
@@ -44,9 +70,7 @@ def ls(
         items = list_items(arch, prefix=prefix, match=match, failed_only=failed,
                            details=long or as_json)
     except (ArchiveError, OSError) as e:
-        text = str(e) if str(e).startswith(archive_url) else f"{archive_url}: {e}"
-        typer.echo(f"error: {error_line(text, archive_url)}", err=True)
-        raise typer.Exit(EXIT_INPUT) from None
+        _archive_error(archive_url, e)
     if as_json:
         typer.echo(json.dumps({**archive_header(arch), **totals(items), "items": items},
                               indent=2))
@@ -124,3 +148,57 @@ def long_lines(items: list[dict[str, Any]]) -> list[str]:
     lines.append(f"{t['images']:,} images ({t['failed']:,} failed), "
                  f"{t['bytes']:,} bytes{rate}")
     return lines
+
+
+def rm(
+    archive_url: Annotated[str, typer.Argument(help="Archive path or fsspec URL.")],
+    keys: Annotated[list[str] | None, typer.Argument(help="Keys of the images to remove.")]
+    = None,
+    keys_file: Annotated[Path | None, typer.Option(
+        "--keys", help="File listing keys to remove, one a line.")] = None,
+    prefix: Annotated[str | None, typer.Option(
+        help="Remove every key starting with this (not empty).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Say what would be removed; change nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Remove images from an archive for good: their bytes, keys and cached decodes."""
+    from storage import Archive, ArchiveError
+
+    wanted = list(keys or [])
+    if keys_file is not None:
+        wanted += read_key_list(keys_file)
+    if not wanted and not prefix:
+        _fail("name the images to remove (keys, --keys FILE or a non-empty --prefix)",
+              EXIT_USAGE)
+    try:
+        arch = Archive.open(archive_url, read_only=dry_run)
+        if prefix:
+            matched = [k for k in arch.keys() if k.startswith(prefix)]
+            if not matched:
+                _fail(f"{archive_url}: no record starts with {prefix!r}; nothing was removed",
+                      EXIT_INPUT, archive_url)
+            wanted += matched
+        wanted = sorted(set(wanted))
+        if dry_run:
+            missing = [k for k in wanted if k not in arch]
+            if missing:
+                _fail(f"{archive_url}: no record {missing[0]!r}", EXIT_INPUT, archive_url)
+            report = {"removed": 0, "would_remove": len(wanted), "keys": wanted}
+        else:
+            report = {**arch.remove(wanted, owner="cdc rm"), "keys": wanted}
+    except (ArchiveError, OSError) as e:
+        _archive_error(archive_url, e)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    n = len(wanted)
+    noun = "image" if n == 1 else "images"
+    if dry_run:
+        for k in wanted:
+            typer.echo(printable(k))
+        typer.echo(f"would remove {n:,} {noun} (--dry-run: nothing changed)")
+    else:
+        typer.echo(f"removed {n:,} {noun}: {report['bytes_freed']:,} bytes of bitstreams, "
+                   f"{report['shards_replaced']} shard(s) rewritten without them, "
+                   f"{report['cached_deleted']} cached decode(s) deleted")
