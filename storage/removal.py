@@ -62,6 +62,7 @@ class Archive(Protocol):
 
 REMOVALS_DIR = "removals"
 _MAX_INTENT_BYTES = 4096
+_MAX_PENDING = 64
 
 
 def removal_key(shard: int) -> str:
@@ -127,7 +128,11 @@ def pending_removals(arch: Archive, loc: Location) -> list[dict[str, Any]]:
     """The intents of removals that did not finish (normally none), checked: a hostile or
     damaged intent raises CorruptArchiveError naming it."""
     out = []
-    for name in sorted(run(loc.list(REMOVALS_DIR + "/"))):
+    names = sorted(run(loc.list(REMOVALS_DIR + "/")))
+    if len(names) > _MAX_PENDING:  # a removal keeps one intent at a time
+        raise CorruptArchiveError(f"{arch.url}: {REMOVALS_DIR}/ holds {len(names)} objects, "
+                                  f"over {_MAX_PENDING}: not what removals leave")
+    for name in names:
         raw = run(loc.get(name))
         if raw is None:
             continue

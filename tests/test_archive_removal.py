@@ -132,6 +132,12 @@ def test_hostile_intent_is_refused_in_one_line(tmp_path: Path):
     with pytest.raises(CorruptArchiveError, match="removals/00000000.json is not a removal"):
         arch.remove(["a.jpg"])
     assert arch["a.jpg"].data == _payload("A")
+    (d / "00000000.json").unlink()
+    for i in range(65):
+        (d / f"{i:08d}.json").write_text("{}")
+    with pytest.raises(CorruptArchiveError, match="holds 65 objects, over 64"):
+        arch.remove(["a.jpg"])
+    assert arch["a.jpg"].data == _payload("A")
 
 
 # -- the command ----------------------------------------------------------------------------
