@@ -308,10 +308,16 @@ def _describe_with_config(data: bytes, d: dict, config_name: str, codec: str) ->
 
 @app.command()
 def info(
-    src: Path = typer.Argument(..., help="A .cdc stream."),
+    src: str = typer.Argument(..., help="A .cdc stream, or an archive (path or fsspec URL)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Show a stream's model, size, bpp and sections (needs no model, nor torch)."""
+    """Show a stream's model, size, bpp and sections, or an archive's model, tiers and
+    totals (needs no model, nor torch)."""
+    if "://" in src or Path(src).is_dir():
+        from jobs.contents_cli import archive_info
+
+        archive_info(src, as_json)
+        return
     from cdc import BitstreamError
     from cdc.describe import describe_stream
     from pipeline.files import InputError, read_bytes

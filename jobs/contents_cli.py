@@ -83,6 +83,52 @@ def ls(
                                                if failed and "error" in it else ""))
 
 
+def archive_info(archive_url: str, as_json: bool) -> None:
+    """`cdc info ARCHIVE`: the archive's model, tiers, creation and totals (manifests only:
+    no key listing, no payload)."""
+    from storage import Archive, ArchiveError
+
+    try:
+        arch = Archive.open(archive_url, read_only=True)
+        summary = arch.summary()
+        shards = arch.completed_shards()
+        tiers = arch.tiers
+        created = arch.created
+        layout = arch.attrs.get("layout", {})
+        pending = len(arch.pending_removals())
+    except (ArchiveError, OSError) as e:
+        _archive_error(archive_url, e)
+    d = {**archive_header(arch), "weights_digest": arch.weights_digest,
+         "format_version": arch.format_version, "created": created,
+         "tier_settings": tiers, "shards": len(shards),
+         "shard_size": layout.get("shard_size"), "records": summary["records"],
+         "ok": summary["ok"], "failed": summary["failed"], "bytes": summary.get("bytes"),
+         "interrupted_removals": pending}
+    if as_json:
+        typer.echo(json.dumps(d, indent=2, default=str))
+        return
+    made = " ".join(str(created[k]) for k in ("at", "by") if k in created)
+    extra = ", ".join(f"{k} {created[k]}" for k in ("source", "rate_bpp") if k in created)
+    rows = [
+        ("archive", printable(archive_url)),
+        ("codec", printable(arch.codec_id)),
+        ("model", f"{printable(arch.model_id)} ({printable(arch.weights_digest)[:19]})"),
+        ("created", printable(made + (f" ({extra})" if extra else ""))),
+        ("tiers", "; ".join(f"{printable(n)} " + ", ".join(
+            f"{printable(k)} {printable(v)}" for k, v in sorted(t.items()))
+            for n, t in sorted(tiers.items())) or "-"),
+        ("shards", f"{len(shards):,} completed (shard size {layout.get('shard_size')})"),
+        ("images", f"{summary['records']:,} ({summary['failed']:,} failed)"),
+    ]
+    if summary.get("bytes") is not None:
+        rows.append(("bytes", f"{summary['bytes']:,} of bitstreams"))
+    if pending:
+        rows.append(("removals", f"{pending} interrupted (`cdc rm` or `cdc archive` finishes "
+                                 "it)"))
+    for k, v in rows:
+        typer.echo(f"{k:>15}: {v}")
+
+
 def list_items(arch: Any, *, prefix: str = "", match: str = "", failed_only: bool = False,
                details: bool = False) -> list[dict[str, Any]]:
     """The records to list, sorted by key: each ``key``, ``ok``, ``width``, ``height``,

@@ -101,3 +101,20 @@ def test_ls_imports_neither_torch_nor_ray(tmp_path: Path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_info_on_an_archive(tmp_path: Path):
+    url = _archive(tmp_path)
+    r = CliRunner().invoke(app, ["info", url])
+    assert r.exit_code == 0, r.output
+    rows = dict(ln.strip().split(": ", 1) for ln in r.output.splitlines())
+    assert rows["codec"] == "toy" and rows["model"].startswith("m (sha256:00")
+    assert rows["tiers"] == "preview steps 0; standard steps 1"
+    assert rows["images"] == "4 (1 failed)" and rows["bytes"] == "450 of bitstreams"
+    assert rows["shards"] == "2 completed (shard size 256)"
+    d = json.loads(CliRunner().invoke(app, ["info", url, "--json"]).output)
+    assert (d["records"], d["failed"], d["bytes"], d["shards"]) == (4, 1, 450, 2)
+    assert d["tier_settings"]["standard"] == {"steps": 1}
+    assert d["interrupted_removals"] == 0
+    r = CliRunner().invoke(app, ["info", str(tmp_path)])  # a folder that is no archive
+    assert r.exit_code == 1 and r.output.startswith("error: ") and r.output.count("\n") == 1
