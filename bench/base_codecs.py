@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from refine_operating_points import validation_args
+from refine_operating_points import validation_args, validation_photo
 
 Encoded = tuple[int, Callable[[], np.ndarray], float]  # payload bytes, decoder, encode s
 
@@ -119,7 +119,7 @@ def main() -> None:
     lp = LPIPS("vgg").eval()
     rows = []
     for name in sorted(read_split(a.split))[a.first: a.first + a.images]:
-        img = Image.open(Path(a.root) / name).convert("RGB")
+        img = validation_photo(a.root, name)
         arr = np.asarray(img)
         for rate in (float(r) for r in a.rates.split(",")):
             budget = rate * arr.shape[0] * arr.shape[1] / 8

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from refine_operating_points import validation_args
+from refine_operating_points import validation_args, validation_photo
 
 
 def best_at(arr: np.ndarray, budget: float, code: int, cfg) -> tuple[int, float] | None:
@@ -83,7 +83,7 @@ def main() -> None:
     octaves = [k for k in factors if k in ("1", "2", "4", "8")]
     rows = []
     for name in sorted(read_split(a.split))[a.first: a.first + a.images]:
-        arr = np.asarray(Image.open(Path(a.root) / name).convert("RGB"))
+        arr = np.asarray(validation_photo(a.root, name))
         for rate in (float(r) for r in a.rates.split(",")):
             budget = rate * arr.shape[0] * arr.shape[1] / 8
             res = {}

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from refine_operating_points import validation_args
+from refine_operating_points import validation_args, validation_photo
 
 
 def main() -> None:
@@ -39,7 +38,7 @@ def main() -> None:
     m = load_codec(a.model).model
     rows = []
     for name in sorted(read_split(a.split))[: a.crops]:
-        arr = np.asarray(Image.open(Path(a.root) / name).convert("RGB"))
+        arr = np.asarray(validation_photo(a.root, name))
         h, w = arr.shape[:2]
         s = min(a.size, h, w) // 32 * 32
         top, left = (h - s) // 2, (w - s) // 2

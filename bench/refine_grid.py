@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from refine_operating_points import load_codec_from, validation_args
+from refine_operating_points import load_codec_from, validation_args, validation_photo
 from torch import Tensor
 
 
@@ -58,7 +58,7 @@ def validation_targets(a: argparse.Namespace, codec) -> Iterator[tuple[str, floa
     from pipeline.training.refine_pairs import read_split
 
     for name in sorted(read_split(a.split))[a.first: a.first + a.images]:
-        arr = np.asarray(Image.open(Path(a.root) / name).convert("RGB"))
+        arr = np.asarray(validation_photo(a.root, name))
         h, w = arr.shape[:2]
         x = array_to_tensor(arr)
         for rate in (float(r) for r in a.rates.split(",")):

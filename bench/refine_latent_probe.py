@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from refine_operating_points import validation_photo
 from torch import nn
 
 TAEF2 = Path("../shared/pretrained/taef2")
@@ -151,7 +151,7 @@ def main() -> None:
     for q in (int(v) for v in a.qualities.split(",")):
         rows = []
         for name in names:
-            im = Image.open(Path(a.root) / name).convert("RGB")
+            im = validation_photo(a.root, name)
             w, h, s = *im.size, 256
             im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
             arr = np.asarray(im).copy()

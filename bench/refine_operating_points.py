@@ -54,6 +54,15 @@ def validation_args(ap: argparse.ArgumentParser, images: int, name: str = "--ima
     return ap
 
 
+def validation_photo(root: str, name: str) -> Image.Image:
+    """A validation photo in sRGB RGB, as training and the codec's reader see it (its colour
+    profile applied; before 2026-12-07 the benches read the raw samples of the few photos
+    with Adobe RGB or camera profiles)."""
+    from pipeline.training.image_crops import read_image
+
+    return read_image(str(Path(root) / name)).convert("RGB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", help="run folder, relay folder or model name")
@@ -97,7 +106,7 @@ def main() -> None:
 
     rows = []
     for name in names:
-        img = Image.open(Path(a.root) / name).convert("RGB")
+        img = validation_photo(a.root, name)
         arr = np.asarray(img)
         h, w = arr.shape[:2]
         x = array_to_tensor(arr)

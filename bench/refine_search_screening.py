@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from refine_ladder import search_before
-from refine_operating_points import validation_args
+from refine_operating_points import validation_args, validation_photo
 
 
 def main() -> None:
@@ -51,7 +49,7 @@ def main() -> None:
 
     res: dict[float, list] = {}
     for name in sorted(read_split(a.split))[a.first: a.first + a.images]:
-        arr = np.asarray(Image.open(Path(a.root) / name).convert("RGB"))
+        arr = np.asarray(validation_photo(a.root, name))
         h, w = arr.shape[:2]
         for rate in (float(r) for r in a.rates.split(",")):
             target = max(1, int(rate * h * w / 8) - codec._overhead(h, w))
