@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from .backend import Location, run
-from .errors import CorruptArchiveError, RecordNotFoundError
+from .errors import CorruptArchiveError, DuplicateKeyError, RecordNotFoundError
 from .keys import check_key
 from .layout import CACHE_DIR
 from .parts import ArchiveParts
@@ -42,6 +42,8 @@ class Archive(Protocol):
     def parts(self) -> ArchiveParts: ...
 
     def check_writable(self) -> None: ...
+
+    def info(self, key: str) -> RecordInfo: ...
 
     def infos(self, shards: Iterable[int] | None = None) -> Iterator[RecordInfo]: ...
 
@@ -63,6 +65,7 @@ class Archive(Protocol):
 REMOVALS_DIR = "removals"
 _MAX_INTENT_BYTES = 4096
 _MAX_PENDING = 64
+_LOOKUPS = 256  # up to this many keys are looked up one by one, not by a scan
 
 
 def removal_key(shard: int) -> str:
@@ -77,12 +80,7 @@ def remove_keys(arch: Archive, loc: Location, keys: Iterable[str], *,
     arch.check_writable()
     doomed = {check_key(k, arch.url) for k in keys}
     finish_removals(arch, loc)
-    where: dict[int, set[str]] = {}
-    freed = 0
-    for info in arch.infos():
-        if info.key in doomed:
-            where.setdefault(info.shard, set()).add(info.key)
-            freed += info.nbytes
+    where, freed = _locate(arch, doomed)
     missing = sorted(doomed - set().union(*where.values()))
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -95,6 +93,31 @@ def remove_keys(arch: Archive, loc: Location, keys: Iterable[str], *,
         arch.ensure_index()
     return {"removed": len(doomed), "shards_replaced": len(where), "bytes_freed": freed,
             "cached_deleted": cached}
+
+
+def _locate(arch: Archive, doomed: set[str]) -> tuple[dict[int, set[str]], int]:
+    """shard -> the doomed keys it holds, and their bytes. A few keys are looked up one by
+    one (through the key table: one ranged GET each on an object store); many, or a key
+    stored twice, scan every shard's rows, which finds each copy."""
+    where: dict[int, set[str]] = {}
+    freed = 0
+    if len(doomed) <= _LOOKUPS:
+        try:
+            for k in doomed:
+                try:
+                    info = arch.info(k)
+                except RecordNotFoundError:
+                    continue  # the caller names what is missing
+                where.setdefault(info.shard, set()).add(k)
+                freed += info.nbytes
+            return where, freed
+        except DuplicateKeyError:
+            where, freed = {}, 0
+    for info in arch.infos():
+        if info.key in doomed:
+            where.setdefault(info.shard, set()).add(info.key)
+            freed += info.nbytes
+    return where, freed
 
 
 def _replace_shard(arch: Archive, loc: Location, shard: int, doomed: set[str],

@@ -190,3 +190,19 @@ def test_verify_reports_an_interrupted_removal(tmp_path: Path, monkeypatch):
     r = CliRunner().invoke(app, ["verify", arch.url])
     assert r.exit_code == 0, r.output
     assert sorted(Archive.open(arch.url).keys()) == ["a.jpg", "z.png"]
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_a_key_stored_twice_goes_from_both_shards(tmp_path: Path, monkeypatch, many: bool):
+    """Lookups one by one (few keys) or a scan (many): either way every copy is found."""
+    if many:
+        monkeypatch.setattr(removal_mod, "_LOOKUPS", 0)
+    arch = _archive(tmp_path)
+    arch.write_shard(5, [Record("secret.jpg", _payload("SECRET"), 2, 2)])  # damaged: twice
+    arch = Archive.open(arch.url)
+    assert arch.duplicates() == {"secret.jpg": [0, 5]}
+    got = arch.remove(["secret.jpg", "b.jpg"])
+    assert got["removed"] == 2 and got["shards_replaced"] == 3
+    again = Archive.open(arch.url)
+    assert sorted(again.keys()) == ["a.jpg", "z.png"] and not again.duplicates()
+    assert b"SECRET" not in _store_bytes(tmp_path / "a.zarr")
