@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from pipeline.photo_iptc import read_iptc
 from pipeline.photo_xmp import FIELDS as XMP_FIELDS
 from pipeline.photo_xmp import JPEG_XMP_ID, PNG_XMP_KEY, packet_of, read_xmp, xmp_packet
 from pipeline.photo_xmp import valid as xmp_valid
@@ -146,8 +147,9 @@ def _size(meta: Mapping[str, Any]) -> int:
 
 
 def read_metadata(img: Image.Image) -> dict[str, Any]:
-    """The kept tags of ``img``'s EXIF (call before the orientation is applied) and of its
-    XMP packet (:mod:`pipeline.photo_xmp`); ``{}`` where it has none or they cannot be
+    """The kept tags of ``img``'s EXIF (call before the orientation is applied), of its
+    XMP packet (:mod:`pipeline.photo_xmp`) and, for fields neither has, of its IPTC-IIM
+    block (:mod:`pipeline.photo_iptc`); ``{}`` where it has none or they cannot be
     read: metadata never fails a photo. XMP properties that would take the whole over
     :data:`MAX_JSON_BYTES` are left out (keywords last)."""
     out = _read_exif(img)
@@ -160,6 +162,16 @@ def read_metadata(img: Image.Image) -> dict[str, Any]:
     for name in XMP_FIELDS:  # in their order of importance: keywords last
         if name in xmp and _size({**out, name: xmp[name]}) <= MAX_JSON_BYTES:
             out[name] = xmp[name]
+    try:
+        iptc = read_iptc(img, MAX_TEXT)
+    except Exception:  # noqa: BLE001 - a block that breaks the parser: keep the photo
+        iptc = {}
+    if "DateTimeOriginal" in out:  # the IIM date only where the photo has none
+        iptc.pop("DateTimeOriginal", None)
+        iptc.pop("OffsetTimeOriginal", None)
+    for name, value in iptc.items():  # a fallback: EXIF and XMP win
+        if name not in out and _size({**out, name: value}) <= MAX_JSON_BYTES:
+            out[name] = value
     return out
 
 
