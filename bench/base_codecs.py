@@ -29,12 +29,13 @@ from refine_operating_points import validation_args, validation_photo
 Encoded = tuple[int, Callable[[], np.ndarray], float]  # payload bytes, decoder, encode s
 
 
-def avif(img: Image.Image, q: int, tune: str = "") -> Encoded:
+def avif(img: Image.Image, q: int, tune: str = "", **aom: str) -> Encoded:
     from cdc.refine import bare_avif
 
     t = time.perf_counter()
     buf = io.BytesIO()
-    extra = {"advanced": {"tune": tune}} if tune else {}
+    opts = {**({"tune": tune} if tune else {}), **aom}
+    extra = {"advanced": opts} if opts else {}
     img.save(buf, format="AVIF", quality=q, speed=6, subsampling="4:2:0", **extra)
     dt, data = time.perf_counter() - t, buf.getvalue()
     bare = bare_avif.strip(data, img.width, img.height)
@@ -70,8 +71,14 @@ def avif_psnr(img: Image.Image, q: int) -> Encoded:
     return avif(img, q, "psnr")
 
 
+def avif_grain(img: Image.Image, q: int) -> Encoded:
+    """libaom's film-grain path: the source denoised before coding, the grain's parameters
+    sent (a few bytes) and synthesised by the decoder (dav1d applies it)."""
+    return avif(img, q, **{"denoise-noise-level": "10"})
+
+
 CODECS = {"avif": avif, "heic": heic, "avif-ssimulacra2": avif_ssimulacra2,
-          "avif-psnr": avif_psnr}
+          "avif-psnr": avif_psnr, "avif-grain": avif_grain}
 
 
 def at_bytes(enc, img: Image.Image, arr: np.ndarray, budget: float, lp

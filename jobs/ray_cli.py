@@ -136,8 +136,9 @@ def archive_cmd(
                                             help="Progress bar (default: on a terminal)."),
 ) -> None:
     """Compress a collection into a chunked archive on Ray (resumable, idempotent)."""
+    from jobs.archive_summary import summary_rows
     from jobs.cluster import ClusterError
-    from jobs.encode import ArchiveJobConfig, JobError, run_archive_job, summary_rows
+    from jobs.encode import ArchiveJobConfig, JobError, run_archive_job
     from pipeline.archive import EncodeOptions
     from pipeline.archive.tier_settings import TierError
 
@@ -159,7 +160,7 @@ def archive_cmd(
         _fail(str(e), EXIT_INPUT)
     _remember_model(model, summary)
     if summary.get("not_images", {}).get("files") and not as_json:
-        from jobs.encode import not_images_text
+        from jobs.archive_summary import not_images_text
 
         typer.echo(f"warning: {printable(src)}: files that are not images were not archived: "
                    f"{not_images_text(summary['not_images'])}", err=True)

@@ -1,0 +1,73 @@
+"""The archive job's summary as the `cdc archive` table shows it (the JSON summary itself is
+built by :func:`jobs.encode.run_archive_job`; docs/jobs.md lists its fields)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def placement_text(ray_info: dict[str, Any]) -> str:
+    """``placement`` for the summary table: devices per node (node ids shortened)."""
+    return ", ".join(f"{p['node'][:8]} {p['device']}"
+                     + (f" (Ray GPU {','.join(p['gpu_ids'])})" if p["gpu_ids"] else "")
+                     for p in ray_info.get("placement", []))
+
+
+def not_images_text(n: dict[str, Any], shown: int = 6) -> str:
+    """``312 (.cr2 300, .mov 12)``: the files of the source that are not images."""
+    ext = list(n["by_extension"].items())
+    more = f", {len(ext) - shown} more kinds" if len(ext) > shown else ""
+    return f"{n['files']} (" + ", ".join(f"{e} {c}" for e, c in ext[:shown]) + more + ")"
+
+
+def changed_text(c: dict[str, Any]) -> str:
+    n = len(c["keys"])
+    return (f"{n} (re-encoded: --update)" if c["updated"] else
+            f"{n} (kept as archived; --update re-encodes them)")
+
+
+def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    from jobs.progress import mb
+
+    sh = s["shards"]
+    rows = [
+        ("archive", s["archive"] + (" (created)" if s["created"] else "")),
+        ("model", f"{s['model']['id']} ({s['model']['weights_digest'][7:19]})"
+                  + (f", --rate {s['rate']['target_bpp']:g} ({s['rate']['how']})"
+                     if s.get("rate") else "")),
+        ("ray", ", ".join(f"{k} {v}" for k, v in s["ray"].items()
+                          if k not in ("cluster", "placement"))),
+        *([("devices (node)", placement_text(s["ray"]))] if s["ray"].get("placement") else []),
+        ("inputs", str(s["inputs"])),
+        *([("not images (not archived)", not_images_text(s["not_images"]))]
+          if s.get("not_images", {}).get("files") else []),
+        ("already archived (skipped)", str(s["already_archived"])),
+        *([("sources changed since archived", changed_text(s["changed_sources"]))]
+          if s.get("changed_sources", {}).get("keys") else []),
+        *([("failed images retried", f"{s['retry_failed']['images']} (removed from "
+            f"{s['retry_failed']['shards_replaced']} shard(s), the rest kept)")]
+          if s.get("retry_failed", {}).get("images") else []),
+        ("shards written / planned", f"{sh['written']} / {sh['planned']}"
+         + (f" ({sh['retries']} retried)" if sh["retries"] else "")),
+        ("images encoded (ok / failed)",
+         f"{s['images']['encoded']} ({s['images']['ok']} / {s['images']['failed']})"),
+        ("MB in / out", f"{mb(s['bytes_in'])} / {mb(s['bytes_out'])}"),
+        ("bpp", f"{s['bpp']:.4f}"),
+        *([("capture metadata kept", f"{s['metadata']['images']} images, "
+            f"{s['metadata']['bytes']} bytes ({s['metadata']['policy']})")]
+          if s.get("metadata") else []),
+        ("time", f"{s['seconds']:.1f} s ({s['images_per_s']:.2f} images/s)"),
+        ("archive now", (f"{s['archive_summary']['records']} records in "
+                         f"{s['archive_summary']['completed_shards']} shards, "
+                         f"{s['archive_summary']['failed']} failed")),
+    ]
+    if sh["failed"]:
+        rows.append(("shards failed",
+                     ", ".join(f"{f['shard']} ({f['error']})" for f in sh["failed"])))
+    if s.get("notes"):
+        rows.append(("notes (profile to sRGB, first frame, ...)", str(len(s["notes"]))))
+    rows.append(("failures", str(len(s["failures"]))))
+    return rows
+
+
+__all__ = ["changed_text", "not_images_text", "placement_text", "summary_rows"]
