@@ -29,14 +29,15 @@ from refine_operating_points import validation_args, validation_photo
 Encoded = tuple[int, Callable[[], np.ndarray], float]  # payload bytes, decoder, encode s
 
 
-def avif(img: Image.Image, q: int, tune: str = "", **aom: str) -> Encoded:
+def avif(img: Image.Image, q: int, tune: str = "", subsampling: str = "4:2:0",
+         **aom: str) -> Encoded:
     from cdc.refine import bare_avif
 
     t = time.perf_counter()
     buf = io.BytesIO()
     opts = {**({"tune": tune} if tune else {}), **aom}
     extra = {"advanced": opts} if opts else {}
-    img.save(buf, format="AVIF", quality=q, speed=6, subsampling="4:2:0", **extra)
+    img.save(buf, format="AVIF", quality=q, speed=6, subsampling=subsampling, **extra)
     dt, data = time.perf_counter() - t, buf.getvalue()
     bare = bare_avif.strip(data, img.width, img.height)
     return (len(bare) if bare is not None else len(data),
@@ -77,7 +78,12 @@ def avif_grain(img: Image.Image, q: int) -> Encoded:
     return avif(img, q, **{"denoise-noise-level": "10"})
 
 
-CODECS = {"avif": avif, "heic": heic, "avif-ssimulacra2": avif_ssimulacra2,
+def avif_444(img: Image.Image, q: int) -> Encoded:
+    """Chroma at full resolution."""
+    return avif(img, q, subsampling="4:4:4")
+
+
+CODECS = {"avif": avif, "avif-444": avif_444, "heic": heic, "avif-ssimulacra2": avif_ssimulacra2,
           "avif-psnr": avif_psnr, "avif-grain": avif_grain}
 
 

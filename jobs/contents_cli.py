@@ -13,6 +13,7 @@ bytes, key and cached decodes deleted). Keys and archive-supplied text are print
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -61,16 +62,30 @@ def ls(
                              "and a total.")] = False,
     as_json: Annotated[bool, typer.Option(
         "--json", help="The archive's model and totals, and every listed image.")] = False,
+    taken_from: Annotated[str | None, typer.Option(
+        help="Only photos taken on or after this date: YYYY, YYYY-MM or YYYY-MM-DD "
+             "(photos without a capture date are left out).")] = None,
+    taken_to: Annotated[str | None, typer.Option(
+        help="Only photos taken on or before this date (YYYY, YYYY-MM or YYYY-MM-DD).")] = None,
+    sort: Annotated[str, typer.Option(
+        help="Order: key, taken (undated last), bytes or bpp (largest first).")] = "key",
 ) -> None:
     """List an archive's images (keys; -l: size, bytes, bpp, capture date); reads no payload."""
     from storage import Archive, ArchiveError
 
+    for opt, date in (("--taken-from", taken_from), ("--taken-to", taken_to)):
+        if date is not None and not _DATE.fullmatch(date):
+            _fail(f"{opt} {date!r}: expected YYYY, YYYY-MM or YYYY-MM-DD", EXIT_USAGE)
+    if sort not in SORTS:
+        _fail(f"--sort {sort!r}: expected one of {', '.join(SORTS)}", EXIT_USAGE)
+    dated = taken_from is not None or taken_to is not None or sort == "taken"
     try:
         arch = Archive.open(archive_url, read_only=True)
         items = list_items(arch, prefix=prefix, match=match, failed_only=failed,
-                           details=long or as_json)
+                           details=long or as_json or dated)
     except (ArchiveError, OSError) as e:
         _archive_error(archive_url, e)
+    items = order(taken_between(items, taken_from, taken_to), sort)
     if as_json:
         typer.echo(json.dumps({**archive_header(arch), **totals(items), "items": items},
                               indent=2))
@@ -81,6 +96,39 @@ def ls(
         for it in items:
             typer.echo(printable(it["key"]) + (f"  ({printable(it['error'])})"
                                                if failed and "error" in it else ""))
+
+
+_DATE = re.compile(r"\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?")
+SORTS = ("key", "taken", "bytes", "bpp")
+
+
+def taken_between(items: list[dict[str, Any]], first: str | None, last: str | None
+                  ) -> list[dict[str, Any]]:
+    """The items whose capture date (the photo's local date) falls within ``first`` ..
+    ``last``, both inclusive and as precise as given (``2021`` is the whole year)."""
+    if first is None and last is None:
+        return items
+    out = []
+    for it in items:
+        when = it.get("taken")
+        if when is None:
+            continue
+        if first is not None and when[:len(first)] < first:
+            continue
+        if last is not None and when[:len(last)] > last:
+            continue
+        out.append(it)
+    return out
+
+
+def order(items: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:
+    """``items`` (sorted by key) in the order ``--sort`` asks for; stable, so ties stay in
+    key order."""
+    if sort == "taken":
+        return sorted(items, key=lambda it: (it.get("taken") is None, it.get("taken") or ""))
+    if sort in ("bytes", "bpp"):
+        return sorted(items, key=lambda it: -(it[sort] or 0) if it["ok"] else 1)
+    return items
 
 
 def archive_info(archive_url: str, as_json: bool) -> None:

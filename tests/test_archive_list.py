@@ -118,3 +118,30 @@ def test_info_on_an_archive(tmp_path: Path):
     assert d["interrupted_removals"] == 0
     r = CliRunner().invoke(app, ["info", str(tmp_path)])  # a folder that is no archive
     assert r.exit_code == 1 and r.output.startswith("error: ") and r.output.count("\n") == 1
+
+
+def _dated(tmp_path: Path) -> str:
+    arch = Archive.create(str(tmp_path / "d.zarr"), codec_id="toy", model_id="m",
+                          weights_digest="sha256:00")
+    when = {"new.jpg": "2021:08:01 09:00:00", "old.jpg": "2020:12:31 23:59:59",
+            "mid.jpg": "2021:07:04 18:22:10"}
+    arch.write_shard(0, [Record(k, b"x" * (10 * (i + 1)), 4, 4,
+                                meta={"DateTimeOriginal": v})
+                         for i, (k, v) in enumerate(sorted(when.items()))]
+                     + [Record("undated.png", b"x" * 99, 4, 4)])
+    return arch.url
+
+
+def test_taken_filters_and_sorting(tmp_path: Path):
+    url = _dated(tmp_path)
+    assert _ls(url, "--taken-from", "2021").output.splitlines() == ["mid.jpg", "new.jpg"]
+    assert _ls(url, "--taken-to", "2021-07").output.splitlines() == ["mid.jpg", "old.jpg"]
+    assert _ls(url, "--taken-from", "2021-07-04", "--taken-to", "2021-07-04"
+               ).output.splitlines() == ["mid.jpg"]
+    assert _ls(url, "--sort", "taken").output.splitlines() == [
+        "old.jpg", "mid.jpg", "new.jpg", "undated.png"]
+    assert _ls(url, "--sort", "bytes").output.splitlines() == [
+        "undated.png", "old.jpg", "new.jpg", "mid.jpg"]
+    for args in (["--taken-from", "2021-13"], ["--taken-to", "July"], ["--sort", "size"]):
+        r = _ls(url, *args)
+        assert r.exit_code == 2 and r.output.startswith("error: ") and r.output.count("\n") == 1
