@@ -22,7 +22,7 @@ def not_images_text(n: dict[str, Any], shown: int = 6) -> str:
 
 def changed_text(c: dict[str, Any]) -> str:
     n = len(c["keys"])
-    return (f"{n} (re-encoded: --update)" if c["updated"] else
+    return (f"{n} ({c['updated']} re-encoded: --update)" if c["updated"] else
             f"{n} (kept as archived; --update re-encodes them)")
 
 
@@ -70,4 +70,26 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-__all__ = ["changed_text", "not_images_text", "placement_text", "summary_rows"]
+def dry_run_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """The table of ``cdc archive --dry-run``: what a run would do."""
+    rows = [
+        ("archive", s["archive"] + (" (would be created)" if s["created"] else "")),
+        ("model", f"{s['model']['id']} ({s['model']['weights_digest'][7:19]})"),
+        ("inputs", str(s["inputs"])),
+        *([("not images (would not be archived)", not_images_text(s["not_images"]))]
+          if s["not_images"]["files"] else []),
+        ("already archived (would be skipped)", str(s["already_archived"])),
+        *([("sources changed since archived", changed_text(s["changed_sources"]))]
+          if s["changed_sources"]["keys"] else []),
+        *([("failed images to retry", f"{s['retry_failed']['images']} (in "
+            f"{s['retry_failed']['shards_replaced']} shard(s))")]
+          if s["retry_failed"]["images"] else []),
+        ("images to encode", f"{s['images']['to_encode']} in {s['shards']['planned']} "
+                             "shard(s)"),
+        ("inputs that cannot be archived", str(len(s["failures"]))),
+        ("written", "nothing (--dry-run)"),
+    ]
+    return rows
+
+
+__all__ = ["changed_text", "dry_run_rows", "not_images_text", "placement_text", "summary_rows"]

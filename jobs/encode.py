@@ -42,75 +42,27 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
 
+from jobs.archive_config import ArchiveJobConfig, JobError
+from jobs.archive_prepare import dry_run_summary, prepare
 from jobs.cluster import actor_device, actor_layout, check_fits, preflight, ray_session
 from jobs.driver import drive
-from jobs.models import load_codec, load_driver_codec, weights_ref
+from jobs.models import load_codec, weights_ref
 from jobs.progress import Counters, ProgressBar
 from pipeline.archive import (
-    DEFAULT_SHARD_SIZE,
     EncodeOptions,
     ShardPlan,
-    base_tiers,
-    claim_is_stale,
     encode_shard,
-    open_or_create,
-    plan_inputs,
-    plan_shards,
     weights_digest,
 )
-from pipeline.archive.rate import RateError, check_rate, choose_model
-from pipeline.archive.source_changes import changed_sources
-from pipeline.archive.tier_settings import merge_tiers
-from pipeline.files import DEFAULT_MAX_PIXELS, check_max_pixels
-from pipeline.photo_metadata import check_policy
 from storage import (
     Archive,
     ArchiveError,
-    ArchiveNotFoundError,
-    NotAnArchiveError,
-    StoreAccessError,
 )
-from zoo.store import default_model
-
-
-class JobError(Exception):
-    """A job cannot start (bad source, archive in use, model mismatch); one-line message."""
-
-
-@dataclass
-class ArchiveJobConfig:
-    src: str
-    url: str
-    model: str = field(default_factory=default_model)  # the registry's default model
-    rate: float | None = None  # bpp target: picks the model, or caps progressive streams
-    address: str | None = None
-    num_cpus: int | None = None  # embedded Ray size (default: all cores)
-    actors: int | None = None
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float | None = None  # None: 1 where Ray sees GPUs, else 0
-    precision: str | None = None  # "bf16" on GPUs
-    shard_size: int = DEFAULT_SHARD_SIZE
-    # max_pixels: see pipeline.files.DEFAULT_MAX_PIXELS (a bigger image is a failed record)
-    options: EncodeOptions = field(
-        default_factory=lambda: EncodeOptions(max_pixels=DEFAULT_MAX_PIXELS))
-    tiers: list[str] = field(default_factory=list)  # "name:steps=..,gamma=..,seed=.."
-    shard_attempts: int = 3
-    inflight: int = 2  # shards queued per actor
-    retry_failed: bool = False
-    # Re-encode archived photos whose local source file changed since (its modification
-    # time differs from the stored one); without it they are only reported.
-    update: bool = False
-    takeover: bool = False  # take over claims that look alive
-    stale_claim_s: float = 600.0
-    storage_options: dict[str, Any] | None = None
-    progress: bool | None = None  # None: when stderr is a terminal
 
 
 @ray.remote
@@ -151,7 +103,6 @@ class ShardEncoder:
             self._load_now(weights)
 
     def _load_now(self, weights: list | None) -> None:
-        from storage import Archive
 
         self.device, self.gpu_ids = actor_device()
         self.codec = load_codec(self.model, self.expected, weights, device=self.device,
@@ -170,144 +121,6 @@ class ShardEncoder:
             if ev.get("type") == "shard":  # (its notes come from encode_shard's reads)
                 ev["device"], ev["gpu_ids"] = self.device, self.gpu_ids
             yield ev
-
-
-def _apply_rate(cfg: ArchiveJobConfig, codec: Any) -> tuple[ArchiveJobConfig, Any]:
-    """``--rate``: the target of a rate-controlled codec's encoder, a cap on a progressive
-    codec's streams, or a switch to the shipped model of the same codec measured nearest
-    the target (see :mod:`pipeline.archive.rate`)."""
-    from cdc.interface import RateControlled
-    from zoo import registry
-
-    try:
-        check_rate(cfg.rate)
-        if isinstance(codec, RateControlled):
-            return replace(cfg, options=replace(cfg.options, rate=cfg.rate)), codec
-        if getattr(codec, "progressive", False):
-            return replace(cfg, options=replace(cfg.options, max_bpp=cfg.rate)), codec
-        model = choose_model(cfg.model, cfg.rate, registry())
-    except RateError as e:
-        raise JobError(str(e)) from None
-    if model == cfg.model:
-        return cfg, codec
-    return replace(cfg, model=model), load_driver_codec(model)
-
-
-@dataclass
-class Prepared:
-    """What the driver knows before any encoding (no Ray needed): the job's settings (its
-    rate applied), inputs, model, archive and plan."""
-
-    cfg: ArchiveJobConfig
-    items: list[Any]  # pipeline.archive.InputItem
-    problems: list[dict[str, str]]  # inputs that cannot be archived, with why
-    codec: Any
-    arch: Any
-    created: bool
-    done: set[str]  # keys of this input already in the archive
-    plans: list[ShardPlan]
-    retried: dict[str, int]  # failed records removed to be encoded again (--retry-failed)
-    not_images: Counter  # files skipped by extension
-    changed: list[str]  # archived keys whose source file changed since (see source_changes)
-    updated: int  # of those, removed to be encoded again (--update)
-
-
-def _readable_now(items: list[Any], keys: list[str], max_pixels: int
-                  ) -> tuple[list[str], list[dict[str, str]]]:
-    """Of the changed sources, those that read and decode as images now, and a failure for
-    each other one: an edit that broke a file must not cost the archived version."""
-    from pipeline.archive.input_loading import load_item
-
-    by_key = {it.key: it for it in items}
-    ok, bad = [], []
-    for k in keys:
-        got = load_item(by_key[k], max_pixels=max_pixels)
-        if got.error:
-            bad.append({"key": k, "url": by_key[k].url,
-                        "error": f"{got.error} (changed since archived; the archived "
-                                 "version is kept)"})
-        else:
-            ok.append(k)
-    return ok, bad
-
-
-def _prepare(cfg: ArchiveJobConfig) -> Prepared:
-    """Driver-side planning: inputs, model identity, archive, shards (no Ray needed)."""
-    from cdc import WeightsError
-
-    try:
-        check_max_pixels(cfg.options.max_pixels)  # here, not in every actor's constructor
-        check_policy(cfg.options.metadata)
-    except ValueError as e:
-        raise JobError(str(e)) from None
-    try:  # the store's problems (no bucket, credentials, endpoint) before loading a model
-        Archive.open(cfg.url, storage_options=cfg.storage_options)
-    except ArchiveNotFoundError:
-        pass  # created below
-    except (StoreAccessError, NotAnArchiveError) as e:
-        raise JobError(str(e)) from None
-    except ArchiveError:
-        pass  # the rest (a newer format, ...) is reported with the model in hand
-    not_images: Counter = Counter()
-    try:
-        items, problems = plan_inputs(cfg.src, not_images)
-    except FileNotFoundError as e:
-        raise JobError(str(e)) from None
-    try:
-        codec = load_driver_codec(cfg.model)
-        if cfg.rate is not None:
-            cfg, codec = _apply_rate(cfg, codec)
-    except WeightsError as e:
-        raise JobError(str(e)) from None
-    tiers = merge_tiers(base_tiers(codec), cfg.tiers) if cfg.tiers else None
-    try:
-        arch, created = open_or_create(cfg.url, codec, shard_size=cfg.shard_size,
-                                       tiers=tiers, storage_options=cfg.storage_options,
-                                       info={"source": str(cfg.src),
-                                             **({"rate_bpp": cfg.rate} if cfg.rate else {})})
-    except ArchiveError as e:
-        raise JobError(str(e)) from None
-    keys = {it.key for it in items}
-    retried = {"images": 0, "shards_replaced": 0}
-    try:
-        if arch.pending_removals():  # a removal (`cdc rm`, --retry-failed) a crash cut short
-            arch.finish_removals()
-        if cfg.retry_failed:
-            # Only the failed records leave (their shards are rewritten without them, the ok
-            # records copied): re-encoding whole shards would lose every record whose
-            # source file is gone since.
-            again = sorted(i.key for i in arch.failed() if i.key in keys)
-            if again:
-                got = arch.remove(again, owner="cdc archive --retry-failed")
-                retried = {"images": got["removed"], "shards_replaced": got["shards_replaced"]}
-                arch = type(arch).open(cfg.url, storage_options=cfg.storage_options)
-        done = set(arch.keys()) & keys
-        changed = changed_sources(arch, items, done)
-        updated = 0
-        if changed and cfg.update:
-            readable, unreadable = _readable_now(items, changed, cfg.options.max_pixels)
-            problems = problems + unreadable
-            if readable:
-                updated = arch.remove(readable, owner="cdc archive --update")["removed"]
-                arch = type(arch).open(cfg.url, storage_options=cfg.storage_options)
-    except ArchiveError as e:
-        raise JobError(str(e)) from None
-    completed = set(arch.completed_shards())
-    done = set(arch.keys()) & keys
-    stale: set[int] = set()
-    for shard, claim in arch.claims().items():
-        if shard in completed:
-            continue
-        if cfg.takeover or claim_is_stale(claim, stale_after_s=cfg.stale_claim_s):
-            stale.add(shard)
-        else:
-            raise JobError(
-                f"{cfg.url}: shard {shard} is being written by {claim.get('owner')!r} (host "
-                f"{claim.get('host')}, pid {claim.get('pid')}, since {claim.get('claimed_at')}); "
-                "one job per archive at a time. If that job is dead, rerun with --takeover")
-    plans = plan_shards(items, done, completed, arch.shard_size, stale)
-    return Prepared(cfg, items, problems, codec, arch, created, done, plans, retried,
-                    not_images, changed, updated)
 
 
 def _update_key_index(arch: Any) -> str:
@@ -375,8 +188,11 @@ def run_archive_job(cfg: ArchiveJobConfig, *,
     ``before_commit`` runs inside the actor before each shard commit (fault injection).
     """
     t_start = time.perf_counter()
-    preflight(cfg.address)  # a cluster that cannot be joined: one line, no archive created
-    prep = _prepare(cfg)
+    if not cfg.dry_run:
+        preflight(cfg.address)  # a cluster that cannot be joined: one line, no archive created
+    prep = prepare(cfg)
+    if cfg.dry_run:
+        return dry_run_summary(prep, time.perf_counter() - t_start)
     cfg, items, problems, codec, plans = prep.cfg, prep.items, prep.problems, prep.codec, prep.plans
     job_id = f"archive-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     counters = Counters(sum(len(p.items) for p in plans))

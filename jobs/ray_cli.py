@@ -127,6 +127,9 @@ def archive_cmd(
     update: bool = typer.Option(
         False, help="Re-encode archived photos whose source file changed since (by its "
                     "modification time); without it they are only reported."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Say what a run would do (new, changed, failed images, "
+                                 "shards); write nothing, start no Ray."),
     takeover: bool = typer.Option(False, help="Take over shard claims that look alive."),
     metadata: str = typer.Option(
         "keep", help="Capture metadata (EXIF date, camera, exposure, GPS) stored with each "
@@ -149,7 +152,7 @@ def archive_cmd(
         options=EncodeOptions(batch_size=batch_size, read_retries=read_retries,
                               max_pixels=max_pixels, metadata=_policy(metadata)),
         tiers=list(tier or []), shard_attempts=shard_attempts, retry_failed=retry_failed,
-        update=update, takeover=takeover, progress=progress)
+        update=update, dry_run=dry_run, takeover=takeover, progress=progress)
     try:
         summary = run_archive_job(cfg)
     except TierError as e:
@@ -158,19 +161,40 @@ def archive_cmd(
         _fail(str(e), EXIT_INPUT, src, archive_url)
     except ClusterError as e:
         _fail(str(e), EXIT_INPUT)
+    if dry_run:
+        _finish_dry_run(summary, src, archive_url, as_json)
+        return
     _remember_model(model, summary)
-    if summary.get("not_images", {}).get("files") and not as_json:
+    if not as_json:
+        _archive_warnings(summary, src)
+    _finish(summary, f"cdc archive {src} -> {archive_url}", summary_rows, as_json)
+
+
+def _finish_dry_run(summary: dict, src: str, archive_url: str, as_json: bool) -> None:
+    """The plan's table (or JSON), then a warning per input that could not be archived."""
+    from jobs.archive_summary import dry_run_rows
+
+    _finish({**summary, "complete": True}, f"cdc archive --dry-run {src} -> {archive_url}",
+            dry_run_rows, as_json)
+    for f in summary["failures"][:20]:
+        typer.echo(f"warning: {error_line(f['error'], f['key'])} (would not be archived)",
+                   err=True)
+
+
+def _archive_warnings(summary: dict, src: str) -> None:
+    """What the job left alone: files that are not images, photos edited since archived."""
+    if summary.get("not_images", {}).get("files"):
         from jobs.archive_summary import not_images_text
 
         typer.echo(f"warning: {printable(src)}: files that are not images were not archived: "
                    f"{not_images_text(summary['not_images'])}", err=True)
     changed = summary.get("changed_sources", {})
-    if changed.get("keys") and not changed.get("updated") and not as_json:
+    if changed.get("keys") and not changed.get("updated"):
         n = len(changed["keys"])
         typer.echo(f"warning: {printable(src)}: {n} archived photo(s) changed at the source "
                    f"since, kept as archived (--update re-encodes them), e.g. "
                    f"{printable(changed['keys'][0])}", err=True)
-    _finish(summary, f"cdc archive {src} -> {archive_url}", summary_rows, as_json)
+
 
 def get_cmd(
     archive_url: str = typer.Argument(..., help="Archive path or fsspec URL."),

@@ -423,3 +423,38 @@ def test_update_re_encodes_photos_edited_at_the_source(cluster, tmp_path: Path,
     assert arch.metadata("p1.png")["FileModified"] == "2023-11-14T22:13:20Z"
     again = run_archive_job(_job(src, url, weights_file))
     assert again["changed_sources"]["keys"] == ["p2.png"]  # still broken, still reported
+
+
+def test_dry_run_plans_and_writes_nothing(cluster, tmp_path: Path, weights_file: str):
+    """--dry-run: what a run would do (new, edited, failed images; shards), no archive
+    created, nothing written to an existing one, no Ray."""
+    from jobs.encode import run_archive_job
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(smooth_image(48, 64, 300 + i)).save(src / f"p{i}.png")
+    (src / "q-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    url = str(tmp_path / "dry.zarr")
+    first = run_archive_job(_job(src, url, weights_file, dry_run=True))
+    assert first["dry_run"] and first["created"] and not (tmp_path / "dry.zarr").exists()
+    assert first["images"]["to_encode"] == 4 and first["shards"]["planned"] == 1
+    run_archive_job(_job(src, url, weights_file))
+    store = {p: p.read_bytes() for p in (tmp_path / "dry.zarr").rglob("*") if p.is_file()}
+    Image.fromarray(smooth_image(48, 64, 9)).save(src / "p1.png")
+    os.utime(src / "p1.png", (1_700_000_000, 1_700_000_000))
+    Image.fromarray(smooth_image(48, 64, 10)).save(src / "p9.png")  # new
+    Image.fromarray(smooth_image(48, 64, 11)).save(src / "q-broken.png")  # fixed
+    plan = run_archive_job(_job(src, url, weights_file, dry_run=True, update=True,
+                                retry_failed=True))
+    assert not plan["created"] and plan["already_archived"] == 2
+    assert plan["changed_sources"] == {"keys": ["p1.png"], "updated": 1}
+    assert plan["retry_failed"] == {"images": 1, "shards_replaced": 1}
+    assert plan["images"]["to_encode"] == 3  # p1 (edited), p9 (new), q-broken (retried)
+    assert "ray" not in plan and plan["failures"] == []
+    after = {p: p.read_bytes() for p in (tmp_path / "dry.zarr").rglob("*") if p.is_file()}
+    assert after == store  # not one byte written
+    r = CliRunner().invoke(_cli_app(), ["archive", str(src), url, "--model", weights_file,
+                                        "--dry-run", "--update"])
+    assert r.exit_code == 0, r.output
+    assert "nothing (--dry-run)" in r.output and "images to encode" in r.output

@@ -17,6 +17,21 @@ from pipeline.archive.tier_settings import check_tiers
 from storage import Archive, ArchiveError, ArchiveNotFoundError
 
 
+def open_existing(url: str, codec: Any, *, storage_options: dict[str, Any] | None = None,
+                  read_only: bool = False) -> Archive | None:
+    """The archive at ``url`` if one is there (None: nothing stored), checked against
+    ``codec``: the same weights and codec, else ArchiveError naming what it holds."""
+    codec = full_codec(codec)
+    try:
+        arch = Archive.open(url, expected_digest=weights_digest(codec),
+                            storage_options=storage_options, read_only=read_only)
+    except ArchiveNotFoundError:
+        return None  # nothing stored there (a missing path, an empty folder or prefix)
+    if arch.codec_id != codec.codec_id:
+        raise ArchiveError(f"{url}: holds {arch.codec_id!r} streams, not {codec.codec_id!r}")
+    return arch
+
+
 def open_or_create(url: str, codec: Any, *, shard_size: int = DEFAULT_SHARD_SIZE,
                    tiers: Mapping[str, Mapping[str, Any]] | None = None,
                    max_shard_bytes: int | None = None,
@@ -32,14 +47,8 @@ def open_or_create(url: str, codec: Any, *, shard_size: int = DEFAULT_SHARD_SIZE
     codec = full_codec(codec)
     if tiers:
         check_codec_tiers(codec, tiers)
-    try:
-        arch = Archive.open(url, expected_digest=weights_digest(codec),
-                            storage_options=storage_options)
-    except ArchiveNotFoundError:
-        pass  # nothing stored there (a missing path, an empty folder or prefix): create
-    else:
-        if arch.codec_id != codec.codec_id:
-            raise ArchiveError(f"{url}: holds {arch.codec_id!r} streams, not {codec.codec_id!r}")
+    arch = open_existing(url, codec, storage_options=storage_options)
+    if arch is not None:
         arch.check_writable()  # a read-only bucket: one line now, not a failed job later
         if tiers:
             new = check_tiers(tiers)
