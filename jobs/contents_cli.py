@@ -140,8 +140,7 @@ def archive_info(archive_url: str, as_json: bool) -> None:
         arch = Archive.open(archive_url, read_only=True)
         summary = arch.summary()
         shards = arch.completed_shards()
-        tiers = arch.tiers
-        created = arch.created
+        created, tiers = arch.created, arch.tiers  # their shape checked at open
         layout = arch.attrs.get("layout", {})
         pending = len(arch.pending_removals())
     except (ArchiveError, OSError) as e:

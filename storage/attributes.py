@@ -11,7 +11,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import ModelMismatchError, UnknownTierError
+from .errors import CorruptArchiveError, ModelMismatchError, UnknownTierError
+from .keys import TIER_ID as _TIER_ID
 from .keys import check_tier_id
 
 
@@ -37,6 +38,26 @@ class ArchiveAttributes:
     def __init__(self, url: str, doc: dict[str, Any]) -> None:
         self.url = url
         self.doc = doc
+
+    @classmethod
+    def checked(cls, url: str, doc: dict[str, Any]) -> ArchiveAttributes:
+        """The attributes of an archive being opened, their shape checked first: another
+        writer may have put anything there, and every reader indexes into them.
+        CorruptArchiveError names the first field that is not what this package writes."""
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise CorruptArchiveError(f"{url}: attribute {what} is malformed")
+
+        codec, model = doc.get("codec"), doc.get("model")
+        need(isinstance(codec, dict) and isinstance(codec.get("id"), str) and codec["id"] != ""
+             and isinstance(codec.get("config", {}), dict), "'codec'")
+        need(isinstance(model, dict) and isinstance(model.get("id"), str)
+             and isinstance(model.get("weights_digest"), str), "'model'")
+        tiers = doc.get("tiers", {})
+        need(isinstance(tiers, dict) and all(isinstance(v, dict) for v in tiers.values())
+             and all(isinstance(k, str) and _TIER_ID.fullmatch(k) for k in tiers), "'tiers'")
+        need(isinstance(doc.get("created", {}), dict), "'created'")
+        return cls(url, doc)
 
     def copy(self) -> dict[str, Any]:
         """A deep copy (callers may edit it freely)."""

@@ -20,7 +20,8 @@ from .errors import BadKeyError
 
 MAX_KEY_BYTES = 1024
 _DRIVE = re.compile(r"^[A-Za-z]:")
-_TIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TIER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_TIER = TIER_ID
 # controls, format characters (bidi controls, zero-width), lone surrogates, line/para separators
 _BAD_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 

@@ -42,7 +42,7 @@ class ArchiveParts:
         """Check the layout and arrays against the attributes (CorruptArchiveError if
         they disagree) and wire the parts."""
         layout = Layout.from_attrs(attrs, loc.url)
-        attributes = ArchiveAttributes(loc.url, attrs)
+        attributes = ArchiveAttributes.checked(loc.url, attrs)
         arrays = ShardArrays(loc, group, layout)
         ledger = ShardLedger(loc, layout.shard_size)
         return cls(

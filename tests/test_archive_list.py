@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from jobs.cli import app
@@ -145,3 +146,42 @@ def test_taken_filters_and_sorting(tmp_path: Path):
     for args in (["--taken-from", "2021-13"], ["--taken-to", "July"], ["--sort", "size"]):
         r = _ls(url, *args)
         assert r.exit_code == 2 and r.output.startswith("error: ") and r.output.count("\n") == 1
+
+
+def _edit_attrs(tmp_path: Path, **changes) -> None:
+    path = tmp_path / "a.zarr" / "zarr.json"
+    doc = json.loads(path.read_text())
+    doc.pop("consolidated_metadata", None)
+    doc["attributes"]["cdc_archive"].update(changes)
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("changes,what", [
+    ({"created": [1, 2]}, "'created'"), ({"tiers": {"standard": [1]}}, "'tiers'"),
+    ({"tiers": "abc"}, "'tiers'"), ({"tiers": {"../x": {}}}, "'tiers'"),
+    ({"model": "x"}, "'model'"), ({"model": {}}, "'model'"), ({"codec": [1]}, "'codec'"),
+])
+def test_malformed_attributes_are_one_line_errors(tmp_path: Path, changes, what: str):
+    """Attributes of another shape than this package writes: refused at open, for every
+    command, in one line (they gave tracebacks in `cdc get` before 2026-12-07)."""
+    url = _archive(tmp_path)
+    _edit_attrs(tmp_path, **changes)
+    for args in (["info", url], ["ls", "--json", url], ["verify", url],
+                 ["get", url, "trip/b.jpg", str(tmp_path / "o.png")]):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 1, (args, r.output)
+        assert r.output == f"error: {url}: attribute {what} is malformed\n", (args, r.output)
+
+
+def test_info_and_ls_escape_archive_text(tmp_path: Path):
+    url = _archive(tmp_path)
+    arch = Archive.open(url)
+    _edit_attrs(tmp_path, model={**arch.attrs["model"], "id": "m\x1b[31m"},
+                tiers={"x": {"steps": "\x1b[2J"}})
+    for args in (["info", url], ["info", "--json", url], ["ls", "--json", url], ["ls", "-l", url]):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 0, (args, r.output)
+        assert "\x1b" not in r.output and "Traceback" not in r.output
+    rows = {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in CliRunner().invoke(
+        app, ["info", url]).output.splitlines())}
+    assert rows["model"].startswith("m\\x1b[31m") and rows["tiers"] == "x steps \\x1b[2J"
