@@ -86,17 +86,22 @@ def test_read_only_archive_refuses(tmp_path: Path):
         Archive.open(arch.url, read_only=True).remove(["a.jpg"])
 
 
-def test_crash_after_the_copy_is_finished_later(tmp_path: Path, monkeypatch):
+def _remove_with_a_crash_in(tmp_path: Path, monkeypatch, owner: object, name: str) -> Archive:
+    """Remove secret.jpg with ``owner.name`` failing as a crash would; the archive reopened."""
     arch = _archive(tmp_path)
 
     def crash(*a, **k):
         raise OSError("power cut")
 
-    monkeypatch.setattr(removal_mod, "_delete_shard", crash)
+    monkeypatch.setattr(owner, name, crash)
     with pytest.raises(OSError):
         arch.remove(["secret.jpg"])
     monkeypatch.undo()
-    arch = Archive.open(arch.url)
+    return Archive.open(arch.url)
+
+
+def test_crash_after_the_copy_is_finished_later(tmp_path: Path, monkeypatch):
+    arch = _remove_with_a_crash_in(tmp_path, monkeypatch, removal_mod, "_delete_shard")
     assert [(p["shard"], p["into"]) for p in arch.pending_removals()] == [(0, 2)]
     assert arch.duplicates() == {"a.jpg": [0, 2], "z.png": [0, 2]}  # identical copies
     assert arch.finish_removals() == [0]
@@ -107,16 +112,7 @@ def test_crash_after_the_copy_is_finished_later(tmp_path: Path, monkeypatch):
 
 
 def test_crash_during_the_copy_removes_nothing(tmp_path: Path, monkeypatch):
-    arch = _archive(tmp_path)
-
-    def crash(*a, **k):
-        raise OSError("power cut")
-
-    monkeypatch.setattr(Archive, "write_shard", crash)
-    with pytest.raises(OSError):
-        arch.remove(["secret.jpg"])
-    monkeypatch.undo()
-    arch = Archive.open(arch.url)
+    arch = _remove_with_a_crash_in(tmp_path, monkeypatch, Archive, "write_shard")
     assert arch.finish_removals() == []
     assert arch.pending_removals() == []
     assert arch["secret.jpg"].data == _payload("SECRET") and len(arch) == 4
@@ -177,12 +173,7 @@ def test_cli_rm_errors_are_one_line(tmp_path: Path):
 
 
 def test_verify_reports_an_interrupted_removal(tmp_path: Path, monkeypatch):
-    arch = _archive(tmp_path)
-    monkeypatch.setattr(removal_mod, "_delete_shard",
-                        lambda *a, **k: (_ for _ in ()).throw(OSError("power cut")))
-    with pytest.raises(OSError):
-        arch.remove(["secret.jpg"])
-    monkeypatch.undo()
+    arch = _remove_with_a_crash_in(tmp_path, monkeypatch, removal_mod, "_delete_shard")
     r = CliRunner().invoke(app, ["verify", arch.url])
     assert r.exit_code == 3
     assert "removal of records from shard 0 was interrupted" in r.output

@@ -362,6 +362,16 @@ def test_capture_metadata_through_archive_and_export(cluster, tmp_path: Path, we
         assert (dest / f"camera.{ext}").stat().st_mtime == 1_500_000_000  # as its source
 
 
+def _photos(tmp_path: Path, n: int, seed: int) -> Path:
+    """``src/p0.png`` … and a broken ``src/q-broken.png``."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(n):
+        Image.fromarray(smooth_image(48, 64, seed + i)).save(src / f"p{i}.png")
+    (src / "q-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    return src
+
+
 def test_retry_failed_keeps_records_whose_source_is_gone(cluster, tmp_path: Path,
                                                          weights_file: str):
     """--retry-failed re-encodes the failed images only: an ok record of the same shard
@@ -369,11 +379,7 @@ def test_retry_failed_keeps_records_whose_source_is_gone(cluster, tmp_path: Path
     was discarded and re-encoded from the source, so such a record was lost)."""
     from jobs.encode import run_archive_job
 
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(4):
-        Image.fromarray(smooth_image(48, 64, 100 + i)).save(src / f"p{i}.png")
-    (src / "q-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    src = _photos(tmp_path, 4, seed=100)
     url = str(tmp_path / "retry.zarr")
     first = run_archive_job(_job(src, url, weights_file))
     assert [f["key"] for f in first["failures"]] == ["q-broken.png"]
@@ -430,11 +436,7 @@ def test_dry_run_plans_and_writes_nothing(cluster, tmp_path: Path, weights_file:
     created, nothing written to an existing one, no Ray."""
     from jobs.encode import run_archive_job
 
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(3):
-        Image.fromarray(smooth_image(48, 64, 300 + i)).save(src / f"p{i}.png")
-    (src / "q-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    src = _photos(tmp_path, 3, seed=300)
     url = str(tmp_path / "dry.zarr")
     first = run_archive_job(_job(src, url, weights_file, dry_run=True))
     assert first["dry_run"] and first["created"] and not (tmp_path / "dry.zarr").exists()
