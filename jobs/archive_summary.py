@@ -20,10 +20,12 @@ def not_images_text(n: dict[str, Any], shown: int = 6) -> str:
     return f"{n['files']} (" + ", ".join(f"{e} {c}" for e, c in ext[:shown]) + more + ")"
 
 
-def changed_text(c: dict[str, Any]) -> str:
+def changed_text(c: dict[str, Any], would: bool = False) -> str:
+    """``3 (2 re-encoded: --update)``; ``would``: for a dry run."""
     n = len(c["keys"])
-    return (f"{n} ({c['updated']} re-encoded: --update)" if c["updated"] else
-            f"{n} (kept as archived; --update re-encodes them)")
+    if c["updated"]:
+        return f"{n} ({c['updated']} {'would be ' if would else ''}re-encoded: --update)"
+    return f"{n} ({'would be ' if would else ''}kept as archived; --update re-encodes them)"
 
 
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
@@ -79,7 +81,7 @@ def dry_run_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         *([("not images (would not be archived)", not_images_text(s["not_images"]))]
           if s["not_images"]["files"] else []),
         ("already archived (would be skipped)", str(s["already_archived"])),
-        *([("sources changed since archived", changed_text(s["changed_sources"]))]
+        *([("sources changed since archived", changed_text(s["changed_sources"], would=True))]
           if s["changed_sources"]["keys"] else []),
         *([("failed images to retry", f"{s['retry_failed']['images']} (in "
             f"{s['retry_failed']['shards_replaced']} shard(s))")]
