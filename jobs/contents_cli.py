@@ -69,6 +69,9 @@ def ls(
         help="Only photos taken on or before this date (YYYY, YYYY-MM or YYYY-MM-DD).")] = None,
     sort: Annotated[str, typer.Option(
         help="Order: key, taken (undated last), bytes or bpp (largest first).")] = "key",
+    du: Annotated[int | None, typer.Option(
+        "--du", min=1, max=32, help="Totals per folder of the keys, N levels deep (like du): "
+                                    "images, failed, bytes, bpp; largest first.")] = None,
 ) -> None:
     """List an archive's images (keys; -l: size, bytes, bpp, capture date); reads no payload."""
     from storage import Archive, ArchiveError
@@ -86,6 +89,21 @@ def ls(
     except (ArchiveError, OSError) as e:
         _archive_error(archive_url, e)
     items = order(taken_between(items, taken_from, taken_to), sort)
+    if du is not None:
+        rows = folder_totals(items, du)
+        if as_json:
+            typer.echo(json.dumps({**archive_header(arch), **totals(items), "folders": rows},
+                                  indent=2))
+        else:
+            for r in rows:
+                bpp = f"{r['bpp']:.3f}" if r["bpp"] is not None else "-"
+                typer.echo(f"{r['bytes']:>13,}  {r['images']:>8,}  {r['failed']:>6,}  "
+                           f"{bpp:>6}  {printable(r['folder'])}")
+            t = totals(items)
+            typer.echo(f"{t['bytes']:>13,}  {t['images']:>8,}  {t['failed']:>6,}  "
+                       f"{t['bpp'] if t['bpp'] is None else format(t['bpp'], '.3f'):>6}  "
+                       "(total)")
+        return
     if as_json:
         typer.echo(json.dumps({**archive_header(arch), **totals(items), "items": items},
                               indent=2))
@@ -129,6 +147,17 @@ def order(items: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:
     if sort in ("bytes", "bpp"):
         return sorted(items, key=lambda it: -(it[sort] or 0) if it["ok"] else 1)
     return items
+
+
+def folder_totals(items: list[dict[str, Any]], depth: int) -> list[dict[str, Any]]:
+    """Per folder of the keys, ``depth`` levels deep (a key with fewer levels counts in its
+    own folder, ``.`` at the top): images, failed, bytes, bpp; largest first."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for it in items:
+        parts = it["key"].split("/")[:-1]
+        groups.setdefault("/".join(parts[:depth]) or ".", []).append(it)
+    rows = [{"folder": f, **totals(g)} for f, g in groups.items()]
+    return sorted(rows, key=lambda r: (-r["bytes"], r["folder"]))
 
 
 def archive_info(archive_url: str, as_json: bool) -> None:

@@ -185,3 +185,15 @@ def test_info_and_ls_escape_archive_text(tmp_path: Path):
     rows = {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in CliRunner().invoke(
         app, ["info", url]).output.splitlines())}
     assert rows["model"].startswith("m\\x1b[31m") and rows["tiers"] == "x steps \\x1b[2J"
+
+
+def test_du_totals_per_folder(tmp_path: Path):
+    url = _archive(tmp_path)  # trip/ 400 bytes (2 ok), scans/ 1 failed, Home/ 50 bytes
+    lines = _ls(url, "--du", "1").output.splitlines()
+    assert [ln.split() for ln in lines] == [
+        ["400", "2", "0", "1.143", "trip"], ["50", "1", "0", "4.000", "Home"],
+        ["0", "1", "1", "-", "scans"], ["450", "4", "1", "1.241", "(total)"]]
+    d = json.loads(_ls(url, "--du", "1", "--json", "--prefix", "trip/").output)
+    assert d["folders"] == [{"folder": "trip", "images": 2, "failed": 0, "bytes": 400,
+                             "bpp": round(8 * 400 / 2800, 4)}]
+    assert _ls(url, "--du", "0").exit_code == 2
