@@ -76,9 +76,7 @@ def ls(
     """List an archive's images (keys; -l: size, bytes, bpp, capture date); reads no payload."""
     from storage import Archive, ArchiveError
 
-    for opt, date in (("--taken-from", taken_from), ("--taken-to", taken_to)):
-        if date is not None and not _DATE.fullmatch(date):
-            _fail(f"{opt} {date!r}: expected YYYY, YYYY-MM or YYYY-MM-DD", EXIT_USAGE)
+    check_dates(taken_from, taken_to)
     if sort not in SORTS:
         _fail(f"--sort {sort!r}: expected one of {', '.join(SORTS)}", EXIT_USAGE)
     dated = taken_from is not None or taken_to is not None or sort == "taken"
@@ -118,6 +116,28 @@ def ls(
 
 _DATE = re.compile(r"\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?")
 SORTS = ("key", "taken", "bytes", "bpp")
+
+
+def check_dates(taken_from: str | None, taken_to: str | None) -> None:
+    """``--taken-from``/``--taken-to`` as YYYY, YYYY-MM or YYYY-MM-DD, else a usage error."""
+    for opt, date in (("--taken-from", taken_from), ("--taken-to", taken_to)):
+        if date is not None and not _DATE.fullmatch(date):
+            _fail(f"{opt} {date!r}: expected YYYY, YYYY-MM or YYYY-MM-DD", EXIT_USAGE)
+
+
+def keys_taken_between(archive_url: str, taken_from: str | None, taken_to: str | None,
+                       prefix: str = "") -> list[str]:
+    """The keys of the photos taken in that range (for ``cdc export``); one ``error:`` line
+    when the archive cannot be read."""
+    from storage import Archive, ArchiveError
+
+    check_dates(taken_from, taken_to)
+    try:
+        arch = Archive.open(archive_url, read_only=True)
+        items = list_items(arch, prefix=prefix, details=True)
+    except (ArchiveError, OSError) as e:
+        _archive_error(archive_url, e)
+    return [it["key"] for it in taken_between(items, taken_from, taken_to)]
 
 
 def taken_between(items: list[dict[str, Any]], first: str | None, last: str | None

@@ -276,6 +276,10 @@ def export_cmd(
     prefix: str | None = typer.Option(None, help="Only keys starting with this."),
     keys: Annotated[Path | None, typer.Option(
         help="File listing the keys to export.")] = None,
+    taken_from: str | None = typer.Option(
+        None, help="Only photos taken on or after this date (YYYY, YYYY-MM or YYYY-MM-DD)."),
+    taken_to: str | None = typer.Option(
+        None, help="Only photos taken on or before this date (YYYY, YYYY-MM or YYYY-MM-DD)."),
     overwrite: bool = typer.Option(False, help="Re-decode outputs that already exist."),
     model: str | None = typer.Option(None, "--model", "-m",
                                         help="Weights (default: the archive's model)."),
@@ -296,11 +300,14 @@ def export_cmd(
 ) -> None:
     """Decode many images of an archive at a tier on Ray (skips existing outputs)."""
     from jobs.cluster import ClusterError
-    from jobs.contents_cli import read_key_list
+    from jobs.contents_cli import keys_taken_between, read_key_list
     from jobs.encode import JobError
     from jobs.export import ExportJobConfig, run_export_job, summary_rows
 
     key_list = None if keys is None else read_key_list(keys)
+    if taken_from is not None or taken_to is not None:  # the photos of those dates only
+        dated = keys_taken_between(archive_url, taken_from, taken_to, prefix or "")
+        key_list = dated if key_list is None else [k for k in key_list if k in set(dated)]
     cfg = ExportJobConfig(
         url=archive_url, dest=dest, tier=tier, fmt=fmt, steps=steps, gamma=gamma, seed=seed,
         model=model, keys=key_list, prefix=prefix, overwrite=overwrite, address=address,

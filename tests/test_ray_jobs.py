@@ -360,6 +360,15 @@ def test_capture_metadata_through_archive_and_export(cluster, tmp_path: Path, we
         assert read_metadata(Image.open(dest / f"camera.{ext}")) == want
         assert read_metadata(Image.open(dest / f"plain.{ext}")) == {}
         assert (dest / f"camera.{ext}").stat().st_mtime == 1_500_000_000  # as its source
+    # only the photos taken in a date range (plain.jpg has no capture date)
+    taken = CAMERA["DateTimeOriginal"][:4]
+    dest = tmp_path / "out-dated"
+    r = runner.invoke(app, ["export", url, str(dest), "--tier", "preview", "--model",
+                            weights_file, "--taken-from", taken, "--taken-to", taken])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in dest.iterdir()) == ["camera.png"]
+    r = runner.invoke(app, ["export", url, str(dest), "--taken-from", "last year"])
+    assert r.exit_code == 2 and r.output.startswith("error: --taken-from 'last year'")
 
 
 def _photos(tmp_path: Path, n: int, seed: int) -> Path:
