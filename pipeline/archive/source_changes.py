@@ -15,14 +15,19 @@ from collections.abc import Iterable
 from typing import Any
 
 from pipeline.archive.planning import InputItem
-from pipeline.photo_metadata import FILE_MODIFIED, file_modified
+from pipeline.photo_metadata import file_modified, file_time
 from storage import ArchiveError
+
+#: Times this close count as the same (FAT and exFAT memory cards store them to 2 s; the
+#: stored time is whole seconds): what rsync's ``--modify-window`` is for.
+MODIFY_WINDOW_S = 2
 
 
 def changed_sources(arch: Any, items: Iterable[InputItem], done: set[str]) -> list[str]:
-    """Keys of ``done`` (archived) whose local source file's modification time is not the
-    one stored with the record, sorted. Costs a ``stat`` per archived source and one read of
-    each shard's metadata object, shard by shard (each read once)."""
+    """Keys of ``done`` (archived) whose local source file's modification time differs from
+    the one stored with the record by more than :data:`MODIFY_WINDOW_S`, sorted. Costs a
+    ``stat`` per archived source and one read of each shard's metadata object, shard by
+    shard (each read once)."""
     urls = {it.key: it.url for it in items if it.key in done}
     if not urls:
         return []
@@ -30,12 +35,12 @@ def changed_sources(arch: Any, items: Iterable[InputItem], done: set[str]) -> li
     out = []
     for _, key in order:
         try:
-            stored = arch.metadata(key).get(FILE_MODIFIED)
+            stored = file_time(arch.metadata(key))
         except ArchiveError:
             continue  # damaged metadata: `cdc verify` reports it; the record is not judged
         if stored is None:
             continue
-        now = file_modified(urls[key]).get(FILE_MODIFIED)
-        if now is not None and now != stored:
+        now = file_time(file_modified(urls[key]))
+        if now is not None and abs(now - stored) > MODIFY_WINDOW_S:
             out.append(key)
     return sorted(out)
