@@ -114,14 +114,15 @@ def ls(
                                                if failed and "error" in it else ""))
 
 
-_DATE = re.compile(r"\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?")
+#: A ``--taken-from/--taken-to`` date (also the HTTP listing's ``taken_from/taken_to``).
+DATE_PATTERN = re.compile(r"\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?")
 SORTS = ("key", "taken", "bytes", "bpp")
 
 
 def check_dates(taken_from: str | None, taken_to: str | None) -> None:
     """``--taken-from``/``--taken-to`` as YYYY, YYYY-MM or YYYY-MM-DD, else a usage error."""
     for opt, date in (("--taken-from", taken_from), ("--taken-to", taken_to)):
-        if date is not None and not _DATE.fullmatch(date):
+        if date is not None and not DATE_PATTERN.fullmatch(date):
             _fail(f"{opt} {date!r}: expected YYYY, YYYY-MM or YYYY-MM-DD", EXIT_USAGE)
 
 
@@ -146,17 +147,14 @@ def taken_between(items: list[dict[str, Any]], first: str | None, last: str | No
     ``last``, both inclusive and as precise as given (``2021`` is the whole year)."""
     if first is None and last is None:
         return items
-    out = []
-    for it in items:
-        when = it.get("taken")
-        if when is None:
-            continue
-        if first is not None and when[:len(first)] < first:
-            continue
-        if last is not None and when[:len(last)] > last:
-            continue
-        out.append(it)
-    return out
+    return [it for it in items if taken_in(it.get("taken"), first, last)]
+
+
+def taken_in(when: str | None, first: str | None, last: str | None) -> bool:
+    """Whether a capture date (ISO 8601, the photo's local time) is within ``first`` ..
+    ``last`` (YYYY[-MM[-DD]], inclusive, either may be None); an undated photo is not."""
+    return (when is not None and (first is None or when[:len(first)] >= first)
+            and (last is None or when[:len(last)] <= last))
 
 
 def order(items: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:

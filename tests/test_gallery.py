@@ -112,6 +112,20 @@ def test_grid_thumbnails_filter_and_304(browser, served: str, archive: str, shot
     box.send_keys(" ")  # blank: everything again
     wait(browser).until(lambda d: tiles(d) == keys)
 
+    taken = browser.find_element(By.ID, "taken")  # img001 was taken on 2021-07-04
+    taken.send_keys("2021-06..2021-07")
+    wait(browser).until(lambda d: tiles(d) == ["img001.png"])
+    assert browser.find_element(By.ID, "count").text == "1 image taken 2021-06..2021-07"
+    taken.clear()
+    taken.send_keys("2020")
+    wait(browser).until(lambda d: tiles(d) == [])
+    taken.clear()
+    taken.send_keys("July")  # not a date: the server's one line, shown
+    wait(browser).until(lambda d: "expected YYYY" in d.find_element(By.ID, "error").text)
+    taken.clear()
+    taken.send_keys(" ")
+    wait(browser).until(lambda d: tiles(d) == keys)
+
     browser.set_window_size(390, 800)  # a phone
     open_gallery(browser, served, thumbs=N)
     fit = browser.execute_script(

@@ -174,6 +174,11 @@ def test_listing_filter_details_and_info(server: str):
     dated = json.loads(_get(f"{server}/images?q=img001&details=true")[2])["items"]
     assert dated == [{"key": "img001.png", "ok": True, "width": 64, "height": 48,
                       "bytes": dated[0]["bytes"], "taken": "2021-07-04T18:22:10+02:00"}]
+    summer = json.loads(_get(f"{server}/images?taken_from=2021-06&taken_to=2021-07")[2])
+    assert summer["keys"] == ["img001.png"] and summer["total"] == 1
+    assert json.loads(_get(f"{server}/images?taken_to=2020")[2])["keys"] == []
+    status, _, body = _get(f"{server}/images?taken_from=summer")
+    assert status == 400 and b"taken_from 'summer': expected YYYY" in body
     broken = json.loads(_get(f"{server}/images?q=broken&details=true")[2])["items"]
     assert broken == [{"key": "zz-broken.png", "ok": False, "width": 0, "height": 0,
                        "bytes": 0, "error": "not an image file (unrecognised format)"}]

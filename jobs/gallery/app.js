@@ -1,5 +1,5 @@
 // The gallery of `cdc serve` (jobs/serve.py): a paged grid of preview thumbnails that load
-// as they scroll into view, a key filter, and a viewer that refines one image in place,
+// as they scroll into view, a key filter and a capture-date filter, and a viewer that refines one image in place,
 // tier by tier. No build step and no dependencies; every URL is relative to <base>, the
 // route the page is served under.
 
@@ -23,6 +23,7 @@ const state = {
   total: 0,
   done: false,
   q: "",
+  taken: "", // "2021-07" or "2021-06..2021-08": the capture dates shown (server-side filter)
   gen: 0, // bumped when the filter changes: answers for an older filter are dropped
   loading: false,
   view: { index: -1, gen: 0, shots: [], comparing: false },
@@ -145,7 +146,8 @@ function loadThumb(img, attempt = 0) {
 
 function updateCount() {
   const shown = state.items.length;
-  const what = state.q ? `matching “${state.q}”` : "";
+  const what = [state.q ? `matching “${state.q}”` : "",
+    state.taken ? `taken ${state.taken}` : ""].filter(Boolean).join(", ");
   $("count").textContent = shown < state.total
     ? `${shown} of ${state.total} ${what}`.trim()
     : `${plural(state.total, "image")} ${what}`.trim();
@@ -158,6 +160,12 @@ async function loadPage() {
   try {
     const params = new URLSearchParams({ offset: state.items.length, limit: PAGE, details: "true" });
     if (state.q) params.set("q", state.q);
+    if (state.taken) {
+      const [from, to] = state.taken.includes("..") ? state.taken.split("..", 2)
+        : [state.taken, state.taken];
+      if (from.trim()) params.set("taken_from", from.trim());
+      if (to.trim()) params.set("taken_to", to.trim());
+    }
     const page = await getJSON(`images?${params}`);
     if (gen !== state.gen) return;
     const tiles = page.items.map((item, i) => tile(item, state.items.length + i));
@@ -178,10 +186,10 @@ async function loadPage() {
   if (!state.done && $("more").getBoundingClientRect().top < innerHeight + 600) loadPage();
 }
 
-function setFilter(q) {
-  if (q === state.q) return;
+function setFilter(q, taken = state.taken) {
+  if (q === state.q && taken === state.taken) return;
   closeViewer();
-  Object.assign(state, { q, items: [], total: 0, done: false, loading: false });
+  Object.assign(state, { q, taken, items: [], total: 0, done: false, loading: false });
   state.gen++;
   thumbs.disconnect();
   $("grid").replaceChildren();
@@ -190,10 +198,13 @@ function setFilter(q) {
 }
 
 let filterTimer = 0;
-$("filter").addEventListener("input", () => {
-  clearTimeout(filterTimer);
-  filterTimer = setTimeout(() => setFilter($("filter").value.trim()), 200);
-});
+for (const box of [$("filter"), $("taken")]) {
+  box.addEventListener("input", () => {
+    clearTimeout(filterTimer);
+    filterTimer = setTimeout(() => setFilter($("filter").value.trim(), $("taken").value.trim()),
+      200);
+  });
+}
 
 // -- viewer -------------------------------------------------------------------------------
 function stats(r) {
