@@ -82,6 +82,7 @@ from jobs.serve_responses import (
     resize_image,
     tier_order,
 )
+from jobs.taken_dates import TakenDates, date_problem
 from pipeline.archive import (
     MEDIA_TYPES,
     DecodeError,
@@ -179,7 +180,7 @@ class ImageService:
                        "rejected": 0}
         self.batches: list[int] = []
         self._counts: tuple[int, int] | None = None  # (records, failed), for /info
-        self._dates: tuple[int, dict[str, str]] | None = None  # (records, key -> taken)
+        self._dates = TakenDates()  # for the listing's capture-date filter
         gallery = resources.files("jobs") / "gallery"
         self.files = {n: (gallery / n).read_bytes() for n in GALLERY_FILES}
         self._decode_batch.set_max_batch_size(opts.max_batch_size)
@@ -245,34 +246,20 @@ class ImageService:
             self._counts = (n, sum(1 for i in arch.infos() if not i.ok))
         return self._counts
 
-    def _taken_dates(self) -> dict[str, str]:
-        """key -> capture date of every dated photo, read once (one metadata read per
-        shard) and again only when the archive's record count changes."""
-        from jobs.contents_cli import list_items
-
-        arch = self.reader.archive
-        n = len(arch)
-        if self._dates is None or self._dates[0] != n:
-            self._dates = (n, {it["key"]: it["taken"] for it in list_items(arch, details=True)
-                               if "taken" in it})
-        return self._dates[1]
-
     @api.get("/images")
     async def list_images(self, prefix: str = "", q: str = "", offset: int = Query(0, ge=0),
                           limit: int = Query(1000, ge=1, le=100_000),
                           details: bool = False, taken_from: str | None = None,
                           taken_to: str | None = None) -> dict[str, Any]:
-        from jobs.contents_cli import DATE_PATTERN, taken_in
-
-        for name, date in (("taken_from", taken_from), ("taken_to", taken_to)):
-            if date is not None and not DATE_PATTERN.fullmatch(date):
-                raise http_error(400, f"{name} {date[:40]!r}: expected YYYY, YYYY-MM or "
-                                      "YYYY-MM-DD")
+        for problem in (date_problem("taken_from", taken_from),
+                        date_problem("taken_to", taken_to)):
+            if problem:
+                raise http_error(400, problem)
         try:
             keys = await asyncio.to_thread(self.reader.archive.keys)
             if taken_from is not None or taken_to is not None:  # the photos of those dates
-                dates = await asyncio.to_thread(self._taken_dates)
-                keys = [k for k in keys if taken_in(dates.get(k), taken_from, taken_to)]
+                keys = await asyncio.to_thread(self._dates.keys_between, self.reader.archive,
+                                               keys, taken_from, taken_to)
         except ArchiveError as e:
             raise http_error(500, self._public(str(e))) from None
         if prefix:
