@@ -24,7 +24,7 @@ from pathlib import Path
 
 import typer
 
-from jobs.text import error_line, printable
+from jobs.text import error_line, fail, printable
 from zoo.store import default_model
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation noise
@@ -53,12 +53,6 @@ def _max_pixels_opt():
     return typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, max=HARD_MAX_PIXELS,
                         help="Refuse input images with more pixels than this (width x "
                              f"height; default {DEFAULT_MAX_PIXELS}, sized for 24 GB of RAM).")
-
-
-def fail(message: str, code: int = EXIT_INPUT, *names: object) -> None:
-    """Print ``error: <message>`` as one line (``names`` escaped where they occur) and exit."""
-    typer.echo(f"error: {error_line(message, *names)}", err=True)
-    raise typer.Exit(code)
 
 
 def warn(message: str, *names: object) -> None:

@@ -13,13 +13,13 @@ bytes, key and cached decodes deleted). Keys and archive-supplied text are print
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
-from jobs.text import error_line, printable
+from jobs.text import fail as _fail
+from jobs.text import printable
 
 EXIT_INPUT, EXIT_USAGE = 1, 2
 
@@ -29,12 +29,7 @@ def register(app: typer.Typer) -> None:
     app.command("rm")(rm)
 
 
-def _fail(message: str, code: int, *names: object) -> None:
-    typer.echo(f"error: {error_line(message, *names)}", err=True)
-    raise typer.Exit(code)
-
-
-def _archive_error(archive_url: str, e: Exception) -> None:
+def _archive_error(archive_url: str, e: Exception) -> NoReturn:
     text = str(e) if str(e).startswith(archive_url) else f"{archive_url}: {e}"
     _fail(text, EXIT_INPUT, archive_url)
 
@@ -47,7 +42,6 @@ def read_key_list(path: Path) -> list[str]:
                 if ln.strip() and not ln.startswith("#")]
     except (OSError, ValueError) as e:  # ValueError: not UTF-8 text
         _fail(f"{path}: cannot read ({e})", EXIT_INPUT, path)
-        raise  # unreachable: _fail exits
 
 
 def ls(
@@ -74,6 +68,15 @@ def ls(
                                     "images, failed, bytes, bpp; largest first.")] = None,
 ) -> None:
     """List an archive's images (keys; -l: size, bytes, bpp, capture date); reads no payload."""
+    from pipeline.archive.listing import (
+        SORTS,
+        archive_header,
+        folder_totals,
+        list_items,
+        order,
+        taken_between,
+        totals,
+    )
     from storage import Archive, ArchiveError
 
     check_dates(taken_from, taken_to)
@@ -114,22 +117,20 @@ def ls(
                                                if failed and "error" in it else ""))
 
 
-#: A ``--taken-from/--taken-to`` date (also the HTTP listing's ``taken_from/taken_to``).
-DATE_PATTERN = re.compile(r"\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?")
-SORTS = ("key", "taken", "bytes", "bpp")
-
-
 def check_dates(taken_from: str | None, taken_to: str | None) -> None:
     """``--taken-from``/``--taken-to`` as YYYY, YYYY-MM or YYYY-MM-DD, else a usage error."""
+    from pipeline.archive.listing import date_problem
+
     for opt, date in (("--taken-from", taken_from), ("--taken-to", taken_to)):
-        if date is not None and not DATE_PATTERN.fullmatch(date):
-            _fail(f"{opt} {date!r}: expected YYYY, YYYY-MM or YYYY-MM-DD", EXIT_USAGE)
+        if problem := date_problem(opt, date):
+            _fail(problem, EXIT_USAGE)
 
 
 def keys_taken_between(archive_url: str, taken_from: str | None, taken_to: str | None,
                        prefix: str = "") -> list[str]:
     """The keys of the photos taken in that range (for ``cdc export``); one ``error:`` line
     when the archive cannot be read."""
+    from pipeline.archive.listing import list_items, taken_between
     from storage import Archive, ArchiveError
 
     check_dates(taken_from, taken_to)
@@ -141,46 +142,10 @@ def keys_taken_between(archive_url: str, taken_from: str | None, taken_to: str |
     return [it["key"] for it in taken_between(items, taken_from, taken_to)]
 
 
-def taken_between(items: list[dict[str, Any]], first: str | None, last: str | None
-                  ) -> list[dict[str, Any]]:
-    """The items whose capture date (the photo's local date) falls within ``first`` ..
-    ``last``, both inclusive and as precise as given (``2021`` is the whole year)."""
-    if first is None and last is None:
-        return items
-    return [it for it in items if taken_in(it.get("taken"), first, last)]
-
-
-def taken_in(when: str | None, first: str | None, last: str | None) -> bool:
-    """Whether a capture date (ISO 8601, the photo's local time) is within ``first`` ..
-    ``last`` (YYYY[-MM[-DD]], inclusive, either may be None); an undated photo is not."""
-    return (when is not None and (first is None or when[:len(first)] >= first)
-            and (last is None or when[:len(last)] <= last))
-
-
-def order(items: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:
-    """``items`` (sorted by key) in the order ``--sort`` asks for; stable, so ties stay in
-    key order."""
-    if sort == "taken":
-        return sorted(items, key=lambda it: (it.get("taken") is None, it.get("taken") or ""))
-    if sort in ("bytes", "bpp"):
-        return sorted(items, key=lambda it: -(it[sort] or 0) if it["ok"] else 1)
-    return items
-
-
-def folder_totals(items: list[dict[str, Any]], depth: int) -> list[dict[str, Any]]:
-    """Per folder of the keys, ``depth`` levels deep (a key with fewer levels counts in its
-    own folder, ``.`` at the top): images, failed, bytes, bpp; largest first."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for it in items:
-        parts = it["key"].split("/")[:-1]
-        groups.setdefault("/".join(parts[:depth]) or ".", []).append(it)
-    rows = [{"folder": f, **totals(g)} for f, g in groups.items()]
-    return sorted(rows, key=lambda r: (-r["bytes"], r["folder"]))
-
-
 def archive_info(archive_url: str, as_json: bool) -> None:
     """`cdc info ARCHIVE`: the archive's model, tiers, creation and totals (manifests only:
     no key listing, no payload)."""
+    from pipeline.archive.listing import archive_header
     from storage import Archive, ArchiveError
 
     try:
@@ -223,57 +188,11 @@ def archive_info(archive_url: str, as_json: bool) -> None:
         typer.echo(f"{k:>15}: {v}")
 
 
-def list_items(arch: Any, *, prefix: str = "", match: str = "", failed_only: bool = False,
-               details: bool = False) -> list[dict[str, Any]]:
-    """The records to list, sorted by key: each ``key``, ``ok``, ``width``, ``height``,
-    ``bytes``, ``bpp`` (over the original size), ``error`` when failed and, with ``details``,
-    ``taken`` (the capture date; never the position). Records are visited shard by shard, so
-    each shard's metadata is read once."""
-    from pipeline.photo_metadata import taken
-    from storage import ArchiveError
-
-    needle = match.casefold()
-    out = []
-    for info in arch.infos():
-        if (not info.key.startswith(prefix) or needle not in info.key.casefold()
-                or (failed_only and info.ok)):
-            continue
-        pixels = info.width * info.height
-        item: dict[str, Any] = {"key": info.key, "ok": info.ok, "width": info.width,
-                                "height": info.height, "bytes": info.nbytes,
-                                "bpp": round(8 * info.nbytes / pixels, 4) if pixels else None}
-        if not info.ok:
-            item["error"] = info.error
-        if details:
-            try:
-                when = taken(arch.metadata(info.key))
-            except ArchiveError:
-                when = None  # damaged metadata: `cdc verify` reports it; the listing goes on
-            if when:
-                item["taken"] = when
-        out.append(item)
-    out.sort(key=lambda it: it["key"])
-    return out
-
-
-def archive_header(arch: Any) -> dict[str, Any]:
-    return {"archive": arch.url, "codec": arch.codec_id, "model": arch.model_id,
-            "tiers": sorted(arch.tiers)}
-
-
-def totals(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts and bytes of the listed images; ``bpp``: their bytes over their pixels (the
-    collection's rate, not a mean of per-image rates)."""
-    ok = [it for it in items if it["ok"]]
-    nbytes = sum(it["bytes"] for it in ok)
-    pixels = sum(it["width"] * it["height"] for it in ok)
-    return {"images": len(items), "failed": len(items) - len(ok), "bytes": nbytes,
-            "bpp": round(8 * nbytes / pixels, 4) if pixels else None}
-
-
 def long_lines(items: list[dict[str, Any]]) -> list[str]:
     """``ls -l``-style rows (status, size, bytes, bpp, capture date, key: the key last, as it
     may hold spaces), a failed image's reason on the next line, then the total."""
+    from pipeline.archive.listing import totals
+
     lines = []
     for it in items:
         size = f"{it['width']}x{it['height']}" if it["width"] else "-"

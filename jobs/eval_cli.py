@@ -13,17 +13,11 @@ from pathlib import Path
 
 import typer
 
+from jobs.text import fail as _fail
 from zoo.store import default_model
 
 EXIT_INPUT, EXIT_USAGE = 1, 2
 DEFAULT_METRICS = "psnr,ms_ssim,lpips_alex,lpips_vgg,dists,fid"
-
-
-def _fail(message: str, code: int = EXIT_INPUT, *names: object) -> None:
-    from jobs.text import error_line
-
-    typer.echo(f"error: {error_line(message, *names)}", err=True)
-    raise typer.Exit(code)
 
 
 def _floats(text: str, what: str) -> list[float]:

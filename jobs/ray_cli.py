@@ -17,17 +17,12 @@ from typing import Annotated
 import typer
 
 from jobs.text import error_line, one_line, printable
+from jobs.text import fail as _fail
 from pipeline.files import DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS
 from zoo.store import default_model
 
 DEFAULT_MODEL = default_model()  # zoo/models.json flags it ("default": true)
 EXIT_INPUT, EXIT_USAGE, EXIT_STREAM = 1, 2, 3
-
-
-def _fail(message: str, code: int = EXIT_INPUT, *names: object) -> None:
-    """``error: <message>`` as one line (``names`` escaped where they occur), then exit."""
-    typer.echo(f"error: {error_line(message, *names)}", err=True)
-    raise typer.Exit(code)
 
 
 def _report_failures(failures: list[dict[str, str]], limit: int = 20) -> None:
@@ -307,7 +302,10 @@ def export_cmd(
     key_list = None if keys is None else read_key_list(keys)
     if taken_from is not None or taken_to is not None:  # the photos of those dates only
         dated = keys_taken_between(archive_url, taken_from, taken_to, prefix or "")
-        key_list = dated if key_list is None else [k for k in key_list if k in set(dated)]
+        if key_list is not None:
+            wanted = set(dated)
+            dated = [k for k in key_list if k in wanted]
+        key_list = dated
     cfg = ExportJobConfig(
         url=archive_url, dest=dest, tier=tier, fmt=fmt, steps=steps, gamma=gamma, seed=seed,
         model=model, keys=key_list, prefix=prefix, overwrite=overwrite, address=address,

@@ -82,7 +82,6 @@ from jobs.serve_responses import (
     resize_image,
     tier_order,
 )
-from jobs.taken_dates import TakenDates, date_problem
 from pipeline.archive import (
     MEDIA_TYPES,
     DecodeError,
@@ -92,8 +91,8 @@ from pipeline.archive import (
     resolve_model,
 )
 from pipeline.archive.decoded_lru import DEFAULT_MAX_BYTES, DiskLRU, decoded_key
+from pipeline.archive.listing import TakenDates, date_problem, taken_of
 from pipeline.archive.tier_settings import DEFAULT_TIER, TierError
-from pipeline.photo_metadata import taken
 from storage import (
     Archive,
     ArchiveError,
@@ -283,11 +282,7 @@ class ImageService:
                                 "height": info.height, "bytes": info.nbytes}
         if not info.ok:
             item["error"] = failed_reason(key, info.error, self.urls)
-        try:  # the capture date only: the service never gives away where a photo was taken
-            when = taken(self.reader.archive.metadata(key))
-        except ArchiveError:
-            when = None  # damaged metadata: the listing goes on without it (verify reports it)
-        if when:
+        if when := taken_of(self.reader.archive, key):  # never where a photo was taken
             item["taken"] = when
         return item
 

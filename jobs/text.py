@@ -9,6 +9,8 @@ reads as what it is.
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 
 def _escape(ch: str) -> str:
     o = ord(ch)
@@ -55,3 +57,13 @@ def error_line(message: object, *names: object) -> str:
 
 
 __all__ = ["error_line", "one_line", "printable"]
+
+
+def fail(message: str, code: int = 1, *names: object) -> NoReturn:
+    """Print ``error: <message>`` as one line on stderr (``names`` escaped where they occur)
+    and exit with ``code`` (1 input, 2 usage, 3 undecodable stream): every CLI command's
+    expected failure."""
+    import typer
+
+    typer.echo(f"error: {error_line(message, *names)}", err=True)
+    raise typer.Exit(code)

@@ -13,16 +13,10 @@ from pathlib import Path
 
 import typer
 
+from jobs.text import fail
+
 EXIT_INPUT, EXIT_USAGE = 1, 2  # as in jobs.cli (README: 1 input, 2 usage)
 DeviceOpt = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda.")
-
-
-def fail(message: str, code: int = EXIT_INPUT, *names: object) -> None:
-    """``error: <message>`` as one line (names escaped), then exit ``code``."""
-    from jobs.text import error_line
-
-    typer.echo(f"error: {error_line(message, *names)}", err=True)
-    raise typer.Exit(code)
 
 
 def train(
