@@ -38,11 +38,14 @@ class DecodeSettings:
 class RateControlled(Protocol):
     """Capability: the encoder meets any target rate itself (refine: it searches its base
     layer's quality per image), so ``--rate`` sets the target instead of choosing a model
-    or cutting a prefix. The pipeline asks ``isinstance(codec, RateControlled)``."""
+    or cutting a prefix; ``psnr`` asks for a fidelity target instead (each image the fewest
+    bytes that reach it, the rate then a cap). The pipeline asks
+    ``isinstance(codec, RateControlled)``."""
 
     rate: float | None
 
-    def with_rate(self, bpp: float | None = None, quality: int | None = None) -> Any: ...
+    def with_rate(self, bpp: float | None = None, quality: int | None = None,
+                  psnr: float | None = None) -> Any: ...
 
 
 @runtime_checkable

@@ -22,6 +22,9 @@ class ArchiveJobConfig:
     url: str
     model: str = field(default_factory=default_model)  # the registry's default model
     rate: float | None = None  # bpp target: picks the model, or caps progressive streams
+    # A fidelity target (dB PSNR of each image's base layer; rate-controlled codecs only):
+    # each image gets the fewest bytes that reach it, ``rate`` is then a cap.
+    psnr: float | None = None
     address: str | None = None
     num_cpus: int | None = None  # embedded Ray size (default: all cores)
     actors: int | None = None

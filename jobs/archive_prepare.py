@@ -55,6 +55,23 @@ def _apply_rate(cfg: ArchiveJobConfig, codec: Any) -> tuple[ArchiveJobConfig, An
     return replace(cfg, model=model), load_driver_codec(model)
 
 
+def _apply_psnr(cfg: ArchiveJobConfig, codec: Any) -> ArchiveJobConfig:
+    """``--psnr``: the fidelity target of a rate-controlled codec's encoder (``--rate`` a
+    cap); any other codec's rate is its model's, so the target is refused."""
+    from cdc.interface import RateControlled
+
+    if not isinstance(codec, RateControlled):
+        raise JobError(f"--psnr {cfg.psnr:g}: the {codec.codec_id} model {codec.model_id} "
+                       "cannot aim at a PSNR (a refine model can; --rate picks a rate)")
+    try:
+        if cfg.rate is not None:
+            check_rate(cfg.rate)
+        codec.with_rate(cfg.rate, psnr=cfg.psnr)  # checks the target's range
+    except (RateError, ValueError) as e:
+        raise JobError(f"--psnr {cfg.psnr:g}: {e}") from None
+    return replace(cfg, options=replace(cfg.options, rate=cfg.rate, psnr=cfg.psnr))
+
+
 @dataclass
 class Prepared:
     """What the driver knows before any encoding (no Ray needed): the job's settings (its
@@ -119,7 +136,9 @@ def _inputs_and_model(cfg: ArchiveJobConfig
         raise JobError(str(e)) from None
     try:
         codec = load_driver_codec(cfg.model)
-        if cfg.rate is not None:
+        if cfg.psnr is not None:
+            cfg = _apply_psnr(cfg, codec)
+        elif cfg.rate is not None:
             cfg, codec = _apply_rate(cfg, codec)
     except WeightsError as e:
         raise JobError(str(e)) from None
@@ -138,7 +157,8 @@ def _open_archive(cfg: ArchiveJobConfig, codec: Any) -> tuple[Any, bool]:
         return open_or_create(cfg.url, codec, shard_size=cfg.shard_size, tiers=tiers,
                               storage_options=cfg.storage_options,
                               info={"source": str(cfg.src),
-                                    **({"rate_bpp": cfg.rate} if cfg.rate else {})})
+                                    **({"rate_bpp": cfg.rate} if cfg.rate else {}),
+                                    **({"psnr_db": cfg.psnr} if cfg.psnr else {})})
     except ArchiveError as e:
         raise JobError(str(e)) from None
 

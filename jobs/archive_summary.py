@@ -48,6 +48,7 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
           if s.get("changed_sources", {}).get("keys") else []),
         *([("failed images retried", f"{s['retry_failed']['images']} (removed from "
             f"{s['retry_failed']['shards_replaced']} shard(s), the rest kept)")]
+                  + (f", --psnr {s['psnr']['target_db']:g}" if s.get("psnr") else "")
           if s.get("retry_failed", {}).get("images") else []),
         ("shards written / planned", f"{sh['written']} / {sh['planned']}"
          + (f" ({sh['retries']} retried)" if sh["retries"] else "")),

@@ -97,19 +97,6 @@ def _load_for_rate(model: str, rate: float | None, device: str):
     return codec if chosen == model else _load_codec(chosen, device)
 
 
-def _compress_at(codec, img, rate: float | None) -> bytes:
-    """One stream at ``rate``: the encoder's own target, or a progressive prefix cap."""
-    from cdc.interface import RateControlled
-    from pipeline.archive.rate import cap_stream
-
-    if rate is not None and isinstance(codec, RateControlled):
-        return codec.with_rate(rate).compress(img)
-    data = codec.compress(img)
-    if rate is not None and codec.progressive:
-        data = cap_stream(codec, data, rate)
-    return data
-
-
 def decode_budget(text: str | None):
     """The ``--decode-budget`` option as a :class:`cdc.limits.DecodeBudget` (None: defaults)."""
     from cdc.limits import DecodeBudget
@@ -201,17 +188,27 @@ def compress(
     rate: float | None = typer.Option(
         None, help="Target bits per pixel: the refine encoder meets it (any value); DiffC "
                    "keeps the prefix within it; CDC/CorrDiff pick the shipped model nearest."),
+    psnr: float | None = typer.Option(
+        None, help="Fidelity target (refine models): the fewest bytes whose base layer "
+                   "reaches this PSNR in dB (the standard tier stays within its bound of "
+                   "it); --rate is then a cap."),
 ) -> None:
     """Compress one image to a stream (.cdc; codec given by the model)."""
     from cdc import CodecError
+    from jobs.stream_targets import check_psnr, compress_at
     from pipeline.files import InputError, input_note, read_image, write_bytes_atomic
 
-    codec = _load_for_rate(model, rate, device)
+    if psnr is None:
+        codec = _load_for_rate(model, rate, device)
+    else:
+        codec = _load_codec(model, device)
+        check_psnr(codec, model, psnr, rate)
+    reached = ""
     try:
         img = read_image(src, max_pixels)
         if note := input_note(img):
             warn(f"{src}: {note}", src)
-        data = _compress_at(codec, img, rate)
+        data, reached = compress_at(codec, img, rate, psnr)
         write_bytes_atomic(dst, data)
     except (InputError, CodecError, OSError) as e:
         fail(f"{src}: {e}" if str(src) not in str(e) else str(e), EXIT_INPUT, src, dst)
@@ -221,7 +218,8 @@ def compress(
         fail(f"{src}: encoding failed ({type(e).__name__}: {e})", EXIT_INPUT, src)
     w, h = img.size
     typer.echo(f"{printable(src)} -> {printable(dst)}: {len(data)} bytes, "
-               f"{8 * len(data) / (w * h):.4f} bpp" + (f" ({note})" if note else ""))
+               f"{8 * len(data) / (w * h):.4f} bpp" + (f", {reached}" if reached else "")
+               + (f" ({note})" if note else ""))
 
 
 @app.command()

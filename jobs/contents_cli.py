@@ -167,7 +167,8 @@ def archive_info(archive_url: str, as_json: bool) -> None:
         typer.echo(json.dumps(d, indent=2, default=str))
         return
     made = " ".join(str(created[k]) for k in ("at", "by") if k in created)
-    extra = ", ".join(f"{k} {created[k]}" for k in ("source", "rate_bpp") if k in created)
+    extra = ", ".join(f"{k} {created[k]}" for k in ("source", "rate_bpp", "psnr_db")
+                      if k in created)
     rows = [
         ("archive", printable(archive_url)),
         ("codec", printable(arch.codec_id)),

@@ -226,9 +226,11 @@ def run_archive_job(cfg: ArchiveJobConfig, *,
         "model": {"id": codec.model_id, "weights_digest": weights_digest(codec)},
         "rate": None if cfg.rate is None else {
             "target_bpp": cfg.rate,
-            "how": "encoder target" if cfg.options.rate is not None else
+            "how": "cap" if cfg.psnr is not None else
+                   "encoder target" if cfg.options.rate is not None else
                    "prefix cap" if cfg.options.max_bpp is not None else "model choice"},
         "ray": ray_info,
+        "psnr": None if cfg.psnr is None else {"target_db": cfg.psnr},
         "inputs": len(items) + len(problems),
         "not_images": {"files": sum(prep.not_images.values()),
                        "by_extension": dict(prep.not_images.most_common())},

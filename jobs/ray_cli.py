@@ -99,6 +99,10 @@ def archive_cmd(
         None, help="Target bits per pixel: the refine encoder meets it per image; caps "
                    "DiffC streams at that rate; for CDC/CorrDiff picks the shipped model "
                    "of that codec measured nearest it."),
+    psnr: float | None = typer.Option(
+        None, help="Fidelity target (refine models): each image gets the fewest bytes whose "
+                   "base layer reaches this PSNR in dB (the standard tier stays within its "
+                   "bound of it); --rate is then a cap."),
     address: str | None = typer.Option(None, help=_ADDRESS_HELP),
     num_cpus: int | None = typer.Option(None, help="CPUs of the local Ray (default: all)."),
     actors: int | None = typer.Option(None, help="Encoder actors (default: one per GPU, "
@@ -141,7 +145,8 @@ def archive_cmd(
     from pipeline.archive.tier_settings import TierError
 
     cfg = ArchiveJobConfig(
-        src=src, url=archive_url, model=model, rate=rate, address=address, num_cpus=num_cpus,
+        src=src, url=archive_url, model=model, rate=rate, psnr=psnr, address=address,
+        num_cpus=num_cpus,
         actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
         precision=precision, shard_size=shard_size,
         options=EncodeOptions(batch_size=batch_size, read_retries=read_retries,

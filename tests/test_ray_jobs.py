@@ -313,6 +313,12 @@ def test_cli_archive_errors(cluster, images: Path, weights_file: str, tmp_path: 
         (["archive", str(images / "a"), str(url), "--model", "lcdc-q2", "--rate", "3"], 1,
          "no shipped cdc model is within"),
         (["archive", str(images / "a"), str(url), "--rate", "0"], 1, "positive"),
+        # a PSNR target needs an encoder that searches (refine); in range; a positive cap
+        (["archive", str(images / "a"), str(url), "--model", weights_file, "--psnr", "30"], 1,
+         "cannot aim at a PSNR"),
+        (["archive", str(images / "a"), str(url), "--psnr", "90"], 1, "15..60 dB"),
+        (["archive", str(images / "a"), str(url), "--psnr", "30", "--rate", "-1"], 1,
+         "positive"),
     ]
     for argv, code, text in cases:
         r = runner.invoke(app, argv)
@@ -469,3 +475,36 @@ def test_dry_run_plans_and_writes_nothing(cluster, tmp_path: Path, weights_file:
                                         "--dry-run", "--update"])
     assert r.exit_code == 0, r.output
     assert "nothing (--dry-run)" in r.output and "images to encode" in r.output
+
+
+def test_archive_to_a_psnr_target(cluster, tmp_path: Path):
+    """`cdc archive --psnr DB` with a refine model: every base layer reaches the target, a
+    detailed photo gets more bytes than a smooth one, the target is in the summary and in
+    the archive's creation settings (`cdc info`)."""
+    from tests.tiny_refine import refine_bytes
+    from zoo import codec_from_bytes
+
+    weights = tmp_path / "refine.pt"
+    weights.write_bytes(refine_bytes(0))
+    src = tmp_path / "src"
+    src.mkdir()
+    smooth = smooth_image(48, 64, 5)
+    grain = np.random.default_rng(1).normal(0, 20, (48, 64, 1))
+    busy = np.clip(smooth + grain, 0, 255).astype(np.uint8)
+    Image.fromarray(smooth).save(src / "smooth.png")
+    Image.fromarray(busy).save(src / "busy.png")
+    url = str(tmp_path / "psnr.zarr")
+    r = CliRunner().invoke(_cli_app(), ["archive", str(src), url, "--model", str(weights),
+                                        "--psnr", "28", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["psnr"] == {"target_db": 28.0}
+    arch = Archive.open(url)
+    assert arch.created["psnr_db"] == 28.0
+    for key, img in (("smooth.png", smooth), ("busy.png", busy)):
+        base = np.asarray(codec_from_bytes(refine_bytes(0), "t").decompress(
+            arch[key].data, steps=0)).astype(float)
+        assert 10 * np.log10(255 ** 2 / ((base - img) ** 2).mean()) >= 28 - 0.01
+    assert len(arch["busy.png"].data) > 1.5 * len(arch["smooth.png"].data)
+    info = CliRunner().invoke(_cli_app(), ["info", url])
+    assert "psnr_db 28.0" in info.output
+

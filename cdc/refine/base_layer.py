@@ -10,6 +10,9 @@ downscaled base to the image size (bicubic; both ends run the same op).
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -35,9 +38,42 @@ class BaseChoice:
     bare: bool = False  # ``data`` is av1C[1:4] + the AV1 payload (cdc.refine.bare_avif)
 
 
+#: Within :func:`memoised`: what was made of which array (kept alive with it, so ``id`` keys
+#: stay valid), so many searches over one image encode, resize and measure each thing once.
+_MEMO: ContextVar[dict | None] = ContextVar("base_layer_memo", default=None)
+
+
+@contextmanager
+def memoised() -> Iterator[None]:
+    """Within this, encodes, resizes and error sums of the same array are made once: a
+    fidelity search (:mod:`cdc.refine.fidelity_search`) runs several rate searches over one
+    image, which try many of the same qualities."""
+    token = _MEMO.set({})
+    try:
+        yield
+    finally:
+        _MEMO.reset(token)
+
+
+def _remembered(kind: str, array: np.ndarray, key: tuple, make):
+    memo = _MEMO.get()
+    if memo is None:
+        return make()
+    k = (kind, id(array), *key)
+    if k not in memo:
+        memo[k] = (array, make())
+    return memo[k][1]
+
+
 def encode(array: np.ndarray, quality: int, scale: int, cfg: RefineConfig) -> BaseChoice:
     """(H, W, 3) uint8 → AVIF bytes of the image downscaled by the factor of the code
     ``scale`` (Lanczos)."""
+    return _remembered("encode", array, (int(quality), int(scale), cfg.base_speed,
+                                         cfg.base_subsampling, cfg.base_tune, cfg.base_bare),
+                       lambda: _encode(array, quality, scale, cfg))
+
+
+def _encode(array: np.ndarray, quality: int, scale: int, cfg: RefineConfig) -> BaseChoice:
     img = Image.fromarray(_resized(array, scale))
     buf = io.BytesIO()
     extra = {"advanced": {"tune": cfg.base_tune}} if cfg.base_tune else {}
@@ -120,6 +156,10 @@ def _best_fitting(array: np.ndarray, target_bytes: int, scale: int,
 
 def _squared_error(choice: BaseChoice, array: np.ndarray) -> float:
     """Sum of squared errors of a choice's decode (upsampled as the decoder does) in [-1, 1]."""
+    return _remembered("error", array, (choice,), lambda: _error(choice, array))
+
+
+def _error(choice: BaseChoice, array: np.ndarray) -> float:
     h, w = array.shape[:2]
     x = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1)[None].float()
     y = decode_choice(choice, h, w)
@@ -198,5 +238,8 @@ def search(array: np.ndarray, target_bytes: int, cfg: RefineConfig,
 def _resized(array: np.ndarray, scale: int) -> np.ndarray:
     if scale == 1:
         return array
-    h, w = scaled_size(array.shape[0], array.shape[1], scale)
-    return np.asarray(Image.fromarray(array).resize((w, h), Image.LANCZOS))
+
+    def make() -> np.ndarray:
+        h, w = scaled_size(array.shape[0], array.shape[1], scale)
+        return np.asarray(Image.fromarray(array).resize((w, h), Image.LANCZOS))
+    return _remembered("resize", array, (int(scale),), make)

@@ -31,11 +31,12 @@ from cdc.diffusion.schedules import NoiseSchedule
 from cdc.errors import DecodeSettingsError, WeightsError
 from cdc.image import array_to_tensor, tensor_to_image
 from cdc.interface import DecodeSettings, ImageLike
-from cdc.refine import base_layer, blend
+from cdc.refine import base_layer, blend, fidelity_search
 from cdc.refine.config import DEFAULT_PATHS, RefineConfig
 from cdc.refine.config import decode_defaults as _decode_defaults
 from cdc.refine.config import recommended_tiers as _recommended_tiers
 from cdc.refine.degrid import remove_grid
+from cdc.refine.fidelity_search import MAX_PSNR, MIN_PSNR
 from cdc.refine.memory import alloc_bytes
 from cdc.refine.nets import RefineDenoiser, build_net
 from cdc.refine.stream import BARE, BASE_TAG, PLAN_READ_BYTES, WEIGHTS_TAG, Parsed, parse
@@ -73,6 +74,7 @@ class RefineCodec(BaseCodec):
         self.sampler = DDIMSampler(NoiseSchedule(cfg.schedule, cfg.train_timesteps), "x0")
         self.rate: float | None = float(self.meta.get("default_rate", DEFAULT_RATE))
         self.quality: int | None = None
+        self.psnr: float | None = None
         tiers = self.recommended_tiers() or {}
         paths = [(int(t["steps"]), round(float(t.get("gamma", 0.0)), 2),
                   int(t.get("seed", 0)) if t.get("gamma") else 0)
@@ -117,15 +119,29 @@ class RefineCodec(BaseCodec):
         return _recommended_tiers(self.meta)
 
     # -- encoder settings -------------------------------------------------------------------
-    def with_rate(self, bpp: float | None = None, quality: int | None = None) -> RefineCodec:
-        """Aim at ``bpp`` bits per pixel (searching the base quality per image), or code the
-        base at a fixed AVIF ``quality`` (full size); returns the codec."""
+    def with_rate(self, bpp: float | None = None, quality: int | None = None,
+                  psnr: float | None = None) -> RefineCodec:
+        """Aim at ``bpp`` bits per pixel (searching the base quality per image), code the
+        base at a fixed AVIF ``quality`` (full size), or give each image the fewest bytes
+        whose base reaches ``psnr`` dB (:mod:`cdc.refine.fidelity_search`; ``bpp`` is then
+        a cap); returns the codec."""
         if bpp is not None and not (math.isfinite(bpp) and bpp > 0):
             raise ValueError(f"rate must be a positive number of bits per pixel, got {bpp}")
         if quality is not None and not 0 <= quality <= 100:
             raise ValueError(f"quality must be in 0..100, got {quality}")
-        self.rate = None if quality is not None else (bpp or DEFAULT_RATE)
+        if psnr is not None and not (math.isfinite(psnr) and MIN_PSNR <= psnr <= MAX_PSNR):
+            raise ValueError(f"a PSNR target must be in {MIN_PSNR:g}..{MAX_PSNR:g} dB, "
+                             f"got {psnr}")
+        if quality is not None and psnr is not None:
+            raise ValueError("give a quality or a PSNR target, not both")
         self.quality = quality
+        self.psnr = psnr
+        if quality is not None:
+            self.rate = None
+        elif psnr is not None:
+            self.rate = bpp  # a cap, or none
+        else:
+            self.rate = bpp or DEFAULT_RATE
         return self
 
     def set_paths(self, paths: Sequence[Path | DecodeSettings]) -> RefineCodec:
@@ -237,6 +253,10 @@ class RefineCodec(BaseCodec):
             h, w = p.height, p.width
             if self.quality is not None:
                 choice = base_layer.encode(p.array, self.quality, 1, cfg)
+            elif self.psnr is not None:
+                cap = None if self.rate is None else max(
+                    1, int(self.rate * h * w / 8) - self._overhead(h, w))
+                choice = fidelity_search.search(p.array, self.psnr, cfg, cap).choice
             else:
                 target = max(1, int(self.rate * h * w / 8) - self._overhead(h, w))
                 choice = base_layer.search(p.array, target, cfg)

@@ -38,20 +38,26 @@ from storage.records import meta_json
 def encode_images(codec: Any, images: Sequence[Image.Image],
                   batch_size: int = DEFAULT_BATCH_SIZE,
                   max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS,
-                  max_bpp: float | None = None, rate: float | None = None
-                  ) -> list[bytes | str]:
+                  max_bpp: float | None = None, rate: float | None = None,
+                  psnr: float | None = None) -> list[bytes | str]:
     """Encode images in size-grouped batches; an item is its bitstream or an error string.
 
     A batch that fails (one unencodable image, out of memory) is retried image by image so
     one bad image costs only itself. ``max_bpp`` (progressive codecs only) keeps the longest
     decodable prefix of each stream within that rate (:func:`pipeline.archive.rate.cap_stream`);
-    ``rate`` (rate-controlled codecs only) is the target their encoder meets per image.
+    ``rate`` (rate-controlled codecs only) is the target their encoder meets per image;
+    ``psnr`` (the same) a fidelity target instead, each image the fewest bytes whose base
+    layer reaches it, ``rate`` then a cap.
     """
     codec = full_codec(codec)
-    if rate is not None:
+    if rate is not None or psnr is not None:
         if not isinstance(codec, RateControlled):
-            raise ValueError(f"{codec.model_id}: a target rate needs a rate-controlled codec")
-        codec.with_rate(rate)
+            what = "a target rate" if psnr is None else "a PSNR target"
+            raise ValueError(f"{codec.model_id}: {what} needs a rate-controlled codec")
+        if psnr is None:
+            codec.with_rate(rate)
+        else:
+            codec.with_rate(rate, psnr=psnr)
     if max_bpp is not None and not codec.progressive:
         raise ValueError(f"{codec.model_id}: max_bpp needs a progressive codec (DiffC)")
     out: list[bytes | str] = [""] * len(images)
@@ -97,6 +103,7 @@ class EncodeOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bpp: float | None = None  # progressive codecs: keep the prefix within this rate
     rate: float | None = None  # rate-controlled codecs: the encoder's target bpp
+    psnr: float | None = None  # rate-controlled codecs: a fidelity target (dB), rate a cap
     metadata: Policy = "keep"  # capture metadata kept: keep, no-gps, none
 
 
@@ -153,7 +160,7 @@ def _encode_shard(codec: Any, archive: Archive, plan: ShardPlan, owner: str | No
             results: list[bytes | str | None] = [None] * len(loaded)
             if good:
                 enc = encode_images(codec, [loaded[i].image for i in good], opt.batch_size,
-                                    opt.max_batch_pixels, opt.max_bpp, opt.rate)
+                                    opt.max_batch_pixels, opt.max_bpp, opt.rate, opt.psnr)
                 for i, r in zip(good, enc):
                     results[i] = r
             step = {"images": 0, "ok": 0, "failed": 0, "bytes_in": 0, "bytes_out": 0,

@@ -1,0 +1,62 @@
+"""What a rate or a fidelity target makes of one stream (``cdc compress --rate/--psnr``):
+the encoder's own target, a progressive stream's prefix cap, or the fewest bytes that reach a
+PSNR, with a note of what the photo reached."""
+
+from __future__ import annotations
+
+from jobs.text import fail
+
+EXIT_USAGE = 2  # as in jobs.cli (README: 1 input, 2 usage)
+
+
+def check_psnr(codec, model: str, psnr: float, rate: float | None) -> None:
+    """``--psnr``: refused with one line unless the codec aims at fidelity targets."""
+    from cdc.interface import RateControlled
+
+    if not isinstance(codec, RateControlled):
+        fail(f"--psnr {psnr:g}: the {codec.codec_id} model {model} cannot aim at a PSNR (a "
+             "refine model can; --rate picks a rate)", EXIT_USAGE)
+    try:
+        codec.with_rate(rate, psnr=psnr)
+    except ValueError as e:
+        fail(f"--psnr {psnr:g}: {e}", EXIT_USAGE)
+
+
+def compress_at(codec, img, rate: float | None, psnr: float | None = None
+                ) -> tuple[bytes, str]:
+    """One stream at ``rate``: the encoder's own target, or a progressive prefix cap; or at
+    the fidelity target ``psnr`` (the rate a cap). Also a note of what a target reached."""
+    from cdc.interface import RateControlled
+    from pipeline.archive.rate import cap_stream
+
+    if psnr is not None:
+        return compress_to_psnr(codec.with_rate(rate, psnr=psnr), img, psnr)
+    if rate is not None and isinstance(codec, RateControlled):
+        return codec.with_rate(rate).compress(img), ""
+    data = codec.compress(img)
+    if rate is not None and codec.progressive:
+        data = cap_stream(codec, data, rate)
+    return data, ""
+
+
+def compress_to_psnr(codec, img, psnr: float) -> tuple[bytes, str]:
+    """A stream at a fidelity target, and a note of the base and standard tiers' PSNR (the
+    encoder decodes both anyway)."""
+    import math
+
+    from cdc.image import array_to_tensor, to_rgb_array
+
+    (data, recons), = codec.compress_with_reconstructions([img])
+    x = array_to_tensor(to_rgb_array(img)[0])  # the samples the encoder coded
+
+    def db(y) -> float:
+        y = ((y.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1  # the 8-bit image decoded
+        return 10 * math.log10(4 / max(float(((y[None] - x) ** 2).mean()), 1e-12))
+
+    base = db(recons[(0, 0.0, 0)])
+    tiers = [db(v) for k, v in recons.items() if k[0] > 0]
+    note = f"PSNR {base:.2f} dB base" + (f", {tiers[0]:.2f} dB standard" if tiers else "")
+    if base < psnr - 0.005:
+        cap = "the --rate cap" if codec.rate is not None else "the most the base layer takes"
+        note += f"; the target {psnr:g} dB is not reached within {cap}"
+    return data, note
