@@ -20,6 +20,19 @@ def not_images_text(n: dict[str, Any], shown: int = 6) -> str:
     return f"{n['files']} (" + ", ".join(f"{e} {c}" for e, c in ext[:shown]) + more + ")"
 
 
+def same_bytes(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The images this run encoded whose source files had the same bytes as another of the
+    run's: ``images`` (all but the first of each group), ``groups`` and an ``example`` group
+    (the job encodes each; ``cdc ls --duplicates`` finds them across the whole archive)."""
+    by: dict[str, list[str]] = {}
+    for r in results:
+        for key, digest in r.get("digests", {}).items():
+            by.setdefault(digest, []).append(key)
+    groups = sorted(sorted(keys) for keys in by.values() if len(keys) > 1)
+    return {"images": sum(len(g) - 1 for g in groups), "groups": len(groups),
+            "example": groups[0] if groups else []}
+
+
 def changed_text(c: dict[str, Any], would: bool = False) -> str:
     """``3 (2 re-encoded: --update)``; ``would``: for a dry run."""
     n = len(c["keys"])
@@ -59,6 +72,9 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         *([("capture metadata kept", f"{s['metadata']['images']} images, "
             f"{s['metadata']['bytes']} bytes ({s['metadata']['policy']})")]
           if s.get("metadata") else []),
+        *([("same bytes as another of this run", f"{s['same_bytes']['images']} images in "
+            f"{s['same_bytes']['groups']} groups (cdc ls --duplicates)")]
+          if s.get("same_bytes", {}).get("images") else []),
         ("time", f"{s['seconds']:.1f} s ({s['images_per_s']:.2f} images/s)"),
         ("archive now", (f"{s['archive_summary']['records']} records in "
                          f"{s['archive_summary']['completed_shards']} shards, "

@@ -66,6 +66,10 @@ def ls(
     du: Annotated[int | None, typer.Option(
         "--du", min=1, max=32, help="Totals per folder of the keys, N levels deep (like du): "
                                     "images, failed, bytes, bpp; largest first.")] = None,
+    duplicates: Annotated[bool, typer.Option(
+        "--duplicates", help="Images whose source files had the same bytes: the redundant "
+                             "copies' keys (all but the first of each group, a list `cdc rm "
+                             "--keys` takes); -l: the groups and the bytes they hold.")] = False,
 ) -> None:
     """List an archive's images (keys; -l: size, bytes, bpp, capture date); reads no payload."""
     from pipeline.archive.listing import (
@@ -82,14 +86,19 @@ def ls(
     check_dates(taken_from, taken_to)
     if sort not in SORTS:
         _fail(f"--sort {sort!r}: expected one of {', '.join(SORTS)}", EXIT_USAGE)
+    if duplicates and (du is not None or failed):
+        _fail("--duplicates lists ok images by group: not with --du or --failed", EXIT_USAGE)
     dated = taken_from is not None or taken_to is not None or sort == "taken"
     try:
         arch = Archive.open(archive_url, read_only=True)
         items = list_items(arch, prefix=prefix, match=match, failed_only=failed,
-                           details=long or as_json or dated)
+                           details=long or as_json or dated, digests=duplicates)
     except (ArchiveError, OSError) as e:
         _archive_error(archive_url, e)
     items = order(taken_between(items, taken_from, taken_to), sort)
+    if duplicates:
+        _list_duplicates(arch, items, long, as_json)
+        return
     if du is not None:
         rows = folder_totals(items, du)
         if as_json:
@@ -115,6 +124,32 @@ def ls(
         for it in items:
             typer.echo(printable(it["key"]) + (f"  ({printable(it['error'])})"
                                                if failed and "error" in it else ""))
+
+
+def _list_duplicates(arch, items: list[dict], long: bool, as_json: bool) -> None:
+    """``cdc ls --duplicates``: the redundant copies' keys, or (-l) the groups, or JSON."""
+    from pipeline.archive.listing import archive_header, duplicate_groups
+
+    groups = duplicate_groups(items)
+    total = {"groups": len(groups), "redundant_images": sum(len(g["keys"]) - 1 for g in groups),
+             "redundant_bytes": sum(g["redundant_bytes"] for g in groups),
+             "undigested": sum(1 for it in items if it["ok"] and "digest" not in it)}
+    if as_json:
+        typer.echo(json.dumps({**archive_header(arch), **total, "duplicates": groups},
+                              indent=2))
+        return
+    if not long:
+        for g in groups:
+            for k in g["keys"][1:]:
+                typer.echo(printable(k))
+        return
+    for g in groups:
+        typer.echo(f"{g['redundant_bytes']:>13,}  {len(g['keys'])} copies  "
+                   + ", ".join(printable(k) for k in g["keys"]))
+    typer.echo(f"{total['redundant_images']:,} redundant copies in {total['groups']:,} "
+               f"groups, {total['redundant_bytes']:,} bytes"
+               + (f" ({total['undigested']:,} images archived before 2026-12-08 have no "
+                  "digest and are not compared)" if total["undigested"] else ""))
 
 
 def check_dates(taken_from: str | None, taken_to: str | None) -> None:

@@ -49,6 +49,7 @@ import ray
 
 from jobs.archive_config import ArchiveJobConfig, JobError
 from jobs.archive_prepare import dry_run_summary, prepare
+from jobs.archive_summary import same_bytes
 from jobs.cluster import actor_device, actor_layout, check_fits, preflight, ray_session
 from jobs.driver import drive
 from jobs.models import load_codec, weights_ref
@@ -250,6 +251,7 @@ def run_archive_job(cfg: ArchiveJobConfig, *,
         "images_per_s": counters.images / seconds if seconds > 0 else 0.0,
         "failures": failures,
         "notes": notes,
+        "same_bytes": same_bytes(results),
         "metadata": {"policy": cfg.options.metadata,
                      "images": sum(r.get("metadata", {}).get("images", 0) for r in results),
                      "bytes": sum(r.get("metadata", {}).get("bytes", 0) for r in results)},

@@ -188,6 +188,12 @@ def _archive_warnings(summary: dict, src: str) -> None:
 
         typer.echo(f"warning: {printable(src)}: files that are not images were not archived: "
                    f"{not_images_text(summary['not_images'])}", err=True)
+    same = summary.get("same_bytes", {})
+    if same.get("images"):
+        ex = same["example"]
+        typer.echo(f"warning: {printable(src)}: {same['images']} photo(s) have the same bytes "
+                   f"as another of this run (e.g. {printable(ex[1])} = {printable(ex[0])}); "
+                   "each was archived: `cdc ls --duplicates` lists the copies", err=True)
     changed = summary.get("changed_sources", {})
     if changed.get("keys") and not changed.get("updated"):
         n = len(changed["keys"])

@@ -22,6 +22,7 @@ here imports torch.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -200,9 +201,10 @@ def check_policy(policy: str) -> Policy:
 
 
 def apply_policy(meta: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
-    """What of ``meta`` a job with ``policy`` keeps."""
+    """What of ``meta`` a job with ``policy`` keeps: the source's digest under every policy
+    (it says which bytes were archived, nothing about the photo)."""
     if check_policy(policy) == "none":
-        return {}
+        return {k: v for k, v in meta.items() if k == SOURCE_SHA256}
     return {k: v for k, v in meta.items() if policy == "keep" or not k.startswith("GPS")}
 
 
@@ -230,6 +232,27 @@ def file_modified(path: str) -> dict[str, str]:
     except (OSError, OverflowError, ValueError):
         return {}
     return {FILE_MODIFIED: when.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+#: The first 128 bits of the source file's SHA-256 (32 hex digits): which bytes were archived,
+#: so identical files can be found (``cdc ls --duplicates``) and a source whose time changed
+#: but whose bytes did not is not taken for an edit. Kept under every ``--metadata`` policy,
+#: never written into a rebuilt file.
+SOURCE_SHA256 = "SourceSHA256"
+_DIGEST = re.compile(r"[0-9a-f]{32}")
+#: What a record keeps about its source file, not the photo: neither is written back as EXIF.
+FILE_FIELDS = (FILE_MODIFIED, SOURCE_SHA256)
+
+
+def source_digest(data: bytes) -> dict[str, str]:
+    """``{SOURCE_SHA256: ...}`` of a source file's bytes."""
+    return {SOURCE_SHA256: hashlib.sha256(data).hexdigest()[:32]}
+
+
+def digest_of(meta: Mapping[str, Any]) -> str | None:
+    """The stored :data:`SOURCE_SHA256` of ``meta`` when well formed, else None."""
+    v = meta.get(SOURCE_SHA256)
+    return v if isinstance(v, str) and _DIGEST.fullmatch(v) else None
 
 
 def file_time(meta: Mapping[str, Any]) -> float | None:
@@ -285,10 +308,12 @@ def check_metadata(meta: Any, where: str) -> dict[str, Any]:
     if _size(meta) > MAX_JSON_BYTES:
         raise MetadataError(f"{where}: metadata is over {MAX_JSON_BYTES} bytes")
     for name, value in meta.items():
-        if name not in TAGS and name not in XMP_FIELDS and name != FILE_MODIFIED:
+        if name not in TAGS and name not in XMP_FIELDS and name not in FILE_FIELDS:
             raise MetadataError(f"{where}: metadata has an unknown tag {name!r}")
         if name == FILE_MODIFIED:
             good = file_time(meta) is not None
+        elif name == SOURCE_SHA256:
+            good = digest_of(meta) is not None
         elif name in XMP_FIELDS:
             good = xmp_valid(name, value, MAX_TEXT)
         else:

@@ -197,3 +197,42 @@ def test_du_totals_per_folder(tmp_path: Path):
     assert d["folders"] == [{"folder": "trip", "images": 2, "failed": 0, "bytes": 400,
                              "bpp": round(8 * 400 / 2800, 4)}]
     assert _ls(url, "--du", "0").exit_code == 2
+
+
+def test_duplicates_by_source_digest(tmp_path: Path):
+    """--duplicates: records whose sources had the same bytes. The default output is the
+    redundant copies (a key list for `cdc rm --keys`), -l the groups, --json both; a record
+    without a digest (archived before 2026-12-08) or failed is not compared."""
+    same, other = {"SourceSHA256": "ab" * 16}, {"SourceSHA256": "cd" * 16}
+    arch = Archive.create(str(tmp_path / "d.zarr"), codec_id="toy", model_id="m",
+                          weights_digest="sha256:00")
+    arch.write_shard(0, [Record("2021/beach.jpg", b"x" * 300, 40, 60, meta={**TAKEN, **same}),
+                         Record("backup/beach.jpg", b"x" * 310, 40, 60, meta=same),
+                         Record("old/beach.jpg", b"x" * 300, 40, 60),
+                         Record.failed("bad/beach.jpg", "not an image")])
+    arch.write_shard(1, [Record("export/beach copy.jpg", b"x" * 305, 40, 60, meta=same),
+                         Record("2021/dog.jpg", b"y" * 90, 20, 20, meta=other),
+                         Record("Phone/dog.jpg", b"y" * 80, 20, 20, meta=other),
+                         Record("2021/cat.jpg", b"z" * 50, 10, 10,
+                                meta={"SourceSHA256": "ef" * 16})])
+    r = _ls(arch.url, "--duplicates")
+    assert r.exit_code == 0, r.output
+    # kept: the first key of each group; listed: the others, the group of most bytes first
+    assert r.output.splitlines() == ["backup/beach.jpg", "export/beach copy.jpg",
+                                     "Phone/dog.jpg"]
+    got = json.loads(_ls(arch.url, "--duplicates", "--json").output)
+    assert [(g["keys"], g["bytes"], g["redundant_bytes"]) for g in got["duplicates"]] == [
+        (["2021/beach.jpg", "backup/beach.jpg", "export/beach copy.jpg"], 915, 615),
+        (["2021/dog.jpg", "Phone/dog.jpg"], 170, 80)]
+    assert (got["groups"], got["redundant_images"], got["redundant_bytes"],
+            got["undigested"]) == (2, 3, 695, 1)
+    lines = _ls(arch.url, "--duplicates", "-l").output.splitlines()
+    assert lines[0].split()[:3] == ["615", "3", "copies"] and lines[0].endswith(
+        "2021/beach.jpg, backup/beach.jpg, export/beach copy.jpg")
+    assert lines[-1].startswith("3 redundant copies in 2 groups, 695 bytes (1 images")
+    # the other filters first: only what they list is compared
+    assert _ls(arch.url, "--duplicates", "--prefix", "2021/").output == ""
+    assert _ls(arch.url, "--duplicates", "--match", "dog").output.splitlines() == [
+        "Phone/dog.jpg"]
+    r = _ls(arch.url, "--duplicates", "--du", "1")
+    assert r.exit_code == 2 and "not with --du" in r.output

@@ -104,6 +104,10 @@ def test_policies():
     assert kept["DateTimeOriginal"] == "2021:07:04 18:22:10"
     assert not [k for k in kept if k.startswith("GPS")] and len(kept) == len(CAMERA) - 6
     assert apply_policy(CAMERA, "none") == {}
+    digest = {"SourceSHA256": "0123456789abcdef" * 2}  # the source's bytes: under every policy
+    for policy in ("keep", "no-gps", "none"):
+        assert apply_policy({**CAMERA, **digest}, policy)["SourceSHA256"] == digest["SourceSHA256"]
+    assert apply_policy({**CAMERA, **digest}, "none") == digest
     with pytest.raises(ValueError, match="keep, no-gps, none"):
         apply_policy(CAMERA, "strip")  # type: ignore[arg-type]
 
@@ -152,6 +156,13 @@ def test_stored_metadata_is_checked(meta, problem: str):
     assert check_metadata(dated, "x") == dated
     with pytest.raises(MetadataError, match="'FileModified' has a bad value"):
         check_metadata({"FileModified": "2020-09-13 12:26:40"}, "x")
+    digested = {**dated, "SourceSHA256": "0f" * 16}
+    assert check_metadata(digested, "x") == digested
+    for bad in ("0F" * 16, "0f" * 17, "0f" * 15, 12, ["0f" * 16]):
+        with pytest.raises(MetadataError, match="'SourceSHA256' has a bad value"):
+            check_metadata({"SourceSHA256": bad}, "x")
+    # never written back into a rebuilt file
+    assert exif_bytes({"SourceSHA256": "0f" * 16, "FileModified": dated["FileModified"]}) == b""
 
 
 # -- storage: the per-shard metadata object -------------------------------------------------
@@ -232,16 +243,18 @@ def test_archive_job_stores_metadata_by_policy(photos: Path, tmp_path: Path, cod
     os.utime(photos / "camera.jpg", (1_600_000_000, 1_600_000_000))
     arch, shard = _archived(photos, str(tmp_path / "k.zarr"), codec)
     dated = {"FileModified": "2020-09-13T12:26:40Z"}  # the source file's time, kept like tar
-    assert arch.metadata("camera.jpg") == {**CAMERA, **dated}
-    assert set(arch.metadata("plain.jpg")) == {"FileModified"}
+    # and which bytes were archived: the first 128 bits of the source file's SHA-256
+    digest = {"SourceSHA256": hashlib.sha256((photos / "camera.jpg").read_bytes()).hexdigest()[:32]}
+    assert arch.metadata("camera.jpg") == {**CAMERA, **dated, **digest}
+    assert set(arch.metadata("plain.jpg")) == {"FileModified", "SourceSHA256"}
     assert shard["metadata"] == {"images": 1, "bytes": sum(
         len(dumps(arch.metadata(k)).encode()) for k in ("camera.jpg", "plain.jpg"))}
     assert (arch.info("camera.jpg").width, arch.info("camera.jpg").height) == (48, 64)
     arch, shard = _archived(photos, str(tmp_path / "n.zarr"), codec, "no-gps")
-    assert arch.metadata("camera.jpg") == {**apply_policy(CAMERA, "no-gps"), **dated}
+    assert arch.metadata("camera.jpg") == {**apply_policy(CAMERA, "no-gps"), **dated, **digest}
     arch, shard = _archived(photos, str(tmp_path / "0.zarr"), codec, "none")
-    assert arch.metadata("camera.jpg") == {} and shard["metadata"]["images"] == 0
-    assert not (tmp_path / "0.zarr" / "meta").exists()
+    # no capture metadata, no file time; the digest only (it says nothing about the photo)
+    assert arch.metadata("camera.jpg") == digest and shard["metadata"]["images"] == 0
 
 
 def _app():

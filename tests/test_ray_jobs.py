@@ -508,3 +508,21 @@ def test_archive_to_a_psnr_target(cluster, tmp_path: Path):
     info = CliRunner().invoke(_cli_app(), ["info", url])
     assert "psnr_db 28.0" in info.output
 
+
+def test_copies_of_one_photo_are_reported(cluster, tmp_path: Path, weights_file: str):
+    """A run that archives the same file under two names says so (each is archived, a key
+    is a path); `cdc ls --duplicates` then lists the redundant copy for `cdc rm --keys`."""
+    src = tmp_path / "src"
+    (src / "backup").mkdir(parents=True)
+    Image.fromarray(smooth_image(48, 64, 1)).save(src / "a.png")
+    (src / "backup" / "a.png").write_bytes((src / "a.png").read_bytes())
+    Image.fromarray(smooth_image(48, 64, 2)).save(src / "b.png")
+    url = str(tmp_path / "dup.zarr")
+    r = CliRunner().invoke(_cli_app(), ["archive", str(src), url, "--model", weights_file])
+    assert r.exit_code == 0, r.output
+    assert "1 photo(s) have the same bytes as another of this run (e.g. backup/a.png = a.png)" \
+        in r.stderr
+    assert "same bytes as another of this run" in r.stdout  # the summary's row
+    assert len(Archive.open(url)) == 3
+    ls = CliRunner().invoke(_cli_app(), ["ls", url, "--duplicates"])
+    assert ls.exit_code == 0 and ls.output.splitlines() == ["backup/a.png"]

@@ -30,7 +30,7 @@ from pipeline.archive.input_loading import DEFAULT_READ_RETRIES, Loaded, load_it
 from pipeline.archive.planning import InputItem, ShardPlan
 from pipeline.archive.rate import cap_stream
 from pipeline.files import DEFAULT_MAX_PIXELS
-from pipeline.photo_metadata import FILE_MODIFIED, Policy, apply_policy
+from pipeline.photo_metadata import FILE_FIELDS, Policy, apply_policy, digest_of
 from storage import Archive, Record
 from storage.records import meta_json
 
@@ -187,9 +187,10 @@ def _encode_shard(codec: Any, archive: Archive, plan: ShardPlan, owner: str | No
     if before_commit is not None:
         before_commit()
     manifest = archive.write_shard(plan.shard, records, owner=owner, takeover=plan.takeover)
-    captured = [r for r in records if set(r.meta) - {FILE_MODIFIED}]  # more than a file time
+    captured = [r for r in records if set(r.meta) - set(FILE_FIELDS)]  # more than file facts
     yield {"type": "shard", "shard": plan.shard, "pid": pid, **totals,
            "metadata": {"images": len(captured),
                         "bytes": sum(len(meta_json(r.meta).encode()) for r in records)},
+           "digests": {r.key: d for r in records if r.ok and (d := digest_of(r.meta))},
            "failures": failures, "notes": notes, "seconds": time.perf_counter() - t0,
            "committed_at": manifest.get("committed_at"), "owner": manifest.get("owner")}

@@ -23,7 +23,7 @@ from pipeline.files import (
     input_note,
     read_bytes,
 )
-from pipeline.photo_metadata import file_modified
+from pipeline.photo_metadata import file_modified, source_digest
 
 DEFAULT_READ_RETRIES = 2
 
@@ -78,4 +78,5 @@ def load_item(item: InputItem, *, retries: int = DEFAULT_READ_RETRIES, backoff_s
     except InputError as e:
         return Loaded(item.key, None, nbytes=len(data), error=str(e))
     return Loaded(item.key, img, nbytes=len(data), width=img.width, height=img.height,
-                  note=input_note(img), meta={**input_metadata(img), **file_modified(item.url)})
+                  note=input_note(img), meta={**input_metadata(img), **file_modified(item.url),
+                                              **source_digest(data)})

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pipeline.photo_metadata import taken
+from pipeline.photo_metadata import digest_of, taken
 from storage import ArchiveError
 
 #: A ``--taken-from/--taken-to`` date (also the HTTP listing's ``taken_from/taken_to``).
@@ -69,12 +69,41 @@ def folder_totals(items: list[dict[str, Any]], depth: int) -> list[dict[str, Any
     return sorted(rows, key=lambda r: (-r["bytes"], r["folder"]))
 
 
+def digest_of_record(arch: Any, key: str) -> str | None:
+    """The digest of a record's source file (``SourceSHA256``), or None: archived before
+    2026-12-08, or its shard's metadata is damaged."""
+    try:
+        return digest_of(arch.metadata(key))
+    except ArchiveError:
+        return None
+
+
+def duplicate_groups(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The listed ok records whose source files had the same bytes, two or more a group:
+    ``keys`` (the first, in key order, is the one to keep), ``bytes`` (of all the copies),
+    ``redundant_bytes`` (of all but the first); most redundant bytes first. Items need
+    ``digest`` (:func:`list_items` with ``digests``)."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for it in items:
+        if it["ok"] and it.get("digest"):
+            by.setdefault(it["digest"], []).append(it)
+    groups = []
+    for digest, its in by.items():
+        if len(its) > 1:
+            its = sorted(its, key=lambda it: it["key"])
+            groups.append({"digest": digest, "keys": [it["key"] for it in its],
+                           "bytes": sum(it["bytes"] for it in its),
+                           "redundant_bytes": sum(it["bytes"] for it in its[1:])})
+    return sorted(groups, key=lambda g: (-g["redundant_bytes"], g["keys"][0]))
+
+
 def list_items(arch: Any, *, prefix: str = "", match: str = "", failed_only: bool = False,
-               details: bool = False) -> list[dict[str, Any]]:
+               details: bool = False, digests: bool = False) -> list[dict[str, Any]]:
     """The records to list, sorted by key: each ``key``, ``ok``, ``width``, ``height``,
     ``bytes``, ``bpp`` (over the original size), ``error`` when failed and, with ``details``,
-    ``taken`` (the capture date; never the position). Records are visited shard by shard, so
-    each shard's metadata is read once."""
+    ``taken`` (the capture date; never the position) and, with ``digests``, ``digest`` (the
+    source file's, where stored). Records are visited shard by shard, so each shard's
+    metadata is read once."""
     needle = match.casefold()
     out = []
     for info in arch.infos():
@@ -89,6 +118,8 @@ def list_items(arch: Any, *, prefix: str = "", match: str = "", failed_only: boo
             item["error"] = info.error
         if details and (when := taken_of(arch, info.key)):
             item["taken"] = when
+        if digests and info.ok and (digest := digest_of_record(arch, info.key)):
+            item["digest"] = digest
         out.append(item)
     out.sort(key=lambda it: it["key"])
     return out
