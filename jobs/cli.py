@@ -24,6 +24,7 @@ from pathlib import Path
 
 import typer
 
+from jobs.stream_targets import METADATA_HELP
 from jobs.text import error_line, fail, printable
 from zoo.store import default_model
 
@@ -192,12 +193,15 @@ def compress(
         None, help="Fidelity target (refine models): the fewest bytes whose base layer "
                    "reaches this PSNR in dB (the standard tier stays within its bound of "
                    "it); --rate is then a cap."),
+    metadata: str = typer.Option("keep", help=METADATA_HELP),
 ) -> None:
     """Compress one image to a stream (.cdc; codec given by the model)."""
     from cdc import CodecError
-    from jobs.stream_targets import check_psnr, compress_at
+    from jobs.stream_targets import check_psnr, compress_at, policy
     from pipeline.files import InputError, input_note, read_image, write_bytes_atomic
+    from pipeline.stream_file import photo_metadata, with_metadata
 
+    keep = policy(metadata)
     if psnr is None:
         codec = _load_for_rate(model, rate, device)
     else:
@@ -209,6 +213,9 @@ def compress(
         if note := input_note(img):
             warn(f"{src}: {note}", src)
         data, reached = compress_at(codec, img, rate, psnr)
+        meta = photo_metadata(img, src, keep)
+        bare = len(data)
+        data, kept = with_metadata(data, meta)
         write_bytes_atomic(dst, data)
     except (InputError, CodecError, OSError) as e:
         fail(f"{src}: {e}" if str(src) not in str(e) else str(e), EXIT_INPUT, src, dst)
@@ -219,6 +226,8 @@ def compress(
     w, h = img.size
     typer.echo(f"{printable(src)} -> {printable(dst)}: {len(data)} bytes, "
                f"{8 * len(data) / (w * h):.4f} bpp" + (f", {reached}" if reached else "")
+               + (f" ({len(data) - bare} of them metadata, {len(meta)} fields; --metadata "
+                  "none leaves it out)" if kept else "")
                + (f" ({note})" if note else ""))
 
 
@@ -234,6 +243,7 @@ def decompress(
     model: str | None = StreamModelOpt,
     device: str = DeviceOpt,
     budget: str | None = BudgetOpt,
+    metadata: str = typer.Option("keep", help=METADATA_HELP),
     engine: str = typer.Option(
         "auto", help="auto: a shipped refine model's ONNX graphs on the CPU where they cover "
                      "the path (preview; standard: 1 step at γ 0), else torch; onnx: refuse "
@@ -243,12 +253,19 @@ def decompress(
     from cdc import BitstreamError, CodecError, WeightsError
     from cdc.bitstream import read_header
     from cdc.limits import DEFAULT_BUDGET
-    from pipeline.files import InputError, image_format_for, read_bytes, save_image_atomic
+    from jobs.stream_targets import policy, write_decoded
+    from pipeline.files import InputError, image_format_for
+    from pipeline.photo_metadata import MetadataError
+    from pipeline.stream_file import read_stream
 
     limits = decode_budget(budget)
+    keep = policy(metadata)
     try:
         image_format_for(dst)
-        data = read_bytes(src)
+        try:
+            data, meta = read_stream(src, keep)  # the codec's stream, the photo's metadata
+        except MetadataError as e:
+            fail(f"{e} (--metadata none decodes the image without it)", EXIT_INPUT, src)
         h = read_header(data)  # a bad header or size is refused before loading any model
         (limits or DEFAULT_BUDGET).check(f"a {h.width}x{h.height} {h.codec} stream",
                                          pixels=h.width * h.height)
@@ -269,7 +286,7 @@ def decompress(
                 check_stream_model(src, data, codec, model)
             codec.with_budget(limits)
             img = codec.decompress(data, steps=steps, gamma=gamma, seed=seed)
-        save_image_atomic(img, dst)
+        write_decoded(img, dst, meta)
     except BitstreamError as e:
         fail(f"{src}: {e}", EXIT_STREAM, src)
     except (InputError, CodecError, ValueError, OSError) as e:
@@ -279,6 +296,15 @@ def decompress(
     except (RuntimeError, MemoryError) as e:  # e.g. out of memory in the network
         fail(f"{src}: decoding failed ({type(e).__name__}: {e})", EXIT_INPUT, src)
     typer.echo(f"{printable(src)} -> {printable(dst)}: {img.width}x{img.height}")
+
+
+def _metadata_note(raw: bytes) -> str:
+    """``cdc info``'s line for a stream file's metadata section: its size and fields."""
+    try:
+        names = sorted(json.loads(raw.decode("utf-8")))
+    except (UnicodeDecodeError, ValueError, TypeError):
+        names = ["(not JSON)"]
+    return f"{len(raw)} bytes of JSON: " + printable(", ".join(names))
 
 
 def _describe_with_config(data: bytes, d: dict, config_name: str, codec: str) -> dict:
@@ -312,11 +338,12 @@ def info(
         return
     from cdc import BitstreamError
     from cdc.describe import describe_stream
+    from cdc.stream_metadata import detach
     from pipeline.files import InputError, read_bytes
     from zoo import find_model, registry
 
     try:
-        data = read_bytes(src)
+        data, raw = detach(read_bytes(src))  # the codec's stream; the photo's metadata
         d = describe_stream(data)
     except BitstreamError as e:
         fail(f"{src}: {e}", EXIT_STREAM, src)
@@ -326,6 +353,8 @@ def info(
     shipped = registry().get(found[0]) if found else None
     if shipped and shipped.get("config"):
         d = _describe_with_config(data, d, shipped["config"], d["codec"])
+    if raw is not None:
+        d["metadata"] = _metadata_note(raw)
     d["model"] = (found[0] if shipped is not None else
                   f"{printable(found[0])} (local model cache)" if found else
                   "unknown (neither shipped nor in the local model cache)")

@@ -1,12 +1,37 @@
-"""What a rate or a fidelity target makes of one stream (``cdc compress --rate/--psnr``):
-the encoder's own target, a progressive stream's prefix cap, or the fewest bytes that reach a
-PSNR, with a note of what the photo reached."""
+"""What ``cdc compress`` and ``cdc decompress`` add around a codec: a rate or a fidelity target
+(the encoder's own target, a progressive stream's prefix cap, or the fewest bytes that reach
+a PSNR, with a note of what the photo reached) and the ``--metadata`` policy of a stream
+file (:mod:`pipeline.stream_file`)."""
 
 from __future__ import annotations
 
 from jobs.text import fail
 
 EXIT_USAGE = 2  # as in jobs.cli (README: 1 input, 2 usage)
+METADATA_HELP = ("Capture metadata (EXIF date, camera, exposure, GPS; XMP rating, keywords) "
+                 "and the file time, kept in the stream file and written back: keep, no-gps "
+                 "(drop the location), none.")
+
+
+def policy(text: str):
+    """``--metadata`` checked (usage error naming the choices)."""
+    from pipeline.photo_metadata import POLICIES
+
+    if text not in POLICIES:
+        fail(f"--metadata: {text!r} is not one of {', '.join(POLICIES)}", EXIT_USAGE)
+    return text
+
+
+def write_decoded(img, dst, meta: dict) -> None:
+    """The decoded image at ``dst`` (format by its extension) with ``meta`` written in (PNG,
+    JPEG, WebP) and the source file's time, as ``cdc get`` writes a record."""
+    from pipeline.archive.outputs import restore_file_time
+    from pipeline.files import encode_image, image_format_for, write_bytes_atomic
+    from pipeline.photo_metadata import embed
+
+    fmt = image_format_for(dst)
+    write_bytes_atomic(dst, embed(encode_image(img, fmt), fmt, meta))
+    restore_file_time(dst, meta)
 
 
 def check_psnr(codec, model: str, psnr: float, rate: float | None) -> None:
