@@ -148,7 +148,7 @@ def _list_duplicates(arch, items: list[dict], long: bool, as_json: bool) -> None
                    + ", ".join(printable(k) for k in g["keys"]))
     typer.echo(f"{total['redundant_images']:,} redundant copies in {total['groups']:,} "
                f"groups, {total['redundant_bytes']:,} bytes"
-               + (f" ({total['undigested']:,} images archived before 2026-12-08 have no "
+               + (f" ({total['undigested']:,} image(s) archived before 2026-12-08 have no "
                   "digest and are not compared)" if total["undigested"] else ""))
 
 

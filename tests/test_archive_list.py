@@ -229,7 +229,7 @@ def test_duplicates_by_source_digest(tmp_path: Path):
     lines = _ls(arch.url, "--duplicates", "-l").output.splitlines()
     assert lines[0].split()[:3] == ["615", "3", "copies"] and lines[0].endswith(
         "2021/beach.jpg, backup/beach.jpg, export/beach copy.jpg")
-    assert lines[-1].startswith("3 redundant copies in 2 groups, 695 bytes (1 images")
+    assert lines[-1].startswith("3 redundant copies in 2 groups, 695 bytes (1 image(s)")
     # the other filters first: only what they list is compared
     assert _ls(arch.url, "--duplicates", "--prefix", "2021/").output == ""
     assert _ls(arch.url, "--duplicates", "--match", "dog").output.splitlines() == [

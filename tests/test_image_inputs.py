@@ -19,7 +19,7 @@ from cdc.image import SOURCE_BITS_INFO
 from pipeline.archive import encode_shard, open_or_create, plan_inputs, plan_shards
 from pipeline.files import InputError, decode_image, input_metadata, input_note
 from pipeline.image_inputs import JXL_CONTAINER, jxl_size
-from pipeline.photo_metadata import check_metadata, exif_bytes
+from pipeline.photo_metadata import check_metadata, exif_bytes, source_digest
 from tests.conftest import smooth_image
 
 TAKEN = {"Make": "Apple", "Model": "iPhone 15", "DateTimeOriginal": "2024:05:06 07:08:09"}
@@ -164,7 +164,9 @@ def test_phone_folder_archives_and_compresses(tmp_path: Path, codec: CDCCodec,
     shard = list(encode_shard(codec, arch, plan_shards(items, set(), set(), 8)[0]))[-1]
     assert (shard["images"], shard["ok"], shard["failed"]) == (3, 3, 0), shard["failures"]
     meta = arch.metadata("IMG_0001.HEIC")
-    assert meta == {**TAKEN, "FileModified": meta["FileModified"]}
+    assert meta == {**TAKEN, "FileModified": meta["FileModified"],
+                    "SourceSHA256": source_digest((root / "IMG_0001.HEIC").read_bytes())[
+                        "SourceSHA256"]}
     assert describe(arch["scan.jxl"].data)["width"] == 48
     from jobs.cli import app
 
