@@ -13,6 +13,7 @@ bytes, key and cached decodes deleted). Keys and archive-supplied text are print
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -35,11 +36,13 @@ def _archive_error(archive_url: str, e: Exception) -> NoReturn:
 
 
 def read_key_list(path: Path) -> list[str]:
-    """Keys from a file, one a line (blank lines and ``#`` comments skipped); an unreadable
-    file is one ``error:`` line naming it, exit 1."""
+    """Keys from a file, one a line (blank lines and ``#`` comments skipped), or from
+    standard input for ``-`` (``cdc ls URL --duplicates | cdc rm URL --keys -``); an
+    unreadable file is one ``error:`` line naming it, exit 1."""
     try:
-        return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()
-                if ln.strip() and not ln.startswith("#")]
+        text = (sys.stdin.buffer.read().decode("utf-8") if str(path) == "-"
+                else path.read_text(encoding="utf-8"))
+        return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     except (OSError, ValueError) as e:  # ValueError: not UTF-8 text
         _fail(f"{path}: cannot read ({e})", EXIT_INPUT, path)
 
@@ -250,7 +253,8 @@ def rm(
     keys: Annotated[list[str] | None, typer.Argument(help="Keys of the images to remove.")]
     = None,
     keys_file: Annotated[Path | None, typer.Option(
-        "--keys", help="File listing keys to remove, one a line.")] = None,
+        "--keys", help="File listing keys to remove, one a line (- reads them from "
+                        "standard input).")] = None,
     prefix: Annotated[str | None, typer.Option(
         help="Remove every key starting with this (not empty).")] = None,
     dry_run: Annotated[bool, typer.Option(

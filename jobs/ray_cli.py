@@ -281,7 +281,7 @@ def export_cmd(
     seed: int | None = typer.Option(None, help="Override the tier's seed."),
     prefix: str | None = typer.Option(None, help="Only keys starting with this."),
     keys: Annotated[Path | None, typer.Option(
-        help="File listing the keys to export.")] = None,
+        help="File listing the keys to export (- reads them from standard input).")] = None,
     taken_from: str | None = typer.Option(
         None, help="Only photos taken on or after this date (YYYY, YYYY-MM or YYYY-MM-DD)."),
     taken_to: str | None = typer.Option(

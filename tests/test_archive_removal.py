@@ -153,6 +153,8 @@ def test_cli_rm_keys_file_prefix_and_dry_run(tmp_path: Path):
     r = _rm(arch.url, "--keys", str(tmp_path / "list.txt"), "--prefix", "z")
     assert r.exit_code == 0, r.output
     assert Archive.open(arch.url).keys() == ["a.jpg"]
+    r = CliRunner().invoke(app, ["rm", arch.url, "--keys", "-"], input="# piped\na.jpg\n")
+    assert r.exit_code == 0 and Archive.open(arch.url).keys() == [], r.output
 
 
 def test_cli_rm_errors_are_one_line(tmp_path: Path):
