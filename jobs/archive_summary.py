@@ -28,7 +28,9 @@ def same_bytes(results: list[dict[str, Any]]) -> dict[str, Any]:
     for r in results:
         for key, digest in r.get("digests", {}).items():
             by.setdefault(digest, []).append(key)
-    groups = sorted(sorted(keys) for keys in by.values() if len(keys) > 1)
+    from pipeline.archive.listing import kept_first
+
+    groups = sorted(kept_first(keys) for keys in by.values() if len(keys) > 1)
     return {"images": sum(len(g) - 1 for g in groups), "groups": len(groups),
             "example": groups[0] if groups else []}
 

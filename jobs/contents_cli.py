@@ -71,8 +71,9 @@ def ls(
                                     "images, failed, bytes, bpp; largest first.")] = None,
     duplicates: Annotated[bool, typer.Option(
         "--duplicates", help="Images whose source files had the same bytes: the redundant "
-                             "copies' keys (all but the first of each group, a list `cdc rm "
-                             "--keys` takes); -l: the groups and the bytes they hold.")] = False,
+                             "copies' keys (all but the one kept of each group: the fewest "
+                             "folder levels, then the shortest key), a list `cdc rm --keys` "
+                             "takes; -l: the groups and the bytes they hold.")] = False,
 ) -> None:
     """List an archive's images (keys; -l: size, bytes, bpp, capture date); reads no payload."""
     from pipeline.archive.listing import (

@@ -234,5 +234,10 @@ def test_duplicates_by_source_digest(tmp_path: Path):
     assert _ls(arch.url, "--duplicates", "--prefix", "2021/").output == ""
     assert _ls(arch.url, "--duplicates", "--match", "dog").output.splitlines() == [
         "Phone/dog.jpg"]
+    from pipeline.archive.listing import kept_first
+
+    # the one kept: the fewest folder levels (a copy sits in a backup folder), the shortest key
+    assert kept_first(["backup/2021/a.jpg", "2021/a copy.jpg", "2021/a.jpg", "b/a.jpg"]) == [
+        "b/a.jpg", "2021/a.jpg", "2021/a copy.jpg", "backup/2021/a.jpg"]
     r = _ls(arch.url, "--duplicates", "--du", "1")
     assert r.exit_code == 2 and "not with --du" in r.output

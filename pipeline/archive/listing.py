@@ -78,9 +78,15 @@ def digest_of_record(arch: Any, key: str) -> str | None:
         return None
 
 
+def kept_first(keys: list[str]) -> list[str]:
+    """Copies of one photo, the one to keep first: the fewest folder levels (a copy usually
+    sits deeper, in a backup or export folder), then the shortest key, then key order."""
+    return sorted(keys, key=lambda k: (k.count("/"), len(k), k))
+
+
 def duplicate_groups(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The listed ok records whose source files had the same bytes, two or more a group:
-    ``keys`` (the first, in key order, is the one to keep), ``bytes`` (of all the copies),
+    ``keys`` (the one to keep first, :func:`kept_first`), ``bytes`` (of all the copies),
     ``redundant_bytes`` (of all but the first); most redundant bytes first. Items need
     ``digest`` (:func:`list_items` with ``digests``)."""
     by: dict[str, list[dict[str, Any]]] = {}
@@ -90,7 +96,8 @@ def duplicate_groups(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups = []
     for digest, its in by.items():
         if len(its) > 1:
-            its = sorted(its, key=lambda it: it["key"])
+            order = {k: i for i, k in enumerate(kept_first([it["key"] for it in its]))}
+            its = sorted(its, key=lambda it: order[it["key"]])
             groups.append({"digest": digest, "keys": [it["key"] for it in its],
                            "bytes": sum(it["bytes"] for it in its),
                            "redundant_bytes": sum(it["bytes"] for it in its[1:])})
