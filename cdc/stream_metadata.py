@@ -38,6 +38,15 @@ def _complete(data: bytes) -> bool:
     return len(data) > 4 and _crc(data[:-4]) == data[-4:]
 
 
+def section_bytes(meta_json: bytes) -> int:
+    """What :func:`attach` adds to a stream for ``meta_json``: tag, length and payload (0
+    when there is nothing to attach), so a rate target can leave room for it."""
+    if not meta_json:
+        return 0
+    n = len(zlib.compress(meta_json, 9))
+    return 1 + len(write_varint(n)) + n
+
+
 def attach(stream: bytes, meta_json: bytes) -> bytes:
     """A complete stream with ``meta_json`` (UTF-8 JSON) in section ``M``; the stream as it is
     when there is nothing to attach. ValueError for an incomplete stream (a capped DiffC

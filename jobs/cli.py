@@ -197,9 +197,8 @@ def compress(
 ) -> None:
     """Compress one image to a stream (.cdc; codec given by the model)."""
     from cdc import CodecError
-    from jobs.stream_targets import check_psnr, compress_at, policy
+    from jobs.stream_targets import check_psnr, policy, stream_file
     from pipeline.files import InputError, input_note, read_image, write_bytes_atomic
-    from pipeline.stream_file import photo_metadata, with_metadata
 
     keep = policy(metadata)
     if psnr is None:
@@ -212,10 +211,7 @@ def compress(
         img = read_image(src, max_pixels)
         if note := input_note(img):
             warn(f"{src}: {note}", src)
-        data, reached = compress_at(codec, img, rate, psnr)
-        meta = photo_metadata(img, src, keep)
-        bare = len(data)
-        data, kept = with_metadata(data, meta)
+        data, reached, meta, extra = stream_file(codec, img, src, rate, psnr, keep)
         write_bytes_atomic(dst, data)
     except (InputError, CodecError, OSError) as e:
         fail(f"{src}: {e}" if str(src) not in str(e) else str(e), EXIT_INPUT, src, dst)
@@ -226,8 +222,8 @@ def compress(
     w, h = img.size
     typer.echo(f"{printable(src)} -> {printable(dst)}: {len(data)} bytes, "
                f"{8 * len(data) / (w * h):.4f} bpp" + (f", {reached}" if reached else "")
-               + (f" ({len(data) - bare} of them metadata, {len(meta)} fields; --metadata "
-                  "none leaves it out)" if kept else "")
+               + (f" ({extra} of them metadata, {len(meta)} fields; --metadata none leaves "
+                  "it out)" if extra else "")
                + (f" ({note})" if note else ""))
 
 

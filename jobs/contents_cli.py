@@ -79,7 +79,6 @@ def ls(
     from pipeline.archive.listing import (
         SORTS,
         archive_header,
-        folder_totals,
         list_items,
         order,
         taken_between,
@@ -104,19 +103,7 @@ def ls(
         _list_duplicates(arch, items, long, as_json)
         return
     if du is not None:
-        rows = folder_totals(items, du)
-        if as_json:
-            typer.echo(json.dumps({**archive_header(arch), **totals(items), "folders": rows},
-                                  indent=2))
-        else:
-            for r in rows:
-                bpp = f"{r['bpp']:.3f}" if r["bpp"] is not None else "-"
-                typer.echo(f"{r['bytes']:>13,}  {r['images']:>8,}  {r['failed']:>6,}  "
-                           f"{bpp:>6}  {printable(r['folder'])}")
-            t = totals(items)
-            typer.echo(f"{t['bytes']:>13,}  {t['images']:>8,}  {t['failed']:>6,}  "
-                       f"{t['bpp'] if t['bpp'] is None else format(t['bpp'], '.3f'):>6}  "
-                       "(total)")
+        _list_folders(arch, items, du, as_json)
         return
     if as_json:
         typer.echo(json.dumps({**archive_header(arch), **totals(items), "items": items},
@@ -128,6 +115,24 @@ def ls(
         for it in items:
             typer.echo(printable(it["key"]) + (f"  ({printable(it['error'])})"
                                                if failed and "error" in it else ""))
+
+
+def _list_folders(arch, items: list[dict], depth: int, as_json: bool) -> None:
+    """``cdc ls --du N``: bytes, images, failed and bpp per folder, and the total."""
+    from pipeline.archive.listing import archive_header, folder_totals, totals
+
+    rows = folder_totals(items, depth)
+    if as_json:
+        typer.echo(json.dumps({**archive_header(arch), **totals(items), "folders": rows},
+                              indent=2))
+        return
+    for r in rows:
+        bpp = f"{r['bpp']:.3f}" if r["bpp"] is not None else "-"
+        typer.echo(f"{r['bytes']:>13,}  {r['images']:>8,}  {r['failed']:>6,}  "
+                   f"{bpp:>6}  {printable(r['folder'])}")
+    t = totals(items)
+    typer.echo(f"{t['bytes']:>13,}  {t['images']:>8,}  {t['failed']:>6,}  "
+               f"{t['bpp'] if t['bpp'] is None else format(t['bpp'], '.3f'):>6}  (total)")
 
 
 def _list_duplicates(arch, items: list[dict], long: bool, as_json: bool) -> None:

@@ -85,3 +85,27 @@ def compress_to_psnr(codec, img, psnr: float) -> tuple[bytes, str]:
         cap = "the --rate cap" if codec.rate is not None else "the most the base layer takes"
         note += f"; the target {psnr:g} dB is not reached within {cap}"
     return data, note
+
+
+def stream_file(codec, img, src, rate: float | None, psnr: float | None, keep: str
+                ) -> tuple[bytes, str, dict, int]:
+    """(the file's bytes, what a target reached, the metadata kept, its bytes): the stream
+    and the photo's metadata section (:mod:`pipeline.stream_file`). A rate-controlled
+    encoder aims at the rate less the metadata's bytes, so the file meets ``--rate``; where
+    the metadata would take over half of it (a tiny image at a low rate) it is left out."""
+    from cdc.interface import RateControlled
+    from pipeline.stream_file import metadata_bytes, photo_metadata, with_metadata
+
+    meta = photo_metadata(img, src, keep)
+    room = metadata_bytes(meta)
+    if rate is not None and isinstance(codec, RateControlled) and room:
+        left = rate - 8 * room / (img.width * img.height)
+        if left < rate / 2:
+            meta, room = {}, 0
+        else:
+            rate = left
+    data, reached = compress_at(codec, img, rate, psnr)
+    bare = len(data)
+    data, kept = with_metadata(data, meta)
+    return data, reached, meta if kept else {}, len(data) - bare
+

@@ -15,9 +15,10 @@ from typing import Any
 
 from PIL import Image
 
-from cdc.stream_metadata import attach, detach
+from cdc.stream_metadata import attach, detach, section_bytes
 from pipeline.files import input_metadata, read_bytes
 from pipeline.photo_metadata import (
+    SOURCE_SHA256,
     MetadataError,
     Policy,
     apply_policy,
@@ -31,7 +32,12 @@ def photo_metadata(img: Image.Image, src: str | os.PathLike, policy: Policy) -> 
     """What a stream file keeps of a photo read from ``src``: its capture metadata and the
     file's time, as much as ``policy`` keeps (no digest: that serves an archive's lookups)."""
     meta = {**input_metadata(img), **file_modified(os.fspath(src))}
-    return {k: v for k, v in apply_policy(meta, policy).items() if k != "SourceSHA256"}
+    return {k: v for k, v in apply_policy(meta, policy).items() if k != SOURCE_SHA256}
+
+
+def metadata_bytes(meta: dict[str, Any]) -> int:
+    """Bytes ``meta`` adds to a stream file (its section): a rate target leaves room for it."""
+    return section_bytes(dumps(meta).encode()) if meta else 0
 
 
 def with_metadata(stream: bytes, meta: dict[str, Any]) -> tuple[bytes, bool]:
