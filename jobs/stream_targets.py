@@ -89,23 +89,28 @@ def compress_to_psnr(codec, img, psnr: float) -> tuple[bytes, str]:
 
 def stream_file(codec, img, src, rate: float | None, psnr: float | None, keep: str
                 ) -> tuple[bytes, str, dict, int]:
-    """(the file's bytes, what a target reached, the metadata kept, its bytes): the stream
-    and the photo's metadata section (:mod:`pipeline.stream_file`). A rate-controlled
-    encoder aims at the rate less the metadata's bytes, so the file meets ``--rate``; where
-    the metadata would take over half of it (a tiny image at a low rate) it is left out."""
+    """(the file's bytes, a note of what a target reached and of metadata left out, the
+    metadata kept, its bytes): the stream and the photo's metadata section
+    (:mod:`pipeline.stream_file`). A rate-controlled encoder aims at the rate less the
+    metadata's bytes, so the file meets ``--rate``; where the metadata would take over half
+    of it (a tiny image at a low rate) it is left out, and a prefix-capped stream (DiffC
+    under ``--rate``) has no trailer to keep it under."""
     from cdc.interface import RateControlled
     from pipeline.stream_file import metadata_bytes, photo_metadata, with_metadata
 
     meta = photo_metadata(img, src, keep)
-    room = metadata_bytes(meta)
+    room, why = metadata_bytes(meta), ""
     if rate is not None and isinstance(codec, RateControlled) and room:
         left = rate - 8 * room / (img.width * img.height)
         if left < rate / 2:
-            meta, room = {}, 0
+            meta, why = {}, "metadata left out: it would take over half of --rate"
         else:
             rate = left
     data, reached = compress_at(codec, img, rate, psnr)
     bare = len(data)
     data, kept = with_metadata(data, meta)
-    return data, reached, meta if kept else {}, len(data) - bare
+    if meta and not kept:
+        why = "metadata left out: a stream cut to a prefix has no room for it"
+    note = ", ".join(n for n in (reached, why) if n)
+    return data, note, meta if kept else {}, len(data) - bare
 

@@ -153,3 +153,18 @@ def test_metadata_a_writer_does_not_write_is_one_line(tmp_path: Path):
     assert "--metadata none" in lines[0] and not (tmp_path / "o.png").exists()
     assert _cli("decompress", str(bad), str(tmp_path / "o.png"), "--metadata",
                 "none").returncode == 0
+
+
+def test_a_rate_target_counts_the_metadata(tmp_path: Path):
+    """The file meets --rate with its metadata in; where the metadata would take over half
+    of the rate it is left out, and the command says so."""
+    w = tmp_path / "w.pt"
+    w.write_bytes(refine_bytes(0))
+    src = _jpeg(tmp_path / "photo.jpg", h=96, w=128, exif=_camera_exif().tobytes())
+    out = tmp_path / "p.cdc"
+    r = _cli("compress", str(src), str(out), "-m", str(w), "--rate", "0.8")
+    assert r.returncode == 0 and "of them metadata" in r.stdout, r.stdout + r.stderr
+    assert 8 * out.stat().st_size / (96 * 128) <= 0.8 and detach(out.read_bytes())[1]
+    r = _cli("compress", str(src), str(out), "-m", str(w), "--rate", "0.05")
+    assert r.returncode == 0 and "metadata left out: it would take over half" in r.stdout
+    assert detach(out.read_bytes())[1] is None
