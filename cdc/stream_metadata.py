@@ -7,7 +7,7 @@ without its date, camera and place. ``M`` holds it (deflated JSON, at most
 the trailer CRC, which covers it like every other byte.
 
 The codecs never see it: :func:`detach` takes it off at the file boundary (``cdc decompress``,
-``cdc info``, :func:`pipeline.files.read_stream`) and gives back the codec's stream with its
+``cdc info``, :func:`pipeline.stream_file.read_stream`) and gives back the codec's stream with its
 trailer recomputed, byte for byte the stream the codec wrote. A prefix (DiffC's, or refine's
 base layer) that ends inside or before ``M`` is cut where ``M`` begins, so prefixes decode as
 before. What ``M`` claims is checked before it is inflated. A toolkit from before 2026-12-08
@@ -58,8 +58,7 @@ def attach(stream: bytes, meta_json: bytes) -> bytes:
         raise ValueError(f"metadata is {len(meta_json)} bytes, over {MAX_JSON_BYTES}")
     if not _complete(stream):
         raise ValueError("metadata goes into a complete stream only, not a prefix")
-    body, found = _walk(stream[:-4])
-    if found is not None:
+    if _walk(stream[:-4]) is not None:
         raise ValueError("the stream has a metadata section already")
     payload = zlib.compress(meta_json, 9)
     body = stream[:-4] + META_TAG.encode() + write_varint(len(payload)) + payload
@@ -74,14 +73,15 @@ def detach(data: bytes) -> tuple[bytes, bytes | None]:
     file's checksum fails where ``M`` is whole."""
     data = bytes(data)
     if not _complete(data):
-        _, found = _walk(data)
+        found = _walk(data)
         if found is None:
             return data, None
         start, end = found
         if end + 4 <= len(data):  # M is whole, so this was a whole file: it is damaged
             raise CorruptStreamError("stream checksum mismatch (corrupted or truncated)")
         return data[:start], None  # a prefix that reaches into M
-    body, found = _walk(data[:-4])
+    body = data[:-4]
+    found = _walk(body)
     if found is None:
         return data, None
     start, end = found
@@ -107,10 +107,10 @@ def _inflate(payload: bytes) -> bytes:
     return out
 
 
-def _walk(data: bytes) -> tuple[bytes, tuple[int, int] | None]:
-    """Walk the sections after the header: ``(data, (start, end))`` of the first ``M``
-    section (its end may lie past ``data`` in a prefix), or ``(data, None)`` when there is
-    none within ``data`` (a prefix may end inside an earlier section)."""
+def _walk(data: bytes) -> tuple[int, int] | None:
+    """Walk the sections after the header: ``(start, end)`` of the first ``M`` section (its
+    end may lie past ``data`` in a prefix), or None when there is none within ``data`` (a
+    prefix may end inside an earlier section)."""
     h = read_header(data, validate=False)
     pos, n = h.end, len(data)
     while pos < n:
@@ -118,10 +118,10 @@ def _walk(data: bytes) -> tuple[bytes, tuple[int, int] | None]:
         try:
             size, p = read_varint(data, pos + 1, n)
         except CorruptStreamError:
-            return data, ((pos, n + 1) if tag == ord(META_TAG) else None)
+            return (pos, n + 1) if tag == ord(META_TAG) else None
         if tag == ord(META_TAG):
-            return data, (pos, p + size)
+            return pos, p + size
         if p + size > n:
-            return data, None  # a prefix that ends inside this section
+            return None  # a prefix that ends inside this section
         pos = p + size
-    return data, None
+    return None

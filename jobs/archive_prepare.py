@@ -20,7 +20,7 @@ from pipeline.archive import (
     weights_digest,
 )
 from pipeline.archive.opening import open_existing
-from pipeline.archive.rate import RateError, check_rate, choose_model
+from pipeline.archive.rate import RateError, check_psnr, check_rate, choose_model
 from pipeline.archive.source_changes import changed_sources
 from pipeline.archive.tier_settings import merge_tiers
 from pipeline.files import check_max_pixels
@@ -58,17 +58,10 @@ def _apply_rate(cfg: ArchiveJobConfig, codec: Any) -> tuple[ArchiveJobConfig, An
 def _apply_psnr(cfg: ArchiveJobConfig, codec: Any) -> ArchiveJobConfig:
     """``--psnr``: the fidelity target of a rate-controlled codec's encoder (``--rate`` a
     cap); any other codec's rate is its model's, so the target is refused."""
-    from cdc.interface import RateControlled
-
-    if not isinstance(codec, RateControlled):
-        raise JobError(f"--psnr {cfg.psnr:g}: the {codec.codec_id} model {codec.model_id} "
-                       "cannot aim at a PSNR (a refine model can; --rate picks a rate)")
     try:
-        if cfg.rate is not None:
-            check_rate(cfg.rate)
-        codec.with_rate(cfg.rate, psnr=cfg.psnr)  # checks the target's range
-    except (RateError, ValueError) as e:
-        raise JobError(f"--psnr {cfg.psnr:g}: {e}") from None
+        check_psnr(codec, cfg.psnr, cfg.rate)
+    except RateError as e:
+        raise JobError(str(e)) from None
     return replace(cfg, options=replace(cfg.options, rate=cfg.rate, psnr=cfg.psnr))
 
 

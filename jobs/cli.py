@@ -197,15 +197,15 @@ def compress(
 ) -> None:
     """Compress one image to a stream (.cdc; codec given by the model)."""
     from cdc import CodecError
-    from jobs.stream_targets import check_psnr, policy, stream_file
+    from jobs.stream_targets import check_psnr, metadata_policy, stream_file
     from pipeline.files import InputError, input_note, read_image, write_bytes_atomic
 
-    keep = policy(metadata)
+    keep = metadata_policy(metadata)
     if psnr is None:
         codec = _load_for_rate(model, rate, device)
     else:
         codec = _load_codec(model, device)
-        check_psnr(codec, model, psnr, rate)
+        check_psnr(codec, psnr, rate)
     reached = ""
     try:
         img = read_image(src, max_pixels)
@@ -222,7 +222,7 @@ def compress(
     w, h = img.size
     typer.echo(f"{printable(src)} -> {printable(dst)}: {len(data)} bytes, "
                f"{8 * len(data) / (w * h):.4f} bpp" + (f", {reached}" if reached else "")
-               + (f" ({extra} of them metadata, {len(meta)} fields; --metadata none leaves "
+               + (f" ({extra} of them metadata, {len(meta)} field(s); --metadata none leaves "
                   "it out)" if extra else "")
                + (f" ({note})" if note else ""))
 
@@ -249,13 +249,13 @@ def decompress(
     from cdc import BitstreamError, CodecError, WeightsError
     from cdc.bitstream import read_header
     from cdc.limits import DEFAULT_BUDGET
-    from jobs.stream_targets import policy, write_decoded
+    from jobs.stream_targets import metadata_policy, write_decoded
     from pipeline.files import InputError, image_format_for
     from pipeline.photo_metadata import MetadataError
     from pipeline.stream_file import read_stream
 
     limits = decode_budget(budget)
-    keep = policy(metadata)
+    keep = metadata_policy(metadata)
     try:
         image_format_for(dst)
         try:

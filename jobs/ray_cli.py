@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from jobs.stream_targets import metadata_policy
 from jobs.text import error_line, one_line, printable
 from jobs.text import fail as _fail
 from pipeline.files import DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS
@@ -65,15 +66,6 @@ _BUDGET_HELP = ("Change decode limits, e.g. 'pixels=1e8,alloc_bytes=32GiB' (fiel
 
 _METADATA_HELP = ("Capture metadata (EXIF date, camera, exposure, GPS) written into PNG, JPEG "
                   "and WebP outputs: keep, no-gps (drop the location), none.")
-
-
-def _policy(text: str):
-    """``--metadata`` checked (usage error naming the choices)."""
-    from pipeline.photo_metadata import POLICIES
-
-    if text not in POLICIES:
-        _fail(f"--metadata: {text!r} is not one of {', '.join(POLICIES)}", EXIT_USAGE)
-    return text
 
 
 def _budget_fields(text: str | None) -> dict[str, int] | None:
@@ -150,7 +142,7 @@ def archive_cmd(
         actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
         precision=precision, shard_size=shard_size,
         options=EncodeOptions(batch_size=batch_size, read_retries=read_retries,
-                              max_pixels=max_pixels, metadata=_policy(metadata)),
+                              max_pixels=max_pixels, metadata=metadata_policy(metadata)),
         tiers=list(tier or []), shard_attempts=shard_attempts, retry_failed=retry_failed,
         update=update, dry_run=dry_run, takeover=takeover, progress=progress)
     try:
@@ -228,7 +220,7 @@ def get_cmd(
     """Decode one image of an archive at a quality tier (cached)."""
     out = Path(out_arg)
     limits = _budget_fields(budget)
-    policy = _policy(metadata)
+    policy = metadata_policy(metadata)
     from cdc import WeightsError
     from jobs.models import budget_of, load_decoding_codec
     from pipeline.archive import DecodeError, FailedRecordError, Reader, resolve_model
@@ -323,7 +315,7 @@ def export_cmd(
         num_cpus=num_cpus, actors=actors, cpus_per_actor=cpus_per_actor,
         gpus_per_actor=gpus_per_actor, batch_size=batch_size, cache=cache,
         cache_dir=cache_dir, write_cache=write_cache, progress=progress,
-        decode_budget=_budget_fields(budget), metadata=_policy(metadata))
+        decode_budget=_budget_fields(budget), metadata=metadata_policy(metadata))
     try:
         summary = run_export_job(cfg)
     except JobError as e:

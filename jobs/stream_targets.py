@@ -13,7 +13,7 @@ METADATA_HELP = ("Capture metadata (EXIF date, camera, exposure, GPS; XMP rating
                  "(drop the location), none.")
 
 
-def policy(text: str):
+def metadata_policy(text: str):
     """``--metadata`` checked (usage error naming the choices)."""
     from pipeline.photo_metadata import POLICIES
 
@@ -34,17 +34,16 @@ def write_decoded(img, dst, meta: dict) -> None:
     restore_file_time(dst, meta)
 
 
-def check_psnr(codec, model: str, psnr: float, rate: float | None) -> None:
-    """``--psnr``: refused with one line unless the codec aims at fidelity targets."""
-    from cdc.interface import RateControlled
+def check_psnr(codec, psnr: float, rate: float | None) -> None:
+    """``--psnr``: refused with one line unless the codec aims at fidelity targets
+    (:func:`pipeline.archive.rate.check_psnr`)."""
+    from pipeline.archive.rate import RateError
+    from pipeline.archive.rate import check_psnr as check
 
-    if not isinstance(codec, RateControlled):
-        fail(f"--psnr {psnr:g}: the {codec.codec_id} model {model} cannot aim at a PSNR (a "
-             "refine model can; --rate picks a rate)", EXIT_USAGE)
     try:
-        codec.with_rate(rate, psnr=psnr)
-    except ValueError as e:
-        fail(f"--psnr {psnr:g}: {e}", EXIT_USAGE)
+        check(codec, psnr, rate)
+    except RateError as e:
+        fail(str(e), EXIT_USAGE)
 
 
 def compress_at(codec, img, rate: float | None, psnr: float | None = None
@@ -67,16 +66,15 @@ def compress_at(codec, img, rate: float | None, psnr: float | None = None
 def compress_to_psnr(codec, img, psnr: float) -> tuple[bytes, str]:
     """A stream at a fidelity target, and a note of the base and standard tiers' PSNR (the
     encoder decodes both anyway)."""
-    import math
-
     from cdc.image import array_to_tensor, to_rgb_array
+    from pipeline.metrics.pixel import psnr as psnr_db
 
     (data, recons), = codec.compress_with_reconstructions([img])
-    x = array_to_tensor(to_rgb_array(img)[0])  # the samples the encoder coded
+    x = (array_to_tensor(to_rgb_array(img)[0]) + 1) / 2  # the samples the encoder coded
 
     def db(y) -> float:
-        y = ((y.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1  # the 8-bit image decoded
-        return 10 * math.log10(4 / max(float(((y[None] - x) ** 2).mean()), 1e-12))
+        y = ((y.clamp(-1, 1) + 1) * 127.5).round() / 255  # the 8-bit image decoded
+        return float(psnr_db(y[None], x))
 
     base = db(recons[(0, 0.0, 0)])
     tiers = [db(v) for k, v in recons.items() if k[0] > 0]

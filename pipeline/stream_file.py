@@ -18,7 +18,6 @@ from PIL import Image
 from cdc.stream_metadata import attach, detach, section_bytes
 from pipeline.files import input_metadata, read_bytes
 from pipeline.photo_metadata import (
-    SOURCE_SHA256,
     MetadataError,
     Policy,
     apply_policy,
@@ -31,8 +30,7 @@ from pipeline.photo_metadata import (
 def photo_metadata(img: Image.Image, src: str | os.PathLike, policy: Policy) -> dict[str, Any]:
     """What a stream file keeps of a photo read from ``src``: its capture metadata and the
     file's time, as much as ``policy`` keeps (no digest: that serves an archive's lookups)."""
-    meta = {**input_metadata(img), **file_modified(os.fspath(src))}
-    return {k: v for k, v in apply_policy(meta, policy).items() if k != SOURCE_SHA256}
+    return apply_policy({**input_metadata(img), **file_modified(os.fspath(src))}, policy)
 
 
 def metadata_bytes(meta: dict[str, Any]) -> int:

@@ -1,8 +1,10 @@
 """The fewest base-layer bytes that reach a PSNR: constant fidelity instead of constant rate.
 
-A collection coded at one rate gives its simple photos more bytes than they need and its
-detailed ones too few; a fidelity target (``cdc archive --psnr DB``) gives each photo what it
-takes to reach DB dB, so the same total bytes buy a better worst case. The base layer is
+A collection coded at one rate gives every photo the same bits per pixel; a fidelity target
+(``cdc archive --psnr DB``) gives each photo what it takes to reach DB dB: a floor per photo.
+At the same total bytes that lifts the worst photo and lowers the average, in PSNR and
+LPIPS-VGG alike (docs/results/refine-validation/fidelity-target), so it is for images that
+must each reach a fidelity, not a better use of a budget. The base layer is
 what the target is measured on (the refined tiers stay within their stored bound of it,
 0.5 dB for the standard tier, and are usually level with it).
 

@@ -35,6 +35,23 @@ def check_rate(rate: float) -> None:
         raise RateError(f"--rate must be a positive number of bits per pixel, got {rate}")
 
 
+def check_psnr(codec: Any, psnr: float, rate: float | None = None) -> None:
+    """A fidelity target (``--psnr``, ``--rate`` then a cap) a codec can aim at, else
+    :class:`RateError`: only a rate-controlled encoder searches per image; any other codec's
+    rate is its model's. The codec's own range check (``with_rate``) says the rest."""
+    from cdc.interface import RateControlled
+
+    if not isinstance(codec, RateControlled):
+        raise RateError(f"--psnr {psnr:g}: the {codec.codec_id} model {codec.model_id} cannot "
+                        "aim at a PSNR (a refine model can; --rate picks a rate)")
+    if rate is not None:
+        check_rate(rate)
+    try:
+        codec.with_rate(rate, psnr=psnr)
+    except ValueError as e:
+        raise RateError(f"--psnr {psnr:g}: {e}") from None
+
+
 def measured_rates(codec_id: str, registry: dict[str, dict[str, Any]],
                    family: str | None = None) -> dict[str, float]:
     """Shipped models of ``codec_id`` and ``family`` (None: those without one) that record
